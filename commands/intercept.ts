@@ -1,0 +1,76 @@
+import { fileURLToPath } from 'node:url';
+import { Args, Flags } from '@oclif/core';
+import { BaseCommand } from '../src/cli/base-command.js';
+import { AGENT_FLAG, type AgentMessage, agentLogFile, startDetachedAgent } from '../src/detach.js';
+import { ExitCode, KelsingraError } from '../src/errors.js';
+import { runIntercept } from '../src/intercept-runner.js';
+import { loadSettings } from '../src/settings.js';
+
+export default class Intercept extends BaseCommand {
+  static override summary = "Send one tenant's traffic for a service to a port on this machine.";
+  static override description =
+    'Without --detach the intercept lives while this command runs: it prints one line per request and leaves on Ctrl-C, or when the command after -- exits (its exit code becomes this one). With --detach it returns once the intercept is live and a background agent holds it until `kelsingra leave` or lease expiry.';
+  static override examples = [
+    '<%= config.bin %> intercept billing --tenant t1 --port 3000',
+    '<%= config.bin %> intercept billing --tenant t1 --port 3000 --detach --json',
+    '<%= config.bin %> intercept billing --tenant t1 --port 3000 -- npm run dev',
+  ];
+  static override strict = false;
+
+  static override args = {
+    service: Args.string({ description: 'service to intercept, as the server agent names it', required: true }),
+  };
+
+  static override flags = {
+    tenant: Flags.string({ char: 't', description: 'tenant (routing key) whose traffic to intercept', required: true }),
+    port: Flags.integer({ char: 'p', description: 'local port your copy of the service listens on', required: true, min: 1, max: 65535 }),
+    detach: Flags.boolean({ char: 'd', description: 'return once live; a background agent keeps the intercept', default: false }),
+    agent: Flags.boolean({ hidden: true, default: false }),
+  };
+
+  async run(): Promise<void> {
+    const split = this.argv.indexOf('--');
+    const own = split === -1 ? this.argv : this.argv.slice(0, split);
+    const command = split === -1 ? [] : this.argv.slice(split + 1);
+    const { args, flags } = await this.parse({ ...Intercept, baseFlags: Intercept.baseFlags, strict: true }, own);
+    const settings = loadSettings();
+    const want = { service: args.service, tenant: flags.tenant, port: flags.port };
+
+    if (flags.agent) {
+      await this.runAgent(settings, want);
+      return;
+    }
+    if (flags.detach) {
+      if (command.length) throw new KelsingraError('--detach cannot run a command after --', ExitCode.usage, 'drop --detach to run the command with the intercept, or start it yourself');
+      const logFile = agentLogFile(settings.configDir, want.service, want.tenant);
+      const bin = fileURLToPath(new URL('../../bin/run.js', import.meta.url));
+      const ready = await startDetachedAgent(bin, ['intercept', want.service, '--tenant', want.tenant, '--port', String(want.port)], logFile);
+      if (flags.json) this.printJson({ ...ready.intercept, agentPid: ready.pid, logFile: ready.logFile });
+      else this.log(`Intercepting ${want.service} for tenant ${want.tenant} → localhost:${want.port} (intercept ${ready.intercept.id}). Background agent pid ${ready.pid}, log ${ready.logFile}.\nStop it with: kelsingra leave ${want.service} --tenant ${want.tenant}`);
+      return;
+    }
+    const code = await runIntercept(settings, want, { json: flags.json, command });
+    this.exit(code);
+  }
+
+  /** The background half of --detach: report readiness or failure to the parent over IPC. */
+  private async runAgent(settings: ReturnType<typeof loadSettings>, want: { service: string; tenant: string; port: number }): Promise<void> {
+    const report = (message: AgentMessage) => process.send?.(message);
+    const logFile = agentLogFile(settings.configDir, want.service, want.tenant);
+    let code: number;
+    try {
+      code = await runIntercept(settings, want, {
+        json: false,
+        onLive: (intercept) => {
+          report({ type: 'ready', intercept, pid: process.pid, logFile });
+          process.disconnect?.();
+        },
+      });
+    } catch (err) {
+      const e = err instanceof KelsingraError ? err : new KelsingraError((err as Error).message);
+      report({ type: 'error', message: e.message, exitCode: e.exitCode, hint: e.hint, details: e.details });
+      throw err;
+    }
+    this.exit(code);
+  }
+}

@@ -1,0 +1,48 @@
+import { Args, Flags } from '@oclif/core';
+import { ApiClient } from '../src/api-client.js';
+import { BaseCommand } from '../src/cli/base-command.js';
+import { ExitCode, KelsingraError } from '../src/errors.js';
+import { loadSettings } from '../src/settings.js';
+
+export default class Leave extends BaseCommand {
+  static override summary = 'End intercepts: by service and tenant, by id, or all of yours.';
+  static override description =
+    'Works from any shell, whichever process holds the tunnel; traffic falls back to the base service at once. --all ends every intercept held by you (same user@host, or KELSINGRA_HOLDER).';
+  static override examples = [
+    '<%= config.bin %> leave billing --tenant t1',
+    '<%= config.bin %> leave icp_3f9a1c0d2b7e',
+    '<%= config.bin %> leave --all',
+  ];
+
+  static override args = {
+    target: Args.string({ description: 'service name (with --tenant) or intercept id' }),
+  };
+
+  static override flags = {
+    tenant: Flags.string({ char: 't', description: 'tenant of the intercept to end' }),
+    all: Flags.boolean({ description: 'end every intercept you hold', default: false }),
+  };
+
+  async run(): Promise<void> {
+    const { args, flags } = await this.parse(Leave);
+    const settings = loadSettings();
+    const api = new ApiClient(settings.server, settings.token);
+    let result: { removed: { id: string; service: string; tenant: string }[] };
+    if (flags.all) {
+      if (args.target || flags.tenant) throw new KelsingraError('--all takes no service, id or --tenant', ExitCode.usage);
+      result = await api.removeWhere({ holder: settings.holder });
+    } else if (args.target && flags.tenant) {
+      result = await api.removeWhere({ service: args.target, tenant: flags.tenant });
+      if (result.removed.length === 0) {
+        throw new KelsingraError(`no intercept of ${args.target} for tenant ${flags.tenant}`, ExitCode.notFound, 'kelsingra list shows the live intercepts');
+      }
+    } else if (args.target) {
+      result = await api.remove(args.target);
+    } else {
+      throw new KelsingraError('say which intercept to end', ExitCode.usage, 'kelsingra leave <service> --tenant <t>, kelsingra leave <id>, or kelsingra leave --all');
+    }
+    if (flags.json) this.printJson(result);
+    else if (result.removed.length === 0) this.log('No intercepts to end.');
+    else for (const i of result.removed) this.log(`Left ${i.service} for tenant ${i.tenant} (${i.id}).`);
+  }
+}

@@ -1,0 +1,58 @@
+import { Flags } from '@oclif/core';
+import { loadServerConfig, parseServiceFlag } from '../server/config.js';
+import { startServer } from '../server/server.js';
+import { BaseCommand } from '../src/cli/base-command.js';
+
+export default class Server extends BaseCommand {
+  static override summary = 'Run the server agent in the dev environment (data port + control port).';
+  static override description =
+    'Every flag can also come from the environment (KELSINGRA_PORT, KELSINGRA_PROXY_PORT, KELSINGRA_SERVICES=a=url,b=url, KELSINGRA_TOKEN, KELSINGRA_LEASE_TTL, KELSINGRA_TENANT_HEADER…) or from a YAML/JSON file given with --config. Flags win over the environment, which wins over the file.';
+  static override examples = [
+    '<%= config.bin %> server --port 7700 --proxy-port 7701 --service billing=http://127.0.0.1:9001 --token s3cret-token',
+    '<%= config.bin %> server --config kelsingra.yaml',
+  ];
+
+  static override flags = {
+    port: Flags.integer({ description: 'control port: tunnel, REST API, /healthz, /status' }),
+    'proxy-port': Flags.integer({ description: 'data port: where the reverse proxy sends tenant traffic' }),
+    host: Flags.string({ description: 'address to listen on (default 127.0.0.1; 0.0.0.0 in a cluster)' }),
+    service: Flags.string({ description: 'NAME=URL of a service and its normal upstream (repeatable)', multiple: true }),
+    token: Flags.string({ description: 'secret clients must present (or use --tokens-file)' }),
+    'tokens-file': Flags.string({ description: 'YAML/JSON file of tokens, each optionally limited to tenant patterns' }),
+    'lease-ttl': Flags.integer({ description: 'seconds an intercept lives without renewal (default 30)' }),
+    'tenant-header': Flags.string({ description: 'header that carries the tenant (default x-tenant-id)' }),
+    'upstream-timeout': Flags.integer({ description: 'seconds to wait for an upstream or local service to answer (default 30)' }),
+    'heartbeat-interval': Flags.integer({ description: 'seconds between tunnel heartbeats (default 10)' }),
+    'log-level': Flags.string({ options: ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] }),
+    config: Flags.string({ char: 'c', description: 'YAML or JSON config file' }),
+  };
+
+  async run(): Promise<void> {
+    const { flags } = await this.parse(Server);
+    const config = await loadServerConfig({
+      configPath: flags.config,
+      flags: {
+        port: flags.port,
+        proxyPort: flags['proxy-port'],
+        host: flags.host,
+        token: flags.token,
+        tokensFile: flags['tokens-file'],
+        leaseTtl: flags['lease-ttl'],
+        tenantHeader: flags['tenant-header'],
+        upstreamTimeout: flags['upstream-timeout'],
+        heartbeatInterval: flags['heartbeat-interval'],
+        logLevel: flags['log-level'],
+        services: flags.service ? Object.fromEntries(flags.service.map(parseServiceFlag)) : undefined,
+      },
+    });
+    const server = await startServer(config);
+    await new Promise<void>((resolve) => {
+      const stop = (signal: string) => {
+        server.log.info({ signal }, 'shutting down');
+        server.close().then(resolve, resolve);
+      };
+      process.once('SIGINT', stop);
+      process.once('SIGTERM', stop);
+    });
+  }
+}

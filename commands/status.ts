@@ -1,0 +1,28 @@
+import { ApiClient } from '../src/api-client.js';
+import { BaseCommand } from '../src/cli/base-command.js';
+import { interceptTable } from '../src/intercept-table.js';
+import { loadSettings } from '../src/settings.js';
+
+export default class Status extends BaseCommand {
+  static override summary = 'Show the server agent: services, upstreams, intercepts, connected clients.';
+  static override examples = ['<%= config.bin %> status', '<%= config.bin %> status --json'];
+
+  async run(): Promise<void> {
+    const { flags } = await this.parse(Status);
+    const settings = loadSettings();
+    const status = await new ApiClient(settings.server, settings.token).status();
+    if (flags.json) {
+      this.printJson({ server: settings.server, holder: settings.holder, ...status });
+      return;
+    }
+    this.log(`Server ${settings.server} (${status.serverId}, version ${status.version}); tenant header ${status.tenantHeader}`);
+    this.log('\nServices:');
+    for (const u of status.upstreams) {
+      const health = u.lastError && (!u.lastOkAt || u.lastErrorAt! > u.lastOkAt) ? `last error: ${u.lastError}` : u.lastOkAt ? 'ok' : 'no traffic yet';
+      this.log(`  ${u.service.padEnd(16)} ${u.url}  (${health})`);
+    }
+    this.log(`\nIntercepts:\n${interceptTable(status.intercepts).replace(/^/gm, '  ')}`);
+    this.log(`\nClients connected: ${status.clients.length}`);
+    for (const c of status.clients) this.log(`  ${c.holder} (${c.clientId}), since ${c.connectedAt}`);
+  }
+}

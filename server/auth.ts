@@ -1,0 +1,61 @@
+/**
+ * Bearer-token authentication for the control plane. A token may be limited to tenant
+ * patterns (`team-a-*`); the raw secret is never kept after start-up, only its hash.
+ */
+import { createHash, timingSafeEqual } from 'node:crypto';
+import type { IncomingHttpHeaders } from 'node:http';
+import type { TokenConfig } from './config.js';
+
+export interface Principal {
+  /** Name for logs and for `list`; never the secret. */
+  name: string;
+  canUseTenant(tenant: string): boolean;
+  /** True when the token is not limited to particular tenants. */
+  unrestricted: boolean;
+}
+
+interface Entry {
+  digest: Buffer;
+  principal: Principal;
+}
+
+const digest = (secret: string) => createHash('sha256').update(secret).digest();
+
+/** `t1`, `team-a-*`, `*`: only `*` is special, and it matches any run of characters. */
+export function tenantPattern(pattern: string): RegExp {
+  const escaped = pattern.replace(/[.+?^${}()|[\]\\]/g, '\\$&').replace(/\*/g, '.*');
+  return new RegExp(`^${escaped}$`);
+}
+
+export class TokenAuthority {
+  private readonly entries: Entry[];
+
+  constructor(token: string | undefined, tokens: TokenConfig[]) {
+    const all: TokenConfig[] = [...tokens];
+    if (token) all.unshift({ name: 'default', token, tenants: ['*'] });
+    this.entries = all.map((t) => {
+      const patterns = t.tenants.map(tenantPattern);
+      const unrestricted = t.tenants.includes('*');
+      return {
+        digest: digest(t.token),
+        principal: {
+          name: t.name,
+          unrestricted,
+          canUseTenant: (tenant: string) => unrestricted || patterns.some((p) => p.test(tenant)),
+        },
+      };
+    });
+  }
+
+  /** Comparing fixed-length digests in constant time leaks neither the token nor its length. */
+  authenticate(headers: IncomingHttpHeaders): Principal | undefined {
+    const header = headers.authorization;
+    if (!header?.startsWith('Bearer ')) return undefined;
+    const given = digest(header.slice(7).trim());
+    let found: Principal | undefined;
+    for (const entry of this.entries) {
+      if (timingSafeEqual(entry.digest, given)) found ??= entry.principal;
+    }
+    return found;
+  }
+}

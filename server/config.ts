@@ -1,0 +1,194 @@
+/**
+ * Server agent configuration: defaults < config file (YAML or JSON) < environment < flags.
+ * Everything is validated by one schema so a bad file names the bad key.
+ */
+import { readFile } from 'node:fs/promises';
+import { parse as parseYaml } from 'yaml';
+import { z } from 'zod';
+import { ExitCode, KelsingraError } from '../src/errors.js';
+
+const serviceName = z
+  .string()
+  .regex(/^[a-z0-9]([a-z0-9-]*[a-z0-9])?$/, 'service names are lowercase letters, digits and dashes (a DNS label)');
+
+const upstreamUrl = z
+  .string()
+  .url('must be a URL such as http://127.0.0.1:9001')
+  .refine((u) => /^https?:\/\//.test(u), 'must start with http:// or https://');
+
+const serviceSchema = z
+  .object({
+    upstream: upstreamUrl,
+    hosts: z.array(z.string().min(1)).default([]),
+    pathPrefix: z.string().startsWith('/', 'must start with /').optional(),
+    stripPrefix: z.boolean().default(false),
+  })
+  .strict();
+
+const tokenSchema = z
+  .object({
+    name: z.string().min(1),
+    token: z.string().min(8, 'tokens must be at least 8 characters'),
+    tenants: z.array(z.string().min(1)).default(['*']),
+  })
+  .strict();
+
+const port = z.coerce.number().int().min(0).max(65535);
+const seconds = z.coerce.number().positive();
+
+export const serverConfigSchema = z
+  .object({
+    port: port.default(7700),
+    proxyPort: port.default(7701),
+    host: z.string().default('127.0.0.1'),
+    tenantHeader: z
+      .string()
+      .regex(/^[A-Za-z0-9-]+$/, 'must be a header name')
+      .transform((h) => h.toLowerCase())
+      .default('x-tenant-id'),
+    leaseTtl: seconds.default(30),
+    heartbeatInterval: seconds.default(10),
+    upstreamTimeout: seconds.default(30),
+    token: z.string().min(8, 'tokens must be at least 8 characters').optional(),
+    tokensFile: z.string().optional(),
+    tokens: z.array(tokenSchema).default([]),
+    services: z.record(serviceName, serviceSchema).default({}),
+    logLevel: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
+  })
+  .strict();
+
+export type ServerConfig = z.output<typeof serverConfigSchema>;
+export type ServerConfigInput = z.input<typeof serverConfigSchema>;
+export type ServiceConfig = z.output<typeof serviceSchema>;
+export type TokenConfig = z.output<typeof tokenSchema>;
+
+/** `billing=http://127.0.0.1:9001` → ['billing', {upstream}] */
+export function parseServiceFlag(value: string): [string, { upstream: string }] {
+  const eq = value.indexOf('=');
+  if (eq <= 0) {
+    throw new KelsingraError(
+      `--service "${value}" is not NAME=URL`,
+      ExitCode.usage,
+      'write it as --service billing=http://127.0.0.1:9001',
+    );
+  }
+  return [value.slice(0, eq).trim(), { upstream: value.slice(eq + 1).trim() }];
+}
+
+function formatIssues(error: z.ZodError, source: string): string {
+  return error.issues
+    .map((issue) => {
+      const key = issue.path.length ? issue.path.join('.') : '(top level)';
+      return `  ${key}: ${issue.message}`;
+    })
+    .join('\n')
+    .replace(/^/, `${source} is not valid:\n`);
+}
+
+export function validateConfig(input: unknown, source: string): ServerConfig {
+  const result = serverConfigSchema.safeParse(input);
+  if (!result.success) {
+    throw new KelsingraError(formatIssues(result.error, source), ExitCode.config, 'fix the keys named above and start again');
+  }
+  return result.data;
+}
+
+export async function readConfigFile(path: string): Promise<Record<string, unknown>> {
+  let text: string;
+  try {
+    text = await readFile(path, 'utf8');
+  } catch (err) {
+    throw new KelsingraError(`cannot read config file ${path}: ${(err as Error).message}`, ExitCode.config, 'check the --config path');
+  }
+  let data: unknown;
+  try {
+    data = path.endsWith('.json') ? JSON.parse(text) : parseYaml(text);
+  } catch (err) {
+    throw new KelsingraError(`config file ${path} is not valid ${path.endsWith('.json') ? 'JSON' : 'YAML'}: ${(err as Error).message}`, ExitCode.config);
+  }
+  if (data === null || data === undefined) return {};
+  if (typeof data !== 'object' || Array.isArray(data)) {
+    throw new KelsingraError(`config file ${path} must hold a mapping of settings at the top level`, ExitCode.config);
+  }
+  return data as Record<string, unknown>;
+}
+
+/** Settings a server takes from the environment; names match the flags. */
+export function configFromEnv(env: NodeJS.ProcessEnv): Record<string, unknown> {
+  const out: Record<string, unknown> = {};
+  const map: Record<string, string> = {
+    KELSINGRA_PORT: 'port',
+    KELSINGRA_PROXY_PORT: 'proxyPort',
+    KELSINGRA_HOST: 'host',
+    KELSINGRA_TENANT_HEADER: 'tenantHeader',
+    KELSINGRA_LEASE_TTL: 'leaseTtl',
+    KELSINGRA_HEARTBEAT_INTERVAL: 'heartbeatInterval',
+    KELSINGRA_UPSTREAM_TIMEOUT: 'upstreamTimeout',
+    KELSINGRA_TOKEN: 'token',
+    KELSINGRA_TOKENS_FILE: 'tokensFile',
+    KELSINGRA_LOG_LEVEL: 'logLevel',
+  };
+  for (const [envName, key] of Object.entries(map)) {
+    const value = env[envName];
+    if (value !== undefined && value !== '') out[key] = value;
+  }
+  if (env.KELSINGRA_SERVICES) {
+    out.services = Object.fromEntries(
+      env.KELSINGRA_SERVICES.split(',')
+        .map((s) => s.trim())
+        .filter(Boolean)
+        .map(parseServiceFlag),
+    );
+  }
+  return out;
+}
+
+/** Shallow merge, except services, which merge per service so a flag can add one to a file's list. */
+export function mergeLayers(...layers: Record<string, unknown>[]): Record<string, unknown> {
+  const out: Record<string, unknown> = {};
+  for (const layer of layers) {
+    for (const [key, value] of Object.entries(layer)) {
+      if (value === undefined) continue;
+      if (key === 'services' && typeof out.services === 'object' && out.services) {
+        const merged: Record<string, unknown> = { ...(out.services as Record<string, unknown>) };
+        for (const [name, svc] of Object.entries(value as Record<string, unknown>)) {
+          const prev = merged[name];
+          merged[name] = prev && typeof prev === 'object' ? { ...prev, ...(svc as object) } : svc;
+        }
+        out.services = merged;
+      } else {
+        out[key] = value;
+      }
+    }
+  }
+  return out;
+}
+
+export async function loadServerConfig(opts: {
+  configPath?: string;
+  env?: NodeJS.ProcessEnv;
+  flags?: Record<string, unknown>;
+}): Promise<ServerConfig> {
+  const env = opts.env ?? process.env;
+  const configPath = opts.configPath ?? env.KELSINGRA_CONFIG;
+  const fileLayer = configPath ? await readConfigFile(configPath) : {};
+  const merged = mergeLayers(fileLayer, configFromEnv(env), opts.flags ?? {});
+  const config = validateConfig(merged, configPath ? `config (${configPath} with environment and flags)` : 'config');
+  if (config.tokensFile) {
+    const tokens = await readConfigFile(config.tokensFile);
+    const parsed = z.object({ tokens: z.array(tokenSchema) }).strict().safeParse(tokens);
+    if (!parsed.success) throw new KelsingraError(formatIssues(parsed.error, `tokens file ${config.tokensFile}`), ExitCode.config);
+    config.tokens.push(...parsed.data.tokens);
+  }
+  if (!config.token && config.tokens.length === 0) {
+    throw new KelsingraError(
+      'the server agent needs a token: clients authenticate with it',
+      ExitCode.config,
+      'pass --token <secret>, set KELSINGRA_TOKEN, or give a tokens file with --tokens-file',
+    );
+  }
+  if (Object.keys(config.services).length === 0) {
+    throw new KelsingraError('no services configured', ExitCode.config, 'add --service billing=http://127.0.0.1:9001 or a services: section in the config file');
+  }
+  return config;
+}

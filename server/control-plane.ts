@@ -1,0 +1,217 @@
+/**
+ * The control port: health, status, the intercepts REST API and the tunnel endpoint.
+ * Everything except /healthz needs a bearer token; a token limited to tenants only sees
+ * and touches intercepts of those tenants.
+ */
+import http, { type IncomingMessage, type ServerResponse } from 'node:http';
+import type { Duplex } from 'node:stream';
+import type { Logger } from 'pino';
+import { z } from 'zod';
+import { CLIENT_ID_HEADER, HOLDER_HEADER, type InterceptView, TUNNEL_PATH } from '../src/protocol.js';
+import { VERSION } from '../src/version.js';
+import type { Principal, TokenAuthority } from './auth.js';
+import { sendError } from './error-response.js';
+import type { Intercept, InterceptStore } from './intercept-store.js';
+import type { PassThrough } from './pass-through.js';
+import type { ServiceRouter } from './routing.js';
+import type { TunnelHub } from './tunnel-hub.js';
+
+export interface ControlPlaneDeps {
+  auth: TokenAuthority;
+  store: InterceptStore;
+  hub: TunnelHub;
+  router: ServiceRouter;
+  passThrough: PassThrough;
+  serverId: string;
+  tenantHeader: string;
+  log: Logger;
+}
+
+const createBody = z
+  .object({
+    service: z.string().min(1),
+    tenant: z.string().min(1).max(200),
+    clientId: z.string().min(1),
+    localPort: z.number().int().min(1).max(65535),
+  })
+  .strict();
+
+const MAX_BODY = 64 * 1024;
+const UNAUTHORIZED_HINT = 'check the token: kelsingra connect --server <url> --token <secret>, or set KELSINGRA_TOKEN';
+
+function sendJson(res: ServerResponse, status: number, body: unknown): void {
+  const text = JSON.stringify(body);
+  res.writeHead(status, { 'content-type': 'application/json; charset=utf-8', 'content-length': Buffer.byteLength(text) });
+  res.end(text);
+}
+
+async function readJson(req: IncomingMessage): Promise<unknown> {
+  const chunks: Buffer[] = [];
+  let size = 0;
+  for await (const chunk of req) {
+    size += (chunk as Buffer).length;
+    if (size > MAX_BODY) throw Object.assign(new Error(`request body over ${MAX_BODY} bytes`), { status: 413 });
+    chunks.push(chunk as Buffer);
+  }
+  try {
+    return JSON.parse(Buffer.concat(chunks).toString('utf8') || '{}');
+  } catch {
+    throw Object.assign(new Error('request body is not valid JSON'), { status: 400 });
+  }
+}
+
+export function interceptView(i: Intercept, connected: boolean): InterceptView {
+  return {
+    id: i.id,
+    service: i.service,
+    tenant: i.tenant,
+    holder: i.holder,
+    clientId: i.clientId,
+    localPort: i.localPort,
+    createdAt: new Date(i.createdAt).toISOString(),
+    expiresAt: new Date(i.expiresAt).toISOString(),
+    connected,
+  };
+}
+
+export function createControlPlane(deps: ControlPlaneDeps): http.Server {
+  const { auth, store, hub, router, passThrough, log } = deps;
+  const view = (i: Intercept) => interceptView(i, hub.get(i.clientId) !== undefined);
+  const visible = (p: Principal) => store.list().filter((i) => p.canUseTenant(i.tenant));
+
+  const routes = async (req: IncomingMessage, res: ServerResponse, principal: Principal, url: URL) => {
+    const { pathname } = url;
+    if (pathname === '/status' && req.method === 'GET') {
+      sendJson(res, 200, {
+        serverId: deps.serverId,
+        version: VERSION,
+        tenantHeader: deps.tenantHeader,
+        services: router.names.map((name) => ({ name, upstream: router.get(name)?.upstream.href })),
+        upstreams: passThrough.upstreams(router.names.map((n) => router.get(n)).filter((s) => s !== undefined)),
+        intercepts: visible(principal).map(view),
+        clients: hub
+          .list()
+          .filter((t) => principal.unrestricted || t.principal === principal)
+          .map((t) => ({
+            clientId: t.clientId,
+            holder: t.holder,
+            token: t.principal.name,
+            connectedAt: new Date(t.connectedAt).toISOString(),
+            intercepts: store.list().filter((i) => i.clientId === t.clientId).map((i) => i.id),
+          })),
+      });
+      return;
+    }
+    if (pathname === '/v1/intercepts' && req.method === 'GET') {
+      sendJson(res, 200, visible(principal).map(view));
+      return;
+    }
+    if (pathname === '/v1/intercepts' && req.method === 'POST') {
+      const parsed = createBody.safeParse(await readJson(req));
+      if (!parsed.success) {
+        const issue = parsed.error.issues[0];
+        sendError(res, 400, 'bad-request', `invalid intercept request: ${issue?.path.join('.') || 'body'}: ${issue?.message}`);
+        return;
+      }
+      const { service, tenant, clientId, localPort } = parsed.data;
+      if (!router.get(service)) {
+        sendError(res, 404, 'unknown-service', `unknown service "${service}"; known services: ${router.names.join(', ')}`, {
+          services: router.names,
+        });
+        return;
+      }
+      if (!principal.canUseTenant(tenant)) {
+        sendError(res, 403, 'tenant-forbidden', `token "${principal.name}" may not intercept tenant "${tenant}"`);
+        return;
+      }
+      const tunnel = hub.get(clientId);
+      if (!tunnel) {
+        sendError(res, 409, 'no-tunnel', `client ${clientId} has no open tunnel; connect the tunnel before creating intercepts`);
+        return;
+      }
+      const result = store.create({ service, tenant, clientId, localPort, holder: tunnel.holder, tokenName: principal.name });
+      if (!result.ok) {
+        sendError(res, 409, 'conflict', `${service} for tenant ${tenant} is already intercepted by ${result.holder.holder} (intercept ${result.holder.id}, expires ${new Date(result.holder.expiresAt).toISOString()})`, {
+          holder: result.holder.holder,
+          intercept: result.holder.id,
+        });
+        return;
+      }
+      if (!result.renewed) log.info({ intercept: result.intercept.id, service, tenant, holder: tunnel.holder }, 'intercept created');
+      sendJson(res, result.renewed ? 200 : 201, view(result.intercept));
+      return;
+    }
+    if (pathname === '/v1/intercepts' && req.method === 'DELETE') {
+      const service = url.searchParams.get('service');
+      const tenant = url.searchParams.get('tenant');
+      const holder = url.searchParams.get('holder');
+      if (!service && !tenant && !holder) {
+        sendError(res, 400, 'bad-request', 'say which intercepts to remove: ?service=&tenant=, or ?holder=');
+        return;
+      }
+      const removed = visible(principal).filter(
+        (i) => (!service || i.service === service) && (!tenant || i.tenant === tenant) && (!holder || i.holder === holder),
+      );
+      for (const i of removed) store.delete(i.id);
+      if (removed.length) log.info({ intercepts: removed.map((i) => i.id) }, 'intercepts removed');
+      sendJson(res, 200, { removed: removed.map((i) => interceptView(i, false)) });
+      return;
+    }
+    const byId = /^\/v1\/intercepts\/([^/]+)$/.exec(pathname);
+    if (byId && (req.method === 'DELETE' || req.method === 'GET')) {
+      const intercept = store.get(decodeURIComponent(byId[1] as string));
+      if (!intercept || !principal.canUseTenant(intercept.tenant)) {
+        sendError(res, 404, 'unknown-intercept', `no intercept ${byId[1]}`);
+        return;
+      }
+      if (req.method === 'DELETE') {
+        store.delete(intercept.id);
+        log.info({ intercept: intercept.id }, 'intercept removed');
+        sendJson(res, 200, { removed: [interceptView(intercept, false)] });
+      } else {
+        sendJson(res, 200, view(intercept));
+      }
+      return;
+    }
+    sendError(res, 404, 'not-found', `no such endpoint: ${req.method} ${pathname}`);
+  };
+
+  const server = http.createServer({ headersTimeout: 10_000, requestTimeout: 30_000 }, (req, res) => {
+    const url = new URL(req.url ?? '/', 'http://control');
+    if (url.pathname === '/healthz') {
+      sendJson(res, 200, { ok: true, version: VERSION });
+      return;
+    }
+    const principal = auth.authenticate(req.headers);
+    if (!principal) {
+      sendError(res, 401, 'unauthorized', 'missing or wrong token', { hint: UNAUTHORIZED_HINT });
+      return;
+    }
+    routes(req, res, principal, url).catch((err: Error & { status?: number }) => {
+      if (err.status) sendError(res, err.status, 'bad-request', err.message);
+      else {
+        log.error({ err }, 'control request failed');
+        sendError(res, 500, 'internal', err.message);
+      }
+    });
+  });
+
+  server.on('upgrade', (req: IncomingMessage, socket: Duplex, head: Buffer) => {
+    const reject = (status: number, message: string) => {
+      const body = JSON.stringify({ error: `Kelsingra: ${message}`, source: 'kelsingra' });
+      socket.end(`HTTP/1.1 ${status} ${http.STATUS_CODES[status]}\r\ncontent-type: application/json\r\ncontent-length: ${Buffer.byteLength(body)}\r\nconnection: close\r\n\r\n${body}`);
+    };
+    const url = new URL(req.url ?? '/', 'http://control');
+    if (url.pathname !== TUNNEL_PATH) return reject(404, `no WebSocket endpoint at ${url.pathname}; the tunnel is at ${TUNNEL_PATH}`);
+    const principal = auth.authenticate(req.headers);
+    if (!principal) return reject(401, `missing or wrong token; ${UNAUTHORIZED_HINT}`);
+    const clientId = req.headers[CLIENT_ID_HEADER];
+    if (typeof clientId !== 'string' || !/^[A-Za-z0-9_-]{8,64}$/.test(clientId)) {
+      return reject(400, `the tunnel needs a ${CLIENT_ID_HEADER} header of 8–64 letters, digits, _ or -`);
+    }
+    const holderHeader = req.headers[HOLDER_HEADER];
+    const holder = typeof holderHeader === 'string' && holderHeader ? holderHeader.slice(0, 120) : `client ${clientId}`;
+    hub.accept(req, socket, head, principal, clientId, holder);
+  });
+  return server;
+}

@@ -1,0 +1,87 @@
+/**
+ * Wires up a server agent: control port and data port over a shared intercept store
+ * and tunnel hub.
+ */
+import { randomBytes } from 'node:crypto';
+import type { Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import type { Logger } from 'pino';
+import { TokenAuthority } from './auth.js';
+import type { ServerConfig } from './config.js';
+import { createControlPlane } from './control-plane.js';
+import { createDataPlane } from './data-plane.js';
+import { InterceptStore } from './intercept-store.js';
+import { createLogger } from './logger.js';
+import { PassThrough } from './pass-through.js';
+import { ServiceRouter } from './routing.js';
+import { TunnelHub } from './tunnel-hub.js';
+
+export interface RunningServer {
+  controlPort: number;
+  proxyPort: number;
+  serverId: string;
+  log: Logger;
+  close(): Promise<void>;
+}
+
+function listen(server: Server, port: number, host: string): Promise<number> {
+  return new Promise((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(port, host, () => {
+      server.off('error', reject);
+      resolve((server.address() as AddressInfo).port);
+    });
+  });
+}
+
+export async function startServer(config: ServerConfig, log: Logger = createLogger(config.logLevel)): Promise<RunningServer> {
+  const serverId = `ks-${randomBytes(4).toString('hex')}`;
+  const store = new InterceptStore(config.leaseTtl * 1000);
+  const hub = new TunnelHub(store, config.heartbeatInterval * 1000, log);
+  const router = new ServiceRouter(config.services);
+  const passThrough = new PassThrough(config.upstreamTimeout * 1000);
+  const auth = new TokenAuthority(config.token, config.tokens);
+
+  store.on('ended', (intercept, reason) => {
+    if (reason === 'expired') log.info({ intercept: intercept.id, service: intercept.service, tenant: intercept.tenant }, 'intercept lease expired');
+  });
+
+  const control = createControlPlane({ auth, store, hub, router, passThrough, serverId, tenantHeader: config.tenantHeader, log });
+  const data = createDataPlane({
+    router,
+    store,
+    hub,
+    passThrough,
+    tenantHeader: config.tenantHeader,
+    serverId,
+    timeoutMs: config.upstreamTimeout * 1000,
+    log,
+  });
+
+  let controlPort: number;
+  let proxyPort: number;
+  try {
+    controlPort = await listen(control, config.port, config.host);
+    proxyPort = await listen(data, config.proxyPort, config.host);
+  } catch (err) {
+    control.close();
+    store.close();
+    hub.close();
+    throw err;
+  }
+  log.info({ controlPort, proxyPort, services: router.names, tenantHeader: config.tenantHeader, serverId }, 'server agent listening');
+
+  return {
+    controlPort,
+    proxyPort,
+    serverId,
+    log,
+    async close() {
+      hub.close();
+      store.close();
+      control.closeAllConnections();
+      data.closeAllConnections();
+      await Promise.all([new Promise((r) => control.close(r)), new Promise((r) => data.close(r)), passThrough.close()]);
+    },
+  };
+}

@@ -1,0 +1,108 @@
+/**
+ * The CLI's side of the control-plane REST API. Turns HTTP failures into errors that say
+ * what went wrong and what to do about it.
+ */
+import { request } from 'undici';
+import { ExitCode, KelsingraError } from './errors.js';
+import type { InterceptView } from './protocol.js';
+
+const TIMEOUT_MS = 10_000;
+
+export interface ServerStatus {
+  serverId: string;
+  version: string;
+  tenantHeader: string;
+  services: { name: string; upstream: string }[];
+  upstreams: { service: string; url: string; lastOkAt?: string; lastError?: string; lastErrorAt?: string }[];
+  intercepts: InterceptView[];
+  clients: { clientId: string; holder: string; token: string; connectedAt: string; intercepts: string[] }[];
+}
+
+export class ApiClient {
+  constructor(
+    readonly server: string,
+    private readonly token: string,
+  ) {}
+
+  health(): Promise<{ ok: boolean; version: string }> {
+    return this.call('GET', '/healthz');
+  }
+
+  status(): Promise<ServerStatus> {
+    return this.call('GET', '/status');
+  }
+
+  list(): Promise<InterceptView[]> {
+    return this.call('GET', '/v1/intercepts');
+  }
+
+  create(body: { service: string; tenant: string; clientId: string; localPort: number }): Promise<InterceptView> {
+    return this.call('POST', '/v1/intercepts', body);
+  }
+
+  remove(id: string): Promise<{ removed: InterceptView[] }> {
+    return this.call('DELETE', `/v1/intercepts/${encodeURIComponent(id)}`);
+  }
+
+  removeWhere(query: { service?: string; tenant?: string; holder?: string }): Promise<{ removed: InterceptView[] }> {
+    const params = new URLSearchParams(Object.entries(query).filter((e): e is [string, string] => e[1] !== undefined));
+    return this.call('DELETE', `/v1/intercepts?${params}`);
+  }
+
+  private async call<T>(method: 'GET' | 'POST' | 'DELETE', path: string, body?: unknown): Promise<T> {
+    let res: Awaited<ReturnType<typeof request>>;
+    try {
+      res = await request(this.server + path, {
+        method,
+        headers: {
+          authorization: `Bearer ${this.token}`,
+          ...(body ? { 'content-type': 'application/json' } : {}),
+        },
+        body: body ? JSON.stringify(body) : undefined,
+        headersTimeout: TIMEOUT_MS,
+        bodyTimeout: TIMEOUT_MS,
+        signal: AbortSignal.timeout(TIMEOUT_MS * 2),
+      });
+    } catch (err) {
+      throw unreachable(this.server, err as Error);
+    }
+    const text = await res.body.text();
+    let data: Record<string, unknown> = {};
+    try {
+      data = text ? JSON.parse(text) : {};
+    } catch {
+      throw new KelsingraError(
+        `${this.server} answered ${method} ${path} with something that is not Kelsingra JSON (HTTP ${res.statusCode})`,
+        ExitCode.unreachable,
+        'is --server the Kelsingra control port (not the data port or another service)?',
+      );
+    }
+    if (res.statusCode < 300) return data as T;
+    throw apiError(res.statusCode, data);
+  }
+}
+
+export function unreachable(server: string, err: Error): KelsingraError {
+  const code = (err as NodeJS.ErrnoException).code ?? (err.cause as NodeJS.ErrnoException | undefined)?.code;
+  return new KelsingraError(
+    `cannot reach the Kelsingra server at ${server} (${code ?? err.message})`,
+    ExitCode.unreachable,
+    'check that the server agent is running and that KELSINGRA_SERVER / kelsingra connect --server point at its control port',
+  );
+}
+
+function apiError(status: number, data: Record<string, unknown>): KelsingraError {
+  const message = String(data.error ?? `HTTP ${status}`).replace(/^Kelsingra: /, '');
+  switch (status) {
+    case 401:
+      return new KelsingraError(`the server rejected the token (401): ${message}`, ExitCode.auth, 'check KELSINGRA_TOKEN, or run kelsingra connect --token <secret>');
+    case 403:
+      return new KelsingraError(message, ExitCode.auth, 'ask the platform team for a token that covers this tenant', data);
+    case 404:
+      return new KelsingraError(message, ExitCode.notFound, data.services ? 'pick one of the known services' : 'kelsingra list shows the live intercepts', data);
+    case 409:
+      return new KelsingraError(message, ExitCode.conflict, data.holder ? `ask ${data.holder} to run kelsingra leave, or wait for the lease to lapse` : undefined, data);
+    default:
+      return new KelsingraError(`${message} (HTTP ${status})`, ExitCode.failure, undefined, data);
+  }
+}

@@ -1,0 +1,48 @@
+/**
+ * `intercept --detach`: the intercept needs a process that holds the tunnel after the
+ * command returns, so the CLI starts itself again as a background agent and waits until
+ * that agent reports the intercept live (or why it failed).
+ */
+import { spawn } from 'node:child_process';
+import { mkdirSync, openSync } from 'node:fs';
+import { join } from 'node:path';
+import { ExitCode, KelsingraError } from './errors.js';
+import type { InterceptView } from './protocol.js';
+
+export const AGENT_FLAG = '--agent';
+
+export type AgentMessage =
+  | { type: 'ready'; intercept: InterceptView; pid: number; logFile: string }
+  | { type: 'error'; message: string; exitCode: number; hint?: string; details?: Record<string, unknown> };
+
+export function agentLogFile(configDir: string, service: string, tenant: string): string {
+  const dir = join(configDir, 'logs');
+  mkdirSync(dir, { recursive: true });
+  return join(dir, `${service}-${tenant.replace(/[^A-Za-z0-9_.-]/g, '_')}.log`);
+}
+
+export function startDetachedAgent(binScript: string, argv: string[], logFile: string, timeoutMs = 30_000): Promise<AgentMessage & { type: 'ready' }> {
+  const log = openSync(logFile, 'a');
+  const child = spawn(process.execPath, [binScript, ...argv, AGENT_FLAG], {
+    detached: true,
+    stdio: ['ignore', log, log, 'ipc'],
+    env: { ...process.env, FORCE_COLOR: '0' },
+  });
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => {
+      child.kill();
+      reject(new KelsingraError(`the background agent did not report in ${timeoutMs / 1000} s`, ExitCode.failure, `see its log: ${logFile}`));
+    }, timeoutMs);
+    child.once('message', (message: AgentMessage) => {
+      clearTimeout(timer);
+      child.disconnect();
+      child.unref();
+      if (message.type === 'ready') resolve(message);
+      else reject(new KelsingraError(message.message, message.exitCode as ExitCode, message.hint, message.details));
+    });
+    child.once('exit', (code) => {
+      clearTimeout(timer);
+      reject(new KelsingraError(`the background agent exited (code ${code}) before the intercept was live`, ExitCode.failure, `see its log: ${logFile}`));
+    });
+  });
+}

@@ -1,0 +1,136 @@
+/**
+ * One developer's intercept from the laptop's side: opens the tunnel, registers the
+ * intercept, keeps its lease renewed, re-asserts it after a reconnect, and leaves cleanly.
+ * Emits a general event stream (requests, tunnel state, end) that views subscribe to.
+ */
+import { randomBytes } from 'node:crypto';
+import { EventEmitter } from 'node:events';
+import { ApiClient } from './api-client.js';
+import { ExitCode, KelsingraError } from './errors.js';
+import { interceptIdOf, LocalForwarder, type RequestEvent } from './local-forwarder.js';
+import type { InterceptView } from './protocol.js';
+import type { ClientSettings } from './settings.js';
+import { TunnelClient, type TunnelState } from './tunnel-client.js';
+
+export type SessionEvent =
+  | RequestEvent
+  | { kind: 'tunnel'; state: TunnelState; retryInMs?: number; error?: string; at: number }
+  | { kind: 'ended'; reason: string; at: number };
+
+export interface InterceptRequest {
+  service: string;
+  tenant: string;
+  port: number;
+}
+
+export class InterceptSession extends EventEmitter<{ event: [SessionEvent] }> {
+  intercept!: InterceptView;
+  private readonly api: ApiClient;
+  private readonly tunnel: TunnelClient;
+  /** Stable across reconnects, so the server knows a returning tunnel is the same holder. */
+  readonly clientId = `c_${randomBytes(9).toString('base64url')}`;
+  private forwarder?: LocalForwarder;
+  private renewTimer?: NodeJS.Timeout;
+  private endedReason?: string;
+  private leaving = false;
+  readonly ended: Promise<string>;
+  private resolveEnded!: (reason: string) => void;
+
+  private constructor(
+    private readonly settings: ClientSettings,
+    private readonly want: InterceptRequest,
+  ) {
+    super();
+    this.api = new ApiClient(settings.server, settings.token);
+    this.ended = new Promise((resolve) => {
+      this.resolveEnded = resolve;
+    });
+    this.tunnel = new TunnelClient({
+      server: settings.server,
+      token: settings.token,
+      clientId: this.clientId,
+      holder: settings.holder,
+      onStream: (stream, headers) => {
+        if (this.forwarder && interceptIdOf(headers) === this.intercept.id) {
+          this.forwarder.serve(stream, headers);
+        } else {
+          // Only this session's intercept is served; anything else is a stale route.
+          stream.respond({ ':status': 421, 'content-type': 'text/plain' });
+          stream.end('Kelsingra: this client does not hold that intercept any more\n');
+        }
+      },
+    });
+    this.tunnel.on('state', (state, extra) => this.emit('event', { kind: 'tunnel', state, ...extra, at: Date.now() }));
+    this.tunnel.on('control', (message) => {
+      if (message.type === 'intercept-ended' && message.id === this.intercept?.id && !this.leaving) {
+        this.end(message.reason === 'left' ? 'left from another shell' : 'lease expired');
+      } else if (message.type === 'renewed' && this.intercept && message.missing.includes(this.intercept.id)) {
+        this.end('lease lost: the server no longer has this intercept');
+      }
+    });
+    this.tunnel.on('reconnected', () => {
+      this.register().catch((err: Error) => this.end(`could not re-assert the intercept after reconnecting: ${err.message}`));
+    });
+  }
+
+  static async start(settings: ClientSettings, want: InterceptRequest): Promise<InterceptSession> {
+    const session = new InterceptSession(settings, want);
+    await session.tunnel.start();
+    try {
+      await session.register();
+    } catch (err) {
+      session.tunnel.close();
+      throw err;
+    }
+    session.forwarder = new LocalForwarder(
+      { interceptId: session.intercept.id, service: want.service, tenant: want.tenant, port: want.port },
+      (event) => session.emit('event', event),
+    );
+    const renewEvery = Math.max(250, Math.floor(session.tunnel.leaseTtlMs / 3));
+    session.renewTimer = setInterval(() => session.tunnel.send({ type: 'renew', ids: [session.intercept.id] }), renewEvery);
+    return session;
+  }
+
+  private async register(): Promise<void> {
+    this.intercept = await this.api.create({
+      service: this.want.service,
+      tenant: this.want.tenant,
+      clientId: this.clientId,
+      localPort: this.want.port,
+    });
+  }
+
+  /** Removes the intercept on the server (traffic falls back at once) and closes the tunnel. */
+  async leave(reason = 'left'): Promise<void> {
+    if (this.endedReason === undefined) {
+      // The server will echo our own removal back as 'intercept-ended'; the reason is ours to give.
+      this.leaving = true;
+      try {
+        await this.api.remove(this.intercept.id);
+      } catch (err) {
+        // Already gone is fine: leaving is idempotent. Anything else, the lease will end it.
+        if (!(err instanceof KelsingraError && err.exitCode === ExitCode.notFound)) {
+          this.end(`${reason}; removing the intercept failed (${(err as Error).message}); it lapses with its lease`);
+          await this.shutdown();
+          throw err;
+        }
+      }
+      this.end(reason);
+    }
+    await this.shutdown();
+  }
+
+  private end(reason: string): void {
+    if (this.endedReason !== undefined) return;
+    this.endedReason = reason;
+    clearInterval(this.renewTimer);
+    this.emit('event', { kind: 'ended', reason, at: Date.now() });
+    this.resolveEnded(reason);
+  }
+
+  private async shutdown(): Promise<void> {
+    clearInterval(this.renewTimer);
+    this.tunnel.close();
+    await this.forwarder?.close();
+  }
+}

@@ -1,0 +1,138 @@
+/**
+ * Serves one tunnelled request from the developer's local service: the HTTP/2 stream the
+ * server opened becomes an HTTP/1.1 request to 127.0.0.1:<port>, and the response streams
+ * back. Reports each finished request as an event for the request log.
+ */
+import http2, { type IncomingHttpHeaders, type ServerHttp2Stream } from 'node:http2';
+import { PassThrough } from 'node:stream';
+import { Pool } from 'undici';
+import { forwardableResponseHeaders, fromHttp2, maskSecretHeaders } from './http-headers.js';
+import { ERROR_HEADER, INTERCEPT_HEADER } from './protocol.js';
+
+export interface RequestEvent {
+  kind: 'http';
+  interceptId: string;
+  startedAt: number;
+  method: string;
+  path: string;
+  status: number;
+  durationMs: number;
+  bytesIn: number;
+  bytesOut: number;
+  error?: string;
+  requestHeaders: Record<string, string>;
+  responseHeaders: Record<string, string>;
+}
+
+export interface LocalTarget {
+  interceptId: string;
+  service: string;
+  tenant: string;
+  port: number;
+  host?: string;
+}
+
+export class LocalForwarder {
+  private readonly pool: Pool;
+
+  constructor(
+    private readonly target: LocalTarget,
+    private readonly onEvent: (event: RequestEvent) => void,
+  ) {
+    this.pool = new Pool(`http://${target.host ?? '127.0.0.1'}:${target.port}`, {
+      connections: 256,
+      keepAliveTimeout: 10_000,
+      // The server agent bounds the wait for a response; this only stops a stuck socket living forever.
+      headersTimeout: 10 * 60_000,
+      bodyTimeout: 10 * 60_000,
+    });
+  }
+
+  serve(stream: ServerHttp2Stream, h2headers: IncomingHttpHeaders): void {
+    const startedAt = Date.now();
+    const t0 = performance.now();
+    const method = String(h2headers[':method']);
+    const path = String(h2headers[':path']);
+    const headers = fromHttp2(h2headers);
+    const hasBody = !stream.readableEnded && !(stream as unknown as { endAfterHeaders: boolean }).endAfterHeaders;
+    const abort = new AbortController();
+    let bytesIn = 0;
+    let bytesOut = 0;
+    if (hasBody) stream.on('data', (c: Buffer) => (bytesIn += c.length));
+
+    const finish = (status: number, responseHeaders: Record<string, string | string[] | undefined>, error?: string) => {
+      this.onEvent({
+        kind: 'http',
+        interceptId: this.target.interceptId,
+        startedAt,
+        method,
+        path,
+        status,
+        durationMs: performance.now() - t0,
+        bytesIn,
+        bytesOut,
+        error,
+        requestHeaders: maskSecretHeaders(headers),
+        responseHeaders: maskSecretHeaders(responseHeaders),
+      });
+    };
+
+    // The caller hung up (the server reset the stream): stop the local request too.
+    stream.on('close', () => {
+      if (stream.rstCode !== http2.constants.NGHTTP2_NO_ERROR) abort.abort();
+    });
+    stream.on('error', () => {
+      // Surfaces as the 'close' above with a reset code; the local request is aborted there.
+    });
+
+    this.pool
+      // undici destroys a body stream once it has read it; handing it the HTTP/2 stream itself
+      // would reset the stream before the response could be written back on it.
+      .request({ method, path, headers, body: hasBody ? stream.pipe(new PassThrough()) : null, signal: abort.signal })
+      .then(({ statusCode, headers: resHeaders, body }) => {
+        if (stream.destroyed) {
+          body.destroy();
+          finish(499, resHeaders, 'caller went away');
+          return;
+        }
+        stream.respond({ ':status': statusCode, ...forwardableResponseHeaders(resHeaders) });
+        body.on('data', (c: Buffer) => (bytesOut += c.length));
+        body.pipe(stream);
+        body.on('error', () => stream.close(http2.constants.NGHTTP2_INTERNAL_ERROR));
+        stream.on('close', () => {
+          const aborted = stream.rstCode !== http2.constants.NGHTTP2_NO_ERROR;
+          finish(statusCode, resHeaders, aborted ? 'stream reset before the response ended' : undefined);
+        });
+      })
+      .catch((err: Error & { code?: string }) => {
+        if (abort.signal.aborted || stream.destroyed) {
+          finish(499, {}, 'caller went away');
+          return;
+        }
+        const where = `127.0.0.1:${this.target.port}`;
+        const reason = err.code === 'ECONNREFUSED' ? 'connection refused — is it running?' : err.message;
+        const body = JSON.stringify({
+          error: `Kelsingra: intercept ${this.target.interceptId} (${this.target.service}, tenant ${this.target.tenant}) could not reach the local service at ${where}: ${reason}`,
+          code: 'local-unreachable',
+          source: 'kelsingra',
+          intercept: this.target.interceptId,
+          localPort: this.target.port,
+        });
+        const responseHeaders = { 'content-type': 'application/json; charset=utf-8', [ERROR_HEADER]: 'local-unreachable' };
+        stream.respond({ ':status': 502, ...responseHeaders });
+        stream.end(body);
+        bytesOut = Buffer.byteLength(body);
+        finish(502, responseHeaders, reason);
+      });
+  }
+
+  close(): Promise<void> {
+    return this.pool.close();
+  }
+}
+
+/** The intercept id the server stamped on a tunnelled request. */
+export function interceptIdOf(headers: IncomingHttpHeaders): string | undefined {
+  const id = headers[INTERCEPT_HEADER];
+  return typeof id === 'string' ? id : undefined;
+}

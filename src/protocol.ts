@@ -1,0 +1,42 @@
+/**
+ * Names shared by the server agent and the client agent. The wire protocol itself is
+ * described in docs/protocol.md; keep the two in step.
+ */
+
+/** WebSocket path of the tunnel on the control port. */
+export const TUNNEL_PATH = '/v1/tunnel';
+/** Subprotocol offered by clients; lets a future protocol change be refused cleanly. */
+export const TUNNEL_SUBPROTOCOL = 'kelsingra.h2.v1';
+
+/** Set on every request Kelsingra forwards, so reverse-proxy rules can skip it and loops are caught. */
+export const HOP_HEADER = 'x-kelsingra-hop';
+/** Lets a caller name the service explicitly instead of relying on Host or path. */
+export const SERVICE_HEADER = 'x-kelsingra-service';
+/** Added to tunnelled requests so the local service (and the log) can tell which intercept served it. */
+export const INTERCEPT_HEADER = 'x-kelsingra-intercept';
+/** Marks responses that Kelsingra generated itself rather than relayed. */
+export const ERROR_HEADER = 'x-kelsingra-error';
+
+/** Sent by the client in the WebSocket upgrade. */
+export const CLIENT_ID_HEADER = 'x-kelsingra-client';
+export const HOLDER_HEADER = 'x-kelsingra-holder';
+
+/** Text frames on the tunnel WebSocket carry these JSON control messages; binary frames carry HTTP/2. */
+export type ServerControl =
+  | { type: 'hello'; clientId: string; heartbeatMs: number; leaseTtlMs: number }
+  | { type: 'renewed'; ids: string[]; missing: string[] }
+  | { type: 'intercept-ended'; id: string; reason: string };
+
+export type ClientControl = { type: 'renew'; ids: string[] };
+
+export interface InterceptView {
+  id: string;
+  service: string;
+  tenant: string;
+  holder: string;
+  clientId: string;
+  localPort: number;
+  createdAt: string;
+  expiresAt: string;
+  connected: boolean;
+}
