@@ -99,10 +99,15 @@ export class LocalForwarder {
         body.on('data', (c: Buffer) => (bytesOut += c.length));
         body.pipe(stream);
         body.on('error', () => stream.close(http2.constants.NGHTTP2_INTERNAL_ERROR));
-        stream.on('close', () => {
-          const aborted = stream.rstCode !== http2.constants.NGHTTP2_NO_ERROR;
-          finish(statusCode, resHeaders, aborted ? 'stream reset before the response ended' : undefined);
-        });
+        // Logged when the response is fully sent, even if the caller's upload is still unread.
+        let reported = false;
+        const report = (error?: string) => {
+          if (reported) return;
+          reported = true;
+          finish(statusCode, resHeaders, error);
+        };
+        stream.once('finish', () => report());
+        stream.once('close', () => report('stream reset before the response ended'));
       })
       .catch((err: Error & { code?: string }) => {
         if (abort.signal.aborted || stream.destroyed) {
