@@ -60,7 +60,11 @@ export class InterceptSession extends EventEmitter<{ event: [SessionEvent] }> {
         }
       },
     });
-    this.tunnel.on('state', (state, extra) => this.emit('event', { kind: 'tunnel', state, ...extra, at: Date.now() }));
+    this.tunnel.on('state', (state, extra) => {
+      this.emit('event', { kind: 'tunnel', state, ...extra, at: Date.now() });
+      // Reconnecting stopped for good (the token was revoked): nothing holds the intercept any more.
+      if (state === 'closed' && extra.error) this.end(`tunnel closed: ${extra.error}`);
+    });
     this.tunnel.on('control', (message) => {
       if (message.type === 'intercept-ended' && message.id === this.intercept?.id && !this.leaving) {
         this.end(message.reason === 'left' ? 'left from another shell' : 'lease expired');
@@ -92,12 +96,15 @@ export class InterceptSession extends EventEmitter<{ event: [SessionEvent] }> {
   }
 
   private async register(): Promise<void> {
+    const previous = this.intercept?.id;
     this.intercept = await this.api.create({
       service: this.want.service,
       tenant: this.want.tenant,
       clientId: this.clientId,
       localPort: this.want.port,
     });
+    // A server that restarted has forgotten the lease, so re-asserting creates a new id.
+    if (previous && previous !== this.intercept.id && this.forwarder) this.forwarder.target.interceptId = this.intercept.id;
   }
 
   /** Removes the intercept on the server (traffic falls back at once) and closes the tunnel. */

@@ -36,7 +36,7 @@ export class LocalForwarder {
   private readonly pool: Pool;
 
   constructor(
-    private readonly target: LocalTarget,
+    readonly target: LocalTarget,
     private readonly onEvent: (event: RequestEvent) => void,
   ) {
     this.pool = new Pool(`http://${target.host ?? '127.0.0.1'}:${target.port}`, {

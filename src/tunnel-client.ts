@@ -175,12 +175,7 @@ export class TunnelClient extends EventEmitter<TunnelEvents> {
       },
     }).then(
       () => this.emit('reconnected'),
-      (err: Error) => {
-        if (this.state !== 'closed') {
-          this.setState('closed', { error: err.message });
-          this.state = 'closed';
-        }
-      },
+      (err: Error) => this.setState('closed', { error: err.message }),
     );
   }
 }
