@@ -1,7 +1,7 @@
 import { fileURLToPath } from 'node:url';
 import { Args, Flags } from '@oclif/core';
 import { BaseCommand } from '../src/cli/base-command.js';
-import { AGENT_FLAG, type AgentMessage, agentLogFile, startDetachedAgent } from '../src/detach.js';
+import { type AgentMessage, agentLogFile, startDetachedAgent } from '../src/detach.js';
 import { ExitCode, KelsingraError } from '../src/errors.js';
 import { runIntercept } from '../src/intercept-runner.js';
 import { loadSettings } from '../src/settings.js';

@@ -18,7 +18,7 @@ export default class Status extends BaseCommand {
     this.log(`Server ${settings.server} (${status.serverId}, version ${status.version}); tenant header ${status.tenantHeader}`);
     this.log('\nServices:');
     for (const u of status.upstreams) {
-      const health = u.lastError && (!u.lastOkAt || u.lastErrorAt! > u.lastOkAt) ? `last error: ${u.lastError}` : u.lastOkAt ? 'ok' : 'no traffic yet';
+      const health = u.lastError && (!u.lastOkAt || (u.lastErrorAt ?? '') > u.lastOkAt) ? `last error: ${u.lastError}` : u.lastOkAt ? 'ok' : 'no traffic yet';
       this.log(`  ${u.service.padEnd(16)} ${u.url}  (${health})`);
     }
     this.log(`\nIntercepts:\n${interceptTable(status.intercepts).replace(/^/gm, '  ')}`);

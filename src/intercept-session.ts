@@ -37,7 +37,7 @@ export class InterceptSession extends EventEmitter<{ event: [SessionEvent] }> {
   private resolveEnded!: (reason: string) => void;
 
   private constructor(
-    private readonly settings: ClientSettings,
+    settings: ClientSettings,
     private readonly want: InterceptRequest,
   ) {
     super();
