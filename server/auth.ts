@@ -50,7 +50,8 @@ export class TokenAuthority {
   /** Comparing fixed-length digests in constant time leaks neither the token nor its length. */
   authenticate(headers: IncomingHttpHeaders): Principal | undefined {
     const header = headers.authorization;
-    if (!header?.startsWith('Bearer ')) return undefined;
+    // The auth scheme is case-insensitive (RFC 9110 §11.1): `bearer x` is as good as `Bearer x`.
+    if (!header || !/^bearer /i.test(header)) return undefined;
     const given = digest(header.slice(7).trim());
     let found: Principal | undefined;
     for (const entry of this.entries) {

@@ -79,7 +79,12 @@ function formatIssues(error: z.ZodError, source: string): string {
   return error.issues
     .map((issue) => {
       const key = issue.path.length ? issue.path.join('.') : '(top level)';
-      return `  ${key}: ${issue.message}`;
+      // A bad record key (a service name) carries its real reason nested; zod's own text is just "Invalid key in record".
+      const message =
+        issue.code === 'invalid_key'
+          ? issue.issues.map((i) => i.message).join('; ') || issue.message
+          : issue.message;
+      return `  ${key}: ${message}`;
     })
     .join('\n')
     .replace(/^/, `${source} is not valid:\n`);

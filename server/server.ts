@@ -6,6 +6,7 @@ import { randomBytes } from 'node:crypto';
 import type { Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import type { Logger } from 'pino';
+import { ExitCode, KelsingraError } from '../src/errors.js';
 import { TokenAuthority } from './auth.js';
 import type { ServerConfig } from './config.js';
 import { createControlPlane } from './control-plane.js';
@@ -67,6 +68,15 @@ export async function startServer(config: ServerConfig, log: Logger = createLogg
     control.close();
     store.close();
     hub.close();
+    const e = err as NodeJS.ErrnoException & { port?: number; address?: string };
+    if (e.code === 'EADDRINUSE' || e.code === 'EACCES') {
+      const which = e.port === config.port ? 'control port (--port, KELSINGRA_PORT)' : 'data port (--proxy-port, KELSINGRA_PROXY_PORT)';
+      throw new KelsingraError(
+        `cannot listen on ${e.address ?? config.host}:${e.port}: ${e.code === 'EADDRINUSE' ? 'the address is already in use' : 'permission denied'}`,
+        ExitCode.config,
+        `is another server agent running? choose another ${which}`,
+      );
+    }
     throw err;
   }
   log.info({ controlPort, proxyPort, services: router.names, tenantHeader: config.tenantHeader, serverId }, 'server agent listening');

@@ -4,13 +4,12 @@
  */
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import http2, { type OutgoingHttpHeaders } from 'node:http2';
+import { pipeUnlessReset } from '../src/h2-pipe.js';
 import { fromHttp2, rawToObject } from '../src/http-headers.js';
 import { INTERCEPT_HEADER } from '../src/protocol.js';
 import { sendError } from './error-response.js';
 import type { Intercept } from './intercept-store.js';
 import type { ClientTunnel } from './tunnel-hub.js';
-
-const { NGHTTP2_CANCEL } = http2.constants;
 
 export function forwardThroughTunnel(
   req: IncomingMessage,
@@ -32,8 +31,11 @@ export function forwardThroughTunnel(
   const hasBody = req.headers['content-length'] !== undefined || req.headers['transfer-encoding'] !== undefined;
   const name = `intercept ${intercept.id} (${intercept.service}, tenant ${intercept.tenant}, held by ${intercept.holder})`;
   let stream: http2.ClientHttp2Stream;
+  // Aborting sends RST_STREAM(CANCEL) alone. stream.close(code) would first end the writable side,
+  // so the local service could see END_STREAM (a truncated upload that looks whole) before the reset.
+  const cancel = new AbortController();
   try {
-    stream = tunnel.session.request(h2headers, { endStream: !hasBody });
+    stream = tunnel.session.request(h2headers, { endStream: !hasBody, signal: cancel.signal });
   } catch (err) {
     sendError(res, 502, 'tunnel-unavailable', `${name}: the tunnel could not take the request: ${(err as Error).message}`, {
       intercept: intercept.id,
@@ -48,22 +50,19 @@ export function forwardThroughTunnel(
         intercept: intercept.id,
       });
     }
-    stream.close(NGHTTP2_CANCEL);
+    cancel.abort();
   });
 
   stream.on('response', (responseHeaders) => {
     stream.setTimeout(0);
     const status = Number(responseHeaders[':status']);
     res.writeHead(status, fromHttp2(responseHeaders));
-    stream.pipe(res);
+    // A reset mid-body cuts the caller's connection: a truncated body must not look whole.
+    pipeUnlessReset(stream, res);
   });
 
   stream.on('close', () => {
-    if (res.headersSent) {
-      // A reset mid-body: the caller must not mistake a truncated body for a whole one.
-      if (!res.writableFinished && stream.rstCode !== http2.constants.NGHTTP2_NO_ERROR) res.destroy();
-      return;
-    }
+    if (res.headersSent) return;
     sendError(res, 502, 'tunnel-reset', `${name}: the tunnel stream was reset before a response (code ${stream.rstCode})`, {
       intercept: intercept.id,
     });
@@ -74,6 +73,6 @@ export function forwardThroughTunnel(
 
   if (hasBody) req.pipe(stream);
   res.on('close', () => {
-    if (!res.writableFinished && !stream.closed) stream.close(NGHTTP2_CANCEL);
+    if (!res.writableFinished && !stream.closed) cancel.abort();
   });
 }

@@ -93,7 +93,9 @@ export class TunnelHub {
       });
       ws.on('close', () => {
         if (this.tunnels.get(clientId) === tunnel) this.tunnels.delete(clientId);
-        tunnel.session.destroy();
+        // With an error, open streams end with a reset code rather than NO_ERROR, so callers
+        // mid-response get a cut connection instead of a body that looks complete.
+        tunnel.session.destroy(new Error('tunnel closed'));
         this.log.info({ clientId, holder }, 'tunnel closed');
       });
       tunnel.send({ type: 'hello', clientId, heartbeatMs: this.heartbeatMs, leaseTtlMs: this.store.ttlMs });

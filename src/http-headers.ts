@@ -38,10 +38,10 @@ function connectionTokens(value: string | undefined): Set<string> | undefined {
  */
 export function forwardableRawHeaders(raw: string[], drop?: ReadonlySet<string>): string[] {
   let extra: Set<string> | undefined;
+  // A request may carry several Connection lines; each one's names are hop-by-hop.
   for (let i = 0; i < raw.length; i += 2) {
     if ((raw[i] as string).length === 10 && (raw[i] as string).toLowerCase() === 'connection') {
-      extra = connectionTokens(raw[i + 1]);
-      break;
+      for (const name of connectionTokens(raw[i + 1]) ?? []) (extra ??= new Set()).add(name);
     }
   }
   const out: string[] = [];

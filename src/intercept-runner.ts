@@ -71,7 +71,7 @@ export async function runIntercept(settings: ClientSettings, want: InterceptRequ
         if (result.failed && result.exitCode === undefined && !result.signal) {
           process.stderr.write(`Error: could not run ${opts.command?.join(' ')}: ${result.shortMessage ?? result.message}\n`);
         }
-        return `local command exited (${result.exitCode ?? result.signal})`;
+        return `local command exited (${result.exitCode ?? result.signal ?? 'could not start'})`;
       }),
     );
   }

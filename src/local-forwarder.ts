@@ -6,6 +6,7 @@
 import http2, { type IncomingHttpHeaders, type ServerHttp2Stream } from 'node:http2';
 import { PassThrough } from 'node:stream';
 import { Pool } from 'undici';
+import { pipeUnlessReset } from './h2-pipe.js';
 import { forwardableResponseHeaders, fromHttp2, maskSecretHeaders } from './http-headers.js';
 import { ERROR_HEADER, INTERCEPT_HEADER } from './protocol.js';
 
@@ -86,9 +87,7 @@ export class LocalForwarder {
     });
 
     this.pool
-      // undici destroys a body stream once it has read it; handing it the HTTP/2 stream itself
-      // would reset the stream before the response could be written back on it.
-      .request({ method, path, headers, body: hasBody ? stream.pipe(new PassThrough()) : null, signal: abort.signal })
+      .request({ method, path, headers, body: hasBody ? uploadBody(stream) : null, signal: abort.signal })
       .then(({ statusCode, headers: resHeaders, body }) => {
         if (stream.destroyed) {
           body.destroy();
@@ -98,7 +97,9 @@ export class LocalForwarder {
         stream.respond({ ':status': statusCode, ...forwardableResponseHeaders(resHeaders) });
         body.on('data', (c: Buffer) => (bytesOut += c.length));
         body.pipe(stream);
-        body.on('error', () => stream.close(http2.constants.NGHTTP2_INTERNAL_ERROR));
+        // destroy, not close(code): close() ends the writable side first, so the peer would see
+        // END_STREAM (a clean, truncated body) before the RST_STREAM.
+        body.on('error', (err) => stream.destroy(err));
         // Logged when the response is fully sent, even if the caller's upload is still unread.
         let reported = false;
         const report = (error?: string) => {
@@ -134,6 +135,17 @@ export class LocalForwarder {
   close(): Promise<void> {
     return this.pool.close();
   }
+}
+
+/**
+ * undici destroys a body stream once it has read it; handing it the HTTP/2 stream itself would
+ * reset the stream before the response could be written back on it. A reset upload must also
+ * reach the local service as an error, never as a shorter body that ends cleanly.
+ */
+function uploadBody(stream: ServerHttp2Stream): PassThrough {
+  const body = new PassThrough();
+  pipeUnlessReset(stream, body);
+  return body;
 }
 
 /** The intercept id the server stamped on a tunnelled request. */

@@ -8,6 +8,12 @@ import WebSocket from 'ws';
 
 /** Beyond this much unsent data, writes wait for the socket to drain. */
 const WRITE_HIGH_WATER = 1 << 20;
+/**
+ * Largest binary message sent. HTTP/2 can hand over a burst as large as its windows (8 MB and
+ * more) in one writev; one message that size would exceed the peer's maxPayload (8 MB) and kill
+ * the tunnel with 1009, so bursts go out as several messages (the peer reads them as one stream).
+ */
+const MAX_MESSAGE = 1 << 20;
 
 export function webSocketDuplex(ws: WebSocket, onText: (text: string) => void): Duplex {
   let pendingCallback: ((err?: Error | null) => void) | undefined;
@@ -31,6 +37,16 @@ export function webSocketDuplex(ws: WebSocket, onText: (text: string) => void): 
     }
   };
 
+  const sendAll = (data: Buffer, cb: (err?: Error | null) => void) => {
+    let offset = 0;
+    if (ws.readyState === WebSocket.OPEN) {
+      for (; data.length - offset > MAX_MESSAGE; offset += MAX_MESSAGE)
+        ws.send(data.subarray(offset, offset + MAX_MESSAGE), { binary: true });
+    }
+    // The last piece goes through send(), which holds the callback while the socket is backed up.
+    send(offset === 0 ? data : data.subarray(offset), cb);
+  };
+
   const duplex = new Duplex({
     // The HTTP/2 session buffers for itself; a small readable buffer keeps pauses prompt.
     readableHighWaterMark: 256 * 1024,
@@ -39,10 +55,10 @@ export function webSocketDuplex(ws: WebSocket, onText: (text: string) => void): 
       ws.resume();
     },
     write(chunk: Buffer, _enc, cb) {
-      send(chunk, cb);
+      sendAll(chunk, cb);
     },
     writev(chunks, cb) {
-      send(chunks.length === 1 ? (chunks[0]?.chunk as Buffer) : Buffer.concat(chunks.map((c) => c.chunk as Buffer)), cb);
+      sendAll(chunks.length === 1 ? (chunks[0]?.chunk as Buffer) : Buffer.concat(chunks.map((c) => c.chunk as Buffer)), cb);
     },
     final(cb) {
       ws.close(1000, 'done');

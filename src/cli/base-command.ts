@@ -19,7 +19,7 @@ export abstract class BaseCommand extends Command {
     const json = this.argv.includes('--json');
     if (err instanceof KelsingraError) {
       if (json) {
-        process.stderr.write(`${JSON.stringify({ error: err.message, hint: err.hint, exitCode: err.exitCode, ...err.details })}\n`);
+        process.stderr.write(`${JSON.stringify({ ...err.details, error: err.message, hint: err.hint, exitCode: err.exitCode })}\n`);
       } else {
         process.stderr.write(`${chalk.red('Error:')} ${err.message}\n`);
         if (err.hint) process.stderr.write(`${chalk.dim('Hint:')} ${err.hint}\n`);

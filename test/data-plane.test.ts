@@ -1,0 +1,625 @@
+/**
+ * Data plane, end to end: a real `kelsingra server` process in front of real upstream HTTP
+ * servers. Covers routing, header handling, loop guard, errors and large bodies on the
+ * pass-through path, and the tenant header setting with a real intercept.
+ */
+import { createHash } from 'node:crypto';
+import { writeFileSync } from 'node:fs';
+import http from 'node:http';
+import { join } from 'node:path';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import {
+  cli,
+  clientEnv,
+  freePort,
+  listen,
+  type ServerProcess,
+  startServerProcess,
+  tempDir,
+  waitFor,
+} from './helpers.js';
+
+/** The CLI run to completion, with its output as text. */
+async function run(args: string[], env: Record<string, string>) {
+  const r = await cli(args, env);
+  return { exitCode: r.exitCode, stdout: String(r.stdout), stderr: String(r.stderr) };
+}
+
+const TOKEN = 'data-plane-token-123';
+const MB = 1024 * 1024;
+
+interface RawResponse {
+  status: number;
+  headers: http.IncomingHttpHeaders;
+  body: Buffer;
+}
+
+/** An HTTP/1.1 request with full control of the headers (fetch refuses hop-by-hop ones). */
+function rawRequest(
+  url: string,
+  opts: { method?: string; headers?: http.OutgoingHttpHeaders | string[]; body?: Buffer | string } = {},
+): Promise<RawResponse> {
+  return new Promise((resolve, reject) => {
+    const req = http.request(
+      url,
+      { method: opts.method ?? 'GET', headers: opts.headers, agent: false },
+      (res) => {
+        const chunks: Buffer[] = [];
+        res.on('data', (c: Buffer) => chunks.push(c));
+        res.on('end', () =>
+          resolve({ status: res.statusCode ?? 0, headers: res.headers, body: Buffer.concat(chunks) }),
+        );
+        res.on('error', reject);
+      },
+    );
+    req.on('error', reject);
+    req.end(opts.body);
+  });
+}
+
+function json(res: RawResponse): Record<string, unknown> {
+  return JSON.parse(res.body.toString('utf8')) as Record<string, unknown>;
+}
+
+/** Kelsingra's own error responses say so in the body and in a header. */
+function expectKelsingraError(res: RawResponse, status: number, code: string): Record<string, unknown> {
+  expect(res.status).toBe(status);
+  expect(res.headers['content-type']).toMatch(/application\/json/);
+  expect(res.headers['x-kelsingra-error']).toBe(code);
+  const body = json(res);
+  expect(body.source).toBe('kelsingra');
+  expect(body.code).toBe(code);
+  expect(String(body.error)).toMatch(/^Kelsingra: /);
+  return body;
+}
+
+interface Seen {
+  method: string;
+  url: string;
+  headers: http.IncomingHttpHeaders;
+  rawHeaders: string[];
+}
+
+/**
+ * An upstream that answers every request with what it saw, tagged with its name, so a test
+ * can tell which upstream got a request and how it looked.
+ */
+async function echoUpstream(name: string) {
+  const seen: Seen[] = [];
+  const watch = { bytes: 0, ended: false, aborted: false };
+  const up = await listen((req, res) => {
+    if (req.url === '/reset-mid-response') {
+      res.writeHead(200, { 'content-type': 'application/octet-stream' });
+      res.write(Buffer.alloc(32 * 1024, 1));
+      setTimeout(() => req.socket.destroy(), 100);
+      return;
+    }
+    if (req.url === '/upload-watch') {
+      req.on('data', (c: Buffer) => {
+        watch.bytes += c.length;
+      });
+      req.on('end', () => {
+        watch.ended = true;
+        res.end('got it all');
+      });
+      req.on('close', () => {
+        if (!req.complete) watch.aborted = true;
+      });
+      return;
+    }
+    const hash = createHash('sha256');
+    let size = 0;
+    req.on('data', (c: Buffer) => {
+      hash.update(c);
+      size += c.length;
+    });
+    req.on('end', () => {
+      seen.push({
+        method: req.method ?? '',
+        url: req.url ?? '',
+        headers: req.headers,
+        rawHeaders: req.rawHeaders,
+      });
+      const url = new URL(req.url ?? '/', 'http://x');
+      if (url.pathname === '/download') {
+        const total = Number(url.searchParams.get('bytes'));
+        res.writeHead(200, { 'content-type': 'application/octet-stream', 'content-length': total });
+        writePattern(res, total);
+        return;
+      }
+      if (url.pathname === '/cookies') {
+        res.setHeader('set-cookie', ['a=1; Path=/', 'b=2; Path=/; HttpOnly']);
+        res.setHeader('x-upstream', name);
+        res.end('cookies');
+        return;
+      }
+      const body = JSON.stringify({
+        upstream: name,
+        method: req.method,
+        url: req.url,
+        headers: req.headers,
+        bodyBytes: size,
+        bodySha256: hash.digest('hex'),
+      });
+      res.writeHead(200, { 'content-type': 'application/json', 'x-upstream': name });
+      res.end(body);
+    });
+  });
+  return { ...up, seen, name, watch };
+}
+
+/** A deterministic byte pattern, written with backpressure. */
+function patternChunk(index: number): Buffer {
+  const chunk = Buffer.alloc(64 * 1024);
+  for (let i = 0; i < chunk.length; i++) chunk[i] = (index * 31 + i * 7) & 0xff;
+  return chunk;
+}
+
+function writePattern(
+  res: NodeJS.WritableStream & { once: (e: string, f: () => void) => unknown },
+  total: number,
+): void {
+  let written = 0;
+  let index = 0;
+  const pump = () => {
+    while (written < total) {
+      const chunk = patternChunk(index++).subarray(0, Math.min(64 * 1024, total - written));
+      written += chunk.length;
+      if (!res.write(chunk)) {
+        res.once('drain', pump);
+        return;
+      }
+    }
+    res.end();
+  };
+  pump();
+}
+
+function patternSha256(total: number): string {
+  const hash = createHash('sha256');
+  let written = 0;
+  let index = 0;
+  while (written < total) {
+    const chunk = patternChunk(index++).subarray(0, Math.min(64 * 1024, total - written));
+    written += chunk.length;
+    hash.update(chunk);
+  }
+  return hash.digest('hex');
+}
+
+type Upstream = Awaited<ReturnType<typeof echoUpstream>>;
+
+describe('data plane: pass-through to upstreams', () => {
+  let server: ServerProcess;
+  let billing: Upstream;
+  let orders: Upstream;
+  let ledger: Upstream;
+  let refusedPort: number;
+
+  beforeAll(async () => {
+    billing = await echoUpstream('billing');
+    orders = await echoUpstream('orders');
+    ledger = await echoUpstream('ledger');
+    refusedPort = await freePort();
+    const dir = tempDir('kelsingra-dp-config-');
+    const config = join(dir, 'kelsingra.yaml');
+    writeFileSync(
+      config,
+      [
+        'services:',
+        '  orders:',
+        `    upstream: ${orders.url}`,
+        '    hosts: [api.shop.test]',
+        '    pathPrefix: /orders-api',
+        '  ledger:',
+        `    upstream: ${ledger.url}/base`,
+        '    pathPrefix: /ledger-api',
+        '    stripPrefix: true',
+        '',
+      ].join('\n'),
+    );
+    server = await startServerProcess([
+      '--config',
+      config,
+      '--service',
+      `billing=${billing.url}`,
+      '--service',
+      `refused=http://127.0.0.1:${refusedPort}`,
+      '--token',
+      TOKEN,
+    ]);
+  });
+
+  afterAll(async () => {
+    await server?.stop();
+    for (const up of [billing, orders, ledger]) {
+      up?.server.closeAllConnections();
+      up?.server.close();
+    }
+  });
+
+  it('keeps Host, path, query and the tenant header, drops hop-by-hop headers, adds Forwarded, Via and the loop guard', async () => {
+    const before = billing.seen.length;
+    const res = await rawRequest(`${server.data}/invoices/42?expand=lines&x=1`, {
+      headers: [
+        'Host',
+        'billing.dev.example.com',
+        'X-Tenant-ID',
+        't-keep',
+        'Connection',
+        'keep-alive, X-Secret-Hop',
+        'X-Secret-Hop',
+        'must-not-pass',
+        'Keep-Alive',
+        'timeout=5',
+        'TE',
+        'trailers',
+        'Upgrade',
+        'websocket',
+        'Proxy-Authorization',
+        'Basic abc',
+        'Proxy-Connection',
+        'keep-alive',
+        'X-Custom',
+        'kept',
+        'Cookie',
+        'a=1',
+        'Authorization',
+        'Bearer app-token',
+      ],
+    });
+    expect(res.status).toBe(200);
+    expect(res.headers['x-upstream']).toBe('billing');
+    expect(billing.seen.length).toBe(before + 1);
+    const seen = billing.seen[before] as Seen;
+    expect(seen.method).toBe('GET');
+    expect(seen.url).toBe('/invoices/42?expand=lines&x=1');
+    expect(seen.headers.host).toBe('billing.dev.example.com');
+    expect(seen.headers['x-tenant-id']).toBe('t-keep');
+    expect(seen.headers['x-custom']).toBe('kept');
+    expect(seen.headers.cookie).toBe('a=1');
+    expect(seen.headers.authorization).toBe('Bearer app-token');
+    // Hop-by-hop: named in Connection, and the fixed list.
+    expect(seen.headers['x-secret-hop']).toBeUndefined();
+    expect(seen.headers['keep-alive']).toBeUndefined();
+    expect(seen.headers.te).toBeUndefined();
+    expect(seen.headers.upgrade).toBeUndefined();
+    expect(seen.headers['proxy-authorization']).toBeUndefined();
+    expect(seen.headers['proxy-connection']).toBeUndefined();
+    expect(seen.headers.connection ?? '').not.toMatch(/x-secret-hop|upgrade/i);
+    // This hop is recorded.
+    expect(seen.headers.forwarded).toMatch(/for=127\.0\.0\.1;proto=http;host="billing\.dev\.example\.com"/);
+    expect(seen.headers.via).toBe('1.1 kelsingra');
+    expect(seen.headers['x-kelsingra-hop']).toMatch(/^ks-[0-9a-f]+$/);
+  });
+
+  it('appends to an existing Forwarded and Via chain rather than replacing it', async () => {
+    const before = billing.seen.length;
+    const res = await rawRequest(`${server.data}/chain`, {
+      headers: {
+        'x-kelsingra-service': 'billing',
+        forwarded: 'for=10.0.0.1;proto=https',
+        via: '1.1 edge-proxy',
+      },
+    });
+    expect(res.status).toBe(200);
+    const seen = billing.seen[before] as Seen;
+    expect(seen.headers.forwarded).toMatch(/^for=10\.0\.0\.1;proto=https, for=127\.0\.0\.1;proto=http/);
+    expect(seen.headers.via).toBe('1.1 edge-proxy, 1.1 kelsingra');
+  });
+
+  it('answers a request that already passed through Kelsingra with 508 and does not forward it', async () => {
+    const before = billing.seen.length;
+    const res = await rawRequest(`${server.data}/loop`, {
+      headers: { 'x-kelsingra-service': 'billing', 'x-tenant-id': 't1', 'x-kelsingra-hop': 'ks-deadbeef' },
+    });
+    const body = expectKelsingraError(res, 508, 'loop-detected');
+    expect(String(body.error)).toContain('x-kelsingra-hop');
+    expect(billing.seen.length).toBe(before);
+  });
+
+  it('answers an unknown service with 404 naming the known services', async () => {
+    const res = await rawRequest(`${server.data}/x`, { headers: { host: 'nosuch.dev.example.com' } });
+    const body = expectKelsingraError(res, 404, 'unknown-service');
+    expect([...(body.services as string[])].sort()).toEqual(['billing', 'ledger', 'orders', 'refused']);
+    for (const name of ['billing', 'ledger', 'orders', 'refused']) expect(String(body.error)).toContain(name);
+    expect(String(body.error)).toContain('nosuch.dev.example.com');
+
+    const byHeader = await rawRequest(`${server.data}/x`, { headers: { 'x-kelsingra-service': 'nosuch' } });
+    expectKelsingraError(byHeader, 404, 'unknown-service');
+  });
+
+  it('finds the service by configured host, first DNS label, path prefix and x-kelsingra-service', async () => {
+    const cases: { headers: Record<string, string>; path: string; upstream: string; url: string }[] = [
+      // Configured host (port ignored).
+      { headers: { host: 'api.shop.test:8080' }, path: '/o/1', upstream: 'orders', url: '/o/1' },
+      // First DNS label.
+      { headers: { host: 'billing.team-a.dev.example.com' }, path: '/b', upstream: 'billing', url: '/b' },
+      { headers: { host: 'orders' }, path: '/plain', upstream: 'orders', url: '/plain' },
+      // Path prefix, kept…
+      {
+        headers: { host: 'gateway.test' },
+        path: '/orders-api/list?page=2',
+        upstream: 'orders',
+        url: '/orders-api/list?page=2',
+      },
+      // …or stripped, under the upstream's base path.
+      {
+        headers: { host: 'gateway.test' },
+        path: '/ledger-api/entries?x=1',
+        upstream: 'ledger',
+        url: '/base/entries?x=1',
+      },
+      { headers: { host: 'gateway.test' }, path: '/ledger-api', upstream: 'ledger', url: '/base/' },
+      // Explicit header wins over Host and path.
+      {
+        headers: { host: 'billing.dev.example.com', 'x-kelsingra-service': 'ledger' },
+        path: '/orders-api/z',
+        upstream: 'ledger',
+        url: '/base/orders-api/z',
+      },
+    ];
+    for (const c of cases) {
+      const res = await rawRequest(`${server.data}${c.path}`, { headers: c.headers });
+      expect(res.status, JSON.stringify(c)).toBe(200);
+      const body = json(res);
+      expect(body.upstream, JSON.stringify(c)).toBe(c.upstream);
+      expect(body.url, JSON.stringify(c)).toBe(c.url);
+    }
+    // A prefix only matches on a path-segment boundary.
+    const notPrefix = await rawRequest(`${server.data}/orders-apix`, { headers: { host: 'gateway.test' } });
+    expectKelsingraError(notPrefix, 404, 'unknown-service');
+  });
+
+  it('answers 502 from Kelsingra when the upstream refuses the connection', async () => {
+    const res = await rawRequest(`${server.data}/anything`, {
+      headers: { 'x-kelsingra-service': 'refused', 'x-tenant-id': 't1' },
+    });
+    const body = expectKelsingraError(res, 502, 'upstream-unreachable');
+    expect(body.service).toBe('refused');
+    expect(String(body.error)).toContain(`127.0.0.1:${refusedPort}`);
+  });
+
+  it('shows the caller an error, not a whole body, when the upstream resets mid-response', async () => {
+    const res = await fetch(`${server.data}/reset-mid-response`, {
+      headers: { 'x-kelsingra-service': 'billing', 'x-tenant-id': 't1' },
+    });
+    expect(res.status).toBe(200);
+    const outcome = await Promise.race([
+      res.arrayBuffer().then(
+        () => 'completed',
+        () => 'errored',
+      ),
+      new Promise((r) => setTimeout(() => r('hung'), 20_000)),
+    ]);
+    expect(outcome).toBe('errored');
+  });
+
+  it('answers oversized request headers with 431 from Kelsingra', async () => {
+    const before = billing.seen.length;
+    const res = await rawRequest(`${server.data}/big`, {
+      headers: { 'x-kelsingra-service': 'billing', 'x-big': 'a'.repeat(40 * 1024) },
+    });
+    expect(res.status).toBe(431);
+    const body = json(res);
+    expect(body.source).toBe('kelsingra');
+    expect(String(body.error)).toMatch(/^Kelsingra: request headers too large/);
+    expect(billing.seen.length).toBe(before);
+  });
+
+  it('preserves repeated Set-Cookie headers from the upstream', async () => {
+    const res = await rawRequest(`${server.data}/cookies`, { headers: { 'x-kelsingra-service': 'billing' } });
+    expect(res.status).toBe(200);
+    expect(res.headers['set-cookie']).toEqual(['a=1; Path=/', 'b=2; Path=/; HttpOnly']);
+    expect(res.body.toString()).toBe('cookies');
+  });
+
+  it('streams a 20 MB upload and a 20 MB download through pass-through intact', async () => {
+    const size = 20 * MB;
+    const upload = Buffer.alloc(size);
+    for (let i = 0; i < size; i += 4096) upload.writeUInt32BE((i * 2654435761) >>> 0, i);
+    const up = await rawRequest(`${server.data}/upload`, {
+      method: 'POST',
+      headers: {
+        'x-kelsingra-service': 'billing',
+        'x-tenant-id': 't1',
+        'content-type': 'application/octet-stream',
+        'content-length': size,
+      },
+      body: upload,
+    });
+    expect(up.status).toBe(200);
+    const upBody = json(up);
+    expect(upBody.bodyBytes).toBe(size);
+    expect(upBody.bodySha256).toBe(createHash('sha256').update(upload).digest('hex'));
+
+    const down = await rawRequest(`${server.data}/download?bytes=${size}`, {
+      headers: { 'x-kelsingra-service': 'billing', 'x-tenant-id': 't1' },
+    });
+    expect(down.status).toBe(200);
+    expect(down.body.length).toBe(size);
+    expect(createHash('sha256').update(down.body).digest('hex')).toBe(patternSha256(size));
+  });
+
+  it('aborts the upstream request, rather than ending its body, when the caller hangs up mid-upload', async () => {
+    for (let round = 0; round < 5; round++) {
+      Object.assign(billing.watch, { bytes: 0, ended: false, aborted: false });
+      const req = http.request(`${server.data}/upload-watch`, {
+        method: 'POST',
+        headers: { 'x-kelsingra-service': 'billing', 'x-tenant-id': 't1', 'transfer-encoding': 'chunked' },
+        agent: false,
+      });
+      req.on('error', () => undefined);
+      req.write(Buffer.alloc(16 * 1024, 7));
+      await waitFor(
+        () => billing.watch.bytes >= 16 * 1024,
+        15_000,
+        'upstream to receive the first part of the upload',
+      );
+      req.destroy();
+      await waitFor(
+        () => billing.watch.aborted || billing.watch.ended,
+        10_000,
+        'upstream request to end one way or the other',
+      );
+      expect(billing.watch.ended, `round ${round}`).toBe(false);
+      expect(billing.watch.aborted).toBe(true);
+    }
+  });
+
+  it('streams a chunked upload (no content-length) to the upstream', async () => {
+    const parts = ['alpha-', 'beta-', 'gamma'];
+    const res = await new Promise<RawResponse>((resolve, reject) => {
+      const req = http.request(
+        `${server.data}/chunked`,
+        { method: 'PUT', headers: { 'x-kelsingra-service': 'billing' }, agent: false },
+        (r) => {
+          const chunks: Buffer[] = [];
+          r.on('data', (c: Buffer) => chunks.push(c));
+          r.on('end', () =>
+            resolve({ status: r.statusCode ?? 0, headers: r.headers, body: Buffer.concat(chunks) }),
+          );
+        },
+      );
+      req.on('error', reject);
+      for (const p of parts) req.write(p);
+      req.end();
+    });
+    expect(res.status).toBe(200);
+    const body = json(res);
+    expect(body.method).toBe('PUT');
+    expect(body.bodyBytes).toBe(parts.join('').length);
+    expect(body.bodySha256).toBe(createHash('sha256').update(parts.join('')).digest('hex'));
+  });
+});
+
+describe('data plane: upstream timeout', () => {
+  let server: ServerProcess;
+  let silent: Awaited<ReturnType<typeof listen>>;
+  let hanging = 0;
+
+  beforeAll(async () => {
+    // Accepts requests and never answers them.
+    silent = await listen(() => {
+      hanging++;
+    });
+    server = await startServerProcess([
+      '--service',
+      `slow=${silent.url}`,
+      '--token',
+      TOKEN,
+      '--upstream-timeout',
+      '1',
+    ]);
+  });
+
+  afterAll(async () => {
+    await server?.stop();
+    silent?.server.closeAllConnections();
+    silent?.server.close();
+  });
+
+  it('answers 504 from Kelsingra when the upstream never answers', async () => {
+    const started = Date.now();
+    const res = await rawRequest(`${server.data}/never`, {
+      headers: { 'x-kelsingra-service': 'slow', 'x-tenant-id': 't1' },
+    });
+    const elapsed = Date.now() - started;
+    const body = expectKelsingraError(res, 504, 'upstream-timeout');
+    expect(body.service).toBe('slow');
+    expect(String(body.error)).toContain('1000 ms');
+    expect(hanging).toBeGreaterThanOrEqual(1);
+    expect(elapsed).toBeGreaterThanOrEqual(900);
+    expect(elapsed).toBeLessThan(15_000);
+  });
+});
+
+describe('data plane: custom tenant header', () => {
+  let server: ServerProcess;
+  let upstream: Upstream;
+  let local: Awaited<ReturnType<typeof listen>>;
+  let env: Record<string, string>;
+  const agentPids: number[] = [];
+
+  beforeAll(async () => {
+    upstream = await echoUpstream('upstream');
+    local = await listen((req, res) => {
+      res.writeHead(200, { 'content-type': 'application/json', 'x-served-by': 'local' });
+      res.end(
+        JSON.stringify({
+          served: 'local',
+          org: req.headers['x-org-id'],
+          intercept: req.headers['x-kelsingra-intercept'],
+        }),
+      );
+    });
+    server = await startServerProcess([
+      '--service',
+      `billing=${upstream.url}`,
+      '--token',
+      TOKEN,
+      '--tenant-header',
+      'X-Org-ID',
+    ]);
+    env = clientEnv(server, TOKEN, { KELSINGRA_HOLDER: `dp-tenant-header-${process.pid}` });
+  });
+
+  afterEach(async () => {
+    await run(['leave', '--all'], env);
+  });
+
+  afterAll(async () => {
+    await run(['leave', '--all'], env).catch(() => undefined);
+    for (const pid of agentPids) {
+      try {
+        process.kill(pid, 'SIGKILL');
+      } catch {
+        // already gone
+      }
+    }
+    await server?.stop();
+    upstream?.server.closeAllConnections();
+    upstream?.server.close();
+    local?.server.closeAllConnections();
+    local?.server.close();
+  });
+
+  it('routes by the configured tenant header and ignores x-tenant-id', async () => {
+    const status = await fetch(`${server.control}/status`, { headers: { authorization: `Bearer ${TOKEN}` } });
+    expect(((await status.json()) as { tenantHeader: string }).tenantHeader).toBe('x-org-id');
+
+    const r = await run(
+      ['intercept', 'billing', '--tenant', 'org1', '--port', String(local.port), '--detach', '--json'],
+      env,
+    );
+    expect(r.exitCode, r.stderr).toBe(0);
+    const icp = JSON.parse(r.stdout) as { id: string; agentPid: number };
+    agentPids.push(icp.agentPid);
+
+    const viaOrg = await rawRequest(`${server.data}/x`, {
+      headers: { 'x-kelsingra-service': 'billing', 'x-org-id': 'org1' },
+    });
+    expect(viaOrg.status).toBe(200);
+    expect(json(viaOrg)).toEqual({ served: 'local', org: 'org1', intercept: icp.id });
+
+    // The default header name means nothing to this server: upstream, tenant header kept.
+    const viaDefault = await rawRequest(`${server.data}/x`, {
+      headers: { 'x-kelsingra-service': 'billing', 'x-tenant-id': 'org1' },
+    });
+    expect(viaDefault.status).toBe(200);
+    expect(json(viaDefault).upstream).toBe('upstream');
+    expect((json(viaDefault).headers as Record<string, string>)['x-tenant-id']).toBe('org1');
+
+    const otherOrg = await rawRequest(`${server.data}/x`, {
+      headers: { 'x-kelsingra-service': 'billing', 'x-org-id': 'org2' },
+    });
+    expect(json(otherOrg).upstream).toBe('upstream');
+    expect((json(otherOrg).headers as Record<string, string>)['x-org-id']).toBe('org2');
+
+    await waitFor(
+      async () => (await run(['list', '--json'], env)).stdout.includes(icp.id),
+      10_000,
+      'intercept listed',
+    );
+  });
+});
