@@ -1,5 +1,4 @@
 import { BaseCommand } from '../src/cli/base-command.js';
-import { runDemo } from '../src/demo.js';
 
 export default class Demo extends BaseCommand {
   static override summary = 'Run a whole intercept on this machine: server agent, two services, a local copy, then clean up.';
@@ -7,6 +6,7 @@ export default class Demo extends BaseCommand {
 
   async run(): Promise<void> {
     await this.parse(Demo);
+    const { runDemo } = await import('../src/demo.js');
     await runDemo((line) => this.log(line));
   }
 }

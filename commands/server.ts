@@ -1,6 +1,4 @@
 import { Flags } from '@oclif/core';
-import { loadServerConfig, parseServiceFlag } from '../server/config.js';
-import { startServer } from '../server/server.js';
 import { BaseCommand } from '../src/cli/base-command.js';
 
 export default class Server extends BaseCommand {
@@ -29,6 +27,10 @@ export default class Server extends BaseCommand {
 
   async run(): Promise<void> {
     const { flags } = await this.parse(Server);
+    // Imported here, not at the top: oclif loads every command module to list commands, and
+    // the client agent should not carry the server's dependencies in its memory.
+    const { loadServerConfig, parseServiceFlag } = await import('../server/config.js');
+    const { startServer } = await import('../server/server.js');
     const config = await loadServerConfig({
       configPath: flags.config,
       flags: {

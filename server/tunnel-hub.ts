@@ -99,7 +99,8 @@ export class TunnelHub {
         this.log.info({ clientId, holder }, 'tunnel closed');
       });
       tunnel.send({ type: 'hello', clientId, heartbeatMs: this.heartbeatMs, leaseTtlMs: this.store.ttlMs });
-      this.log.info({ clientId, holder, token: principal.name }, 'tunnel connected');
+      // `token` is a redacted log key; the token's name is no secret and tells operators who connected.
+      this.log.info({ clientId, holder, tokenName: principal.name }, 'tunnel connected');
     });
   }
 

@@ -3,6 +3,7 @@
  * --json), runs the optional local command, and leaves on Ctrl-C, on the command's exit,
  * or when the intercept ends elsewhere. Returns the exit code for the CLI.
  */
+import os from 'node:os';
 import { execa } from 'execa';
 import { ExitCode } from './errors.js';
 import { InterceptSession, type InterceptRequest, type SessionEvent } from './intercept-session.js';
@@ -32,8 +33,30 @@ function describe(event: SessionEvent): string | undefined {
   }
 }
 
+/**
+ * Lines written together once per event-loop turn: under load that is one write for many
+ * requests rather than one each (stdout to a file or a pipe is a synchronous write).
+ */
+function batchedStdout(): { write: (line: string) => void; flush: () => void } {
+  let pending = '';
+  const flush = () => {
+    if (pending === '') return;
+    const text = pending;
+    pending = '';
+    process.stdout.write(text);
+  };
+  return {
+    write: (line) => {
+      if (pending === '') setImmediate(flush);
+      pending += `${line}\n`;
+    },
+    flush,
+  };
+}
+
 export async function runIntercept(settings: ClientSettings, want: InterceptRequest, opts: RunOptions): Promise<number> {
-  const out = opts.out ?? ((line: string) => process.stdout.write(`${line}\n`));
+  const stdout = batchedStdout();
+  const out = opts.out ?? stdout.write;
   const session = await InterceptSession.start(settings, want);
   const icp = session.intercept;
 
@@ -67,7 +90,7 @@ export async function runIntercept(settings: ClientSettings, want: InterceptRequ
   if (child) {
     finished.push(
       child.then((result) => {
-        exitCode = result.exitCode ?? (result.signal ? 128 + 15 : ExitCode.failure);
+        exitCode = result.exitCode ?? (result.signal ? 128 + (os.constants.signals[result.signal] ?? 15) : ExitCode.failure);
         if (result.failed && result.exitCode === undefined && !result.signal) {
           process.stderr.write(`Error: could not run ${opts.command?.join(' ')}: ${result.shortMessage ?? result.message}\n`);
         }
@@ -84,6 +107,7 @@ export async function runIntercept(settings: ClientSettings, want: InterceptRequ
     process.stderr.write(`Warning: ${(err as Error).message}\n`);
   }
   if (child) await child.catch(() => undefined);
+  stdout.flush();
   if (reason.startsWith('lease') || reason.startsWith('could not re-assert')) return ExitCode.failure;
   return exitCode;
 }

@@ -9,11 +9,14 @@ import WebSocket from 'ws';
 /** Beyond this much unsent data, writes wait for the socket to drain. */
 const WRITE_HIGH_WATER = 1 << 20;
 /**
- * Largest binary message sent. HTTP/2 can hand over a burst as large as its windows (8 MB and
- * more) in one writev; one message that size would exceed the peer's maxPayload (8 MB) and kill
- * the tunnel with 1009, so bursts go out as several messages (the peer reads them as one stream).
+ * Largest binary message sent. HTTP/2 can hand over a burst as large as its windows in one
+ * writev; one message that size would exceed the peer's maxPayload and kill the tunnel, and
+ * a message spanning many TCP reads costs the receiver a copy to reassemble. 128 KiB holds
+ * two full DATA frames (64 KiB + 9 bytes each).
  */
-const MAX_MESSAGE = 1 << 20;
+const MAX_MESSAGE = 128 * 1024;
+/** Chunks below this are joined into one message; larger ones are sent without copying. */
+const SMALL_CHUNK = 16 * 1024;
 
 export function webSocketDuplex(ws: WebSocket, onText: (text: string) => void): Duplex {
   let pendingCallback: ((err?: Error | null) => void) | undefined;
@@ -37,14 +40,43 @@ export function webSocketDuplex(ws: WebSocket, onText: (text: string) => void): 
     }
   };
 
-  const sendAll = (data: Buffer, cb: (err?: Error | null) => void) => {
-    let offset = 0;
-    if (ws.readyState === WebSocket.OPEN) {
-      for (; data.length - offset > MAX_MESSAGE; offset += MAX_MESSAGE)
-        ws.send(data.subarray(offset, offset + MAX_MESSAGE), { binary: true });
+  /** Sends every part, splitting oversized ones; only the last send carries the callback. */
+  const sendParts = (parts: Buffer[], cb: (err?: Error | null) => void) => {
+    const open = ws.readyState === WebSocket.OPEN;
+    for (let p = 0; p < parts.length; p++) {
+      const data = parts[p] as Buffer;
+      let offset = 0;
+      for (; data.length - offset > MAX_MESSAGE; offset += MAX_MESSAGE) {
+        if (open) ws.send(data.subarray(offset, offset + MAX_MESSAGE), { binary: true });
+      }
+      const rest = offset === 0 ? data : data.subarray(offset);
+      if (p === parts.length - 1) send(rest, cb);
+      else if (open) ws.send(rest, { binary: true });
     }
-    // The last piece goes through send(), which holds the callback while the socket is backed up.
-    send(offset === 0 ? data : data.subarray(offset), cb);
+  };
+
+  const coalesce = (chunks: Buffer[]): Buffer[] => {
+    const parts: Buffer[] = [];
+    let small: Buffer[] = [];
+    let smallBytes = 0;
+    const flush = () => {
+      if (smallBytes === 0) return;
+      parts.push(small.length === 1 ? (small[0] as Buffer) : Buffer.concat(small, smallBytes));
+      small = [];
+      smallBytes = 0;
+    };
+    for (const chunk of chunks) {
+      if (chunk.length >= SMALL_CHUNK) {
+        flush();
+        parts.push(chunk);
+      } else {
+        small.push(chunk);
+        smallBytes += chunk.length;
+        if (smallBytes >= MAX_MESSAGE) flush();
+      }
+    }
+    flush();
+    return parts;
   };
 
   const duplex = new Duplex({
@@ -55,10 +87,10 @@ export function webSocketDuplex(ws: WebSocket, onText: (text: string) => void): 
       ws.resume();
     },
     write(chunk: Buffer, _enc, cb) {
-      sendAll(chunk, cb);
+      sendParts([chunk], cb);
     },
     writev(chunks, cb) {
-      sendAll(chunks.length === 1 ? (chunks[0]?.chunk as Buffer) : Buffer.concat(chunks.map((c) => c.chunk as Buffer)), cb);
+      sendParts(coalesce(chunks.map((c) => c.chunk as Buffer)), cb);
     },
     final(cb) {
       ws.close(1000, 'done');

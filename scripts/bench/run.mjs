@@ -1,0 +1,849 @@
+#!/usr/bin/env node
+/**
+ * Kelsingra benchmarks, all in one run on one machine (see docs/BENCHMARKS.md).
+ *
+ *   npm run bench                                  all three benchmarks
+ *   npm run bench -- passthrough intercept         a subset (passthrough, intercept, transfer)
+ *   node scripts/bench/run.mjs --rounds 1 --duration 10 --profile /tmp/prof --json out.json
+ *
+ * Options: --rounds N (3; medians are reported), --duration S (5; per wrk measurement),
+ * --warmup S (2), --conns N (50), --bytes N (1 GiB per transfer direction),
+ * --upstream nginx|node (nginx: the fast upstream for the pass-through benchmark),
+ * --profile DIR (server and client agents run with --cpu-prof, profiles land in DIR),
+ * --json FILE (raw results).
+ *
+ * Every process it needs (nginx, upstream, proxies, server agent, client agent) is started
+ * here on free 127.0.0.1 ports and stopped before it exits, also on Ctrl-C or failure.
+ * wrk always runs with one thread: the machine this was written for has 2 cores, and the load
+ * generator competes with the proxy under test for them.
+ */
+import { spawn, spawnSync } from 'node:child_process';
+import { chmodSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import http from 'node:http';
+import net from 'node:net';
+import os from 'node:os';
+import { join, resolve } from 'node:path';
+
+const ROOT = resolve(import.meta.dirname, '../..');
+const BIN = join(ROOT, 'bin', 'run.js');
+const SERVICES = join(import.meta.dirname, 'services.mjs');
+const NODE = process.execPath;
+const SMALL_BODY = 'hello from upstream\n';
+const TOKEN = `bench-${Math.random().toString(36).slice(2, 12)}`;
+const HOLDER = `bench-${process.pid}@${os.hostname()}`;
+
+// ---------------------------------------------------------------- options
+
+const argv = process.argv.slice(2);
+const opts = {
+  rounds: 3,
+  duration: 5,
+  warmup: 2,
+  conns: 50,
+  bytes: 1024 ** 3,
+  upstream: 'nginx',
+  profile: '',
+  json: '',
+};
+const benches = [];
+for (let i = 0; i < argv.length; i++) {
+  const a = argv[i];
+  if (a.startsWith('--')) {
+    const key = a.slice(2);
+    if (!(key in opts)) usage(`unknown option ${a}`);
+    const v = argv[++i];
+    if (v === undefined) usage(`${a} needs a value`);
+    opts[key] = typeof opts[key] === 'number' ? Number(v) : v;
+  } else if (['passthrough', 'intercept', 'transfer'].includes(a)) benches.push(a);
+  else usage(`unknown benchmark ${a}`);
+}
+if (benches.length === 0) benches.push('passthrough', 'intercept', 'transfer');
+if (!['nginx', 'node'].includes(opts.upstream)) usage('--upstream is nginx or node');
+if (opts.profile) {
+  opts.profile = resolve(opts.profile);
+  mkdirSync(opts.profile, { recursive: true });
+}
+
+function usage(msg) {
+  console.error(
+    `${msg}\nusage: run.mjs [passthrough] [intercept] [transfer] [--rounds N] [--duration S] [--warmup S] [--conns N] [--bytes N] [--upstream nginx|node] [--profile DIR] [--json FILE]`,
+  );
+  process.exit(2);
+}
+
+if (Number(process.versions.node.split('.')[0]) < 24) {
+  console.error(
+    `Node ${process.versions.node}: run with Node 24 (npm run bench, or node_modules/.bin/node scripts/bench/run.mjs)`,
+  );
+  process.exit(2);
+}
+if (!existsSync(join(ROOT, 'dist', 'commands', 'server.js'))) {
+  console.error('dist/ is missing: npm run build first (npm run bench does)');
+  process.exit(2);
+}
+
+// ---------------------------------------------------------------- process bookkeeping
+
+const WORK = mkdtempSync(join(os.tmpdir(), 'kelsingra-bench-'));
+chmodSync(WORK, 0o755); // nginx workers drop to an unprivileged user
+/** Children we spawned, and detached agents we only know by pid. */
+const children = new Set();
+const orphanPids = new Set();
+
+function log(line) {
+  process.stdout.write(`${line}\n`);
+}
+
+/** Spawns a tracked process; resolves once `ready` (a regexp on stdout+stderr) matches, if given. */
+function start(name, cmd, args, { env = {}, ready, timeoutMs = 20_000 } = {}) {
+  const child = spawn(cmd, args, {
+    cwd: ROOT,
+    env: { ...process.env, NO_COLOR: '1', ...env },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  let output = '';
+  const keep = (c) => {
+    output += c.toString();
+    if (output.length > 64 * 1024) output = output.slice(-32 * 1024);
+  };
+  child.stdout.on('data', keep);
+  child.stderr.on('data', keep);
+  const proc = { name, child, pid: child.pid, output: () => output };
+  children.add(proc);
+  child.once('exit', () => children.delete(proc));
+  if (!ready) return Promise.resolve(proc);
+  return new Promise((res, rej) => {
+    const timer = setTimeout(
+      () => rej(new Error(`${name} did not become ready in ${timeoutMs} ms:\n${output}`)),
+      timeoutMs,
+    );
+    const check = () => {
+      if (ready.test(output)) {
+        clearTimeout(timer);
+        child.stdout.off('data', check);
+        child.stderr.off('data', check);
+        res(proc);
+      }
+    };
+    child.stdout.on('data', check);
+    child.stderr.on('data', check);
+    child.once('exit', (code, signal) => {
+      clearTimeout(timer);
+      rej(new Error(`${name} exited (${code ?? signal}) before it was ready:\n${output}`));
+    });
+  });
+}
+
+function alive(pid) {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+async function stopPid(pid, graceMs = 10_000) {
+  if (!alive(pid)) return;
+  try {
+    process.kill(pid, 'SIGTERM');
+  } catch {
+    return;
+  }
+  const deadline = Date.now() + graceMs;
+  while (alive(pid) && Date.now() < deadline) await sleep(50);
+  if (alive(pid)) {
+    try {
+      process.kill(pid, 'SIGKILL');
+    } catch {}
+  }
+}
+
+async function stop(proc) {
+  if (proc.child.exitCode !== null || proc.child.signalCode !== null) return;
+  const exited = new Promise((r) => proc.child.once('exit', r));
+  proc.child.kill('SIGTERM');
+  const t = setTimeout(() => proc.child.kill('SIGKILL'), 10_000);
+  await exited;
+  clearTimeout(t);
+}
+
+async function stopAll() {
+  await Promise.all([...children].map(stop));
+  await Promise.all([...orphanPids].map((pid) => stopPid(pid)));
+  orphanPids.clear();
+}
+
+let cleaning = false;
+async function cleanupAndExit(code) {
+  if (cleaning) return;
+  cleaning = true;
+  await stopAll().catch(() => undefined);
+  rmSync(WORK, { recursive: true, force: true });
+  process.exit(code);
+}
+process.on('SIGINT', () => cleanupAndExit(130));
+process.on('SIGTERM', () => cleanupAndExit(143));
+process.on('exit', () => {
+  // Last resort if something threw past the handlers: nothing may outlive the run.
+  for (const p of children) p.child.kill('SIGKILL');
+  for (const pid of orphanPids) {
+    try {
+      process.kill(pid, 'SIGKILL');
+    } catch {}
+  }
+});
+
+// ---------------------------------------------------------------- small helpers
+
+function sleep(ms) {
+  return new Promise((r) => setTimeout(r, ms));
+}
+
+function freePort() {
+  return new Promise((res, rej) => {
+    const s = net.createServer();
+    s.once('error', rej);
+    s.listen(0, '127.0.0.1', () => {
+      const { port } = s.address();
+      s.close(() => res(port));
+    });
+  });
+}
+
+function which(cmd) {
+  return spawnSync('sh', ['-c', `command -v ${cmd}`], { encoding: 'utf8' }).stdout.trim();
+}
+
+function ensureTools() {
+  const missing = ['wrk', 'nginx'].filter((t) => !which(t) && !existsSync(`/usr/sbin/${t}`));
+  if (missing.length === 0) return;
+  if (process.getuid?.() === 0 && which('apt-get')) {
+    log(`installing ${missing.join(', ')} (apt-get)…`);
+    const r = spawnSync(
+      'sh',
+      [
+        '-c',
+        `apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq ${missing.join(' ')}`,
+      ],
+      { stdio: 'inherit' },
+    );
+    if (r.status === 0) return;
+  }
+  console.error(`missing ${missing.join(', ')}: install them (Debian: apt-get install -y wrk nginx)`);
+  process.exit(2);
+}
+
+const NGINX = () => which('nginx') || '/usr/sbin/nginx';
+
+/** Peak and current resident memory of a process, in MiB. */
+function memOf(pid) {
+  const status = readFileSync(`/proc/${pid}/status`, 'utf8');
+  const kb = (k) => Number(new RegExp(`^${k}:\\s+(\\d+)`, 'm').exec(status)?.[1] ?? Number.NaN);
+  return { hwmMiB: kb('VmHWM') / 1024, rssMiB: kb('VmRSS') / 1024 };
+}
+
+/** Read and write syscalls a process has made so far. */
+function ioOf(pid) {
+  const io = readFileSync(`/proc/${pid}/io`, 'utf8');
+  return { syscr: Number(/^syscr:\s+(\d+)/m.exec(io)?.[1]), syscw: Number(/^syscw:\s+(\d+)/m.exec(io)?.[1]) };
+}
+
+async function get(url, headers = {}) {
+  const res = await fetch(url, { headers });
+  return { status: res.status, headers: res.headers, text: await res.text() };
+}
+
+async function waitHttp(url, headers, check, what, timeoutMs = 20_000) {
+  const deadline = Date.now() + timeoutMs;
+  let last = '';
+  for (;;) {
+    try {
+      const r = await get(url, headers);
+      if (check(r)) return r;
+      last = `HTTP ${r.status} ${r.text.slice(0, 200)}`;
+    } catch (err) {
+      last = String(err.cause ?? err);
+    }
+    if (Date.now() > deadline) throw new Error(`${what} not answering as expected at ${url}: ${last}`);
+    await sleep(100);
+  }
+}
+
+function median(xs) {
+  const s = [...xs].sort((a, b) => a - b);
+  const m = s.length >> 1;
+  return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
+}
+
+// ---------------------------------------------------------------- wrk
+
+function toMs(value, unit) {
+  const v = Number(value);
+  return unit === 'us'
+    ? v / 1000
+    : unit === 'ms'
+      ? v
+      : unit === 's'
+        ? v * 1000
+        : unit === 'm'
+          ? v * 60_000
+          : Number.NaN;
+}
+
+/** One wrk run (always -t1). Returns requests/s and latency percentiles in ms. */
+function wrk(url, { conns, seconds, headers = {} }) {
+  const args = ['-t1', `-c${conns}`, `-d${seconds}s`, '--latency', '--timeout', '10s'];
+  for (const [k, v] of Object.entries(headers)) args.push('-H', `${k}: ${v}`);
+  args.push(url);
+  return new Promise((res, rej) => {
+    const child = spawn('wrk', args, { stdio: ['ignore', 'pipe', 'pipe'] });
+    const proc = { name: 'wrk', child, pid: child.pid, output: () => out };
+    children.add(proc);
+    let out = '';
+    child.stdout.on('data', (c) => (out += c));
+    child.stderr.on('data', (c) => (out += c));
+    const timer = setTimeout(() => child.kill('SIGKILL'), (seconds + 30) * 1000);
+    child.once('exit', (code) => {
+      clearTimeout(timer);
+      children.delete(proc);
+      if (code !== 0) return rej(new Error(`wrk ${args.join(' ')} failed (${code}):\n${out}`));
+      const rps = Number(/Requests\/sec:\s+([\d.]+)/.exec(out)?.[1]);
+      const pct = (p) => {
+        const m = new RegExp(`^\\s+${p}%\\s+([\\d.]+)(us|ms|s|m)\\s*$`, 'm').exec(out);
+        return m ? toMs(m[1], m[2]) : Number.NaN;
+      };
+      const requests = Number(/(\d+) requests in/.exec(out)?.[1] ?? 0);
+      const non2xx = Number(/Non-2xx or 3xx responses: (\d+)/.exec(out)?.[1] ?? 0);
+      const sock = /Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)/.exec(out);
+      const errors = sock ? sock.slice(1).reduce((a, b) => a + Number(b), 0) : 0;
+      if (!Number.isFinite(rps) || requests === 0)
+        return rej(new Error(`could not read wrk output:\n${out}`));
+      if (non2xx > 0)
+        return rej(new Error(`${non2xx} of ${requests} responses were not 2xx from ${url}:\n${out}`));
+      res({ rps, p50: pct(50), p99: pct(99), requests, errors, raw: out });
+    });
+  });
+}
+
+/**
+ * Measures each target `rounds` times, interleaved so drift on a shared machine hits all of
+ * them alike: a warm-up, throughput at `conns` connections, then latency at one connection.
+ */
+async function measure(targets) {
+  const runs = Object.fromEntries(targets.map((t) => [t.key, []]));
+  for (let round = 1; round <= opts.rounds; round++) {
+    for (const t of targets) {
+      await wrk(t.url, { conns: opts.conns, seconds: opts.warmup, headers: t.headers });
+      const before = Object.fromEntries(Object.entries(t.pids ?? {}).map(([k, pid]) => [k, ioOf(pid)]));
+      const load = await wrk(t.url, { conns: opts.conns, seconds: opts.duration, headers: t.headers });
+      // Syscalls per request in each process under test (from /proc/<pid>/io): on a VM where
+      // a syscall is expensive, this is what most of the proxy's CPU time goes to.
+      const syscalls = Object.fromEntries(
+        Object.entries(t.pids ?? {}).map(([k, pid]) => {
+          const now = ioOf(pid);
+          return [
+            k,
+            {
+              reads: (now.syscr - before[k].syscr) / load.requests,
+              writes: (now.syscw - before[k].syscw) / load.requests,
+            },
+          ];
+        }),
+      );
+      const one = await wrk(t.url, { conns: 1, seconds: opts.duration, headers: t.headers });
+      runs[t.key].push({
+        rps: load.rps,
+        p99: load.p99,
+        p50c1: one.p50,
+        p99c1: one.p99,
+        rpsc1: one.rps,
+        errors: load.errors + one.errors,
+        syscalls,
+      });
+      const sys = Object.entries(syscalls)
+        .map(([k, v]) => `  ${k} syscalls/req r ${fmt(v.reads, 1)} w ${fmt(v.writes, 1)}`)
+        .join('');
+      log(
+        `  round ${round} ${t.label.padEnd(34)} ${fmt(load.rps, 0).padStart(7)} req/s @${opts.conns}  p50@1 ${fmt(one.p50, 3)} ms  p99@1 ${fmt(one.p99, 3)} ms${load.errors + one.errors ? `  socket errors ${load.errors + one.errors}` : ''}${sys}`,
+      );
+    }
+  }
+  const out = {};
+  for (const t of targets) {
+    const r = runs[t.key];
+    out[t.key] = {
+      label: t.label,
+      rps: median(r.map((x) => x.rps)),
+      p99: median(r.map((x) => x.p99)),
+      p50c1: median(r.map((x) => x.p50c1)),
+      p99c1: median(r.map((x) => x.p99c1)),
+      rounds: r,
+    };
+  }
+  return out;
+}
+
+function fmt(n, digits = 2) {
+  return Number.isFinite(n) ? n.toFixed(digits) : 'n/a';
+}
+
+// ---------------------------------------------------------------- the pieces under test
+
+function nginxConf(dir, body) {
+  mkdirSync(dir, { recursive: true });
+  return `worker_processes 1;
+daemon off;
+pid ${dir}/nginx.pid;
+error_log ${dir}/error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  keepalive_requests 1000000;
+  keepalive_timeout 65s;
+  client_body_temp_path ${dir}/client_body;
+  proxy_temp_path ${dir}/proxy;
+  fastcgi_temp_path ${dir}/fastcgi;
+  uwsgi_temp_path ${dir}/uwsgi;
+  scgi_temp_path ${dir}/scgi;
+${body}
+}
+`;
+}
+
+async function startNginx(name, port, body) {
+  const dir = join(WORK, name);
+  writeFileSync(join(WORK, `${name}.conf`), nginxConf(dir, body));
+  const proc = await start(name, NGINX(), [
+    '-e',
+    join(dir, 'startup.log'),
+    '-p',
+    dir,
+    '-c',
+    join(WORK, `${name}.conf`),
+  ]);
+  await waitHttp(`http://127.0.0.1:${port}/`, {}, (r) => r.status === 200, name);
+  return proc;
+}
+
+async function startUpstream() {
+  const port = await freePort();
+  if (opts.upstream === 'nginx') {
+    await startNginx(
+      'nginx-upstream',
+      port,
+      `  server {
+    listen 127.0.0.1:${port};
+    location / { default_type text/plain; return 200 "${SMALL_BODY.replace('\n', '\\n')}"; }
+  }`,
+    );
+  } else {
+    await start('node-upstream', NODE, [SERVICES, 'service', String(port), 'upstream'], { ready: /ready/ });
+  }
+  return { port, url: `http://127.0.0.1:${port}` };
+}
+
+function profileArgs(name) {
+  return opts.profile
+    ? ['--cpu-prof', `--cpu-prof-dir=${opts.profile}`, `--cpu-prof-name=${name}-${Date.now()}.cpuprofile`]
+    : [];
+}
+
+async function startKelsingra(label, upstreamUrl) {
+  const controlPort = await freePort();
+  const proxyPort = await freePort();
+  const proc = await start(
+    `kelsingra server (${label})`,
+    NODE,
+    [
+      ...profileArgs(`server-${label}`),
+      BIN,
+      'server',
+      '--port',
+      String(controlPort),
+      '--proxy-port',
+      String(proxyPort),
+      '--service',
+      `billing=${upstreamUrl}`,
+      '--token',
+      TOKEN,
+    ],
+    { ready: /server agent listening/ },
+  );
+  return { proc, control: `http://127.0.0.1:${controlPort}`, data: `http://127.0.0.1:${proxyPort}` };
+}
+
+/** `kelsingra intercept --detach` as a user would run it; returns the background agent's pid. */
+async function startIntercept(server, localPort, label) {
+  const configDir = mkdtempSync(join(WORK, 'client-'));
+  const env = {
+    ...process.env,
+    NO_COLOR: '1',
+    KELSINGRA_SERVER: server.control,
+    KELSINGRA_TOKEN: TOKEN,
+    KELSINGRA_CONFIG_DIR: configDir,
+    KELSINGRA_HOLDER: HOLDER,
+  };
+  if (opts.profile)
+    env.NODE_OPTIONS = `${process.env.NODE_OPTIONS ?? ''} --cpu-prof --cpu-prof-dir=${opts.profile}`.trim();
+  const r = spawnSync(
+    NODE,
+    [BIN, 'intercept', 'billing', '--tenant', 't1', '--port', String(localPort), '--detach', '--json'],
+    {
+      cwd: ROOT,
+      env,
+      encoding: 'utf8',
+      timeout: 60_000,
+    },
+  );
+  if (r.status !== 0) throw new Error(`intercept --detach failed (${r.status}):\n${r.stdout}\n${r.stderr}`);
+  const ready = JSON.parse(r.stdout.slice(r.stdout.indexOf('{')));
+  orphanPids.add(ready.agentPid);
+  const leave = async () => {
+    spawnSync(NODE, [BIN, 'leave', '--all'], { cwd: ROOT, env, encoding: 'utf8', timeout: 30_000 });
+    const deadline = Date.now() + 10_000;
+    while (alive(ready.agentPid) && Date.now() < deadline) await sleep(50);
+    await stopPid(ready.agentPid);
+    orphanPids.delete(ready.agentPid);
+  };
+  log(`  intercept ${ready.id} (${label}): client agent pid ${ready.agentPid}`);
+  return { pid: ready.agentPid, id: ready.id, leave };
+}
+
+const VIA = (tenant) => ({ 'x-kelsingra-service': 'billing', 'x-tenant-id': tenant });
+
+// ---------------------------------------------------------------- 1. pass-through
+
+async function benchPassthrough() {
+  log(
+    `\n== 1. Pass-through: ${opts.upstream} upstream returning ${SMALL_BODY.length} bytes; wrk -t1 -c${opts.conns} / -c1, ${opts.duration} s, ${opts.rounds} rounds (median)`,
+  );
+  const up = await startUpstream();
+  const nginxPort = await freePort();
+  await startNginx(
+    'nginx-proxy',
+    nginxPort,
+    `  upstream backend { server 127.0.0.1:${up.port}; keepalive 64; keepalive_requests 1000000; }
+  server {
+    listen 127.0.0.1:${nginxPort};
+    location / {
+      proxy_pass http://backend;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+    }
+  }`,
+  );
+  const rfPort = await freePort();
+  await start('reply-from', NODE, [SERVICES, 'reply-from', String(rfPort), up.url], { ready: /ready/ });
+  const ks = await startKelsingra('passthrough', up.url);
+
+  const headers = VIA('t2');
+  const targets = [
+    { key: 'direct', label: `upstream direct (${opts.upstream})`, url: `${up.url}/`, headers },
+    { key: 'nginx', label: 'nginx proxy_pass (1 worker)', url: `http://127.0.0.1:${nginxPort}/`, headers },
+    { key: 'replyFrom', label: '@fastify/reply-from', url: `http://127.0.0.1:${rfPort}/`, headers },
+    {
+      key: 'kelsingra',
+      label: 'kelsingra data port (pass-through)',
+      url: `${ks.data}/`,
+      headers,
+      pids: { server: ks.proc.pid },
+    },
+  ];
+  for (const t of targets)
+    await waitHttp(t.url, headers, (r) => r.status === 200 && r.text === SMALL_BODY, t.label);
+  const res = await measure(targets);
+  res.kelsingraServerMem = memOf(ks.proc.pid);
+  await stopAll();
+  return res;
+}
+
+// ---------------------------------------------------------------- 2. intercepted
+
+async function benchIntercept() {
+  log(
+    `\n== 2. Intercepted: local Node service direct vs through the tunnel; wrk -t1 -c${opts.conns} / -c1, ${opts.duration} s, ${opts.rounds} rounds (median)`,
+  );
+  const localPort = await freePort();
+  const basePort = await freePort();
+  await start('local service', NODE, [SERVICES, 'service', String(localPort), 'local'], { ready: /ready/ });
+  await start('base service', NODE, [SERVICES, 'service', String(basePort), 'base'], { ready: /ready/ });
+  const ks = await startKelsingra('intercept', `http://127.0.0.1:${basePort}`);
+  const agent = await startIntercept(ks, localPort, 'intercept benchmark');
+  const headers = VIA('t1');
+  await waitHttp(
+    `${ks.data}/`,
+    headers,
+    (r) => r.status === 200 && r.headers.get('x-served-by') === 'local',
+    'intercepted route',
+  );
+  const res = await measure([
+    { key: 'direct', label: 'local service direct', url: `http://127.0.0.1:${localPort}/`, headers },
+    {
+      key: 'intercepted',
+      label: 'kelsingra data port → tunnel → local',
+      url: `${ks.data}/`,
+      headers,
+      pids: { server: ks.proc.pid, client: agent.pid },
+    },
+  ]);
+  res.serverMem = memOf(ks.proc.pid);
+  res.agentMem = memOf(agent.pid);
+  await agent.leave();
+  await stopAll();
+  return res;
+}
+
+// ---------------------------------------------------------------- 3. bulk transfer
+
+function upload(url, headers, bytes) {
+  const chunk = Buffer.alloc(64 * 1024, 'u');
+  return new Promise((res, rej) => {
+    const t0 = performance.now();
+    const req = http.request(url, {
+      method: 'POST',
+      headers: { ...headers, 'content-type': 'application/octet-stream', 'content-length': bytes },
+    });
+    req.setTimeout(300_000, () => req.destroy(new Error('upload timed out')));
+    req.on('error', rej);
+    req.on('response', (r) => {
+      let body = '';
+      r.setEncoding('utf8');
+      r.on('data', (c) => (body += c));
+      r.on('end', () => {
+        const seconds = (performance.now() - t0) / 1000;
+        if (r.statusCode !== 200) return rej(new Error(`upload: HTTP ${r.statusCode} ${body.slice(0, 300)}`));
+        const got = JSON.parse(body).bytes;
+        if (got !== bytes) return rej(new Error(`upload: local service received ${got} of ${bytes} bytes`));
+        res({ seconds, mbps: bytes / 1e6 / seconds });
+      });
+    });
+    let sent = 0;
+    const pump = () => {
+      while (sent < bytes) {
+        const n = Math.min(chunk.length, bytes - sent);
+        sent += n;
+        if (!req.write(n === chunk.length ? chunk : chunk.subarray(0, n))) {
+          req.once('drain', pump);
+          return;
+        }
+      }
+      req.end();
+    };
+    pump();
+  });
+}
+
+function download(url, headers, bytes) {
+  return new Promise((res, rej) => {
+    const t0 = performance.now();
+    const req = http.get(`${url}?bytes=${bytes}`, { headers }, (r) => {
+      if (r.statusCode !== 200) {
+        r.resume();
+        return rej(new Error(`download: HTTP ${r.statusCode}`));
+      }
+      let got = 0;
+      r.on('data', (c) => (got += c.length));
+      r.on('error', rej);
+      r.on('end', () => {
+        const seconds = (performance.now() - t0) / 1000;
+        if (got !== bytes) return rej(new Error(`download: received ${got} of ${bytes} bytes`));
+        res({ seconds, mbps: bytes / 1e6 / seconds });
+      });
+    });
+    req.setTimeout(300_000, () => req.destroy(new Error('download timed out')));
+    req.on('error', rej);
+  });
+}
+
+async function benchTransfer() {
+  const gib = opts.bytes / 1024 ** 3;
+  log(
+    `\n== 3. Bulk transfer through the tunnel: ${fmt(gib, 2)} GiB each way, server and client agents as separate processes`,
+  );
+  const localPort = await freePort();
+  const basePort = await freePort();
+  const local = `http://127.0.0.1:${localPort}`;
+  await start('local service', NODE, [SERVICES, 'service', String(localPort), 'local'], { ready: /ready/ });
+  await start('base service', NODE, [SERVICES, 'service', String(basePort), 'base'], { ready: /ready/ });
+  const ks = await startKelsingra('transfer', `http://127.0.0.1:${basePort}`);
+  const agent = await startIntercept(ks, localPort, 'transfer benchmark');
+  const headers = VIA('t1');
+  await waitHttp(
+    `${ks.data}/`,
+    headers,
+    (r) => r.status === 200 && r.headers.get('x-served-by') === 'local',
+    'intercepted route',
+  );
+
+  const res = { bytes: opts.bytes, idle: { server: memOf(ks.proc.pid), agent: memOf(agent.pid) } };
+  res.directUpload = await upload(`${local}/upload`, {}, opts.bytes);
+  res.directDownload = await download(`${local}/download`, {}, opts.bytes);
+  log(
+    `  direct to local service: upload ${fmt(res.directUpload.mbps, 0)} MB/s, download ${fmt(res.directDownload.mbps, 0)} MB/s`,
+  );
+  res.upload = await upload(`${ks.data}/upload`, headers, opts.bytes);
+  res.afterUpload = { server: memOf(ks.proc.pid), agent: memOf(agent.pid) };
+  log(
+    `  tunnel upload:   ${fmt(res.upload.mbps, 0)} MB/s (${fmt(res.upload.seconds, 1)} s); peak RSS server ${fmt(res.afterUpload.server.hwmMiB, 0)} MiB, client ${fmt(res.afterUpload.agent.hwmMiB, 0)} MiB`,
+  );
+  res.download = await download(`${ks.data}/download`, headers, opts.bytes);
+  res.afterDownload = { server: memOf(ks.proc.pid), agent: memOf(agent.pid) };
+  log(
+    `  tunnel download: ${fmt(res.download.mbps, 0)} MB/s (${fmt(res.download.seconds, 1)} s); peak RSS server ${fmt(res.afterDownload.server.hwmMiB, 0)} MiB, client ${fmt(res.afterDownload.agent.hwmMiB, 0)} MiB`,
+  );
+  await agent.leave();
+  await stopAll();
+  return res;
+}
+
+// ---------------------------------------------------------------- report
+
+function table(rows) {
+  const widths = rows[0].map((_, i) => Math.max(...rows.map((r) => String(r[i]).length)));
+  const line = (r) => `| ${r.map((c, i) => String(c).padEnd(widths[i])).join(' | ')} |`;
+  return [
+    line(rows[0]),
+    `|${widths.map((w) => '-'.repeat(w + 2)).join('|')}|`,
+    ...rows.slice(1).map(line),
+  ].join('\n');
+}
+
+const ok = (pass) => (pass ? 'met' : 'MISSED');
+
+function report(results) {
+  const rows = [['Benchmark', 'Figure', 'Goal', 'Result']];
+  const p = results.passthrough;
+  if (p) {
+    log(`\nPass-through (${opts.upstream} upstream, wrk -t1, medians of ${opts.rounds}):`);
+    log(
+      table([
+        [
+          'Target',
+          `req/s @${opts.conns} conns`,
+          `p99 @${opts.conns} (ms)`,
+          'p50 @1 conn (ms)',
+          'p50 added vs direct (ms)',
+        ],
+        ...['direct', 'nginx', 'replyFrom', 'kelsingra'].map((k) => [
+          p[k].label,
+          fmt(p[k].rps, 0),
+          fmt(p[k].p99, 2),
+          fmt(p[k].p50c1, 3),
+          k === 'direct' ? '—' : fmt(p[k].p50c1 - p.direct.p50c1, 3),
+        ]),
+      ]),
+    );
+    const vsNginx = p.kelsingra.rps / p.nginx.rps;
+    const vsRf = p.kelsingra.rps / p.replyFrom.rps;
+    const added = p.kelsingra.p50c1 - p.direct.p50c1;
+    rows.push(['1. pass-through req/s, kelsingra / nginx', fmt(vsNginx, 2), '≥ 0.30', ok(vsNginx >= 0.3)]);
+    rows.push(['1. pass-through req/s, kelsingra / reply-from', fmt(vsRf, 2), '> 1.00', ok(vsRf > 1)]);
+    rows.push(['1. p50 added at 1 connection (ms)', fmt(added, 3), '≤ 0.200', ok(added <= 0.2)]);
+  }
+  const i = results.intercept;
+  if (i) {
+    log(`\nIntercepted (wrk -t1, medians of ${opts.rounds}):`);
+    log(
+      table([
+        ['Target', `req/s @${opts.conns} conns`, `p99 @${opts.conns} (ms)`, 'p50 @1 conn (ms)'],
+        ...['direct', 'intercepted'].map((k) => [
+          i[k].label,
+          fmt(i[k].rps, 0),
+          fmt(i[k].p99, 2),
+          fmt(i[k].p50c1, 3),
+        ]),
+      ]),
+    );
+    const ratio = i.intercepted.rps / i.direct.rps;
+    rows.push(['2. intercepted req/s / direct', fmt(ratio, 2), '≥ 0.35', ok(ratio >= 0.35)]);
+  }
+  const t = results.transfer;
+  if (t) {
+    const gib = fmt(t.bytes / 1024 ** 3, 2);
+    log(`\nBulk transfer (${gib} GiB each way; MB = 10^6 bytes, MiB = 2^20):`);
+    log(
+      table([
+        [
+          'Direction',
+          'through tunnel (MB/s)',
+          'direct (MB/s)',
+          'server agent VmHWM (MiB)',
+          'client agent VmHWM (MiB)',
+        ],
+        ['idle, before transfers', '—', '—', fmt(t.idle.server.hwmMiB, 0), fmt(t.idle.agent.hwmMiB, 0)],
+        [
+          'upload (POST, local discards)',
+          fmt(t.upload.mbps, 0),
+          fmt(t.directUpload.mbps, 0),
+          fmt(t.afterUpload.server.hwmMiB, 0),
+          fmt(t.afterUpload.agent.hwmMiB, 0),
+        ],
+        [
+          'download (GET, local streams)',
+          fmt(t.download.mbps, 0),
+          fmt(t.directDownload.mbps, 0),
+          fmt(t.afterDownload.server.hwmMiB, 0),
+          fmt(t.afterDownload.agent.hwmMiB, 0),
+        ],
+      ]),
+    );
+    rows.push([`3. upload ${gib} GiB (MB/s)`, fmt(t.upload.mbps, 0), '≥ 200', ok(t.upload.mbps >= 200)]);
+    rows.push([
+      `3. download ${gib} GiB (MB/s)`,
+      fmt(t.download.mbps, 0),
+      '≥ 200',
+      ok(t.download.mbps >= 200),
+    ]);
+    rows.push([
+      '3. server agent peak RSS (MiB)',
+      fmt(t.afterDownload.server.hwmMiB, 0),
+      '≤ 150 MB',
+      ok(t.afterDownload.server.hwmMiB * 1.048576 <= 150),
+    ]);
+    rows.push([
+      '3. client agent peak RSS (MiB)',
+      fmt(t.afterDownload.agent.hwmMiB, 0),
+      '≤ 150 MB',
+      ok(t.afterDownload.agent.hwmMiB * 1.048576 <= 150),
+    ]);
+  }
+  log(
+    `\nSummary (${os.cpus().length} cores, ${os.cpus()[0]?.model ?? 'unknown CPU'}, Node ${process.versions.node}; wrk -t1 competes with the proxy for the cores; load average at start ${results.loadStart}, at end ${os.loadavg()[0].toFixed(2)}):`,
+  );
+  log(table(rows));
+}
+
+// ---------------------------------------------------------------- main
+
+ensureTools();
+const results = {
+  opts,
+  node: process.versions.node,
+  cores: os.cpus().length,
+  cpu: os.cpus()[0]?.model,
+  startedAt: new Date().toISOString(),
+  loadStart: os.loadavg()[0].toFixed(2),
+};
+let exitCode = 0;
+try {
+  log(
+    `Kelsingra benchmarks: ${benches.join(', ')} (${os.cpus().length} cores, Node ${process.versions.node})`,
+  );
+  if (benches.includes('passthrough')) results.passthrough = await benchPassthrough();
+  if (benches.includes('intercept')) results.intercept = await benchIntercept();
+  if (benches.includes('transfer')) results.transfer = await benchTransfer();
+  report(results);
+  if (opts.json) {
+    for (const r of [results.passthrough, results.intercept])
+      if (r) for (const v of Object.values(r)) if (v?.rounds) for (const x of v.rounds) delete x.raw;
+    writeFileSync(opts.json, `${JSON.stringify(results, null, 2)}\n`);
+  }
+  if (opts.profile)
+    log(`\nCPU profiles in ${opts.profile} (summarise: node scripts/bench/cpuprofile-top.mjs <file>)`);
+} catch (err) {
+  console.error(`\nbenchmark failed: ${err.stack ?? err}`);
+  for (const p of children) console.error(`--- ${p.name} output (tail):\n${p.output().slice(-2000)}`);
+  exitCode = 1;
+}
+await cleanupAndExit(exitCode);
