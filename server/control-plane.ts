@@ -11,6 +11,8 @@ import { CLIENT_ID_HEADER, HOLDER_HEADER, type InterceptView, TUNNEL_PATH } from
 import { VERSION } from '../src/version.js';
 import type { Principal, TokenAuthority } from './auth.js';
 import { sendError } from './error-response.js';
+import type { EventBus } from './event-bus.js';
+import { type EventStreamSource, serveEvents } from './event-stream.js';
 import type { Intercept, InterceptStore } from './intercept-store.js';
 import type { PassThrough } from './pass-through.js';
 import type { ServiceRouter } from './routing.js';
@@ -24,6 +26,7 @@ export interface ControlPlaneDeps {
   passThrough: PassThrough;
   serverId: string;
   tenantHeader: string;
+  bus: EventBus;
   log: Logger;
 }
 
@@ -75,9 +78,16 @@ export function interceptView(i: Intercept, connected: boolean): InterceptView {
 }
 
 export function createControlPlane(deps: ControlPlaneDeps): http.Server {
-  const { auth, store, hub, router, passThrough, log } = deps;
+  const { auth, store, hub, router, passThrough, bus, log } = deps;
   const view = (i: Intercept) => interceptView(i, hub.get(i.clientId) !== undefined);
   const visible = (p: Principal) => store.list().filter((i) => p.canUseTenant(i.tenant));
+  const services = () => router.names.map((n) => router.get(n)).filter((s) => s !== undefined);
+  const events: EventStreamSource = {
+    bus,
+    snapshot: (p) => ({ intercepts: visible(p).map(view), upstreams: passThrough.upstreams(services()) }),
+    upstreams: () => ({ type: 'upstreams', upstreams: passThrough.upstreams(services()), at: Date.now() }),
+    upstreamsEveryMs: 5_000,
+  };
 
   const routes = async (req: IncomingMessage, res: ServerResponse, principal: Principal, url: URL) => {
     const { pathname } = url;
@@ -87,7 +97,7 @@ export function createControlPlane(deps: ControlPlaneDeps): http.Server {
         version: VERSION,
         tenantHeader: deps.tenantHeader,
         services: router.names.map((name) => ({ name, upstream: router.get(name)?.upstream.href })),
-        upstreams: passThrough.upstreams(router.names.map((n) => router.get(n)).filter((s) => s !== undefined)),
+        upstreams: passThrough.upstreams(services()),
         intercepts: visible(principal).map(view),
         clients: hub
           .list()
@@ -100,6 +110,10 @@ export function createControlPlane(deps: ControlPlaneDeps): http.Server {
             intercepts: store.list().filter((i) => i.clientId === t.clientId).map((i) => i.id),
           })),
       });
+      return;
+    }
+    if (pathname === '/v1/events' && req.method === 'GET') {
+      serveEvents(req, res, url, principal, events);
       return;
     }
     if (pathname === '/v1/intercepts' && req.method === 'GET') {
@@ -137,7 +151,10 @@ export function createControlPlane(deps: ControlPlaneDeps): http.Server {
         });
         return;
       }
-      if (!result.renewed) log.info({ intercept: result.intercept.id, service, tenant, holder: tunnel.holder }, 'intercept created');
+      if (!result.renewed) {
+        log.info({ intercept: result.intercept.id, service, tenant, holder: tunnel.holder }, 'intercept created');
+        bus.publish({ type: 'intercept', action: 'created', intercept: view(result.intercept), at: Date.now() });
+      }
       sendJson(res, result.renewed ? 200 : 201, view(result.intercept));
       return;
     }

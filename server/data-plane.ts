@@ -8,6 +8,7 @@ import type { Logger } from 'pino';
 import { appendForwarded, appendVia, forwardableRawHeaders } from '../src/http-headers.js';
 import { HOP_HEADER } from '../src/protocol.js';
 import { sendError } from './error-response.js';
+import type { EventBus, RequestRecord } from './event-bus.js';
 import type { InterceptStore } from './intercept-store.js';
 import type { PassThrough } from './pass-through.js';
 import type { ServiceRouter } from './routing.js';
@@ -28,11 +29,13 @@ export interface DataPlaneDeps {
   tenantHeader: string;
   serverId: string;
   timeoutMs: number;
+  bus: EventBus;
   log: Logger;
 }
 
 export function createDataPlane(deps: DataPlaneDeps): http.Server {
-  const { router, store, hub, passThrough, tenantHeader, serverId, timeoutMs } = deps;
+  const { router, store, hub, passThrough, tenantHeader, serverId, timeoutMs, bus } = deps;
+  const publish = (record: RequestRecord) => bus.publish(record);
 
   const handle = (req: IncomingMessage, res: ServerResponse) => {
     if (req.headers[HOP_HEADER] !== undefined) {
@@ -65,7 +68,7 @@ export function createDataPlane(deps: DataPlaneDeps): http.Server {
         });
         return;
       }
-      forwardThroughTunnel(req, res, tunnel, intercept, route.path, headers, timeoutMs);
+      forwardThroughTunnel(req, res, tunnel, intercept, route.path, headers, timeoutMs, publish);
       return;
     }
     headers.push(HOP_HEADER, serverId);

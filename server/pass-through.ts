@@ -5,16 +5,11 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { Pool } from 'undici';
 import { forwardableResponseHeaders } from '../src/http-headers.js';
+import type { UpstreamHealth } from '../src/protocol.js';
 import { sendError } from './error-response.js';
 import type { RoutedService } from './routing.js';
 
-export interface UpstreamHealth {
-  service: string;
-  url: string;
-  lastOkAt?: string;
-  lastError?: string;
-  lastErrorAt?: string;
-}
+export type { UpstreamHealth } from '../src/protocol.js';
 
 export class PassThrough {
   private readonly pools = new Map<string, Pool>();

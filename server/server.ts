@@ -9,8 +9,9 @@ import type { Logger } from 'pino';
 import { ExitCode, KelsingraError } from '../src/errors.js';
 import { TokenAuthority } from './auth.js';
 import type { ServerConfig } from './config.js';
-import { createControlPlane } from './control-plane.js';
+import { createControlPlane, interceptView } from './control-plane.js';
 import { createDataPlane } from './data-plane.js';
+import { EventBus } from './event-bus.js';
 import { InterceptStore } from './intercept-store.js';
 import { createLogger } from './logger.js';
 import { PassThrough } from './pass-through.js';
@@ -43,11 +44,13 @@ export async function startServer(config: ServerConfig, log: Logger = createLogg
   const passThrough = new PassThrough(config.upstreamTimeout * 1000);
   const auth = new TokenAuthority(config.token, config.tokens);
 
+  const bus = new EventBus();
   store.on('ended', (intercept, reason) => {
     if (reason === 'expired') log.info({ intercept: intercept.id, service: intercept.service, tenant: intercept.tenant }, 'intercept lease expired');
+    bus.publish({ type: 'intercept', action: 'ended', reason, intercept: interceptView(intercept, false), at: Date.now() });
   });
 
-  const control = createControlPlane({ auth, store, hub, router, passThrough, serverId, tenantHeader: config.tenantHeader, log });
+  const control = createControlPlane({ auth, store, hub, router, passThrough, serverId, tenantHeader: config.tenantHeader, bus, log });
   const data = createDataPlane({
     router,
     store,
@@ -56,6 +59,7 @@ export async function startServer(config: ServerConfig, log: Logger = createLogg
     tenantHeader: config.tenantHeader,
     serverId,
     timeoutMs: config.upstreamTimeout * 1000,
+    bus,
     log,
   });
 

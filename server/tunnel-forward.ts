@@ -8,6 +8,7 @@ import { pipeUnlessReset } from '../src/h2-pipe.js';
 import { fromHttp2, rawToObject } from '../src/http-headers.js';
 import { INTERCEPT_HEADER } from '../src/protocol.js';
 import { sendError } from './error-response.js';
+import type { RequestRecord } from './event-bus.js';
 import type { Intercept } from './intercept-store.js';
 import type { ClientTunnel } from './tunnel-hub.js';
 
@@ -19,7 +20,11 @@ export function forwardThroughTunnel(
   path: string,
   headers: string[],
   timeoutMs: number,
+  publish: (record: RequestRecord) => void,
 ): void {
+  const startedAt = Date.now();
+  const t0 = performance.now();
+  let bytesOut = 0;
   const h2headers: OutgoingHttpHeaders = rawToObject(headers);
   delete h2headers.host;
   h2headers[':method'] = req.method;
@@ -57,6 +62,9 @@ export function forwardThroughTunnel(
     stream.setTimeout(0);
     const status = Number(responseHeaders[':status']);
     res.writeHead(status, fromHttp2(responseHeaders));
+    stream.on('data', (chunk: Buffer) => {
+      bytesOut += chunk.length;
+    });
     // A reset mid-body cuts the caller's connection: a truncated body must not look whole.
     pipeUnlessReset(stream, res);
   });
@@ -73,6 +81,21 @@ export function forwardThroughTunnel(
 
   if (hasBody) req.pipe(stream);
   res.on('close', () => {
-    if (!res.writableFinished && !stream.closed) cancel.abort();
+    const complete = res.writableFinished;
+    if (!complete && !stream.closed) cancel.abort();
+    publish({
+      type: 'request',
+      interceptId: intercept.id,
+      service: intercept.service,
+      tenant: intercept.tenant,
+      holder: intercept.holder,
+      method: req.method ?? 'GET',
+      path,
+      status: res.statusCode,
+      durationMs: performance.now() - t0,
+      bytesOut,
+      at: startedAt,
+      error: complete ? undefined : 'connection closed before the response ended',
+    });
   });
 }

@@ -6,7 +6,8 @@
 import os from 'node:os';
 import { execa } from 'execa';
 import { ExitCode } from './errors.js';
-import { InterceptSession, type InterceptRequest, type SessionEvent } from './intercept-session.js';
+import type { SessionEvent } from './events.js';
+import { InterceptSession, type InterceptRequest } from './intercept-session.js';
 import type { InterceptView } from './protocol.js';
 import { formatRequestLine } from './request-log.js';
 import type { ClientSettings } from './settings.js';
@@ -30,6 +31,9 @@ function describe(event: SessionEvent): string | undefined {
       return undefined;
     case 'ended':
       return `intercept ended: ${event.reason}`;
+    default:
+      // Request starts and lease renewals only matter to the live view.
+      return undefined;
   }
 }
 
@@ -63,6 +67,7 @@ export async function runIntercept(settings: ClientSettings, want: InterceptRequ
   if (opts.json) out(JSON.stringify({ kind: 'intercept', ...icp }));
   else out(`Intercepting ${icp.service} for tenant ${icp.tenant} → localhost:${want.port} (intercept ${icp.id}, server ${settings.server}). Ctrl-C to leave.`);
   session.on('event', (event) => {
+    if (opts.json && (event.kind === 'http-start' || event.kind === 'lease')) return;
     const line = opts.json ? JSON.stringify(event) : describe(event);
     if (line) out(line);
   });

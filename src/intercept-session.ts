@@ -7,15 +7,13 @@ import { randomBytes } from 'node:crypto';
 import { EventEmitter } from 'node:events';
 import { ApiClient } from './api-client.js';
 import { ExitCode, KelsingraError } from './errors.js';
-import { interceptIdOf, LocalForwarder, type RequestEvent } from './local-forwarder.js';
+import type { SessionEvent } from './events.js';
+import { interceptIdOf, LocalForwarder } from './local-forwarder.js';
 import type { InterceptView } from './protocol.js';
 import type { ClientSettings } from './settings.js';
-import { TunnelClient, type TunnelState } from './tunnel-client.js';
+import { TunnelClient } from './tunnel-client.js';
 
-export type SessionEvent =
-  | RequestEvent
-  | { kind: 'tunnel'; state: TunnelState; retryInMs?: number; error?: string; at: number }
-  | { kind: 'ended'; reason: string; at: number };
+export type { SessionEvent } from './events.js';
 
 export interface InterceptRequest {
   service: string;
@@ -68,8 +66,12 @@ export class InterceptSession extends EventEmitter<{ event: [SessionEvent] }> {
     this.tunnel.on('control', (message) => {
       if (message.type === 'intercept-ended' && message.id === this.intercept?.id && !this.leaving) {
         this.end(message.reason === 'left' ? 'left from another shell' : 'lease expired');
-      } else if (message.type === 'renewed' && this.intercept && message.missing.includes(this.intercept.id)) {
-        this.end('lease lost: the server no longer has this intercept');
+      } else if (message.type === 'renewed' && this.intercept) {
+        if (message.missing.includes(this.intercept.id)) this.end('lease lost: the server no longer has this intercept');
+        else if (message.ids.includes(this.intercept.id)) {
+          const now = Date.now();
+          this.emit('event', { kind: 'lease', interceptId: this.intercept.id, expiresAt: now + this.tunnel.leaseTtlMs, at: now });
+        }
       }
     });
     this.tunnel.on('reconnected', () => {

@@ -8,22 +8,8 @@ import { PassThrough } from 'node:stream';
 import { Pool } from 'undici';
 import { pipeUnlessReset } from './h2-pipe.js';
 import { forwardableResponseHeaders, fromHttp2, maskSecretHeaders } from './http-headers.js';
+import type { HttpStartEvent, RequestEvent } from './events.js';
 import { ERROR_HEADER, INTERCEPT_HEADER } from './protocol.js';
-
-export interface RequestEvent {
-  kind: 'http';
-  interceptId: string;
-  startedAt: number;
-  method: string;
-  path: string;
-  status: number;
-  durationMs: number;
-  bytesIn: number;
-  bytesOut: number;
-  error?: string;
-  requestHeaders: Record<string, string>;
-  responseHeaders: Record<string, string>;
-}
 
 export interface LocalTarget {
   interceptId: string;
@@ -35,10 +21,11 @@ export interface LocalTarget {
 
 export class LocalForwarder {
   private readonly pool: Pool;
+  private nextRequest = 1;
 
   constructor(
     readonly target: LocalTarget,
-    private readonly onEvent: (event: RequestEvent) => void,
+    private readonly onEvent: (event: HttpStartEvent | RequestEvent) => void,
   ) {
     this.pool = new Pool(`http://${target.host ?? '127.0.0.1'}:${target.port}`, {
       connections: 256,
@@ -52,8 +39,11 @@ export class LocalForwarder {
   serve(stream: ServerHttp2Stream, h2headers: IncomingHttpHeaders): void {
     const startedAt = Date.now();
     const t0 = performance.now();
+    const requestId = String(this.nextRequest++);
     const method = String(h2headers[':method']);
     const path = String(h2headers[':path']);
+    let headersMs: number | undefined;
+    this.onEvent({ kind: 'http-start', requestId, interceptId: this.target.interceptId, startedAt, method, path });
     const headers = fromHttp2(h2headers);
     const hasBody = !stream.readableEnded && !(stream as unknown as { endAfterHeaders: boolean }).endAfterHeaders;
     const abort = new AbortController();
@@ -64,12 +54,14 @@ export class LocalForwarder {
     const finish = (status: number, responseHeaders: Record<string, string | string[] | undefined>, error?: string) => {
       this.onEvent({
         kind: 'http',
+        requestId,
         interceptId: this.target.interceptId,
         startedAt,
         method,
         path,
         status,
         durationMs: performance.now() - t0,
+        headersMs,
         bytesIn,
         bytesOut,
         error,
@@ -94,6 +86,7 @@ export class LocalForwarder {
           finish(499, resHeaders, 'caller went away');
           return;
         }
+        headersMs = performance.now() - t0;
         stream.respond({ ':status': statusCode, ...forwardableResponseHeaders(resHeaders) });
         body.on('data', (c: Buffer) => (bytesOut += c.length));
         body.pipe(stream);

@@ -40,3 +40,39 @@ export interface InterceptView {
   expiresAt: string;
   connected: boolean;
 }
+
+export interface UpstreamHealth {
+  service: string;
+  url: string;
+  lastOkAt?: string;
+  lastError?: string;
+  lastErrorAt?: string;
+}
+
+/** A tunnelled request as the server agent saw it (for `logs` and `dashboard`). */
+export interface RequestRecord {
+  type: 'request';
+  interceptId: string;
+  service: string;
+  tenant: string;
+  holder: string;
+  method: string;
+  path: string;
+  status: number;
+  durationMs: number;
+  bytesOut: number;
+  at: number;
+  error?: string;
+}
+
+/** Events on `GET /v1/events` (server-sent events, one JSON object per `data:` line). */
+export type ServerEvent =
+  | RequestRecord
+  | { type: 'intercept'; action: 'created' | 'ended'; reason?: string; intercept: InterceptView; at: number }
+  | { type: 'upstreams'; upstreams: UpstreamHealth[]; at: number };
+
+export type StreamEvent =
+  | ServerEvent
+  | { type: 'snapshot'; at: number; intercepts: InterceptView[]; upstreams: UpstreamHealth[] }
+  /** Marks the end of replayed history (`?history=1`): what follows is live. */
+  | { type: 'live'; at: number };

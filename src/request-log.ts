@@ -3,7 +3,6 @@
  * `14:03:07.218  GET  /invoices/42  200  12.4 ms  1.2 kB`.
  */
 import chalk from 'chalk';
-import type { RequestEvent } from './local-forwarder.js';
 
 export function formatBytes(n: number): string {
   if (n < 1024) return `${n} B`;
@@ -30,7 +29,18 @@ function colourStatus(status: number): string {
   return chalk.green(text);
 }
 
-export function formatRequestLine(e: RequestEvent): string {
+/** What a request line shows; both the client's own events and the server's records have it. */
+export interface RequestLine {
+  startedAt: number;
+  method: string;
+  path: string;
+  status: number;
+  durationMs: number;
+  bytesOut: number;
+  error?: string;
+}
+
+export function formatRequestLine(e: RequestLine): string {
   const parts = [
     chalk.dim(time(e.startedAt)),
     e.method.padEnd(6),

@@ -1,0 +1,60 @@
+/**
+ * The client's event stream: everything a view (the live log, NDJSON output, the detached
+ * agent's log file) shows about an intercept. Views subscribe to these events; none of them
+ * reach into HTTP, tunnel or lease state directly, so new kinds (Kafka messages) only add
+ * members here.
+ */
+import type { TunnelState } from './tunnel-client.js';
+
+/** A tunnelled request has arrived and is being served by the local service. */
+export interface HttpStartEvent {
+  kind: 'http-start';
+  requestId: string;
+  interceptId: string;
+  startedAt: number;
+  method: string;
+  path: string;
+}
+
+/** A tunnelled request has been answered (or failed). Header values are already masked. */
+export interface RequestEvent {
+  kind: 'http';
+  requestId: string;
+  interceptId: string;
+  startedAt: number;
+  method: string;
+  path: string;
+  status: number;
+  durationMs: number;
+  /** Time until the local service sent response headers. */
+  headersMs?: number;
+  bytesIn: number;
+  bytesOut: number;
+  error?: string;
+  requestHeaders: Record<string, string>;
+  responseHeaders: Record<string, string>;
+}
+
+export interface TunnelEvent {
+  kind: 'tunnel';
+  state: TunnelState;
+  retryInMs?: number;
+  error?: string;
+  at: number;
+}
+
+/** The server confirmed the lease until `expiresAt`. */
+export interface LeaseEvent {
+  kind: 'lease';
+  interceptId: string;
+  expiresAt: number;
+  at: number;
+}
+
+export interface EndedEvent {
+  kind: 'ended';
+  reason: string;
+  at: number;
+}
+
+export type SessionEvent = HttpStartEvent | RequestEvent | TunnelEvent | LeaseEvent | EndedEvent;
