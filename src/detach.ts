@@ -23,7 +23,8 @@ export function agentLogFile(configDir: string, service: string, tenant: string)
 
 export function startDetachedAgent(binScript: string, argv: string[], logFile: string, timeoutMs = 30_000): Promise<AgentMessage & { type: 'ready' }> {
   const log = openSync(logFile, 'a');
-  const child = spawn(process.execPath, [binScript, ...argv, AGENT_FLAG], {
+  // The same young-generation size bin/run.js gives agents (see there for why).
+  const child = spawn(process.execPath, ['--max-semi-space-size=2', binScript, ...argv, AGENT_FLAG], {
     detached: true,
     stdio: ['ignore', log, log, 'ipc'],
     env: { ...process.env, FORCE_COLOR: '0' },
