@@ -1,6 +1,8 @@
 import { Args, Flags } from '@oclif/core';
 import { ApiClient } from '../src/api-client.js';
 import { BaseCommand } from '../src/cli/base-command.js';
+import { type Spinner, startSpinner } from '../src/cli/spinner.js';
+import { ExitCode, KelsingraError } from '../src/errors.js';
 import { findIntercept } from '../src/intercept-lookup.js';
 import { formatRequestLine } from '../src/request-log.js';
 import { followEvents } from '../src/server-events.js';
@@ -9,7 +11,7 @@ import { loadSettings } from '../src/settings.js';
 export default class Logs extends BaseCommand {
   static override summary = "Show an intercept's recent requests; --follow keeps streaming them.";
   static override description =
-    'Works from any shell for any intercept your token may see, including one started with --detach. The request lines come from the server agent, so they show what callers got. With --json, one JSON object per line.';
+    'Works from any shell for any intercept your token may see, including one started with --detach. The request lines come from the server agent, so they show what callers got. With --json, one JSON object per line (NDJSON): each request, then {"type":"intercept","action":"ended",…} if the intercept ends while you follow it.';
   static override examples = [
     '<%= config.bin %> logs billing --tenant t1 --follow',
     '<%= config.bin %> logs icp_3f9a1c0d2b7e',
@@ -28,20 +30,42 @@ export default class Logs extends BaseCommand {
   async run(): Promise<void> {
     const { args, flags } = await this.parse(Logs);
     const settings = loadSettings();
-    const intercept = await findIntercept(new ApiClient(settings.server, settings.token), args.target, flags.tenant);
     const out = (line: string) => process.stdout.write(`${line}\n`);
     const abort = new AbortController();
     process.once('SIGINT', () => abort.abort());
-    if (!flags.json) out(`Requests for ${intercept.service}, tenant ${intercept.tenant} (${intercept.id}, held by ${intercept.holder}):`);
-    for await (const event of followEvents(settings, { intercept: intercept.id, history: true }, abort.signal)) {
-      if (event.type === 'request') out(flags.json ? JSON.stringify(event) : formatRequestLine({ ...event, startedAt: event.at }));
-      else if (event.type === 'live' && !flags.follow) break;
-      else if (event.type === 'intercept' && event.action === 'ended') {
-        if (flags.json) out(JSON.stringify(event));
-        else out(`intercept ended: ${event.reason === 'expired' ? 'lease expired' : 'left'}`);
-        break;
+    let spinner: Spinner | undefined = startSpinner('Connecting to the server agent', { enabled: !flags.json });
+    const stopSpinner = () => {
+      spinner?.stop();
+      spinner = undefined;
+    };
+    try {
+      const intercept = await findIntercept(new ApiClient(settings.server, settings.token), args.target, flags.tenant);
+      const ended = (reason?: string): void => {
+        if (!flags.json) out(`intercept ended: ${reason === 'expired' ? 'lease expired' : 'left'}`);
+      };
+      for await (const event of followEvents(settings, { intercept: intercept.id, history: true }, abort.signal)) {
+        stopSpinner();
+        if (event.type === 'snapshot') {
+          if (!flags.json) out(`Requests for ${intercept.service}, tenant ${intercept.tenant} (${intercept.id}, held by ${intercept.holder}):`);
+          // It ended between the lookup and the stream: nothing more will come.
+          if (!event.intercepts.some((i) => i.id === intercept.id)) return ended();
+        } else if (event.type === 'request') out(flags.json ? JSON.stringify(event) : formatRequestLine({ ...event, startedAt: event.at }));
+        else if (event.type === 'live' && !flags.follow) return;
+        else if (event.type === 'intercept' && event.action === 'ended') {
+          if (flags.json) out(JSON.stringify(event));
+          return ended(event.reason);
+        }
       }
+      if (!abort.signal.aborted) {
+        throw new KelsingraError(
+          `the server agent at ${settings.server} closed the event stream`,
+          ExitCode.unreachable,
+          'check that the server agent is still running (kelsingra status), then run kelsingra logs again',
+        );
+      }
+    } finally {
+      stopSpinner();
+      abort.abort();
     }
-    abort.abort();
   }
 }

@@ -10,7 +10,7 @@ export default class Status extends BaseCommand {
   async run(): Promise<void> {
     const { flags } = await this.parse(Status);
     const settings = loadSettings();
-    const status = await new ApiClient(settings.server, settings.token).status();
+    const status = await this.spin(`Asking ${settings.server}`, new ApiClient(settings.server, settings.token).status());
     if (flags.json) {
       this.printJson({ server: settings.server, holder: settings.holder, ...status });
       return;

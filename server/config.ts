@@ -103,17 +103,21 @@ export async function readConfigFile(path: string): Promise<Record<string, unkno
   try {
     text = await readFile(path, 'utf8');
   } catch (err) {
-    throw new KelsingraError(`cannot read config file ${path}: ${(err as Error).message}`, ExitCode.config, 'check the --config path');
+    throw new KelsingraError(`cannot read config file ${path}: ${(err as Error).message}`, ExitCode.config, 'check the --config path (or --tokens-file), and that you may read the file');
   }
   let data: unknown;
   try {
     data = path.endsWith('.json') ? JSON.parse(text) : parseYaml(text);
   } catch (err) {
-    throw new KelsingraError(`config file ${path} is not valid ${path.endsWith('.json') ? 'JSON' : 'YAML'}: ${(err as Error).message}`, ExitCode.config);
+    throw new KelsingraError(
+      `config file ${path} is not valid ${path.endsWith('.json') ? 'JSON' : 'YAML'}: ${(err as Error).message}`,
+      ExitCode.config,
+      'fix the syntax at the position named above; kelsingra.example.yaml and tokens.example.yaml show the format',
+    );
   }
   if (data === null || data === undefined) return {};
   if (typeof data !== 'object' || Array.isArray(data)) {
-    throw new KelsingraError(`config file ${path} must hold a mapping of settings at the top level`, ExitCode.config);
+    throw new KelsingraError(`config file ${path} must hold a mapping of settings at the top level`, ExitCode.config, 'start the file with keys such as port:, proxyPort:, services: (see kelsingra.example.yaml)');
   }
   return data as Record<string, unknown>;
 }
@@ -182,7 +186,9 @@ export async function loadServerConfig(opts: {
   if (config.tokensFile) {
     const tokens = await readConfigFile(config.tokensFile);
     const parsed = z.object({ tokens: z.array(tokenSchema) }).strict().safeParse(tokens);
-    if (!parsed.success) throw new KelsingraError(formatIssues(parsed.error, `tokens file ${config.tokensFile}`), ExitCode.config);
+    if (!parsed.success) {
+      throw new KelsingraError(formatIssues(parsed.error, `tokens file ${config.tokensFile}`), ExitCode.config, 'fix the entries named above (tokens.example.yaml shows the format)');
+    }
     config.tokens.push(...parsed.data.tokens);
   }
   if (!config.token && config.tokens.length === 0) {

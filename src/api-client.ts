@@ -99,10 +99,22 @@ function apiError(status: number, data: Record<string, unknown>): KelsingraError
     case 403:
       return new KelsingraError(message, ExitCode.auth, 'ask the platform team for a token that covers this tenant', data);
     case 404:
-      return new KelsingraError(message, ExitCode.notFound, data.services ? 'pick one of the known services' : 'kelsingra list shows the live intercepts', data);
+      return new KelsingraError(message, ExitCode.notFound, data.services ? 'pick one of the known services; kelsingra status lists them' : 'kelsingra list shows the live intercepts', data);
     case 409:
-      return new KelsingraError(message, ExitCode.conflict, data.holder ? `ask ${data.holder} to run kelsingra leave, or wait for the lease to lapse` : undefined, data);
+      return new KelsingraError(
+        message,
+        ExitCode.conflict,
+        data.holder ? `ask ${data.holder} to run kelsingra leave, or wait for the lease to lapse` : 'kelsingra list shows who holds what',
+        data,
+      );
+    case 400:
+      return new KelsingraError(`${message} (HTTP 400)`, ExitCode.usage, 'check the arguments; kelsingra <command> --help shows the usage', data);
     default:
-      return new KelsingraError(`${message} (HTTP ${status})`, ExitCode.failure, undefined, data);
+      return new KelsingraError(
+        `${message} (HTTP ${status})`,
+        ExitCode.failure,
+        status >= 500 ? "the server agent failed; try again, and if it persists check the server agent's log" : 'check that the CLI and the server agent versions match (kelsingra status)',
+        data,
+      );
   }
 }

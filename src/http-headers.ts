@@ -41,7 +41,8 @@ export function forwardableRawHeaders(raw: string[], drop?: ReadonlySet<string>)
   // A request may carry several Connection lines; each one's names are hop-by-hop.
   for (let i = 0; i < raw.length; i += 2) {
     if ((raw[i] as string).length === 10 && (raw[i] as string).toLowerCase() === 'connection') {
-      for (const name of connectionTokens(raw[i + 1]) ?? []) (extra ??= new Set()).add(name);
+      const tokens = connectionTokens(raw[i + 1]);
+      if (tokens) extra = extra ? new Set([...extra, ...tokens]) : tokens;
     }
   }
   const out: string[] = [];

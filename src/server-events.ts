@@ -40,7 +40,11 @@ export async function* followEvents(settings: Pick<ClientSettings, 'server' | 't
   }
   if (res.statusCode !== 200) {
     const text = await res.body.text();
-    throw new KelsingraError(`the server refused the event stream (HTTP ${res.statusCode}): ${text.slice(0, 200)}`, ExitCode.failure);
+    throw new KelsingraError(
+      `the server refused the event stream (HTTP ${res.statusCode}): ${text.slice(0, 200)}`,
+      res.statusCode === 403 ? ExitCode.auth : res.statusCode === 404 ? ExitCode.notFound : ExitCode.failure,
+      res.statusCode === 404 ? 'the server agent may be older than this CLI: compare versions with kelsingra status' : "try again; if it persists, check the server agent's log",
+    );
   }
   const queue: StreamEvent[] = [];
   const parser = createParser({
@@ -55,6 +59,10 @@ export async function* followEvents(settings: Pick<ClientSettings, 'server' | 't
     }
   } catch (err) {
     if (signal?.aborted) return;
-    throw new KelsingraError(`the event stream from ${settings.server} broke: ${(err as Error).message}`, ExitCode.unreachable);
+    throw new KelsingraError(
+      `the event stream from ${settings.server} broke: ${(err as Error).message}`,
+      ExitCode.unreachable,
+      'check that the server agent is still running (kelsingra status), then run the command again',
+    );
   }
 }

@@ -61,7 +61,7 @@ export function normaliseServerUrl(raw: string): string {
     throw new KelsingraError(`"${raw}" is not a server URL`, ExitCode.usage, 'use the control port URL, e.g. http://kelsingra.dev.example.com:7700');
   }
   if (url.protocol !== 'http:' && url.protocol !== 'https:') {
-    throw new KelsingraError(`server URL must be http:// or https://, not ${url.protocol}`, ExitCode.usage);
+    throw new KelsingraError(`server URL must be http:// or https://, not ${url.protocol}`, ExitCode.usage, 'use the control port URL, e.g. http://kelsingra.dev.example.com:7700');
   }
   return url.origin + url.pathname.replace(/\/+$/, '');
 }

@@ -138,7 +138,7 @@ export class TunnelClient extends EventEmitter<TunnelEvents> {
         this.off('control', onHello);
         if (!settled) {
           settled = true;
-          reject(new KelsingraError('the tunnel closed during its handshake', ExitCode.unreachable));
+          reject(new KelsingraError('the tunnel closed during its handshake', ExitCode.unreachable, 'is --server the Kelsingra control port? kelsingra status checks it'));
         }
         if (this.ws === ws) this.onDisconnect();
       });

@@ -1,10 +1,11 @@
 /**
  * What every command shares: `--json`, and turning errors into a clear message with a hint
- * on stderr and the documented exit code.
+ * on stderr and the documented exit code (src/errors.ts, README "Exit codes").
  */
-import { Command, Flags } from '@oclif/core';
-import chalk from 'chalk';
-import { KelsingraError } from '../errors.js';
+import { Command, Errors, Flags } from '@oclif/core';
+import { ExitCode, KelsingraError } from '../errors.js';
+import { printError, wantsJson } from './print-error.js';
+import { type Spinner, startSpinner } from './spinner.js';
 
 export abstract class BaseCommand extends Command {
   static override baseFlags = {
@@ -15,17 +16,57 @@ export abstract class BaseCommand extends Command {
     process.stdout.write(`${JSON.stringify(value, null, 2)}\n`);
   }
 
-  protected override async catch(err: Error & { exitCode?: number; oclif?: { exit?: number } }): Promise<unknown> {
-    const json = this.argv.includes('--json');
-    if (err instanceof KelsingraError) {
-      if (json) {
-        process.stderr.write(`${JSON.stringify({ ...err.details, error: err.message, hint: err.hint, exitCode: err.exitCode })}\n`);
-      } else {
-        process.stderr.write(`${chalk.red('Error:')} ${err.message}\n`);
-        if (err.hint) process.stderr.write(`${chalk.dim('Hint:')} ${err.hint}\n`);
-      }
-      this.exit(err.exitCode);
-    }
-    return super.catch(err);
+  /** True when the user asked for JSON, even before (or when) flags failed to parse. */
+  protected get jsonRequested(): boolean {
+    return wantsJson(this.argv);
   }
+
+  /** Runs a slow step with a spinner on stderr (only in a terminal, never with --json). */
+  protected async spin<T>(text: string, work: Promise<T>): Promise<T> {
+    const spinner: Spinner = startSpinner(text, { enabled: !this.jsonRequested });
+    try {
+      return await work;
+    } finally {
+      spinner.stop();
+    }
+  }
+
+  protected override async catch(err: Error & { exitCode?: number; oclif?: { exit?: number } }): Promise<unknown> {
+    // `this.exit(code)` throws an ExitError on purpose: let it through untouched.
+    if (err instanceof Errors.ExitError) throw err;
+    const e = this.explain(err);
+    printError(e, this.jsonRequested);
+    if (process.env.KELSINGRA_DEBUG && err.stack) process.stderr.write(`${err.stack}\n`);
+    return this.exit(e.exitCode);
+  }
+
+  private explain(err: Error & { oclif?: { exit?: number }; parse?: unknown }): { message: string; hint?: string; exitCode: number; details?: Record<string, unknown> } {
+    if (err instanceof KelsingraError) return { message: err.message, hint: err.hint, exitCode: err.exitCode, details: err.details };
+    const help = `${this.config.bin} ${this.id ? `${this.id.replaceAll(':', ' ')} ` : ''}--help`;
+    const isParseError = err.parse !== undefined;
+    if (err instanceof Errors.CLIError && (isParseError || err.oclif?.exit === ExitCode.usage)) {
+      // oclif's own parse errors (unknown flag, missing argument, bad value): a usage error.
+      const message = oneLine(err.message.replace(/\n*See more help with --help\s*$/, ''));
+      return { message, hint: `${help} shows the usage and examples`, exitCode: ExitCode.usage };
+    }
+    if (err instanceof Errors.CLIError) {
+      return { message: err.message, hint: `${help} shows the usage and examples`, exitCode: err.oclif?.exit ?? ExitCode.failure };
+    }
+    return {
+      message: err.message || String(err),
+      hint: 'this is unexpected; run again with KELSINGRA_DEBUG=1 for the stack trace and report it',
+      exitCode: ExitCode.failure,
+    };
+  }
+}
+
+/** oclif's multi-line parse messages as one line: "Missing required flag server; Missing required flag token". */
+function oneLine(message: string): string {
+  const lines = message
+    .split('\n')
+    .map((l) => l.trim().replace(/\s{2,}/g, ' — '))
+    .filter((l) => l && l !== 'The following errors occurred:');
+  const [first = '', ...rest] = lines;
+  if (first.endsWith(':')) return `${first} ${rest.join('; ')}`;
+  return first.startsWith('Parsing ') ? `${first}: ${rest.join('; ')}` : [first, ...rest].join('; ');
 }

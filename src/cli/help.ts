@@ -1,0 +1,19 @@
+/**
+ * oclif's help, except that `kelsingra lgos --help` (or `kelsingra help lgos`) suggests the
+ * command meant, like a mistyped command does, instead of only "Command lgos not found".
+ */
+import { Errors, Help } from '@oclif/core';
+import { reportUnknownCommand } from './not-found.js';
+import { wantsJson } from './print-error.js';
+
+export default class KelsingraHelp extends Help {
+  override async showHelp(argv: string[]): Promise<void> {
+    try {
+      await super.showHelp(argv);
+    } catch (err) {
+      const unknown = err instanceof Errors.CLIError && /^Command (.+) not found\.$/.exec(err.message);
+      if (!unknown) throw err;
+      reportUnknownCommand(this.config, (unknown[1] as string).replaceAll(' ', ':'), wantsJson(argv));
+    }
+  }
+}

@@ -1,0 +1,281 @@
+/**
+ * `kelsingra logs`: an intercept started with --detach, watched from another shell through
+ * the server agent's event stream. Real server, real detached agents, real CLIs.
+ */
+import { readFileSync, writeFileSync } from 'node:fs';
+import type http from 'node:http';
+import { join } from 'node:path';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import {
+  cli,
+  clientEnv,
+  freePort,
+  listen,
+  type ServerProcess,
+  startServerProcess,
+  tempDir,
+  viaProxy,
+  waitFor,
+} from './helpers.js';
+
+const ADMIN = 'logs-admin-secret-token-1';
+const TEAM = 'logs-team-a-secret-token-2';
+const EXIT = { auth: 3, notFound: 4, unreachable: 6 } as const;
+
+type Cleanup = () => unknown | Promise<unknown>;
+const cleanups: Cleanup[] = [];
+
+afterEach(async () => {
+  for (const cleanup of cleanups.splice(0).reverse()) {
+    try {
+      await cleanup();
+    } catch {
+      // Best effort: one failed cleanup must not hide the others.
+    }
+  }
+});
+
+function isAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'EPERM';
+  }
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    return stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3) !== 'Z';
+  } catch {
+    return false;
+  }
+}
+
+async function killPid(pid: number): Promise<void> {
+  if (!isAlive(pid)) return;
+  try {
+    process.kill(pid, 'SIGTERM');
+    await waitFor(() => !isAlive(pid), 5_000, `pid ${pid} to exit`);
+  } catch {
+    if (isAlive(pid)) process.kill(pid, 'SIGKILL');
+  }
+}
+
+function closeServer(server: http.Server): Promise<void> {
+  server.closeAllConnections();
+  return new Promise((resolve) => server.close(() => resolve()));
+}
+
+let server: ServerProcess;
+let admin: Record<string, string>;
+let team: Record<string, string>;
+let localPort: number;
+
+/** A server with a tokens file (an admin token, a token limited to team-a-*), and a "laptop" service. */
+beforeEach(async () => {
+  const upstream = await listen((_req, res) => res.end('upstream'));
+  cleanups.push(() => closeServer(upstream.server));
+  const local = await listen((req, res) => {
+    req.resume();
+    req.on('end', () => {
+      const status = req.url?.startsWith('/missing') ? 404 : req.method === 'POST' ? 201 : 200;
+      res.writeHead(status, { 'content-type': 'text/plain' });
+      res.end(`local ${req.method} ${req.url}`);
+    });
+  });
+  cleanups.push(() => closeServer(local.server));
+  localPort = local.port;
+  const tokensFile = join(tempDir('kelsingra-tokens-'), 'tokens.yaml');
+  writeFileSync(
+    tokensFile,
+    `tokens:
+  - name: platform
+    token: ${ADMIN}
+  - name: team-a
+    token: ${TEAM}
+    tenants: ['team-a-*']
+`,
+  );
+  server = await startServerProcess(['--service', `billing=${upstream.url}`, '--tokens-file', tokensFile]);
+  cleanups.push(() => server.stop());
+  admin = clientEnv(server, ADMIN, { KELSINGRA_HOLDER: 'admin' });
+  team = clientEnv(server, TEAM, { KELSINGRA_HOLDER: 'ana' });
+});
+
+async function detach(
+  env: Record<string, string>,
+  tenant: string,
+): Promise<{ id: string; agentPid: number }> {
+  const r = await cli(
+    ['intercept', 'billing', '--tenant', tenant, '--port', String(localPort), '--detach', '--json'],
+    env,
+  );
+  expect(r.exitCode, `intercept --detach failed:\n${r.stderr}`).toBe(0);
+  const doc = JSON.parse(String(r.stdout)) as { id: string; agentPid: number };
+  cleanups.push(() => killPid(doc.agentPid));
+  return doc;
+}
+
+async function send(tenant: string, path: string, init: RequestInit = {}): Promise<number> {
+  const res = await viaProxy(server, 'billing', tenant, path, init);
+  await res.text();
+  return res.status;
+}
+
+/** A CLI left running, whose output can be watched. */
+function background(args: string[], env: Record<string, string>) {
+  const sub = cli(args, env);
+  let stdout = '';
+  let stderr = '';
+  sub.stdout?.on('data', (c: Buffer) => (stdout += c.toString()));
+  sub.stderr?.on('data', (c: Buffer) => (stderr += c.toString()));
+  cleanups.push(async () => {
+    if (sub.exitCode === null && sub.signalCode === null) {
+      sub.kill('SIGKILL');
+      await sub.catch(() => undefined);
+    }
+  });
+  return { sub, stdout: () => stdout, describe: () => `stdout:\n${stdout}\nstderr:\n${stderr}` };
+}
+
+describe('kelsingra logs', () => {
+  it("prints a detached intercept's recent requests: method, path, status", async () => {
+    const held = await detach(admin, 't1');
+    expect(await send('t1', '/invoices/42')).toBe(200);
+    expect(await send('t1', '/orders', { method: 'POST', body: 'x' })).toBe(201);
+    expect(await send('t1', '/missing/7')).toBe(404);
+    expect(await send('t2', '/not-intercepted')).toBe(200);
+
+    // The server records a request as its response ends; give it a moment on a loaded machine.
+    const r = await waitFor(
+      async () => {
+        const run = await cli(['logs', 'billing', '--tenant', 't1'], admin);
+        expect(run.exitCode, String(run.stderr)).toBe(0);
+        return String(run.stdout).includes('/missing/7') ? run : undefined;
+      },
+      20_000,
+      'the three requests in kelsingra logs',
+    );
+    const lines = String(r.stdout).trim().split('\n');
+    expect(lines[0]).toBe(`Requests for billing, tenant t1 (${held.id}, held by admin):`);
+    expect(lines.slice(1)).toHaveLength(3);
+    expect(lines[1]).toMatch(/\bGET\s+\/invoices\/42\s+200\s/);
+    expect(lines[2]).toMatch(/\bPOST\s+\/orders\s+201\s/);
+    expect(lines[3]).toMatch(/\bGET\s+\/missing\/7\s+404\s/);
+    expect(String(r.stdout)).not.toContain('/not-intercepted');
+    expect(String(r.stdout)).not.toContain('\u001b');
+
+    // By id, as JSON: one object per line.
+    const byId = await cli(['logs', held.id, '--json'], admin);
+    expect(byId.exitCode, String(byId.stderr)).toBe(0);
+    const events = String(byId.stdout)
+      .trim()
+      .split('\n')
+      .map((l) => JSON.parse(l));
+    expect(events.map((e) => [e.type, e.method, e.path, e.status, e.interceptId])).toEqual([
+      ['request', 'GET', '/invoices/42', 200, held.id],
+      ['request', 'POST', '/orders', 201, held.id],
+      ['request', 'GET', '/missing/7', 404, held.id],
+    ]);
+  });
+
+  it('--follow --json streams new requests as NDJSON and exits 0 when the intercept is left from another shell', async () => {
+    const held = await detach(admin, 't1');
+    const follow = background(['logs', held.id, '--follow', '--json'], admin);
+    // Sent before or after the stream attaches, the first request shows up (history, then live).
+    expect(await send('t1', '/first')).toBe(200);
+    await waitFor(
+      () => follow.stdout().includes('"/first"'),
+      20_000,
+      `the first request\n${follow.describe()}`,
+    );
+    // Printed means subscribed: these are new requests, streamed as they happen.
+    expect(await send('t1', '/second')).toBe(200);
+    expect(await send('t1', '/missing/second')).toBe(404);
+    await waitFor(
+      () => follow.stdout().includes('"/missing/second"'),
+      20_000,
+      `the new requests\n${follow.describe()}`,
+    );
+    expect(follow.sub.exitCode).toBe(null);
+
+    const leave = await cli(['leave', 'billing', '--tenant', 't1'], admin);
+    expect(leave.exitCode, String(leave.stderr)).toBe(0);
+    const done = await follow.sub;
+    expect(done.exitCode, follow.describe()).toBe(0);
+
+    const events = follow
+      .stdout()
+      .trim()
+      .split('\n')
+      .map((l) => JSON.parse(l));
+    expect(
+      events.filter((e) => e.type === 'request').map((e) => `${e.method} ${e.path} ${e.status}`),
+    ).toEqual(['GET /first 200', 'GET /second 200', 'GET /missing/second 404']);
+    expect(events.at(-1)).toMatchObject({ type: 'intercept', action: 'ended', intercept: { id: held.id } });
+  });
+
+  it('--follow in plain text says when the intercept ended', async () => {
+    await detach(admin, 't1');
+    const follow = background(['logs', 'billing', '--tenant', 't1', '-f'], admin);
+    await waitFor(() => follow.stdout().includes('Requests for billing'), 20_000, follow.describe());
+    expect(await send('t1', '/plain')).toBe(200);
+    await waitFor(() => follow.stdout().includes('/plain'), 20_000, follow.describe());
+    expect((await cli(['leave', '--all'], admin)).exitCode).toBe(0);
+    const done = await follow.sub;
+    expect(done.exitCode, follow.describe()).toBe(0);
+    expect(follow.stdout().trim().split('\n').at(-1)).toBe('intercept ended: left');
+  });
+
+  it('a token limited to other tenants cannot see the intercept (exit 4), but sees its own', async () => {
+    const theirs = await detach(admin, 't1');
+    const mine = await detach(team, 'team-a-1');
+    expect(await send('t1', '/secret')).toBe(200);
+
+    for (const args of [
+      ['logs', 'billing', '--tenant', 't1'],
+      ['logs', theirs.id],
+      ['logs', theirs.id, '--follow'],
+    ]) {
+      const r = await cli(args, team);
+      expect(r.exitCode, `${args.join(' ')}: ${r.stderr}`).toBe(EXIT.notFound);
+      expect(r.stdout).toBe('');
+      expect(r.stderr).toMatch(/Hint: kelsingra list shows the live intercepts/);
+    }
+    const own = await cli(['logs', mine.id], team);
+    expect(own.exitCode, String(own.stderr)).toBe(0);
+    expect(own.stdout).not.toContain('/secret');
+  });
+
+  it('an unknown intercept exits 4 with a hint; a wrong token exits 3; no server exits 6', async () => {
+    await detach(admin, 't1');
+    const byName = await cli(['logs', 'billing', '--tenant', 'nobody'], admin);
+    expect(byName.exitCode).toBe(EXIT.notFound);
+    expect(byName.stderr).toMatch(/no live intercept of billing for tenant nobody/);
+    expect(byName.stderr).toMatch(/Hint: kelsingra list shows the live intercepts/);
+
+    // A service name without --tenant: the hint says how to name it.
+    const noTenant = await cli(['logs', 'billing', '--json'], admin);
+    expect(noTenant.exitCode).toBe(EXIT.notFound);
+    const err = JSON.parse(String(noTenant.stderr).trim());
+    expect(err).toMatchObject({
+      exitCode: EXIT.notFound,
+      hint: 'to name one by service, add --tenant: kelsingra logs billing --tenant <t>',
+    });
+
+    const byId = await cli(['logs', 'icp_000000000000', '-f'], admin);
+    expect(byId.exitCode).toBe(EXIT.notFound);
+
+    const wrong = await cli(['logs', 'billing', '--tenant', 't1'], {
+      ...admin,
+      KELSINGRA_TOKEN: 'not-the-token',
+    });
+    expect(wrong.exitCode).toBe(EXIT.auth);
+    expect(wrong.stderr).toMatch(/rejected the token/);
+    expect(wrong.stderr).toMatch(/Hint: check KELSINGRA_TOKEN/);
+
+    const gone = await cli(['logs', 'billing', '--tenant', 't1'], {
+      ...admin,
+      KELSINGRA_SERVER: `http://127.0.0.1:${await freePort()}`,
+    });
+    expect(gone.exitCode).toBe(EXIT.unreachable);
+  });
+});
