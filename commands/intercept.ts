@@ -9,7 +9,7 @@ import { loadSettings } from '../src/settings.js';
 export default class Intercept extends BaseCommand {
   static override summary = "Send one tenant's traffic for a service to a port on this machine.";
   static override description =
-    'Without --detach the intercept lives while this command runs: it prints one line per request and leaves on Ctrl-C, or when the command after -- exits (its exit code becomes this one). With --detach it returns once the intercept is live and a background agent holds it until `kelsingra leave` or lease expiry.';
+    'Without --detach the intercept lives while this command runs and leaves on Ctrl-C or q, or when the command after -- exits (its exit code becomes this one). On a terminal it shows a live request log (keys: q leave, p pause the view, ↑/↓ + enter request details, esc close, ? keys); in a pipe it prints one plain line per request, with --json one JSON event per line. With --detach it returns once the intercept is live and a background agent holds it until `kelsingra leave` or lease expiry.';
   static override examples = [
     '<%= config.bin %> intercept billing --tenant t1 --port 3000',
     '<%= config.bin %> intercept billing --tenant t1 --port 3000 --detach --json',
@@ -61,6 +61,8 @@ export default class Intercept extends BaseCommand {
     try {
       code = await runIntercept(settings, want, {
         json: false,
+        // The agent's stdout is its log file: plain lines, whatever terminal started it.
+        view: 'plain',
         onLive: (intercept) => {
           report({ type: 'ready', intercept, pid: process.pid, logFile });
           process.disconnect?.();

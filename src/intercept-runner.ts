@@ -1,23 +1,47 @@
 /**
- * Runs an intercept in the foreground: prints the request log (plain lines, or NDJSON with
- * --json), runs the optional local command, and leaves on Ctrl-C, on the command's exit,
- * or when the intercept ends elsewhere. Returns the exit code for the CLI.
+ * Runs an intercept in the foreground: shows the request log (the live Ink view on a
+ * terminal, plain lines in a pipe, NDJSON with --json), runs the optional local command, and
+ * leaves on Ctrl-C / `q`, on the command's exit, or when the intercept ends elsewhere.
+ * Returns the exit code for the CLI.
  */
 import os from 'node:os';
 import { execa } from 'execa';
 import { ExitCode } from './errors.js';
 import type { SessionEvent } from './events.js';
-import { InterceptSession, type InterceptRequest } from './intercept-session.js';
+import { type InterceptRequest, InterceptSession } from './intercept-session.js';
 import type { InterceptView } from './protocol.js';
 import { formatRequestLine } from './request-log.js';
 import type { ClientSettings } from './settings.js';
+import type { LiveLogModel } from './ui/live-log-model.js';
+import type { LiveView } from './ui/live-view.js';
+
+export type ViewKind = 'live' | 'plain' | 'json';
 
 export interface RunOptions {
   json: boolean;
+  /** Default: chosen by `chooseView`. The detached agent asks for 'plain'. */
+  view?: ViewKind;
   command?: string[];
   /** Called once the intercept is live (the detached agent reports to its parent here). */
   onLive?: (intercept: InterceptView) => void;
   out?: (line: string) => void;
+}
+
+/**
+ * The live view needs a terminal on both ends (it draws on stdout and reads keys from
+ * stdin); anything else — a pipe, a file, CI, `--json` — gets lines a script can read.
+ */
+export function chooseView(opts: {
+  json: boolean;
+  stdoutIsTTY: boolean | undefined;
+  stdinIsTTY: boolean | undefined;
+  env?: NodeJS.ProcessEnv;
+}): ViewKind {
+  if (opts.json) return 'json';
+  if (!opts.stdoutIsTTY || !opts.stdinIsTTY) return 'plain';
+  // TERM=dumb cannot move the cursor.
+  if (opts.env?.TERM === 'dumb') return 'plain';
+  return 'live';
 }
 
 function describe(event: SessionEvent): string | undefined {
@@ -25,7 +49,8 @@ function describe(event: SessionEvent): string | undefined {
     case 'http':
       return formatRequestLine(event);
     case 'tunnel':
-      if (event.state === 'reconnecting') return `tunnel lost; reconnecting${event.retryInMs ? ` in ${(event.retryInMs / 1000).toFixed(1)} s` : ''}${event.error ? ` (${event.error})` : ''}`;
+      if (event.state === 'reconnecting')
+        return `tunnel lost; reconnecting${event.retryInMs ? ` in ${(event.retryInMs / 1000).toFixed(1)} s` : ''}${event.error ? ` (${event.error})` : ''}`;
       if (event.state === 'connected') return 'tunnel connected';
       if (event.state === 'closed' && event.error) return `tunnel closed: ${event.error}`;
       return undefined;
@@ -58,46 +83,113 @@ function batchedStdout(): { write: (line: string) => void; flush: () => void } {
   };
 }
 
-export async function runIntercept(settings: ClientSettings, want: InterceptRequest, opts: RunOptions): Promise<number> {
+export async function runIntercept(
+  settings: ClientSettings,
+  want: InterceptRequest,
+  opts: RunOptions,
+): Promise<number> {
+  const view =
+    opts.view ??
+    (opts.out
+      ? opts.json
+        ? 'json'
+        : 'plain'
+      : chooseView({
+          json: opts.json,
+          stdoutIsTTY: process.stdout.isTTY,
+          stdinIsTTY: process.stdin.isTTY,
+          env: process.env,
+        }));
+  // Loaded only for a terminal: plain and NDJSON output never pay for React and Ink.
+  const ui = view === 'live' ? await loadLiveView() : undefined;
   const stdout = batchedStdout();
   const out = opts.out ?? stdout.write;
   const session = await InterceptSession.start(settings, want);
   const icp = session.intercept;
 
-  if (opts.json) out(JSON.stringify({ kind: 'intercept', ...icp }));
-  else out(`Intercepting ${icp.service} for tenant ${icp.tenant} → localhost:${want.port} (intercept ${icp.id}, server ${settings.server}). Ctrl-C to leave.`);
-  session.on('event', (event) => {
-    if (opts.json && (event.kind === 'http-start' || event.kind === 'lease')) return;
-    const line = opts.json ? JSON.stringify(event) : describe(event);
-    if (line) out(line);
-  });
+  let exitCode: number = ExitCode.ok;
+  let leaving = false;
+  const finished: Promise<string>[] = [session.ended];
+  let leaveFromView: ((reason: string) => void) | undefined;
+  finished.push(new Promise<string>((resolve) => (leaveFromView = resolve)));
+
+  let model: LiveLogModel | undefined;
+  let liveView: LiveView | undefined;
+  if (ui) {
+    model = new ui.LiveLogModel({
+      service: icp.service,
+      tenant: icp.tenant,
+      localPort: want.port,
+      server: settings.server,
+      interceptId: icp.id,
+      leaseTtlMs: leaseTtlOf(icp),
+    });
+    const m = model;
+    session.on('event', (event) => m.apply(event));
+    liveView = ui.startLiveView(m, {
+      // `q` is a deliberate, clean leave: exit code 0. Ctrl-C keeps the shell's 130, as SIGINT would.
+      onQuit: () => leaveFromView?.('left (q)'),
+      onInterrupt: () => {
+        exitCode = 130;
+        leaveFromView?.('left (Ctrl-C)');
+      },
+    });
+  } else {
+    if (view === 'json') out(JSON.stringify({ kind: 'intercept', ...icp }));
+    else
+      out(
+        `Intercepting ${icp.service} for tenant ${icp.tenant} → localhost:${want.port} (intercept ${icp.id}, server ${settings.server}). Ctrl-C to leave.`,
+      );
+    session.on('event', (event) => {
+      if (view === 'json' && (event.kind === 'http-start' || event.kind === 'lease')) return;
+      const line = view === 'json' ? JSON.stringify(event) : describe(event);
+      if (line) out(line);
+    });
+  }
   opts.onLive?.(icp);
 
-  let exitCode: number = ExitCode.ok;
-  const finished: Promise<string>[] = [session.ended];
-  const signals = new Promise<string>((resolve) => {
-    const onSignal = (signal: NodeJS.Signals) => {
-      exitCode = signal === 'SIGINT' ? 130 : 143;
-      resolve(`left (${signal})`);
-    };
-    process.once('SIGINT', onSignal);
-    process.once('SIGTERM', onSignal);
-  });
-  finished.push(signals);
+  const onSignal = (signal: NodeJS.Signals) => {
+    exitCode = signal === 'SIGINT' ? 130 : 143;
+    leaveFromView?.(`left (${signal})`);
+  };
+  process.once('SIGINT', onSignal);
+  process.once('SIGTERM', onSignal);
 
   const child = opts.command?.length
     ? execa(opts.command[0] as string, opts.command.slice(1), {
-        stdio: 'inherit',
+        // Under the live view the keys belong to the view and the command's output is printed
+        // above it line by line (inherited, it would tear the redrawn part); elsewhere the
+        // command shares this terminal or pipe as it is.
+        stdio: model ? ['ignore', 'pipe', 'pipe'] : 'inherit',
+        buffer: false,
         reject: false,
-        env: { KELSINGRA_TENANT: want.tenant, KELSINGRA_SERVICE: want.service, KELSINGRA_INTERCEPT: icp.id, PORT: String(want.port) },
+        env: {
+          KELSINGRA_TENANT: want.tenant,
+          KELSINGRA_SERVICE: want.service,
+          KELSINGRA_INTERCEPT: icp.id,
+          PORT: String(want.port),
+        },
       })
     : undefined;
+  if (child && model) {
+    const m = model;
+    child.stdout?.setEncoding('utf8').on('data', (chunk: string) => m.output('stdout', chunk));
+    child.stderr?.setEncoding('utf8').on('data', (chunk: string) => m.output('stderr', chunk));
+  }
   if (child) {
     finished.push(
       child.then((result) => {
-        exitCode = result.exitCode ?? (result.signal ? 128 + (os.constants.signals[result.signal] ?? 15) : ExitCode.failure);
+        // The command's exit code becomes ours when its exit is what ends the intercept; once
+        // we are leaving for another reason (Ctrl-C, q), the SIGTERM we send it must not
+        // replace that reason's code.
+        if (leaving) return 'local command exited';
+        exitCode =
+          result.exitCode ??
+          (result.signal ? 128 + (os.constants.signals[result.signal] ?? 15) : ExitCode.failure);
         if (result.failed && result.exitCode === undefined && !result.signal) {
-          process.stderr.write(`Error: could not run ${opts.command?.join(' ')}: ${result.shortMessage ?? result.message}\n`);
+          const message = `Error: could not run ${opts.command?.join(' ')}: ${result.shortMessage ?? result.message}`;
+          if (model) model.output('stderr', `${message}\n`);
+          else process.stderr.write(`${message}\n`);
         }
         return `local command exited (${result.exitCode ?? result.signal ?? 'could not start'})`;
       }),
@@ -105,14 +197,41 @@ export async function runIntercept(settings: ClientSettings, want: InterceptRequ
   }
 
   const reason = await Promise.race(finished);
+  leaving = true;
   if (child && child.exitCode === null) child.kill('SIGTERM');
+  let warning: string | undefined;
   try {
     await session.leave(reason);
   } catch (err) {
-    process.stderr.write(`Warning: ${(err as Error).message}\n`);
+    warning = `Warning: ${(err as Error).message}\n`;
   }
   if (child) await child.catch(() => undefined);
+  // The terminal is given back (raw mode off, cursor shown) before anything else is written.
+  await liveView?.stop();
+  if (warning) process.stderr.write(warning);
   stdout.flush();
   if (reason.startsWith('lease') || reason.startsWith('could not re-assert')) return ExitCode.failure;
   return exitCode;
+}
+
+type LiveModules = typeof import('./ui/live-log-model.js') & typeof import('./ui/live-view.js');
+
+async function loadLiveView(): Promise<LiveModules> {
+  // React's development build (what an unset NODE_ENV selects) costs several times the CPU
+  // per frame. It is chosen when React loads, so NODE_ENV is set only around that: the
+  // `-- cmd` child inherits this environment and must not be switched to production.
+  const nodeEnv = process.env.NODE_ENV;
+  process.env.NODE_ENV ??= 'production';
+  try {
+    const [model, view] = await Promise.all([import('./ui/live-log-model.js'), import('./ui/live-view.js')]);
+    return { ...model, ...view };
+  } finally {
+    if (nodeEnv === undefined) delete process.env.NODE_ENV;
+  }
+}
+
+/** The lease length the server granted, from the intercept's own timestamps (no clock skew). */
+function leaseTtlOf(icp: InterceptView): number | undefined {
+  const ttl = Date.parse(icp.expiresAt) - Date.parse(icp.createdAt);
+  return Number.isFinite(ttl) && ttl > 0 ? ttl : undefined;
 }

@@ -1,0 +1,238 @@
+/**
+ * The live log's state without a terminal: rate, errors, in-flight requests, pause
+ * buffering, tunnel and lease state, selection.
+ */
+import { describe, expect, it } from 'vitest';
+import type { HttpStartEvent, RequestEvent } from '../src/events.js';
+import { LiveLogModel, type Printable } from '../src/ui/live-log-model.js';
+
+const INFO = {
+  service: 'billing',
+  tenant: 't1',
+  localPort: 3000,
+  server: 'http://dev:7000',
+  interceptId: 'icp_1',
+};
+
+function clock(start = 1_000_000) {
+  let t = start;
+  return { now: () => t, advance: (ms: number) => (t += ms) };
+}
+
+let n = 0;
+function start(path = '/x', at = 0): HttpStartEvent {
+  return {
+    kind: 'http-start',
+    requestId: `r${++n}`,
+    interceptId: 'icp_1',
+    startedAt: at,
+    method: 'GET',
+    path,
+  };
+}
+function done(s: HttpStartEvent, status = 200, extra: Partial<RequestEvent> = {}): RequestEvent {
+  return {
+    kind: 'http',
+    requestId: s.requestId,
+    interceptId: s.interceptId,
+    startedAt: s.startedAt,
+    method: s.method,
+    path: s.path,
+    status,
+    durationMs: 3,
+    bytesIn: 0,
+    bytesOut: 10,
+    requestHeaders: {},
+    responseHeaders: {},
+    ...extra,
+  };
+}
+function request(
+  model: LiveLogModel,
+  path = '/x',
+  status = 200,
+  extra: Partial<RequestEvent> = {},
+): RequestEvent {
+  const s = start(path, model.now());
+  model.apply(s);
+  const e = done(s, status, extra);
+  model.apply(e);
+  return e;
+}
+const paths = (items: Printable[]) => items.flatMap((p) => (p.kind === 'request' ? [p.request.path] : []));
+
+describe('LiveLogModel', () => {
+  it('prints the banner first, then each completed request once', () => {
+    const c = clock();
+    const model = new LiveLogModel(INFO, { now: c.now });
+    const first = model.takePrintable();
+    expect(first[0]?.kind).toBe('banner');
+    request(model, '/a');
+    request(model, '/b');
+    expect(paths(model.takePrintable())).toEqual(['/a', '/b']);
+    expect(model.takePrintable()).toEqual([]);
+  });
+
+  it('tracks requests in flight from http-start until http', () => {
+    const c = clock();
+    const model = new LiveLogModel(INFO, { now: c.now });
+    const a = start('/slow', c.now());
+    const b = start('/other', c.now());
+    model.apply(a);
+    model.apply(b);
+    expect(model.snapshot().inFlight.map((r) => r.path)).toEqual(['/slow', '/other']);
+    // Something is in flight: the view ticks (elapsed time, spinner).
+    expect(model.nextChangeAt()).toBeDefined();
+    model.apply(done(a));
+    expect(model.snapshot().inFlight.map((r) => r.path)).toEqual(['/other']);
+    model.apply({ kind: 'ended', reason: 'left', at: c.now() });
+    expect(model.snapshot().inFlight).toEqual([]);
+  });
+
+  it('computes the request rate over a sliding window, then falls to 0 and stops ticking', () => {
+    const c = clock();
+    const model = new LiveLogModel(INFO, { now: c.now, rateWindowMs: 5000 });
+    expect(model.nextChangeAt()).toBeUndefined();
+    for (let i = 0; i < 50; i++) {
+      request(model);
+      c.advance(100);
+    }
+    // 50 requests over the last 5 s (the window moves in quarter-second buckets).
+    expect(model.snapshot().ratePerSecond).toBeGreaterThanOrEqual(9);
+    expect(model.snapshot().ratePerSecond).toBeLessThanOrEqual(10);
+    expect(model.nextChangeAt()).toBeDefined();
+    c.advance(2_600);
+    expect(model.snapshot().ratePerSecond).toBeLessThan(10);
+    expect(model.snapshot().ratePerSecond).toBeGreaterThan(0);
+    c.advance(5_000);
+    expect(model.snapshot().ratePerSecond).toBe(0);
+    expect(model.nextChangeAt()).toBeUndefined();
+    expect(model.snapshot().total).toBe(50);
+  });
+
+  it('counts errors: status ≥ 500 or a failure', () => {
+    const model = new LiveLogModel(INFO);
+    request(model, '/ok', 200);
+    request(model, '/missing', 404);
+    request(model, '/boom', 500);
+    request(model, '/down', 502, { error: 'ECONNREFUSED' });
+    request(model, '/reset', 200, { error: 'socket hang up' });
+    const snap = model.snapshot();
+    expect(snap.total).toBe(5);
+    expect(snap.errors).toBe(3);
+  });
+
+  it('pause holds lines back (traffic and counters go on) and resume prints them in order', () => {
+    const model = new LiveLogModel(INFO);
+    model.takePrintable();
+    model.togglePause();
+    request(model, '/1');
+    request(model, '/2');
+    expect(model.takePrintable()).toEqual([]);
+    const snap = model.snapshot();
+    expect(snap.paused).toBe(true);
+    expect(snap.buffered).toBe(2);
+    expect(snap.total).toBe(2);
+    model.togglePause();
+    expect(paths(model.takePrintable())).toEqual(['/1', '/2']);
+    expect(model.snapshot().buffered).toBe(0);
+  });
+
+  it('a full pause buffer drops the oldest lines and says so on resume', () => {
+    const model = new LiveLogModel(INFO, { maxBuffered: 3 });
+    model.takePrintable();
+    model.togglePause();
+    for (const p of ['/1', '/2', '/3', '/4', '/5']) request(model, p);
+    expect(model.snapshot().dropped).toBe(2);
+    model.togglePause();
+    const out = model.takePrintable();
+    expect(out[0]).toMatchObject({ kind: 'notice', text: '2 lines not shown (pause buffer full)' });
+    expect(paths(out)).toEqual(['/3', '/4', '/5']);
+  });
+
+  it('shows the reconnect countdown and notes tunnel changes in the log', () => {
+    const c = clock();
+    const model = new LiveLogModel(INFO, { now: c.now });
+    model.takePrintable();
+    model.apply({
+      kind: 'tunnel',
+      state: 'reconnecting',
+      retryInMs: 4_000,
+      error: 'socket closed',
+      at: c.now(),
+    });
+    expect(model.snapshot().tunnel).toEqual({ state: 'reconnecting', inSeconds: 4, error: 'socket closed' });
+    // The countdown ticks on whole seconds.
+    expect(model.nextChangeAt()).toBe(c.now() + 1000);
+    c.advance(2_500);
+    expect(model.snapshot().tunnel).toMatchObject({ state: 'reconnecting', inSeconds: 2 });
+    c.advance(2_000);
+    expect(model.snapshot().tunnel).toMatchObject({ state: 'reconnecting', inSeconds: 0 });
+    model.apply({ kind: 'tunnel', state: 'connected', at: c.now() });
+    expect(model.snapshot().tunnel).toEqual({ state: 'connected' });
+    const notices = model.takePrintable().flatMap((p) => (p.kind === 'notice' ? [p.text] : []));
+    expect(notices).toEqual(['tunnel lost (socket closed); reconnecting', 'tunnel connected']);
+  });
+
+  it('warns when a lease renewal is overdue, with the seconds left, and stops when renewed', () => {
+    const c = clock();
+    const model = new LiveLogModel({ ...INFO, leaseTtlMs: 30_000 }, { now: c.now });
+    expect(model.snapshot().leaseExpiresInSeconds).toBeUndefined();
+    // Renewals come every 10 s; the view wakes once, when one is overdue (at half the TTL).
+    expect(model.nextChangeAt()).toBe(c.now() + 15_000);
+    c.advance(10_000);
+    model.apply({ kind: 'lease', interceptId: 'icp_1', expiresAt: c.now() + 30_000, at: c.now() });
+    c.advance(14_000);
+    expect(model.snapshot().leaseExpiresInSeconds).toBeUndefined();
+    c.advance(2_000);
+    expect(model.snapshot().leaseExpiresInSeconds).toBe(14);
+    c.advance(14_000);
+    expect(model.snapshot().leaseExpiresInSeconds).toBe(0);
+    model.apply({ kind: 'lease', interceptId: 'icp_1', expiresAt: c.now() + 30_000, at: c.now() });
+    expect(model.snapshot().leaseExpiresInSeconds).toBeUndefined();
+    model.apply({ kind: 'ended', reason: 'left', at: c.now() });
+    c.advance(60_000);
+    expect(model.snapshot().leaseExpiresInSeconds).toBeUndefined();
+    expect(model.snapshot().ended).toBe('left');
+  });
+
+  it('selects among recent requests with ↑/↓ and opens details; history is bounded', () => {
+    const model = new LiveLogModel(INFO, { historySize: 100, selectWindow: 5 });
+    const all = Array.from({ length: 300 }, (_, i) => request(model, `/r${i}`));
+    model.selectNext(); // nothing selected yet: no-op
+    expect(model.snapshot().panel).toBe('none');
+    model.selectPrevious();
+    let snap = model.snapshot();
+    expect(snap.panel).toBe('select');
+    expect(snap.recent.map((r) => r.path)).toEqual(['/r295', '/r296', '/r297', '/r298', '/r299']);
+    expect(snap.recent[snap.selectedIndex]?.path).toBe('/r299');
+    model.selectPrevious();
+    model.selectPrevious();
+    snap = model.snapshot();
+    expect(snap.recent[snap.selectedIndex]?.path).toBe('/r297');
+    model.openDetails();
+    expect(model.snapshot().details).toBe(all[297]);
+    model.close();
+    expect(model.snapshot().panel).toBe('select');
+    model.selectNext();
+    model.selectNext();
+    model.selectNext(); // past the newest: selection closes
+    expect(model.snapshot().panel).toBe('none');
+    // Only the last 100 (plus a trimming slack) are kept.
+    for (let i = 0; i < 200; i++) model.selectPrevious();
+    snap = model.snapshot();
+    expect(Number(snap.recent[snap.selectedIndex]?.path.slice(2))).toBeGreaterThanOrEqual(190);
+  });
+
+  it('prints the local command output line by line', () => {
+    const model = new LiveLogModel(INFO);
+    model.takePrintable();
+    model.output('stdout', 'listening on ');
+    expect(model.takePrintable()).toEqual([]);
+    model.output('stdout', '3000\nready\npart');
+    model.output('stderr', 'warn: x\n');
+    model.flushOutput();
+    const out = model.takePrintable().map((p) => (p.kind === 'output' ? `${p.stream}:${p.text}` : p.kind));
+    expect(out).toEqual(['stdout:listening on 3000\nready', 'stderr:warn: x', 'stdout:part']);
+  });
+});
