@@ -54,10 +54,10 @@ for (let i = 0; i < argv.length; i++) {
     const v = argv[++i];
     if (v === undefined) usage(`${a} needs a value`);
     opts[key] = typeof opts[key] === 'number' ? Number(v) : v;
-  } else if (['passthrough', 'intercept', 'transfer'].includes(a)) benches.push(a);
+  } else if (['passthrough', 'intercept', 'transfer', 'liveview'].includes(a)) benches.push(a);
   else usage(`unknown benchmark ${a}`);
 }
-if (benches.length === 0) benches.push('passthrough', 'intercept', 'transfer');
+if (benches.length === 0) benches.push('passthrough', 'intercept', 'transfer', 'liveview');
 if (!['nginx', 'node'].includes(opts.upstream)) usage('--upstream is nginx or node');
 if (opts.profile) {
   opts.profile = resolve(opts.profile);
@@ -216,7 +216,7 @@ function which(cmd) {
 }
 
 function ensureTools() {
-  const missing = ['wrk', 'nginx'].filter((t) => !which(t) && !existsSync(`/usr/sbin/${t}`));
+  const missing = ['wrk', 'nginx', 'tmux'].filter((t) => !which(t) && !existsSync(`/usr/sbin/${t}`));
   if (missing.length === 0) return;
   if (process.getuid?.() === 0 && which('apt-get')) {
     log(`installing ${missing.join(', ')} (apt-get)…`);
@@ -230,7 +230,7 @@ function ensureTools() {
     );
     if (r.status === 0) return;
   }
-  console.error(`missing ${missing.join(', ')}: install them (Debian: apt-get install -y wrk nginx)`);
+  console.error(`missing ${missing.join(', ')}: install them (Debian: apt-get install -y wrk nginx tmux)`);
   process.exit(2);
 }
 
@@ -697,6 +697,109 @@ async function benchTransfer() {
   return res;
 }
 
+// ---------------------------------------------------------------- 4. live view
+
+/** CPU seconds (user + system) a process has used so far, from /proc/<pid>/stat. */
+function cpuSeconds(pid) {
+  const fields = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1].split(' ');
+  return (Number(fields[11]) + Number(fields[12])) / 100;
+}
+
+/**
+ * A foreground `intercept` as a developer runs it: with the Ink live view in a real terminal
+ * (tmux), or with --json into /dev/null. Resolves once the route is live, with the CLI's pid
+ * and a function that leaves (q in the terminal, SIGINT otherwise).
+ */
+async function startForeground(server, localPort, mode) {
+  const configDir = mkdtempSync(join(WORK, 'client-'));
+  const env = {
+    KELSINGRA_SERVER: server.control,
+    KELSINGRA_TOKEN: TOKEN,
+    KELSINGRA_CONFIG_DIR: configDir,
+    KELSINGRA_HOLDER: HOLDER,
+  };
+  const args = [BIN, 'intercept', 'billing', '--tenant', 't1', '--port', String(localPort)];
+  let leave;
+  let pid;
+  if (mode === 'live') {
+    const socket = `kelsingra-bench-${process.pid}`;
+    const envArgs = Object.entries({ ...env, CI: '0', TERM: 'xterm-256color' }).map(([k, v]) => `${k}=${v}`);
+    const r = spawnSync('tmux', ['-L', socket, 'new-session', '-d', '-x', '160', '-y', '50', 'env', ...envArgs, NODE, ...args], {
+      cwd: ROOT,
+      encoding: 'utf8',
+    });
+    if (r.status !== 0) throw new Error(`tmux failed: ${r.stderr}`);
+    const pane = () => spawnSync('tmux', ['-L', socket, 'list-panes', '-F', '#{pane_pid}'], { encoding: 'utf8' }).stdout.trim();
+    pid = Number(pane());
+    leave = async () => {
+      spawnSync('tmux', ['-L', socket, 'send-keys', 'q']);
+      const deadline = Date.now() + 10_000;
+      while (alive(pid) && Date.now() < deadline) await sleep(50);
+      spawnSync('tmux', ['-L', socket, 'kill-server']);
+      await stopPid(pid);
+    };
+    orphanPids.add(pid);
+  } else {
+    const proc = await start('intercept --json', NODE, [...args, '--json'], { env });
+    // stdout is read and dropped here: the same as `> /dev/null`, without a shell in between.
+    pid = proc.pid;
+    leave = async () => {
+      proc.child.kill('SIGINT');
+      await stop(proc);
+    };
+  }
+  await waitHttp(
+    `${server.data}/`,
+    VIA('t1'),
+    (r) => r.status === 200 && r.headers.get('x-served-by') === 'local',
+    `intercepted route (${mode})`,
+    30_000,
+  );
+  return { pid, leave };
+}
+
+async function benchLiveView() {
+  log(
+    `\n== 4. Live view: intercepted req/s with the Ink live log open in a terminal vs --json to /dev/null; wrk -t1 -c20, ${opts.duration} s, ${opts.rounds} rounds (median)`,
+  );
+  const localPort = await freePort();
+  const basePort = await freePort();
+  await start('local service', NODE, [SERVICES, 'service', String(localPort), 'local'], { ready: /ready/ });
+  await start('base service', NODE, [SERVICES, 'service', String(basePort), 'base'], { ready: /ready/ });
+  const ks = await startKelsingra('liveview', `http://127.0.0.1:${basePort}`);
+  const runs = { json: [], live: [] };
+  let idleCpu = Number.NaN;
+  for (let round = 1; round <= opts.rounds; round++) {
+    for (const mode of ['json', 'live']) {
+      const fg = await startForeground(ks, localPort, mode);
+      await wrk(`${ks.data}/`, { conns: 20, seconds: opts.warmup, headers: VIA('t1') });
+      const cpu0 = cpuSeconds(fg.pid);
+      const load = await wrk(`${ks.data}/`, { conns: 20, seconds: opts.duration, headers: VIA('t1') });
+      const cliCpuPerReqUs = ((cpuSeconds(fg.pid) - cpu0) / load.requests) * 1e6;
+      runs[mode].push({ rps: load.rps, cliCpuPerReqUs });
+      log(`  round ${round} ${mode === 'live' ? 'live view (tmux)' : '--json > /dev/null'}  ${fmt(load.rps, 0).padStart(7)} req/s  CLI CPU ${fmt(cliCpuPerReqUs, 1)} µs/req`);
+      if (mode === 'live' && round === 1) {
+        // Idle: no traffic for 10 s; the view should not wake up at all.
+        await sleep(1000);
+        const idle0 = cpuSeconds(fg.pid);
+        await sleep(10_000);
+        idleCpu = ((cpuSeconds(fg.pid) - idle0) / 10) * 100;
+        log(`  live view idle CPU over 10 s: ${fmt(idleCpu, 2)} %`);
+      }
+      await fg.leave();
+    }
+  }
+  await stopAll();
+  return {
+    json: median(runs.json.map((r) => r.rps)),
+    live: median(runs.live.map((r) => r.rps)),
+    jsonCpu: median(runs.json.map((r) => r.cliCpuPerReqUs)),
+    liveCpu: median(runs.live.map((r) => r.cliCpuPerReqUs)),
+    idleCpu,
+    rounds: runs,
+  };
+}
+
 // ---------------------------------------------------------------- report
 
 function table(rows) {
@@ -808,6 +911,20 @@ function report(results) {
       ok(t.afterDownload.agent.hwmMiB * 1.048576 <= 150),
     ]);
   }
+  const v = results.liveview;
+  if (v) {
+    log(`\nLive view (wrk -t1 -c20, medians of ${opts.rounds}):`);
+    log(
+      table([
+        ['Foreground intercept', 'req/s', 'CLI CPU per request (µs)'],
+        ['--json > /dev/null', fmt(v.json, 0), fmt(v.jsonCpu, 1)],
+        ['Ink live view in a terminal', fmt(v.live, 0), fmt(v.liveCpu, 1)],
+      ]),
+    );
+    const ratio = v.live / v.json;
+    rows.push(['4. live view req/s / --json req/s', fmt(ratio, 2), '≥ 0.90', ok(ratio >= 0.9)]);
+    rows.push(['4. live view idle CPU (%)', fmt(v.idleCpu, 2), '≈ 0', ok(v.idleCpu < 1)]);
+  }
   log(
     `\nSummary (${os.cpus().length} cores, ${os.cpus()[0]?.model ?? 'unknown CPU'}, Node ${process.versions.node}; wrk -t1 competes with the proxy for the cores; load average at start ${results.loadStart}, at end ${os.loadavg()[0].toFixed(2)}):`,
   );
@@ -833,6 +950,7 @@ try {
   if (benches.includes('passthrough')) results.passthrough = await benchPassthrough();
   if (benches.includes('intercept')) results.intercept = await benchIntercept();
   if (benches.includes('transfer')) results.transfer = await benchTransfer();
+  if (benches.includes('liveview')) results.liveview = await benchLiveView();
   report(results);
   if (opts.json) {
     for (const r of [results.passthrough, results.intercept])
