@@ -3,18 +3,23 @@
  * separate processes, real HTTP services on both sides of the tunnel.
  */
 import { readdirSync, readFileSync, writeFileSync } from 'node:fs';
-import type http from 'node:http';
 import { join } from 'node:path';
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import {
+  alive,
+  background,
+  cleanupsAfterEach,
   cli,
   clientEnv,
+  type DetachedIntercept,
   freePort,
-  listen,
+  interceptDetached,
+  killPid,
   type ServerProcess,
   sleep,
   startServerProcess,
   tempDir,
+  textService,
   viaProxy,
   waitFor,
 } from './helpers.js';
@@ -24,68 +29,11 @@ const TOKEN = 'cli-test-secret-token-5f1e';
 // Exit codes from src/errors.ts (ExitCode), spelled out: scripts depend on the numbers.
 const EXIT = { usage: 2, auth: 3, notFound: 4, conflict: 5, unreachable: 6 } as const;
 
-type Cleanup = () => unknown | Promise<unknown>;
-const cleanups: Cleanup[] = [];
-
-afterEach(async () => {
-  // Last registered first: agents and foreground CLIs before the servers they talk to.
-  for (const cleanup of cleanups.splice(0).reverse()) {
-    try {
-      await cleanup();
-    } catch {
-      // Best effort: one failed cleanup must not hide the others.
-    }
-  }
-});
-
-/** True while `pid` runs. A zombie (exited, not yet reaped by whoever adopted it) counts as gone. */
-function isAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code === 'EPERM';
-  }
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-    return stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3) !== 'Z';
-  } catch {
-    return false;
-  }
-}
-
-async function killPid(pid: number): Promise<void> {
-  if (!isAlive(pid)) return;
-  try {
-    process.kill(pid, 'SIGTERM');
-    await waitFor(() => !isAlive(pid), 5_000, `pid ${pid} to exit`);
-  } catch {
-    if (isAlive(pid)) process.kill(pid, 'SIGKILL');
-  }
-}
-
-function closeServer(server: http.Server): Promise<void> {
-  server.closeAllConnections();
-  return new Promise((resolve) => server.close(() => resolve()));
-}
-
-/** An HTTP service that says who it is, and counts its hits. */
-async function service(name: string) {
-  const hits: string[] = [];
-  const svc = await listen((req, res) => {
-    hits.push(`${req.method} ${req.url}`);
-    req.resume();
-    req.on('end', () => {
-      res.writeHead(req.method === 'POST' ? 201 : 200, { 'content-type': 'text/plain' });
-      res.end(`${name} ${req.method} ${req.url}`);
-    });
-  });
-  cleanups.push(() => closeServer(svc.server));
-  return { ...svc, hits };
-}
+const cleanups = cleanupsAfterEach();
 
 /** A server agent with two services (billing, orders) in front of one upstream. */
 async function setup(extraArgs: string[] = ['--token', TOKEN]) {
-  const upstream = await service('upstream');
+  const upstream = await textService('upstream', cleanups);
   const server = await startServerProcess([
     '--service',
     `billing=${upstream.url}`,
@@ -102,32 +50,9 @@ async function get(server: ServerProcess, svc: string, tenant: string, path = '/
   return { status: res.status, body: await res.text() };
 }
 
-interface DetachedIntercept {
-  id: string;
-  service: string;
-  tenant: string;
-  holder: string;
-  localPort: number;
-  agentPid: number;
-  logFile: string;
-}
-
 /** `intercept --detach --json`; the background agent is killed after the test whatever happens. */
-async function detach(
-  env: Record<string, string>,
-  svc: string,
-  tenant: string,
-  port: number,
-): Promise<DetachedIntercept> {
-  const r = await cli(
-    ['intercept', svc, '--tenant', tenant, '--port', String(port), '--detach', '--json'],
-    env,
-  );
-  expect(r.exitCode, `intercept --detach failed:\n${r.stderr}`).toBe(0);
-  const doc = JSON.parse(String(r.stdout)) as DetachedIntercept;
-  if (typeof doc.agentPid === 'number') cleanups.push(() => killPid(doc.agentPid));
-  return doc;
-}
+const detach = (env: Record<string, string>, svc: string, tenant: string, port: number) =>
+  interceptDetached(env, svc, tenant, port, cleanups);
 
 async function listJson(
   env: Record<string, string>,
@@ -138,25 +63,7 @@ async function listJson(
 }
 
 /** A foreground CLI whose output can be watched while it runs. */
-function foreground(args: string[], env: Record<string, string>) {
-  const sub = cli(args, env);
-  let stdout = '';
-  let stderr = '';
-  sub.stdout?.on('data', (c: Buffer) => (stdout += c.toString()));
-  sub.stderr?.on('data', (c: Buffer) => (stderr += c.toString()));
-  cleanups.push(async () => {
-    if (sub.exitCode === null && sub.signalCode === null) {
-      sub.kill('SIGKILL');
-      await sub.catch(() => undefined);
-    }
-  });
-  return {
-    sub,
-    stdout: () => stdout,
-    stderr: () => stderr,
-    describe: () => `stdout:\n${stdout}\nstderr:\n${stderr}`,
-  };
-}
+const foreground = (args: string[], env: Record<string, string>) => background(args, env, cleanups);
 
 describe('kelsingra connect', () => {
   it('saves server and token, so later commands need no environment', async () => {
@@ -275,7 +182,7 @@ describe('kelsingra connect', () => {
 describe('kelsingra intercept --detach', () => {
   it('prints one JSON document, returns once live, and the agent outlives the CLI', async () => {
     const { server, upstream } = await setup();
-    const local = await service('local');
+    const local = await textService('local', cleanups);
     const env = clientEnv(server, TOKEN, { KELSINGRA_HOLDER: 'alice' });
 
     const r = await cli(
@@ -300,9 +207,9 @@ describe('kelsingra intercept --detach', () => {
     expect(await get(server, 'orders', 't1', '/o/1')).toEqual({ status: 200, body: 'upstream GET /o/1' });
 
     // The CLI has exited; the background agent still holds the tunnel.
-    expect(isAlive(doc.agentPid)).toBe(true);
+    expect(alive(doc.agentPid)).toBe(true);
     await sleep(1000);
-    expect(isAlive(doc.agentPid)).toBe(true);
+    expect(alive(doc.agentPid)).toBe(true);
     expect(await get(server, 'billing', 't1', '/invoices/2')).toEqual({
       status: 200,
       body: 'local GET /invoices/2',
@@ -351,7 +258,7 @@ describe('kelsingra intercept --detach', () => {
 
   it('the plain form says how to stop it, and names the agent pid', async () => {
     const { server } = await setup();
-    const local = await service('local');
+    const local = await textService('local', cleanups);
     const env = clientEnv(server, TOKEN, { KELSINGRA_HOLDER: 'alice' });
     const r = await cli(
       ['intercept', 'orders', '--tenant', 't9', '--port', String(local.port), '--detach'],
@@ -379,7 +286,7 @@ describe('kelsingra intercept --detach', () => {
 describe('conflicts and bad requests', () => {
   it('a second intercept of the same service and tenant exits 5 naming the holder', async () => {
     const { server } = await setup();
-    const local = await service('local');
+    const local = await textService('local', cleanups);
     const alice = clientEnv(server, TOKEN, { KELSINGRA_HOLDER: 'alice' });
     const bob = clientEnv(server, TOKEN, { KELSINGRA_HOLDER: 'bob' });
     const held = await detach(alice, 'billing', 't1', local.port);
@@ -472,7 +379,7 @@ describe('conflicts and bad requests', () => {
 describe('kelsingra leave', () => {
   it('by service and tenant, from another shell: traffic falls back at once and the agent exits', async () => {
     const { server } = await setup();
-    const local = await service('local');
+    const local = await textService('local', cleanups);
     const alice = clientEnv(server, TOKEN, { KELSINGRA_HOLDER: 'alice' });
     const held = await detach(alice, 'billing', 't1', local.port);
     expect((await get(server, 'billing', 't1')).body).toBe('local GET /');
@@ -486,25 +393,25 @@ describe('kelsingra leave', () => {
     expect(r.stdout).toContain(held.id);
     expect(await get(server, 'billing', 't1')).toEqual({ status: 200, body: 'upstream GET /' });
     expect(await listJson(alice)).toEqual([]);
-    await waitFor(() => !isAlive(held.agentPid), 20_000, 'the detached agent to exit');
+    await waitFor(() => !alive(held.agentPid), 20_000, 'the detached agent to exit');
     expect(readFileSync(held.logFile, 'utf8')).toMatch(/intercept ended: left from another shell/);
   });
 
   it('by id, with --json', async () => {
     const { server } = await setup();
-    const local = await service('local');
+    const local = await textService('local', cleanups);
     const alice = clientEnv(server, TOKEN, { KELSINGRA_HOLDER: 'alice' });
     const held = await detach(alice, 'orders', 'tenant-42', local.port);
     const r = await cli(['leave', held.id, '--json'], alice);
     expect(r.exitCode, String(r.stderr)).toBe(0);
     expect(JSON.parse(String(r.stdout)).removed.map((i: { id: string }) => i.id)).toEqual([held.id]);
     expect((await get(server, 'orders', 'tenant-42')).body).toBe('upstream GET /');
-    await waitFor(() => !isAlive(held.agentPid), 20_000, 'the detached agent to exit');
+    await waitFor(() => !alive(held.agentPid), 20_000, 'the detached agent to exit');
   });
 
   it("--all ends only the caller's own intercepts", async () => {
     const { server } = await setup();
-    const local = await service('local');
+    const local = await textService('local', cleanups);
     const alice = clientEnv(server, TOKEN, { KELSINGRA_HOLDER: 'alice' });
     const bob = clientEnv(server, TOKEN, { KELSINGRA_HOLDER: 'bob' });
     const a1 = await detach(alice, 'billing', 't1', local.port);
@@ -523,8 +430,8 @@ describe('kelsingra leave', () => {
     expect((await get(server, 'orders', 't1')).body).toBe('upstream GET /');
     expect((await get(server, 'billing', 't2')).body).toBe('local GET /');
     expect((await listJson(alice)).map((i) => i.id)).toEqual([b1.id]);
-    await waitFor(() => !isAlive(a1.agentPid) && !isAlive(a2.agentPid), 20_000, "alice's agents to exit");
-    expect(isAlive(b1.agentPid)).toBe(true);
+    await waitFor(() => !alive(a1.agentPid) && !alive(a2.agentPid), 20_000, "alice's agents to exit");
+    expect(alive(b1.agentPid)).toBe(true);
 
     // Nothing left of alice's: a second --all is a no-op, not an error.
     const again = await cli(['leave', '--all'], alice);
@@ -553,7 +460,7 @@ describe('kelsingra leave', () => {
 describe('foreground kelsingra intercept', () => {
   it('without a TTY prints one line per request, and Ctrl-C leaves promptly with 130', async () => {
     const { server } = await setup();
-    const local = await service('local');
+    const local = await textService('local', cleanups);
     const env = clientEnv(server, TOKEN, { KELSINGRA_HOLDER: 'alice' });
     const fg = foreground(['intercept', 'billing', '--tenant', 't1', '--port', String(local.port)], env);
     await waitFor(
@@ -593,7 +500,7 @@ describe('foreground kelsingra intercept', () => {
 
   it('--json prints NDJSON: the intercept, then one object per event', async () => {
     const { server } = await setup();
-    const local = await service('local');
+    const local = await textService('local', cleanups);
     const env = clientEnv(server, TOKEN, { KELSINGRA_HOLDER: 'alice' });
     const fg = foreground(
       ['intercept', 'orders', '--tenant', 'team-x', '--port', String(local.port), '--json'],
@@ -632,7 +539,7 @@ describe('foreground kelsingra intercept', () => {
 
   it('a request with an Authorization header does not put the secret in the log', async () => {
     const { server } = await setup();
-    const local = await service('local');
+    const local = await textService('local', cleanups);
     const env = clientEnv(server, TOKEN);
     const fg = foreground(
       ['intercept', 'billing', '--tenant', 't1', '--port', String(local.port), '--json'],
@@ -748,7 +655,7 @@ describe('tokens limited to tenants (--tokens-file)', () => {
 `,
     );
     const { server } = await setup(['--tokens-file', tokensFile]);
-    const local = await service('local');
+    const local = await textService('local', cleanups);
     const admin = clientEnv(server, 'platform-admin-secret-1', { KELSINGRA_HOLDER: 'admin' });
     const team = clientEnv(server, 'team-a-secret-token-2', { KELSINGRA_HOLDER: 'ana' });
 

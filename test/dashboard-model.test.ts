@@ -12,6 +12,7 @@ import {
   upstreamState,
 } from '../src/dashboard-model.js';
 import type { InterceptView, RequestRecord, UpstreamHealth } from '../src/protocol.js';
+import { interceptView, requestRecord } from './fixtures.js';
 
 const T0 = Date.UTC(2025, 0, 2, 10, 0, 0);
 
@@ -20,37 +21,10 @@ function clock(start = T0) {
   return { now: () => t, advance: (ms: number) => (t += ms), set: (v: number) => (t = v) };
 }
 
-function view(id: string, over: Partial<InterceptView> = {}): InterceptView {
-  return {
-    id,
-    service: 'billing',
-    tenant: 't1',
-    holder: 'alice',
-    clientId: 'c1',
-    localPort: 3000,
-    createdAt: new Date(T0).toISOString(),
-    expiresAt: new Date(T0 + 30_000).toISOString(),
-    connected: true,
-    ...over,
-  };
-}
+const view = (id: string, over?: Partial<InterceptView>) => interceptView(id, over, T0);
 
-function req(interceptId: string, at: number, over: Partial<RequestRecord> = {}): RequestRecord {
-  return {
-    type: 'request',
-    interceptId,
-    service: 'billing',
-    tenant: 't1',
-    holder: 'alice',
-    method: 'GET',
-    path: '/invoices/1',
-    status: 200,
-    durationMs: 10,
-    bytesOut: 100,
-    at,
-    ...over,
-  };
-}
+const req = (interceptId: string, at: number, over?: Partial<RequestRecord>) =>
+  requestRecord(interceptId, { at, ...over });
 
 function start(intercepts: InterceptView[] = [view('i1')], upstreams: UpstreamHealth[] = []) {
   const c = clock();

@@ -5,8 +5,9 @@
 import { render } from 'ink-testing-library';
 import { afterEach, describe, expect, it, vi } from 'vitest';
 import { DashboardModel } from '../src/dashboard-model.js';
-import type { InterceptView, RequestRecord } from '../src/protocol.js';
+import type { InterceptView } from '../src/protocol.js';
 import { Dashboard } from '../src/ui/Dashboard.js';
+import { interceptView, requestRecord as req } from './fixtures.js';
 
 const T0 = Date.now();
 const KEY = { up: '\u001B[A', down: '\u001B[B', enter: '\r', esc: '\u001B' };
@@ -14,37 +15,7 @@ const KEY = { up: '\u001B[A', down: '\u001B[B', enter: '\r', esc: '\u001B' };
 // biome-ignore lint/suspicious/noControlCharactersInRegex: stripping ANSI escapes
 const plain = (s: string | undefined) => (s ?? '').replace(/\u001B\[[0-9;]*m/g, '');
 
-function view(id: string, over: Partial<InterceptView> = {}): InterceptView {
-  return {
-    id,
-    service: 'billing',
-    tenant: 't1',
-    holder: 'alice',
-    clientId: 'c1',
-    localPort: 3000,
-    createdAt: new Date(T0).toISOString(),
-    expiresAt: new Date(T0 + 30_000).toISOString(),
-    connected: true,
-    ...over,
-  };
-}
-
-function req(interceptId: string, over: Partial<RequestRecord> = {}): RequestRecord {
-  return {
-    type: 'request',
-    interceptId,
-    service: 'billing',
-    tenant: 't1',
-    holder: 'alice',
-    method: 'GET',
-    path: '/invoices/1',
-    status: 200,
-    durationMs: 12,
-    bytesOut: 120,
-    at: Date.now(),
-    ...over,
-  };
-}
+const view = (id: string, over?: Partial<InterceptView>) => interceptView(id, over, T0);
 
 function setup(props: Partial<Parameters<typeof Dashboard>[0]> = {}) {
   const model = new DashboardModel();

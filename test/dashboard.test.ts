@@ -3,94 +3,31 @@
  * intercepts held by two developers, requests through the data port, and the dashboard's
  * NDJSON and plain output read from a pipe.
  */
-import { readFileSync } from 'node:fs';
-import type http from 'node:http';
-import { afterEach, describe, expect, it } from 'vitest';
-import { cli, clientEnv, freePort, listen, startServerProcess, viaProxy, waitFor } from './helpers.js';
+import { describe, expect, it } from 'vitest';
+import type { DashboardSnapshot, InterceptStats } from '../src/dashboard-model.js';
+import {
+  background,
+  cleanupsAfterEach,
+  cli,
+  clientEnv,
+  freePort,
+  interceptDetached,
+  startServerProcess,
+  textService,
+  viaProxy,
+  waitFor,
+} from './helpers.js';
 
 const TOKEN = 'dashboard-test-secret-7c2d';
 
-interface Stats {
-  id: string;
-  service: string;
-  tenant: string;
-  holder: string;
-  requests: number;
-  errors: number;
-  windowRequests: number;
-  rate: number;
-  errorRate: number | null;
-  p50Ms: number | null;
-  p99Ms: number | null;
-  lastRequest: { method: string; path: string; status: number } | null;
-}
+/** One NDJSON line of `dashboard --json`: the model's snapshot, and whose intercepts it shows. */
+type Line = DashboardSnapshot & { scope: string };
 
-interface Line {
-  at: number;
-  connection: string;
-  scope: string;
-  intercepts: Stats[];
-  upstreams: { service: string; url: string; state: string }[];
-}
-
-type Cleanup = () => unknown | Promise<unknown>;
-const cleanups: Cleanup[] = [];
-
-afterEach(async () => {
-  for (const cleanup of cleanups.splice(0).reverse()) {
-    try {
-      await cleanup();
-    } catch {
-      // Best effort: one failed cleanup must not hide the others.
-    }
-  }
-});
-
-function isAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code === 'EPERM';
-  }
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-    return stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3) !== 'Z';
-  } catch {
-    return false;
-  }
-}
-
-async function killPid(pid: number): Promise<void> {
-  if (!isAlive(pid)) return;
-  try {
-    process.kill(pid, 'SIGTERM');
-    await waitFor(() => !isAlive(pid), 5_000, `pid ${pid} to exit`);
-  } catch {
-    if (isAlive(pid)) process.kill(pid, 'SIGKILL');
-  }
-}
-
-function closeServer(server: http.Server): Promise<void> {
-  server.closeAllConnections();
-  return new Promise((resolve) => server.close(() => resolve()));
-}
-
-/** An HTTP service that answers 503 on /fail and 200 otherwise. */
-async function service(name: string) {
-  const svc = await listen((req, res) => {
-    req.resume();
-    req.on('end', () => {
-      res.writeHead(req.url?.startsWith('/fail') ? 503 : 200, { 'content-type': 'text/plain' });
-      res.end(`${name} ${req.method} ${req.url}`);
-    });
-  });
-  cleanups.push(() => closeServer(svc.server));
-  return svc;
-}
+const cleanups = cleanupsAfterEach();
 
 async function setup() {
-  const upstream = await service('upstream');
-  const local = await service('local');
+  const upstream = await textService('upstream', cleanups);
+  const local = await textService('local', cleanups);
   const server = await startServerProcess([
     '--service',
     `billing=${upstream.url}`,
@@ -108,41 +45,19 @@ async function setup() {
   return { server, local, alice, bob };
 }
 
-async function detach(
-  env: Record<string, string>,
-  svc: string,
-  tenant: string,
-  port: number,
-): Promise<{ id: string; agentPid: number }> {
-  const r = await cli(
-    ['intercept', svc, '--tenant', tenant, '--port', String(port), '--detach', '--json'],
-    env,
-  );
-  expect(r.exitCode, `intercept --detach failed:\n${r.stderr}`).toBe(0);
-  const doc = JSON.parse(String(r.stdout)) as { id: string; agentPid: number };
-  if (typeof doc.agentPid === 'number') cleanups.push(() => killPid(doc.agentPid));
-  return doc;
-}
+const detach = (env: Record<string, string>, svc: string, tenant: string, port: number) =>
+  interceptDetached(env, svc, tenant, port, cleanups);
 
 /** A dashboard running in the background, its stdout parsed line by line. */
 function watch(args: string[], env: Record<string, string>) {
-  const sub = cli(['dashboard', ...args], env);
-  let stdout = '';
-  let stderr = '';
-  sub.stdout?.on('data', (c: Buffer) => (stdout += c.toString()));
-  sub.stderr?.on('data', (c: Buffer) => (stderr += c.toString()));
-  cleanups.push(async () => {
-    if (sub.exitCode === null && sub.signalCode === null) {
-      sub.kill('SIGKILL');
-      await sub.catch(() => undefined);
-    }
-  });
+  const dash = background(['dashboard', ...args], env, cleanups);
   const lines = () =>
-    stdout
+    dash
+      .stdout()
       .split('\n')
       .filter((l) => l.trim())
       .map((l) => JSON.parse(l) as Line);
-  return { sub, lines, describe: () => `stdout:\n${stdout}\nstderr:\n${stderr}` };
+  return { ...dash, lines };
 }
 
 describe('kelsingra dashboard (no TTY)', () => {
@@ -176,7 +91,7 @@ describe('kelsingra dashboard (no TTY)', () => {
       20_000,
       `a line with the four requests\n${dash.describe()}`,
     );
-    const stats = line.intercepts[0] as Stats;
+    const stats = line.intercepts[0] as InterceptStats;
     expect(line.intercepts.map((i) => i.id)).toEqual([mine.id]);
     expect(stats).toMatchObject({
       requests: 4,

@@ -9,64 +9,38 @@ import http from 'node:http';
 import { join } from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import {
-  cli,
+  bodyJson,
+  bodyOutcome,
   clientEnv,
+  closeServer,
   freePort,
+  hangUpMidUpload,
+  interceptDetached,
+  killQuietly,
   listen,
+  patternSha256,
+  type RawResponse,
+  rawRequest,
+  resetMidResponse,
+  run,
   type ServerProcess,
   startServerProcess,
   tempDir,
+  type UploadWatch,
   waitFor,
+  watchUpload,
+  writePattern,
 } from './helpers.js';
-
-/** The CLI run to completion, with its output as text. */
-async function run(args: string[], env: Record<string, string>) {
-  const r = await cli(args, env);
-  return { exitCode: r.exitCode, stdout: String(r.stdout), stderr: String(r.stderr) };
-}
 
 const TOKEN = 'data-plane-token-123';
 const MB = 1024 * 1024;
-
-interface RawResponse {
-  status: number;
-  headers: http.IncomingHttpHeaders;
-  body: Buffer;
-}
-
-/** An HTTP/1.1 request with full control of the headers (fetch refuses hop-by-hop ones). */
-function rawRequest(
-  url: string,
-  opts: { method?: string; headers?: http.OutgoingHttpHeaders | string[]; body?: Buffer | string } = {},
-): Promise<RawResponse> {
-  return new Promise((resolve, reject) => {
-    const req = http.request(
-      url,
-      { method: opts.method ?? 'GET', headers: opts.headers, agent: false },
-      (res) => {
-        const chunks: Buffer[] = [];
-        res.on('data', (c: Buffer) => chunks.push(c));
-        res.on('end', () =>
-          resolve({ status: res.statusCode ?? 0, headers: res.headers, body: Buffer.concat(chunks) }),
-        );
-        res.on('error', reject);
-      },
-    );
-    req.on('error', reject);
-    req.end(opts.body);
-  });
-}
-
-function json(res: RawResponse): Record<string, unknown> {
-  return JSON.parse(res.body.toString('utf8')) as Record<string, unknown>;
-}
 
 /** Kelsingra's own error responses say so in the body and in a header. */
 function expectKelsingraError(res: RawResponse, status: number, code: string): Record<string, unknown> {
   expect(res.status).toBe(status);
   expect(res.headers['content-type']).toMatch(/application\/json/);
   expect(res.headers['x-kelsingra-error']).toBe(code);
-  const body = json(res);
+  const body = bodyJson(res);
   expect(body.source).toBe('kelsingra');
   expect(body.code).toBe(code);
   expect(String(body.error)).toMatch(/^Kelsingra: /);
@@ -86,27 +60,10 @@ interface Seen {
  */
 async function echoUpstream(name: string) {
   const seen: Seen[] = [];
-  const watch = { bytes: 0, ended: false, aborted: false };
+  const watch: UploadWatch = { bytes: 0, ended: false, aborted: false };
   const up = await listen((req, res) => {
-    if (req.url === '/reset-mid-response') {
-      res.writeHead(200, { 'content-type': 'application/octet-stream' });
-      res.write(Buffer.alloc(32 * 1024, 1));
-      setTimeout(() => req.socket.destroy(), 100);
-      return;
-    }
-    if (req.url === '/upload-watch') {
-      req.on('data', (c: Buffer) => {
-        watch.bytes += c.length;
-      });
-      req.on('end', () => {
-        watch.ended = true;
-        res.end('got it all');
-      });
-      req.on('close', () => {
-        if (!req.complete) watch.aborted = true;
-      });
-      return;
-    }
+    if (req.url === '/reset-mid-response') return resetMidResponse(req, res);
+    if (req.url === '/upload-watch') return watchUpload(req, res, watch);
     const hash = createHash('sha256');
     let size = 0;
     req.on('data', (c: Buffer) => {
@@ -146,45 +103,6 @@ async function echoUpstream(name: string) {
     });
   });
   return { ...up, seen, name, watch };
-}
-
-/** A deterministic byte pattern, written with backpressure. */
-function patternChunk(index: number): Buffer {
-  const chunk = Buffer.alloc(64 * 1024);
-  for (let i = 0; i < chunk.length; i++) chunk[i] = (index * 31 + i * 7) & 0xff;
-  return chunk;
-}
-
-function writePattern(
-  res: NodeJS.WritableStream & { once: (e: string, f: () => void) => unknown },
-  total: number,
-): void {
-  let written = 0;
-  let index = 0;
-  const pump = () => {
-    while (written < total) {
-      const chunk = patternChunk(index++).subarray(0, Math.min(64 * 1024, total - written));
-      written += chunk.length;
-      if (!res.write(chunk)) {
-        res.once('drain', pump);
-        return;
-      }
-    }
-    res.end();
-  };
-  pump();
-}
-
-function patternSha256(total: number): string {
-  const hash = createHash('sha256');
-  let written = 0;
-  let index = 0;
-  while (written < total) {
-    const chunk = patternChunk(index++).subarray(0, Math.min(64 * 1024, total - written));
-    written += chunk.length;
-    hash.update(chunk);
-  }
-  return hash.digest('hex');
 }
 
 type Upstream = Awaited<ReturnType<typeof echoUpstream>>;
@@ -232,10 +150,7 @@ describe('data plane: pass-through to upstreams', () => {
 
   afterAll(async () => {
     await server?.stop();
-    for (const up of [billing, orders, ledger]) {
-      up?.server.closeAllConnections();
-      up?.server.close();
-    }
+    for (const up of [billing, orders, ledger]) await closeServer(up);
   });
 
   it('keeps Host, path, query and the tenant header, drops hop-by-hop headers, adds Forwarded, Via and the loop guard', async () => {
@@ -362,7 +277,7 @@ describe('data plane: pass-through to upstreams', () => {
     for (const c of cases) {
       const res = await rawRequest(`${server.data}${c.path}`, { headers: c.headers });
       expect(res.status, JSON.stringify(c)).toBe(200);
-      const body = json(res);
+      const body = bodyJson(res);
       expect(body.upstream, JSON.stringify(c)).toBe(c.upstream);
       expect(body.url, JSON.stringify(c)).toBe(c.url);
     }
@@ -385,14 +300,7 @@ describe('data plane: pass-through to upstreams', () => {
       headers: { 'x-kelsingra-service': 'billing', 'x-tenant-id': 't1' },
     });
     expect(res.status).toBe(200);
-    const outcome = await Promise.race([
-      res.arrayBuffer().then(
-        () => 'completed',
-        () => 'errored',
-      ),
-      new Promise((r) => setTimeout(() => r('hung'), 20_000)),
-    ]);
-    expect(outcome).toBe('errored');
+    expect(await bodyOutcome(res)).toBe('errored');
   });
 
   it('answers oversized request headers with 431 from Kelsingra', async () => {
@@ -401,7 +309,7 @@ describe('data plane: pass-through to upstreams', () => {
       headers: { 'x-kelsingra-service': 'billing', 'x-big': 'a'.repeat(40 * 1024) },
     });
     expect(res.status).toBe(431);
-    const body = json(res);
+    const body = bodyJson(res);
     expect(body.source).toBe('kelsingra');
     expect(String(body.error)).toMatch(/^Kelsingra: request headers too large/);
     expect(billing.seen.length).toBe(before);
@@ -429,7 +337,7 @@ describe('data plane: pass-through to upstreams', () => {
       body: upload,
     });
     expect(up.status).toBe(200);
-    const upBody = json(up);
+    const upBody = bodyJson(up);
     expect(upBody.bodyBytes).toBe(size);
     expect(upBody.bodySha256).toBe(createHash('sha256').update(upload).digest('hex'));
 
@@ -443,24 +351,11 @@ describe('data plane: pass-through to upstreams', () => {
 
   it('aborts the upstream request, rather than ending its body, when the caller hangs up mid-upload', async () => {
     for (let round = 0; round < 5; round++) {
-      Object.assign(billing.watch, { bytes: 0, ended: false, aborted: false });
-      const req = http.request(`${server.data}/upload-watch`, {
-        method: 'POST',
-        headers: { 'x-kelsingra-service': 'billing', 'x-tenant-id': 't1', 'transfer-encoding': 'chunked' },
-        agent: false,
-      });
-      req.on('error', () => undefined);
-      req.write(Buffer.alloc(16 * 1024, 7));
-      await waitFor(
-        () => billing.watch.bytes >= 16 * 1024,
-        15_000,
-        'upstream to receive the first part of the upload',
-      );
-      req.destroy();
-      await waitFor(
-        () => billing.watch.aborted || billing.watch.ended,
-        10_000,
-        'upstream request to end one way or the other',
+      await hangUpMidUpload(
+        `${server.data}/upload-watch`,
+        { 'x-kelsingra-service': 'billing', 'x-tenant-id': 't1' },
+        billing.watch,
+        'upstream',
       );
       expect(billing.watch.ended, `round ${round}`).toBe(false);
       expect(billing.watch.aborted).toBe(true);
@@ -486,7 +381,7 @@ describe('data plane: pass-through to upstreams', () => {
       req.end();
     });
     expect(res.status).toBe(200);
-    const body = json(res);
+    const body = bodyJson(res);
     expect(body.method).toBe('PUT');
     expect(body.bodyBytes).toBe(parts.join('').length);
     expect(body.bodySha256).toBe(createHash('sha256').update(parts.join('')).digest('hex'));
@@ -515,8 +410,7 @@ describe('data plane: upstream timeout', () => {
 
   afterAll(async () => {
     await server?.stop();
-    silent?.server.closeAllConnections();
-    silent?.server.close();
+    await closeServer(silent);
   });
 
   it('answers 504 from Kelsingra when the upstream never answers', async () => {
@@ -570,51 +464,37 @@ describe('data plane: custom tenant header', () => {
 
   afterAll(async () => {
     await run(['leave', '--all'], env).catch(() => undefined);
-    for (const pid of agentPids) {
-      try {
-        process.kill(pid, 'SIGKILL');
-      } catch {
-        // already gone
-      }
-    }
+    for (const pid of agentPids) killQuietly(pid);
     await server?.stop();
-    upstream?.server.closeAllConnections();
-    upstream?.server.close();
-    local?.server.closeAllConnections();
-    local?.server.close();
+    await closeServer(upstream);
+    await closeServer(local);
   });
 
   it('routes by the configured tenant header and ignores x-tenant-id', async () => {
     const status = await fetch(`${server.control}/status`, { headers: { authorization: `Bearer ${TOKEN}` } });
     expect(((await status.json()) as { tenantHeader: string }).tenantHeader).toBe('x-org-id');
 
-    const r = await run(
-      ['intercept', 'billing', '--tenant', 'org1', '--port', String(local.port), '--detach', '--json'],
-      env,
-    );
-    expect(r.exitCode, r.stderr).toBe(0);
-    const icp = JSON.parse(r.stdout) as { id: string; agentPid: number };
-    agentPids.push(icp.agentPid);
+    const icp = await interceptDetached(env, 'billing', 'org1', local.port, (pid) => agentPids.push(pid));
 
     const viaOrg = await rawRequest(`${server.data}/x`, {
       headers: { 'x-kelsingra-service': 'billing', 'x-org-id': 'org1' },
     });
     expect(viaOrg.status).toBe(200);
-    expect(json(viaOrg)).toEqual({ served: 'local', org: 'org1', intercept: icp.id });
+    expect(bodyJson(viaOrg)).toEqual({ served: 'local', org: 'org1', intercept: icp.id });
 
     // The default header name means nothing to this server: upstream, tenant header kept.
     const viaDefault = await rawRequest(`${server.data}/x`, {
       headers: { 'x-kelsingra-service': 'billing', 'x-tenant-id': 'org1' },
     });
     expect(viaDefault.status).toBe(200);
-    expect(json(viaDefault).upstream).toBe('upstream');
-    expect((json(viaDefault).headers as Record<string, string>)['x-tenant-id']).toBe('org1');
+    expect(bodyJson(viaDefault).upstream).toBe('upstream');
+    expect((bodyJson(viaDefault).headers as Record<string, string>)['x-tenant-id']).toBe('org1');
 
     const otherOrg = await rawRequest(`${server.data}/x`, {
       headers: { 'x-kelsingra-service': 'billing', 'x-org-id': 'org2' },
     });
-    expect(json(otherOrg).upstream).toBe('upstream');
-    expect((json(otherOrg).headers as Record<string, string>)['x-org-id']).toBe('org2');
+    expect(bodyJson(otherOrg).upstream).toBe('upstream');
+    expect((bodyJson(otherOrg).headers as Record<string, string>)['x-org-id']).toBe('org2');
 
     await waitFor(
       async () => (await run(['list', '--json'], env)).stdout.includes(icp.id),

@@ -2,18 +2,22 @@
  * `kelsingra logs`: an intercept started with --detach, watched from another shell through
  * the server agent's event stream. Real server, real detached agents, real CLIs.
  */
-import { readFileSync, writeFileSync } from 'node:fs';
-import type http from 'node:http';
+import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { beforeEach, describe, expect, it } from 'vitest';
 import {
+  background,
+  cleanupsAfterEach,
   cli,
   clientEnv,
+  closeServer,
   freePort,
+  interceptDetached,
   listen,
   type ServerProcess,
   startServerProcess,
   tempDir,
+  textService,
   viaProxy,
   waitFor,
 } from './helpers.js';
@@ -22,47 +26,7 @@ const ADMIN = 'logs-admin-secret-token-1';
 const TEAM = 'logs-team-a-secret-token-2';
 const EXIT = { auth: 3, notFound: 4, unreachable: 6 } as const;
 
-type Cleanup = () => unknown | Promise<unknown>;
-const cleanups: Cleanup[] = [];
-
-afterEach(async () => {
-  for (const cleanup of cleanups.splice(0).reverse()) {
-    try {
-      await cleanup();
-    } catch {
-      // Best effort: one failed cleanup must not hide the others.
-    }
-  }
-});
-
-function isAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code === 'EPERM';
-  }
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-    return stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3) !== 'Z';
-  } catch {
-    return false;
-  }
-}
-
-async function killPid(pid: number): Promise<void> {
-  if (!isAlive(pid)) return;
-  try {
-    process.kill(pid, 'SIGTERM');
-    await waitFor(() => !isAlive(pid), 5_000, `pid ${pid} to exit`);
-  } catch {
-    if (isAlive(pid)) process.kill(pid, 'SIGKILL');
-  }
-}
-
-function closeServer(server: http.Server): Promise<void> {
-  server.closeAllConnections();
-  return new Promise((resolve) => server.close(() => resolve()));
-}
+const cleanups = cleanupsAfterEach();
 
 let server: ServerProcess;
 let admin: Record<string, string>;
@@ -72,16 +36,8 @@ let localPort: number;
 /** A server with a tokens file (an admin token, a token limited to team-a-*), and a "laptop" service. */
 beforeEach(async () => {
   const upstream = await listen((_req, res) => res.end('upstream'));
-  cleanups.push(() => closeServer(upstream.server));
-  const local = await listen((req, res) => {
-    req.resume();
-    req.on('end', () => {
-      const status = req.url?.startsWith('/missing') ? 404 : req.method === 'POST' ? 201 : 200;
-      res.writeHead(status, { 'content-type': 'text/plain' });
-      res.end(`local ${req.method} ${req.url}`);
-    });
-  });
-  cleanups.push(() => closeServer(local.server));
+  cleanups.push(() => closeServer(upstream));
+  const local = await textService('local', cleanups);
   localPort = local.port;
   const tokensFile = join(tempDir('kelsingra-tokens-'), 'tokens.yaml');
   writeFileSync(
@@ -100,40 +56,13 @@ beforeEach(async () => {
   team = clientEnv(server, TEAM, { KELSINGRA_HOLDER: 'ana' });
 });
 
-async function detach(
-  env: Record<string, string>,
-  tenant: string,
-): Promise<{ id: string; agentPid: number }> {
-  const r = await cli(
-    ['intercept', 'billing', '--tenant', tenant, '--port', String(localPort), '--detach', '--json'],
-    env,
-  );
-  expect(r.exitCode, `intercept --detach failed:\n${r.stderr}`).toBe(0);
-  const doc = JSON.parse(String(r.stdout)) as { id: string; agentPid: number };
-  cleanups.push(() => killPid(doc.agentPid));
-  return doc;
-}
+const detach = (env: Record<string, string>, tenant: string) =>
+  interceptDetached(env, 'billing', tenant, localPort, cleanups);
 
 async function send(tenant: string, path: string, init: RequestInit = {}): Promise<number> {
   const res = await viaProxy(server, 'billing', tenant, path, init);
   await res.text();
   return res.status;
-}
-
-/** A CLI left running, whose output can be watched. */
-function background(args: string[], env: Record<string, string>) {
-  const sub = cli(args, env);
-  let stdout = '';
-  let stderr = '';
-  sub.stdout?.on('data', (c: Buffer) => (stdout += c.toString()));
-  sub.stderr?.on('data', (c: Buffer) => (stderr += c.toString()));
-  cleanups.push(async () => {
-    if (sub.exitCode === null && sub.signalCode === null) {
-      sub.kill('SIGKILL');
-      await sub.catch(() => undefined);
-    }
-  });
-  return { sub, stdout: () => stdout, describe: () => `stdout:\n${stdout}\nstderr:\n${stderr}` };
 }
 
 describe('kelsingra logs', () => {
@@ -179,7 +108,7 @@ describe('kelsingra logs', () => {
 
   it('--follow --json streams new requests as NDJSON and exits 0 when the intercept is left from another shell', async () => {
     const held = await detach(admin, 't1');
-    const follow = background(['logs', held.id, '--follow', '--json'], admin);
+    const follow = background(['logs', held.id, '--follow', '--json'], admin, cleanups);
     // Sent before or after the stream attaches, the first request shows up (history, then live).
     expect(await send('t1', '/first')).toBe(200);
     await waitFor(
@@ -215,7 +144,7 @@ describe('kelsingra logs', () => {
 
   it('--follow in plain text says when the intercept ended', async () => {
     await detach(admin, 't1');
-    const follow = background(['logs', 'billing', '--tenant', 't1', '-f'], admin);
+    const follow = background(['logs', 'billing', '--tenant', 't1', '-f'], admin, cleanups);
     await waitFor(() => follow.stdout().includes('Requests for billing'), 20_000, follow.describe());
     expect(await send('t1', '/plain')).toBe(200);
     await waitFor(() => follow.stdout().includes('/plain'), 20_000, follow.describe());

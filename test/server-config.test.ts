@@ -2,19 +2,20 @@
  * `kelsingra server` configuration as operators write it: a YAML/JSON file, environment
  * variables, flags (flags > environment > file), and clear errors for bad input.
  */
-import { type ChildProcess, spawn } from 'node:child_process';
 import { writeFileSync } from 'node:fs';
-import http from 'node:http';
 import { join } from 'node:path';
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import {
-  BIN,
+  cleanupsAfterEach,
   cli,
   clientEnv,
+  closeServer,
   freePort,
+  interceptDetached,
   listen,
+  rawRequest,
   type ServerProcess,
-  sleep,
+  spawnServerProcess,
   startServerProcess,
   tempDir,
   waitFor,
@@ -23,18 +24,7 @@ import {
 const TOKEN = 'config-test-secret-token-0c4d';
 const EXIT_CONFIG = 7; // ExitCode.config in src/errors.ts
 
-type Cleanup = () => unknown | Promise<unknown>;
-const cleanups: Cleanup[] = [];
-
-afterEach(async () => {
-  for (const cleanup of cleanups.splice(0).reverse()) {
-    try {
-      await cleanup();
-    } catch {
-      // Best effort.
-    }
-  }
-});
+const cleanups = cleanupsAfterEach();
 
 function file(name: string, text: string): string {
   const path = join(tempDir('kelsingra-config-'), name);
@@ -56,29 +46,14 @@ async function upstream(name: string) {
       }),
     );
   });
-  cleanups.push(() => {
-    svc.server.closeAllConnections();
-    return new Promise((r) => svc.server.close(r));
-  });
+  cleanups.push(() => closeServer(svc));
   return svc;
 }
 
-/** A raw request to a data port, Host header included (fetch does not let us set Host). */
-function request(
-  port: number,
-  path: string,
-  headers: Record<string, string>,
-): Promise<{ status: number; body: string }> {
-  return new Promise((resolve, reject) => {
-    const req = http.request({ host: '127.0.0.1', port, path, headers, agent: false }, (res) => {
-      let body = '';
-      res.setEncoding('utf8');
-      res.on('data', (c: string) => (body += c));
-      res.on('end', () => resolve({ status: res.statusCode ?? 0, body }));
-    });
-    req.on('error', reject);
-    req.end();
-  });
+/** A request to a data port with its body as text, Host header included (fetch does not let us set Host). */
+async function request(port: number, path: string, headers: Record<string, string>) {
+  const res = await rawRequest(`http://127.0.0.1:${port}${path}`, { headers });
+  return { status: res.status, body: res.body.toString('utf8') };
 }
 
 async function json(port: number, path: string, headers: Record<string, string>) {
@@ -92,31 +67,9 @@ async function json(port: number, path: string, headers: Record<string, string>)
  * the ports may come from a file or the environment) and waits for /healthz on `controlPort`.
  */
 async function spawnServer(args: string[], env: Record<string, string>, controlPort: number) {
-  const child: ChildProcess = spawn(process.execPath, [BIN, 'server', ...args], {
-    env: { ...process.env, NO_COLOR: '1', ...env },
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
-  let output = '';
-  child.stdout?.on('data', (c: Buffer) => (output += c.toString()));
-  child.stderr?.on('data', (c: Buffer) => (output += c.toString()));
-  cleanups.push(async () => {
-    if (child.exitCode === null && child.signalCode === null) {
-      child.kill('SIGTERM');
-      await new Promise((r) => child.once('exit', r));
-    }
-  });
-  const deadline = Date.now() + 20_000;
-  for (;;) {
-    if (child.exitCode !== null) throw new Error(`server exited early (${child.exitCode}):\n${output}`);
-    try {
-      if ((await fetch(`http://127.0.0.1:${controlPort}/healthz`)).ok) break;
-    } catch {
-      // not up yet
-    }
-    if (Date.now() > deadline) throw new Error(`server did not start:\n${output}`);
-    await sleep(100);
-  }
-  return { child, logs: () => output, control: `http://127.0.0.1:${controlPort}` };
+  const server = await spawnServerProcess(args, env, controlPort);
+  cleanups.push(server.stop);
+  return server;
 }
 
 /** Runs a server that must refuse to start; ports 0 so a wrongly accepted config cannot take a fixed port. */
@@ -187,20 +140,8 @@ services:
 
     // The configured tenant header decides which requests an intercept takes.
     const local = await listen((req, res) => res.end(`local ${req.url}`));
-    cleanups.push(() => new Promise((r) => local.server.close(r)));
-    const r = await cli(
-      ['intercept', 'billing', '--tenant', 'acme', '--port', String(local.port), '--detach', '--json'],
-      env,
-    );
-    expect(r.exitCode, String(r.stderr)).toBe(0);
-    const { agentPid } = JSON.parse(String(r.stdout));
-    cleanups.push(() => {
-      try {
-        process.kill(agentPid, 'SIGKILL');
-      } catch {
-        // already gone
-      }
-    });
+    cleanups.push(() => closeServer(local));
+    await interceptDetached(env, 'billing', 'acme', local.port, cleanups);
     expect(await request(proxyPort, '/inv/3', { host: 'billing.dev.example.com', 'x-org': 'acme' })).toEqual({
       status: 200,
       body: 'local /inv/3',
@@ -456,7 +397,7 @@ describe('a bad configuration stops the server with a message naming the problem
 
   it('a port already in use is a clear error, not a hang', async () => {
     const taken = await listen(() => undefined);
-    cleanups.push(() => new Promise((r) => taken.server.close(r)));
+    cleanups.push(() => closeServer(taken));
     const r = await failingServer([
       '--token',
       TOKEN,

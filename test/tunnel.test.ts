@@ -8,65 +8,46 @@ import { createHash } from 'node:crypto';
 import http from 'node:http';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
+  alive,
   BIN,
-  cli,
+  bodyJson,
+  bodyOutcome,
   clientEnv,
+  closeServer,
+  type DetachedIntercept,
+  exited,
   freePort,
+  hangUpMidUpload,
+  interceptDetached,
+  killQuietly,
   listen,
+  patternSha256,
+  type RawResponse,
+  rawRequest,
+  resetMidResponse,
+  run,
   type ServerProcess,
   startServerProcess,
+  type UploadWatch,
   waitFor,
+  watchUpload,
+  writePattern,
 } from './helpers.js';
-
-/** The CLI run to completion, with its output as text. */
-async function run(args: string[], env: Record<string, string>) {
-  const r = await cli(args, env);
-  return { exitCode: r.exitCode, stdout: String(r.stdout), stderr: String(r.stderr) };
-}
 
 const TOKEN = 'tunnel-test-token-123';
 const MB = 1024 * 1024;
 
-interface Detached {
-  id: string;
-  agentPid: number;
-  localPort: number;
-}
-
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
-}
-
-function killQuietly(pid: number | undefined, signal: NodeJS.Signals = 'SIGKILL'): void {
-  if (!pid) return;
-  try {
-    process.kill(pid, signal);
-  } catch {
-    // already gone
-  }
-}
-
-async function interceptDetached(
+/** `intercept --detach --json`; the agent's pid goes to `pids`, for the suite's afterAll to kill. */
+async function detach(
   env: Record<string, string>,
   service: string,
   tenant: string,
   port: number,
   pids: number[],
-): Promise<Detached> {
-  const r = await run(
-    ['intercept', service, '--tenant', tenant, '--port', String(port), '--detach', '--json'],
-    env,
-  );
-  expect(r.exitCode, `intercept --detach failed: ${r.stderr}`).toBe(0);
-  const out = JSON.parse(r.stdout) as Detached;
-  pids.push(out.agentPid);
-  expect(out.id).toMatch(/^icp_/);
-  return out;
+) {
+  const icp = await interceptDetached(env, service, tenant, port, (pid) => pids.push(pid));
+  expect(icp.id).toMatch(/^icp_/);
+  return icp;
 }
 
 /** A foreground `kelsingra intercept … --json`; resolves once its first line says the intercept is live. */
@@ -100,40 +81,15 @@ async function interceptForeground(
   return { child, id: first.id, output: () => stdout + stderr };
 }
 
-function exited(child: ChildProcess): Promise<void> {
-  return child.exitCode !== null || child.signalCode !== null
-    ? Promise.resolve()
-    : new Promise((r) => child.once('exit', () => r()));
-}
-
 /** Sends a request to the data port the way the reverse proxy would, with full header control. */
 function dataRequest(
   server: ServerProcess,
   path: string,
   opts: { tenant?: string; method?: string; headers?: http.OutgoingHttpHeaders; body?: Buffer | string } = {},
-): Promise<{ status: number; headers: http.IncomingHttpHeaders; body: Buffer }> {
-  return new Promise((resolve, reject) => {
-    const headers: http.OutgoingHttpHeaders = { 'x-kelsingra-service': 'billing', ...opts.headers };
-    if (opts.tenant) headers['x-tenant-id'] = opts.tenant;
-    const req = http.request(
-      `${server.data}${path}`,
-      { method: opts.method ?? 'GET', headers, agent: false },
-      (res) => {
-        const chunks: Buffer[] = [];
-        res.on('data', (c: Buffer) => chunks.push(c));
-        res.on('end', () =>
-          resolve({ status: res.statusCode ?? 0, headers: res.headers, body: Buffer.concat(chunks) }),
-        );
-        res.on('error', reject);
-      },
-    );
-    req.on('error', reject);
-    req.end(opts.body);
-  });
-}
-
-function bodyJson(res: { body: Buffer }): Record<string, unknown> {
-  return JSON.parse(res.body.toString('utf8')) as Record<string, unknown>;
+): Promise<RawResponse> {
+  const headers: http.OutgoingHttpHeaders = { 'x-kelsingra-service': 'billing', ...opts.headers };
+  if (opts.tenant) headers['x-tenant-id'] = opts.tenant;
+  return rawRequest(`${server.data}${path}`, { method: opts.method, headers, body: opts.body });
 }
 
 /** Upstream: says it is the upstream and what it saw. */
@@ -154,22 +110,6 @@ async function startUpstream() {
   });
 }
 
-function patternChunk(index: number): Buffer {
-  const chunk = Buffer.alloc(64 * 1024);
-  for (let i = 0; i < chunk.length; i++) chunk[i] = (index * 13 + i * 5) & 0xff;
-  return chunk;
-}
-
-function patternSha256(total: number): string {
-  const hash = createHash('sha256');
-  for (let written = 0, index = 0; written < total; index++) {
-    const chunk = patternChunk(index).subarray(0, Math.min(64 * 1024, total - written));
-    written += chunk.length;
-    hash.update(chunk);
-  }
-  return hash.digest('hex');
-}
-
 /** What the local service observed, per test. */
 interface LocalState {
   sseGate?: () => void;
@@ -180,9 +120,7 @@ interface LocalState {
   streamSeen: boolean;
   streamClosedEarly: boolean;
   streamClosedAt: number;
-  uploadBytes: number;
-  uploadEnded: boolean;
-  uploadAborted: boolean;
+  upload: UploadWatch;
 }
 
 async function startLocal() {
@@ -194,9 +132,7 @@ async function startLocal() {
     streamSeen: false,
     streamClosedEarly: false,
     streamClosedAt: 0,
-    uploadBytes: 0,
-    uploadEnded: false,
-    uploadAborted: false,
+    upload: { bytes: 0, ended: false, aborted: false },
   };
   const local = await listen((req, res) => {
     const url = new URL(req.url ?? '/', 'http://local');
@@ -217,21 +153,8 @@ async function startLocal() {
     if (path === '/download') {
       const total = Number(url.searchParams.get('bytes'));
       res.writeHead(200, { 'content-type': 'application/octet-stream', 'content-length': total });
-      let written = 0;
-      let index = 0;
-      const pump = () => {
-        while (written < total) {
-          const chunk = patternChunk(index++).subarray(0, Math.min(64 * 1024, total - written));
-          written += chunk.length;
-          if (!res.write(chunk)) {
-            res.once('drain', pump);
-            return;
-          }
-        }
-        res.end();
-      };
       req.resume();
-      pump();
+      writePattern(res, total);
       return;
     }
     if (path.startsWith('/c/')) {
@@ -266,19 +189,7 @@ async function startLocal() {
       });
       return;
     }
-    if (path === '/upload-watch') {
-      req.on('data', (c: Buffer) => {
-        state.uploadBytes += c.length;
-      });
-      req.on('end', () => {
-        state.uploadEnded = true;
-        res.end('got it all');
-      });
-      req.on('close', () => {
-        if (!req.complete) state.uploadAborted = true;
-      });
-      return;
-    }
+    if (path === '/upload-watch') return watchUpload(req, res, state.upload);
     if (path === '/hang') {
       state.hangSeen = true;
       res.on('close', () => {
@@ -302,12 +213,7 @@ async function startLocal() {
       });
       return;
     }
-    if (path === '/reset-mid-response') {
-      res.writeHead(200, { 'content-type': 'application/octet-stream' });
-      res.write(Buffer.alloc(32 * 1024, 1));
-      setTimeout(() => req.socket.destroy(), 100);
-      return;
-    }
+    if (path === '/reset-mid-response') return resetMidResponse(req, res);
     if (path === '/reset-before-response') {
       req.socket.destroy();
       return;
@@ -333,18 +239,12 @@ async function startLocal() {
   return { ...local, state };
 }
 
-function closeServer(s: { server: http.Server } | undefined): void {
-  if (!s) return;
-  s.server.closeAllConnections();
-  s.server.close();
-}
-
 describe('tunnel: routing and streaming through a detached intercept', () => {
   let server: ServerProcess;
   let upstream: Awaited<ReturnType<typeof startUpstream>>;
   let local: Awaited<ReturnType<typeof startLocal>>;
   let env: Record<string, string>;
-  let t1: Detached;
+  let t1: DetachedIntercept;
   const pids: number[] = [];
 
   beforeAll(async () => {
@@ -352,7 +252,7 @@ describe('tunnel: routing and streaming through a detached intercept', () => {
     local = await startLocal();
     server = await startServerProcess(['--service', `billing=${upstream.url}`, '--token', TOKEN]);
     env = clientEnv(server, TOKEN, { KELSINGRA_HOLDER: `tunnel-test-${process.pid}` });
-    t1 = await interceptDetached(env, 'billing', 't1', local.port, pids);
+    t1 = await detach(env, 'billing', 't1', local.port, pids);
   });
 
   afterAll(async () => {
@@ -360,8 +260,8 @@ describe('tunnel: routing and streaming through a detached intercept', () => {
     if (server) await run(['leave', '--all'], env).catch(() => undefined);
     for (const pid of pids) killQuietly(pid);
     await server?.stop();
-    closeServer(upstream);
-    closeServer(local);
+    await closeServer(upstream);
+    await closeServer(local);
   });
 
   it('sends tenant t1 to the local service and everyone else to the upstream', async () => {
@@ -405,7 +305,7 @@ describe('tunnel: routing and streaming through a detached intercept', () => {
   });
 
   it('falls back to the upstream at once after leave, and the background agent exits', async () => {
-    const icp = await interceptDetached(env, 'billing', 't-leave', local.port, pids);
+    const icp = await detach(env, 'billing', 't-leave', local.port, pids);
     const before = await dataRequest(server, '/x', { tenant: 't-leave' });
     expect(bodyJson(before)).toMatchObject({ served: 'local', intercept: icp.id });
 
@@ -540,28 +440,15 @@ describe('tunnel: routing and streaming through a detached intercept', () => {
   it('aborts the local request, rather than ending its body, when the caller hangs up mid-upload', async () => {
     // Repeated: a wrong order of END_STREAM and RST_STREAM only shows some of the time.
     for (let round = 0; round < 10; round++) {
-      Object.assign(local.state, { uploadBytes: 0, uploadEnded: false, uploadAborted: false });
-      const req = http.request(`${server.data}/upload-watch`, {
-        method: 'POST',
-        headers: { 'x-kelsingra-service': 'billing', 'x-tenant-id': 't1', 'transfer-encoding': 'chunked' },
-        agent: false,
-      });
-      req.on('error', () => undefined);
-      req.write(Buffer.alloc(16 * 1024, 7));
-      await waitFor(
-        () => local.state.uploadBytes >= 16 * 1024,
-        15_000,
-        'local service to receive the first part of the upload',
-      );
-      req.destroy();
-      await waitFor(
-        () => local.state.uploadAborted || local.state.uploadEnded,
-        10_000,
-        'local request to end one way or the other',
+      await hangUpMidUpload(
+        `${server.data}/upload-watch`,
+        { 'x-kelsingra-service': 'billing', 'x-tenant-id': 't1' },
+        local.state.upload,
+        'local service',
       );
       // A truncated upload must never look complete to the local service.
-      expect(local.state.uploadEnded, `round ${round}`).toBe(false);
-      expect(local.state.uploadAborted).toBe(true);
+      expect(local.state.upload.ended, `round ${round}`).toBe(false);
+      expect(local.state.upload.aborted).toBe(true);
     }
   });
 
@@ -570,14 +457,7 @@ describe('tunnel: routing and streaming through a detached intercept', () => {
       headers: { 'x-kelsingra-service': 'billing', 'x-tenant-id': 't1' },
     });
     expect(res.status).toBe(200);
-    const outcome = await Promise.race([
-      res.arrayBuffer().then(
-        () => 'completed',
-        () => 'errored',
-      ),
-      new Promise((r) => setTimeout(() => r('hung'), 20_000)),
-    ]);
-    expect(outcome).toBe('errored');
+    expect(await bodyOutcome(res)).toBe('errored');
   });
 
   it('answers 502 naming the intercept when the local service resets before responding', async () => {
@@ -596,7 +476,7 @@ describe('tunnel: routing and streaming through a detached intercept', () => {
 
   it('answers 502 naming the intercept and the local port when the local service is down', async () => {
     const downPort = await freePort();
-    const icp = await interceptDetached(env, 'billing', 't-down', downPort, pids);
+    const icp = await detach(env, 'billing', 't-down', downPort, pids);
     const res = await dataRequest(server, '/anything', { tenant: 't-down' });
     expect(res.status).toBe(502);
     expect(res.headers['x-kelsingra-error']).toBe('local-unreachable');
@@ -646,8 +526,8 @@ describe('tunnel: client agent killed (lease expiry)', () => {
       await exited(child);
     }
     await server?.stop();
-    closeServer(upstream);
-    closeServer(local);
+    await closeServer(upstream);
+    await closeServer(local);
   });
 
   it('answers 502 (tunnel disconnected) within the lease, then falls back to the upstream once it expires', async () => {
@@ -764,12 +644,12 @@ describe('tunnel: heartbeat and reconnect', () => {
     if (server) await run(['leave', '--all'], env).catch(() => undefined);
     for (const pid of pids) killQuietly(pid);
     await server?.stop();
-    closeServer(upstream);
-    closeServer(local);
+    await closeServer(upstream);
+    await closeServer(local);
   });
 
   it('answers 504 naming the local port when the local service never answers, and cancels its request', async () => {
-    const icp = await interceptDetached(env, 'billing', 't-slow', local.port, pids);
+    const icp = await detach(env, 'billing', 't-slow', local.port, pids);
     Object.assign(local.state, { hangSeen: false, hangClosedEarly: false });
     const started = Date.now();
     const res = await dataRequest(server, '/hang', { tenant: 't-slow' });
@@ -786,7 +666,7 @@ describe('tunnel: heartbeat and reconnect', () => {
   });
 
   it('closes a tunnel whose client stops answering, and the client reconnects and re-asserts its intercept', async () => {
-    const icp = await interceptDetached(env, 'billing', 't1', local.port, pids);
+    const icp = await detach(env, 'billing', 't1', local.port, pids);
     expect(bodyJson(await dataRequest(server, '/x', { tenant: 't1' }))).toMatchObject({
       served: 'local',
       intercept: icp.id,
