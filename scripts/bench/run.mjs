@@ -779,8 +779,8 @@ async function benchLiveView() {
       runs[mode].push({ rps: load.rps, cliCpuPerReqUs });
       log(`  round ${round} ${mode === 'live' ? 'live view (tmux)' : '--json > /dev/null'}  ${fmt(load.rps, 0).padStart(7)} req/s  CLI CPU ${fmt(cliCpuPerReqUs, 1)} µs/req`);
       if (mode === 'live' && round === 1) {
-        // Idle: no traffic for 10 s; the view should not wake up at all.
-        await sleep(1000);
+        // Idle: once the 5 s rate window has emptied, the view should not wake up at all.
+        await sleep(6000);
         const idle0 = cpuSeconds(fg.pid);
         await sleep(10_000);
         idleCpu = ((cpuSeconds(fg.pid) - idle0) / 10) * 100;
