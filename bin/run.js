@@ -6,8 +6,17 @@
 const AGENTS = new Set(['server', 'intercept']);
 const flags = `${process.env.NODE_OPTIONS ?? ''} ${process.execArgv.join(' ')}`;
 // (The --detach agent is spawned with the flag already: exec would drop its IPC channel.)
-if (AGENTS.has(process.argv[2]) && !flags.includes('--max-semi-space-size') && typeof process.execve === 'function') {
-  process.execve(process.execPath, [process.execPath, '--max-semi-space-size=2', ...process.execArgv, ...process.argv.slice(1)]);
+if (
+  AGENTS.has(process.argv[2]) &&
+  !flags.includes('--max-semi-space-size') &&
+  typeof process.execve === 'function'
+) {
+  process.execve(process.execPath, [
+    process.execPath,
+    '--max-semi-space-size=2',
+    ...process.execArgv,
+    ...process.argv.slice(1),
+  ]);
 }
 
 const { execute } = await import('@oclif/core');

@@ -18,13 +18,30 @@ export default class Intercept extends BaseCommand {
   static override strict = false;
 
   static override args = {
-    service: Args.string({ description: 'service to intercept, as the server agent names it', required: true }),
+    service: Args.string({
+      description: 'service to intercept, as the server agent names it',
+      required: true,
+    }),
   };
 
   static override flags = {
-    tenant: Flags.string({ char: 't', description: 'tenant (routing key) whose traffic to intercept', required: true }),
-    port: Flags.integer({ char: 'p', description: 'local port your copy of the service listens on', required: true, min: 1, max: 65535 }),
-    detach: Flags.boolean({ char: 'd', description: 'return once live; a background agent keeps the intercept', default: false }),
+    tenant: Flags.string({
+      char: 't',
+      description: 'tenant (routing key) whose traffic to intercept',
+      required: true,
+    }),
+    port: Flags.integer({
+      char: 'p',
+      description: 'local port your copy of the service listens on',
+      required: true,
+      min: 1,
+      max: 65535,
+    }),
+    detach: Flags.boolean({
+      char: 'd',
+      description: 'return once live; a background agent keeps the intercept',
+      default: false,
+    }),
     agent: Flags.boolean({ hidden: true, default: false }),
   };
 
@@ -32,7 +49,10 @@ export default class Intercept extends BaseCommand {
     const split = this.argv.indexOf('--');
     const own = split === -1 ? this.argv : this.argv.slice(0, split);
     const command = split === -1 ? [] : this.argv.slice(split + 1);
-    const { args, flags } = await this.parse({ ...Intercept, baseFlags: Intercept.baseFlags, strict: true }, own);
+    const { args, flags } = await this.parse(
+      { ...Intercept, baseFlags: Intercept.baseFlags, strict: true },
+      own,
+    );
     const settings = loadSettings();
     const want = { service: args.service, tenant: flags.tenant, port: flags.port };
 
@@ -41,12 +61,24 @@ export default class Intercept extends BaseCommand {
       return;
     }
     if (flags.detach) {
-      if (command.length) throw new KelsingraError('--detach cannot run a command after --', ExitCode.usage, 'drop --detach to run the command with the intercept, or start it yourself');
+      if (command.length)
+        throw new KelsingraError(
+          '--detach cannot run a command after --',
+          ExitCode.usage,
+          'drop --detach to run the command with the intercept, or start it yourself',
+        );
       const logFile = agentLogFile(settings.configDir, want.service, want.tenant);
       const bin = fileURLToPath(new URL('../../bin/run.js', import.meta.url));
-      const ready = await startDetachedAgent(bin, ['intercept', want.service, '--tenant', want.tenant, '--port', String(want.port)], logFile);
+      const ready = await startDetachedAgent(
+        bin,
+        ['intercept', want.service, '--tenant', want.tenant, '--port', String(want.port)],
+        logFile,
+      );
       if (flags.json) this.printJson({ ...ready.intercept, agentPid: ready.pid, logFile: ready.logFile });
-      else this.log(`Intercepting ${want.service} for tenant ${want.tenant} → localhost:${want.port} (intercept ${ready.intercept.id}). Background agent pid ${ready.pid}, log ${ready.logFile}.\nStop it with: kelsingra leave ${want.service} --tenant ${want.tenant}`);
+      else
+        this.log(
+          `Intercepting ${want.service} for tenant ${want.tenant} → localhost:${want.port} (intercept ${ready.intercept.id}). Background agent pid ${ready.pid}, log ${ready.logFile}.\nStop it with: kelsingra leave ${want.service} --tenant ${want.tenant}`,
+        );
       return;
     }
     const code = await runIntercept(settings, want, { json: flags.json, command });
@@ -54,7 +86,10 @@ export default class Intercept extends BaseCommand {
   }
 
   /** The background half of --detach: report readiness or failure to the parent over IPC. */
-  private async runAgent(settings: ReturnType<typeof loadSettings>, want: { service: string; tenant: string; port: number }): Promise<void> {
+  private async runAgent(
+    settings: ReturnType<typeof loadSettings>,
+    want: { service: string; tenant: string; port: number },
+  ): Promise<void> {
     const report = (message: AgentMessage) => process.send?.(message);
     const logFile = agentLogFile(settings.configDir, want.service, want.tenant);
     let code: number;

@@ -26,8 +26,10 @@ export default class Leave extends BaseCommand {
   async run(): Promise<void> {
     const { args, flags } = await this.parse(Leave);
     const usage = 'kelsingra leave <service> --tenant <t>, kelsingra leave <id>, or kelsingra leave --all';
-    if (flags.all && (args.target || flags.tenant)) throw new KelsingraError('--all takes no service, id or --tenant', ExitCode.usage, usage);
-    if (!flags.all && !args.target) throw new KelsingraError('say which intercept to end', ExitCode.usage, usage);
+    if (flags.all && (args.target || flags.tenant))
+      throw new KelsingraError('--all takes no service, id or --tenant', ExitCode.usage, usage);
+    if (!flags.all && !args.target)
+      throw new KelsingraError('say which intercept to end', ExitCode.usage, usage);
     const settings = loadSettings();
     const api = new ApiClient(settings.server, settings.token);
     let result: { removed: { id: string; service: string; tenant: string }[] };
@@ -36,14 +38,23 @@ export default class Leave extends BaseCommand {
     } else if (args.target && flags.tenant) {
       result = await this.spin('Leaving', api.removeWhere({ service: args.target, tenant: flags.tenant }));
       if (result.removed.length === 0) {
-        throw new KelsingraError(`no intercept of ${args.target} for tenant ${flags.tenant}`, ExitCode.notFound, 'kelsingra list shows the live intercepts');
+        throw new KelsingraError(
+          `no intercept of ${args.target} for tenant ${flags.tenant}`,
+          ExitCode.notFound,
+          'kelsingra list shows the live intercepts',
+        );
       }
     } else {
       const id = args.target as string;
       result = await this.spin('Leaving', api.remove(id)).catch((err: unknown) => {
         // `leave billing` without --tenant names a service, not an id: say how to name it.
         if (err instanceof KelsingraError && err.exitCode === ExitCode.notFound && !id.startsWith('icp_')) {
-          throw new KelsingraError(err.message, err.exitCode, `to end an intercept by service, add --tenant: kelsingra leave ${id} --tenant <t>`, err.details);
+          throw new KelsingraError(
+            err.message,
+            err.exitCode,
+            `to end an intercept by service, add --tenant: kelsingra leave ${id} --tenant <t>`,
+            err.details,
+          );
         }
         throw err;
       });

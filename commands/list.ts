@@ -10,7 +10,10 @@ export default class List extends BaseCommand {
   async run(): Promise<void> {
     const { flags } = await this.parse(List);
     const settings = loadSettings();
-    const intercepts = await this.spin(`Asking ${settings.server}`, new ApiClient(settings.server, settings.token).list());
+    const intercepts = await this.spin(
+      `Asking ${settings.server}`,
+      new ApiClient(settings.server, settings.token).list(),
+    );
     if (flags.json) this.printJson(intercepts);
     else this.log(interceptTable(intercepts));
   }

@@ -24,7 +24,11 @@ export default class Logs extends BaseCommand {
 
   static override flags = {
     tenant: Flags.string({ char: 't', description: 'tenant of the intercept' }),
-    follow: Flags.boolean({ char: 'f', description: 'keep streaming new requests until the intercept ends', default: false }),
+    follow: Flags.boolean({
+      char: 'f',
+      description: 'keep streaming new requests until the intercept ends',
+      default: false,
+    }),
   };
 
   async run(): Promise<void> {
@@ -33,23 +37,37 @@ export default class Logs extends BaseCommand {
     const out = (line: string) => process.stdout.write(`${line}\n`);
     const abort = new AbortController();
     process.once('SIGINT', () => abort.abort());
-    let spinner: Spinner | undefined = startSpinner('Connecting to the server agent', { enabled: !flags.json });
+    let spinner: Spinner | undefined = startSpinner('Connecting to the server agent', {
+      enabled: !flags.json,
+    });
     const stopSpinner = () => {
       spinner?.stop();
       spinner = undefined;
     };
     try {
-      const intercept = await findIntercept(new ApiClient(settings.server, settings.token), args.target, flags.tenant);
+      const intercept = await findIntercept(
+        new ApiClient(settings.server, settings.token),
+        args.target,
+        flags.tenant,
+      );
       const ended = (reason?: string): void => {
         if (!flags.json) out(`intercept ended: ${reason === 'expired' ? 'lease expired' : 'left'}`);
       };
-      for await (const event of followEvents(settings, { intercept: intercept.id, history: true }, abort.signal)) {
+      for await (const event of followEvents(
+        settings,
+        { intercept: intercept.id, history: true },
+        abort.signal,
+      )) {
         stopSpinner();
         if (event.type === 'snapshot') {
-          if (!flags.json) out(`Requests for ${intercept.service}, tenant ${intercept.tenant} (${intercept.id}, held by ${intercept.holder}):`);
+          if (!flags.json)
+            out(
+              `Requests for ${intercept.service}, tenant ${intercept.tenant} (${intercept.id}, held by ${intercept.holder}):`,
+            );
           // It ended between the lookup and the stream: nothing more will come.
           if (!event.intercepts.some((i) => i.id === intercept.id)) return ended();
-        } else if (event.type === 'request') out(flags.json ? JSON.stringify(event) : formatRequestLine({ ...event, startedAt: event.at }));
+        } else if (event.type === 'request')
+          out(flags.json ? JSON.stringify(event) : formatRequestLine({ ...event, startedAt: event.at }));
         else if (event.type === 'live' && !flags.follow) return;
         else if (event.type === 'intercept' && event.action === 'ended') {
           if (flags.json) out(JSON.stringify(event));

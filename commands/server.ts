@@ -14,12 +14,19 @@ export default class Server extends BaseCommand {
     port: Flags.integer({ description: 'control port: tunnel, REST API, /healthz, /status' }),
     'proxy-port': Flags.integer({ description: 'data port: where the reverse proxy sends tenant traffic' }),
     host: Flags.string({ description: 'address to listen on (default 127.0.0.1; 0.0.0.0 in a cluster)' }),
-    service: Flags.string({ description: 'NAME=URL of a service and its normal upstream (repeatable)', multiple: true }),
+    service: Flags.string({
+      description: 'NAME=URL of a service and its normal upstream (repeatable)',
+      multiple: true,
+    }),
     token: Flags.string({ description: 'secret clients must present (or use --tokens-file)' }),
-    'tokens-file': Flags.string({ description: 'YAML/JSON file of tokens, each optionally limited to tenant patterns' }),
+    'tokens-file': Flags.string({
+      description: 'YAML/JSON file of tokens, each optionally limited to tenant patterns',
+    }),
     'lease-ttl': Flags.integer({ description: 'seconds an intercept lives without renewal (default 30)' }),
     'tenant-header': Flags.string({ description: 'header that carries the tenant (default x-tenant-id)' }),
-    'upstream-timeout': Flags.integer({ description: 'seconds to wait for an upstream or local service to answer (default 30)' }),
+    'upstream-timeout': Flags.integer({
+      description: 'seconds to wait for an upstream or local service to answer (default 30)',
+    }),
     'heartbeat-interval': Flags.integer({ description: 'seconds between tunnel heartbeats (default 10)' }),
     'log-level': Flags.string({ options: ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] }),
     config: Flags.string({ char: 'c', description: 'YAML or JSON config file' }),

@@ -10,15 +10,25 @@ export default class Status extends BaseCommand {
   async run(): Promise<void> {
     const { flags } = await this.parse(Status);
     const settings = loadSettings();
-    const status = await this.spin(`Asking ${settings.server}`, new ApiClient(settings.server, settings.token).status());
+    const status = await this.spin(
+      `Asking ${settings.server}`,
+      new ApiClient(settings.server, settings.token).status(),
+    );
     if (flags.json) {
       this.printJson({ server: settings.server, holder: settings.holder, ...status });
       return;
     }
-    this.log(`Server ${settings.server} (${status.serverId}, version ${status.version}); tenant header ${status.tenantHeader}`);
+    this.log(
+      `Server ${settings.server} (${status.serverId}, version ${status.version}); tenant header ${status.tenantHeader}`,
+    );
     this.log('\nServices:');
     for (const u of status.upstreams) {
-      const health = u.lastError && (!u.lastOkAt || (u.lastErrorAt ?? '') > u.lastOkAt) ? `last error: ${u.lastError}` : u.lastOkAt ? 'ok' : 'no traffic yet';
+      const health =
+        u.lastError && (!u.lastOkAt || (u.lastErrorAt ?? '') > u.lastOkAt)
+          ? `last error: ${u.lastError}`
+          : u.lastOkAt
+            ? 'ok'
+            : 'no traffic yet';
       this.log(`  ${u.service.padEnd(16)} ${u.url}  (${health})`);
     }
     this.log(`\nIntercepts:\n${interceptTable(status.intercepts).replace(/^/gm, '  ')}`);

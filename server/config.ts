@@ -9,7 +9,10 @@ import { ExitCode, KelsingraError } from '../src/errors.js';
 
 const serviceName = z
   .string()
-  .regex(/^[a-z0-9]([a-z0-9-]*[a-z0-9])?$/, 'service names are lowercase letters, digits and dashes (a DNS label)');
+  .regex(
+    /^[a-z0-9]([a-z0-9-]*[a-z0-9])?$/,
+    'service names are lowercase letters, digits and dashes (a DNS label)',
+  );
 
 const upstreamUrl = z
   .string()
@@ -93,7 +96,11 @@ function formatIssues(error: z.ZodError, source: string): string {
 export function validateConfig(input: unknown, source: string): ServerConfig {
   const result = serverConfigSchema.safeParse(input);
   if (!result.success) {
-    throw new KelsingraError(formatIssues(result.error, source), ExitCode.config, 'fix the keys named above and start again');
+    throw new KelsingraError(
+      formatIssues(result.error, source),
+      ExitCode.config,
+      'fix the keys named above and start again',
+    );
   }
   return result.data;
 }
@@ -103,7 +110,11 @@ export async function readConfigFile(path: string): Promise<Record<string, unkno
   try {
     text = await readFile(path, 'utf8');
   } catch (err) {
-    throw new KelsingraError(`cannot read config file ${path}: ${(err as Error).message}`, ExitCode.config, 'check the --config path (or --tokens-file), and that you may read the file');
+    throw new KelsingraError(
+      `cannot read config file ${path}: ${(err as Error).message}`,
+      ExitCode.config,
+      'check the --config path (or --tokens-file), and that you may read the file',
+    );
   }
   let data: unknown;
   try {
@@ -117,7 +128,11 @@ export async function readConfigFile(path: string): Promise<Record<string, unkno
   }
   if (data === null || data === undefined) return {};
   if (typeof data !== 'object' || Array.isArray(data)) {
-    throw new KelsingraError(`config file ${path} must hold a mapping of settings at the top level`, ExitCode.config, 'start the file with keys such as port:, proxyPort:, services: (see kelsingra.example.yaml)');
+    throw new KelsingraError(
+      `config file ${path} must hold a mapping of settings at the top level`,
+      ExitCode.config,
+      'start the file with keys such as port:, proxyPort:, services: (see kelsingra.example.yaml)',
+    );
   }
   return data as Record<string, unknown>;
 }
@@ -182,12 +197,22 @@ export async function loadServerConfig(opts: {
   const configPath = opts.configPath ?? env.KELSINGRA_CONFIG;
   const fileLayer = configPath ? await readConfigFile(configPath) : {};
   const merged = mergeLayers(fileLayer, configFromEnv(env), opts.flags ?? {});
-  const config = validateConfig(merged, configPath ? `config (${configPath} with environment and flags)` : 'config');
+  const config = validateConfig(
+    merged,
+    configPath ? `config (${configPath} with environment and flags)` : 'config',
+  );
   if (config.tokensFile) {
     const tokens = await readConfigFile(config.tokensFile);
-    const parsed = z.object({ tokens: z.array(tokenSchema) }).strict().safeParse(tokens);
+    const parsed = z
+      .object({ tokens: z.array(tokenSchema) })
+      .strict()
+      .safeParse(tokens);
     if (!parsed.success) {
-      throw new KelsingraError(formatIssues(parsed.error, `tokens file ${config.tokensFile}`), ExitCode.config, 'fix the entries named above (tokens.example.yaml shows the format)');
+      throw new KelsingraError(
+        formatIssues(parsed.error, `tokens file ${config.tokensFile}`),
+        ExitCode.config,
+        'fix the entries named above (tokens.example.yaml shows the format)',
+      );
     }
     config.tokens.push(...parsed.data.tokens);
   }
@@ -199,7 +224,11 @@ export async function loadServerConfig(opts: {
     );
   }
   if (Object.keys(config.services).length === 0) {
-    throw new KelsingraError('no services configured', ExitCode.config, 'add --service billing=http://127.0.0.1:9001 or a services: section in the config file');
+    throw new KelsingraError(
+      'no services configured',
+      ExitCode.config,
+      'add --service billing=http://127.0.0.1:9001 or a services: section in the config file',
+    );
   }
   return config;
 }

@@ -40,11 +40,15 @@ const createBody = z
   .strict();
 
 const MAX_BODY = 64 * 1024;
-const UNAUTHORIZED_HINT = 'check the token: kelsingra connect --server <url> --token <secret>, or set KELSINGRA_TOKEN';
+const UNAUTHORIZED_HINT =
+  'check the token: kelsingra connect --server <url> --token <secret>, or set KELSINGRA_TOKEN';
 
 function sendJson(res: ServerResponse, status: number, body: unknown): void {
   const text = JSON.stringify(body);
-  res.writeHead(status, { 'content-type': 'application/json; charset=utf-8', 'content-length': Buffer.byteLength(text) });
+  res.writeHead(status, {
+    'content-type': 'application/json; charset=utf-8',
+    'content-length': Buffer.byteLength(text),
+  });
   res.end(text);
 }
 
@@ -53,7 +57,8 @@ async function readJson(req: IncomingMessage): Promise<unknown> {
   let size = 0;
   for await (const chunk of req) {
     size += (chunk as Buffer).length;
-    if (size > MAX_BODY) throw Object.assign(new Error(`request body over ${MAX_BODY} bytes`), { status: 413 });
+    if (size > MAX_BODY)
+      throw Object.assign(new Error(`request body over ${MAX_BODY} bytes`), { status: 413 });
     chunks.push(chunk as Buffer);
   }
   try {
@@ -107,7 +112,10 @@ export function createControlPlane(deps: ControlPlaneDeps): http.Server {
             holder: t.holder,
             token: t.principal.name,
             connectedAt: new Date(t.connectedAt).toISOString(),
-            intercepts: store.list().filter((i) => i.clientId === t.clientId).map((i) => i.id),
+            intercepts: store
+              .list()
+              .filter((i) => i.clientId === t.clientId)
+              .map((i) => i.id),
           })),
       });
       return;
@@ -124,36 +132,78 @@ export function createControlPlane(deps: ControlPlaneDeps): http.Server {
       const parsed = createBody.safeParse(await readJson(req));
       if (!parsed.success) {
         const issue = parsed.error.issues[0];
-        sendError(res, 400, 'bad-request', `invalid intercept request: ${issue?.path.join('.') || 'body'}: ${issue?.message}`);
+        sendError(
+          res,
+          400,
+          'bad-request',
+          `invalid intercept request: ${issue?.path.join('.') || 'body'}: ${issue?.message}`,
+        );
         return;
       }
       const { service, tenant, clientId, localPort } = parsed.data;
       if (!router.get(service)) {
-        sendError(res, 404, 'unknown-service', `unknown service "${service}"; known services: ${router.names.join(', ')}`, {
-          services: router.names,
-        });
+        sendError(
+          res,
+          404,
+          'unknown-service',
+          `unknown service "${service}"; known services: ${router.names.join(', ')}`,
+          {
+            services: router.names,
+          },
+        );
         return;
       }
       if (!principal.canUseTenant(tenant)) {
-        sendError(res, 403, 'tenant-forbidden', `token "${principal.name}" may not intercept tenant "${tenant}"`);
+        sendError(
+          res,
+          403,
+          'tenant-forbidden',
+          `token "${principal.name}" may not intercept tenant "${tenant}"`,
+        );
         return;
       }
       const tunnel = hub.get(clientId);
       if (!tunnel) {
-        sendError(res, 409, 'no-tunnel', `client ${clientId} has no open tunnel; connect the tunnel before creating intercepts`);
+        sendError(
+          res,
+          409,
+          'no-tunnel',
+          `client ${clientId} has no open tunnel; connect the tunnel before creating intercepts`,
+        );
         return;
       }
-      const result = store.create({ service, tenant, clientId, localPort, holder: tunnel.holder, tokenName: principal.name });
+      const result = store.create({
+        service,
+        tenant,
+        clientId,
+        localPort,
+        holder: tunnel.holder,
+        tokenName: principal.name,
+      });
       if (!result.ok) {
-        sendError(res, 409, 'conflict', `${service} for tenant ${tenant} is already intercepted by ${result.holder.holder} (intercept ${result.holder.id}, expires ${new Date(result.holder.expiresAt).toISOString()})`, {
-          holder: result.holder.holder,
-          intercept: result.holder.id,
-        });
+        sendError(
+          res,
+          409,
+          'conflict',
+          `${service} for tenant ${tenant} is already intercepted by ${result.holder.holder} (intercept ${result.holder.id}, expires ${new Date(result.holder.expiresAt).toISOString()})`,
+          {
+            holder: result.holder.holder,
+            intercept: result.holder.id,
+          },
+        );
         return;
       }
       if (!result.renewed) {
-        log.info({ intercept: result.intercept.id, service, tenant, holder: tunnel.holder }, 'intercept created');
-        bus.publish({ type: 'intercept', action: 'created', intercept: view(result.intercept), at: Date.now() });
+        log.info(
+          { intercept: result.intercept.id, service, tenant, holder: tunnel.holder },
+          'intercept created',
+        );
+        bus.publish({
+          type: 'intercept',
+          action: 'created',
+          intercept: view(result.intercept),
+          at: Date.now(),
+        });
       }
       sendJson(res, result.renewed ? 200 : 201, view(result.intercept));
       return;
@@ -167,7 +217,10 @@ export function createControlPlane(deps: ControlPlaneDeps): http.Server {
         return;
       }
       const removed = visible(principal).filter(
-        (i) => (!service || i.service === service) && (!tenant || i.tenant === tenant) && (!holder || i.holder === holder),
+        (i) =>
+          (!service || i.service === service) &&
+          (!tenant || i.tenant === tenant) &&
+          (!holder || i.holder === holder),
       );
       for (const i of removed) store.delete(i.id);
       if (removed.length) log.info({ intercepts: removed.map((i) => i.id) }, 'intercepts removed');
@@ -216,10 +269,13 @@ export function createControlPlane(deps: ControlPlaneDeps): http.Server {
   server.on('upgrade', (req: IncomingMessage, socket: Duplex, head: Buffer) => {
     const reject = (status: number, message: string) => {
       const body = JSON.stringify({ error: `Kelsingra: ${message}`, source: 'kelsingra' });
-      socket.end(`HTTP/1.1 ${status} ${http.STATUS_CODES[status]}\r\ncontent-type: application/json\r\ncontent-length: ${Buffer.byteLength(body)}\r\nconnection: close\r\n\r\n${body}`);
+      socket.end(
+        `HTTP/1.1 ${status} ${http.STATUS_CODES[status]}\r\ncontent-type: application/json\r\ncontent-length: ${Buffer.byteLength(body)}\r\nconnection: close\r\n\r\n${body}`,
+      );
     };
     const url = new URL(req.url ?? '/', 'http://control');
-    if (url.pathname !== TUNNEL_PATH) return reject(404, `no WebSocket endpoint at ${url.pathname}; the tunnel is at ${TUNNEL_PATH}`);
+    if (url.pathname !== TUNNEL_PATH)
+      return reject(404, `no WebSocket endpoint at ${url.pathname}; the tunnel is at ${TUNNEL_PATH}`);
     const principal = auth.authenticate(req.headers);
     if (!principal) return reject(401, `missing or wrong token; ${UNAUTHORIZED_HINT}`);
     const clientId = req.headers[CLIENT_ID_HEADER];
@@ -227,7 +283,8 @@ export function createControlPlane(deps: ControlPlaneDeps): http.Server {
       return reject(400, `the tunnel needs a ${CLIENT_ID_HEADER} header of 8–64 letters, digits, _ or -`);
     }
     const holderHeader = req.headers[HOLDER_HEADER];
-    const holder = typeof holderHeader === 'string' && holderHeader ? holderHeader.slice(0, 120) : `client ${clientId}`;
+    const holder =
+      typeof holderHeader === 'string' && holderHeader ? holderHeader.slice(0, 120) : `client ${clientId}`;
     hub.accept(req, socket, head, principal, clientId, holder);
   });
   return server;

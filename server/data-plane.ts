@@ -39,14 +39,25 @@ export function createDataPlane(deps: DataPlaneDeps): http.Server {
 
   const handle = (req: IncomingMessage, res: ServerResponse) => {
     if (req.headers[HOP_HEADER] !== undefined) {
-      sendError(res, 508, 'loop-detected', `this request already passed through Kelsingra (${HOP_HEADER}: ${req.headers[HOP_HEADER]}); check that the reverse proxy rule skips requests carrying ${HOP_HEADER}`);
+      sendError(
+        res,
+        508,
+        'loop-detected',
+        `this request already passed through Kelsingra (${HOP_HEADER}: ${req.headers[HOP_HEADER]}); check that the reverse proxy rule skips requests carrying ${HOP_HEADER}`,
+      );
       return;
     }
     const route = router.route(req.headers, req.url ?? '/');
     if (!route) {
-      sendError(res, 404, 'unknown-service', `no service matches host "${req.headers.host ?? ''}" or path "${req.url}"; known services: ${router.names.join(', ')}`, {
-        services: router.names,
-      });
+      sendError(
+        res,
+        404,
+        'unknown-service',
+        `no service matches host "${req.headers.host ?? ''}" or path "${req.url}"; known services: ${router.names.join(', ')}`,
+        {
+          services: router.names,
+        },
+      );
       return;
     }
     const headers = forwardableRawHeaders(req.rawHeaders, REWRITTEN);
@@ -58,14 +69,21 @@ export function createDataPlane(deps: DataPlaneDeps): http.Server {
     );
 
     const tenant = req.headers[tenantHeader];
-    const intercept = typeof tenant === 'string' && tenant !== '' ? store.find(route.service.name, tenant) : undefined;
+    const intercept =
+      typeof tenant === 'string' && tenant !== '' ? store.find(route.service.name, tenant) : undefined;
     if (intercept) {
       const tunnel = hub.get(intercept.clientId);
       if (!tunnel) {
         const seconds = Math.max(0, Math.ceil((intercept.expiresAt - Date.now()) / 1000));
-        sendError(res, 502, 'tunnel-disconnected', `intercept ${intercept.id} (${intercept.service}, tenant ${intercept.tenant}) is held by ${intercept.holder}, whose tunnel is disconnected; traffic falls back to the base service if it does not reconnect within ${seconds} s`, {
-          intercept: intercept.id,
-        });
+        sendError(
+          res,
+          502,
+          'tunnel-disconnected',
+          `intercept ${intercept.id} (${intercept.service}, tenant ${intercept.tenant}) is held by ${intercept.holder}, whose tunnel is disconnected; traffic falls back to the base service if it does not reconnect within ${seconds} s`,
+          {
+            intercept: intercept.id,
+          },
+        );
         return;
       }
       forwardThroughTunnel(req, res, tunnel, intercept, route.path, headers, timeoutMs, publish);
@@ -75,12 +93,20 @@ export function createDataPlane(deps: DataPlaneDeps): http.Server {
     passThrough.forward(req, res, route.service, route.path, headers);
   };
 
-  const server = http.createServer({ keepAliveTimeout: 65_000, headersTimeout: 30_000, maxHeaderSize: 32 * 1024 }, handle);
+  const server = http.createServer(
+    { keepAliveTimeout: 65_000, headersTimeout: 30_000, maxHeaderSize: 32 * 1024 },
+    handle,
+  );
   server.on('clientError', (err: NodeJS.ErrnoException, socket) => {
     if (!socket.writable) return;
     const status = err.code === 'HPE_HEADER_OVERFLOW' ? 431 : 400;
-    const body = JSON.stringify({ error: `Kelsingra: ${status === 431 ? 'request headers too large' : 'malformed request'} (${err.code})`, source: 'kelsingra' });
-    socket.end(`HTTP/1.1 ${status} ${http.STATUS_CODES[status]}\r\ncontent-type: application/json\r\ncontent-length: ${Buffer.byteLength(body)}\r\nconnection: close\r\n\r\n${body}`);
+    const body = JSON.stringify({
+      error: `Kelsingra: ${status === 431 ? 'request headers too large' : 'malformed request'} (${err.code})`,
+      source: 'kelsingra',
+    });
+    socket.end(
+      `HTTP/1.1 ${status} ${http.STATUS_CODES[status]}\r\ncontent-type: application/json\r\ncontent-length: ${Buffer.byteLength(body)}\r\nconnection: close\r\n\r\n${body}`,
+    );
   });
   return server;
 }

@@ -12,12 +12,21 @@ const KEEPALIVE_MS = 15_000;
 
 export interface EventStreamSource {
   bus: EventBus;
-  snapshot: (principal: Principal) => { intercepts: { id: string; tenant: string; holder: string }[]; upstreams: unknown[] };
+  snapshot: (principal: Principal) => {
+    intercepts: { id: string; tenant: string; holder: string }[];
+    upstreams: unknown[];
+  };
   upstreamsEveryMs: number;
   upstreams: () => ServerEvent;
 }
 
-export function serveEvents(req: IncomingMessage, res: ServerResponse, url: URL, principal: Principal, source: EventStreamSource): void {
+export function serveEvents(
+  req: IncomingMessage,
+  res: ServerResponse,
+  url: URL,
+  principal: Principal,
+  source: EventStreamSource,
+): void {
   const interceptId = url.searchParams.get('intercept') ?? undefined;
   const holder = url.searchParams.get('holder') ?? undefined;
   const wants = (event: ServerEvent): boolean => {
@@ -40,7 +49,9 @@ export function serveEvents(req: IncomingMessage, res: ServerResponse, url: URL,
   send({
     type: 'snapshot',
     at: Date.now(),
-    intercepts: snapshot.intercepts.filter((i) => (!interceptId || i.id === interceptId) && (!holder || i.holder === holder)),
+    intercepts: snapshot.intercepts.filter(
+      (i) => (!interceptId || i.id === interceptId) && (!holder || i.holder === holder),
+    ),
     upstreams: snapshot.upstreams,
   });
   if (interceptId && url.searchParams.get('history') === '1') {

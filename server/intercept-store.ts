@@ -19,7 +19,9 @@ export interface Intercept {
   expiresAt: number;
 }
 
-export type CreateResult = { ok: true; intercept: Intercept; renewed: boolean } | { ok: false; holder: Intercept };
+export type CreateResult =
+  | { ok: true; intercept: Intercept; renewed: boolean }
+  | { ok: false; holder: Intercept };
 
 export type EndReason = 'left' | 'expired';
 

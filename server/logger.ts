@@ -6,7 +6,15 @@ export function createLogger(level: string): Logger {
     level,
     base: { name: 'kelsingra-server' },
     redact: {
-      paths: ['token', '*.token', 'authorization', '*.authorization', 'headers.authorization', 'req.headers.authorization', 'config.tokens'],
+      paths: [
+        'token',
+        '*.token',
+        'authorization',
+        '*.authorization',
+        'headers.authorization',
+        'req.headers.authorization',
+        'config.tokens',
+      ],
       censor: '[redacted]',
     },
   });

@@ -33,8 +33,15 @@ export class PassThrough {
     return pool;
   }
 
-  forward(req: IncomingMessage, res: ServerResponse, service: RoutedService, path: string, headers: string[]): void {
-    const hasBody = req.headers['content-length'] !== undefined || req.headers['transfer-encoding'] !== undefined;
+  forward(
+    req: IncomingMessage,
+    res: ServerResponse,
+    service: RoutedService,
+    path: string,
+    headers: string[],
+  ): void {
+    const hasBody =
+      req.headers['content-length'] !== undefined || req.headers['transfer-encoding'] !== undefined;
     const basePath = service.upstream.pathname === '/' ? '' : service.upstream.pathname.replace(/\/$/, '');
     const state = this.stateFor(service.name);
     this.pool(service).stream(
@@ -61,13 +68,25 @@ export class PassThrough {
         }
         const code = (err as NodeJS.ErrnoException).code ?? '';
         if (code === 'UND_ERR_HEADERS_TIMEOUT' || code === 'UND_ERR_CONNECT_TIMEOUT') {
-          sendError(res, 504, 'upstream-timeout', `the ${service.name} upstream (${service.upstream.origin}) did not answer within ${this.timeoutMs} ms`, {
-            service: service.name,
-          });
+          sendError(
+            res,
+            504,
+            'upstream-timeout',
+            `the ${service.name} upstream (${service.upstream.origin}) did not answer within ${this.timeoutMs} ms`,
+            {
+              service: service.name,
+            },
+          );
         } else {
-          sendError(res, 502, 'upstream-unreachable', `could not reach the ${service.name} upstream (${service.upstream.origin}): ${err.message}`, {
-            service: service.name,
-          });
+          sendError(
+            res,
+            502,
+            'upstream-unreachable',
+            `could not reach the ${service.name} upstream (${service.upstream.origin}): ${err.message}`,
+            {
+              service: service.name,
+            },
+          );
         }
       },
     );

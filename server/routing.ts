@@ -58,7 +58,10 @@ export class ServiceRouter {
     if (byHost) return { service: byHost, path: url };
     for (const svc of this.prefixes) {
       const prefix = svc.pathPrefix as string;
-      if (url.startsWith(prefix) && (url.length === prefix.length || '/?#'.includes(url[prefix.length] as string))) {
+      if (
+        url.startsWith(prefix) &&
+        (url.length === prefix.length || '/?#'.includes(url[prefix.length] as string))
+      ) {
         const rest = url.slice(prefix.length);
         return { service: svc, path: svc.stripPrefix ? (rest.startsWith('/') ? rest : `/${rest}`) : url };
       }

@@ -36,7 +36,10 @@ function listen(server: Server, port: number, host: string): Promise<number> {
   });
 }
 
-export async function startServer(config: ServerConfig, log: Logger = createLogger(config.logLevel)): Promise<RunningServer> {
+export async function startServer(
+  config: ServerConfig,
+  log: Logger = createLogger(config.logLevel),
+): Promise<RunningServer> {
   const serverId = `ks-${randomBytes(4).toString('hex')}`;
   const store = new InterceptStore(config.leaseTtl * 1000);
   const hub = new TunnelHub(store, config.heartbeatInterval * 1000, log);
@@ -46,11 +49,31 @@ export async function startServer(config: ServerConfig, log: Logger = createLogg
 
   const bus = new EventBus();
   store.on('ended', (intercept, reason) => {
-    if (reason === 'expired') log.info({ intercept: intercept.id, service: intercept.service, tenant: intercept.tenant }, 'intercept lease expired');
-    bus.publish({ type: 'intercept', action: 'ended', reason, intercept: interceptView(intercept, false), at: Date.now() });
+    if (reason === 'expired')
+      log.info(
+        { intercept: intercept.id, service: intercept.service, tenant: intercept.tenant },
+        'intercept lease expired',
+      );
+    bus.publish({
+      type: 'intercept',
+      action: 'ended',
+      reason,
+      intercept: interceptView(intercept, false),
+      at: Date.now(),
+    });
   });
 
-  const control = createControlPlane({ auth, store, hub, router, passThrough, serverId, tenantHeader: config.tenantHeader, bus, log });
+  const control = createControlPlane({
+    auth,
+    store,
+    hub,
+    router,
+    passThrough,
+    serverId,
+    tenantHeader: config.tenantHeader,
+    bus,
+    log,
+  });
   const data = createDataPlane({
     router,
     store,
@@ -74,7 +97,10 @@ export async function startServer(config: ServerConfig, log: Logger = createLogg
     hub.close();
     const e = err as NodeJS.ErrnoException & { port?: number; address?: string };
     if (e.code === 'EADDRINUSE' || e.code === 'EACCES') {
-      const which = e.port === config.port ? 'control port (--port, KELSINGRA_PORT)' : 'data port (--proxy-port, KELSINGRA_PROXY_PORT)';
+      const which =
+        e.port === config.port
+          ? 'control port (--port, KELSINGRA_PORT)'
+          : 'data port (--proxy-port, KELSINGRA_PROXY_PORT)';
       throw new KelsingraError(
         `cannot listen on ${e.address ?? config.host}:${e.port}: ${e.code === 'EADDRINUSE' ? 'the address is already in use' : 'permission denied'}`,
         ExitCode.config,
@@ -83,7 +109,10 @@ export async function startServer(config: ServerConfig, log: Logger = createLogg
     }
     throw err;
   }
-  log.info({ controlPort, proxyPort, services: router.names, tenantHeader: config.tenantHeader, serverId }, 'server agent listening');
+  log.info(
+    { controlPort, proxyPort, services: router.names, tenantHeader: config.tenantHeader, serverId },
+    'server agent listening',
+  );
 
   return {
     controlPort,
@@ -95,7 +124,11 @@ export async function startServer(config: ServerConfig, log: Logger = createLogg
       store.close();
       control.closeAllConnections();
       data.closeAllConnections();
-      await Promise.all([new Promise((r) => control.close(r)), new Promise((r) => data.close(r)), passThrough.close()]);
+      await Promise.all([
+        new Promise((r) => control.close(r)),
+        new Promise((r) => data.close(r)),
+        passThrough.close(),
+      ]);
     },
   };
 }

@@ -3,7 +3,8 @@
  * the response. Either side hanging up cancels the other.
  */
 import type { IncomingMessage, ServerResponse } from 'node:http';
-import http2, { type OutgoingHttpHeaders } from 'node:http2';
+import type http2 from 'node:http2';
+import type { OutgoingHttpHeaders } from 'node:http2';
 import { pipeUnlessReset } from '../src/h2-pipe.js';
 import { fromHttp2, rawToObject } from '../src/http-headers.js';
 import { INTERCEPT_HEADER } from '../src/protocol.js';
@@ -33,7 +34,8 @@ export function forwardThroughTunnel(
   h2headers[':scheme'] = 'http';
   h2headers[INTERCEPT_HEADER] = intercept.id;
 
-  const hasBody = req.headers['content-length'] !== undefined || req.headers['transfer-encoding'] !== undefined;
+  const hasBody =
+    req.headers['content-length'] !== undefined || req.headers['transfer-encoding'] !== undefined;
   const name = `intercept ${intercept.id} (${intercept.service}, tenant ${intercept.tenant}, held by ${intercept.holder})`;
   let stream: http2.ClientHttp2Stream;
   // Aborting sends RST_STREAM(CANCEL) alone. stream.close(code) would first end the writable side,
@@ -42,18 +44,30 @@ export function forwardThroughTunnel(
   try {
     stream = tunnel.session.request(h2headers, { endStream: !hasBody, signal: cancel.signal });
   } catch (err) {
-    sendError(res, 502, 'tunnel-unavailable', `${name}: the tunnel could not take the request: ${(err as Error).message}`, {
-      intercept: intercept.id,
-    });
+    sendError(
+      res,
+      502,
+      'tunnel-unavailable',
+      `${name}: the tunnel could not take the request: ${(err as Error).message}`,
+      {
+        intercept: intercept.id,
+      },
+    );
     return;
   }
 
   // Waiting for the developer's service to answer is bounded like any upstream.
   stream.setTimeout(timeoutMs, () => {
     if (!res.headersSent) {
-      sendError(res, 504, 'local-timeout', `${name}: the local service on port ${intercept.localPort} did not answer within ${timeoutMs} ms`, {
-        intercept: intercept.id,
-      });
+      sendError(
+        res,
+        504,
+        'local-timeout',
+        `${name}: the local service on port ${intercept.localPort} did not answer within ${timeoutMs} ms`,
+        {
+          intercept: intercept.id,
+        },
+      );
     }
     cancel.abort();
   });
@@ -71,9 +85,15 @@ export function forwardThroughTunnel(
 
   stream.on('close', () => {
     if (res.headersSent) return;
-    sendError(res, 502, 'tunnel-reset', `${name}: the tunnel stream was reset before a response (code ${stream.rstCode})`, {
-      intercept: intercept.id,
-    });
+    sendError(
+      res,
+      502,
+      'tunnel-reset',
+      `${name}: the tunnel stream was reset before a response (code ${stream.rstCode})`,
+      {
+        intercept: intercept.id,
+      },
+    );
   });
   stream.on('error', () => {
     // 'close' follows and answers the caller; the error itself carries nothing more for them.

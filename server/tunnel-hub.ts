@@ -79,7 +79,14 @@ export class TunnelHub {
     return [...this.tunnels.values()];
   }
 
-  accept(req: IncomingMessage, socket: Duplex, head: Buffer, principal: Principal, clientId: string, holder: string): void {
+  accept(
+    req: IncomingMessage,
+    socket: Duplex,
+    head: Buffer,
+    principal: Principal,
+    clientId: string,
+    holder: string,
+  ): void {
     this.wss.handleUpgrade(req, socket, head, (ws) => {
       const previous = this.tunnels.get(clientId);
       if (previous) {
@@ -120,10 +127,16 @@ export class TunnelHub {
       return;
     }
     if (message.type === 'renew' && Array.isArray(message.ids)) {
-      const result = this.store.renew(tunnel.clientId, message.ids.filter((id) => typeof id === 'string'));
+      const result = this.store.renew(
+        tunnel.clientId,
+        message.ids.filter((id) => typeof id === 'string'),
+      );
       tunnel.send({ type: 'renewed', ids: result.renewed, missing: result.missing });
     } else {
-      this.log.warn({ clientId: tunnel.clientId, type: (message as { type?: unknown }).type }, 'unknown control message ignored');
+      this.log.warn(
+        { clientId: tunnel.clientId, type: (message as { type?: unknown }).type },
+        'unknown control message ignored',
+      );
     }
   }
 
@@ -131,7 +144,10 @@ export class TunnelHub {
   private beat(): void {
     for (const tunnel of this.tunnels.values()) {
       if (!tunnel.alive) {
-        this.log.warn({ clientId: tunnel.clientId, holder: tunnel.holder }, 'tunnel missed a heartbeat; closing it');
+        this.log.warn(
+          { clientId: tunnel.clientId, holder: tunnel.holder },
+          'tunnel missed a heartbeat; closing it',
+        );
         tunnel.ws.terminate();
         continue;
       }

@@ -36,7 +36,12 @@ export class ApiClient {
     return this.call('GET', '/v1/intercepts');
   }
 
-  create(body: { service: string; tenant: string; clientId: string; localPort: number }): Promise<InterceptView> {
+  create(body: {
+    service: string;
+    tenant: string;
+    clientId: string;
+    localPort: number;
+  }): Promise<InterceptView> {
     return this.call('POST', '/v1/intercepts', body);
   }
 
@@ -44,8 +49,14 @@ export class ApiClient {
     return this.call('DELETE', `/v1/intercepts/${encodeURIComponent(id)}`);
   }
 
-  removeWhere(query: { service?: string; tenant?: string; holder?: string }): Promise<{ removed: InterceptView[] }> {
-    const params = new URLSearchParams(Object.entries(query).filter((e): e is [string, string] => e[1] !== undefined));
+  removeWhere(query: {
+    service?: string;
+    tenant?: string;
+    holder?: string;
+  }): Promise<{ removed: InterceptView[] }> {
+    const params = new URLSearchParams(
+      Object.entries(query).filter((e): e is [string, string] => e[1] !== undefined),
+    );
     return this.call('DELETE', `/v1/intercepts?${params}`);
   }
 
@@ -95,25 +106,50 @@ function apiError(status: number, data: Record<string, unknown>): KelsingraError
   const message = String(data.error ?? `HTTP ${status}`).replace(/^Kelsingra: /, '');
   switch (status) {
     case 401:
-      return new KelsingraError(`the server rejected the token (401): ${message}`, ExitCode.auth, 'check KELSINGRA_TOKEN, or run kelsingra connect --token <secret>');
+      return new KelsingraError(
+        `the server rejected the token (401): ${message}`,
+        ExitCode.auth,
+        'check KELSINGRA_TOKEN, or run kelsingra connect --token <secret>',
+      );
     case 403:
-      return new KelsingraError(message, ExitCode.auth, 'ask the platform team for a token that covers this tenant', data);
+      return new KelsingraError(
+        message,
+        ExitCode.auth,
+        'ask the platform team for a token that covers this tenant',
+        data,
+      );
     case 404:
-      return new KelsingraError(message, ExitCode.notFound, data.services ? 'pick one of the known services; kelsingra status lists them' : 'kelsingra list shows the live intercepts', data);
+      return new KelsingraError(
+        message,
+        ExitCode.notFound,
+        data.services
+          ? 'pick one of the known services; kelsingra status lists them'
+          : 'kelsingra list shows the live intercepts',
+        data,
+      );
     case 409:
       return new KelsingraError(
         message,
         ExitCode.conflict,
-        data.holder ? `ask ${data.holder} to run kelsingra leave, or wait for the lease to lapse` : 'kelsingra list shows who holds what',
+        data.holder
+          ? `ask ${data.holder} to run kelsingra leave, or wait for the lease to lapse`
+          : 'kelsingra list shows who holds what',
         data,
       );
     case 400:
-      return new KelsingraError(`${message} (HTTP 400)`, ExitCode.usage, 'check the arguments; kelsingra <command> --help shows the usage', data);
+      return new KelsingraError(
+        `${message} (HTTP 400)`,
+        ExitCode.usage,
+        'check the arguments; kelsingra <command> --help shows the usage',
+        data,
+      );
     default:
       return new KelsingraError(
         `${message} (HTTP ${status})`,
         ExitCode.failure,
-        status >= 500 ? "the server agent failed; try again, and if it persists check the server agent's log" : 'check that the CLI and the server agent versions match (kelsingra status)',
+        status >= 500
+          ? "the server agent failed; try again, and if it persists check the server agent's log"
+          : 'check that the CLI and the server agent versions match (kelsingra status)',
         data,
       );
   }

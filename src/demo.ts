@@ -65,18 +65,36 @@ export async function runDemo(out: (line: string) => void, serverLogLevel = 'war
   const control = `http://127.0.0.1:${server.controlPort}`;
   const data = `http://127.0.0.1:${server.proxyPort}`;
   out(`1. Server agent up: control ${control}, data ${data}`);
-  out(`   dev environment: billing on :${portOf(billing)}, orders on :${portOf(orders)}; your laptop's billing on :${portOf(laptop)}`);
+  out(
+    `   dev environment: billing on :${portOf(billing)}, orders on :${portOf(orders)}; your laptop's billing on :${portOf(laptop)}`,
+  );
 
   const requests: DemoRequest[] = [];
   const send = async (step: DemoRequest['step'], service: string, tenant: string) => {
-    const res = await request(`${data}/invoices/42`, { headers: { host: `${service}.dev.example.com`, 'x-tenant-id': tenant } });
+    const res = await request(`${data}/invoices/42`, {
+      headers: { host: `${service}.dev.example.com`, 'x-tenant-id': tenant },
+    });
     const body = (await res.body.json()) as { servedBy: string };
-    const expected = step === 'while intercepted' && service === 'billing' && tenant === 't1' ? LAPTOP : `${service} (dev environment)`;
-    requests.push({ step, service, tenant, status: res.statusCode, servedBy: body.servedBy, expected, ok: res.statusCode === 200 && body.servedBy === expected });
+    const expected =
+      step === 'while intercepted' && service === 'billing' && tenant === 't1'
+        ? LAPTOP
+        : `${service} (dev environment)`;
+    requests.push({
+      step,
+      service,
+      tenant,
+      status: res.statusCode,
+      servedBy: body.servedBy,
+      expected,
+      ok: res.statusCode === 200 && body.servedBy === expected,
+    });
     out(`   ${service.padEnd(8)} tenant ${tenant}  → ${res.statusCode} served by ${body.servedBy}`);
   };
 
-  const session = await InterceptSession.start({ server: control, token, holder: 'you@laptop', configDir: '' }, { service: 'billing', tenant: 't1', port: portOf(laptop) });
+  const session = await InterceptSession.start(
+    { server: control, token, holder: 'you@laptop', configDir: '' },
+    { service: 'billing', tenant: 't1', port: portOf(laptop) },
+  );
   session.on('event', (e) => {
     if (e.kind === 'http') out(`   [tunnel] ${formatRequestLine(e)}`);
   });
@@ -96,7 +114,11 @@ export async function runDemo(out: (line: string) => void, serverLogLevel = 'war
     await session.leave();
     await send('after leave', 'billing', 't1');
     const ok = requests.every((r) => r.ok);
-    out(ok ? 'Done: only tenant t1 on billing reached the laptop while the intercept was live.' : 'Some requests did not go where they should have (see above).');
+    out(
+      ok
+        ? 'Done: only tenant t1 on billing reached the laptop while the intercept was live.'
+        : 'Some requests did not go where they should have (see above).',
+    );
     return { ok, server: { control, data }, intercept, requests };
   } finally {
     await session.leave().catch(() => undefined);

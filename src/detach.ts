@@ -21,7 +21,12 @@ export function agentLogFile(configDir: string, service: string, tenant: string)
   return join(dir, `${service}-${tenant.replace(/[^A-Za-z0-9_.-]/g, '_')}.log`);
 }
 
-export function startDetachedAgent(binScript: string, argv: string[], logFile: string, timeoutMs = 30_000): Promise<AgentMessage & { type: 'ready' }> {
+export function startDetachedAgent(
+  binScript: string,
+  argv: string[],
+  logFile: string,
+  timeoutMs = 30_000,
+): Promise<AgentMessage & { type: 'ready' }> {
   const log = openSync(logFile, 'a');
   // The same young-generation size bin/run.js gives agents (see there for why).
   const child = spawn(process.execPath, ['--max-semi-space-size=2', binScript, ...argv, AGENT_FLAG], {
@@ -32,18 +37,33 @@ export function startDetachedAgent(binScript: string, argv: string[], logFile: s
   return new Promise((resolve, reject) => {
     const timer = setTimeout(() => {
       child.kill();
-      reject(new KelsingraError(`the background agent did not report in ${timeoutMs / 1000} s`, ExitCode.failure, `see its log: ${logFile}`));
+      reject(
+        new KelsingraError(
+          `the background agent did not report in ${timeoutMs / 1000} s`,
+          ExitCode.failure,
+          `see its log: ${logFile}`,
+        ),
+      );
     }, timeoutMs);
     child.once('message', (message: AgentMessage) => {
       clearTimeout(timer);
       child.disconnect();
       child.unref();
       if (message.type === 'ready') resolve(message);
-      else reject(new KelsingraError(message.message, message.exitCode as ExitCode, message.hint, message.details));
+      else
+        reject(
+          new KelsingraError(message.message, message.exitCode as ExitCode, message.hint, message.details),
+        );
     });
     child.once('exit', (code) => {
       clearTimeout(timer);
-      reject(new KelsingraError(`the background agent exited (code ${code}) before the intercept was live`, ExitCode.failure, `see its log: ${logFile}`));
+      reject(
+        new KelsingraError(
+          `the background agent exited (code ${code}) before the intercept was live`,
+          ExitCode.failure,
+          `see its log: ${logFile}`,
+        ),
+      );
     });
   });
 }

@@ -70,7 +70,11 @@ export function forwardableResponseHeaders(
 }
 
 /** `Forwarded` (RFC 7239) with this hop appended to whatever the caller already sent. */
-export function appendForwarded(existing: string | undefined, remoteAddress: string | undefined, host: string | undefined): string {
+export function appendForwarded(
+  existing: string | undefined,
+  remoteAddress: string | undefined,
+  host: string | undefined,
+): string {
   const forAddr = remoteAddress?.includes(':') ? `"[${remoteAddress}]"` : (remoteAddress ?? 'unknown');
   let element = `for=${forAddr};proto=http`;
   if (host) element += `;host="${host.replace(/"/g, '')}"`;
@@ -108,10 +112,13 @@ export function fromHttp2(headers: IncomingHttpHeaders): Record<string, string |
   return out;
 }
 
-const SECRET_HEADERS = /^(authorization|proxy-authorization|cookie|set-cookie|x-api-key|x-auth-token|x-kelsingra-token)$|token|secret|password|session/i;
+const SECRET_HEADERS =
+  /^(authorization|proxy-authorization|cookie|set-cookie|x-api-key|x-auth-token|x-kelsingra-token)$|token|secret|password|session/i;
 
 /** For logs and request details: values of credential-like headers are masked. */
-export function maskSecretHeaders(headers: Record<string, string | string[] | undefined>): Record<string, string> {
+export function maskSecretHeaders(
+  headers: Record<string, string | string[] | undefined>,
+): Record<string, string> {
   const out: Record<string, string> = {};
   for (const [name, value] of Object.entries(headers)) {
     if (value === undefined) continue;

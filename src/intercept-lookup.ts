@@ -3,14 +3,22 @@ import type { ApiClient } from './api-client.js';
 import { ExitCode, KelsingraError } from './errors.js';
 import type { InterceptView } from './protocol.js';
 
-export async function findIntercept(api: ApiClient, target: string, tenant: string | undefined): Promise<InterceptView> {
+export async function findIntercept(
+  api: ApiClient,
+  target: string,
+  tenant: string | undefined,
+): Promise<InterceptView> {
   const intercepts = await api.list();
-  const found = tenant ? intercepts.find((i) => i.service === target && i.tenant === tenant) : intercepts.find((i) => i.id === target);
+  const found = tenant
+    ? intercepts.find((i) => i.service === target && i.tenant === tenant)
+    : intercepts.find((i) => i.id === target);
   if (!found) {
     throw new KelsingraError(
       tenant ? `no live intercept of ${target} for tenant ${tenant}` : `no live intercept ${target}`,
       ExitCode.notFound,
-      tenant || target.startsWith('icp_') ? 'kelsingra list shows the live intercepts' : `to name one by service, add --tenant: kelsingra logs ${target} --tenant <t>`,
+      tenant || target.startsWith('icp_')
+        ? 'kelsingra list shows the live intercepts'
+        : `to name one by service, add --tenant: kelsingra logs ${target} --tenant <t>`,
     );
   }
   return found;

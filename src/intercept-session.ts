@@ -67,15 +67,23 @@ export class InterceptSession extends EventEmitter<{ event: [SessionEvent] }> {
       if (message.type === 'intercept-ended' && message.id === this.intercept?.id && !this.leaving) {
         this.end(message.reason === 'left' ? 'left from another shell' : 'lease expired');
       } else if (message.type === 'renewed' && this.intercept) {
-        if (message.missing.includes(this.intercept.id)) this.end('lease lost: the server no longer has this intercept');
+        if (message.missing.includes(this.intercept.id))
+          this.end('lease lost: the server no longer has this intercept');
         else if (message.ids.includes(this.intercept.id)) {
           const now = Date.now();
-          this.emit('event', { kind: 'lease', interceptId: this.intercept.id, expiresAt: now + this.tunnel.leaseTtlMs, at: now });
+          this.emit('event', {
+            kind: 'lease',
+            interceptId: this.intercept.id,
+            expiresAt: now + this.tunnel.leaseTtlMs,
+            at: now,
+          });
         }
       }
     });
     this.tunnel.on('reconnected', () => {
-      this.register().catch((err: Error) => this.end(`could not re-assert the intercept after reconnecting: ${err.message}`));
+      this.register().catch((err: Error) =>
+        this.end(`could not re-assert the intercept after reconnecting: ${err.message}`),
+      );
     });
   }
 
@@ -93,7 +101,10 @@ export class InterceptSession extends EventEmitter<{ event: [SessionEvent] }> {
       (event) => session.emit('event', event),
     );
     const renewEvery = Math.max(250, Math.floor(session.tunnel.leaseTtlMs / 3));
-    session.renewTimer = setInterval(() => session.tunnel.send({ type: 'renew', ids: [session.intercept.id] }), renewEvery);
+    session.renewTimer = setInterval(
+      () => session.tunnel.send({ type: 'renew', ids: [session.intercept.id] }),
+      renewEvery,
+    );
     return session;
   }
 
@@ -106,7 +117,8 @@ export class InterceptSession extends EventEmitter<{ event: [SessionEvent] }> {
       localPort: this.want.port,
     });
     // A server that restarted has forgotten the lease, so re-asserting creates a new id.
-    if (previous && previous !== this.intercept.id && this.forwarder) this.forwarder.target.interceptId = this.intercept.id;
+    if (previous && previous !== this.intercept.id && this.forwarder)
+      this.forwarder.target.interceptId = this.intercept.id;
   }
 
   /** Removes the intercept on the server (traffic falls back at once) and closes the tunnel. */
@@ -119,7 +131,9 @@ export class InterceptSession extends EventEmitter<{ event: [SessionEvent] }> {
       } catch (err) {
         // Already gone is fine: leaving is idempotent. Anything else, the lease will end it.
         if (!(err instanceof KelsingraError && err.exitCode === ExitCode.notFound)) {
-          this.end(`${reason}; removing the intercept failed (${(err as Error).message}); it lapses with its lease`);
+          this.end(
+            `${reason}; removing the intercept failed (${(err as Error).message}); it lapses with its lease`,
+          );
           await this.shutdown();
           throw err;
         }

@@ -6,9 +6,9 @@
 import http2, { type IncomingHttpHeaders, type ServerHttp2Stream } from 'node:http2';
 import { PassThrough } from 'node:stream';
 import { Pool } from 'undici';
+import type { HttpStartEvent, RequestEvent } from './events.js';
 import { pipeUnlessReset } from './h2-pipe.js';
 import { forwardableResponseHeaders, fromHttp2, maskSecretHeaders } from './http-headers.js';
-import type { HttpStartEvent, RequestEvent } from './events.js';
 import { ERROR_HEADER, INTERCEPT_HEADER } from './protocol.js';
 
 export interface LocalTarget {
@@ -43,15 +43,27 @@ export class LocalForwarder {
     const method = String(h2headers[':method']);
     const path = String(h2headers[':path']);
     let headersMs: number | undefined;
-    this.onEvent({ kind: 'http-start', requestId, interceptId: this.target.interceptId, startedAt, method, path });
+    this.onEvent({
+      kind: 'http-start',
+      requestId,
+      interceptId: this.target.interceptId,
+      startedAt,
+      method,
+      path,
+    });
     const headers = fromHttp2(h2headers);
-    const hasBody = !stream.readableEnded && !(stream as unknown as { endAfterHeaders: boolean }).endAfterHeaders;
+    const hasBody =
+      !stream.readableEnded && !(stream as unknown as { endAfterHeaders: boolean }).endAfterHeaders;
     const abort = new AbortController();
     let bytesIn = 0;
     let bytesOut = 0;
     if (hasBody) stream.on('data', (c: Buffer) => (bytesIn += c.length));
 
-    const finish = (status: number, responseHeaders: Record<string, string | string[] | undefined>, error?: string) => {
+    const finish = (
+      status: number,
+      responseHeaders: Record<string, string | string[] | undefined>,
+      error?: string,
+    ) => {
       this.onEvent({
         kind: 'http',
         requestId,
@@ -117,7 +129,10 @@ export class LocalForwarder {
           intercept: this.target.interceptId,
           localPort: this.target.port,
         });
-        const responseHeaders = { 'content-type': 'application/json; charset=utf-8', [ERROR_HEADER]: 'local-unreachable' };
+        const responseHeaders = {
+          'content-type': 'application/json; charset=utf-8',
+          [ERROR_HEADER]: 'local-unreachable',
+        };
         stream.respond({ ':status': 502, ...responseHeaders });
         stream.end(body);
         bytesOut = Buffer.byteLength(body);

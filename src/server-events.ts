@@ -16,7 +16,11 @@ export interface EventQuery {
 }
 
 /** Yields events until the server closes the stream or `signal` aborts. */
-export async function* followEvents(settings: Pick<ClientSettings, 'server' | 'token'>, query: EventQuery, signal?: AbortSignal): AsyncGenerator<StreamEvent> {
+export async function* followEvents(
+  settings: Pick<ClientSettings, 'server' | 'token'>,
+  query: EventQuery,
+  signal?: AbortSignal,
+): AsyncGenerator<StreamEvent> {
   const params = new URLSearchParams();
   if (query.intercept) params.set('intercept', query.intercept);
   if (query.holder) params.set('holder', query.holder);
@@ -36,14 +40,20 @@ export async function* followEvents(settings: Pick<ClientSettings, 'server' | 't
   }
   if (res.statusCode === 401) {
     await res.body.dump();
-    throw new KelsingraError('the server rejected the token (401)', ExitCode.auth, 'check KELSINGRA_TOKEN, or run kelsingra connect --token <secret>');
+    throw new KelsingraError(
+      'the server rejected the token (401)',
+      ExitCode.auth,
+      'check KELSINGRA_TOKEN, or run kelsingra connect --token <secret>',
+    );
   }
   if (res.statusCode !== 200) {
     const text = await res.body.text();
     throw new KelsingraError(
       `the server refused the event stream (HTTP ${res.statusCode}): ${text.slice(0, 200)}`,
       res.statusCode === 403 ? ExitCode.auth : res.statusCode === 404 ? ExitCode.notFound : ExitCode.failure,
-      res.statusCode === 404 ? 'the server agent may be older than this CLI: compare versions with kelsingra status' : "try again; if it persists, check the server agent's log",
+      res.statusCode === 404
+        ? 'the server agent may be older than this CLI: compare versions with kelsingra status'
+        : "try again; if it persists, check the server agent's log",
     );
   }
   const queue: StreamEvent[] = [];

@@ -58,24 +58,48 @@ export function normaliseServerUrl(raw: string): string {
   try {
     url = new URL(withScheme);
   } catch {
-    throw new KelsingraError(`"${raw}" is not a server URL`, ExitCode.usage, 'use the control port URL, e.g. http://kelsingra.dev.example.com:7700');
+    throw new KelsingraError(
+      `"${raw}" is not a server URL`,
+      ExitCode.usage,
+      'use the control port URL, e.g. http://kelsingra.dev.example.com:7700',
+    );
   }
   if (url.protocol !== 'http:' && url.protocol !== 'https:') {
-    throw new KelsingraError(`server URL must be http:// or https://, not ${url.protocol}`, ExitCode.usage, 'use the control port URL, e.g. http://kelsingra.dev.example.com:7700');
+    throw new KelsingraError(
+      `server URL must be http:// or https://, not ${url.protocol}`,
+      ExitCode.usage,
+      'use the control port URL, e.g. http://kelsingra.dev.example.com:7700',
+    );
   }
   return url.origin + url.pathname.replace(/\/+$/, '');
 }
 
-export function loadSettings(overrides: Partial<Saved> = {}, env: NodeJS.ProcessEnv = process.env): ClientSettings {
+export function loadSettings(
+  overrides: Partial<Saved> = {},
+  env: NodeJS.ProcessEnv = process.env,
+): ClientSettings {
   const conf = store(env);
   const server = overrides.server ?? env.KELSINGRA_SERVER ?? conf.get('server');
   const token = overrides.token ?? env.KELSINGRA_TOKEN ?? conf.get('token');
   if (!server) {
-    throw new KelsingraError('no server configured', ExitCode.usage, 'run kelsingra connect --server http://<host>:<control-port> --token <secret>, or set KELSINGRA_SERVER');
+    throw new KelsingraError(
+      'no server configured',
+      ExitCode.usage,
+      'run kelsingra connect --server http://<host>:<control-port> --token <secret>, or set KELSINGRA_SERVER',
+    );
   }
   if (!token) {
-    throw new KelsingraError('no token configured', ExitCode.usage, 'run kelsingra connect --token <secret>, or set KELSINGRA_TOKEN');
+    throw new KelsingraError(
+      'no token configured',
+      ExitCode.usage,
+      'run kelsingra connect --token <secret>, or set KELSINGRA_TOKEN',
+    );
   }
   const path = conf.path;
-  return { server: normaliseServerUrl(server), token, holder: holderName(env), configDir: path.slice(0, path.lastIndexOf('/')) };
+  return {
+    server: normaliseServerUrl(server),
+    token,
+    holder: holderName(env),
+    configDir: path.slice(0, path.lastIndexOf('/')),
+  };
 }

@@ -9,7 +9,14 @@ import pRetry, { AbortError } from 'p-retry';
 import WebSocket from 'ws';
 import { unreachable } from './api-client.js';
 import { ExitCode, KelsingraError } from './errors.js';
-import { CLIENT_ID_HEADER, type ClientControl, HOLDER_HEADER, type ServerControl, TUNNEL_PATH, TUNNEL_SUBPROTOCOL } from './protocol.js';
+import {
+  CLIENT_ID_HEADER,
+  type ClientControl,
+  HOLDER_HEADER,
+  type ServerControl,
+  TUNNEL_PATH,
+  TUNNEL_SUBPROTOCOL,
+} from './protocol.js';
 import { H2_SETTINGS, SESSION_WINDOW } from './tunnel-settings.js';
 import { webSocketDuplex } from './ws-duplex.js';
 
@@ -97,16 +104,31 @@ export class TunnelClient extends EventEmitter<TunnelEvents> {
         res.on('end', () => {
           let message = `HTTP ${res.statusCode}`;
           try {
-            message = String(JSON.parse(Buffer.concat(chunks).toString()).error ?? message).replace(/^Kelsingra: /, '');
+            message = String(JSON.parse(Buffer.concat(chunks).toString()).error ?? message).replace(
+              /^Kelsingra: /,
+              '',
+            );
           } catch {
             // Not Kelsingra's JSON: the status line is all there is to say.
           }
           settled = true;
           ws.terminate();
           if (res.statusCode === 401) {
-            reject(new KelsingraError(`the server rejected the token (401): ${message}`, ExitCode.auth, 'check KELSINGRA_TOKEN, or run kelsingra connect --token <secret>'));
+            reject(
+              new KelsingraError(
+                `the server rejected the token (401): ${message}`,
+                ExitCode.auth,
+                'check KELSINGRA_TOKEN, or run kelsingra connect --token <secret>',
+              ),
+            );
           } else {
-            reject(new KelsingraError(`the server refused the tunnel (HTTP ${res.statusCode}): ${message}`, ExitCode.unreachable, 'is --server the Kelsingra control port?'));
+            reject(
+              new KelsingraError(
+                `the server refused the tunnel (HTTP ${res.statusCode}): ${message}`,
+                ExitCode.unreachable,
+                'is --server the Kelsingra control port?',
+              ),
+            );
           }
         });
       });
@@ -138,7 +160,13 @@ export class TunnelClient extends EventEmitter<TunnelEvents> {
         this.off('control', onHello);
         if (!settled) {
           settled = true;
-          reject(new KelsingraError('the tunnel closed during its handshake', ExitCode.unreachable, 'is --server the Kelsingra control port? kelsingra status checks it'));
+          reject(
+            new KelsingraError(
+              'the tunnel closed during its handshake',
+              ExitCode.unreachable,
+              'is --server the Kelsingra control port? kelsingra status checks it',
+            ),
+          );
         }
         if (this.ws === ws) this.onDisconnect();
       });
@@ -165,20 +193,24 @@ export class TunnelClient extends EventEmitter<TunnelEvents> {
     this.ws = undefined;
     if (this.state === 'closed') return;
     this.setState('reconnecting', { retryInMs: 250 });
-    pRetry(() => this.connectOnce().catch((err: KelsingraError) => {
-      throw err.exitCode === ExitCode.auth ? new AbortError(err) : err;
-    }), {
-      retries: Number.POSITIVE_INFINITY,
-      minTimeout: 250,
-      maxTimeout: 5_000,
-      factor: 2,
-      randomize: true,
-      signal: this.abort.signal,
-      onFailedAttempt: ({ error, attemptNumber }) => {
-        const retryInMs = Math.min(5_000, 250 * 2 ** attemptNumber);
-        this.setState('reconnecting', { retryInMs, error: error.message });
+    pRetry(
+      () =>
+        this.connectOnce().catch((err: KelsingraError) => {
+          throw err.exitCode === ExitCode.auth ? new AbortError(err) : err;
+        }),
+      {
+        retries: Number.POSITIVE_INFINITY,
+        minTimeout: 250,
+        maxTimeout: 5_000,
+        factor: 2,
+        randomize: true,
+        signal: this.abort.signal,
+        onFailedAttempt: ({ error, attemptNumber }) => {
+          const retryInMs = Math.min(5_000, 250 * 2 ** attemptNumber);
+          this.setState('reconnecting', { retryInMs, error: error.message });
+        },
       },
-    }).then(
+    ).then(
       () => this.emit('reconnected'),
       (err: Error) => this.setState('closed', { error: err.message }),
     );

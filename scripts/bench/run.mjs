@@ -724,12 +724,19 @@ async function startForeground(server, localPort, mode) {
   if (mode === 'live') {
     const socket = `kelsingra-bench-${process.pid}`;
     const envArgs = Object.entries({ ...env, CI: '0', TERM: 'xterm-256color' }).map(([k, v]) => `${k}=${v}`);
-    const r = spawnSync('tmux', ['-L', socket, 'new-session', '-d', '-x', '160', '-y', '50', 'env', ...envArgs, NODE, ...args], {
-      cwd: ROOT,
-      encoding: 'utf8',
-    });
+    const r = spawnSync(
+      'tmux',
+      ['-L', socket, 'new-session', '-d', '-x', '160', '-y', '50', 'env', ...envArgs, NODE, ...args],
+      {
+        cwd: ROOT,
+        encoding: 'utf8',
+      },
+    );
     if (r.status !== 0) throw new Error(`tmux failed: ${r.stderr}`);
-    const pane = () => spawnSync('tmux', ['-L', socket, 'list-panes', '-F', '#{pane_pid}'], { encoding: 'utf8' }).stdout.trim();
+    const pane = () =>
+      spawnSync('tmux', ['-L', socket, 'list-panes', '-F', '#{pane_pid}'], {
+        encoding: 'utf8',
+      }).stdout.trim();
     pid = Number(pane());
     leave = async () => {
       spawnSync('tmux', ['-L', socket, 'send-keys', 'q']);
@@ -777,7 +784,9 @@ async function benchLiveView() {
       const load = await wrk(`${ks.data}/`, { conns: 20, seconds: opts.duration, headers: VIA('t1') });
       const cliCpuPerReqUs = ((cpuSeconds(fg.pid) - cpu0) / load.requests) * 1e6;
       runs[mode].push({ rps: load.rps, cliCpuPerReqUs });
-      log(`  round ${round} ${mode === 'live' ? 'live view (tmux)' : '--json > /dev/null'}  ${fmt(load.rps, 0).padStart(7)} req/s  CLI CPU ${fmt(cliCpuPerReqUs, 1)} µs/req`);
+      log(
+        `  round ${round} ${mode === 'live' ? 'live view (tmux)' : '--json > /dev/null'}  ${fmt(load.rps, 0).padStart(7)} req/s  CLI CPU ${fmt(cliCpuPerReqUs, 1)} µs/req`,
+      );
       if (mode === 'live' && round === 1) {
         // Idle: once the 5 s rate window has emptied, the view should not wake up at all.
         await sleep(6000);

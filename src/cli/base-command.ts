@@ -9,7 +9,10 @@ import { type Spinner, startSpinner } from './spinner.js';
 
 export abstract class BaseCommand extends Command {
   static override baseFlags = {
-    json: Flags.boolean({ description: 'print JSON on stdout (one document) and nothing else', default: false }),
+    json: Flags.boolean({
+      description: 'print JSON on stdout (one document) and nothing else',
+      default: false,
+    }),
   };
 
   protected printJson(value: unknown): void {
@@ -31,7 +34,9 @@ export abstract class BaseCommand extends Command {
     }
   }
 
-  protected override async catch(err: Error & { exitCode?: number; oclif?: { exit?: number } }): Promise<unknown> {
+  protected override async catch(
+    err: Error & { exitCode?: number; oclif?: { exit?: number } },
+  ): Promise<unknown> {
     // `this.exit(code)` throws an ExitError on purpose: let it through untouched.
     if (err instanceof Errors.ExitError) throw err;
     const e = this.explain(err);
@@ -40,8 +45,14 @@ export abstract class BaseCommand extends Command {
     return this.exit(e.exitCode);
   }
 
-  private explain(err: Error & { oclif?: { exit?: number }; parse?: unknown }): { message: string; hint?: string; exitCode: number; details?: Record<string, unknown> } {
-    if (err instanceof KelsingraError) return { message: err.message, hint: err.hint, exitCode: err.exitCode, details: err.details };
+  private explain(err: Error & { oclif?: { exit?: number }; parse?: unknown }): {
+    message: string;
+    hint?: string;
+    exitCode: number;
+    details?: Record<string, unknown>;
+  } {
+    if (err instanceof KelsingraError)
+      return { message: err.message, hint: err.hint, exitCode: err.exitCode, details: err.details };
     const help = `${this.config.bin} ${this.id ? `${this.id.replaceAll(':', ' ')} ` : ''}--help`;
     const isParseError = err.parse !== undefined;
     if (err instanceof Errors.CLIError && (isParseError || err.oclif?.exit === ExitCode.usage)) {
@@ -50,7 +61,11 @@ export abstract class BaseCommand extends Command {
       return { message, hint: `${help} shows the usage and examples`, exitCode: ExitCode.usage };
     }
     if (err instanceof Errors.CLIError) {
-      return { message: err.message, hint: `${help} shows the usage and examples`, exitCode: err.oclif?.exit ?? ExitCode.failure };
+      return {
+        message: err.message,
+        hint: `${help} shows the usage and examples`,
+        exitCode: err.oclif?.exit ?? ExitCode.failure,
+      };
     }
     return {
       message: err.message || String(err),

@@ -15,7 +15,11 @@ function distance(a: string, b: string): number {
   for (let i = 1; i <= a.length; i++) {
     const row = [i];
     for (let j = 1; j <= b.length; j++) {
-      row[j] = Math.min((prev[j] as number) + 1, (row[j - 1] as number) + 1, (prev[j - 1] as number) + (a[i - 1] === b[j - 1] ? 0 : 1));
+      row[j] = Math.min(
+        (prev[j] as number) + 1,
+        (row[j - 1] as number) + 1,
+        (prev[j - 1] as number) + (a[i - 1] === b[j - 1] ? 0 : 1),
+      );
     }
     prev = row;
   }
@@ -47,7 +51,8 @@ const hook: Hook.CommandNotFound = async function (opts) {
     } catch (err) {
       // Declined or timed out: the plugin gives up with exit 127, which is not ours; say it
       // below. Anything else came from the suggested command the user chose to run.
-      const declined = err instanceof Errors.CLIError && !(err instanceof Errors.ExitError) && err.oclif?.exit === 127;
+      const declined =
+        err instanceof Errors.CLIError && !(err instanceof Errors.ExitError) && err.oclif?.exit === 127;
       if (!declined) throw err;
     }
   }
@@ -57,7 +62,9 @@ const hook: Hook.CommandNotFound = async function (opts) {
 /** Prints "X is not a kelsingra command; did you mean Y?" (or JSON) and exits 2. */
 export function reportUnknownCommand(config: Interfaces.Config, id: string, json: boolean): never {
   const hidden = new Set(config.commands.filter((c) => c.hidden).map((c) => c.id));
-  const ids = [...config.commandIDs, ...config.commands.flatMap((c) => c.aliases)].filter((c) => !hidden.has(c));
+  const ids = [...config.commandIDs, ...config.commands.flatMap((c) => c.aliases)].filter(
+    (c) => !hidden.has(c),
+  );
   // With spaces between topics, `kelsingra interecpt billing` arrives as "interecpt:billing":
   // try the longest prefix first (topics: "autocomplete scirpt"), then shorter ones.
   const parts = id.split(':');
@@ -77,7 +84,9 @@ export function reportUnknownCommand(config: Interfaces.Config, id: string, json
   printError(
     {
       message: `${typed} is not a ${bin} command${named ? `; did you mean ${named}?` : ''}`,
-      hint: named ? `${bin} ${named} --help shows how to use it; ${bin} --help lists every command` : `${bin} --help lists every command`,
+      hint: named
+        ? `${bin} ${named} --help shows how to use it; ${bin} --help lists every command`
+        : `${bin} --help lists every command`,
       exitCode: ExitCode.usage,
       details: { command: typed, ...(named ? { suggestion: named } : {}) },
     },

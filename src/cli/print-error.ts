@@ -10,7 +10,9 @@ export interface PrintableError {
 
 export function printError(e: PrintableError, json: boolean): void {
   if (json) {
-    process.stderr.write(`${JSON.stringify({ ...e.details, error: e.message, hint: e.hint, exitCode: e.exitCode })}\n`);
+    process.stderr.write(
+      `${JSON.stringify({ ...e.details, error: e.message, hint: e.hint, exitCode: e.exitCode })}\n`,
+    );
     return;
   }
   process.stderr.write(`${chalk.red('Error:')} ${e.message}\n`);

@@ -10,9 +10,13 @@ export interface Spinner {
   stop(): void;
 }
 
-export function startSpinner(text: string, opts: { enabled?: boolean; stream?: NodeJS.WriteStream } = {}): Spinner {
+export function startSpinner(
+  text: string,
+  opts: { enabled?: boolean; stream?: NodeJS.WriteStream } = {},
+): Spinner {
   const stream = opts.stream ?? process.stderr;
-  if (opts.enabled === false || !stream.isTTY || process.env.CI || process.env.TERM === 'dumb') return { stop: () => undefined };
+  if (opts.enabled === false || !stream.isTTY || process.env.CI || process.env.TERM === 'dumb')
+    return { stop: () => undefined };
   let frame = 0;
   let drawn = false;
   const draw = () => {
