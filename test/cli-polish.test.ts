@@ -9,7 +9,7 @@ import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { describe, expect, it } from 'vitest';
 import { startSpinner } from '../src/cli/spinner.js';
-import { cli, freePort, ROOT, tempDir } from './helpers.js';
+import { CLOSED_PORT, cli, ROOT, tempDir } from './helpers.js';
 
 const EXIT = { usage: 2, unreachable: 6 } as const;
 const VERSION = (JSON.parse(readFileSync(join(ROOT, 'package.json'), 'utf8')) as { version: string }).version;
@@ -146,7 +146,7 @@ describe('usage errors exit 2 and say what to do next', () => {
     const unset = await cli(['list'], noServer, QUICK);
     expect(unset.exitCode).toBe(EXIT.usage);
     expect(unset.stderr).toMatch(/Hint: run kelsingra connect/);
-    const port = await freePort();
+    const port = CLOSED_PORT;
     for (const command of ['list', 'status', 'logs billing --tenant t1', 'leave --all']) {
       const r = await cli(
         command.split(' '),

@@ -8,6 +8,7 @@ import { describe, expect, it } from 'vitest';
 import {
   alive,
   background,
+  CLOSED_PORT,
   cleanupsAfterEach,
   cli,
   clientEnv,
@@ -115,7 +116,7 @@ describe('kelsingra connect', () => {
   });
 
   it('an unreachable server exits 6 with a hint, and saves nothing', async () => {
-    const port = await freePort();
+    const port = CLOSED_PORT;
     const dir = tempDir('kelsingra-client-');
     const r = await cli(['connect', '--server', `http://127.0.0.1:${port}`, '--token', TOKEN], {
       KELSINGRA_CONFIG_DIR: dir,

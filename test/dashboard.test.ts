@@ -7,10 +7,10 @@ import { describe, expect, it } from 'vitest';
 import type { DashboardSnapshot, InterceptStats } from '../src/dashboard-model.js';
 import {
   background,
+  CLOSED_PORT,
   cleanupsAfterEach,
   cli,
   clientEnv,
-  freePort,
   interceptDetached,
   startServerProcess,
   textService,
@@ -159,7 +159,7 @@ describe('kelsingra dashboard (no TTY)', () => {
 
     const gone = await cli(['dashboard'], {
       ...alice,
-      KELSINGRA_SERVER: `http://127.0.0.1:${await freePort()}`,
+      KELSINGRA_SERVER: `http://127.0.0.1:${CLOSED_PORT}`,
     });
     expect(gone.exitCode, String(gone.stderr)).toBe(6);
     expect(gone.stderr).toMatch(/cannot reach/);

@@ -11,9 +11,9 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import {
   bodyJson,
   bodyOutcome,
+  CLOSED_PORT,
   clientEnv,
   closeServer,
-  freePort,
   hangUpMidUpload,
   interceptDetached,
   killQuietly,
@@ -118,7 +118,7 @@ describe('data plane: pass-through to upstreams', () => {
     billing = await echoUpstream('billing');
     orders = await echoUpstream('orders');
     ledger = await echoUpstream('ledger');
-    refusedPort = await freePort();
+    refusedPort = CLOSED_PORT;
     const dir = tempDir('kelsingra-dp-config-');
     const config = join(dir, 'kelsingra.yaml');
     writeFileSync(

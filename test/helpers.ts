@@ -31,7 +31,13 @@ export function listen(
   );
 }
 
-/** A port nothing listens on (bound then released). */
+/**
+ * A port nothing listens on, for "connection refused" cases. Privileged and unassigned on any
+ * dev machine: unlike a freed ephemeral port, no parallel test can be handed it meanwhile.
+ */
+export const CLOSED_PORT = 1;
+
+/** A free port for a process that binds it itself (bound then released). */
 export async function freePort(): Promise<number> {
   const { server, port } = await listen(() => undefined);
   await new Promise((r) => server.close(r));
@@ -59,38 +65,49 @@ export interface ServerProcess {
 }
 
 /**
- * Spawns `kelsingra server` with exactly these arguments (no ports added: they may come from a
- * file or the environment) and waits until /healthz answers on `controlPort`. Shared so every
- * test starts, waits for and stops a server the same way; a server that never comes up is killed.
+ * Spawns `kelsingra server` with exactly these arguments and waits for its "listening" log
+ * line, which names the ports it really bound. Polling /healthz on a port chosen in advance
+ * is not enough: if the server lost that port to a parallel test, whatever took it would answer.
+ * `controlPort`, when given, must be the port the server reports.
  */
-export async function spawnServerProcess(args: string[], env: Record<string, string>, controlPort: number) {
+export async function spawnServerProcess(args: string[], env: Record<string, string>, controlPort?: number) {
   const child = spawn(process.execPath, [BIN, 'server', ...args], {
-    env: { ...process.env, NO_COLOR: '1', ...env },
+    env: { ...process.env, NO_COLOR: '1', KELSINGRA_LOG_LEVEL: 'info', ...env },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   let output = '';
   child.stdout?.on('data', (c: Buffer) => (output += c.toString()));
   child.stderr?.on('data', (c: Buffer) => (output += c.toString()));
-  const control = `http://127.0.0.1:${controlPort}`;
+  const listening = (): { controlPort: number; proxyPort: number } | undefined => {
+    for (const line of output.split('\n')) {
+      if (!line.includes('server agent listening')) continue;
+      const entry = JSON.parse(line) as { controlPort: number; proxyPort: number };
+      return { controlPort: entry.controlPort, proxyPort: entry.proxyPort };
+    }
+    return undefined;
+  };
   const deadline = Date.now() + 20_000;
+  let ports: { controlPort: number; proxyPort: number } | undefined;
   for (;;) {
     if (child.exitCode !== null) throw new Error(`server exited early (${child.exitCode}):\n${output}`);
-    try {
-      const res = await fetch(`${control}/healthz`);
-      if (res.ok) break;
-    } catch {
-      // not up yet
-    }
+    ports = listening();
+    if (ports) break;
     if (Date.now() > deadline) {
       killQuietly(child.pid);
       await exited(child);
       throw new Error(`server did not start:\n${output}`);
     }
-    await sleep(100);
+    await sleep(50);
+  }
+  if (controlPort !== undefined && ports.controlPort !== controlPort) {
+    killQuietly(child.pid);
+    throw new Error(`server listens on ${ports.controlPort}, not ${controlPort}:\n${output}`);
   }
   return {
     child,
-    control,
+    control: `http://127.0.0.1:${ports.controlPort}`,
+    data: `http://127.0.0.1:${ports.proxyPort}`,
+    ...ports,
     logs: () => output,
     stop: async () => {
       if (child.exitCode === null && child.signalCode === null) {
@@ -101,19 +118,12 @@ export async function spawnServerProcess(args: string[], env: Record<string, str
   };
 }
 
-/** Starts `kelsingra server` on two free ports as a real process and waits until /healthz answers. */
+/** Starts `kelsingra server` on ports the kernel picks, as a real process, once it listens. */
 export async function startServerProcess(
   args: string[],
   env: Record<string, string> = {},
 ): Promise<ServerProcess> {
-  const controlPort = await freePort();
-  const proxyPort = await freePort();
-  const server = await spawnServerProcess(
-    ['--port', String(controlPort), '--proxy-port', String(proxyPort), ...args],
-    env,
-    controlPort,
-  );
-  return { ...server, data: `http://127.0.0.1:${proxyPort}`, controlPort, proxyPort };
+  return spawnServerProcess(['--port', '0', '--proxy-port', '0', ...args], env);
 }
 
 /** Environment for an isolated client that talks to `server` with `token`. */

@@ -7,11 +7,11 @@ import { join } from 'node:path';
 import { beforeEach, describe, expect, it } from 'vitest';
 import {
   background,
+  CLOSED_PORT,
   cleanupsAfterEach,
   cli,
   clientEnv,
   closeServer,
-  freePort,
   interceptDetached,
   listen,
   type ServerProcess,
@@ -203,7 +203,7 @@ describe('kelsingra logs', () => {
 
     const gone = await cli(['logs', 'billing', '--tenant', 't1'], {
       ...admin,
-      KELSINGRA_SERVER: `http://127.0.0.1:${await freePort()}`,
+      KELSINGRA_SERVER: `http://127.0.0.1:${CLOSED_PORT}`,
     });
     expect(gone.exitCode).toBe(EXIT.unreachable);
   });

@@ -12,11 +12,11 @@ import {
   BIN,
   bodyJson,
   bodyOutcome,
+  CLOSED_PORT,
   clientEnv,
   closeServer,
   type DetachedIntercept,
   exited,
-  freePort,
   hangUpMidUpload,
   interceptDetached,
   killQuietly,
@@ -475,7 +475,7 @@ describe('tunnel: routing and streaming through a detached intercept', () => {
   });
 
   it('answers 502 naming the intercept and the local port when the local service is down', async () => {
-    const downPort = await freePort();
+    const downPort = CLOSED_PORT;
     const icp = await detach(env, 'billing', 't-down', downPort, pids);
     const res = await dataRequest(server, '/anything', { tenant: 't-down' });
     expect(res.status).toBe(502);
