@@ -181,6 +181,13 @@ function follow(model: DashboardModel, settings: ClientSettings, query: EventQue
           }
         }
         if (signal.aborted) return;
+        // Closed before it ever went live: not a server worth retrying silently.
+        if (!connected)
+          throw new KelsingraError(
+            `${settings.server} closed the event stream before it was live`,
+            ExitCode.unreachable,
+            'is KELSINGRA_SERVER the Kelsingra control port? kelsingra status checks it',
+          );
         reason = 'the server closed the event stream';
       } catch (err) {
         if (signal.aborted) return;

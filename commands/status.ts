@@ -33,6 +33,6 @@ export default class Status extends BaseCommand {
     }
     this.log(`\nIntercepts:\n${interceptTable(status.intercepts).replace(/^/gm, '  ')}`);
     this.log(`\nClients connected: ${status.clients.length}`);
-    for (const c of status.clients) this.log(`  ${c.holder} (${c.clientId}), since ${c.connectedAt}`);
+    for (const c of status.clients) this.log(`  ${c.holder} (${c.tunnelId}), since ${c.connectedAt}`);
   }
 }

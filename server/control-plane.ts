@@ -16,7 +16,7 @@ import { type EventStreamSource, serveEvents } from './event-stream.js';
 import type { Intercept, InterceptStore } from './intercept-store.js';
 import type { PassThrough } from './pass-through.js';
 import type { ServiceRouter } from './routing.js';
-import type { TunnelHub } from './tunnel-hub.js';
+import { type TunnelHub, tunnelIdOf } from './tunnel-hub.js';
 
 export interface ControlPlaneDeps {
   auth: TokenAuthority;
@@ -74,7 +74,7 @@ export function interceptView(i: Intercept, connected: boolean): InterceptView {
     service: i.service,
     tenant: i.tenant,
     holder: i.holder,
-    clientId: i.clientId,
+    tunnelId: tunnelIdOf(i.clientId),
     localPort: i.localPort,
     createdAt: new Date(i.createdAt).toISOString(),
     expiresAt: new Date(i.expiresAt).toISOString(),
@@ -108,7 +108,7 @@ export function createControlPlane(deps: ControlPlaneDeps): http.Server {
           .list()
           .filter((t) => principal.unrestricted || t.principal === principal)
           .map((t) => ({
-            clientId: t.clientId,
+            tunnelId: t.tunnelId,
             holder: t.holder,
             token: t.principal.name,
             connectedAt: new Date(t.connectedAt).toISOString(),
@@ -168,8 +168,12 @@ export function createControlPlane(deps: ControlPlaneDeps): http.Server {
           res,
           409,
           'no-tunnel',
-          `client ${clientId} has no open tunnel; connect the tunnel before creating intercepts`,
+          'this client has no open tunnel; connect the tunnel before creating intercepts',
         );
+        return;
+      }
+      if (tunnel.principal !== principal) {
+        sendError(res, 403, 'tunnel-forbidden', 'that tunnel was opened with another token');
         return;
       }
       const result = store.create({
@@ -229,7 +233,13 @@ export function createControlPlane(deps: ControlPlaneDeps): http.Server {
     }
     const byId = /^\/v1\/intercepts\/([^/]+)$/.exec(pathname);
     if (byId && (req.method === 'DELETE' || req.method === 'GET')) {
-      const intercept = store.get(decodeURIComponent(byId[1] as string));
+      let id = byId[1] as string;
+      try {
+        id = decodeURIComponent(id);
+      } catch {
+        // A malformed escape cannot name an intercept; looked up as is, it finds none (404).
+      }
+      const intercept = store.get(id);
       if (!intercept || !principal.canUseTenant(intercept.tenant)) {
         sendError(res, 404, 'unknown-intercept', `no intercept ${byId[1]}`);
         return;
@@ -284,7 +294,10 @@ export function createControlPlane(deps: ControlPlaneDeps): http.Server {
     }
     const holderHeader = req.headers[HOLDER_HEADER];
     const holder =
-      typeof holderHeader === 'string' && holderHeader ? holderHeader.slice(0, 120) : `client ${clientId}`;
+      typeof holderHeader === 'string' && holderHeader ? holderHeader.slice(0, 120) : tunnelIdOf(clientId);
+    if (!hub.mayReplace(clientId, principal)) {
+      return reject(409, 'a tunnel with this client id is open under another token');
+    }
     hub.accept(req, socket, head, principal, clientId, holder);
   });
   return server;

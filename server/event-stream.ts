@@ -9,6 +9,7 @@ import type { Principal } from './auth.js';
 import type { EventBus, ServerEvent } from './event-bus.js';
 
 const KEEPALIVE_MS = 15_000;
+const MAX_UNSENT = 1 << 20;
 
 export interface EventStreamSource {
   bus: EventBus;
@@ -37,7 +38,12 @@ export function serveEvents(
     const eventHolder = event.type === 'request' ? event.holder : event.intercept.holder;
     return (!interceptId || id === interceptId) && (!holder || eventHolder === holder);
   };
-  const send = (event: unknown) => res.write(`data: ${JSON.stringify(event)}\n\n`);
+  const send = (event: unknown) => {
+    // A viewer that stopped reading would make the server buffer every event for it:
+    // past 1 MiB unsent it is cut off (it reconnects, and gets a fresh snapshot).
+    if (res.writableLength > MAX_UNSENT) res.destroy();
+    else res.write(`data: ${JSON.stringify(event)}\n\n`);
+  };
 
   res.writeHead(200, {
     'content-type': 'text/event-stream; charset=utf-8',

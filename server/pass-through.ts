@@ -8,6 +8,7 @@ import { forwardableResponseHeaders } from '../src/http-headers.js';
 import type { UpstreamHealth } from '../src/protocol.js';
 import { sendError } from './error-response.js';
 import type { RoutedService } from './routing.js';
+import { BODY_IDLE_MS } from './timeouts.js';
 
 export type { UpstreamHealth } from '../src/protocol.js';
 
@@ -24,8 +25,7 @@ export class PassThrough {
         connections: 512,
         keepAliveTimeout: 30_000,
         headersTimeout: this.timeoutMs,
-        // Idle gap allowed inside a streaming body (server-sent events send comments to stay alive).
-        bodyTimeout: 5 * 60_000,
+        bodyTimeout: BODY_IDLE_MS,
         connectTimeout: Math.min(this.timeoutMs, 10_000),
       });
       this.pools.set(service.name, pool);

@@ -6,11 +6,12 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import type http2 from 'node:http2';
 import type { OutgoingHttpHeaders } from 'node:http2';
 import { pipeUnlessReset } from '../src/h2-pipe.js';
-import { fromHttp2, rawToObject } from '../src/http-headers.js';
+import { fromHttp2, maskSecretQuery, rawToObject } from '../src/http-headers.js';
 import { INTERCEPT_HEADER } from '../src/protocol.js';
 import { sendError } from './error-response.js';
 import type { RequestRecord } from './event-bus.js';
 import type { Intercept } from './intercept-store.js';
+import { BODY_IDLE_MS } from './timeouts.js';
 import type { ClientTunnel } from './tunnel-hub.js';
 
 export function forwardThroughTunnel(
@@ -73,7 +74,8 @@ export function forwardThroughTunnel(
   });
 
   stream.on('response', (responseHeaders) => {
-    stream.setTimeout(0);
+    // From here the wait is for body bytes: bounded by the same idle limit as pass-through.
+    stream.setTimeout(BODY_IDLE_MS, () => cancel.abort());
     const status = Number(responseHeaders[':status']);
     res.writeHead(status, fromHttp2(responseHeaders));
     stream.on('data', (chunk: Buffer) => {
@@ -110,7 +112,7 @@ export function forwardThroughTunnel(
       tenant: intercept.tenant,
       holder: intercept.holder,
       method: req.method ?? 'GET',
-      path,
+      path: maskSecretQuery(path),
       status: res.statusCode,
       durationMs: performance.now() - t0,
       bytesOut,

@@ -3,6 +3,7 @@
  * its binary frames (this side is the HTTP/2 client: it opens a stream per intercepted
  * request), JSON control messages in text frames, and ping/pong heartbeats.
  */
+import { createHash } from 'node:crypto';
 import type { IncomingMessage } from 'node:http';
 import http2, { type ClientHttp2Session } from 'node:http2';
 import type { Duplex } from 'node:stream';
@@ -14,8 +15,17 @@ import { webSocketDuplex } from '../src/ws-duplex.js';
 import type { Principal } from './auth.js';
 import type { InterceptStore } from './intercept-store.js';
 
+/**
+ * The client id works like a bearer credential (a tunnel that presents it takes over the
+ * lease's traffic), so only this digest of it is ever shown or logged.
+ */
+export function tunnelIdOf(clientId: string): string {
+  return `t_${createHash('sha256').update(clientId).digest('hex').slice(0, 12)}`;
+}
+
 export class ClientTunnel {
   readonly connectedAt = Date.now();
+  readonly tunnelId: string;
   alive = true;
   readonly session: ClientHttp2Session;
 
@@ -26,6 +36,7 @@ export class ClientTunnel {
     readonly ws: WebSocket,
     onControl: (tunnel: ClientTunnel, text: string) => void,
   ) {
+    this.tunnelId = tunnelIdOf(clientId);
     const duplex = webSocketDuplex(ws, (text) => onControl(this, text));
     this.session = http2.connect('http://tunnel.kelsingra', {
       createConnection: () => duplex,
@@ -79,6 +90,12 @@ export class TunnelHub {
     return [...this.tunnels.values()];
   }
 
+  /** A reconnect may replace an open tunnel only with the token that opened it. */
+  mayReplace(clientId: string, principal: Principal): boolean {
+    const previous = this.get(clientId);
+    return !previous || previous.principal === principal;
+  }
+
   accept(
     req: IncomingMessage,
     socket: Duplex,
@@ -90,7 +107,7 @@ export class TunnelHub {
     this.wss.handleUpgrade(req, socket, head, (ws) => {
       const previous = this.tunnels.get(clientId);
       if (previous) {
-        this.log.info({ clientId }, 'client reconnected; closing its previous tunnel');
+        this.log.info({ tunnel: previous.tunnelId }, 'client reconnected; closing its previous tunnel');
         previous.ws.terminate();
       }
       const tunnel = new ClientTunnel(clientId, holder, principal, ws, (t, text) => this.onControl(t, text));
@@ -103,11 +120,11 @@ export class TunnelHub {
         // With an error, open streams end with a reset code rather than NO_ERROR, so callers
         // mid-response get a cut connection instead of a body that looks complete.
         tunnel.session.destroy(new Error('tunnel closed'));
-        this.log.info({ clientId, holder }, 'tunnel closed');
+        this.log.info({ tunnel: tunnel.tunnelId, holder }, 'tunnel closed');
       });
       tunnel.send({ type: 'hello', clientId, heartbeatMs: this.heartbeatMs, leaseTtlMs: this.store.ttlMs });
       // `token` is a redacted log key; the token's name is no secret and tells operators who connected.
-      this.log.info({ clientId, holder, tokenName: principal.name }, 'tunnel connected');
+      this.log.info({ tunnel: tunnel.tunnelId, holder, tokenName: principal.name }, 'tunnel connected');
     });
   }
 
@@ -122,7 +139,7 @@ export class TunnelHub {
     try {
       message = JSON.parse(text) as ClientControl;
     } catch {
-      this.log.warn({ clientId: tunnel.clientId }, 'malformed control frame; closing tunnel');
+      this.log.warn({ tunnel: tunnel.tunnelId }, 'malformed control frame; closing tunnel');
       tunnel.ws.close(1007, 'malformed control frame');
       return;
     }
@@ -134,7 +151,7 @@ export class TunnelHub {
       tunnel.send({ type: 'renewed', ids: result.renewed, missing: result.missing });
     } else {
       this.log.warn(
-        { clientId: tunnel.clientId, type: (message as { type?: unknown }).type },
+        { tunnel: tunnel.tunnelId, type: (message as { type?: unknown }).type },
         'unknown control message ignored',
       );
     }
@@ -145,7 +162,7 @@ export class TunnelHub {
     for (const tunnel of this.tunnels.values()) {
       if (!tunnel.alive) {
         this.log.warn(
-          { clientId: tunnel.clientId, holder: tunnel.holder },
+          { tunnel: tunnel.tunnelId, holder: tunnel.holder },
           'tunnel missed a heartbeat; closing it',
         );
         tunnel.ws.terminate();

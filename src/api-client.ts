@@ -15,7 +15,7 @@ export interface ServerStatus {
   services: { name: string; upstream: string }[];
   upstreams: { service: string; url: string; lastOkAt?: string; lastError?: string; lastErrorAt?: string }[];
   intercepts: InterceptView[];
-  clients: { clientId: string; holder: string; token: string; connectedAt: string; intercepts: string[] }[];
+  clients: { tunnelId: string; holder: string; token: string; connectedAt: string; intercepts: string[] }[];
 }
 
 export class ApiClient {

@@ -4,7 +4,7 @@
  * that agent reports the intercept live (or why it failed).
  */
 import { spawn } from 'node:child_process';
-import { mkdirSync, openSync } from 'node:fs';
+import { closeSync, mkdirSync, openSync } from 'node:fs';
 import { join } from 'node:path';
 import { ExitCode, KelsingraError } from './errors.js';
 import type { InterceptView } from './protocol.js';
@@ -34,7 +34,23 @@ export function startDetachedAgent(
     stdio: ['ignore', log, log, 'ipc'],
     env: { ...process.env, FORCE_COLOR: '0' },
   });
+  // The child has its own copy of the descriptor.
+  closeSync(log);
   return new Promise((resolve, reject) => {
+    const onExit = (code: number | null) => {
+      clearTimeout(timer);
+      reject(
+        new KelsingraError(
+          `the background agent exited (code ${code}) before the intercept was live`,
+          ExitCode.failure,
+          `see its log: ${logFile}`,
+        ),
+      );
+    };
+    child.once('error', (err) => {
+      clearTimeout(timer);
+      reject(new KelsingraError(`could not start the background agent: ${err.message}`, ExitCode.failure));
+    });
     const timer = setTimeout(() => {
       child.kill();
       reject(
@@ -47,6 +63,7 @@ export function startDetachedAgent(
     }, timeoutMs);
     child.once('message', (message: AgentMessage) => {
       clearTimeout(timer);
+      child.off('exit', onExit);
       child.disconnect();
       child.unref();
       if (message.type === 'ready') resolve(message);
@@ -55,15 +72,6 @@ export function startDetachedAgent(
           new KelsingraError(message.message, message.exitCode as ExitCode, message.hint, message.details),
         );
     });
-    child.once('exit', (code) => {
-      clearTimeout(timer);
-      reject(
-        new KelsingraError(
-          `the background agent exited (code ${code}) before the intercept was live`,
-          ExitCode.failure,
-          `see its log: ${logFile}`,
-        ),
-      );
-    });
+    child.once('exit', onExit);
   });
 }

@@ -112,8 +112,16 @@ export function fromHttp2(headers: IncomingHttpHeaders): Record<string, string |
   return out;
 }
 
-const SECRET_HEADERS =
-  /^(authorization|proxy-authorization|cookie|set-cookie|x-api-key|x-auth-token|x-kelsingra-token)$|token|secret|password|session/i;
+/** Any header whose name suggests a credential: authorization, cookie, api keys, tokens… */
+const SECRET_HEADERS = /auth|cookie|api[-_]?key|token|secret|passw|session|credential|signature/i;
+/** Query parameters with such names (`?access_token=…`, `?api_key=…`). */
+const SECRET_QUERY =
+  /([?&][^=&#]*(?:auth|api[-_]?key|token|secret|passw|session|credential|signature|sig)[^=&#]*=)[^&#]*/gi;
+
+/** A request path for logs and views: values of credential-like query parameters masked. */
+export function maskSecretQuery(path: string): string {
+  return path.includes('?') ? path.replace(SECRET_QUERY, '$1***') : path;
+}
 
 /** For logs and request details: values of credential-like headers are masked. */
 export function maskSecretHeaders(

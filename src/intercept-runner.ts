@@ -159,8 +159,9 @@ export async function runIntercept(
     ? execa(opts.command[0] as string, opts.command.slice(1), {
         // Under the live view the keys belong to the view and the command's output is printed
         // above it line by line (inherited, it would tear the redrawn part); elsewhere the
-        // command shares this terminal or pipe as it is.
-        stdio: model ? ['ignore', 'pipe', 'pipe'] : 'inherit',
+        // command shares this terminal or pipe as it is — except that with --json its stdout goes
+        // to stderr, so stdout stays one JSON event per line.
+        stdio: model ? ['ignore', 'pipe', 'pipe'] : view === 'json' ? ['inherit', 2, 'inherit'] : 'inherit',
         buffer: false,
         reject: false,
         env: {

@@ -31,6 +31,7 @@ export class InterceptSession extends EventEmitter<{ event: [SessionEvent] }> {
   private renewTimer?: NodeJS.Timeout;
   private endedReason?: string;
   private leaving = false;
+  private registering = false;
   readonly ended: Promise<string>;
   private resolveEnded!: (reason: string) => void;
 
@@ -67,9 +68,9 @@ export class InterceptSession extends EventEmitter<{ event: [SessionEvent] }> {
       if (message.type === 'intercept-ended' && message.id === this.intercept?.id && !this.leaving) {
         this.end(message.reason === 'left' ? 'left from another shell' : 'lease expired');
       } else if (message.type === 'renewed' && this.intercept) {
-        if (message.missing.includes(this.intercept.id))
-          this.end('lease lost: the server no longer has this intercept');
-        else if (message.ids.includes(this.intercept.id)) {
+        if (message.missing.includes(this.intercept.id)) {
+          if (!this.registering) this.end('lease lost: the server no longer has this intercept');
+        } else if (message.ids.includes(this.intercept.id)) {
           const now = Date.now();
           this.emit('event', {
             kind: 'lease',
@@ -89,8 +90,8 @@ export class InterceptSession extends EventEmitter<{ event: [SessionEvent] }> {
 
   static async start(settings: ClientSettings, want: InterceptRequest): Promise<InterceptSession> {
     const session = new InterceptSession(settings, want);
-    await session.tunnel.start();
     try {
+      await session.tunnel.start();
       await session.register();
     } catch (err) {
       session.tunnel.close();
@@ -101,21 +102,27 @@ export class InterceptSession extends EventEmitter<{ event: [SessionEvent] }> {
       (event) => session.emit('event', event),
     );
     const renewEvery = Math.max(250, Math.floor(session.tunnel.leaseTtlMs / 3));
-    session.renewTimer = setInterval(
-      () => session.tunnel.send({ type: 'renew', ids: [session.intercept.id] }),
-      renewEvery,
-    );
+    session.renewTimer = setInterval(() => {
+      // While a reconnect re-registers, the old id may be unknown to the server: renewing it
+      // then would read as a lost lease.
+      if (!session.registering) session.tunnel.send({ type: 'renew', ids: [session.intercept.id] });
+    }, renewEvery);
     return session;
   }
 
   private async register(): Promise<void> {
     const previous = this.intercept?.id;
-    this.intercept = await this.api.create({
-      service: this.want.service,
-      tenant: this.want.tenant,
-      clientId: this.clientId,
-      localPort: this.want.port,
-    });
+    this.registering = true;
+    try {
+      this.intercept = await this.api.create({
+        service: this.want.service,
+        tenant: this.want.tenant,
+        clientId: this.clientId,
+        localPort: this.want.port,
+      });
+    } finally {
+      this.registering = false;
+    }
     // A server that restarted has forgotten the lease, so re-asserting creates a new id.
     if (previous && previous !== this.intercept.id && this.forwarder)
       this.forwarder.target.interceptId = this.intercept.id;

@@ -8,7 +8,7 @@ import { PassThrough } from 'node:stream';
 import { Pool } from 'undici';
 import type { HttpStartEvent, RequestEvent } from './events.js';
 import { pipeUnlessReset } from './h2-pipe.js';
-import { forwardableResponseHeaders, fromHttp2, maskSecretHeaders } from './http-headers.js';
+import { forwardableResponseHeaders, fromHttp2, maskSecretHeaders, maskSecretQuery } from './http-headers.js';
 import { ERROR_HEADER, INTERCEPT_HEADER } from './protocol.js';
 
 export interface LocalTarget {
@@ -42,6 +42,8 @@ export class LocalForwarder {
     const requestId = String(this.nextRequest++);
     const method = String(h2headers[':method']);
     const path = String(h2headers[':path']);
+    // Events reach logs and views: credentials in the query string are masked there.
+    const shownPath = maskSecretQuery(path);
     let headersMs: number | undefined;
     this.onEvent({
       kind: 'http-start',
@@ -49,11 +51,10 @@ export class LocalForwarder {
       interceptId: this.target.interceptId,
       startedAt,
       method,
-      path,
+      path: shownPath,
     });
     const headers = fromHttp2(h2headers);
-    const hasBody =
-      !stream.readableEnded && !(stream as unknown as { endAfterHeaders: boolean }).endAfterHeaders;
+    const hasBody = !stream.readableEnded && !stream.endAfterHeaders;
     const abort = new AbortController();
     let bytesIn = 0;
     let bytesOut = 0;
@@ -70,7 +71,7 @@ export class LocalForwarder {
         interceptId: this.target.interceptId,
         startedAt,
         method,
-        path,
+        path: shownPath,
         status,
         durationMs: performance.now() - t0,
         headersMs,

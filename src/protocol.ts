@@ -34,7 +34,8 @@ export interface InterceptView {
   service: string;
   tenant: string;
   holder: string;
-  clientId: string;
+  /** Names the tunnel that holds it; derived from the client id, which stays secret. */
+  tunnelId: string;
   localPort: number;
   createdAt: string;
   expiresAt: string;

@@ -3,6 +3,7 @@
  * scripts and tests can run isolated clients side by side.
  */
 import os from 'node:os';
+import { dirname } from 'node:path';
 import Conf from 'conf';
 import { ExitCode, KelsingraError } from './errors.js';
 
@@ -30,7 +31,7 @@ function store(env: NodeJS.ProcessEnv): Conf<Saved> {
 
 export function configDir(env: NodeJS.ProcessEnv = process.env): string {
   const path = store(env).path;
-  return path.slice(0, path.lastIndexOf('/'));
+  return dirname(path);
 }
 
 export function saveSettings(values: Saved, env: NodeJS.ProcessEnv = process.env): string {
@@ -100,6 +101,6 @@ export function loadSettings(
     server: normaliseServerUrl(server),
     token,
     holder: holderName(env),
-    configDir: path.slice(0, path.lastIndexOf('/')),
+    configDir: dirname(path),
   };
 }

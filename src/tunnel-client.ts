@@ -158,6 +158,9 @@ export class TunnelClient extends EventEmitter<TunnelEvents> {
       this.on('control', onHello);
       ws.on('close', () => {
         this.off('control', onHello);
+        // Closed before hello: this attempt failed and its caller (start or the retry loop)
+        // handles that; only a tunnel that was up starts a reconnect loop of its own.
+        const wasUp = settled && this.ws === ws && this.state === 'connected';
         if (!settled) {
           settled = true;
           reject(
@@ -168,7 +171,8 @@ export class TunnelClient extends EventEmitter<TunnelEvents> {
             ),
           );
         }
-        if (this.ws === ws) this.onDisconnect();
+        if (wasUp) this.onDisconnect();
+        else if (this.ws === ws) this.ws = undefined;
       });
     });
   }
@@ -206,7 +210,8 @@ export class TunnelClient extends EventEmitter<TunnelEvents> {
         randomize: true,
         signal: this.abort.signal,
         onFailedAttempt: ({ error, attemptNumber }) => {
-          const retryInMs = Math.min(5_000, 250 * 2 ** attemptNumber);
+          // p-retry waits minTimeout × factor^(attempt − 1), times a random 1–2 with randomize.
+          const retryInMs = Math.min(5_000, 250 * 2 ** (attemptNumber - 1));
           this.setState('reconnecting', { retryInMs, error: error.message });
         },
       },

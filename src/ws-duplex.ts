@@ -11,10 +11,10 @@ const WRITE_HIGH_WATER = 1 << 20;
 /**
  * Largest binary message sent. HTTP/2 can hand over a burst as large as its windows in one
  * writev; one message that size would exceed the peer's maxPayload and kill the tunnel, and
- * a message spanning many TCP reads costs the receiver a copy to reassemble. 128 KiB holds
- * two full DATA frames (64 KiB + 9 bytes each).
+ * a message spanning many TCP reads costs the receiver a copy to reassemble. This holds two
+ * full DATA frames (64 KiB payload + 9-byte header each).
  */
-const MAX_MESSAGE = 128 * 1024;
+const MAX_MESSAGE = 2 * (64 * 1024 + 9);
 /** Chunks below this are joined into one message; larger ones are sent without copying. */
 const SMALL_CHUNK = 16 * 1024;
 

@@ -11,7 +11,7 @@ export function interceptView(id: string, over: Partial<InterceptView> = {}, t0 
     service: 'billing',
     tenant: 't1',
     holder: 'alice',
-    clientId: 'c1',
+    tunnelId: 't_c1',
     localPort: 3000,
     createdAt: new Date(t0).toISOString(),
     expiresAt: new Date(t0 + 30_000).toISOString(),

@@ -7,6 +7,7 @@ import {
   fromHttp2,
   isHopByHop,
   maskSecretHeaders,
+  maskSecretQuery,
   rawToObject,
 } from '../src/http-headers.js';
 
@@ -258,5 +259,38 @@ describe('maskSecretHeaders', () => {
 
   it('gives the same answer on repeated calls (no stateful regex)', () => {
     for (let i = 0; i < 3; i++) expect(maskSecretHeaders({ 'x-token': 'v' })).toEqual({ 'x-token': '***' });
+  });
+});
+
+describe('wider credential masking', () => {
+  it('masks api-key and auth headers whatever their prefix', () => {
+    const out = maskSecretHeaders({
+      'x-goog-api-key': 'g',
+      apikey: 'a',
+      'x-forwarded-authorization': 'Bearer f',
+      'x-original-cookie': 'sid=1',
+      'x-request-id': 'r-1',
+    });
+    expect(out).toEqual({
+      'x-goog-api-key': '***',
+      apikey: '***',
+      'x-forwarded-authorization': '***',
+      'x-original-cookie': '***',
+      'x-request-id': 'r-1',
+    });
+  });
+});
+
+describe('maskSecretQuery', () => {
+  it('masks the values of credential-like query parameters and keeps the rest', () => {
+    expect(maskSecretQuery('/cb?access_token=abc&page=2&api_key=k#frag')).toBe(
+      '/cb?access_token=***&page=2&api_key=***#frag',
+    );
+    expect(maskSecretQuery('/x?sig=s&X-Amz-Signature=q')).toBe('/x?sig=***&X-Amz-Signature=***');
+  });
+
+  it('leaves paths without secrets untouched', () => {
+    expect(maskSecretQuery('/invoices/42?page=2')).toBe('/invoices/42?page=2');
+    expect(maskSecretQuery('/token-docs')).toBe('/token-docs');
   });
 });

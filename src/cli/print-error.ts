@@ -1,5 +1,6 @@
 /** How every error reaches the user: `Error: …` and `Hint: …` on stderr, or one JSON object with --json. */
-import chalk from 'chalk';
+// chalkStderr decides on colour by stderr's terminal, not stdout's: `2>file` gets no escape codes.
+import { chalkStderr as chalk } from 'chalk';
 
 export interface PrintableError {
   message: string;
