@@ -10,6 +10,7 @@
  */
 import { EventEmitter } from 'node:events';
 import type { InterceptView, RequestRecord, StreamEvent, UpstreamHealth } from './protocol.js';
+import { isFailure } from './request-log.js';
 
 export const DEFAULT_WINDOW_MS = 10_000;
 /** Request lines kept per intercept for the live log view. */
@@ -98,10 +99,6 @@ interface Entry {
   log: RequestRecord[];
   seen: Set<string>;
   lastRequest: LastRequest | null;
-}
-
-export function isFailure(r: Pick<RequestRecord, 'status' | 'error'>): boolean {
-  return r.status >= 500 || Boolean(r.error);
 }
 
 /** Nearest-rank percentile of ascending `sorted`. */

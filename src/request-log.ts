@@ -15,18 +15,29 @@ export function formatDuration(ms: number): string {
   return ms < 1000 ? `${ms.toFixed(1)} ms` : `${(ms / 1000).toFixed(2)} s`;
 }
 
-function time(at: number): string {
+/** `14:03:07.218`, local time. */
+export function clockTime(at: number): string {
   const d = new Date(at);
   const pad = (n: number, w = 2) => String(n).padStart(w, '0');
   return `${pad(d.getHours())}:${pad(d.getMinutes())}:${pad(d.getSeconds())}.${pad(d.getMilliseconds(), 3)}`;
 }
 
-function colourStatus(status: number): string {
-  const text = String(status);
-  if (status >= 500) return chalk.red(text);
-  if (status >= 400) return chalk.yellow(text);
-  if (status >= 300) return chalk.cyan(text);
-  return chalk.green(text);
+/**
+ * A request that failed: a 5xx, or any transport error (the caller went away, a reset).
+ * Error counts, error rates and red lines in every view use this one rule.
+ */
+export function isFailure(r: { status: number; error?: string }): boolean {
+  return r.status >= 500 || Boolean(r.error);
+}
+
+export type StatusColour = 'green' | 'cyan' | 'yellow' | 'red';
+
+/** 2xx green, 3xx cyan, 4xx yellow, failures red. Names work for chalk and for Ink. */
+export function statusColour(status: number, error?: string): StatusColour {
+  if (isFailure({ status, error }) || status < 100) return 'red';
+  if (status >= 400) return 'yellow';
+  if (status >= 300) return 'cyan';
+  return 'green';
 }
 
 /** What a request line shows; both the client's own events and the server's records have it. */
@@ -42,10 +53,10 @@ export interface RequestLine {
 
 export function formatRequestLine(e: RequestLine): string {
   const parts = [
-    chalk.dim(time(e.startedAt)),
+    chalk.dim(clockTime(e.startedAt)),
     e.method.padEnd(6),
     e.path,
-    colourStatus(e.status),
+    chalk[statusColour(e.status, e.error)](String(e.status)),
     formatDuration(e.durationMs),
     formatBytes(e.bytesOut),
   ];

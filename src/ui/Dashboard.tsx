@@ -20,7 +20,7 @@ import {
   type UpstreamStatus,
 } from '../dashboard-model.js';
 import type { RequestRecord } from '../protocol.js';
-import { formatRequestLine } from '../request-log.js';
+import { formatRequestLine, statusColour } from '../request-log.js';
 
 export interface DashboardProps {
   model: DashboardModel;
@@ -236,13 +236,6 @@ function Help() {
 
 function plural(n: number, word: string): string {
   return `${n} ${word}${n === 1 ? '' : 's'}`;
-}
-
-function statusColour(status: number, error?: string): string {
-  if (error || status >= 500) return 'red';
-  if (status >= 400) return 'yellow';
-  if (status >= 300) return 'cyan';
-  return 'green';
 }
 
 /** The table's cells but the last (LAST REQUEST), which the view draws itself, in colour. */

@@ -9,6 +9,7 @@
  * timer, which is what keeps an idle CLI at ≈ 0 % CPU.
  */
 import type { HttpStartEvent, RequestEvent, SessionEvent } from '../events.js';
+import { isFailure } from '../request-log.js';
 import type { TunnelState } from '../tunnel-client.js';
 
 export interface LiveLogInfo {
@@ -71,10 +72,6 @@ export interface LiveLogOptions {
 }
 
 const RATE_BUCKETS = 20;
-
-export function isError(e: RequestEvent): boolean {
-  return e.status >= 500 || e.error !== undefined;
-}
 
 export class LiveLogModel {
   readonly now: () => number;
@@ -155,7 +152,7 @@ export class LiveLogModel {
       case 'http': {
         this.inFlight.delete(event.requestId);
         this.total++;
-        if (isError(event)) this.errors++;
+        if (isFailure(event)) this.errors++;
         this.count(now);
         this.history.push(event);
         // Trim in chunks: one splice per 10 % of the history rather than a shift per request.
