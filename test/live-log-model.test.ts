@@ -236,3 +236,23 @@ describe('LiveLogModel', () => {
     expect(out).toEqual(['stdout:listening on 3000\nready', 'stderr:warn: x', 'stdout:part']);
   });
 });
+
+describe('spinner frames for long-lived requests', () => {
+  it('counts only requests started in the last few seconds as needing spinner frames', () => {
+    let now = 1_000_000;
+    const model = new LiveLogModel(INFO, { now: () => now });
+    model.apply({
+      kind: 'http-start',
+      requestId: '1',
+      interceptId: 'icp_x',
+      startedAt: now,
+      method: 'GET',
+      path: '/sse',
+    });
+    expect(model.hasRecentInFlight(now)).toBe(true);
+    now += 6_000;
+    expect(model.hasRecentInFlight(now)).toBe(false);
+    // Its elapsed time still changes once a second.
+    expect(model.nextChangeAt(now)).toBe(now + 1000);
+  });
+});

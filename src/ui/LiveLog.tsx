@@ -59,8 +59,9 @@ export function LiveLog({ model, onQuit, onInterrupt, batchMs = 100, control }: 
       setSnap(model.snapshot(lastFrameAt));
       let next = model.nextChangeAt(lastFrameAt);
       // The spinner of requests in flight turns with the frames: one timer for the whole view
-      // (not one per spinner), and only while something is in flight.
-      if (model.inFlightCount > 0) next = Math.min(next ?? Number.POSITIVE_INFINITY, lastFrameAt + batchMs);
+      // (not one per spinner), and only while a recent request is in flight.
+      if (model.hasRecentInFlight(lastFrameAt))
+        next = Math.min(next ?? Number.POSITIVE_INFINITY, lastFrameAt + batchMs);
       if (next !== undefined) wake(Math.max(next, lastFrameAt + batchMs));
     };
     const unsubscribe = model.subscribe(() => wake(Math.max(model.now(), lastFrameAt + batchMs)));

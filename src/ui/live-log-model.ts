@@ -234,6 +234,16 @@ export class LiveLogModel {
     return sum / ((this.bucketMs * RATE_BUCKETS) / 1000);
   }
 
+  /**
+   * Whether a request started within `withinMs` is still in flight. Spinners turn only for
+   * those: a long-lived stream (server-sent events, a long poll) must not keep the view
+   * redrawing ten times a second; its elapsed time still ticks once a second.
+   */
+  hasRecentInFlight(now: number, withinMs = 5_000): boolean {
+    for (const r of this.inFlight.values()) if (now - r.startedAt < withinMs) return true;
+    return false;
+  }
+
   get inFlightCount(): number {
     return this.inFlight.size;
   }
