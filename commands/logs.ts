@@ -36,7 +36,6 @@ export default class Logs extends BaseCommand {
     const settings = loadSettings();
     const out = (line: string) => process.stdout.write(`${line}\n`);
     const abort = new AbortController();
-    process.once('SIGINT', () => abort.abort());
     let spinner: Spinner | undefined = startSpinner('Connecting to the server agent', {
       enabled: !flags.json,
     });
@@ -50,6 +49,8 @@ export default class Logs extends BaseCommand {
         args.target,
         flags.tenant,
       );
+      // Until here Ctrl-C simply interrupts; from here it ends the stream and exits cleanly.
+      process.once('SIGINT', () => abort.abort());
       const ended = (reason?: string): void => {
         if (!flags.json) out(`intercept ended: ${reason === 'expired' ? 'lease expired' : 'left'}`);
       };

@@ -44,12 +44,19 @@ export class PassThrough {
       req.headers['content-length'] !== undefined || req.headers['transfer-encoding'] !== undefined;
     const basePath = service.upstream.pathname === '/' ? '' : service.upstream.pathname.replace(/\/$/, '');
     const state = this.stateFor(service.name);
+    // A caller that hangs up before the answer frees the upstream connection at once, rather
+    // than holding it until the upstream answers or the timeout fires.
+    const abort = new AbortController();
+    res.once('close', () => {
+      if (!res.writableFinished) abort.abort();
+    });
     this.pool(service).stream(
       {
         method: req.method as string,
         path: basePath + path,
         headers,
         body: hasBody ? req : null,
+        signal: abort.signal,
       },
       ({ statusCode, headers: upstreamHeaders }) => {
         res.writeHead(statusCode, forwardableResponseHeaders(upstreamHeaders));

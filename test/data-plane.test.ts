@@ -428,6 +428,51 @@ describe('data plane: upstream timeout', () => {
   });
 });
 
+describe('data plane: caller hangs up while waiting', () => {
+  let server: ServerProcess;
+  let silent: Awaited<ReturnType<typeof listen>>;
+  let closedAt = 0;
+  let seen = false;
+
+  beforeAll(async () => {
+    // Never answers; notes when Kelsingra gives up on the request.
+    silent = await listen((req) => {
+      seen = true;
+      req.socket.once('close', () => {
+        closedAt = Date.now();
+      });
+    });
+    server = await startServerProcess([
+      '--service',
+      `slow=${silent.url}`,
+      '--token',
+      TOKEN,
+      '--upstream-timeout',
+      '60',
+    ]);
+  });
+
+  afterAll(async () => {
+    await server?.stop();
+    await closeServer(silent);
+  });
+
+  it('frees the upstream request at once, not at the upstream timeout', async () => {
+    const req = http.request(`${server.data}/wait`, {
+      headers: { 'x-kelsingra-service': 'slow', 'x-tenant-id': 't1' },
+      agent: false,
+    });
+    req.on('error', () => undefined);
+    req.end();
+    await waitFor(() => seen, 5_000, 'the upstream to see the request');
+    await new Promise((r) => setTimeout(r, 300));
+    const hungUpAt = Date.now();
+    req.destroy();
+    await waitFor(() => closedAt > 0, 10_000, 'the upstream connection to be released');
+    expect(closedAt - hungUpAt).toBeLessThan(5_000);
+  });
+});
+
 describe('data plane: custom tenant header', () => {
   let server: ServerProcess;
   let upstream: Upstream;
