@@ -10,7 +10,7 @@ import { z } from 'zod';
 import { CLIENT_ID_HEADER, HOLDER_HEADER, type InterceptView, TUNNEL_PATH } from '../src/protocol.js';
 import { VERSION } from '../src/version.js';
 import type { Principal, TokenAuthority } from './auth.js';
-import { sendError } from './error-response.js';
+import { sendError, writeRawError } from './error-response.js';
 import type { EventBus } from './event-bus.js';
 import { type EventStreamSource, serveEvents } from './event-stream.js';
 import type { Intercept, InterceptStore } from './intercept-store.js';
@@ -277,12 +277,8 @@ export function createControlPlane(deps: ControlPlaneDeps): http.Server {
   });
 
   server.on('upgrade', (req: IncomingMessage, socket: Duplex, head: Buffer) => {
-    const reject = (status: number, message: string) => {
-      const body = JSON.stringify({ error: `Kelsingra: ${message}`, source: 'kelsingra' });
-      socket.end(
-        `HTTP/1.1 ${status} ${http.STATUS_CODES[status]}\r\ncontent-type: application/json\r\ncontent-length: ${Buffer.byteLength(body)}\r\nconnection: close\r\n\r\n${body}`,
-      );
-    };
+    const reject = (status: number, message: string) =>
+      writeRawError(socket, status, 'tunnel-refused', message);
     const url = new URL(req.url ?? '/', 'http://control');
     if (url.pathname !== TUNNEL_PATH)
       return reject(404, `no WebSocket endpoint at ${url.pathname}; the tunnel is at ${TUNNEL_PATH}`);

@@ -4,16 +4,18 @@
  * developer's tunnel or on to the service's upstream.
  */
 import http, { type IncomingMessage, type ServerResponse } from 'node:http';
+import type { Duplex } from 'node:stream';
 import type { Logger } from 'pino';
 import { appendForwarded, appendVia, forwardableRawHeaders } from '../src/http-headers.js';
 import { HOP_HEADER } from '../src/protocol.js';
-import { sendError } from './error-response.js';
+import { sendError, writeRawError } from './error-response.js';
 import type { EventBus, RequestRecord } from './event-bus.js';
-import type { InterceptStore } from './intercept-store.js';
+import type { Intercept, InterceptStore } from './intercept-store.js';
 import type { PassThrough } from './pass-through.js';
-import type { ServiceRouter } from './routing.js';
+import type { RouteResult, ServiceRouter } from './routing.js';
 import { forwardThroughTunnel } from './tunnel-forward.js';
-import type { TunnelHub } from './tunnel-hub.js';
+import type { ClientTunnel, TunnelHub } from './tunnel-hub.js';
+import { relayUpgrade } from './upgrade-relay.js';
 
 /**
  * Not forwarded as they came: this hop sets its own Forwarded/Via/loop guard, and Expect was
@@ -33,32 +35,34 @@ export interface DataPlaneDeps {
   log: Logger;
 }
 
+type Decision =
+  | { kind: 'error'; status: number; code: string; message: string; extra?: Record<string, unknown> }
+  | { kind: 'tunnel'; route: RouteResult; headers: string[]; intercept: Intercept; tunnel: ClientTunnel }
+  | { kind: 'pass'; route: RouteResult; headers: string[] };
+
 export function createDataPlane(deps: DataPlaneDeps): http.Server {
-  const { router, store, hub, passThrough, tenantHeader, serverId, timeoutMs, bus } = deps;
+  const { router, store, hub, passThrough, tenantHeader, serverId, timeoutMs, bus, log } = deps;
   const publish = (record: RequestRecord) => bus.publish(record);
 
-  const handle = (req: IncomingMessage, res: ServerResponse) => {
+  /** Where a request goes, the same for plain requests and upgrades. */
+  const decide = (req: IncomingMessage): Decision => {
     if (req.headers[HOP_HEADER] !== undefined) {
-      sendError(
-        res,
-        508,
-        'loop-detected',
-        `this request already passed through Kelsingra (${HOP_HEADER}: ${req.headers[HOP_HEADER]}); check that the reverse proxy rule skips requests carrying ${HOP_HEADER}`,
-      );
-      return;
+      return {
+        kind: 'error',
+        status: 508,
+        code: 'loop-detected',
+        message: `this request already passed through Kelsingra (${HOP_HEADER}: ${req.headers[HOP_HEADER]}); check that the reverse proxy rule skips requests carrying ${HOP_HEADER}`,
+      };
     }
     const route = router.route(req.headers, req.url ?? '/');
     if (!route) {
-      sendError(
-        res,
-        404,
-        'unknown-service',
-        `no service matches host "${req.headers.host ?? ''}" or path "${req.url}"; known services: ${router.names.join(', ')}`,
-        {
-          services: router.names,
-        },
-      );
-      return;
+      return {
+        kind: 'error',
+        status: 404,
+        code: 'unknown-service',
+        message: `no service matches host "${req.headers.host ?? ''}" or path "${req.url}"; known services: ${router.names.join(', ')}`,
+        extra: { services: router.names },
+      };
     }
     const headers = forwardableRawHeaders(req.rawHeaders, REWRITTEN);
     headers.push(
@@ -67,45 +71,59 @@ export function createDataPlane(deps: DataPlaneDeps): http.Server {
       'via',
       appendVia(req.headers.via),
     );
-
     const tenant = req.headers[tenantHeader];
     const intercept =
       typeof tenant === 'string' && tenant !== '' ? store.find(route.service.name, tenant) : undefined;
-    if (intercept) {
-      const tunnel = hub.get(intercept.clientId);
-      if (!tunnel) {
-        const seconds = Math.max(0, Math.ceil((intercept.expiresAt - Date.now()) / 1000));
-        sendError(
-          res,
-          502,
-          'tunnel-disconnected',
-          `intercept ${intercept.id} (${intercept.service}, tenant ${intercept.tenant}) is held by ${intercept.holder}, whose tunnel is disconnected; traffic falls back to the base service if it does not reconnect within ${seconds} s`,
-          {
-            intercept: intercept.id,
-          },
-        );
-        return;
-      }
-      forwardThroughTunnel(req, res, tunnel, intercept, route.path, headers, timeoutMs, publish);
-      return;
+    if (!intercept) {
+      headers.push(HOP_HEADER, serverId);
+      return { kind: 'pass', route, headers };
     }
-    headers.push(HOP_HEADER, serverId);
-    passThrough.forward(req, res, route.service, route.path, headers);
+    const tunnel = hub.get(intercept.clientId);
+    if (!tunnel) {
+      const seconds = Math.max(0, Math.ceil((intercept.expiresAt - Date.now()) / 1000));
+      return {
+        kind: 'error',
+        status: 502,
+        code: 'tunnel-disconnected',
+        message: `intercept ${intercept.id} (${intercept.service}, tenant ${intercept.tenant}) is held by ${intercept.holder}, whose tunnel is disconnected; traffic falls back to the base service if it does not reconnect within ${seconds} s`,
+        extra: { intercept: intercept.id },
+      };
+    }
+    return { kind: 'tunnel', route, headers, intercept, tunnel };
+  };
+
+  const handle = (req: IncomingMessage, res: ServerResponse) => {
+    const d = decide(req);
+    if (d.kind === 'error') sendError(res, d.status, d.code, d.message, d.extra);
+    else if (d.kind === 'tunnel')
+      forwardThroughTunnel(req, res, d.tunnel, d.intercept, d.route.path, d.headers, timeoutMs, publish);
+    else passThrough.forward(req, res, d.route.service, d.route.path, d.headers);
   };
 
   const server = http.createServer(
     { keepAliveTimeout: 65_000, headersTimeout: 30_000, maxHeaderSize: 32 * 1024 },
     handle,
   );
+  server.on('upgrade', (req: IncomingMessage, socket: Duplex, head: Buffer) => {
+    const d = decide(req);
+    if (d.kind === 'error') writeRawError(socket, d.status, d.code, d.message, d.extra);
+    else if (d.kind === 'tunnel') {
+      writeRawError(
+        socket,
+        501,
+        'upgrade-not-tunnelled',
+        `intercept ${d.intercept.id} (${d.intercept.service}, tenant ${d.intercept.tenant}) cannot carry WebSocket or other upgrades yet; only plain HTTP requests reach the local service`,
+        { intercept: d.intercept.id },
+      );
+    } else relayUpgrade(req, socket, head, d.route, d.headers, timeoutMs, log);
+  });
   server.on('clientError', (err: NodeJS.ErrnoException, socket) => {
-    if (!socket.writable) return;
     const status = err.code === 'HPE_HEADER_OVERFLOW' ? 431 : 400;
-    const body = JSON.stringify({
-      error: `Kelsingra: ${status === 431 ? 'request headers too large' : 'malformed request'} (${err.code})`,
-      source: 'kelsingra',
-    });
-    socket.end(
-      `HTTP/1.1 ${status} ${http.STATUS_CODES[status]}\r\ncontent-type: application/json\r\ncontent-length: ${Buffer.byteLength(body)}\r\nconnection: close\r\n\r\n${body}`,
+    writeRawError(
+      socket,
+      status,
+      status === 431 ? 'headers-too-large' : 'malformed-request',
+      `${status === 431 ? 'request headers too large' : 'malformed request'} (${err.code})`,
     );
   });
   return server;

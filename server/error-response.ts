@@ -2,7 +2,8 @@
  * Responses Kelsingra makes itself. Every one says it came from Kelsingra (body and
  * `x-kelsingra-error`), so nobody mistakes it for an answer from their service.
  */
-import type { ServerResponse } from 'node:http';
+import http, { type ServerResponse } from 'node:http';
+import type { Duplex } from 'node:stream';
 import { ERROR_HEADER } from '../src/protocol.js';
 
 export function sendError(
@@ -23,4 +24,22 @@ export function sendError(
     [ERROR_HEADER]: code,
   });
   res.end(body);
+}
+
+/** The same, written straight to a socket: for upgrade requests and unparsable ones. */
+export function writeRawError(
+  socket: Duplex,
+  status: number,
+  code: string,
+  message: string,
+  extra: Record<string, unknown> = {},
+): void {
+  if (!socket.writable) {
+    socket.destroy();
+    return;
+  }
+  const body = JSON.stringify({ error: `Kelsingra: ${message}`, code, source: 'kelsingra', ...extra });
+  socket.end(
+    `HTTP/1.1 ${status} ${http.STATUS_CODES[status]}\r\ncontent-type: application/json; charset=utf-8\r\ncontent-length: ${Buffer.byteLength(body)}\r\n${ERROR_HEADER}: ${code}\r\nconnection: close\r\n\r\n${body}`,
+  );
 }
