@@ -17,6 +17,7 @@ export const DEFAULT_WINDOW_MS = 10_000;
 export const DEFAULT_LOG_LIMIT = 500;
 /** Ended intercepts remembered (so an open log view can say it ended). */
 const ENDED_KEPT = 20;
+const ENDED_IDS_KEPT = 10_000;
 
 export type ConnectionState = 'connecting' | 'live' | 'reconnecting';
 
@@ -127,6 +128,11 @@ export class DashboardModel extends EventEmitter<{ change: [] }> {
   private readonly startedAt: number;
   private readonly entries = new Map<string, Entry>();
   private readonly ended = new Map<string, Entry>();
+  /**
+   * Ids of every intercept seen ending (bounded), beyond the few whose stats are kept: a
+   * request record arriving late for one must not bring it back as a live row.
+   */
+  private readonly endedIds = new Set<string>();
   private upstreamList: UpstreamStatus[] = [];
   private upstreamJson = '[]';
   private connectionState: ConnectionState = 'connecting';
@@ -289,6 +295,7 @@ export class DashboardModel extends EventEmitter<{ change: [] }> {
     if (existing) existing.info = info;
     else this.entries.set(view.id, this.newEntry(info));
     this.ended.delete(view.id);
+    this.endedIds.delete(view.id);
   }
 
   private end(id: string, at: number, reason: string | undefined): boolean {
@@ -297,6 +304,9 @@ export class DashboardModel extends EventEmitter<{ change: [] }> {
     this.entries.delete(id);
     entry.info = { ...entry.info, ended: { at, reason } };
     this.ended.set(id, entry);
+    this.endedIds.add(id);
+    if (this.endedIds.size > ENDED_IDS_KEPT)
+      this.endedIds.delete(this.endedIds.values().next().value as string);
     while (this.ended.size > ENDED_KEPT) {
       const oldest = this.ended.keys().next().value;
       if (oldest === undefined) break;
@@ -313,6 +323,7 @@ export class DashboardModel extends EventEmitter<{ change: [] }> {
       this.appendLog(late, r);
       return;
     }
+    if (!entry && this.endedIds.has(r.interceptId)) return;
     if (!entry) {
       // A request can arrive before (or without) the intercept's own event: show it anyway.
       entry = this.newEntry({ id: r.interceptId, service: r.service, tenant: r.tenant, holder: r.holder });

@@ -177,6 +177,18 @@ describe('DashboardModel', () => {
     expect(model.version).toBe(before);
   });
 
+  it('does not bring back an ended intercept whose stats it no longer keeps when a late request arrives', () => {
+    const { model, c } = start([]);
+    for (let i = 0; i < 25; i++) {
+      const id = `old${i}`;
+      model.apply({ type: 'intercept', action: 'created', intercept: view(id), at: c.now() });
+      model.apply({ type: 'intercept', action: 'ended', reason: 'left', intercept: view(id), at: c.now() });
+    }
+    // old0 has fallen out of the 20 ended intercepts whose stats are kept.
+    model.apply(req('old0', c.now()));
+    expect(model.snapshot().intercepts).toEqual([]);
+  });
+
   it('shows an intercept it only knows from a request record', () => {
     const { model, c } = start([]);
     model.apply(req('i5', c.now(), { service: 'orders', tenant: 't5', holder: 'bob' }));
