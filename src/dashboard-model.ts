@@ -10,7 +10,7 @@
  */
 import { EventEmitter } from 'node:events';
 import type { InterceptView, RequestRecord, StreamEvent, UpstreamHealth } from './protocol.js';
-import { isFailure } from './request-log.js';
+import { formatRate, isFailure } from './request-log.js';
 
 export const DEFAULT_WINDOW_MS = 10_000;
 /** Request lines kept per intercept for the live log view. */
@@ -421,9 +421,9 @@ export class DashboardModel extends EventEmitter<{ change: [] }> {
 
 const DASH = '–';
 
-export function formatRate(s: Pick<InterceptStats, 'windowRequests' | 'rate'>): string {
-  if (s.windowRequests === 0) return DASH;
-  return s.rate >= 100 ? s.rate.toFixed(0) : s.rate.toFixed(1);
+/** The window's request rate, or a dash when the window is empty. */
+export function formatWindowRate(s: Pick<InterceptStats, 'windowRequests' | 'rate'>): string {
+  return s.windowRequests === 0 ? DASH : formatRate(s.rate);
 }
 
 export function formatErrorRate(s: Pick<InterceptStats, 'errorRate'>): string {
@@ -475,7 +475,7 @@ export function interceptRow(s: InterceptStats): string[] {
     s.service,
     s.tenant,
     s.holder,
-    formatRate(s),
+    formatWindowRate(s),
     formatErrorRate(s),
     formatLatency(s.p50Ms),
     formatLatency(s.p99Ms),

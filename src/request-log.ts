@@ -15,6 +15,14 @@ export function formatDuration(ms: number): string {
   return ms < 1000 ? `${ms.toFixed(1)} ms` : `${(ms / 1000).toFixed(2)} s`;
 }
 
+/** `0`, `0.4`, `12`, `2.1k` requests per second. */
+export function formatRate(perSecond: number): string {
+  if (perSecond === 0) return '0';
+  if (perSecond < 10) return perSecond.toFixed(1);
+  if (perSecond < 10_000) return String(Math.round(perSecond));
+  return `${(perSecond / 1000).toFixed(1)}k`;
+}
+
 /** `14:03:07.218`, local time. */
 export function clockTime(at: number): string {
   const d = new Date(at);

@@ -12,8 +12,8 @@ import {
   type DashboardModel,
   type DashboardSnapshot,
   formatLastRequest,
-  formatRate,
   formatUpstream,
+  formatWindowRate,
   type InterceptStats,
   interceptRow,
   TABLE_COLUMNS,
@@ -361,7 +361,8 @@ function LogView({
         {stats && !stats.ended ? (
           <Text dimColor>
             {' '}
-            · {formatRate(stats)} req/s · {plural(stats.requests, 'request')}, {plural(stats.errors, 'error')}
+            · {formatWindowRate(stats)} req/s · {plural(stats.requests, 'request')},{' '}
+            {plural(stats.errors, 'error')}
           </Text>
         ) : null}
       </Box>
