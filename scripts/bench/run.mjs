@@ -512,6 +512,27 @@ async function startIntercept(server, localPort, label) {
 
 const VIA = (tenant) => ({ 'x-kelsingra-service': 'billing', 'x-tenant-id': tenant });
 
+/** The intercept benchmarks' set-up: a local service, a base service, and a server agent for them. */
+async function startInterceptSetup(label) {
+  const localPort = await freePort();
+  const basePort = await freePort();
+  await start('local service', NODE, [SERVICES, 'service', String(localPort), 'local'], { ready: /ready/ });
+  await start('base service', NODE, [SERVICES, 'service', String(basePort), 'base'], { ready: /ready/ });
+  const ks = await startKelsingra(label, `http://127.0.0.1:${basePort}`);
+  return { localPort, ks };
+}
+
+/** Waits until tenant t1's requests reach the local service through `ks`. */
+function waitIntercepted(ks, what, timeoutMs) {
+  return waitHttp(
+    `${ks.data}/`,
+    VIA('t1'),
+    (r) => r.status === 200 && r.headers.get('x-served-by') === 'local',
+    what,
+    timeoutMs,
+  );
+}
+
 // ---------------------------------------------------------------- 1. pass-through
 
 async function benchPassthrough() {
@@ -564,19 +585,10 @@ async function benchIntercept() {
   log(
     `\n== 2. Intercepted: local Node service direct vs through the tunnel; wrk -t1 -c${opts.conns} / -c1, ${opts.duration} s, ${opts.rounds} rounds (median)`,
   );
-  const localPort = await freePort();
-  const basePort = await freePort();
-  await start('local service', NODE, [SERVICES, 'service', String(localPort), 'local'], { ready: /ready/ });
-  await start('base service', NODE, [SERVICES, 'service', String(basePort), 'base'], { ready: /ready/ });
-  const ks = await startKelsingra('intercept', `http://127.0.0.1:${basePort}`);
+  const { localPort, ks } = await startInterceptSetup('intercept');
   const agent = await startIntercept(ks, localPort, 'intercept benchmark');
   const headers = VIA('t1');
-  await waitHttp(
-    `${ks.data}/`,
-    headers,
-    (r) => r.status === 200 && r.headers.get('x-served-by') === 'local',
-    'intercepted route',
-  );
+  await waitIntercepted(ks, 'intercepted route');
   const res = await measure([
     { key: 'direct', label: 'local service direct', url: `http://127.0.0.1:${localPort}/`, headers },
     {
@@ -661,20 +673,11 @@ async function benchTransfer() {
   log(
     `\n== 3. Bulk transfer through the tunnel: ${fmt(gib, 2)} GiB each way, server and client agents as separate processes`,
   );
-  const localPort = await freePort();
-  const basePort = await freePort();
+  const { localPort, ks } = await startInterceptSetup('transfer');
   const local = `http://127.0.0.1:${localPort}`;
-  await start('local service', NODE, [SERVICES, 'service', String(localPort), 'local'], { ready: /ready/ });
-  await start('base service', NODE, [SERVICES, 'service', String(basePort), 'base'], { ready: /ready/ });
-  const ks = await startKelsingra('transfer', `http://127.0.0.1:${basePort}`);
   const agent = await startIntercept(ks, localPort, 'transfer benchmark');
   const headers = VIA('t1');
-  await waitHttp(
-    `${ks.data}/`,
-    headers,
-    (r) => r.status === 200 && r.headers.get('x-served-by') === 'local',
-    'intercepted route',
-  );
+  await waitIntercepted(ks, 'intercepted route');
 
   const res = { bytes: opts.bytes, idle: { server: memOf(ks.proc.pid), agent: memOf(agent.pid) } };
   res.directUpload = await upload(`${local}/upload`, {}, opts.bytes);
@@ -755,13 +758,7 @@ async function startForeground(server, localPort, mode) {
       await stop(proc);
     };
   }
-  await waitHttp(
-    `${server.data}/`,
-    VIA('t1'),
-    (r) => r.status === 200 && r.headers.get('x-served-by') === 'local',
-    `intercepted route (${mode})`,
-    30_000,
-  );
+  await waitIntercepted(server, `intercepted route (${mode})`, 30_000);
   return { pid, leave };
 }
 
@@ -769,11 +766,7 @@ async function benchLiveView() {
   log(
     `\n== 4. Live view: intercepted req/s with the Ink live log open in a terminal vs --json to /dev/null; wrk -t1 -c20, ${opts.duration} s, ${opts.rounds} rounds (median)`,
   );
-  const localPort = await freePort();
-  const basePort = await freePort();
-  await start('local service', NODE, [SERVICES, 'service', String(localPort), 'local'], { ready: /ready/ });
-  await start('base service', NODE, [SERVICES, 'service', String(basePort), 'base'], { ready: /ready/ });
-  const ks = await startKelsingra('liveview', `http://127.0.0.1:${basePort}`);
+  const { localPort, ks } = await startInterceptSetup('liveview');
   const runs = { json: [], live: [] };
   let idleCpu = Number.NaN;
   for (let round = 1; round <= opts.rounds; round++) {
