@@ -6,25 +6,9 @@
  */
 import { Errors, type Hook, type Interfaces, loadHelpClass, toConfiguredId } from '@oclif/core';
 import pluginNotFound from '@oclif/plugin-not-found';
+import { distance } from 'fastest-levenshtein';
 import { ExitCode } from '../errors.js';
 import { printError, wantsJson } from './print-error.js';
-
-/** Levenshtein distance, enough for command names. */
-function distance(a: string, b: string): number {
-  let prev = Array.from({ length: b.length + 1 }, (_, j) => j);
-  for (let i = 1; i <= a.length; i++) {
-    const row = [i];
-    for (let j = 1; j <= b.length; j++) {
-      row[j] = Math.min(
-        (prev[j] as number) + 1,
-        (row[j - 1] as number) + 1,
-        (prev[j - 1] as number) + (a[i - 1] === b[j - 1] ? 0 : 1),
-      );
-    }
-    prev = row;
-  }
-  return prev[b.length] as number;
-}
 
 export function closestCommand(id: string, candidates: string[]): string | undefined {
   let best: { id: string; d: number } | undefined;
