@@ -6,6 +6,10 @@ import http, { type ServerResponse } from 'node:http';
 import type { Duplex } from 'node:stream';
 import { ERROR_HEADER } from '../src/protocol.js';
 
+function errorBody(code: string, message: string, extra: Record<string, unknown>): string {
+  return JSON.stringify({ error: `Kelsingra: ${message}`, code, source: 'kelsingra', ...extra });
+}
+
 export function sendError(
   res: ServerResponse,
   status: number,
@@ -17,7 +21,7 @@ export function sendError(
     res.destroy();
     return;
   }
-  const body = JSON.stringify({ error: `Kelsingra: ${message}`, code, source: 'kelsingra', ...extra });
+  const body = errorBody(code, message, extra);
   res.writeHead(status, {
     'content-type': 'application/json; charset=utf-8',
     'content-length': Buffer.byteLength(body),
@@ -38,7 +42,7 @@ export function writeRawError(
     socket.destroy();
     return;
   }
-  const body = JSON.stringify({ error: `Kelsingra: ${message}`, code, source: 'kelsingra', ...extra });
+  const body = errorBody(code, message, extra);
   socket.end(
     `HTTP/1.1 ${status} ${http.STATUS_CODES[status]}\r\ncontent-type: application/json; charset=utf-8\r\ncontent-length: ${Buffer.byteLength(body)}\r\n${ERROR_HEADER}: ${code}\r\nconnection: close\r\n\r\n${body}`,
   );

@@ -31,8 +31,9 @@ export interface RequestEvent {
   bytesIn: number;
   bytesOut: number;
   error?: string;
-  requestHeaders: Record<string, string>;
-  responseHeaders: Record<string, string>;
+  /** Only when a view shows them (the live view's details, --json): masking costs per request. */
+  requestHeaders?: Record<string, string>;
+  responseHeaders?: Record<string, string>;
 }
 
 export interface TunnelEvent {

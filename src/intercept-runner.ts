@@ -104,7 +104,7 @@ export async function runIntercept(
   const ui = view === 'live' ? await loadLiveView() : undefined;
   const stdout = batchedStdout();
   const out = opts.out ?? stdout.write;
-  const session = await InterceptSession.start(settings, want);
+  const session = await InterceptSession.start(settings, { ...want, withHeaders: view !== 'plain' });
   const icp = session.intercept;
 
   let exitCode: number = ExitCode.ok;

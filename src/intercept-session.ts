@@ -19,6 +19,8 @@ export interface InterceptRequest {
   service: string;
   tenant: string;
   port: number;
+  /** Whether request events carry headers (default true); plain line output does not need them. */
+  withHeaders?: boolean;
 }
 
 export class InterceptSession extends EventEmitter<{ event: [SessionEvent] }> {
@@ -98,7 +100,13 @@ export class InterceptSession extends EventEmitter<{ event: [SessionEvent] }> {
       throw err;
     }
     session.forwarder = new LocalForwarder(
-      { interceptId: session.intercept.id, service: want.service, tenant: want.tenant, port: want.port },
+      {
+        interceptId: session.intercept.id,
+        service: want.service,
+        tenant: want.tenant,
+        port: want.port,
+        withHeaders: want.withHeaders ?? true,
+      },
       (event) => session.emit('event', event),
     );
     const renewEvery = Math.max(250, Math.floor(session.tunnel.leaseTtlMs / 3));

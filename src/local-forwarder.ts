@@ -17,6 +17,8 @@ export interface LocalTarget {
   tenant: string;
   port: number;
   host?: string;
+  /** Put (masked) headers into request events; plain log lines do not show them. */
+  withHeaders?: boolean;
 }
 
 export class LocalForwarder {
@@ -78,8 +80,12 @@ export class LocalForwarder {
         bytesIn,
         bytesOut,
         error,
-        requestHeaders: maskSecretHeaders(headers),
-        responseHeaders: maskSecretHeaders(responseHeaders),
+        ...(this.target.withHeaders
+          ? {
+              requestHeaders: maskSecretHeaders(headers),
+              responseHeaders: maskSecretHeaders(responseHeaders),
+            }
+          : {}),
       });
     };
 

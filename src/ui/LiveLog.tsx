@@ -196,7 +196,7 @@ export function detailLines(
     ['Response headers', r.responseHeaders],
   ] as const) {
     lines.push({ text: title, tone: 'section' });
-    const masked = maskSecretHeaders(headers);
+    const masked = maskSecretHeaders(headers ?? {});
     const names = Object.keys(masked);
     if (names.length === 0) lines.push({ text: '  (none)', tone: 'dim' });
     for (const name of names) lines.push({ text: `  ${name}: ${masked[name]}` });
