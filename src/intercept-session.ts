@@ -101,7 +101,6 @@ export class InterceptSession extends EventEmitter<{ event: [SessionEvent] }> {
     }
     session.forwarder = new LocalForwarder(
       {
-        interceptId: session.intercept.id,
         service: want.service,
         tenant: want.tenant,
         port: want.port,
@@ -119,7 +118,6 @@ export class InterceptSession extends EventEmitter<{ event: [SessionEvent] }> {
   }
 
   private async register(): Promise<void> {
-    const previous = this.intercept?.id;
     this.registering = true;
     try {
       this.intercept = await this.api.create({
@@ -131,9 +129,6 @@ export class InterceptSession extends EventEmitter<{ event: [SessionEvent] }> {
     } finally {
       this.registering = false;
     }
-    // A server that restarted has forgotten the lease, so re-asserting creates a new id.
-    if (previous && previous !== this.intercept.id && this.forwarder)
-      this.forwarder.target.interceptId = this.intercept.id;
   }
 
   /** Removes the intercept on the server (traffic falls back at once) and closes the tunnel. */

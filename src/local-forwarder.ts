@@ -12,7 +12,6 @@ import { forwardableResponseHeaders, fromHttp2, maskSecretHeaders, maskSecretQue
 import { ERROR_HEADER, INTERCEPT_HEADER } from './protocol.js';
 
 export interface LocalTarget {
-  interceptId: string;
   service: string;
   tenant: string;
   port: number;
@@ -26,7 +25,7 @@ export class LocalForwarder {
   private nextRequest = 1;
 
   constructor(
-    readonly target: LocalTarget,
+    private readonly target: LocalTarget,
     private readonly onEvent: (event: HttpStartEvent | RequestEvent) => void,
   ) {
     this.pool = new Pool(`http://${target.host ?? '127.0.0.1'}:${target.port}`, {
@@ -42,6 +41,9 @@ export class LocalForwarder {
     const startedAt = Date.now();
     const t0 = performance.now();
     const requestId = String(this.nextRequest++);
+    // Stamped by the server on every stream; the session only hands over streams for its own
+    // intercept, whose id changes if a restarted server makes it re-register.
+    const interceptId = interceptIdOf(h2headers) ?? 'unknown';
     const method = String(h2headers[':method']);
     const path = String(h2headers[':path']);
     // Events reach logs and views: credentials in the query string are masked there.
@@ -50,7 +52,7 @@ export class LocalForwarder {
     this.onEvent({
       kind: 'http-start',
       requestId,
-      interceptId: this.target.interceptId,
+      interceptId,
       startedAt,
       method,
       path: shownPath,
@@ -70,7 +72,7 @@ export class LocalForwarder {
       this.onEvent({
         kind: 'http',
         requestId,
-        interceptId: this.target.interceptId,
+        interceptId,
         startedAt,
         method,
         path: shownPath,
@@ -130,10 +132,10 @@ export class LocalForwarder {
         const where = `127.0.0.1:${this.target.port}`;
         const reason = err.code === 'ECONNREFUSED' ? 'connection refused — is it running?' : err.message;
         const body = JSON.stringify({
-          error: `Kelsingra: intercept ${this.target.interceptId} (${this.target.service}, tenant ${this.target.tenant}) could not reach the local service at ${where}: ${reason}`,
+          error: `Kelsingra: intercept ${interceptId} (${this.target.service}, tenant ${this.target.tenant}) could not reach the local service at ${where}: ${reason}`,
           code: 'local-unreachable',
           source: 'kelsingra',
-          intercept: this.target.interceptId,
+          intercept: interceptId,
           localPort: this.target.port,
         });
         const responseHeaders = {
