@@ -8,6 +8,7 @@ export default class Server extends BaseCommand {
   static override examples = [
     '<%= config.bin %> server --port 7700 --proxy-port 7701 --service billing=http://127.0.0.1:9001 --token s3cret-token',
     '<%= config.bin %> server --config kelsingra.yaml',
+    '<%= config.bin %> server --config kelsingra.yaml --host 0.0.0.0 --database-url postgres://kelsingra@db:5432/kelsingra --advertise-url http://10.0.3.7:7701',
   ];
 
   static override flags = {
@@ -29,6 +30,14 @@ export default class Server extends BaseCommand {
     }),
     'heartbeat-interval': Flags.integer({ description: 'seconds between tunnel heartbeats (default 10)' }),
     'log-level': Flags.string({ options: ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] }),
+    'database-url': Flags.string({
+      description:
+        'PostgreSQL URL: run several replicas sharing intercepts (default: in memory, one process)',
+    }),
+    'advertise-url': Flags.string({
+      description:
+        "URL at which other replicas reach this one's data port (default http://<host>:<proxy-port>)",
+    }),
     config: Flags.string({ char: 'c', description: 'YAML or JSON config file' }),
   };
 
@@ -51,6 +60,8 @@ export default class Server extends BaseCommand {
         upstreamTimeout: flags['upstream-timeout'],
         heartbeatInterval: flags['heartbeat-interval'],
         logLevel: flags['log-level'],
+        databaseUrl: flags['database-url'],
+        advertiseUrl: flags['advertise-url'],
         services: flags.service ? Object.fromEntries(flags.service.map(parseServiceFlag)) : undefined,
       },
     });

@@ -14,12 +14,26 @@ export interface Principal {
   unrestricted: boolean;
 }
 
+/** A token as it is kept: its name, the sha256 of its secret, and the tenants it may use. */
+export interface TokenRecord {
+  name: string;
+  digest: Buffer;
+  tenants: string[];
+}
+
 interface Entry {
   digest: Buffer;
   principal: Principal;
 }
 
 const digest = (secret: string) => createHash('sha256').update(secret).digest();
+
+/** The tokens of a config (`--token` is the unrestricted `default`), secrets replaced by digests. */
+export function tokenRecords(token: string | undefined, tokens: TokenConfig[]): TokenRecord[] {
+  const all: TokenConfig[] = [...tokens];
+  if (token) all.unshift({ name: 'default', token, tenants: ['*'] });
+  return all.map((t) => ({ name: t.name, digest: digest(t.token), tenants: t.tenants }));
+}
 
 /** `t1`, `team-a-*`, `*`: only `*` is special, and it matches any run of characters. */
 export function tenantPattern(pattern: string): RegExp {
@@ -28,16 +42,23 @@ export function tenantPattern(pattern: string): RegExp {
 }
 
 export class TokenAuthority {
-  private readonly entries: Entry[];
+  private entries: Entry[] = [];
 
-  constructor(token: string | undefined, tokens: TokenConfig[]) {
-    const all: TokenConfig[] = [...tokens];
-    if (token) all.unshift({ name: 'default', token, tenants: ['*'] });
-    this.entries = all.map((t) => {
+  constructor(records: TokenRecord[]) {
+    this.replace(records);
+  }
+
+  get size(): number {
+    return this.entries.length;
+  }
+
+  /** Takes a new set of tokens (replicas share theirs through the database). Principals are compared by name. */
+  replace(records: TokenRecord[]): void {
+    this.entries = records.map((t) => {
       const patterns = t.tenants.map(tenantPattern);
       const unrestricted = t.tenants.includes('*');
       return {
-        digest: digest(t.token),
+        digest: t.digest,
         principal: {
           name: t.name,
           unrestricted,

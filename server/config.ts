@@ -56,6 +56,13 @@ export const serverConfigSchema = z
     tokensFile: z.string().optional(),
     tokens: z.array(tokenSchema).default([]),
     services: z.record(serviceName, serviceSchema).default({}),
+    /** PostgreSQL for several replicas; without it intercepts live in this process's memory. */
+    databaseUrl: z
+      .string()
+      .regex(/^postgres(ql)?:\/\//, 'must be a URL such as postgres://user@db:5432/kelsingra')
+      .optional(),
+    /** Where other replicas reach this one's data port (default: http://<host>:<proxy-port>). */
+    advertiseUrl: upstreamUrl.optional(),
     logLevel: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
   })
   .strict();
@@ -151,6 +158,8 @@ export function configFromEnv(env: NodeJS.ProcessEnv): Record<string, unknown> {
     KELSINGRA_TOKEN: 'token',
     KELSINGRA_TOKENS_FILE: 'tokensFile',
     KELSINGRA_LOG_LEVEL: 'logLevel',
+    KELSINGRA_DATABASE_URL: 'databaseUrl',
+    KELSINGRA_ADVERTISE_URL: 'advertiseUrl',
   };
   for (const [envName, key] of Object.entries(map)) {
     const value = env[envName];
@@ -216,7 +225,8 @@ export async function loadServerConfig(opts: {
     }
     config.tokens.push(...parsed.data.tokens);
   }
-  if (!config.token && config.tokens.length === 0) {
+  // With a database, the tokens other replicas stored will do; that is checked once it is open.
+  if (!config.token && config.tokens.length === 0 && !config.databaseUrl) {
     throw new KelsingraError(
       'the server agent needs a token: clients authenticate with it',
       ExitCode.config,

@@ -13,7 +13,12 @@ import type { Principal, TokenAuthority } from './auth.js';
 import { sendError, writeRawError } from './error-response.js';
 import type { EventBus } from './event-bus.js';
 import { type EventStreamSource, serveEvents } from './event-stream.js';
-import type { Intercept, InterceptStore } from './intercept-store.js';
+import {
+  clientKeyOf,
+  type Intercept,
+  type InterceptStore,
+  StoreUnavailableError,
+} from './intercept-store.js';
 import type { PassThrough } from './pass-through.js';
 import type { ServiceRouter } from './routing.js';
 import { type TunnelHub, tunnelIdOf } from './tunnel-hub.js';
@@ -74,17 +79,23 @@ export function interceptView(i: Intercept, connected: boolean): InterceptView {
     service: i.service,
     tenant: i.tenant,
     holder: i.holder,
-    tunnelId: tunnelIdOf(i.clientId),
+    tunnelId: tunnelIdOf(i.clientKey),
     localPort: i.localPort,
     createdAt: new Date(i.createdAt).toISOString(),
     expiresAt: new Date(i.expiresAt).toISOString(),
     connected,
+    replica: i.replicaId,
   };
 }
 
 export function createControlPlane(deps: ControlPlaneDeps): http.Server {
   const { auth, store, hub, router, passThrough, bus, log } = deps;
-  const view = (i: Intercept) => interceptView(i, hub.get(i.clientId) !== undefined);
+  const { serverId } = deps;
+  /** Connected here, or through a replica that is alive (it clears replicaId when the tunnel drops). */
+  const connected = (i: Intercept) =>
+    hub.get(i.clientKey) !== undefined ||
+    (i.replicaId !== '' && i.replicaId !== serverId && store.peer(i.replicaId) !== undefined);
+  const view = (i: Intercept) => interceptView(i, connected(i));
   const visible = (p: Principal) => store.list().filter((i) => p.canUseTenant(i.tenant));
   const services = () => router.names.map((n) => router.get(n)).filter((s) => s !== undefined);
   const events: EventStreamSource = {
@@ -98,15 +109,16 @@ export function createControlPlane(deps: ControlPlaneDeps): http.Server {
     const { pathname } = url;
     if (pathname === '/status' && req.method === 'GET') {
       sendJson(res, 200, {
-        serverId: deps.serverId,
+        serverId,
         version: VERSION,
+        store: store.health(),
         tenantHeader: deps.tenantHeader,
         services: router.names.map((name) => ({ name, upstream: router.get(name)?.upstream.href })),
         upstreams: passThrough.upstreams(services()),
         intercepts: visible(principal).map(view),
         clients: hub
           .list()
-          .filter((t) => principal.unrestricted || t.principal === principal)
+          .filter((t) => principal.unrestricted || t.principal.name === principal.name)
           .map((t) => ({
             tunnelId: t.tunnelId,
             holder: t.holder,
@@ -114,7 +126,7 @@ export function createControlPlane(deps: ControlPlaneDeps): http.Server {
             connectedAt: new Date(t.connectedAt).toISOString(),
             intercepts: store
               .list()
-              .filter((i) => i.clientId === t.clientId)
+              .filter((i) => i.clientKey === t.clientKey)
               .map((i) => i.id),
           })),
       });
@@ -162,7 +174,12 @@ export function createControlPlane(deps: ControlPlaneDeps): http.Server {
         );
         return;
       }
-      const tunnel = hub.get(clientId);
+      const clientKey = clientKeyOf(clientId);
+      const local = hub.get(clientKey);
+      // Behind a load balancer the tunnel may be open on another replica: the database knows where.
+      const tunnel = local
+        ? { replicaId: serverId, holder: local.holder, tokenName: local.principal.name }
+        : await store.findTunnel(clientKey);
       if (!tunnel) {
         sendError(
           res,
@@ -172,17 +189,18 @@ export function createControlPlane(deps: ControlPlaneDeps): http.Server {
         );
         return;
       }
-      if (tunnel.principal !== principal) {
+      if (tunnel.tokenName !== principal.name) {
         sendError(res, 403, 'tunnel-forbidden', 'that tunnel was opened with another token');
         return;
       }
-      const result = store.create({
+      const result = await store.create({
         service,
         tenant,
-        clientId,
+        clientKey,
         localPort,
         holder: tunnel.holder,
         tokenName: principal.name,
+        replicaId: tunnel.replicaId,
       });
       if (!result.ok) {
         sendError(
@@ -202,12 +220,6 @@ export function createControlPlane(deps: ControlPlaneDeps): http.Server {
           { intercept: result.intercept.id, service, tenant, holder: tunnel.holder },
           'intercept created',
         );
-        bus.publish({
-          type: 'intercept',
-          action: 'created',
-          intercept: view(result.intercept),
-          at: Date.now(),
-        });
       }
       sendJson(res, result.renewed ? 200 : 201, view(result.intercept));
       return;
@@ -226,7 +238,7 @@ export function createControlPlane(deps: ControlPlaneDeps): http.Server {
           (!tenant || i.tenant === tenant) &&
           (!holder || i.holder === holder),
       );
-      for (const i of removed) store.delete(i.id);
+      for (const i of removed) await store.delete(i.id);
       if (removed.length) log.info({ intercepts: removed.map((i) => i.id) }, 'intercepts removed');
       sendJson(res, 200, { removed: removed.map((i) => interceptView(i, false)) });
       return;
@@ -245,7 +257,7 @@ export function createControlPlane(deps: ControlPlaneDeps): http.Server {
         return;
       }
       if (req.method === 'DELETE') {
-        store.delete(intercept.id);
+        await store.delete(intercept.id);
         log.info({ intercept: intercept.id }, 'intercept removed');
         sendJson(res, 200, { removed: [interceptView(intercept, false)] });
       } else {
@@ -269,7 +281,16 @@ export function createControlPlane(deps: ControlPlaneDeps): http.Server {
     }
     routes(req, res, principal, url).catch((err: Error & { status?: number }) => {
       if (err.status) sendError(res, err.status, 'bad-request', err.message);
-      else {
+      else if (err instanceof StoreUnavailableError) {
+        log.warn({ err: err.message, path: url.pathname }, 'change refused: the store is unavailable');
+        sendError(
+          res,
+          503,
+          'store-unavailable',
+          `${err.message}; intercepts already in place keep routing, but none can be created or removed until it is back`,
+          { hint: 'try again in a few seconds' },
+        );
+      } else {
         log.error({ err }, 'control request failed');
         sendError(res, 500, 'internal', err.message);
       }
@@ -290,8 +311,10 @@ export function createControlPlane(deps: ControlPlaneDeps): http.Server {
     }
     const holderHeader = req.headers[HOLDER_HEADER];
     const holder =
-      typeof holderHeader === 'string' && holderHeader ? holderHeader.slice(0, 120) : tunnelIdOf(clientId);
-    if (!hub.mayReplace(clientId, principal)) {
+      typeof holderHeader === 'string' && holderHeader
+        ? holderHeader.slice(0, 120)
+        : tunnelIdOf(clientKeyOf(clientId));
+    if (!hub.mayReplace(clientKeyOf(clientId), principal)) {
       return reject(409, 'a tunnel with this client id is open under another token');
     }
     hub.accept(req, socket, head, principal, clientId, holder);

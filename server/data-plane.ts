@@ -3,14 +3,15 @@
  * service and tenant, then relays the request either through the intercepting
  * developer's tunnel or on to the service's upstream.
  */
+import { timingSafeEqual } from 'node:crypto';
 import http, { type IncomingMessage, type ServerResponse } from 'node:http';
 import type { Duplex } from 'node:stream';
 import type { Logger } from 'pino';
 import { appendForwarded, appendVia, forwardableRawHeaders } from '../src/http-headers.js';
-import { HOP_HEADER } from '../src/protocol.js';
+import { HOP_HEADER, RELAY_HEADER } from '../src/protocol.js';
 import { sendError, writeRawError } from './error-response.js';
 import type { EventBus, RequestRecord } from './event-bus.js';
-import type { Intercept, InterceptStore } from './intercept-store.js';
+import type { Intercept, InterceptStore, Peer } from './intercept-store.js';
 import type { PassThrough } from './pass-through.js';
 import type { RouteResult, ServiceRouter } from './routing.js';
 import { forwardThroughTunnel } from './tunnel-forward.js';
@@ -21,7 +22,7 @@ import { relayUpgrade } from './upgrade-relay.js';
  * Not forwarded as they came: this hop sets its own Forwarded/Via/loop guard, and Expect was
  * already answered here (Node sends 100 Continue), so repeating it upstream would only stall.
  */
-const REWRITTEN = new Set(['forwarded', 'via', 'expect', HOP_HEADER]);
+const REWRITTEN = new Set(['forwarded', 'via', 'expect', HOP_HEADER, RELAY_HEADER]);
 
 export interface DataPlaneDeps {
   router: ServiceRouter;
@@ -33,12 +34,22 @@ export interface DataPlaneDeps {
   timeoutMs: number;
   bus: EventBus;
   log: Logger;
+  /** This replica's relay secret, when it runs with others (PostgreSQL store). */
+  relaySecret?: () => string | undefined;
 }
 
 type Decision =
   | { kind: 'error'; status: number; code: string; message: string; extra?: Record<string, unknown> }
   | { kind: 'tunnel'; route: RouteResult; headers: string[]; intercept: Intercept; tunnel: ClientTunnel }
+  | { kind: 'relay'; route: RouteResult; headers: string[]; intercept: Intercept; peer: Peer }
   | { kind: 'pass'; route: RouteResult; headers: string[] };
+
+function sameSecret(given: string | string[] | undefined, expected: string | undefined): boolean {
+  if (typeof given !== 'string' || !expected) return false;
+  const a = Buffer.from(given);
+  const b = Buffer.from(expected);
+  return a.length === b.length && timingSafeEqual(a, b);
+}
 
 export function createDataPlane(deps: DataPlaneDeps): http.Server {
   const { router, store, hub, passThrough, tenantHeader, serverId, timeoutMs, bus, log } = deps;
@@ -78,18 +89,47 @@ export function createDataPlane(deps: DataPlaneDeps): http.Server {
       headers.push(HOP_HEADER, serverId);
       return { kind: 'pass', route, headers };
     }
-    const tunnel = hub.get(intercept.clientId);
-    if (!tunnel) {
-      const seconds = Math.max(0, Math.ceil((intercept.expiresAt - Date.now()) / 1000));
+    const tunnel = hub.get(intercept.clientKey);
+    if (tunnel) return { kind: 'tunnel', route, headers, intercept, tunnel };
+    // A request another replica relayed here is never relayed again: if the tunnel moved on,
+    // the answer is an error, not a ping-pong between replicas.
+    const relayed = sameSecret(req.headers[RELAY_HEADER], deps.relaySecret?.());
+    if (!relayed && intercept.replicaId && intercept.replicaId !== serverId) {
+      const peer = store.peer(intercept.replicaId);
+      if (peer) return { kind: 'relay', route, headers, intercept, peer };
       return {
         kind: 'error',
         status: 502,
-        code: 'tunnel-disconnected',
-        message: `intercept ${intercept.id} (${intercept.service}, tenant ${intercept.tenant}) is held by ${intercept.holder}, whose tunnel is disconnected; traffic falls back to the base service if it does not reconnect within ${seconds} s`,
-        extra: { intercept: intercept.id },
+        code: 'replica-down',
+        message: `intercept ${intercept.id} (${intercept.service}, tenant ${intercept.tenant}) is held through replica ${intercept.replicaId}, which has stopped answering; ${intercept.holder}'s client moves to another replica within seconds`,
+        extra: { intercept: intercept.id, replica: intercept.replicaId },
       };
     }
-    return { kind: 'tunnel', route, headers, intercept, tunnel };
+    const seconds = Math.max(0, Math.ceil((intercept.expiresAt - Date.now()) / 1000));
+    return {
+      kind: 'error',
+      status: 502,
+      code: 'tunnel-disconnected',
+      message: `intercept ${intercept.id} (${intercept.service}, tenant ${intercept.tenant}) is held by ${intercept.holder}, whose tunnel is disconnected; traffic falls back to the base service if it does not reconnect within ${seconds} s`,
+      extra: { intercept: intercept.id },
+    };
+  };
+
+  /** The tunnel is on another replica: one streaming hop to it, which delivers through the tunnel. */
+  const relay = (req: IncomingMessage, res: ServerResponse, d: Extract<Decision, { kind: 'relay' }>) => {
+    d.headers.push(RELAY_HEADER, d.peer.secret);
+    passThrough.forward(
+      req,
+      res,
+      { name: `replica:${d.peer.id}`, upstream: new URL(d.peer.url), stripPrefix: false },
+      req.url ?? '/',
+      d.headers,
+      {
+        what: `replica ${d.peer.id} (${d.peer.url}), which holds the tunnel of intercept ${d.intercept.id}`,
+        code: 'replica',
+        extra: { intercept: d.intercept.id, replica: d.peer.id },
+      },
+    );
   };
 
   const handle = (req: IncomingMessage, res: ServerResponse) => {
@@ -97,6 +137,7 @@ export function createDataPlane(deps: DataPlaneDeps): http.Server {
     if (d.kind === 'error') sendError(res, d.status, d.code, d.message, d.extra);
     else if (d.kind === 'tunnel')
       forwardThroughTunnel(req, res, d.tunnel, d.intercept, d.route.path, d.headers, timeoutMs, publish);
+    else if (d.kind === 'relay') relay(req, res, d);
     else passThrough.forward(req, res, d.route.service, d.route.path, d.headers);
   };
 
@@ -107,7 +148,7 @@ export function createDataPlane(deps: DataPlaneDeps): http.Server {
   server.on('upgrade', (req: IncomingMessage, socket: Duplex, head: Buffer) => {
     const d = decide(req);
     if (d.kind === 'error') writeRawError(socket, d.status, d.code, d.message, d.extra);
-    else if (d.kind === 'tunnel') {
+    else if (d.kind === 'tunnel' || d.kind === 'relay') {
       writeRawError(
         socket,
         501,

@@ -1,9 +1,11 @@
 /**
- * Intercepts as leases, held in memory. One (service, tenant) has at most one holder; a
- * lease that is not renewed lapses and traffic falls back to the base service.
+ * What every intercept store offers the server agent. Routing reads (`find`, `get`,
+ * `list`) are synchronous and served from memory on every replica; changes are
+ * asynchronous because with PostgreSQL they are decided by the database.
  */
-import { randomBytes } from 'node:crypto';
-import { EventEmitter } from 'node:events';
+import { createHash } from 'node:crypto';
+import type { EventEmitter } from 'node:events';
+import type { TokenRecord } from './auth.js';
 
 export interface Intercept {
   id: string;
@@ -13,11 +15,21 @@ export interface Intercept {
   holder: string;
   /** Name of the token that created it. */
   tokenName: string;
-  clientId: string;
+  /** sha256 of the client id: the client id is a credential, so stores never keep it. */
+  clientKey: string;
   localPort: number;
+  /** The replica whose tunnel carries this intercept's traffic. */
+  replicaId: string;
+  /** Bumped whenever the intercept moves to another replica; fences renewals from the old one. */
+  epoch: number;
   createdAt: number;
   expiresAt: number;
 }
+
+export type InterceptInput = Pick<
+  Intercept,
+  'service' | 'tenant' | 'holder' | 'tokenName' | 'clientKey' | 'localPort' | 'replicaId'
+>;
 
 export type CreateResult =
   | { ok: true; intercept: Intercept; renewed: boolean }
@@ -25,103 +37,72 @@ export type CreateResult =
 
 export type EndReason = 'left' | 'expired';
 
-const key = (service: string, tenant: string) => `${service}\u0000${tenant}`;
-
-export class InterceptStore extends EventEmitter<{ ended: [Intercept, EndReason] }> {
-  private readonly byKey = new Map<string, Intercept>();
-  private readonly byId = new Map<string, Intercept>();
-  private readonly sweeper: NodeJS.Timeout;
-
-  constructor(
-    private readonly leaseTtlMs: number,
-    private readonly now: () => number = Date.now,
-  ) {
-    super();
-    this.sweeper = setInterval(() => this.sweep(), Math.min(1000, leaseTtlMs / 4));
-    this.sweeper.unref();
-  }
-
-  get ttlMs(): number {
-    return this.leaseTtlMs;
-  }
-
-  /** The hot-path lookup: checks expiry itself so a lapsed lease never routes, even between sweeps. */
-  find(service: string, tenant: string): Intercept | undefined {
-    const found = this.byKey.get(key(service, tenant));
-    if (found && found.expiresAt <= this.now()) {
-      this.remove(found, 'expired');
-      return undefined;
-    }
-    return found;
-  }
-
-  get(id: string): Intercept | undefined {
-    const found = this.byId.get(id);
-    return found && found.expiresAt > this.now() ? found : undefined;
-  }
-
-  /** Re-asserting an intercept the same client already holds renews it (reconnects rely on this). */
-  create(input: Omit<Intercept, 'id' | 'createdAt' | 'expiresAt'>): CreateResult {
-    const existing = this.find(input.service, input.tenant);
-    const now = this.now();
-    if (existing) {
-      if (existing.clientId !== input.clientId) return { ok: false, holder: existing };
-      existing.expiresAt = now + this.leaseTtlMs;
-      existing.localPort = input.localPort;
-      return { ok: true, intercept: existing, renewed: true };
-    }
-    const intercept: Intercept = {
-      ...input,
-      id: `icp_${randomBytes(6).toString('hex')}`,
-      createdAt: now,
-      expiresAt: now + this.leaseTtlMs,
-    };
-    this.byKey.set(key(intercept.service, intercept.tenant), intercept);
-    this.byId.set(intercept.id, intercept);
-    return { ok: true, intercept, renewed: false };
-  }
-
-  renew(clientId: string, ids: string[]): { renewed: string[]; missing: string[] } {
-    const renewed: string[] = [];
-    const missing: string[] = [];
-    const expiresAt = this.now() + this.leaseTtlMs;
-    for (const id of ids) {
-      const found = this.get(id);
-      if (found && found.clientId === clientId) {
-        found.expiresAt = expiresAt;
-        renewed.push(id);
-      } else {
-        missing.push(id);
-      }
-    }
-    return { renewed, missing };
-  }
-
-  delete(id: string): Intercept | undefined {
-    const found = this.get(id);
-    if (found) this.remove(found, 'left');
-    return found;
-  }
-
-  list(): Intercept[] {
-    this.sweep();
-    return [...this.byId.values()];
-  }
-
-  close(): void {
-    clearInterval(this.sweeper);
-  }
-
-  private sweep(): void {
-    const now = this.now();
-    for (const intercept of this.byId.values()) {
-      if (intercept.expiresAt <= now) this.remove(intercept, 'expired');
-    }
-  }
-
-  private remove(intercept: Intercept, reason: EndReason): void {
-    this.byKey.delete(key(intercept.service, intercept.tenant));
-    this.byId.delete(intercept.id);
-    this.emit('ended', intercept, reason);
-  }
+/** Where an open tunnel is, for a replica that is asked to create an intercept on it. */
+export interface TunnelRecord {
+  clientKey: string;
+  replicaId: string;
+  holder: string;
+  tokenName: string;
 }
+
+/** Another replica, as this one reaches it for cross-replica delivery. */
+export interface Peer {
+  id: string;
+  /** Base URL of the peer's data port. */
+  url: string;
+  /** Proves to the peer that a relayed request comes from a replica. */
+  secret: string;
+  heartbeatAt: number;
+}
+
+export interface StoreHealth {
+  kind: 'memory' | 'postgres';
+  state: 'ok' | 'degraded';
+  /** Why it is degraded, and since when. */
+  error?: string;
+  since?: string;
+  lastSyncAt?: string;
+  replicas?: { id: string; url: string; heartbeatAt: string; self: boolean; alive: boolean }[];
+}
+
+export interface StoreEvents {
+  created: [Intercept];
+  ended: [Intercept, EndReason];
+  /** The shared set of tokens changed (only stores that share tokens between replicas emit it). */
+  tokens: [TokenRecord[]];
+}
+
+export interface InterceptStore extends EventEmitter<StoreEvents> {
+  readonly ttlMs: number;
+  /** The hot-path lookup, from memory. */
+  find(service: string, tenant: string): Intercept | undefined;
+  get(id: string): Intercept | undefined;
+  list(): Intercept[];
+  /** Re-asserting an intercept the same client already holds renews it (reconnects rely on this). */
+  create(input: InterceptInput): Promise<CreateResult>;
+  renew(
+    clientKey: string,
+    ids: string[],
+    replicaId: string,
+  ): Promise<{ renewed: string[]; missing: string[] }>;
+  delete(id: string): Promise<Intercept | undefined>;
+  /** A tunnel opened here: its intercepts now route to this replica. */
+  tunnelOpened(tunnel: TunnelRecord): Promise<void>;
+  tunnelClosed(clientKey: string, replicaId: string): Promise<void>;
+  /** A tunnel open on any replica (this one's are found in the hub first). */
+  findTunnel(clientKey: string): Promise<TunnelRecord | undefined>;
+  peer(replicaId: string): Peer | undefined;
+  health(): StoreHealth;
+  close(): Promise<void>;
+}
+
+/** Raised when the store cannot decide a change now (the database is unreachable). */
+export class StoreUnavailableError extends Error {
+  override readonly name = 'StoreUnavailableError';
+}
+
+export function clientKeyOf(clientId: string): string {
+  return createHash('sha256').update(clientId).digest('hex');
+}
+
+export const interceptKey = (service: string, tenant: string) => `${service}\u0000${tenant}`;

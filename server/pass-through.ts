@@ -12,6 +12,15 @@ import { BODY_IDLE_MS } from './timeouts.js';
 
 export type { UpstreamHealth } from '../src/protocol.js';
 
+/** How failures name the target: a service's upstream, or another replica. */
+export interface TargetLabel {
+  /** Fills "could not reach <what>" and "<what> did not answer". */
+  what: string;
+  /** Prefix of the error code: `upstream-unreachable`, `replica-timeout`… */
+  code: string;
+  extra: Record<string, unknown>;
+}
+
 export class PassThrough {
   private readonly pools = new Map<string, Pool>();
   private readonly health = new Map<string, { ok: number; err: number; error?: string }>();
@@ -39,6 +48,11 @@ export class PassThrough {
     service: RoutedService,
     path: string,
     headers: string[],
+    label: TargetLabel = {
+      what: `the ${service.name} upstream (${service.upstream.origin})`,
+      code: 'upstream',
+      extra: { service: service.name },
+    },
   ): void {
     const hasBody =
       req.headers['content-length'] !== undefined || req.headers['transfer-encoding'] !== undefined;
@@ -78,21 +92,17 @@ export class PassThrough {
           sendError(
             res,
             504,
-            'upstream-timeout',
-            `the ${service.name} upstream (${service.upstream.origin}) did not answer within ${this.timeoutMs} ms`,
-            {
-              service: service.name,
-            },
+            `${label.code}-timeout`,
+            `${label.what} did not answer within ${this.timeoutMs} ms`,
+            label.extra,
           );
         } else {
           sendError(
             res,
             502,
-            'upstream-unreachable',
-            `could not reach the ${service.name} upstream (${service.upstream.origin}): ${err.message}`,
-            {
-              service: service.name,
-            },
+            `${label.code}-unreachable`,
+            `could not reach ${label.what}: ${err.message}`,
+            label.extra,
           );
         }
       },

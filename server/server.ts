@@ -5,16 +5,19 @@
 import { randomBytes } from 'node:crypto';
 import type { Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
+import os from 'node:os';
 import type { Logger } from 'pino';
 import { ExitCode, KelsingraError } from '../src/errors.js';
-import { TokenAuthority } from './auth.js';
+import { TokenAuthority, tokenRecords } from './auth.js';
 import type { ServerConfig } from './config.js';
 import { createControlPlane, interceptView } from './control-plane.js';
 import { createDataPlane } from './data-plane.js';
 import { EventBus } from './event-bus.js';
-import { InterceptStore } from './intercept-store.js';
+import type { InterceptStore } from './intercept-store.js';
 import { createLogger } from './logger.js';
+import { MemoryInterceptStore } from './memory-store.js';
 import { PassThrough } from './pass-through.js';
+import { PgInterceptStore } from './pg-store.js';
 import { ServiceRouter } from './routing.js';
 import { TunnelHub } from './tunnel-hub.js';
 
@@ -36,18 +39,59 @@ function listen(server: Server, port: number, host: string): Promise<number> {
   });
 }
 
+/** A wildcard address is no use to a peer: it gets this machine's name instead. */
+function advertisedHost(host: string): string {
+  if (host === '0.0.0.0' || host === '::') return os.hostname();
+  return host.includes(':') ? `[${host}]` : host;
+}
+
 export async function startServer(
   config: ServerConfig,
   log: Logger = createLogger(config.logLevel),
 ): Promise<RunningServer> {
   const serverId = `ks-${randomBytes(4).toString('hex')}`;
-  const store = new InterceptStore(config.leaseTtl * 1000);
-  const hub = new TunnelHub(store, config.heartbeatInterval * 1000, log);
+  const configured = tokenRecords(config.token, config.tokens);
+  const auth = new TokenAuthority(configured);
+  let store: InterceptStore;
+  let pgStore: PgInterceptStore | undefined;
+  if (config.databaseUrl) {
+    pgStore = await PgInterceptStore.open({
+      databaseUrl: config.databaseUrl,
+      replicaId: serverId,
+      ttlMs: config.leaseTtl * 1000,
+      log,
+    });
+    store = pgStore;
+    await pgStore.syncTokens([
+      ...(config.token ? [{ name: 'default', token: config.token, tenants: ['*'] }] : []),
+      ...config.tokens,
+    ]);
+    auth.replace(await pgStore.loadTokens());
+    pgStore.on('tokens', (tokens) => auth.replace(tokens));
+    if (auth.size === 0) {
+      await pgStore.close();
+      throw new KelsingraError(
+        'the server agent needs a token: none is configured here and the database holds none',
+        ExitCode.config,
+        'pass --token <secret>, set KELSINGRA_TOKEN, or give a tokens file with --tokens-file',
+      );
+    }
+  } else {
+    store = new MemoryInterceptStore(config.leaseTtl * 1000);
+  }
+  const hub = new TunnelHub(store, serverId, config.heartbeatInterval * 1000, log);
   const router = new ServiceRouter(config.services);
   const passThrough = new PassThrough(config.upstreamTimeout * 1000);
-  const auth = new TokenAuthority(config.token, config.tokens);
 
   const bus = new EventBus();
+  store.on('created', (intercept) => {
+    bus.publish({
+      type: 'intercept',
+      action: 'created',
+      intercept: interceptView(intercept, true),
+      at: Date.now(),
+    });
+  });
   store.on('ended', (intercept, reason) => {
     if (reason === 'expired')
       log.info(
@@ -84,6 +128,7 @@ export async function startServer(
     timeoutMs: config.upstreamTimeout * 1000,
     bus,
     log,
+    relaySecret: () => pgStore?.relaySecret,
   });
 
   let controlPort: number;
@@ -93,8 +138,8 @@ export async function startServer(
     proxyPort = await listen(data, config.proxyPort, config.host);
   } catch (err) {
     control.close();
-    store.close();
     hub.close();
+    await store.close();
     const e = err as NodeJS.ErrnoException & { port?: number; address?: string };
     if (e.code === 'EADDRINUSE' || e.code === 'EACCES') {
       const which =
@@ -109,8 +154,19 @@ export async function startServer(
     }
     throw err;
   }
+  if (pgStore) {
+    const advertised = config.advertiseUrl ?? `http://${advertisedHost(config.host)}:${proxyPort}`;
+    await pgStore.announce(advertised);
+  }
   log.info(
-    { controlPort, proxyPort, services: router.names, tenantHeader: config.tenantHeader, serverId },
+    {
+      controlPort,
+      proxyPort,
+      services: router.names,
+      tenantHeader: config.tenantHeader,
+      serverId,
+      store: store.health().kind,
+    },
     'server agent listening',
   );
 
@@ -121,7 +177,7 @@ export async function startServer(
     log,
     async close() {
       hub.close();
-      store.close();
+      await store.close();
       control.closeAllConnections();
       data.closeAllConnections();
       await Promise.all([

@@ -3,7 +3,6 @@
  * its binary frames (this side is the HTTP/2 client: it opens a stream per intercepted
  * request), JSON control messages in text frames, and ping/pong heartbeats.
  */
-import { createHash } from 'node:crypto';
 import type { IncomingMessage } from 'node:http';
 import http2, { type ClientHttp2Session } from 'node:http2';
 import type { Duplex } from 'node:stream';
@@ -13,14 +12,15 @@ import { type ClientControl, type ServerControl, TUNNEL_SUBPROTOCOL } from '../s
 import { H2_SETTINGS, SESSION_WINDOW } from '../src/tunnel-settings.js';
 import { webSocketDuplex } from '../src/ws-duplex.js';
 import type { Principal } from './auth.js';
-import type { InterceptStore } from './intercept-store.js';
+import { clientKeyOf, type InterceptStore } from './intercept-store.js';
 
 /**
  * The client id works like a bearer credential (a tunnel that presents it takes over the
- * lease's traffic), so only this digest of it is ever shown or logged.
+ * lease's traffic), so only a digest of it is kept (the client key), and only a prefix of
+ * that is ever shown or logged.
  */
-export function tunnelIdOf(clientId: string): string {
-  return `t_${createHash('sha256').update(clientId).digest('hex').slice(0, 12)}`;
+export function tunnelIdOf(clientKey: string): string {
+  return `t_${clientKey.slice(0, 12)}`;
 }
 
 export class ClientTunnel {
@@ -30,13 +30,13 @@ export class ClientTunnel {
   readonly session: ClientHttp2Session;
 
   constructor(
-    readonly clientId: string,
+    readonly clientKey: string,
     readonly holder: string,
     readonly principal: Principal,
     readonly ws: WebSocket,
     onControl: (tunnel: ClientTunnel, text: string) => void,
   ) {
-    this.tunnelId = tunnelIdOf(clientId);
+    this.tunnelId = tunnelIdOf(clientKey);
     const duplex = webSocketDuplex(ws, (text) => onControl(this, text));
     this.session = http2.connect('http://tunnel.kelsingra', {
       createConnection: () => duplex,
@@ -71,18 +71,19 @@ export class TunnelHub {
 
   constructor(
     private readonly store: InterceptStore,
+    private readonly replicaId: string,
     private readonly heartbeatMs: number,
     private readonly log: Logger,
   ) {
     this.heartbeat = setInterval(() => this.beat(), heartbeatMs);
     this.heartbeat.unref();
     store.on('ended', (intercept, reason) => {
-      this.tunnels.get(intercept.clientId)?.send({ type: 'intercept-ended', id: intercept.id, reason });
+      this.tunnels.get(intercept.clientKey)?.send({ type: 'intercept-ended', id: intercept.id, reason });
     });
   }
 
-  get(clientId: string): ClientTunnel | undefined {
-    const tunnel = this.tunnels.get(clientId);
+  get(clientKey: string): ClientTunnel | undefined {
+    const tunnel = this.tunnels.get(clientKey);
     return tunnel?.open ? tunnel : undefined;
   }
 
@@ -91,9 +92,9 @@ export class TunnelHub {
   }
 
   /** A reconnect may replace an open tunnel only with the token that opened it. */
-  mayReplace(clientId: string, principal: Principal): boolean {
-    const previous = this.get(clientId);
-    return !previous || previous.principal === principal;
+  mayReplace(clientKey: string, principal: Principal): boolean {
+    const previous = this.get(clientKey);
+    return !previous || previous.principal.name === principal.name;
   }
 
   accept(
@@ -104,27 +105,52 @@ export class TunnelHub {
     clientId: string,
     holder: string,
   ): void {
+    const clientKey = clientKeyOf(clientId);
     this.wss.handleUpgrade(req, socket, head, (ws) => {
-      const previous = this.tunnels.get(clientId);
+      const previous = this.tunnels.get(clientKey);
       if (previous) {
         this.log.info({ tunnel: previous.tunnelId }, 'client reconnected; closing its previous tunnel');
         previous.ws.terminate();
       }
-      const tunnel = new ClientTunnel(clientId, holder, principal, ws, (t, text) => this.onControl(t, text));
-      this.tunnels.set(clientId, tunnel);
+      const tunnel = new ClientTunnel(clientKey, holder, principal, ws, (t, text) => this.onControl(t, text));
+      this.tunnels.set(clientKey, tunnel);
       ws.on('pong', () => {
         tunnel.alive = true;
       });
       ws.on('close', () => {
-        if (this.tunnels.get(clientId) === tunnel) this.tunnels.delete(clientId);
+        if (this.tunnels.get(clientKey) === tunnel) {
+          this.tunnels.delete(clientKey);
+          this.store
+            .tunnelClosed(clientKey, this.replicaId)
+            .catch((err: Error) =>
+              this.log.warn(
+                { tunnel: tunnel.tunnelId, err: err.message },
+                'could not record the tunnel as closed',
+              ),
+            );
+        }
         // With an error, open streams end with a reset code rather than NO_ERROR, so callers
         // mid-response get a cut connection instead of a body that looks complete.
         tunnel.session.destroy(new Error('tunnel closed'));
         this.log.info({ tunnel: tunnel.tunnelId, holder }, 'tunnel closed');
       });
-      tunnel.send({ type: 'hello', clientId, heartbeatMs: this.heartbeatMs, leaseTtlMs: this.store.ttlMs });
       // `token` is a redacted log key; the token's name is no secret and tells operators who connected.
       this.log.info({ tunnel: tunnel.tunnelId, holder, tokenName: principal.name }, 'tunnel connected');
+      // Hello waits for the record, so the client's next call (on any replica) finds this tunnel
+      // and its intercepts already route here. Without the database it still opens, degraded.
+      this.store
+        .tunnelOpened({ clientKey, replicaId: this.replicaId, holder, tokenName: principal.name })
+        .catch((err: Error) =>
+          this.log.warn({ tunnel: tunnel.tunnelId, err: err.message }, 'could not record the tunnel'),
+        )
+        .finally(() =>
+          tunnel.send({
+            type: 'hello',
+            clientId,
+            heartbeatMs: this.heartbeatMs,
+            leaseTtlMs: this.store.ttlMs,
+          }),
+        );
     });
   }
 
@@ -144,11 +170,18 @@ export class TunnelHub {
       return;
     }
     if (message.type === 'renew' && Array.isArray(message.ids)) {
-      const result = this.store.renew(
-        tunnel.clientId,
-        message.ids.filter((id) => typeof id === 'string'),
-      );
-      tunnel.send({ type: 'renewed', ids: result.renewed, missing: result.missing });
+      this.store
+        .renew(
+          tunnel.clientKey,
+          message.ids.filter((id) => typeof id === 'string'),
+          this.replicaId,
+        )
+        .then(
+          (result) => tunnel.send({ type: 'renewed', ids: result.renewed, missing: result.missing }),
+          // Unanswered, the client renews again at its next interval; the lease outlives a few misses.
+          (err: Error) =>
+            this.log.error({ tunnel: tunnel.tunnelId, err: err.message }, 'renewing leases failed'),
+        );
     } else {
       this.log.warn(
         { tunnel: tunnel.tunnelId, type: (message as { type?: unknown }).type },

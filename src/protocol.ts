@@ -17,6 +17,12 @@ export const INTERCEPT_HEADER = 'x-kelsingra-intercept';
 /** Marks responses that Kelsingra generated itself rather than relayed. */
 export const ERROR_HEADER = 'x-kelsingra-error';
 
+/**
+ * On a request one replica relays to the replica holding the tunnel: the receiver's own
+ * secret (from the replicas table), so outsiders cannot pose as a replica. Never forwarded further.
+ */
+export const RELAY_HEADER = 'x-kelsingra-relay';
+
 /** Sent by the client in the WebSocket upgrade. */
 export const CLIENT_ID_HEADER = 'x-kelsingra-client';
 export const HOLDER_HEADER = 'x-kelsingra-holder';
@@ -40,6 +46,8 @@ export interface InterceptView {
   createdAt: string;
   expiresAt: string;
   connected: boolean;
+  /** The server replica whose tunnel carries it ('' while disconnected). */
+  replica: string;
 }
 
 export interface UpstreamHealth {

@@ -1,10 +1,11 @@
 import { describe, expect, it } from 'vitest';
-import { TokenAuthority, tenantPattern } from '../server/auth.js';
+import { TokenAuthority, tenantPattern, tokenRecords } from '../server/auth.js';
 
 const bearer = (token: string) => ({ authorization: `Bearer ${token}` });
+const authorityOf = (...args: Parameters<typeof tokenRecords>) => new TokenAuthority(tokenRecords(...args));
 
 describe('TokenAuthority.authenticate', () => {
-  const authority = new TokenAuthority('default-token-1', [
+  const authority = authorityOf('default-token-1', [
     { name: 'alice', token: 'alice-token-1', tenants: ['team-a-*'] },
     { name: 'bob', token: 'bob-token-123', tenants: ['t1', 't2'] },
   ]);
@@ -44,25 +45,23 @@ describe('TokenAuthority.authenticate', () => {
   });
 
   it('works with a tokens list and no default token', () => {
-    const a = new TokenAuthority(undefined, [{ name: 'ci', token: 'ci-token-123', tenants: ['*'] }]);
+    const a = authorityOf(undefined, [{ name: 'ci', token: 'ci-token-123', tenants: ['*'] }]);
     expect(a.authenticate(bearer('ci-token-123'))?.unrestricted).toBe(true);
     expect(a.authenticate(bearer('default-token-1'))).toBeUndefined();
   });
 
   it('refuses everything when there are no tokens at all', () => {
-    expect(new TokenAuthority(undefined, []).authenticate(bearer('anything-at-all'))).toBeUndefined();
+    expect(authorityOf(undefined, []).authenticate(bearer('anything-at-all'))).toBeUndefined();
   });
 
   it('when two entries share a secret, the first one configured wins', () => {
-    const a = new TokenAuthority('shared-token-1', [
-      { name: 'later', token: 'shared-token-1', tenants: ['x'] },
-    ]);
+    const a = authorityOf('shared-token-1', [{ name: 'later', token: 'shared-token-1', tenants: ['x'] }]);
     expect(a.authenticate(bearer('shared-token-1'))?.name).toBe('default');
   });
 });
 
 describe('tenant restrictions', () => {
-  const authority = new TokenAuthority(undefined, [
+  const authority = authorityOf(undefined, [
     { name: 'alice', token: 'alice-token-1', tenants: ['team-a-*'] },
     { name: 'bob', token: 'bob-token-123', tenants: ['t1', 'acme'] },
     { name: 'ops', token: 'ops-token-123', tenants: ['*'] },
@@ -132,5 +131,22 @@ describe('tenantPattern', () => {
   it('builds a pattern that is safe to reuse', () => {
     const p = tenantPattern('t*');
     for (let i = 0; i < 3; i++) expect(p.test('t1')).toBe(true);
+  });
+});
+
+describe('TokenAuthority.replace', () => {
+  it('takes a new set of tokens at once: a removed token stops working, an added one starts', () => {
+    const a = authorityOf('old-token-123', []);
+    expect(a.authenticate(bearer('old-token-123'))?.name).toBe('default');
+    a.replace(tokenRecords(undefined, [{ name: 'ci', token: 'new-token-123', tenants: ['t1'] }]));
+    expect(a.authenticate(bearer('old-token-123'))).toBeUndefined();
+    expect(a.authenticate(bearer('new-token-123'))?.canUseTenant('t1')).toBe(true);
+    expect(a.size).toBe(1);
+  });
+
+  it('keeps only digests: no record holds the secret', () => {
+    const records = tokenRecords('plain-secret-1', []);
+    expect(JSON.stringify(records)).not.toContain('plain-secret-1');
+    expect(records[0]?.digest).toHaveLength(32);
   });
 });

@@ -16,6 +16,7 @@ export function interceptView(id: string, over: Partial<InterceptView> = {}, t0 
     createdAt: new Date(t0).toISOString(),
     expiresAt: new Date(t0 + 30_000).toISOString(),
     connected: true,
+    replica: 'ks-1',
     ...over,
   };
 }

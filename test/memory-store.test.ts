@@ -1,5 +1,6 @@
 import { afterEach, describe, expect, it } from 'vitest';
-import { type EndReason, type Intercept, InterceptStore } from '../server/intercept-store.js';
+import type { CreateResult, EndReason, Intercept } from '../server/intercept-store.js';
+import { MemoryInterceptStore } from '../server/memory-store.js';
 
 const TTL = 30_000;
 
@@ -11,17 +12,17 @@ class Clock {
   }
 }
 
-const stores: InterceptStore[] = [];
+const stores: MemoryInterceptStore[] = [];
 function setup() {
   const clock = new Clock();
-  const store = new InterceptStore(TTL, clock.now);
+  const store = new MemoryInterceptStore(TTL, clock.now);
   stores.push(store);
   const ended: [Intercept, EndReason][] = [];
   store.on('ended', (i, r) => ended.push([i, r]));
   return { clock, store, ended };
 }
-afterEach(() => {
-  for (const s of stores.splice(0)) s.close();
+afterEach(async () => {
+  for (const s of stores.splice(0)) await s.close();
 });
 
 const alice = {
@@ -29,20 +30,21 @@ const alice = {
   tenant: 't1',
   holder: 'alice@laptop',
   tokenName: 'default',
-  clientId: 'client-a',
+  clientKey: 'client-a',
+  replicaId: 'ks-1',
   localPort: 3000,
 };
-const bob = { ...alice, holder: 'bob@desk', clientId: 'client-b', localPort: 4000 };
+const bob = { ...alice, holder: 'bob@desk', clientKey: 'client-b', localPort: 4000 };
 
-function created(result: ReturnType<InterceptStore['create']>): Intercept {
+function created(result: CreateResult): Intercept {
   if (!result.ok) throw new Error(`expected ok, held by ${result.holder.holder}`);
   return result.intercept;
 }
 
-describe('InterceptStore', () => {
-  it('creates an intercept with an id, timestamps from the clock, and makes it findable', () => {
+describe('MemoryInterceptStore', () => {
+  it('creates an intercept with an id, timestamps from the clock, and makes it findable', async () => {
     const { store, clock } = setup();
-    const r = store.create(alice);
+    const r = await store.create(alice);
     expect(r.ok && r.renewed).toBe(false);
     const i = created(r);
     expect(i.id).toMatch(/^icp_[0-9a-f]{12}$/);
@@ -53,11 +55,11 @@ describe('InterceptStore', () => {
     expect(store.ttlMs).toBe(TTL);
   });
 
-  it('keys by (service, tenant): other tenants and services are independent', () => {
+  it('keys by (service, tenant): other tenants and services are independent', async () => {
     const { store } = setup();
-    const a = created(store.create(alice));
-    const b = created(store.create({ ...bob, tenant: 't2' }));
-    const c = created(store.create({ ...bob, service: 'orders' }));
+    const a = created(await store.create(alice));
+    const b = created(await store.create({ ...bob, tenant: 't2' }));
+    const c = created(await store.create({ ...bob, service: 'orders' }));
     expect(new Set([a.id, b.id, c.id]).size).toBe(3);
     expect(store.find('billing', 't1')?.holder).toBe('alice@laptop');
     expect(store.find('billing', 't2')?.holder).toBe('bob@desk');
@@ -67,25 +69,25 @@ describe('InterceptStore', () => {
     expect(store.find('billingt', '1')).toBeUndefined();
   });
 
-  it('refuses a second client on the same (service, tenant), naming the holder, and leaves the lease alone', () => {
+  it('refuses a second client on the same (service, tenant), naming the holder, and leaves the lease alone', async () => {
     const { store, clock } = setup();
-    const first = created(store.create(alice));
+    const first = created(await store.create(alice));
     clock.advance(1000);
-    const r = store.create(bob);
+    const r = await store.create(bob);
     expect(r.ok).toBe(false);
     if (r.ok) return;
     expect(r.holder.holder).toBe('alice@laptop');
     expect(r.holder.id).toBe(first.id);
-    expect(store.find('billing', 't1')?.clientId).toBe('client-a');
+    expect(store.find('billing', 't1')?.clientKey).toBe('client-a');
     expect(store.find('billing', 't1')?.expiresAt).toBe(first.createdAt + TTL);
     expect(store.find('billing', 't1')?.localPort).toBe(3000);
   });
 
-  it('the same client re-asserting renews the same intercept and takes the new port', () => {
+  it('the same client re-asserting renews the same intercept and takes the new port', async () => {
     const { store, clock, ended } = setup();
-    const first = created(store.create(alice));
+    const first = created(await store.create(alice));
     clock.advance(20_000);
-    const r = store.create({ ...alice, localPort: 3001 });
+    const r = await store.create({ ...alice, localPort: 3001 });
     expect(r.ok && r.renewed).toBe(true);
     const again = created(r);
     expect(again.id).toBe(first.id);
@@ -96,12 +98,12 @@ describe('InterceptStore', () => {
     expect(ended).toEqual([]);
   });
 
-  it('renew extends only the caller’s own live leases and reports the rest missing', () => {
+  it('renew extends only the caller’s own live leases and reports the rest missing', async () => {
     const { store, clock } = setup();
-    const a = created(store.create(alice));
-    const b = created(store.create({ ...bob, tenant: 't2' }));
+    const a = created(await store.create(alice));
+    const b = created(await store.create({ ...bob, tenant: 't2' }));
     clock.advance(TTL - 1);
-    const r = store.renew('client-a', [a.id, b.id, 'icp_doesnotexist']);
+    const r = await store.renew('client-a', [a.id, b.id, 'icp_doesnotexist']);
     expect(r).toEqual({ renewed: [a.id], missing: [b.id, 'icp_doesnotexist'] });
     expect(store.get(a.id)?.expiresAt).toBe(clock.t + TTL);
     expect(store.get(b.id)?.expiresAt).toBe(b.createdAt + TTL); // not extended by someone else
@@ -111,17 +113,17 @@ describe('InterceptStore', () => {
     expect(store.find('billing', 't1')?.id).toBe(a.id);
   });
 
-  it('cannot renew a lease that has already lapsed', () => {
+  it('cannot renew a lease that has already lapsed', async () => {
     const { store, clock } = setup();
-    const a = created(store.create(alice));
+    const a = created(await store.create(alice));
     clock.advance(TTL);
-    expect(store.renew('client-a', [a.id])).toEqual({ renewed: [], missing: [a.id] });
+    expect(await store.renew('client-a', [a.id])).toEqual({ renewed: [], missing: [a.id] });
     expect(store.find('billing', 't1')).toBeUndefined();
   });
 
-  it('expires on lookup, between sweeps, exactly at expiresAt, with an "expired" event', () => {
+  it('expires on lookup, between sweeps, exactly at expiresAt, with an "expired" event', async () => {
     const { store, clock, ended } = setup();
-    const a = created(store.create(alice));
+    const a = created(await store.create(alice));
     clock.advance(TTL - 1);
     expect(store.find('billing', 't1')).toBe(a);
     clock.advance(1);
@@ -134,11 +136,11 @@ describe('InterceptStore', () => {
     expect(ended).toHaveLength(1);
   });
 
-  it('a lapsed lease no longer blocks anyone: another client takes over', () => {
+  it('a lapsed lease no longer blocks anyone: another client takes over', async () => {
     const { store, clock, ended } = setup();
-    const a = created(store.create(alice));
+    const a = created(await store.create(alice));
     clock.advance(TTL + 5);
-    const r = store.create(bob);
+    const r = await store.create(bob);
     const b = created(r);
     expect(r.ok && r.renewed).toBe(false);
     expect(b.id).not.toBe(a.id);
@@ -147,40 +149,40 @@ describe('InterceptStore', () => {
     expect(store.get(a.id)).toBeUndefined();
   });
 
-  it('list sweeps lapsed leases and emits one "expired" each', () => {
+  it('list sweeps lapsed leases and emits one "expired" each', async () => {
     const { store, clock, ended } = setup();
-    const a = created(store.create(alice));
+    const a = created(await store.create(alice));
     clock.advance(10_000);
-    const b = created(store.create({ ...bob, tenant: 't2' }));
+    const b = created(await store.create({ ...bob, tenant: 't2' }));
     clock.advance(TTL - 10_000);
     expect(store.list()).toEqual([b]);
     expect(ended).toEqual([[a, 'expired']]);
   });
 
-  it('delete ends a live lease with "left" and frees the key', () => {
+  it('delete ends a live lease with "left" and frees the key', async () => {
     const { store, ended } = setup();
-    const a = created(store.create(alice));
-    expect(store.delete(a.id)).toBe(a);
+    const a = created(await store.create(alice));
+    expect(await store.delete(a.id)).toBe(a);
     expect(ended).toEqual([[a, 'left']]);
     expect(store.find('billing', 't1')).toBeUndefined();
-    expect(store.delete(a.id)).toBeUndefined();
+    expect(await store.delete(a.id)).toBeUndefined();
     expect(ended).toHaveLength(1);
-    expect(created(store.create(bob)).holder).toBe('bob@desk');
+    expect(created(await store.create(bob)).holder).toBe('bob@desk');
   });
 
-  it('delete of an unknown id is a no-op', () => {
+  it('delete of an unknown id is a no-op', async () => {
     const { store, ended } = setup();
-    expect(store.delete('icp_nope')).toBeUndefined();
+    expect(await store.delete('icp_nope')).toBeUndefined();
     expect(ended).toEqual([]);
   });
 
   it('sweeps on its own timer even when nobody looks', async () => {
     const clock = new Clock();
-    const store = new InterceptStore(40, clock.now); // sweeps every 10 ms
+    const store = new MemoryInterceptStore(40, clock.now); // sweeps every 10 ms
     stores.push(store);
     const ended: EndReason[] = [];
     store.on('ended', (_i, r) => ended.push(r));
-    store.create(alice);
+    await store.create(alice);
     clock.advance(40);
     const deadline = Date.now() + 2000;
     while (ended.length === 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 5));

@@ -1,0 +1,137 @@
+/**
+ * The embedded store for a single server agent: intercepts as leases held in memory.
+ * One (service, tenant) has at most one holder; a lease that is not renewed lapses and
+ * traffic falls back to the base service.
+ */
+import { randomBytes } from 'node:crypto';
+import { EventEmitter } from 'node:events';
+import {
+  type CreateResult,
+  type EndReason,
+  type Intercept,
+  type InterceptInput,
+  type InterceptStore,
+  interceptKey,
+  type Peer,
+  type StoreEvents,
+  type StoreHealth,
+  type TunnelRecord,
+} from './intercept-store.js';
+
+export class MemoryInterceptStore extends EventEmitter<StoreEvents> implements InterceptStore {
+  private readonly byKey = new Map<string, Intercept>();
+  private readonly byId = new Map<string, Intercept>();
+  private readonly sweeper: NodeJS.Timeout;
+
+  constructor(
+    private readonly leaseTtlMs: number,
+    private readonly now: () => number = Date.now,
+  ) {
+    super();
+    this.sweeper = setInterval(() => this.sweep(), Math.min(1000, leaseTtlMs / 4));
+    this.sweeper.unref();
+  }
+
+  get ttlMs(): number {
+    return this.leaseTtlMs;
+  }
+
+  /** Checks expiry itself so a lapsed lease never routes, even between sweeps. */
+  find(service: string, tenant: string): Intercept | undefined {
+    const found = this.byKey.get(interceptKey(service, tenant));
+    if (found && found.expiresAt <= this.now()) {
+      this.remove(found, 'expired');
+      return undefined;
+    }
+    return found;
+  }
+
+  get(id: string): Intercept | undefined {
+    const found = this.byId.get(id);
+    return found && found.expiresAt > this.now() ? found : undefined;
+  }
+
+  async create(input: InterceptInput): Promise<CreateResult> {
+    const existing = this.find(input.service, input.tenant);
+    const now = this.now();
+    if (existing) {
+      if (existing.clientKey !== input.clientKey) return { ok: false, holder: existing };
+      existing.expiresAt = now + this.leaseTtlMs;
+      existing.localPort = input.localPort;
+      if (existing.replicaId !== input.replicaId) {
+        existing.replicaId = input.replicaId;
+        existing.epoch += 1;
+      }
+      return { ok: true, intercept: existing, renewed: true };
+    }
+    const intercept: Intercept = {
+      ...input,
+      id: `icp_${randomBytes(6).toString('hex')}`,
+      epoch: 1,
+      createdAt: now,
+      expiresAt: now + this.leaseTtlMs,
+    };
+    this.byKey.set(interceptKey(intercept.service, intercept.tenant), intercept);
+    this.byId.set(intercept.id, intercept);
+    this.emit('created', intercept);
+    return { ok: true, intercept, renewed: false };
+  }
+
+  async renew(clientKey: string, ids: string[]): Promise<{ renewed: string[]; missing: string[] }> {
+    const renewed: string[] = [];
+    const missing: string[] = [];
+    const expiresAt = this.now() + this.leaseTtlMs;
+    for (const id of ids) {
+      const found = this.get(id);
+      if (found && found.clientKey === clientKey) {
+        found.expiresAt = expiresAt;
+        renewed.push(id);
+      } else {
+        missing.push(id);
+      }
+    }
+    return { renewed, missing };
+  }
+
+  async delete(id: string): Promise<Intercept | undefined> {
+    const found = this.get(id);
+    if (found) this.remove(found, 'left');
+    return found;
+  }
+
+  list(): Intercept[] {
+    this.sweep();
+    return [...this.byId.values()];
+  }
+
+  // One process holds every tunnel: there is nothing to record or to find elsewhere.
+  async tunnelOpened(_tunnel: TunnelRecord): Promise<void> {}
+  async tunnelClosed(_clientKey: string): Promise<void> {}
+  async findTunnel(_clientKey: string): Promise<TunnelRecord | undefined> {
+    return undefined;
+  }
+  peer(_replicaId: string): Peer | undefined {
+    return undefined;
+  }
+
+  health(): StoreHealth {
+    return { kind: 'memory', state: 'ok' };
+  }
+
+  async close(): Promise<void> {
+    clearInterval(this.sweeper);
+  }
+
+  private sweep(): void {
+    const now = this.now();
+    for (const intercept of this.byId.values()) {
+      if (intercept.expiresAt <= now) this.remove(intercept, 'expired');
+    }
+  }
+
+  private remove(intercept: Intercept, reason: EndReason): void {
+    this.byKey.delete(interceptKey(intercept.service, intercept.tenant));
+    this.byId.delete(intercept.id);
+    this.emit('ended', intercept, reason);
+  }
+}

@@ -1,0 +1,133 @@
+/**
+ * The PostgreSQL schema, as numbered migrations applied in order at start-up. Replicas
+ * starting together serialise on an advisory lock, so each migration runs once.
+ */
+import type pg from 'pg';
+import type { Logger } from 'pino';
+
+interface Migration {
+  version: number;
+  name: string;
+  sql: string;
+}
+
+/** Append only: a migration that has shipped is never edited, only followed by another. */
+export const MIGRATIONS: Migration[] = [
+  {
+    version: 1,
+    name: 'intercepts, replicas, tunnels, tokens',
+    sql: `
+      CREATE SEQUENCE kelsingra_change_seq;
+
+      CREATE TABLE kelsingra_intercepts (
+        id text PRIMARY KEY,
+        service text NOT NULL,
+        tenant text NOT NULL,
+        holder text NOT NULL,
+        token_name text NOT NULL,
+        client_key text NOT NULL,
+        local_port integer NOT NULL,
+        -- '' while the holder's tunnel is disconnected
+        replica_id text NOT NULL,
+        epoch bigint NOT NULL DEFAULT 1,
+        created_at timestamptz NOT NULL DEFAULT now(),
+        expires_at timestamptz NOT NULL,
+        change bigint NOT NULL DEFAULT nextval('kelsingra_change_seq'),
+        CONSTRAINT kelsingra_one_holder UNIQUE (service, tenant)
+      );
+      CREATE INDEX kelsingra_intercepts_client ON kelsingra_intercepts (client_key);
+      CREATE INDEX kelsingra_intercepts_expiry ON kelsingra_intercepts (expires_at);
+
+      CREATE TABLE kelsingra_replicas (
+        id text PRIMARY KEY,
+        url text NOT NULL,
+        secret text NOT NULL,
+        version text NOT NULL,
+        started_at timestamptz NOT NULL DEFAULT now(),
+        heartbeat_at timestamptz NOT NULL DEFAULT now()
+      );
+
+      CREATE TABLE kelsingra_tunnels (
+        client_key text PRIMARY KEY,
+        replica_id text NOT NULL,
+        holder text NOT NULL,
+        token_name text NOT NULL,
+        connected_at timestamptz NOT NULL DEFAULT now()
+      );
+
+      CREATE TABLE kelsingra_tokens (
+        name text PRIMARY KEY,
+        digest bytea NOT NULL,
+        tenants text[] NOT NULL,
+        updated_at timestamptz NOT NULL DEFAULT now()
+      );
+
+      -- Every change to an intercept reaches every replica, whoever made it (even psql).
+      CREATE FUNCTION kelsingra_intercept_changed() RETURNS trigger AS $$
+      BEGIN
+        IF TG_OP = 'DELETE' THEN
+          PERFORM pg_notify('kelsingra', json_build_object(
+            'op', 'delete',
+            'reason', CASE WHEN OLD.expires_at <= now() THEN 'expired' ELSE 'left' END,
+            'row', row_to_json(OLD))::text);
+          RETURN OLD;
+        END IF;
+        NEW.change := nextval('kelsingra_change_seq');
+        PERFORM pg_notify('kelsingra', json_build_object('op', 'upsert', 'row', row_to_json(NEW))::text);
+        RETURN NEW;
+      END $$ LANGUAGE plpgsql;
+      CREATE TRIGGER kelsingra_intercept_changed
+        BEFORE INSERT OR UPDATE OR DELETE ON kelsingra_intercepts
+        FOR EACH ROW EXECUTE FUNCTION kelsingra_intercept_changed();
+
+      CREATE FUNCTION kelsingra_tokens_changed() RETURNS trigger AS $$
+      BEGIN
+        PERFORM pg_notify('kelsingra', '{"op":"tokens"}');
+        RETURN NULL;
+      END $$ LANGUAGE plpgsql;
+      CREATE TRIGGER kelsingra_tokens_changed
+        AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON kelsingra_tokens
+        FOR EACH STATEMENT EXECUTE FUNCTION kelsingra_tokens_changed();
+    `,
+  },
+];
+
+/** Any constant will do, as long as every replica uses the same one. */
+const MIGRATION_LOCK = 7_700_417_001;
+
+export async function migrate(pool: pg.Pool, log: Logger): Promise<number> {
+  const client = await pool.connect();
+  try {
+    await client.query('BEGIN');
+    await client.query('SELECT pg_advisory_xact_lock($1)', [MIGRATION_LOCK]);
+    await client.query(`CREATE TABLE IF NOT EXISTS kelsingra_migrations (
+      version integer PRIMARY KEY,
+      name text NOT NULL,
+      applied_at timestamptz NOT NULL DEFAULT now()
+    )`);
+    const { rows } = await client.query<{ version: number }>('SELECT version FROM kelsingra_migrations');
+    const applied = new Set(rows.map((r) => r.version));
+    for (const m of MIGRATIONS) {
+      if (applied.has(m.version)) continue;
+      await client.query(m.sql);
+      await client.query('INSERT INTO kelsingra_migrations (version, name) VALUES ($1, $2)', [
+        m.version,
+        m.name,
+      ]);
+      log.info({ version: m.version, migration: m.name }, 'database migration applied');
+    }
+    await client.query('COMMIT');
+    const latest = Math.max(0, ...applied, ...MIGRATIONS.map((m) => m.version));
+    const known = Math.max(...MIGRATIONS.map((m) => m.version));
+    // During a rolling upgrade an older replica meets a newer schema; migrations only add, so it carries on.
+    if (latest > known)
+      log.warn({ schema: latest, known }, 'the database schema is newer than this server agent');
+    return latest;
+  } catch (err) {
+    // The migration's own error is the one worth reporting; a failed rollback adds nothing to it.
+    await client.query('ROLLBACK').catch(() => {});
+    throw err;
+  } finally {
+    client.release();
+  }
+}

@@ -1,0 +1,635 @@
+/**
+ * The intercept store for several replicas: PostgreSQL decides every change (one holder
+ * per service and tenant by a unique constraint), and each replica routes from its own
+ * copy in memory, kept current by LISTEN/NOTIFY and repaired by a periodic full reload.
+ * While the database is away the copy keeps routing and the store reports itself degraded.
+ */
+import { createHash, randomBytes } from 'node:crypto';
+import { EventEmitter } from 'node:events';
+import pg from 'pg';
+import type { Logger } from 'pino';
+import { ExitCode, KelsingraError } from '../src/errors.js';
+import { VERSION } from '../src/version.js';
+import type { TokenRecord } from './auth.js';
+import type { TokenConfig } from './config.js';
+import {
+  type CreateResult,
+  type EndReason,
+  type Intercept,
+  type InterceptInput,
+  type InterceptStore,
+  interceptKey,
+  type Peer,
+  type StoreEvents,
+  type StoreHealth,
+  StoreUnavailableError,
+  type TunnelRecord,
+} from './intercept-store.js';
+import { migrate } from './pg-migrations.js';
+
+export interface PgStoreOptions {
+  databaseUrl: string;
+  replicaId: string;
+  ttlMs: number;
+  log: Logger;
+  /** How often this replica proves it is alive and refreshes its list of peers. */
+  heartbeatMs?: number;
+  /** How often the whole table is reloaded, to repair anything a lost notification missed. */
+  reconcileMs?: number;
+}
+
+/** A row as a query returns it (timestamps as Date, bigint as string) or as a notification carries it (strings, numbers). */
+interface Row {
+  id: string;
+  service: string;
+  tenant: string;
+  holder: string;
+  token_name: string;
+  client_key: string;
+  local_port: number;
+  replica_id: string;
+  epoch: string | number;
+  created_at: Date | string;
+  expires_at: Date | string;
+  change: string | number;
+}
+
+type Notification =
+  | { op: 'upsert'; row: Row }
+  | { op: 'delete'; reason: EndReason; row: Row }
+  | { op: 'tokens' };
+
+const CHANNEL = 'kelsingra';
+/** A peer that has not beaten for this long is taken for dead: requests for it fail fast. */
+const PEER_STALE_MS = 5_000;
+/** Deleted ids are remembered this long, so a reload that started before the delete cannot revive them. */
+const TOMBSTONE_MS = 5 * 60_000;
+
+function toIntercept(row: Row): Intercept {
+  return {
+    id: row.id,
+    service: row.service,
+    tenant: row.tenant,
+    holder: row.holder,
+    tokenName: row.token_name,
+    clientKey: row.client_key,
+    localPort: row.local_port,
+    replicaId: row.replica_id,
+    epoch: Number(row.epoch),
+    createdAt: new Date(row.created_at).getTime(),
+    expiresAt: new Date(row.expires_at).getTime(),
+  };
+}
+
+/** Errors that mean "the database is not there right now", as opposed to a mistake in a query. */
+export function isConnectionError(err: unknown): boolean {
+  const e = err as { code?: string; message?: string };
+  if (typeof e.code === 'string' && (/^(08|57P)/.test(e.code) || /^E[A-Z]+$/.test(e.code))) return true;
+  return /timeout|terminated|not queryable|Connection/i.test(e.message ?? '');
+}
+
+/** The database URL without its password, for logs and error messages. */
+export function redactDatabaseUrl(url: string): string {
+  try {
+    const u = new URL(url);
+    if (u.password) u.password = '***';
+    return u.toString();
+  } catch {
+    return '(a database URL that does not parse)';
+  }
+}
+
+export class PgInterceptStore extends EventEmitter<StoreEvents> implements InterceptStore {
+  private readonly pool: pg.Pool;
+  private listener?: pg.Client;
+  private readonly byKey = new Map<string, Intercept>();
+  private readonly byId = new Map<string, Intercept>();
+  /** Per id: the row's change number (newest wins) and when this copy learnt of it. */
+  private readonly seen = new Map<string, { change: number; at: number }>();
+  private readonly tombstones = new Map<string, number>();
+  private readonly peers = new Map<string, { peer: Peer; ageMs: number; fetchedAt: number }>();
+  /** Tunnels open on this replica, kept here too so they can be written again after an outage. */
+  private readonly localTunnels = new Map<string, TunnelRecord>();
+  private readonly timers: NodeJS.Timeout[] = [];
+  private readonly heartbeatMs: number;
+  private readonly reconcileMs: number;
+  private readonly log: Logger;
+  private degradedSince?: number;
+  private degradedReason?: string;
+  private listenerUp = false;
+  private lastSyncAt?: number;
+  /** No sweeping of lapsed leases until clients had a chance to renew after a (re)connection. */
+  private sweepAfter = 0;
+  private announced?: { url: string; secret: string };
+  private closed = false;
+
+  private constructor(private readonly opts: PgStoreOptions) {
+    super();
+    this.log = opts.log;
+    this.heartbeatMs = opts.heartbeatMs ?? 1_000;
+    this.reconcileMs = opts.reconcileMs ?? 5_000;
+    this.pool = new pg.Pool({
+      connectionString: opts.databaseUrl,
+      max: 4,
+      connectionTimeoutMillis: 2_000,
+      query_timeout: 5_000,
+      idleTimeoutMillis: 30_000,
+      keepAlive: true,
+    });
+    // An idle connection dropped by a database restart is reported here; the next query reconnects.
+    this.pool.on('error', (err) => this.degrade(err));
+  }
+
+  /** Connects, migrates, loads the table and starts listening. Fails with exit 7 if the database is unreachable. */
+  static async open(opts: PgStoreOptions): Promise<PgInterceptStore> {
+    const store = new PgInterceptStore(opts);
+    try {
+      await migrate(store.pool, opts.log);
+      await store.connectListener();
+      await store.reload();
+    } catch (err) {
+      await store.close();
+      throw new KelsingraError(
+        `cannot use the PostgreSQL database at ${redactDatabaseUrl(opts.databaseUrl)}: ${(err as Error).message}`,
+        ExitCode.config,
+        'check --database-url (KELSINGRA_DATABASE_URL), that PostgreSQL is running, and that this user may create tables',
+      );
+    }
+    return store;
+  }
+
+  get ttlMs(): number {
+    return this.opts.ttlMs;
+  }
+
+  /**
+   * Makes this replica known to the others (its data-port URL and the secret they relay
+   * with) and starts its heartbeats, lease sweeping and reconciliation.
+   */
+  async announce(url: string): Promise<void> {
+    this.announced = { url, secret: randomBytes(24).toString('base64url') };
+    await this.heartbeat();
+    this.sweepAfter = Date.now() + this.ttlMs / 2;
+    const every = (ms: number, fn: () => Promise<void>) => {
+      const timer = setInterval(() => {
+        fn().catch((err) => this.degrade(err));
+      }, ms);
+      timer.unref();
+      this.timers.push(timer);
+    };
+    every(this.heartbeatMs, () => this.heartbeat());
+    every(Math.min(1_000, this.ttlMs / 4), () => this.sweep());
+    every(this.reconcileMs, () => this.reload());
+  }
+
+  /** The secret peers must present when they relay a request to this replica. */
+  get relaySecret(): string | undefined {
+    return this.announced?.secret;
+  }
+
+  find(service: string, tenant: string): Intercept | undefined {
+    return this.byKey.get(interceptKey(service, tenant));
+  }
+
+  get(id: string): Intercept | undefined {
+    return this.byId.get(id);
+  }
+
+  list(): Intercept[] {
+    return [...this.byId.values()];
+  }
+
+  async create(input: InterceptInput): Promise<CreateResult> {
+    const id = `icp_${randomBytes(6).toString('hex')}`;
+    // One statement decides: a new (service, tenant) is inserted; the same client re-asserting
+    // keeps its id; another client's lapsed lease is taken over under a new id; a live lease
+    // held by someone else is left alone and no row comes back.
+    const { rows } = await this.query<Row>(
+      `INSERT INTO kelsingra_intercepts AS i
+         (id, service, tenant, holder, token_name, client_key, local_port, replica_id, expires_at)
+       VALUES ($1, $2, $3, $4, $5, $6, $7, $8, now() + $9 * interval '1 millisecond')
+       ON CONFLICT (service, tenant) DO UPDATE SET
+         id = CASE WHEN i.client_key = EXCLUDED.client_key THEN i.id ELSE EXCLUDED.id END,
+         created_at = CASE WHEN i.client_key = EXCLUDED.client_key THEN i.created_at ELSE now() END,
+         epoch = i.epoch + CASE WHEN i.replica_id = EXCLUDED.replica_id THEN 0 ELSE 1 END,
+         holder = EXCLUDED.holder, token_name = EXCLUDED.token_name, client_key = EXCLUDED.client_key,
+         local_port = EXCLUDED.local_port, replica_id = EXCLUDED.replica_id, expires_at = EXCLUDED.expires_at
+       WHERE i.client_key = EXCLUDED.client_key OR i.expires_at <= now()
+       RETURNING *`,
+      [
+        id,
+        input.service,
+        input.tenant,
+        input.holder,
+        input.tokenName,
+        input.clientKey,
+        input.localPort,
+        input.replicaId,
+        this.ttlMs,
+      ],
+    );
+    const row = rows[0];
+    if (row) {
+      const intercept = this.applyUpsert(row);
+      return { ok: true, intercept, renewed: row.id !== id };
+    }
+    const holder = await this.query<Row>(
+      'SELECT * FROM kelsingra_intercepts WHERE service = $1 AND tenant = $2',
+      [input.service, input.tenant],
+    );
+    const held = holder.rows[0];
+    // Gone between the two statements (left or swept): the way is free now.
+    if (!held) return this.create(input);
+    return { ok: false, holder: toIntercept(held) };
+  }
+
+  async renew(
+    clientKey: string,
+    ids: string[],
+    replicaId: string,
+  ): Promise<{ renewed: string[]; missing: string[] }> {
+    let renewedIds: string[];
+    try {
+      const { rows } = await this.query<Row>(
+        `UPDATE kelsingra_intercepts SET
+           expires_at = now() + $3 * interval '1 millisecond',
+           epoch = epoch + CASE WHEN replica_id = $4 THEN 0 ELSE 1 END,
+           replica_id = $4
+         WHERE id = ANY($1) AND client_key = $2
+         RETURNING *`,
+        [ids, clientKey, this.ttlMs, replicaId],
+      );
+      renewedIds = rows.map((r) => this.applyUpsert(r).id);
+    } catch (err) {
+      if (!(err instanceof StoreUnavailableError)) throw err;
+      // Without the database nothing can expire either: what this copy holds stays held, and
+      // the client is not told its lease is lost because of an outage it did not cause.
+      renewedIds = ids.filter((id) => this.byId.get(id)?.clientKey === clientKey);
+      const expiresAt = Date.now() + this.ttlMs;
+      for (const id of renewedIds) (this.byId.get(id) as Intercept).expiresAt = expiresAt;
+    }
+    const renewed = new Set(renewedIds);
+    return { renewed: [...renewed], missing: ids.filter((id) => !renewed.has(id)) };
+  }
+
+  async delete(id: string): Promise<Intercept | undefined> {
+    const { rows } = await this.query<Row>('DELETE FROM kelsingra_intercepts WHERE id = $1 RETURNING *', [
+      id,
+    ]);
+    const row = rows[0];
+    return row ? this.applyDelete(row, 'left') : undefined;
+  }
+
+  async tunnelOpened(tunnel: TunnelRecord): Promise<void> {
+    this.localTunnels.set(tunnel.clientKey, tunnel);
+    await this.writeTunnel(tunnel);
+  }
+
+  async tunnelClosed(clientKey: string, replicaId: string): Promise<void> {
+    this.localTunnels.delete(clientKey);
+    // Only if no other replica has taken the tunnel over in the meantime.
+    const { rows } = await this.query<Row>(
+      `WITH gone AS (DELETE FROM kelsingra_tunnels WHERE client_key = $1 AND replica_id = $2)
+       UPDATE kelsingra_intercepts SET replica_id = '' WHERE client_key = $1 AND replica_id = $2 RETURNING *`,
+      [clientKey, replicaId],
+    );
+    for (const row of rows) this.applyUpsert(row);
+  }
+
+  async findTunnel(clientKey: string): Promise<TunnelRecord | undefined> {
+    const { rows } = await this.query<{
+      client_key: string;
+      replica_id: string;
+      holder: string;
+      token_name: string;
+    }>(
+      `SELECT t.* FROM kelsingra_tunnels t JOIN kelsingra_replicas r ON r.id = t.replica_id
+       WHERE t.client_key = $1 AND r.heartbeat_at > now() - $2 * interval '1 millisecond'`,
+      [clientKey, PEER_STALE_MS],
+    );
+    const row = rows[0];
+    return row
+      ? {
+          clientKey: row.client_key,
+          replicaId: row.replica_id,
+          holder: row.holder,
+          tokenName: row.token_name,
+        }
+      : undefined;
+  }
+
+  /**
+   * A live peer; undefined when it is unknown or has stopped beating. While the database is
+   * away nobody's heartbeat can be read, so every known peer counts as alive: a dead one
+   * still fails fast, on connect.
+   */
+  peer(replicaId: string): Peer | undefined {
+    const found = this.peers.get(replicaId);
+    if (!found) return undefined;
+    if (this.degradedSince === undefined && found.ageMs + (Date.now() - found.fetchedAt) > PEER_STALE_MS)
+      return undefined;
+    return found.peer;
+  }
+
+  health(): StoreHealth {
+    const now = Date.now();
+    return {
+      kind: 'postgres',
+      state: this.degradedSince === undefined ? 'ok' : 'degraded',
+      error: this.degradedReason,
+      since: this.degradedSince === undefined ? undefined : new Date(this.degradedSince).toISOString(),
+      lastSyncAt: this.lastSyncAt === undefined ? undefined : new Date(this.lastSyncAt).toISOString(),
+      replicas: [...this.peers.values()].map(({ peer, ageMs, fetchedAt }) => ({
+        id: peer.id,
+        url: peer.url,
+        heartbeatAt: new Date(fetchedAt - ageMs).toISOString(),
+        self: peer.id === this.opts.replicaId,
+        alive: ageMs + (now - fetchedAt) <= PEER_STALE_MS,
+      })),
+    };
+  }
+
+  /**
+   * Makes the configured tokens the shared set (stored as sha256 digests only). A replica
+   * started without tokens uses the set the others stored.
+   */
+  async syncTokens(tokens: TokenConfig[]): Promise<void> {
+    if (tokens.length === 0) return;
+    const client = await this.pool.connect();
+    try {
+      await client.query('BEGIN');
+      await client.query('DELETE FROM kelsingra_tokens');
+      for (const t of tokens) {
+        await client.query('INSERT INTO kelsingra_tokens (name, digest, tenants) VALUES ($1, $2, $3)', [
+          t.name,
+          createHash('sha256').update(t.token).digest(),
+          t.tenants,
+        ]);
+      }
+      await client.query('COMMIT');
+    } catch (err) {
+      // The original error says what went wrong; a failed rollback would only hide it.
+      await client.query('ROLLBACK').catch(() => {});
+      throw err;
+    } finally {
+      client.release();
+    }
+  }
+
+  async loadTokens(): Promise<TokenRecord[]> {
+    const { rows } = await this.query<{ name: string; digest: Buffer; tenants: string[] }>(
+      'SELECT name, digest, tenants FROM kelsingra_tokens ORDER BY name',
+    );
+    return rows;
+  }
+
+  async close(): Promise<void> {
+    this.closed = true;
+    for (const timer of this.timers) clearInterval(timer);
+    if (this.announced) {
+      // A clean stop tells the others at once; a crash is noticed by the missing heartbeat.
+      await this.query('DELETE FROM kelsingra_replicas WHERE id = $1', [this.opts.replicaId]).catch((err) =>
+        this.log.warn({ err: (err as Error).message }, 'could not remove this replica from the database'),
+      );
+    }
+    await this.listener?.end().catch(() => {
+      // Already broken: there is nothing left to close.
+    });
+    await this.pool.end();
+  }
+
+  private async query<R extends pg.QueryResultRow>(text: string, values: unknown[] = []) {
+    try {
+      return await this.pool.query<R>(text, values);
+    } catch (err) {
+      if (!isConnectionError(err)) throw err;
+      this.degrade(err);
+      throw new StoreUnavailableError(`PostgreSQL is unreachable: ${(err as Error).message}`);
+    }
+  }
+
+  private async writeTunnel(tunnel: TunnelRecord): Promise<void> {
+    const { rows } = await this.query<Row>(
+      `WITH t AS (
+         INSERT INTO kelsingra_tunnels (client_key, replica_id, holder, token_name) VALUES ($1, $2, $3, $4)
+         ON CONFLICT (client_key) DO UPDATE SET replica_id = EXCLUDED.replica_id, holder = EXCLUDED.holder,
+           token_name = EXCLUDED.token_name, connected_at = now())
+       UPDATE kelsingra_intercepts SET replica_id = $2, epoch = epoch + 1
+       WHERE client_key = $1 AND replica_id <> $2 AND token_name = $4 RETURNING *`,
+      [tunnel.clientKey, tunnel.replicaId, tunnel.holder, tunnel.tokenName],
+    );
+    for (const row of rows) this.applyUpsert(row);
+  }
+
+  private applyUpsert(row: Row): Intercept {
+    const change = Number(row.change);
+    const incoming = toIntercept(row);
+    const current = this.byId.get(row.id);
+    if (current) {
+      const seen = this.seen.get(row.id);
+      if (!seen || seen.change < change) {
+        Object.assign(current, incoming);
+        this.seen.set(row.id, { change, at: seen?.at ?? Date.now() });
+      }
+      return current;
+    }
+    if (this.tombstones.has(row.id)) return incoming;
+    const key = interceptKey(incoming.service, incoming.tenant);
+    const previous = this.byKey.get(key);
+    if (previous) {
+      // Another id for the same (service, tenant): the newer row wins, the older lease lapsed.
+      if ((this.seen.get(previous.id)?.change ?? 0) > change) return incoming;
+      this.removeLocal(previous, 'expired');
+    }
+    this.byKey.set(key, incoming);
+    this.byId.set(incoming.id, incoming);
+    this.seen.set(incoming.id, { change, at: Date.now() });
+    this.emit('created', incoming);
+    return incoming;
+  }
+
+  private applyDelete(row: Row, reason: EndReason): Intercept {
+    const current = this.byId.get(row.id);
+    if (current) {
+      this.removeLocal(current, reason);
+      return current;
+    }
+    this.tombstones.set(row.id, Date.now());
+    return toIntercept(row);
+  }
+
+  private removeLocal(intercept: Intercept, reason: EndReason): void {
+    const key = interceptKey(intercept.service, intercept.tenant);
+    if (this.byKey.get(key) === intercept) this.byKey.delete(key);
+    this.byId.delete(intercept.id);
+    this.seen.delete(intercept.id);
+    this.tombstones.set(intercept.id, Date.now());
+    this.emit('ended', intercept, reason);
+  }
+
+  /** The whole table, applied over the copy: repairs whatever notifications were lost. */
+  private async reload(): Promise<void> {
+    const startedAt = Date.now();
+    const { rows } = await this.query<Row>('SELECT * FROM kelsingra_intercepts');
+    const present = new Set<string>();
+    for (const row of rows) {
+      present.add(row.id);
+      this.applyUpsert(row);
+    }
+    for (const intercept of [...this.byId.values()]) {
+      // Learnt of after the snapshot was taken: the snapshot cannot speak for it.
+      if (present.has(intercept.id) || (this.seen.get(intercept.id)?.at ?? 0) >= startedAt) continue;
+      this.removeLocal(intercept, intercept.expiresAt <= Date.now() ? 'expired' : 'left');
+    }
+    for (const [id, at] of this.tombstones) if (startedAt - at > TOMBSTONE_MS) this.tombstones.delete(id);
+    this.emit('tokens', await this.loadTokens());
+    this.lastSyncAt = Date.now();
+  }
+
+  private async heartbeat(): Promise<void> {
+    if (!this.announced) return;
+    const { rows } = await this.query<{ id: string; url: string; secret: string; age_ms: number }>(
+      `WITH me AS (
+         INSERT INTO kelsingra_replicas (id, url, secret, version) VALUES ($1, $2, $3, $4)
+         ON CONFLICT (id) DO UPDATE SET heartbeat_at = now(), url = EXCLUDED.url, secret = EXCLUDED.secret)
+       SELECT id, url, secret, (extract(epoch FROM now() - heartbeat_at) * 1000)::int AS age_ms
+       FROM kelsingra_replicas`,
+      [this.opts.replicaId, this.announced.url, this.announced.secret, VERSION],
+    );
+    const fetchedAt = Date.now();
+    this.peers.clear();
+    // The CTE's write is not visible to its own SELECT: this replica is added as just beaten.
+    this.peers.set(this.opts.replicaId, {
+      peer: {
+        id: this.opts.replicaId,
+        url: this.announced.url,
+        secret: this.announced.secret,
+        heartbeatAt: fetchedAt,
+      },
+      ageMs: 0,
+      fetchedAt,
+    });
+    for (const r of rows) {
+      if (r.id === this.opts.replicaId) continue;
+      this.peers.set(r.id, {
+        peer: { id: r.id, url: r.url, secret: r.secret, heartbeatAt: fetchedAt - r.age_ms },
+        ageMs: r.age_ms,
+        fetchedAt,
+      });
+    }
+    if (this.listenerUp) this.recover();
+  }
+
+  private async sweep(): Promise<void> {
+    if (this.degradedSince !== undefined || Date.now() < this.sweepAfter) return;
+    const { rows } = await this.query<Row>(
+      'DELETE FROM kelsingra_intercepts WHERE expires_at < now() RETURNING *',
+    );
+    for (const row of rows) this.applyDelete(row, 'expired');
+    await this.query(
+      `WITH dead AS (DELETE FROM kelsingra_replicas WHERE heartbeat_at < now() - interval '1 minute' RETURNING id)
+       DELETE FROM kelsingra_tunnels t WHERE t.replica_id IN (SELECT id FROM dead)
+         OR NOT EXISTS (SELECT 1 FROM kelsingra_replicas r WHERE r.id = t.replica_id)`,
+    );
+  }
+
+  private async connectListener(): Promise<void> {
+    const client = new pg.Client({
+      connectionString: this.opts.databaseUrl,
+      connectionTimeoutMillis: 2_000,
+      keepAlive: true,
+    });
+    client.on('notification', (msg) => {
+      if (msg.channel !== CHANNEL || !msg.payload) return;
+      this.onNotification(msg.payload);
+    });
+    const lost = (err?: Error) => {
+      if (this.listener !== client) return;
+      this.listener = undefined;
+      this.listenerUp = false;
+      if (this.closed) return;
+      this.degrade(err ?? new Error('the notification connection closed'));
+      this.scheduleListener();
+    };
+    client.on('error', lost);
+    client.on('end', () => lost());
+    this.listener = client;
+    try {
+      await client.connect();
+      await client.query(`LISTEN ${CHANNEL}`);
+    } catch (err) {
+      this.listener = undefined;
+      await client.end().catch(() => {
+        // It never connected: nothing to end.
+      });
+      throw err;
+    }
+    this.listenerUp = true;
+  }
+
+  private scheduleListener(): void {
+    const timer = setTimeout(() => {
+      if (this.closed) return;
+      this.connectListener()
+        .then(() => this.resync())
+        .catch((err) => {
+          this.degrade(err);
+          this.scheduleListener();
+        });
+    }, 1_000);
+    timer.unref();
+  }
+
+  /**
+   * After the database comes back: renew what this replica's tunnels hold (leases could not
+   * be renewed while it was away), then reload everything, and only then sweep again.
+   */
+  private async resync(): Promise<void> {
+    this.sweepAfter = Date.now() + this.ttlMs / 2;
+    for (const tunnel of this.localTunnels.values()) {
+      await this.writeTunnel(tunnel);
+      await this.query(
+        `UPDATE kelsingra_intercepts SET expires_at = now() + $2 * interval '1 millisecond'
+         WHERE client_key = $1 AND replica_id = $3`,
+        [tunnel.clientKey, this.ttlMs, this.opts.replicaId],
+      );
+    }
+    await this.reload();
+    await this.heartbeat();
+    this.log.info({ intercepts: this.byId.size }, 'resynchronised with PostgreSQL');
+  }
+
+  private onNotification(payload: string): void {
+    let message: Notification;
+    try {
+      message = JSON.parse(payload) as Notification;
+    } catch {
+      this.log.warn({ payload: payload.slice(0, 200) }, 'unreadable notification ignored');
+      return;
+    }
+    if (message.op === 'upsert') this.applyUpsert(message.row);
+    else if (message.op === 'delete') this.applyDelete(message.row, message.reason);
+    else if (message.op === 'tokens') {
+      this.loadTokens().then(
+        (tokens) => this.emit('tokens', tokens),
+        (err) => this.degrade(err),
+      );
+    }
+  }
+
+  private degrade(err: unknown): void {
+    const reason = (err as Error).message ?? String(err);
+    if (this.degradedSince === undefined) {
+      this.degradedSince = Date.now();
+      this.log.warn({ err: reason }, 'PostgreSQL unreachable; routing from memory until it is back');
+    }
+    this.degradedReason = reason;
+  }
+
+  private recover(): void {
+    if (this.degradedSince === undefined) return;
+    this.log.info({ degradedForMs: Date.now() - this.degradedSince }, 'PostgreSQL reachable again');
+    this.degradedSince = undefined;
+    this.degradedReason = undefined;
+  }
+}
