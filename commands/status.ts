@@ -1,4 +1,5 @@
 import { ApiClient } from '../src/api-client.js';
+import type { StoreHealth } from '../src/protocol.js';
 import { BaseCommand } from '../src/cli/base-command.js';
 import { interceptTable } from '../src/intercept-table.js';
 import { loadSettings } from '../src/settings.js';
@@ -21,6 +22,7 @@ export default class Status extends BaseCommand {
     this.log(
       `Server ${settings.server} (${status.serverId}, version ${status.version}); tenant header ${status.tenantHeader}`,
     );
+    this.log(storeLine(status.store));
     this.log('\nServices:');
     for (const u of status.upstreams) {
       const health =
@@ -35,4 +37,16 @@ export default class Status extends BaseCommand {
     this.log(`\nClients connected: ${status.clients.length}`);
     for (const c of status.clients) this.log(`  ${c.holder} (${c.tunnelId}), since ${c.connectedAt}`);
   }
+}
+
+function storeLine(store: StoreHealth): string {
+  if (store.kind === 'memory') return 'Store: in memory (a single server agent)';
+  const replicas = (store.replicas ?? [])
+    .map((r) => `${r.id}${r.self ? ' (this one)' : r.alive ? '' : ' (not answering)'}`)
+    .join(', ');
+  const state =
+    store.state === 'ok'
+      ? 'ok'
+      : `DEGRADED since ${store.since}: ${store.error}; routing from memory, no intercept can be created or removed`;
+  return `Store: PostgreSQL, ${state}\nReplicas: ${replicas}`;
 }

@@ -5,7 +5,10 @@
  */
 import { createHash } from 'node:crypto';
 import type { EventEmitter } from 'node:events';
+import type { StoreHealth } from '../src/protocol.js';
 import type { TokenRecord } from './auth.js';
+
+export type { StoreHealth } from '../src/protocol.js';
 
 export interface Intercept {
   id: string;
@@ -53,16 +56,6 @@ export interface Peer {
   /** Proves to the peer that a relayed request comes from a replica. */
   secret: string;
   heartbeatAt: number;
-}
-
-export interface StoreHealth {
-  kind: 'memory' | 'postgres';
-  state: 'ok' | 'degraded';
-  /** Why it is degraded, and since when. */
-  error?: string;
-  since?: string;
-  lastSyncAt?: string;
-  replicas?: { id: string; url: string; heartbeatAt: string; self: boolean; alive: boolean }[];
 }
 
 export interface StoreEvents {

@@ -62,7 +62,19 @@ export const MIGRATIONS: Migration[] = [
         updated_at timestamptz NOT NULL DEFAULT now()
       );
 
-      -- Every change to an intercept reaches every replica, whoever made it (even psql).
+      -- Every change to an intercept gets a new change number (so a copy can tell newer from
+      -- older) and reaches every replica, whoever made it (even psql). The notice is sent
+      -- AFTER the row is written: a BEFORE INSERT trigger also fires for an INSERT … ON
+      -- CONFLICT that ends up updating, with a row that is never stored.
+      CREATE FUNCTION kelsingra_intercept_numbered() RETURNS trigger AS $$
+      BEGIN
+        NEW.change := nextval('kelsingra_change_seq');
+        RETURN NEW;
+      END $$ LANGUAGE plpgsql;
+      CREATE TRIGGER kelsingra_intercept_numbered
+        BEFORE INSERT OR UPDATE ON kelsingra_intercepts
+        FOR EACH ROW EXECUTE FUNCTION kelsingra_intercept_numbered();
+
       CREATE FUNCTION kelsingra_intercept_changed() RETURNS trigger AS $$
       BEGIN
         IF TG_OP = 'DELETE' THEN
@@ -70,14 +82,13 @@ export const MIGRATIONS: Migration[] = [
             'op', 'delete',
             'reason', CASE WHEN OLD.expires_at <= now() THEN 'expired' ELSE 'left' END,
             'row', row_to_json(OLD))::text);
-          RETURN OLD;
+        ELSE
+          PERFORM pg_notify('kelsingra', json_build_object('op', 'upsert', 'row', row_to_json(NEW))::text);
         END IF;
-        NEW.change := nextval('kelsingra_change_seq');
-        PERFORM pg_notify('kelsingra', json_build_object('op', 'upsert', 'row', row_to_json(NEW))::text);
-        RETURN NEW;
+        RETURN NULL;
       END $$ LANGUAGE plpgsql;
       CREATE TRIGGER kelsingra_intercept_changed
-        BEFORE INSERT OR UPDATE OR DELETE ON kelsingra_intercepts
+        AFTER INSERT OR UPDATE OR DELETE ON kelsingra_intercepts
         FOR EACH ROW EXECUTE FUNCTION kelsingra_intercept_changed();
 
       CREATE FUNCTION kelsingra_tokens_changed() RETURNS trigger AS $$

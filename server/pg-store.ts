@@ -64,6 +64,8 @@ const CHANNEL = 'kelsingra';
 const PEER_STALE_MS = 5_000;
 /** Deleted ids are remembered this long, so a reload that started before the delete cannot revive them. */
 const TOMBSTONE_MS = 5 * 60_000;
+/** Advisory lock taken while a replica replaces the shared token set. */
+const TOKENS_LOCK = 7_700_417_002;
 
 function toIntercept(row: Row): Intercept {
   return {
@@ -358,13 +360,15 @@ export class PgInterceptStore extends EventEmitter<StoreEvents> implements Inter
     const client = await this.pool.connect();
     try {
       await client.query('BEGIN');
-      await client.query('DELETE FROM kelsingra_tokens');
+      // Replicas starting together would otherwise interleave their replacements.
+      await client.query('SELECT pg_advisory_xact_lock($1)', [TOKENS_LOCK]);
+      await client.query('DELETE FROM kelsingra_tokens WHERE NOT (name = ANY($1))', [tokens.map((t) => t.name)]);
       for (const t of tokens) {
-        await client.query('INSERT INTO kelsingra_tokens (name, digest, tenants) VALUES ($1, $2, $3)', [
-          t.name,
-          createHash('sha256').update(t.token).digest(),
-          t.tenants,
-        ]);
+        await client.query(
+          `INSERT INTO kelsingra_tokens (name, digest, tenants) VALUES ($1, $2, $3)
+           ON CONFLICT (name) DO UPDATE SET digest = EXCLUDED.digest, tenants = EXCLUDED.tenants, updated_at = now()`,
+          [t.name, createHash('sha256').update(t.token).digest(), t.tenants],
+        );
       }
       await client.query('COMMIT');
     } catch (err) {

@@ -4,13 +4,14 @@
  */
 import { request } from 'undici';
 import { ExitCode, KelsingraError } from './errors.js';
-import type { InterceptView } from './protocol.js';
+import type { InterceptView, StoreHealth } from './protocol.js';
 
 const TIMEOUT_MS = 10_000;
 
 export interface ServerStatus {
   serverId: string;
   version: string;
+  store: StoreHealth;
   tenantHeader: string;
   services: { name: string; upstream: string }[];
   upstreams: { service: string; url: string; lastOkAt?: string; lastError?: string; lastErrorAt?: string }[];
@@ -147,9 +148,11 @@ function apiError(status: number, data: Record<string, unknown>): KelsingraError
       return new KelsingraError(
         `${message} (HTTP ${status})`,
         ExitCode.failure,
-        status >= 500
-          ? "the server agent failed; try again, and if it persists check the server agent's log"
-          : 'check that the CLI and the server agent versions match (kelsingra status)',
+        typeof data.hint === 'string'
+          ? data.hint
+          : status >= 500
+            ? "the server agent failed; try again, and if it persists check the server agent's log"
+            : 'check that the CLI and the server agent versions match (kelsingra status)',
         data,
       );
   }

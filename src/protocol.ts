@@ -50,6 +50,17 @@ export interface InterceptView {
   replica: string;
 }
 
+/** The server agent's intercept store, in `/status`: one process in memory, or replicas on PostgreSQL. */
+export interface StoreHealth {
+  kind: 'memory' | 'postgres';
+  state: 'ok' | 'degraded';
+  /** Why it is degraded, and since when. */
+  error?: string;
+  since?: string;
+  lastSyncAt?: string;
+  replicas?: { id: string; url: string; heartbeatAt: string; self: boolean; alive: boolean }[];
+}
+
 export interface UpstreamHealth {
   service: string;
   url: string;

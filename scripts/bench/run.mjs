@@ -17,14 +17,36 @@
  * wrk always runs with one thread: the machine this was written for has 2 cores, and the load
  * generator competes with the proxy under test for them.
  */
-import { spawn, spawnSync } from 'node:child_process';
+import { spawnSync } from 'node:child_process';
 import { chmodSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import http from 'node:http';
-import net from 'node:net';
 import os from 'node:os';
 import { join, resolve } from 'node:path';
+import {
+  alive,
+  children,
+  cleanupAndExit,
+  ensureTools,
+  fmt,
+  freePort,
+  ioOf,
+  log,
+  median,
+  memOf,
+  onCleanup,
+  orphanPids,
+  ROOT,
+  sleep,
+  start,
+  stop,
+  stopAll,
+  stopPid,
+  table,
+  waitHttp,
+  which,
+  wrk,
+} from './lib.mjs';
 
-const ROOT = resolve(import.meta.dirname, '../..');
 const BIN = join(ROOT, 'bin', 'run.js');
 const SERVICES = join(import.meta.dirname, 'services.mjs');
 const NODE = process.execPath;
@@ -86,245 +108,11 @@ if (!existsSync(join(ROOT, 'dist', 'commands', 'server.js'))) {
 
 const WORK = mkdtempSync(join(os.tmpdir(), 'kelsingra-bench-'));
 chmodSync(WORK, 0o755); // nginx workers drop to an unprivileged user
-/** Children we spawned, and detached agents we only know by pid. */
-const children = new Set();
-const orphanPids = new Set();
-
-function log(line) {
-  process.stdout.write(`${line}\n`);
-}
-
-/** Spawns a tracked process; resolves once `ready` (a regexp on stdout+stderr) matches, if given. */
-function start(name, cmd, args, { env = {}, ready, timeoutMs = 20_000 } = {}) {
-  const child = spawn(cmd, args, {
-    cwd: ROOT,
-    env: { ...process.env, NO_COLOR: '1', ...env },
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
-  let output = '';
-  const keep = (c) => {
-    output += c.toString();
-    if (output.length > 64 * 1024) output = output.slice(-32 * 1024);
-  };
-  child.stdout.on('data', keep);
-  child.stderr.on('data', keep);
-  const proc = { name, child, pid: child.pid, output: () => output };
-  children.add(proc);
-  child.once('exit', () => children.delete(proc));
-  if (!ready) return Promise.resolve(proc);
-  return new Promise((res, rej) => {
-    const timer = setTimeout(
-      () => rej(new Error(`${name} did not become ready in ${timeoutMs} ms:\n${output}`)),
-      timeoutMs,
-    );
-    const check = () => {
-      if (ready.test(output)) {
-        clearTimeout(timer);
-        child.stdout.off('data', check);
-        child.stderr.off('data', check);
-        res(proc);
-      }
-    };
-    child.stdout.on('data', check);
-    child.stderr.on('data', check);
-    child.once('exit', (code, signal) => {
-      clearTimeout(timer);
-      rej(new Error(`${name} exited (${code ?? signal}) before it was ready:\n${output}`));
-    });
-  });
-}
-
-function alive(pid) {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
-}
-
-async function stopPid(pid, graceMs = 10_000) {
-  if (!alive(pid)) return;
-  try {
-    process.kill(pid, 'SIGTERM');
-  } catch {
-    return;
-  }
-  const deadline = Date.now() + graceMs;
-  while (alive(pid) && Date.now() < deadline) await sleep(50);
-  if (alive(pid)) {
-    try {
-      process.kill(pid, 'SIGKILL');
-    } catch {}
-  }
-}
-
-async function stop(proc) {
-  if (proc.child.exitCode !== null || proc.child.signalCode !== null) return;
-  const exited = new Promise((r) => proc.child.once('exit', r));
-  proc.child.kill('SIGTERM');
-  const t = setTimeout(() => proc.child.kill('SIGKILL'), 10_000);
-  await exited;
-  clearTimeout(t);
-}
-
-async function stopAll() {
-  await Promise.all([...children].map(stop));
-  await Promise.all([...orphanPids].map((pid) => stopPid(pid)));
-  orphanPids.clear();
-}
-
-let cleaning = false;
-async function cleanupAndExit(code) {
-  if (cleaning) return;
-  cleaning = true;
-  await stopAll().catch(() => undefined);
-  rmSync(WORK, { recursive: true, force: true });
-  process.exit(code);
-}
-process.on('SIGINT', () => cleanupAndExit(130));
-process.on('SIGTERM', () => cleanupAndExit(143));
-process.on('exit', () => {
-  // Last resort if something threw past the handlers: nothing may outlive the run.
-  for (const p of children) p.child.kill('SIGKILL');
-  for (const pid of orphanPids) {
-    try {
-      process.kill(pid, 'SIGKILL');
-    } catch {}
-  }
-});
-
-// ---------------------------------------------------------------- small helpers
-
-function sleep(ms) {
-  return new Promise((r) => setTimeout(r, ms));
-}
-
-function freePort() {
-  return new Promise((res, rej) => {
-    const s = net.createServer();
-    s.once('error', rej);
-    s.listen(0, '127.0.0.1', () => {
-      const { port } = s.address();
-      s.close(() => res(port));
-    });
-  });
-}
-
-function which(cmd) {
-  return spawnSync('sh', ['-c', `command -v ${cmd}`], { encoding: 'utf8' }).stdout.trim();
-}
-
-function ensureTools() {
-  const missing = ['wrk', 'nginx', 'tmux'].filter((t) => !which(t) && !existsSync(`/usr/sbin/${t}`));
-  if (missing.length === 0) return;
-  if (process.getuid?.() === 0 && which('apt-get')) {
-    log(`installing ${missing.join(', ')} (apt-get)…`);
-    const r = spawnSync(
-      'sh',
-      [
-        '-c',
-        `apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq ${missing.join(' ')}`,
-      ],
-      { stdio: 'inherit' },
-    );
-    if (r.status === 0) return;
-  }
-  console.error(`missing ${missing.join(', ')}: install them (Debian: apt-get install -y wrk nginx tmux)`);
-  process.exit(2);
-}
+onCleanup(() => rmSync(WORK, { recursive: true, force: true }));
 
 const NGINX = () => which('nginx') || '/usr/sbin/nginx';
 
-/** Peak and current resident memory of a process, in MiB. */
-function memOf(pid) {
-  const status = readFileSync(`/proc/${pid}/status`, 'utf8');
-  const kb = (k) => Number(new RegExp(`^${k}:\\s+(\\d+)`, 'm').exec(status)?.[1] ?? Number.NaN);
-  return { hwmMiB: kb('VmHWM') / 1024, rssMiB: kb('VmRSS') / 1024 };
-}
-
-/** Read and write syscalls a process has made so far. */
-function ioOf(pid) {
-  const io = readFileSync(`/proc/${pid}/io`, 'utf8');
-  return { syscr: Number(/^syscr:\s+(\d+)/m.exec(io)?.[1]), syscw: Number(/^syscw:\s+(\d+)/m.exec(io)?.[1]) };
-}
-
-async function get(url, headers = {}) {
-  const res = await fetch(url, { headers });
-  return { status: res.status, headers: res.headers, text: await res.text() };
-}
-
-async function waitHttp(url, headers, check, what, timeoutMs = 20_000) {
-  const deadline = Date.now() + timeoutMs;
-  let last = '';
-  for (;;) {
-    try {
-      const r = await get(url, headers);
-      if (check(r)) return r;
-      last = `HTTP ${r.status} ${r.text.slice(0, 200)}`;
-    } catch (err) {
-      last = String(err.cause ?? err);
-    }
-    if (Date.now() > deadline) throw new Error(`${what} not answering as expected at ${url}: ${last}`);
-    await sleep(100);
-  }
-}
-
-function median(xs) {
-  const s = [...xs].sort((a, b) => a - b);
-  const m = s.length >> 1;
-  return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
-}
-
 // ---------------------------------------------------------------- wrk
-
-function toMs(value, unit) {
-  const v = Number(value);
-  return unit === 'us'
-    ? v / 1000
-    : unit === 'ms'
-      ? v
-      : unit === 's'
-        ? v * 1000
-        : unit === 'm'
-          ? v * 60_000
-          : Number.NaN;
-}
-
-/** One wrk run (always -t1). Returns requests/s and latency percentiles in ms. */
-function wrk(url, { conns, seconds, headers = {} }) {
-  const args = ['-t1', `-c${conns}`, `-d${seconds}s`, '--latency', '--timeout', '10s'];
-  for (const [k, v] of Object.entries(headers)) args.push('-H', `${k}: ${v}`);
-  args.push(url);
-  return new Promise((res, rej) => {
-    const child = spawn('wrk', args, { stdio: ['ignore', 'pipe', 'pipe'] });
-    const proc = { name: 'wrk', child, pid: child.pid, output: () => out };
-    children.add(proc);
-    let out = '';
-    child.stdout.on('data', (c) => (out += c));
-    child.stderr.on('data', (c) => (out += c));
-    const timer = setTimeout(() => child.kill('SIGKILL'), (seconds + 30) * 1000);
-    child.once('exit', (code) => {
-      clearTimeout(timer);
-      children.delete(proc);
-      if (code !== 0) return rej(new Error(`wrk ${args.join(' ')} failed (${code}):\n${out}`));
-      const rps = Number(/Requests\/sec:\s+([\d.]+)/.exec(out)?.[1]);
-      const pct = (p) => {
-        const m = new RegExp(`^\\s+${p}%\\s+([\\d.]+)(us|ms|s|m)\\s*$`, 'm').exec(out);
-        return m ? toMs(m[1], m[2]) : Number.NaN;
-      };
-      const requests = Number(/(\d+) requests in/.exec(out)?.[1] ?? 0);
-      const non2xx = Number(/Non-2xx or 3xx responses: (\d+)/.exec(out)?.[1] ?? 0);
-      const sock = /Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)/.exec(out);
-      const errors = sock ? sock.slice(1).reduce((a, b) => a + Number(b), 0) : 0;
-      if (!Number.isFinite(rps) || requests === 0)
-        return rej(new Error(`could not read wrk output:\n${out}`));
-      if (non2xx > 0)
-        return rej(new Error(`${non2xx} of ${requests} responses were not 2xx from ${url}:\n${out}`));
-      res({ rps, p50: pct(50), p99: pct(99), requests, errors, raw: out });
-    });
-  });
-}
 
 /**
  * Measures each target `rounds` times, interleaved so drift on a shared machine hits all of
@@ -382,10 +170,6 @@ async function measure(targets) {
     };
   }
   return out;
-}
-
-function fmt(n, digits = 2) {
-  return Number.isFinite(n) ? n.toFixed(digits) : 'n/a';
 }
 
 // ---------------------------------------------------------------- the pieces under test
@@ -804,16 +588,6 @@ async function benchLiveView() {
 
 // ---------------------------------------------------------------- report
 
-function table(rows) {
-  const widths = rows[0].map((_, i) => Math.max(...rows.map((r) => String(r[i]).length)));
-  const line = (r) => `| ${r.map((c, i) => String(c).padEnd(widths[i])).join(' | ')} |`;
-  return [
-    line(rows[0]),
-    `|${widths.map((w) => '-'.repeat(w + 2)).join('|')}|`,
-    ...rows.slice(1).map(line),
-  ].join('\n');
-}
-
 const ok = (pass) => (pass ? 'met' : 'MISSED');
 
 function report(results) {
@@ -935,7 +709,7 @@ function report(results) {
 
 // ---------------------------------------------------------------- main
 
-ensureTools();
+ensureTools(['wrk', 'nginx', 'tmux']);
 const results = {
   opts,
   node: process.versions.node,

@@ -1,0 +1,306 @@
+/**
+ * Helpers shared by the benchmark scripts (run.mjs, replicas.mjs): tracked child processes
+ * that are all stopped on exit, Ctrl-C or failure; free ports on 127.0.0.1; HTTP readiness
+ * waits; wrk runs; medians, percentiles and tables.
+ *
+ * Importing this module installs the SIGINT/SIGTERM handlers: they stop every tracked
+ * process, run the hooks registered with onCleanup (in order), then exit.
+ */
+import { spawn, spawnSync } from 'node:child_process';
+import { existsSync, readFileSync } from 'node:fs';
+import net from 'node:net';
+import { resolve } from 'node:path';
+
+export const ROOT = resolve(import.meta.dirname, '../..');
+
+// ---------------------------------------------------------------- process bookkeeping
+
+/** Children we spawned, and detached agents we only know by pid. */
+export const children = new Set();
+export const orphanPids = new Set();
+
+export function log(line) {
+  process.stdout.write(`${line}\n`);
+}
+
+/** Spawns a tracked process; resolves once `ready` (a regexp on stdout+stderr) matches, if given. */
+export function start(name, cmd, args, { env = {}, ready, timeoutMs = 20_000 } = {}) {
+  const child = spawn(cmd, args, {
+    cwd: ROOT,
+    env: { ...process.env, NO_COLOR: '1', ...env },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  let output = '';
+  const keep = (c) => {
+    output += c.toString();
+    if (output.length > 64 * 1024) output = output.slice(-32 * 1024);
+  };
+  child.stdout.on('data', keep);
+  child.stderr.on('data', keep);
+  const proc = { name, child, pid: child.pid, output: () => output };
+  children.add(proc);
+  child.once('exit', () => children.delete(proc));
+  if (!ready) return Promise.resolve(proc);
+  return new Promise((res, rej) => {
+    const timer = setTimeout(
+      () => rej(new Error(`${name} did not become ready in ${timeoutMs} ms:\n${output}`)),
+      timeoutMs,
+    );
+    const check = () => {
+      if (ready.test(output)) {
+        clearTimeout(timer);
+        child.stdout.off('data', check);
+        child.stderr.off('data', check);
+        res(proc);
+      }
+    };
+    child.stdout.on('data', check);
+    child.stderr.on('data', check);
+    child.once('exit', (code, signal) => {
+      clearTimeout(timer);
+      rej(new Error(`${name} exited (${code ?? signal}) before it was ready:\n${output}`));
+    });
+  });
+}
+
+export function alive(pid) {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+export async function stopPid(pid, graceMs = 10_000) {
+  if (!alive(pid)) return;
+  try {
+    process.kill(pid, 'SIGTERM');
+  } catch {
+    return;
+  }
+  const deadline = Date.now() + graceMs;
+  while (alive(pid) && Date.now() < deadline) await sleep(50);
+  if (alive(pid)) {
+    try {
+      process.kill(pid, 'SIGKILL');
+    } catch {}
+  }
+}
+
+export async function stop(proc) {
+  if (proc.child.exitCode !== null || proc.child.signalCode !== null) return;
+  const exited = new Promise((r) => proc.child.once('exit', r));
+  proc.child.kill('SIGTERM');
+  const t = setTimeout(() => proc.child.kill('SIGKILL'), 10_000);
+  await exited;
+  clearTimeout(t);
+}
+
+export async function stopAll() {
+  await Promise.all([...children].map(stop));
+  await Promise.all([...orphanPids].map((pid) => stopPid(pid)));
+  orphanPids.clear();
+}
+
+/**
+ * Extra clean-up (temp dirs, databases, brokers), run in order after every tracked process has
+ * stopped; with `beforeStop`, before (to close in-process clients of those processes quietly).
+ */
+const cleanupHooks = [];
+const beforeStopHooks = [];
+export function onCleanup(fn, { beforeStop = false } = {}) {
+  (beforeStop ? beforeStopHooks : cleanupHooks).push(fn);
+}
+
+async function runHooks(hooks) {
+  for (const hook of hooks) {
+    try {
+      await hook();
+    } catch (err) {
+      console.error(`clean-up step failed: ${err.message ?? err}`);
+    }
+  }
+}
+
+let cleaning = false;
+export async function cleanupAndExit(code) {
+  if (cleaning) return;
+  cleaning = true;
+  await runHooks(beforeStopHooks);
+  await stopAll().catch(() => undefined);
+  await runHooks(cleanupHooks);
+  process.exit(code);
+}
+
+process.on('SIGINT', () => cleanupAndExit(130));
+process.on('SIGTERM', () => cleanupAndExit(143));
+process.on('exit', () => {
+  // Last resort if something threw past the handlers: nothing may outlive the run.
+  for (const p of children) p.child.kill('SIGKILL');
+  for (const pid of orphanPids) {
+    try {
+      process.kill(pid, 'SIGKILL');
+    } catch {}
+  }
+});
+
+// ---------------------------------------------------------------- small helpers
+
+export function sleep(ms) {
+  return new Promise((r) => setTimeout(r, ms));
+}
+
+export function freePort() {
+  return new Promise((res, rej) => {
+    const s = net.createServer();
+    s.once('error', rej);
+    s.listen(0, '127.0.0.1', () => {
+      const { port } = s.address();
+      s.close(() => res(port));
+    });
+  });
+}
+
+export function which(cmd) {
+  return spawnSync('sh', ['-c', `command -v ${cmd}`], { encoding: 'utf8' }).stdout.trim();
+}
+
+/**
+ * Installs missing command-line tools with apt-get when running as root on Debian. With
+ * `required`, exits (2) if any is still missing; otherwise returns the ones still missing.
+ */
+export function ensureTools(tools, { required = true } = {}) {
+  const missing = tools.filter((t) => !which(t) && !existsSync(`/usr/sbin/${t}`));
+  if (missing.length === 0) return [];
+  if (process.getuid?.() === 0 && which('apt-get')) {
+    log(`installing ${missing.join(', ')} (apt-get)…`);
+    const r = spawnSync(
+      'sh',
+      [
+        '-c',
+        `apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq ${missing.join(' ')}`,
+      ],
+      { stdio: 'inherit' },
+    );
+    if (r.status === 0) return [];
+  }
+  if (!required) return missing;
+  console.error(
+    `missing ${missing.join(', ')}: install them (Debian: apt-get install -y ${tools.join(' ')})`,
+  );
+  process.exit(2);
+}
+
+/** Peak and current resident memory of a process, in MiB. */
+export function memOf(pid) {
+  const status = readFileSync(`/proc/${pid}/status`, 'utf8');
+  const kb = (k) => Number(new RegExp(`^${k}:\\s+(\\d+)`, 'm').exec(status)?.[1] ?? Number.NaN);
+  return { hwmMiB: kb('VmHWM') / 1024, rssMiB: kb('VmRSS') / 1024 };
+}
+
+/** Read and write syscalls a process has made so far. */
+export function ioOf(pid) {
+  const io = readFileSync(`/proc/${pid}/io`, 'utf8');
+  return { syscr: Number(/^syscr:\s+(\d+)/m.exec(io)?.[1]), syscw: Number(/^syscw:\s+(\d+)/m.exec(io)?.[1]) };
+}
+
+export async function get(url, headers = {}) {
+  const res = await fetch(url, { headers });
+  return { status: res.status, headers: res.headers, text: await res.text() };
+}
+
+export async function waitHttp(url, headers, check, what, timeoutMs = 20_000) {
+  const deadline = Date.now() + timeoutMs;
+  let last = '';
+  for (;;) {
+    try {
+      const r = await get(url, headers);
+      if (check(r)) return r;
+      last = `HTTP ${r.status} ${r.text.slice(0, 200)}`;
+    } catch (err) {
+      last = String(err.cause ?? err);
+    }
+    if (Date.now() > deadline) throw new Error(`${what} not answering as expected at ${url}: ${last}`);
+    await sleep(100);
+  }
+}
+
+export function median(xs) {
+  const s = [...xs].sort((a, b) => a - b);
+  const m = s.length >> 1;
+  return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
+}
+
+/** Nearest-rank percentile (q in 0..100) of a list of numbers. */
+export function percentile(xs, q) {
+  if (xs.length === 0) return Number.NaN;
+  const s = [...xs].sort((a, b) => a - b);
+  return s[Math.min(s.length - 1, Math.max(0, Math.ceil((q / 100) * s.length) - 1))];
+}
+
+// ---------------------------------------------------------------- wrk
+
+export function toMs(value, unit) {
+  const v = Number(value);
+  return unit === 'us'
+    ? v / 1000
+    : unit === 'ms'
+      ? v
+      : unit === 's'
+        ? v * 1000
+        : unit === 'm'
+          ? v * 60_000
+          : Number.NaN;
+}
+
+/** One wrk run (always -t1). Returns requests/s and latency percentiles in ms. */
+export function wrk(url, { conns, seconds, headers = {} }) {
+  const args = ['-t1', `-c${conns}`, `-d${seconds}s`, '--latency', '--timeout', '10s'];
+  for (const [k, v] of Object.entries(headers)) args.push('-H', `${k}: ${v}`);
+  args.push(url);
+  return new Promise((res, rej) => {
+    const child = spawn('wrk', args, { stdio: ['ignore', 'pipe', 'pipe'] });
+    const proc = { name: 'wrk', child, pid: child.pid, output: () => out };
+    children.add(proc);
+    let out = '';
+    child.stdout.on('data', (c) => (out += c));
+    child.stderr.on('data', (c) => (out += c));
+    const timer = setTimeout(() => child.kill('SIGKILL'), (seconds + 30) * 1000);
+    child.once('exit', (code) => {
+      clearTimeout(timer);
+      children.delete(proc);
+      if (code !== 0) return rej(new Error(`wrk ${args.join(' ')} failed (${code}):\n${out}`));
+      const rps = Number(/Requests\/sec:\s+([\d.]+)/.exec(out)?.[1]);
+      const pct = (p) => {
+        const m = new RegExp(`^\\s+${p}%\\s+([\\d.]+)(us|ms|s|m)\\s*$`, 'm').exec(out);
+        return m ? toMs(m[1], m[2]) : Number.NaN;
+      };
+      const requests = Number(/(\d+) requests in/.exec(out)?.[1] ?? 0);
+      const non2xx = Number(/Non-2xx or 3xx responses: (\d+)/.exec(out)?.[1] ?? 0);
+      const sock = /Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)/.exec(out);
+      const errors = sock ? sock.slice(1).reduce((a, b) => a + Number(b), 0) : 0;
+      if (!Number.isFinite(rps) || requests === 0)
+        return rej(new Error(`could not read wrk output:\n${out}`));
+      if (non2xx > 0)
+        return rej(new Error(`${non2xx} of ${requests} responses were not 2xx from ${url}:\n${out}`));
+      res({ rps, p50: pct(50), p99: pct(99), requests, errors, raw: out });
+    });
+  });
+}
+
+export function fmt(n, digits = 2) {
+  return Number.isFinite(n) ? n.toFixed(digits) : 'n/a';
+}
+
+// ---------------------------------------------------------------- report
+
+export function table(rows) {
+  const widths = rows[0].map((_, i) => Math.max(...rows.map((r) => String(r[i]).length)));
+  const line = (r) => `| ${r.map((c, i) => String(c).padEnd(widths[i])).join(' | ')} |`;
+  return [
+    line(rows[0]),
+    `|${widths.map((w) => '-'.repeat(w + 2)).join('|')}|`,
+    ...rows.slice(1).map(line),
+  ].join('\n');
+}

@@ -1,0 +1,822 @@
+#!/usr/bin/env node
+/**
+ * Kelsingra with several replicas sharing PostgreSQL (see docs/BENCHMARKS.md, "Replicas").
+ *
+ *   npm run bench:replicas
+ *   node scripts/bench/replicas.mjs --samples 50 --requests 1000 --rounds 1 --skip-kafka --json out.json
+ *
+ * Measures, in one run, on 3 server agents (`bin/run.js server --database-url …`) sharing one
+ * fresh database:
+ *
+ *   1. Propagation: an intercept created (then deleted) on replica 1, where the tunnel is open;
+ *      how long until every replica's data port routes the tenant to the local service (then
+ *      back to the base service). Every replica is probed in a tight loop, one probe in flight each.
+ *   2. Delivery: sequential keep-alive requests for a tenant whose tunnel is on replica 1, sent
+ *      (a) to replica 1, (b) to replica 2, which relays them to replica 1 over one streaming HTTP
+ *      hop, (c) straight to the local service; plus wrk -t1 throughput for (a) and (b).
+ *   3. The Kafka floor: kafkajs producer → consumer one-way latency on a local broker
+ *      (scripts/kafka), the relay path the original design proposed.
+ *
+ * Options: --samples N (200 propagation samples), --requests N (3000 timed requests per path
+ * and round), --warmup N (300), --rounds N (3; medians are reported), --duration S (5; per wrk
+ * run), --conns N (50), --messages N (500 Kafka messages per consumer setting), --skip-kafka,
+ * --json FILE (raw results). PostgreSQL: postgres://postgres@127.0.0.1:5432/postgres, or
+ * KELSINGRA_BENCH_PG; a database kelsingra_bench_<random> is created and dropped.
+ *
+ * The client side (one tunnel, many intercepts) runs in this process, from the built client
+ * library (dist/src/tunnel-client.js, dist/src/local-forwarder.js). The base and local services
+ * (services.mjs) and the replicas are separate processes, all on 127.0.0.1, stopped on exit,
+ * Ctrl-C or failure; the database is dropped and a broker this script started is stopped.
+ */
+import { spawnSync } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { existsSync, writeFileSync } from 'node:fs';
+import http from 'node:http';
+import os from 'node:os';
+import { join } from 'node:path';
+import { pathToFileURL } from 'node:url';
+import pg from 'pg';
+import { Client as HttpClient } from 'undici';
+import {
+  children,
+  cleanupAndExit,
+  ensureTools,
+  fmt,
+  freePort,
+  log,
+  median,
+  onCleanup,
+  percentile,
+  ROOT,
+  sleep,
+  start,
+  stopAll,
+  table,
+  waitHttp,
+  wrk,
+} from './lib.mjs';
+
+const BIN = join(ROOT, 'bin', 'run.js');
+const SERVICES = join(import.meta.dirname, 'services.mjs');
+const KAFKA = join(ROOT, 'scripts', 'kafka');
+const NODE = process.execPath;
+const RUN_ID = randomBytes(4).toString('hex');
+const TOKEN = `bench-${randomBytes(8).toString('hex')}`;
+const HOLDER = `bench-${process.pid}@${os.hostname()}`;
+const ADMIN_DB_URL = process.env.KELSINGRA_BENCH_PG ?? 'postgres://postgres@127.0.0.1:5432/postgres';
+const REPLICAS = 3;
+const VIA = (tenant) => ({ 'x-kelsingra-service': 'billing', 'x-tenant-id': tenant });
+
+// ---------------------------------------------------------------- options
+
+const argv = process.argv.slice(2);
+const opts = {
+  samples: 200,
+  requests: 3000,
+  warmup: 300,
+  rounds: 3,
+  duration: 5,
+  conns: 50,
+  messages: 500,
+  'skip-kafka': false,
+  json: '',
+};
+for (let i = 0; i < argv.length; i++) {
+  const a = argv[i];
+  if (!a.startsWith('--')) usage(`unexpected argument ${a}`);
+  const key = a.slice(2);
+  if (!(key in opts)) usage(`unknown option ${a}`);
+  if (typeof opts[key] === 'boolean') {
+    opts[key] = true;
+    continue;
+  }
+  const v = argv[++i];
+  if (v === undefined) usage(`${a} needs a value`);
+  opts[key] = typeof opts[key] === 'number' ? Number(v) : v;
+  if (typeof opts[key] === 'number' && !(opts[key] > 0)) usage(`${a} needs a positive number`);
+}
+
+function usage(msg) {
+  console.error(
+    `${msg}\nusage: replicas.mjs [--samples N] [--requests N] [--warmup N] [--rounds N] [--duration S] [--conns N] [--messages N] [--skip-kafka] [--json FILE]`,
+  );
+  process.exit(2);
+}
+
+if (Number(process.versions.node.split('.')[0]) < 24) {
+  console.error(
+    `Node ${process.versions.node}: run with Node 24 (npm run bench:replicas, or node_modules/.bin/node scripts/bench/replicas.mjs)`,
+  );
+  process.exit(2);
+}
+for (const f of ['commands/server.js', 'src/tunnel-client.js', 'src/local-forwarder.js']) {
+  if (!existsSync(join(ROOT, 'dist', f))) {
+    console.error(`dist/${f} is missing: npm run build first (npm run bench:replicas does)`);
+    process.exit(2);
+  }
+}
+
+// kafkajs 2.2 schedules a timer with a negative delay on Node 24, which prints a
+// TimeoutNegativeWarning per consumer; it is harmless, and only that one is hidden.
+const [printWarning] = process.listeners('warning');
+process.removeAllListeners('warning');
+process.on('warning', (w) => {
+  if (w.name !== 'TimeoutNegativeWarning') printWarning?.(w);
+});
+
+const { TunnelClient } = await import(pathToFileURL(join(ROOT, 'dist', 'src', 'tunnel-client.js')).href);
+const { LocalForwarder } = await import(pathToFileURL(join(ROOT, 'dist', 'src', 'local-forwarder.js')).href);
+
+// ---------------------------------------------------------------- HTTP with keep-alive
+
+/** One keep-alive connection per origin, one request at a time on it. */
+const clients = new Map();
+function httpClient(origin) {
+  let c = clients.get(origin);
+  if (!c) {
+    c = new HttpClient(origin, { pipelining: 1, keepAliveTimeout: 60_000, headersTimeout: 30_000 });
+    clients.set(origin, c);
+  }
+  return c;
+}
+onCleanup(() => Promise.all([...clients.values()].map((c) => c.destroy())), { beforeStop: true });
+
+async function request(origin, method, path, headers = {}, body) {
+  const r = await httpClient(origin).request({ method, path, headers, body });
+  const text = await r.body.text();
+  return { status: r.statusCode, headers: r.headers, text };
+}
+
+// ---------------------------------------------------------------- the pieces
+
+/** A fresh database for this run, dropped (WITH (FORCE)) when the script ends. */
+async function createDatabase() {
+  const name = `kelsingra_bench_${RUN_ID}`;
+  const admin = new pg.Client({ connectionString: ADMIN_DB_URL });
+  await admin.connect();
+  try {
+    await admin.query(`CREATE DATABASE ${name}`);
+  } finally {
+    await admin.end();
+  }
+  onCleanup(async () => {
+    const c = new pg.Client({ connectionString: ADMIN_DB_URL });
+    await c.connect();
+    try {
+      await c.query(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`);
+    } finally {
+      await c.end();
+    }
+  });
+  const url = new URL(ADMIN_DB_URL);
+  url.pathname = `/${name}`;
+  return { name, url: url.toString() };
+}
+
+async function startService(label) {
+  const port = await freePort();
+  await start(`${label} service`, NODE, [SERVICES, 'service', String(port), label], { ready: /ready/ });
+  return { port, url: `http://127.0.0.1:${port}` };
+}
+
+/** A server agent on ports the OS picks; they are read from its "server agent listening" log line. */
+async function startReplica(n, baseUrl, databaseUrl) {
+  const proc = await start(
+    `replica ${n}`,
+    NODE,
+    [
+      BIN,
+      'server',
+      '--port',
+      '0',
+      '--proxy-port',
+      '0',
+      '--service',
+      `billing=${baseUrl}`,
+      '--token',
+      TOKEN,
+      '--database-url',
+      databaseUrl,
+      '--log-level',
+      'info',
+    ],
+    { ready: /"msg":"server agent listening"[^\n]*\n/, timeoutMs: 30_000 },
+  );
+  const line = proc
+    .output()
+    .split('\n')
+    .find((l) => l.includes('"msg":"server agent listening"'));
+  const info = JSON.parse(line);
+  return {
+    n,
+    proc,
+    serverId: info.serverId,
+    control: `http://127.0.0.1:${info.controlPort}`,
+    data: `http://127.0.0.1:${info.proxyPort}`,
+  };
+}
+
+/** The developer's side: one tunnel to replica 1, serving every intercept's streams to the local service. */
+async function startClient(control, localPort) {
+  const clientId = `c_${randomBytes(9).toString('base64url')}`;
+  const forwarder = new LocalForwarder(
+    { service: 'billing', tenant: '(many)', port: localPort, withHeaders: false },
+    () => {},
+  );
+  const tunnel = new TunnelClient({
+    server: control,
+    token: TOKEN,
+    clientId,
+    holder: HOLDER,
+    onStream: (stream, headers) => forwarder.serve(stream, headers),
+  });
+  const states = [];
+  tunnel.on('state', (state, extra) => {
+    states.push({ state, ...extra, at: new Date().toISOString() });
+    if (state !== 'connected' && !client.closed)
+      log(`  tunnel ${state}${extra.error ? `: ${extra.error}` : ''}`);
+  });
+  await tunnel.start();
+  /** Intercepts that must outlive their lease (the delivery tenant): renewed as the CLI does. */
+  const held = new Set();
+  const renew = setInterval(
+    () => {
+      if (held.size) tunnel.send({ type: 'renew', ids: [...held] });
+    },
+    Math.max(250, Math.floor(tunnel.leaseTtlMs / 3)),
+  );
+  const auth = { authorization: `Bearer ${TOKEN}` };
+  const client = {
+    clientId,
+    held,
+    states,
+    /** Sends the create request; resolves with the intercept id (throws unless 201). */
+    async create(origin, tenant) {
+      const r = await request(
+        origin,
+        'POST',
+        '/v1/intercepts',
+        { ...auth, 'content-type': 'application/json' },
+        JSON.stringify({ service: 'billing', tenant, clientId, localPort }),
+      );
+      if (r.status !== 201) throw new Error(`POST /v1/intercepts (${tenant}): HTTP ${r.status} ${r.text}`);
+      return JSON.parse(r.text).id;
+    },
+    async remove(origin, id) {
+      const r = await request(origin, 'DELETE', `/v1/intercepts/${encodeURIComponent(id)}`, auth);
+      if (r.status !== 200) throw new Error(`DELETE /v1/intercepts/${id}: HTTP ${r.status} ${r.text}`);
+    },
+    closed: false,
+    async close() {
+      if (client.closed) return;
+      client.closed = true;
+      clearInterval(renew);
+      tunnel.close();
+      await forwarder.close();
+    },
+  };
+  onCleanup(() => client.close(), { beforeStop: true });
+  return client;
+}
+
+// ---------------------------------------------------------------- 1. propagation
+
+/**
+ * Follows a replica's `GET /v1/events` (server-sent events) and notes when each intercept's
+ * `created` and `ended` events arrive: the moment that replica's copy of the table changed,
+ * without polling. Only open during the propagation benchmark (it also carries request events).
+ */
+function watchEvents(replica) {
+  const seen = new Map();
+  const waiters = new Map();
+  let resolveLive;
+  let rejectLive;
+  const live = new Promise((res, rej) => {
+    resolveLive = res;
+    rejectLive = rej;
+  });
+  const url = `${replica.control}/v1/events?holder=${encodeURIComponent(HOLDER)}`;
+  const req = http.get(url, { headers: { authorization: `Bearer ${TOKEN}` } }, (res) => {
+    if (res.statusCode !== 200) {
+      rejectLive(new Error(`GET ${url}: HTTP ${res.statusCode}`));
+      res.resume();
+      return;
+    }
+    res.setEncoding('utf8');
+    let buf = '';
+    res.on('data', (c) => {
+      const at = performance.now();
+      buf += c;
+      for (let i = buf.indexOf('\n\n'); i >= 0; i = buf.indexOf('\n\n')) {
+        const block = buf.slice(0, i);
+        buf = buf.slice(i + 2);
+        for (const line of block.split('\n')) {
+          if (!line.startsWith('data: ')) continue;
+          const ev = JSON.parse(line.slice(6));
+          if (ev.type === 'live') resolveLive();
+          if (ev.type !== 'intercept') continue;
+          const key = `${ev.action}:${ev.intercept.id}`;
+          if (seen.has(key)) continue;
+          seen.set(key, at);
+          waiters.get(key)?.(at);
+          waiters.delete(key);
+        }
+      }
+    });
+  });
+  req.on('error', (err) => rejectLive(err));
+  return {
+    live,
+    /** Arrival time of the event, waiting for it up to `timeoutMs` (NaN if it never comes). */
+    when(action, id, timeoutMs = PROBE_LIMIT_MS) {
+      const key = `${action}:${id}`;
+      if (seen.has(key)) return Promise.resolve(seen.get(key));
+      return new Promise((res) => {
+        waiters.set(key, res);
+        setTimeout(() => res(Number.NaN), timeoutMs).unref();
+      });
+    },
+    close: () => req.destroy(),
+  };
+}
+
+const PROBE_LIMIT_MS = 10_000;
+
+/**
+ * Probes one replica until it answers from `want` (local or base) for the tenant. Returns the
+ * time from t0 to the arrival of the first such answer, and to the sending of that probe.
+ */
+async function probeUntil(origin, headers, want, t0) {
+  let probes = 0;
+  let odd = 0;
+  let lastOdd;
+  for (;;) {
+    const sent = performance.now();
+    try {
+      const r = await request(origin, 'GET', '/', headers);
+      probes++;
+      const now = performance.now();
+      if (r.status === 200 && r.headers['x-served-by'] === want)
+        return { ms: now - t0, sentMs: sent - t0, probes, odd, lastOdd };
+      if (r.status !== 200) {
+        odd++;
+        lastOdd = `HTTP ${r.status} ${r.text.slice(0, 300)}`;
+      }
+    } catch (err) {
+      odd++;
+      lastOdd = String(err.cause ?? err);
+      await sleep(10);
+    }
+    if (performance.now() - t0 > PROBE_LIMIT_MS)
+      return { ms: Number.NaN, sentMs: Number.NaN, probes, odd, lastOdd, timedOut: true };
+  }
+}
+
+async function benchPropagation(replicas, client) {
+  log(
+    `\n== 1. Propagation: ${opts.samples} intercepts created, then deleted, on replica 1; every replica probed until it routes the tenant (one probe in flight per replica)`,
+  );
+  const [r1] = replicas;
+  const samples = [];
+  const oddities = [];
+  const watchers = replicas.map(watchEvents);
+  await Promise.all(watchers.map((w) => w.live));
+  const eventDelays = (action, id, t0) =>
+    Promise.all(watchers.map((w) => w.when(action, id).then((at) => at - t0)));
+  for (let n = 1; n <= opts.samples; n++) {
+    const tenant = `t${n}-${RUN_ID}`;
+    const headers = VIA(tenant);
+
+    let t0 = performance.now();
+    const created = client.create(r1.control, tenant).then((id) => ({ id, ms: performance.now() - t0 }));
+    const up = await Promise.all(replicas.map((r) => probeUntil(r.data, headers, 'local', t0)));
+    const { id, ms: postMs } = await created;
+    const createdEvents = await eventDelays('created', id, t0);
+
+    t0 = performance.now();
+    const deleted = client.remove(r1.control, id).then(() => performance.now() - t0);
+    const down = await Promise.all(replicas.map((r) => probeUntil(r.data, headers, 'base', t0)));
+    const deleteMs = await deleted;
+    const endedEvents = await eventDelays('ended', id, t0);
+
+    samples.push({ tenant, postMs, deleteMs, create: up, delete: down, createdEvents, endedEvents });
+    for (const [what, probes] of [
+      ['create', up],
+      ['delete', down],
+    ])
+      probes.forEach((p, i) => {
+        if (p.odd || p.timedOut) oddities.push({ sample: n, what, replica: i + 1, ...p });
+      });
+    if (n % 50 === 0 || n === opts.samples) {
+      const all = samples.map((s) => Math.max(...s.create.map((p) => p.ms)));
+      log(
+        `  ${String(n).padStart(4)} samples: create → all replicas p50 ${fmt(percentile(all, 50), 1)} ms, max ${fmt(Math.max(...all), 1)} ms`,
+      );
+    }
+  }
+  for (const w of watchers) w.close();
+  if (oddities.length) {
+    log(`  ${oddities.length} probe series saw errors or timed out; first: ${JSON.stringify(oddities[0])}`);
+  }
+  const summarize = (xs) => {
+    const ok = xs.filter(Number.isFinite);
+    return {
+      n: ok.length,
+      failed: xs.length - ok.length,
+      p50: percentile(ok, 50),
+      p95: percentile(ok, 95),
+      p99: percentile(ok, 99),
+      max: ok.length ? Math.max(...ok) : Number.NaN,
+    };
+  };
+  const stats = {};
+  for (const what of ['create', 'delete']) {
+    // A replica that never routed makes the sample's "all replicas" figure NaN: counted as failed.
+    stats[what] = {
+      all: summarize(samples.map((s) => Math.max(...s[what].map((p) => p.ms)))),
+      replicas: replicas.map((_, i) => summarize(samples.map((s) => s[what][i].ms))),
+      replicasSent: replicas.map((_, i) => summarize(samples.map((s) => s[what][i].sentMs))),
+      events: replicas.map((_, i) =>
+        summarize(samples.map((s) => (what === 'create' ? s.createdEvents : s.endedEvents)[i])),
+      ),
+      api: summarize(samples.map((s) => (what === 'create' ? s.postMs : s.deleteMs))),
+      probes: median(samples.flatMap((s) => s[what].map((p) => p.probes))),
+    };
+  }
+  return { ...stats, oddities, samples };
+}
+
+// ---------------------------------------------------------------- 2. delivery
+
+/** `count` sequential requests on one keep-alive connection; latencies in ms, and wrong answers. */
+async function sequential(origin, headers, count) {
+  const lat = new Array(count);
+  let wrong = 0;
+  let lastWrong;
+  for (let i = 0; i < count; i++) {
+    const t = performance.now();
+    const r = await request(origin, 'GET', '/', headers);
+    lat[i] = performance.now() - t;
+    if (r.status !== 200 || r.headers['x-served-by'] !== 'local') {
+      wrong++;
+      lastWrong = `HTTP ${r.status} served by ${r.headers['x-served-by']}: ${r.text.slice(0, 300)}`;
+    }
+  }
+  return { lat, wrong, lastWrong };
+}
+
+async function benchDelivery(replicas, client, local) {
+  const [r1, r2] = replicas;
+  const tenant = `d-${RUN_ID}`;
+  const headers = VIA(tenant);
+  const id = await client.create(r1.control, tenant);
+  client.held.add(id);
+  for (const r of replicas)
+    await waitHttp(
+      `${r.data}/`,
+      headers,
+      (x) => x.status === 200 && x.headers.get('x-served-by') === 'local',
+      `replica ${r.n} for tenant ${tenant}`,
+    );
+  const targets = [
+    { key: 'same', label: '(a) replica 1, where the tunnel is', origin: r1.data, headers },
+    { key: 'cross', label: '(b) replica 2 → relay hop → replica 1', origin: r2.data, headers },
+    { key: 'direct', label: '(c) local service direct (floor)', origin: local.url, headers: {} },
+  ];
+
+  log(
+    `\n== 2a. Delivery latency: sequential keep-alive requests, ${opts.warmup} warm-up + ${opts.requests} timed per path, ${opts.rounds} rounds (median)`,
+  );
+  const seq = Object.fromEntries(targets.map((t) => [t.key, []]));
+  for (let round = 1; round <= opts.rounds; round++) {
+    // Alternate the order so drift on a shared machine does not always favour the same path.
+    const order = round % 2 ? targets : [targets[1], targets[0], targets[2]];
+    for (const t of order) {
+      await sequential(t.origin, t.headers, opts.warmup);
+      const r = await sequential(t.origin, t.headers, opts.requests);
+      const row = {
+        p50: percentile(r.lat, 50),
+        p90: percentile(r.lat, 90),
+        p99: percentile(r.lat, 99),
+        max: Math.max(...r.lat),
+        wrong: r.wrong,
+        lastWrong: r.lastWrong,
+      };
+      seq[t.key].push(row);
+      log(
+        `  round ${round} ${t.label.padEnd(40)} p50 ${fmt(row.p50, 3)} ms  p99 ${fmt(row.p99, 3)} ms${r.wrong ? `  ${r.wrong} wrong answers, last: ${r.lastWrong}` : ''}`,
+      );
+    }
+  }
+
+  let thr;
+  if (ensureTools(['wrk'], { required: false }).length === 0) {
+    log(
+      `\n== 2b. Delivery throughput: wrk -t1 -c${opts.conns}, 1 s warm-up + ${opts.duration} s, (a) vs (b), ${opts.rounds} rounds (median)`,
+    );
+    thr = { same: [], cross: [] };
+    for (let round = 1; round <= opts.rounds; round++) {
+      const order = round % 2 ? targets.slice(0, 2) : [targets[1], targets[0]];
+      for (const t of order) {
+        const url = `${t.origin}/`;
+        await wrk(url, { conns: opts.conns, seconds: 1, headers: t.headers });
+        const w = await wrk(url, { conns: opts.conns, seconds: opts.duration, headers: t.headers });
+        thr[t.key].push({ rps: w.rps, p50: w.p50, p99: w.p99, errors: w.errors });
+        log(
+          `  round ${round} ${t.label.padEnd(40)} ${fmt(w.rps, 0).padStart(7)} req/s  p50 ${fmt(w.p50, 2)} ms  p99 ${fmt(w.p99, 2)} ms${w.errors ? `  socket errors ${w.errors}` : ''}`,
+        );
+      }
+    }
+    // Still the local service's answer after the load, not a fallback to base.
+    for (const t of targets.slice(0, 2)) {
+      const r = await request(t.origin, 'GET', '/', t.headers);
+      if (r.headers['x-served-by'] !== 'local')
+        throw new Error(`after wrk, ${t.label} answered from ${r.headers['x-served-by']} (HTTP ${r.status})`);
+    }
+  } else {
+    log('\n== 2b. skipped: wrk is not installed (apt-get install -y wrk)');
+  }
+  client.held.delete(id);
+  await client.remove(r1.control, id);
+
+  const med = (rows, k) => median(rows.map((x) => x[k]));
+  const out = {};
+  for (const t of targets) {
+    out[t.key] = {
+      label: t.label,
+      p50: med(seq[t.key], 'p50'),
+      p99: med(seq[t.key], 'p99'),
+      wrong: seq[t.key].reduce((a, x) => a + x.wrong, 0),
+      rounds: seq[t.key],
+    };
+    if (thr?.[t.key]) {
+      out[t.key].rps = med(thr[t.key], 'rps');
+      out[t.key].wrkP99 = med(thr[t.key], 'p99');
+      out[t.key].wrkRounds = thr[t.key];
+    }
+  }
+  // Added latency per round (b − a of that round), then the median of those.
+  out.addedP50 = median(seq.cross.map((x, i) => x.p50 - seq.same[i].p50));
+  out.addedP99 = median(seq.cross.map((x, i) => x.p99 - seq.same[i].p99));
+  if (thr) out.rpsRatio = median(thr.cross.map((x, i) => x.rps / thr.same[i].rps));
+  return out;
+}
+
+// ---------------------------------------------------------------- 3. Kafka floor
+
+function kafkaCli(args, timeout = 60_000) {
+  return spawnSync(KAFKA, args, { cwd: ROOT, encoding: 'utf8', timeout });
+}
+
+async function benchKafka() {
+  log(
+    `\n== 3. Kafka floor: kafkajs producer → consumer one-way latency, ${opts.messages} sequential messages per consumer setting, one local broker`,
+  );
+  const wasRunning = kafkaCli(['status']).status === 0;
+  if (!wasRunning) {
+    log('  starting the broker (scripts/kafka start; the first run fetches jars from Maven Central)…');
+    onCleanup(() => {
+      log('stopping the Kafka broker this run started (scripts/kafka stop)');
+      kafkaCli(['stop']);
+    });
+    const r = kafkaCli(['start'], 300_000);
+    if (r.status !== 0)
+      throw new Error(`scripts/kafka start failed (${r.status}):\n${r.stdout}\n${r.stderr}`);
+  } else log('  the broker was already running: it stays running');
+  const topic = `kelsingra-bench-${RUN_ID}`;
+  const created = kafkaCli(['topics', 'create', topic, '1']);
+  if (created.status !== 0)
+    throw new Error(`scripts/kafka topics create failed:\n${created.stdout}\n${created.stderr}`);
+
+  const { default: kafkajs } = await import('kafkajs');
+  const { Kafka, logLevel, Partitioners } = kafkajs;
+  const kafka = new Kafka({
+    clientId: 'kelsingra-bench',
+    brokers: ['127.0.0.1:9092'],
+    logLevel: logLevel.NOTHING,
+  });
+  const producer = kafka.producer({ createPartitioner: Partitioners.DefaultPartitioner });
+  await producer.connect();
+  const out = {};
+  let seq = 0;
+  try {
+    for (const maxWait of ['default', 10]) {
+      const consumer = kafka.consumer({
+        groupId: `kelsingra-bench-${RUN_ID}-${maxWait}`,
+        ...(maxWait === 'default' ? {} : { maxWaitTimeInMs: maxWait }),
+      });
+      /** Message value → resolve with its arrival time. */
+      const waiting = new Map();
+      await consumer.connect();
+      await consumer.subscribe({ topic, fromBeginning: false });
+      await consumer.run({
+        eachMessage: async ({ message }) => {
+          const at = performance.now();
+          const key = message.value.toString();
+          waiting.get(key)?.(at);
+          waiting.delete(key);
+        },
+      });
+      const roundTrip = async (value, timeoutMs) => {
+        const arrived = new Promise((res) => {
+          waiting.set(value, res);
+          setTimeout(() => res(Number.NaN), timeoutMs).unref();
+        });
+        const t0 = performance.now();
+        await producer.send({ topic, messages: [{ value }] });
+        const acked = performance.now() - t0;
+        const at = await arrived;
+        waiting.delete(value);
+        return { ms: at - t0, acked };
+      };
+      // The group join and the offset lookup take seconds: send until a message comes through.
+      const readyBy = Date.now() + 60_000;
+      while (!Number.isFinite((await roundTrip(`ready-${seq++}`, 1000)).ms)) {
+        if (Date.now() > readyBy)
+          throw new Error(`kafka consumer (maxWaitTimeInMs ${maxWait}) never received`);
+      }
+      for (let i = 0; i < 100; i++) await roundTrip(`warm-${seq++}`, 10_000);
+      const lat = [];
+      const acks = [];
+      let lost = 0;
+      // A budget, so a setting that waits out its full fetch window cannot blow the run's time.
+      const budget = Date.now() + 60_000;
+      for (let i = 0; i < opts.messages && Date.now() < budget; i++) {
+        const r = await roundTrip(`m-${seq++}`, 10_000);
+        if (Number.isFinite(r.ms)) lat.push(r.ms);
+        else lost++;
+        acks.push(r.acked);
+      }
+      await consumer.disconnect();
+      const row = {
+        maxWait,
+        n: lat.length,
+        lost,
+        p50: percentile(lat, 50),
+        p99: percentile(lat, 99),
+        max: lat.length ? Math.max(...lat) : Number.NaN,
+        ackP50: percentile(acks, 50),
+      };
+      out[maxWait] = row;
+      log(
+        `  maxWaitTimeInMs ${String(maxWait).padEnd(7)} ${row.n} messages: p50 ${fmt(row.p50, 2)} ms  p99 ${fmt(row.p99, 2)} ms  max ${fmt(row.max, 1)} ms  (producer ack p50 ${fmt(row.ackP50, 2)} ms)${lost ? `  ${lost} not received in 10 s` : ''}`,
+      );
+    }
+  } finally {
+    await producer.disconnect().catch(() => undefined);
+    kafkaCli(['topics', 'delete', topic]);
+  }
+  out.brokerWasRunning = wasRunning;
+  return out;
+}
+
+// ---------------------------------------------------------------- report
+
+const ok = (pass) => (pass ? 'met' : 'MISSED');
+
+function report(results) {
+  const p = results.propagation;
+  const goals = [['Goal', 'Figure', 'Target', 'Result']];
+  if (p) {
+    for (const what of ['create', 'delete']) {
+      log(
+        `\nPropagation of a ${what === 'create' ? 'new intercept' : 'deletion'} (${opts.samples} samples, ms from just before the ${what === 'create' ? 'POST' : 'DELETE'} to the first probe answer from ${what === 'create' ? 'local' : 'base'}):`,
+      );
+      const s = p[what];
+      const row = (label, x) => [
+        label,
+        fmt(x.p50, 1),
+        fmt(x.p95, 1),
+        fmt(x.p99, 1),
+        fmt(x.max, 1),
+        x.failed ? `${x.failed} never` : '',
+      ];
+      log(
+        table([
+          ['Until', 'p50', 'p95', 'p99', 'max', ''],
+          row('every replica routes', s.all),
+          ...s.replicas.map((x, i) => row(`replica ${i + 1} routes${i === 0 ? ' (changed there)' : ''}`, x)),
+          ...s.events.map((x, i) => row(`replica ${i + 1}'s copy changed (event seen)`, x)),
+          row(`${what === 'create' ? 'POST' : 'DELETE'} answered (replica 1)`, s.api),
+        ]),
+      );
+      log(`  (median ${s.probes} probes per replica per sample)`);
+    }
+    goals.push([
+      'propagation p99, every replica routes a new intercept (ms)',
+      fmt(p.create.all.p99, 1),
+      '≤ 200',
+      ok(p.create.all.p99 <= 200 && p.create.all.failed === 0),
+    ]);
+  }
+  const d = results.delivery;
+  if (d) {
+    log(`\nDelivery (sequential keep-alive requests, medians of ${opts.rounds} rounds):`);
+    log(
+      table([
+        ['Path', 'p50 (ms)', 'p99 (ms)', `req/s @${opts.conns} (wrk -t1)`, 'wrong answers'],
+        ...['direct', 'same', 'cross'].map((k) => [
+          d[k].label,
+          fmt(d[k].p50, 3),
+          fmt(d[k].p99, 3),
+          k === 'direct' ? '—' : fmt(d[k].rps, 0),
+          d[k].wrong,
+        ]),
+        [
+          'added by the relay hop, (b) − (a)',
+          fmt(d.addedP50, 3),
+          fmt(d.addedP99, 3),
+          d.rpsRatio === undefined ? 'n/a' : `(b)/(a) = ${fmt(d.rpsRatio, 2)}`,
+          '',
+        ],
+      ]),
+    );
+    goals.push(['cross-replica p50 added, (b) − (a) (ms)', fmt(d.addedP50, 3), '≤ 2', ok(d.addedP50 <= 2)]);
+  }
+  const k = results.kafka;
+  if (k) {
+    log(`\nKafka one-way floor (kafkajs, 1 partition, local broker, one message at a time):`);
+    log(
+      table([
+        [
+          'Consumer maxWaitTimeInMs',
+          'p50 (ms)',
+          'p99 (ms)',
+          'max (ms)',
+          'producer ack p50 (ms)',
+          'req/resp ≈ 2 × p50',
+        ],
+        ...['default', 10].map((w) => [
+          w === 'default' ? 'default (5000)' : String(w),
+          fmt(k[w].p50, 2),
+          fmt(k[w].p99, 2),
+          fmt(k[w].max, 1),
+          fmt(k[w].ackP50, 2),
+          fmt(2 * k[w].p50, 2),
+        ]),
+      ]),
+    );
+  }
+  log(
+    `\nSummary (${REPLICAS} replicas, ${os.cpus().length} cores, ${os.cpus()[0]?.model ?? 'unknown CPU'}, Node ${process.versions.node}; load average at start ${results.loadStart}, at end ${os.loadavg()[0].toFixed(2)}):`,
+  );
+  log(table(goals));
+}
+
+// ---------------------------------------------------------------- main
+
+const results = {
+  opts,
+  replicas: REPLICAS,
+  node: process.versions.node,
+  cores: os.cpus().length,
+  cpu: os.cpus()[0]?.model,
+  startedAt: new Date().toISOString(),
+  loadStart: os.loadavg()[0].toFixed(2),
+};
+let exitCode = 0;
+try {
+  const t0 = Date.now();
+  log(
+    `Kelsingra replicas benchmark: ${REPLICAS} replicas on PostgreSQL (${os.cpus().length} cores, Node ${process.versions.node})`,
+  );
+  const db = await createDatabase();
+  log(`  database ${db.name}`);
+  const base = await startService('base');
+  const local = await startService('local');
+  const replicas = [];
+  // One after the other: the first one creates the tables.
+  for (let n = 1; n <= REPLICAS; n++) replicas.push(await startReplica(n, base.url, db.url));
+  for (const r of replicas)
+    log(`  replica ${r.n} ${r.serverId}: control ${r.control}, data ${r.data}, pid ${r.proc.pid}`);
+  const client = await startClient(replicas[0].control, local.port);
+  log(`  tunnel open on replica 1 (client ${client.clientId})`);
+
+  // Warm-up: every replica knows its peers and relays to replica 1 before anything is timed.
+  const warm = `warm-${RUN_ID}`;
+  const warmId = await client.create(replicas[0].control, warm);
+  for (const r of replicas)
+    await waitHttp(
+      `${r.data}/`,
+      VIA(warm),
+      (x) => x.status === 200 && x.headers.get('x-served-by') === 'local',
+      `replica ${r.n} (warm-up tenant)`,
+    );
+  await client.remove(replicas[0].control, warmId);
+
+  results.propagation = await benchPropagation(replicas, client);
+  results.delivery = await benchDelivery(replicas, client, local);
+  results.tunnelStates = client.states;
+  await client.close();
+  await stopAll();
+  if (!opts['skip-kafka']) results.kafka = await benchKafka();
+  results.seconds = (Date.now() - t0) / 1000;
+  report(results);
+  log(`\n(${fmt(results.seconds, 0)} s)`);
+  if (opts.json) writeFileSync(opts.json, `${JSON.stringify(results, null, 2)}\n`);
+} catch (err) {
+  console.error(`\nbenchmark failed: ${err.stack ?? err}`);
+  for (const p of children) console.error(`--- ${p.name} output (tail):\n${p.output().slice(-2000)}`);
+  exitCode = 1;
+}
+await cleanupAndExit(exitCode);
