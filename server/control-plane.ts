@@ -271,7 +271,9 @@ export function createControlPlane(deps: ControlPlaneDeps): http.Server {
   const server = http.createServer({ headersTimeout: 10_000, requestTimeout: 30_000 }, (req, res) => {
     const url = new URL(req.url ?? '/', 'http://control');
     if (url.pathname === '/healthz') {
-      sendJson(res, 200, { ok: true, version: VERSION });
+      // Degraded still answers 200: a replica without its database routes from memory, and a
+      // load balancer that took it out would cut traffic that still works.
+      sendJson(res, 200, { ok: true, version: VERSION, store: store.health().state });
       return;
     }
     const principal = auth.authenticate(req.headers);

@@ -44,11 +44,21 @@ type Decision =
   | { kind: 'relay'; route: RouteResult; headers: string[]; intercept: Intercept; peer: Peer }
   | { kind: 'pass'; route: RouteResult; headers: string[] };
 
-function sameSecret(given: string | string[] | undefined, expected: string | undefined): boolean {
-  if (typeof given !== 'string' || !expected) return false;
-  const a = Buffer.from(given);
-  const b = Buffer.from(expected);
-  return a.length === b.length && timingSafeEqual(a, b);
+/**
+ * The intercept a peer relayed this request for (`<secret> <intercept id>`), if the secret is
+ * this replica's own; anything else is an outsider's header and means nothing.
+ */
+export function relayedIntercept(
+  header: string | string[] | undefined,
+  secret: string | undefined,
+): string | undefined {
+  if (typeof header !== 'string' || !secret) return undefined;
+  const space = header.indexOf(' ');
+  if (space < 0) return undefined;
+  const given = Buffer.from(header.slice(0, space));
+  const expected = Buffer.from(secret);
+  if (given.length !== expected.length || !timingSafeEqual(given, expected)) return undefined;
+  return header.slice(space + 1) || undefined;
 }
 
 export function createDataPlane(deps: DataPlaneDeps): http.Server {
@@ -93,7 +103,7 @@ export function createDataPlane(deps: DataPlaneDeps): http.Server {
     if (tunnel) return { kind: 'tunnel', route, headers, intercept, tunnel };
     // A request another replica relayed here is never relayed again: if the tunnel moved on,
     // the answer is an error, not a ping-pong between replicas.
-    const relayed = sameSecret(req.headers[RELAY_HEADER], deps.relaySecret?.());
+    const relayed = relayedIntercept(req.headers[RELAY_HEADER], deps.relaySecret?.()) !== undefined;
     if (!relayed && intercept.replicaId && intercept.replicaId !== serverId) {
       const peer = store.peer(intercept.replicaId);
       if (peer) return { kind: 'relay', route, headers, intercept, peer };
@@ -117,7 +127,7 @@ export function createDataPlane(deps: DataPlaneDeps): http.Server {
 
   /** The tunnel is on another replica: one streaming hop to it, which delivers through the tunnel. */
   const relay = (req: IncomingMessage, res: ServerResponse, d: Extract<Decision, { kind: 'relay' }>) => {
-    d.headers.push(RELAY_HEADER, d.peer.secret);
+    d.headers.push(RELAY_HEADER, `${d.peer.secret} ${d.intercept.id}`);
     passThrough.forward(
       req,
       res,
@@ -133,6 +143,26 @@ export function createDataPlane(deps: DataPlaneDeps): http.Server {
   };
 
   const handle = (req: IncomingMessage, res: ServerResponse) => {
+    // A peer relays as soon as its own copy knows the intercept; this copy may not have heard
+    // yet. Asking the database once beats sending the tenant's request to the base service.
+    const relayedId = relayedIntercept(req.headers[RELAY_HEADER], deps.relaySecret?.());
+    if (relayedId && !store.get(relayedId)) {
+      store.lookup(relayedId).then(
+        () => dispatch(req, res),
+        (err: Error) =>
+          sendError(
+            res,
+            503,
+            'store-unavailable',
+            `cannot look up relayed intercept ${relayedId}: ${err.message}`,
+          ),
+      );
+      return;
+    }
+    dispatch(req, res);
+  };
+
+  const dispatch = (req: IncomingMessage, res: ServerResponse) => {
     const d = decide(req);
     if (d.kind === 'error') sendError(res, d.status, d.code, d.message, d.extra);
     else if (d.kind === 'tunnel')

@@ -70,6 +70,8 @@ export interface InterceptStore extends EventEmitter<StoreEvents> {
   /** The hot-path lookup, from memory. */
   find(service: string, tenant: string): Intercept | undefined;
   get(id: string): Intercept | undefined;
+  /** Like get, but asks the shared state when this copy does not know the id (yet). */
+  lookup(id: string): Promise<Intercept | undefined>;
   list(): Intercept[];
   /** Re-asserting an intercept the same client already holds renews it (reconnects rely on this). */
   create(input: InterceptInput): Promise<CreateResult>;

@@ -51,6 +51,10 @@ export class MemoryInterceptStore extends EventEmitter<StoreEvents> implements I
     return found && found.expiresAt > this.now() ? found : undefined;
   }
 
+  async lookup(id: string): Promise<Intercept | undefined> {
+    return this.get(id);
+  }
+
   async create(input: InterceptInput): Promise<CreateResult> {
     const existing = this.find(input.service, input.tenant);
     const now = this.now();

@@ -197,6 +197,13 @@ export class PgInterceptStore extends EventEmitter<StoreEvents> implements Inter
     return this.byId.get(id);
   }
 
+  async lookup(id: string): Promise<Intercept | undefined> {
+    const known = this.byId.get(id);
+    if (known) return known;
+    const { rows } = await this.query<Row>('SELECT * FROM kelsingra_intercepts WHERE id = $1', [id]);
+    return rows[0] ? this.applyUpsert(rows[0]) : undefined;
+  }
+
   list(): Intercept[] {
     return [...this.byId.values()];
   }
@@ -362,7 +369,9 @@ export class PgInterceptStore extends EventEmitter<StoreEvents> implements Inter
       await client.query('BEGIN');
       // Replicas starting together would otherwise interleave their replacements.
       await client.query('SELECT pg_advisory_xact_lock($1)', [TOKENS_LOCK]);
-      await client.query('DELETE FROM kelsingra_tokens WHERE NOT (name = ANY($1))', [tokens.map((t) => t.name)]);
+      await client.query('DELETE FROM kelsingra_tokens WHERE NOT (name = ANY($1))', [
+        tokens.map((t) => t.name),
+      ]);
       for (const t of tokens) {
         await client.query(
           `INSERT INTO kelsingra_tokens (name, digest, tenants) VALUES ($1, $2, $3)

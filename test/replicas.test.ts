@@ -258,6 +258,28 @@ describe('replicas on PostgreSQL', () => {
     expect(second.tenant).toBe('t2');
   });
 
+  it('repairs what a lost notification missed: rows changed behind its back are picked up by reconciliation', async () => {
+    const { base, local, db } = await world(cleanups);
+    const r1 = await replica(db, base.url);
+    const r2 = await replica(db, base.url);
+    const held = await interceptDetached(clientEnv(r1, TOKEN), 'billing', 't1', local.port, cleanups);
+    expect(await text(await viaProxy(r2, 'billing', 't1', '/x'))).toBe('200 local GET /x');
+    // With replication role "replica" no trigger fires: no replica hears of this delete.
+    await query(
+      db,
+      `SET session_replication_role = replica; DELETE FROM kelsingra_intercepts WHERE id = '${held.id}'`,
+    );
+    await sleep(500);
+    expect(await text(await viaProxy(r2, 'billing', 't1', '/x'))).toBe('200 local GET /x');
+    for (const r of [r1, r2]) {
+      await waitFor(
+        async () => (await text(await viaProxy(r, 'billing', 't1', '/y'))) === '200 base GET /y',
+        8_000,
+        'the periodic reload to drop the intercept',
+      );
+    }
+  });
+
   it('shares tokens through the database, stored only as digests', async () => {
     const { base, local, db } = await world(cleanups);
     const r1 = await replica(db, base.url);
