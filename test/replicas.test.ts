@@ -8,6 +8,7 @@ import { describe, expect, it } from 'vitest';
 import type { InterceptView, StoreHealth } from '../src/protocol.js';
 import { tcpBalancer } from './balancer.js';
 import {
+  alive,
   type Cleanup,
   cleanupsAfterEach,
   clientEnv,
@@ -98,7 +99,7 @@ describe('replicas on PostgreSQL', () => {
     const { base, local, db } = await world(cleanups);
     const [r1, r2] = await Promise.all([replica(db, base.url), replica(db, base.url)]);
     const env = clientEnv(r1 as ServerProcess, TOKEN);
-    await interceptDetached(env, 'billing', 't1', local.port, cleanups);
+    const held = await interceptDetached(env, 'billing', 't1', local.port, cleanups);
 
     const late = await replica(db, base.url);
     // Its very first request, with no waiting: the table was loaded before it listened.
@@ -118,6 +119,37 @@ describe('replicas on PostgreSQL', () => {
       );
     }
     expect(Date.now() - startedAt).toBeLessThan(1_000);
+    // The client, whose tunnel is on r1, hears of the leave made through r2 and stops.
+    await waitFor(() => !alive(held.agentPid), 5_000, 'the detached agent to exit');
+  });
+
+  it('a vanished client stops blocking on every replica once its lease lapses', async () => {
+    const { base, local, db } = await world(cleanups);
+    const [r1, r2] = (await Promise.all([
+      replica(db, base.url, ['--lease-ttl', '2']),
+      replica(db, base.url, ['--lease-ttl', '2']),
+    ])) as [ServerProcess, ServerProcess];
+    const held = await interceptDetached(clientEnv(r1, TOKEN), 'billing', 't1', local.port, () => undefined);
+    process.kill(held.agentPid, 'SIGKILL');
+    // Within the lease: a clear 502 from both, not a silent fallback.
+    for (const r of [r1, r2]) {
+      await waitFor(
+        async () =>
+          (await viaProxy(r, 'billing', 't1', '/x')).headers.get('x-kelsingra-error') ===
+          'tunnel-disconnected',
+        2_000,
+        'tunnel-disconnected from every replica',
+      );
+    }
+    for (const r of [r1, r2]) {
+      await waitFor(
+        async () => (await text(await viaProxy(r, 'billing', 't1', '/x'))) === '200 base GET /x',
+        5_000,
+        'the lapsed lease to be swept everywhere',
+      );
+    }
+    const { rows } = await query(db, 'SELECT id FROM kelsingra_intercepts');
+    expect(rows).toEqual([]);
   });
 
   it('exactly one client holds a (service, tenant) when two race for it on two replicas', async () => {
