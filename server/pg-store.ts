@@ -119,6 +119,8 @@ export class PgInterceptStore extends EventEmitter<StoreEvents> implements Inter
   private degradedSince?: number;
   private degradedReason?: string;
   private listenerUp = false;
+  /** False from losing the notification connection until the reload after it is back. */
+  private caughtUp = true;
   private lastSyncAt?: number;
   /** No sweeping of lapsed leases until clients had a chance to renew after a (re)connection. */
   private sweepAfter = 0;
@@ -530,7 +532,7 @@ export class PgInterceptStore extends EventEmitter<StoreEvents> implements Inter
         fetchedAt,
       });
     }
-    if (this.listenerUp) this.recover();
+    if (this.listenerUp && this.caughtUp) this.recover();
   }
 
   private async sweep(): Promise<void> {
@@ -560,6 +562,7 @@ export class PgInterceptStore extends EventEmitter<StoreEvents> implements Inter
       if (this.listener !== client) return;
       this.listener = undefined;
       this.listenerUp = false;
+      this.caughtUp = false;
       if (this.closed) return;
       this.degrade(err ?? new Error('the notification connection closed'));
       this.scheduleListener();
@@ -580,15 +583,17 @@ export class PgInterceptStore extends EventEmitter<StoreEvents> implements Inter
     this.listenerUp = true;
   }
 
+  /** Every second until both are done: listening again, then caught up. */
   private scheduleListener(): void {
-    const timer = setTimeout(() => {
+    const timer = setTimeout(async () => {
       if (this.closed) return;
-      this.connectListener()
-        .then(() => this.resync())
-        .catch((err) => {
-          this.degrade(err);
-          this.scheduleListener();
-        });
+      try {
+        if (!this.listener) await this.connectListener();
+        await this.resync();
+      } catch (err) {
+        this.degrade(err);
+        this.scheduleListener();
+      }
     }, 1_000);
     timer.unref();
   }
@@ -608,6 +613,7 @@ export class PgInterceptStore extends EventEmitter<StoreEvents> implements Inter
       );
     }
     await this.reload();
+    this.caughtUp = true;
     await this.heartbeat();
     this.log.info({ intercepts: this.byId.size }, 'resynchronised with PostgreSQL');
   }
