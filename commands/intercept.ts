@@ -4,6 +4,8 @@ import { BaseCommand } from '../src/cli/base-command.js';
 import { type AgentMessage, agentLogFile, startDetachedAgent } from '../src/detach.js';
 import { ExitCode, KelsingraError } from '../src/errors.js';
 import { runIntercept } from '../src/intercept-runner.js';
+import type { InterceptRequest } from '../src/intercept-session.js';
+import { kafkaFlags, parseKafkaOptions } from '../src/kafka-options.js';
 import { loadSettings } from '../src/settings.js';
 
 export default class Intercept extends BaseCommand {
@@ -14,6 +16,7 @@ export default class Intercept extends BaseCommand {
     '<%= config.bin %> intercept billing --tenant t1 --port 3000',
     '<%= config.bin %> intercept billing --tenant t1 --port 3000 --detach --json',
     '<%= config.bin %> intercept billing --tenant t1 --port 3000 -- npm run dev',
+    '<%= config.bin %> intercept billing --tenant t1 --port 3000 --kafka-local localhost:9092 --forward-topic invoices',
   ];
   static override strict = false;
 
@@ -42,6 +45,23 @@ export default class Intercept extends BaseCommand {
       description: 'return once live; a background agent keeps the intercept',
       default: false,
     }),
+    'kafka-local': Flags.string({
+      description:
+        "your own Kafka broker (host:port): the tenant's messages on the service's dev topics are produced here",
+      helpGroup: 'KAFKA',
+    }),
+    'kafka-topic': Flags.string({
+      description:
+        'only this dev topic, optionally under another local name: <dev>[=<local>] (repeatable; default: every topic of the service, same names)',
+      multiple: true,
+      helpGroup: 'KAFKA',
+    }),
+    'forward-topic': Flags.string({
+      description:
+        'consume this local topic and produce it into dev as the tenant: <local>[=<dev>] (repeatable)',
+      multiple: true,
+      helpGroup: 'KAFKA',
+    }),
     agent: Flags.boolean({ hidden: true, default: false }),
   };
 
@@ -54,7 +74,12 @@ export default class Intercept extends BaseCommand {
       own,
     );
     const settings = loadSettings();
-    const want = { service: args.service, tenant: flags.tenant, port: flags.port };
+    const kafka = parseKafkaOptions({
+      local: flags['kafka-local'],
+      topics: flags['kafka-topic'],
+      forward: flags['forward-topic'],
+    });
+    const want = { service: args.service, tenant: flags.tenant, port: flags.port, kafka };
 
     if (flags.agent) {
       await this.runAgent(settings, want);
@@ -71,7 +96,15 @@ export default class Intercept extends BaseCommand {
       const bin = fileURLToPath(new URL('../../bin/run.js', import.meta.url));
       const ready = await startDetachedAgent(
         bin,
-        ['intercept', want.service, '--tenant', want.tenant, '--port', String(want.port)],
+        [
+          'intercept',
+          want.service,
+          '--tenant',
+          want.tenant,
+          '--port',
+          String(want.port),
+          ...kafkaFlags(kafka),
+        ],
         logFile,
       );
       if (flags.json) this.printJson({ ...ready.intercept, agentPid: ready.pid, logFile: ready.logFile });
@@ -86,10 +119,7 @@ export default class Intercept extends BaseCommand {
   }
 
   /** The background half of --detach: report readiness or failure to the parent over IPC. */
-  private async runAgent(
-    settings: ReturnType<typeof loadSettings>,
-    want: { service: string; tenant: string; port: number },
-  ): Promise<void> {
+  private async runAgent(settings: ReturnType<typeof loadSettings>, want: InterceptRequest): Promise<void> {
     const report = (message: AgentMessage) => process.send?.(message);
     const logFile = agentLogFile(settings.configDir, want.service, want.tenant);
     let code: number;

@@ -1,7 +1,7 @@
 import { ApiClient } from '../src/api-client.js';
-import type { StoreHealth } from '../src/protocol.js';
 import { BaseCommand } from '../src/cli/base-command.js';
 import { interceptTable } from '../src/intercept-table.js';
+import type { StoreHealth } from '../src/protocol.js';
 import { loadSettings } from '../src/settings.js';
 
 export default class Status extends BaseCommand {

@@ -36,6 +36,43 @@ const tokenSchema = z
   })
   .strict();
 
+/** Kafka's own rule for topic names. */
+export const topicName = z
+  .string()
+  .regex(/^[A-Za-z0-9._-]{1,249}$/, 'topic names are letters, digits, ".", "_" and "-" (at most 249)');
+
+const kafkaTopicSchema = z
+  .object({
+    /** The service whose tenants' messages on this topic can be intercepted. */
+    service: serviceName,
+    tenantHeader: z
+      .string()
+      .min(1)
+      .transform((h) => h.toLowerCase())
+      .default('x-tenant-id'),
+    /** The base service's consumer group (for lag and for the filter helper). */
+    group: z.string().min(1).optional(),
+    /**
+     * split: Kelsingra copies every message not intercepted to `splitTopic`, which the base
+     * reads instead; filter: the base reads this topic and skips intercepted tenants with the
+     * helper; mirror: the developer gets a copy and the base processes everything.
+     */
+    mode: z.enum(['split', 'filter', 'mirror']).default('split'),
+    /** Where split mode puts the messages the base service should process (default `<topic>.base`). */
+    splitTopic: topicName.optional(),
+  })
+  .strict();
+
+const kafkaSchema = z
+  .object({
+    brokers: z
+      .array(z.string().regex(/^[^:\s]+:\d+$/, 'must be host:port'))
+      .min(1, 'name at least one broker'),
+    clientId: z.string().default('kelsingra'),
+    topics: z.record(topicName, kafkaTopicSchema).default({}),
+  })
+  .strict();
+
 const port = z.coerce.number().int().min(0).max(65535);
 const seconds = z.coerce.number().positive();
 
@@ -63,6 +100,8 @@ export const serverConfigSchema = z
       .optional(),
     /** Where other replicas reach this one's data port (default: http://<host>:<proxy-port>). */
     advertiseUrl: upstreamUrl.optional(),
+    /** Topics whose tenants' messages can be intercepted (docs/kafka.md). */
+    kafka: kafkaSchema.optional(),
     logLevel: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
   })
   .strict();
@@ -71,6 +110,8 @@ export type ServerConfig = z.output<typeof serverConfigSchema>;
 export type ServerConfigInput = z.input<typeof serverConfigSchema>;
 export type ServiceConfig = z.output<typeof serviceSchema>;
 export type TokenConfig = z.output<typeof tokenSchema>;
+export type KafkaConfig = z.output<typeof kafkaSchema>;
+export type KafkaTopicConfig = z.output<typeof kafkaTopicSchema>;
 
 /** `billing=http://127.0.0.1:9001` → ['billing', {upstream}] */
 export function parseServiceFlag(value: string): [string, { upstream: string }] {
@@ -232,6 +273,15 @@ export async function loadServerConfig(opts: {
       ExitCode.config,
       'pass --token <secret>, set KELSINGRA_TOKEN, or give a tokens file with --tokens-file',
     );
+  }
+  for (const [topic, t] of Object.entries(config.kafka?.topics ?? {})) {
+    if (!config.services[t.service]) {
+      throw new KelsingraError(
+        `kafka.topics.${topic}.service: "${t.service}" is not a configured service (${Object.keys(config.services).join(', ') || 'none'})`,
+        ExitCode.config,
+        'name one of the services: section, or add the service',
+      );
+    }
   }
   if (Object.keys(config.services).length === 0) {
     throw new KelsingraError(

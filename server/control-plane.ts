@@ -10,6 +10,7 @@ import { z } from 'zod';
 import { CLIENT_ID_HEADER, HOLDER_HEADER, type InterceptView, TUNNEL_PATH } from '../src/protocol.js';
 import { VERSION } from '../src/version.js';
 import type { Principal, TokenAuthority } from './auth.js';
+import { topicName } from './config.js';
 import { sendError, writeRawError } from './error-response.js';
 import type { EventBus } from './event-bus.js';
 import { type EventStreamSource, serveEvents } from './event-stream.js';
@@ -19,6 +20,7 @@ import {
   type InterceptStore,
   StoreUnavailableError,
 } from './intercept-store.js';
+import type { KafkaAgent } from './kafka-agent.js';
 import type { PassThrough } from './pass-through.js';
 import type { ServiceRouter } from './routing.js';
 import { type TunnelHub, tunnelIdOf } from './tunnel-hub.js';
@@ -33,6 +35,9 @@ export interface ControlPlaneDeps {
   tenantHeader: string;
   bus: EventBus;
   log: Logger;
+  /** The configured Kafka topics a service's tenants' messages can be intercepted on. */
+  kafkaTopicsOf: (service: string) => string[];
+  kafka?: KafkaAgent;
 }
 
 const createBody = z
@@ -41,10 +46,36 @@ const createBody = z
     tenant: z.string().min(1).max(200),
     clientId: z.string().min(1),
     localPort: z.number().int().min(1).max(65535),
+    /** Present when the developer takes Kafka messages too; no topics means every topic of the service. */
+    kafka: z
+      .object({ topics: z.array(z.string().min(1)).optional() })
+      .strict()
+      .optional(),
+  })
+  .strict();
+
+const forwardBody = z
+  .object({
+    intercept: z.string().min(1),
+    topic: topicName,
+    messages: z
+      .array(
+        z
+          .object({
+            key: z.string().nullable(),
+            value: z.string().nullable(),
+            headers: z.record(z.string(), z.string()).default({}),
+          })
+          .strict(),
+      )
+      .min(1)
+      .max(500),
   })
   .strict();
 
 const MAX_BODY = 64 * 1024;
+/** Forwarded Kafka batches carry message values. */
+const MAX_FORWARD_BODY = 8 * 1024 * 1024;
 const UNAUTHORIZED_HINT =
   'check the token: kelsingra connect --server <url> --token <secret>, or set KELSINGRA_TOKEN';
 
@@ -57,13 +88,12 @@ function sendJson(res: ServerResponse, status: number, body: unknown): void {
   res.end(text);
 }
 
-async function readJson(req: IncomingMessage): Promise<unknown> {
+async function readJson(req: IncomingMessage, max = MAX_BODY): Promise<unknown> {
   const chunks: Buffer[] = [];
   let size = 0;
   for await (const chunk of req) {
     size += (chunk as Buffer).length;
-    if (size > MAX_BODY)
-      throw Object.assign(new Error(`request body over ${MAX_BODY} bytes`), { status: 413 });
+    if (size > max) throw Object.assign(new Error(`request body over ${max} bytes`), { status: 413 });
     chunks.push(chunk as Buffer);
   }
   try {
@@ -85,6 +115,7 @@ export function interceptView(i: Intercept, connected: boolean): InterceptView {
     expiresAt: new Date(i.expiresAt).toISOString(),
     connected,
     replica: i.replicaId,
+    kafkaTopics: i.kafkaTopics,
   };
 }
 
@@ -112,6 +143,7 @@ export function createControlPlane(deps: ControlPlaneDeps): http.Server {
         serverId,
         version: VERSION,
         store: store.health(),
+        kafka: deps.kafka?.status(),
         tenantHeader: deps.tenantHeader,
         services: router.names.map((name) => ({ name, upstream: router.get(name)?.upstream.href })),
         upstreams: passThrough.upstreams(services()),
@@ -136,6 +168,31 @@ export function createControlPlane(deps: ControlPlaneDeps): http.Server {
       serveEvents(req, res, url, principal, events);
       return;
     }
+    if (pathname === '/v1/kafka/forward' && req.method === 'POST') {
+      const parsed = forwardBody.safeParse(await readJson(req, MAX_FORWARD_BODY));
+      if (!parsed.success) {
+        const issue = parsed.error.issues[0];
+        sendError(
+          res,
+          400,
+          'bad-request',
+          `invalid forward: ${issue?.path.join('.') || 'body'}: ${issue?.message}`,
+        );
+        return;
+      }
+      if (!deps.kafka) {
+        sendError(res, 404, 'kafka-disabled', 'this server agent has no kafka: section in its config');
+        return;
+      }
+      const intercept = store.get(parsed.data.intercept);
+      if (!intercept || !principal.canUseTenant(intercept.tenant)) {
+        sendError(res, 404, 'unknown-intercept', `no intercept ${parsed.data.intercept}`);
+        return;
+      }
+      const count = await deps.kafka.forward(intercept, parsed.data.topic, parsed.data.messages);
+      sendJson(res, 200, { produced: count });
+      return;
+    }
     if (pathname === '/v1/intercepts' && req.method === 'GET') {
       sendJson(res, 200, visible(principal).map(view));
       return;
@@ -152,7 +209,7 @@ export function createControlPlane(deps: ControlPlaneDeps): http.Server {
         );
         return;
       }
-      const { service, tenant, clientId, localPort } = parsed.data;
+      const { service, tenant, clientId, localPort, kafka } = parsed.data;
       if (!router.get(service)) {
         sendError(
           res,
@@ -164,6 +221,24 @@ export function createControlPlane(deps: ControlPlaneDeps): http.Server {
           },
         );
         return;
+      }
+      let kafkaTopics: string[] = [];
+      if (kafka) {
+        const offered = deps.kafkaTopicsOf(service);
+        kafkaTopics = kafka.topics ?? offered;
+        const unknown = kafkaTopics.filter((t) => !offered.includes(t));
+        if (offered.length === 0 || unknown.length > 0) {
+          sendError(
+            res,
+            400,
+            'unknown-topic',
+            offered.length === 0
+              ? `no Kafka topics are configured for ${service} on this server agent`
+              : `${unknown.join(', ')} ${unknown.length === 1 ? 'is' : 'are'} not configured for ${service}; its topics: ${offered.join(', ')}`,
+            { topics: offered },
+          );
+          return;
+        }
       }
       if (!principal.canUseTenant(tenant)) {
         sendError(
@@ -198,6 +273,7 @@ export function createControlPlane(deps: ControlPlaneDeps): http.Server {
         tenant,
         clientKey,
         localPort,
+        kafkaTopics,
         holder: tunnel.holder,
         tokenName: principal.name,
         replicaId: tunnel.replicaId,

@@ -21,6 +21,8 @@ export interface Intercept {
   /** sha256 of the client id: the client id is a credential, so stores never keep it. */
   clientKey: string;
   localPort: number;
+  /** Dev topics whose messages for this tenant go to the developer (empty: HTTP only). */
+  kafkaTopics: string[];
   /** The replica whose tunnel carries this intercept's traffic. */
   replicaId: string;
   /** Bumped whenever the intercept moves to another replica; fences renewals from the old one. */
@@ -31,7 +33,7 @@ export interface Intercept {
 
 export type InterceptInput = Pick<
   Intercept,
-  'service' | 'tenant' | 'holder' | 'tokenName' | 'clientKey' | 'localPort' | 'replicaId'
+  'service' | 'tenant' | 'holder' | 'tokenName' | 'clientKey' | 'localPort' | 'kafkaTopics' | 'replicaId'
 >;
 
 export type CreateResult =

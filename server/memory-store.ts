@@ -62,6 +62,7 @@ export class MemoryInterceptStore extends EventEmitter<StoreEvents> implements I
       if (existing.clientKey !== input.clientKey) return { ok: false, holder: existing };
       existing.expiresAt = now + this.leaseTtlMs;
       existing.localPort = input.localPort;
+      existing.kafkaTopics = input.kafkaTopics;
       if (existing.replicaId !== input.replicaId) {
         existing.replicaId = input.replicaId;
         existing.epoch += 1;

@@ -101,6 +101,11 @@ export const MIGRATIONS: Migration[] = [
         FOR EACH STATEMENT EXECUTE FUNCTION kelsingra_tokens_changed();
     `,
   },
+  {
+    version: 2,
+    name: 'Kafka topics per intercept',
+    sql: `ALTER TABLE kelsingra_intercepts ADD COLUMN kafka_topics text[] NOT NULL DEFAULT '{}'`,
+  },
 ];
 
 /** Any constant will do, as long as every replica uses the same one. */

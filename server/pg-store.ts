@@ -47,6 +47,7 @@ interface Row {
   token_name: string;
   client_key: string;
   local_port: number;
+  kafka_topics: string[];
   replica_id: string;
   epoch: string | number;
   created_at: Date | string;
@@ -76,6 +77,7 @@ function toIntercept(row: Row): Intercept {
     tokenName: row.token_name,
     clientKey: row.client_key,
     localPort: row.local_port,
+    kafkaTopics: row.kafka_topics ?? [],
     replicaId: row.replica_id,
     epoch: Number(row.epoch),
     createdAt: new Date(row.created_at).getTime(),
@@ -217,14 +219,15 @@ export class PgInterceptStore extends EventEmitter<StoreEvents> implements Inter
     // held by someone else is left alone and no row comes back.
     const { rows } = await this.query<Row>(
       `INSERT INTO kelsingra_intercepts AS i
-         (id, service, tenant, holder, token_name, client_key, local_port, replica_id, expires_at)
-       VALUES ($1, $2, $3, $4, $5, $6, $7, $8, now() + $9 * interval '1 millisecond')
+         (id, service, tenant, holder, token_name, client_key, local_port, replica_id, expires_at, kafka_topics)
+       VALUES ($1, $2, $3, $4, $5, $6, $7, $8, now() + $9 * interval '1 millisecond', $10)
        ON CONFLICT (service, tenant) DO UPDATE SET
          id = CASE WHEN i.client_key = EXCLUDED.client_key THEN i.id ELSE EXCLUDED.id END,
          created_at = CASE WHEN i.client_key = EXCLUDED.client_key THEN i.created_at ELSE now() END,
          epoch = i.epoch + CASE WHEN i.replica_id = EXCLUDED.replica_id THEN 0 ELSE 1 END,
          holder = EXCLUDED.holder, token_name = EXCLUDED.token_name, client_key = EXCLUDED.client_key,
-         local_port = EXCLUDED.local_port, replica_id = EXCLUDED.replica_id, expires_at = EXCLUDED.expires_at
+         local_port = EXCLUDED.local_port, replica_id = EXCLUDED.replica_id, expires_at = EXCLUDED.expires_at,
+         kafka_topics = EXCLUDED.kafka_topics
        WHERE i.client_key = EXCLUDED.client_key OR i.expires_at <= now()
        RETURNING *`,
       [
@@ -237,6 +240,7 @@ export class PgInterceptStore extends EventEmitter<StoreEvents> implements Inter
         input.localPort,
         input.replicaId,
         this.ttlMs,
+        input.kafkaTopics,
       ],
     );
     const row = rows[0];

@@ -14,6 +14,7 @@ import { createControlPlane, interceptView } from './control-plane.js';
 import { createDataPlane } from './data-plane.js';
 import { EventBus } from './event-bus.js';
 import type { InterceptStore } from './intercept-store.js';
+import { type KafkaAgent, startKafka } from './kafka-agent.js';
 import { createLogger } from './logger.js';
 import { MemoryInterceptStore } from './memory-store.js';
 import { PassThrough } from './pass-through.js';
@@ -80,6 +81,16 @@ export async function startServer(
     store = new MemoryInterceptStore(config.leaseTtl * 1000);
   }
   const hub = new TunnelHub(store, serverId, config.heartbeatInterval * 1000, log);
+  let kafka: KafkaAgent | undefined;
+  if (config.kafka) {
+    try {
+      kafka = await startKafka(config.kafka, { store, hub, tenantHeader: config.tenantHeader, log });
+    } catch (err) {
+      hub.close();
+      await store.close();
+      throw err;
+    }
+  }
   const router = new ServiceRouter(config.services);
   const passThrough = new PassThrough(config.upstreamTimeout * 1000);
 
@@ -117,6 +128,11 @@ export async function startServer(
     tenantHeader: config.tenantHeader,
     bus,
     log,
+    kafka,
+    kafkaTopicsOf: (service) =>
+      Object.entries(config.kafka?.topics ?? {})
+        .filter(([, t]) => t.service === service)
+        .map(([name]) => name),
   });
   const data = createDataPlane({
     router,
@@ -139,6 +155,7 @@ export async function startServer(
   } catch (err) {
     control.close();
     hub.close();
+    await kafka?.close();
     await store.close();
     const e = err as NodeJS.ErrnoException & { port?: number; address?: string };
     if (e.code === 'EADDRINUSE' || e.code === 'EACCES') {
@@ -177,6 +194,7 @@ export async function startServer(
     log,
     async close() {
       hub.close();
+      await kafka?.close();
       await store.close();
       control.closeAllConnections();
       data.closeAllConnections();

@@ -4,6 +4,7 @@
  */
 import { request } from 'undici';
 import { ExitCode, KelsingraError } from './errors.js';
+import type { WireMessage } from './kafka-wire.js';
 import type { InterceptView, StoreHealth } from './protocol.js';
 
 const TIMEOUT_MS = 10_000;
@@ -42,8 +43,14 @@ export class ApiClient {
     tenant: string;
     clientId: string;
     localPort: number;
+    kafka?: { topics?: string[] };
   }): Promise<InterceptView> {
     return this.call('POST', '/v1/intercepts', body);
+  }
+
+  /** Produces messages into a dev topic as the intercept's tenant (the server sets the tenant header). */
+  forwardKafka(intercept: string, topic: string, messages: WireMessage[]): Promise<{ produced: number }> {
+    return this.call('POST', '/v1/kafka/forward', { intercept, topic, messages });
   }
 
   remove(id: string): Promise<{ removed: InterceptView[] }> {

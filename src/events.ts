@@ -58,4 +58,16 @@ export interface EndedEvent {
   at: number;
 }
 
-export type SessionEvent = HttpStartEvent | RequestEvent | TunnelEvent | LeaseEvent | EndedEvent;
+/** A Kafka message delivered to the local broker (in) or forwarded back to dev (out). */
+export interface KafkaEvent {
+  kind: 'kafka';
+  direction: 'in' | 'out';
+  from: string;
+  to: string;
+  key?: string;
+  bytes: number;
+  at: number;
+  error?: string;
+}
+
+export type SessionEvent = HttpStartEvent | RequestEvent | TunnelEvent | LeaseEvent | EndedEvent | KafkaEvent;

@@ -10,7 +10,7 @@ import { ExitCode } from './errors.js';
 import type { SessionEvent } from './events.js';
 import { type InterceptRequest, InterceptSession } from './intercept-session.js';
 import type { InterceptView } from './protocol.js';
-import { formatRequestLine } from './request-log.js';
+import { formatKafkaLine, formatRequestLine } from './request-log.js';
 import type { ClientSettings } from './settings.js';
 import type { LiveLogModel } from './ui/live-log-model.js';
 import type { LiveView } from './ui/live-view.js';
@@ -56,6 +56,8 @@ function describe(event: SessionEvent): string | undefined {
       return undefined;
     case 'ended':
       return `intercept ended: ${event.reason}`;
+    case 'kafka':
+      return formatKafkaLine(event);
     default:
       // Request starts and lease renewals only matter to the live view.
       return undefined;

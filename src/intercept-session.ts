@@ -8,6 +8,9 @@ import { EventEmitter } from 'node:events';
 import { ApiClient } from './api-client.js';
 import { ExitCode, KelsingraError } from './errors.js';
 import type { SessionEvent } from './events.js';
+import { KafkaBridge } from './kafka-bridge.js';
+import type { KafkaOptions } from './kafka-options.js';
+import { KAFKA_DELIVER_PATH } from './kafka-wire.js';
 import { interceptIdOf, LocalForwarder } from './local-forwarder.js';
 import type { InterceptView } from './protocol.js';
 import type { ClientSettings } from './settings.js';
@@ -21,6 +24,8 @@ export interface InterceptRequest {
   port: number;
   /** Whether request events carry headers (default true); plain line output does not need them. */
   withHeaders?: boolean;
+  /** Take the tenant's Kafka messages too (--kafka-local …). */
+  kafka?: KafkaOptions;
 }
 
 export class InterceptSession extends EventEmitter<{ event: [SessionEvent] }> {
@@ -30,6 +35,7 @@ export class InterceptSession extends EventEmitter<{ event: [SessionEvent] }> {
   /** Stable across reconnects, so the server knows a returning tunnel is the same holder. */
   readonly clientId = `c_${randomBytes(9).toString('base64url')}`;
   private forwarder?: LocalForwarder;
+  private kafka?: KafkaBridge;
   private renewTimer?: NodeJS.Timeout;
   private endedReason?: string;
   private leaving = false;
@@ -52,7 +58,13 @@ export class InterceptSession extends EventEmitter<{ event: [SessionEvent] }> {
       clientId: this.clientId,
       holder: settings.holder,
       onStream: (stream, headers) => {
-        if (this.forwarder && interceptIdOf(headers) === this.intercept.id) {
+        if (
+          headers[':path'] === KAFKA_DELIVER_PATH &&
+          this.kafka &&
+          interceptIdOf(headers) === this.intercept?.id
+        ) {
+          this.kafka.deliver(stream, headers);
+        } else if (this.forwarder && interceptIdOf(headers) === this.intercept.id) {
           this.forwarder.serve(stream, headers);
         } else {
           // Only this session's intercept is served; anything else is a stale route.
@@ -93,10 +105,28 @@ export class InterceptSession extends EventEmitter<{ event: [SessionEvent] }> {
   static async start(settings: ClientSettings, want: InterceptRequest): Promise<InterceptSession> {
     const session = new InterceptSession(settings, want);
     try {
+      if (want.kafka) {
+        session.kafka = new KafkaBridge(
+          want.kafka,
+          `kelsingra-forward-${want.service}-${want.tenant}`,
+          (event) => session.emit('event', event),
+        );
+        await session.kafka.start().catch((err: Error) => {
+          throw new KelsingraError(
+            `cannot use the local Kafka at ${want.kafka?.local}: ${err.message}`,
+            ExitCode.unreachable,
+            'is your broker running there? --kafka-local names it (host:port)',
+          );
+        });
+      }
       await session.tunnel.start();
       await session.register();
+      await session.kafka?.startForwarding(session.api, () => session.intercept.id);
     } catch (err) {
       session.tunnel.close();
+      await session.kafka?.close().catch(() => {
+        // Failing to start is what the caller hears about; a failed disconnect adds nothing.
+      });
       throw err;
     }
     session.forwarder = new LocalForwarder(
@@ -125,6 +155,13 @@ export class InterceptSession extends EventEmitter<{ event: [SessionEvent] }> {
         tenant: this.want.tenant,
         clientId: this.clientId,
         localPort: this.want.port,
+        kafka: this.want.kafka
+          ? {
+              topics: Object.keys(this.want.kafka.topics).length
+                ? Object.keys(this.want.kafka.topics)
+                : undefined,
+            }
+          : undefined,
       });
     } finally {
       this.registering = false;
@@ -165,5 +202,6 @@ export class InterceptSession extends EventEmitter<{ event: [SessionEvent] }> {
     clearInterval(this.renewTimer);
     this.tunnel.close();
     await this.forwarder?.close();
+    await this.kafka?.close();
   }
 }

@@ -48,6 +48,8 @@ export interface InterceptView {
   connected: boolean;
   /** The server replica whose tunnel carries it ('' while disconnected). */
   replica: string;
+  /** Dev topics whose messages for the tenant reach the developer (empty: HTTP only). */
+  kafkaTopics: string[];
 }
 
 /** The server agent's intercept store, in `/status`: one process in memory, or replicas on PostgreSQL. */

@@ -3,6 +3,7 @@
  * `14:03:07.218  GET  /invoices/42  200  12.4 ms  1.2 kB`.
  */
 import chalk from 'chalk';
+import type { KafkaEvent } from './events.js';
 
 export function formatBytes(n: number): string {
   if (n < 1024) return `${n} B`;
@@ -70,4 +71,14 @@ export function formatRequestLine(e: RequestLine): string {
   ];
   if (e.error) parts.push(chalk.red(`(${e.error})`));
   return parts.join('  ');
+}
+
+/** One Kafka message, as plain lines and the live view print it. */
+export function formatKafkaLine(e: KafkaEvent): string {
+  const arrow = e.direction === 'in' ? `${e.from} → local ${e.to}` : `local ${e.from} → ${e.to}`;
+  const parts = [chalk.dim(clockTime(e.at)), 'KAFKA ', e.error ? '' : arrow];
+  if (e.key !== undefined) parts.push(`key ${e.key}`);
+  if (!e.error) parts.push(formatBytes(e.bytes));
+  else parts.push(chalk.red(`(${e.error})`));
+  return parts.filter(Boolean).join('  ');
 }

@@ -17,6 +17,7 @@ export function interceptView(id: string, over: Partial<InterceptView> = {}, t0 
     expiresAt: new Date(t0 + 30_000).toISOString(),
     connected: true,
     replica: 'ks-1',
+    kafkaTopics: [],
     ...over,
   };
 }

@@ -32,6 +32,7 @@ const alice = {
   tokenName: 'default',
   clientKey: 'client-a',
   replicaId: 'ks-1',
+  kafkaTopics: [] as string[],
   localPort: 3000,
 };
 const bob = { ...alice, holder: 'bob@desk', clientKey: 'client-b', localPort: 4000 };

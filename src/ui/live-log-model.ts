@@ -9,7 +9,7 @@
  * timer, which is what keeps an idle CLI at ≈ 0 % CPU.
  */
 import type { HttpStartEvent, RequestEvent, SessionEvent } from '../events.js';
-import { isFailure } from '../request-log.js';
+import { formatKafkaLine, isFailure } from '../request-log.js';
 import type { TunnelState } from '../tunnel-client.js';
 
 export interface LiveLogInfo {
@@ -180,6 +180,10 @@ export class LiveLogModel {
         this.leaseRenewedAt = now;
         this.leaseTtlMs = Math.max(0, event.expiresAt - event.at);
         this.leaseExpiresAt = now + this.leaseTtlMs;
+        break;
+      case 'kafka':
+        // Messages are few next to requests; they print as lines of their own among them.
+        this.notice(event.error ? 'error' : 'info', formatKafkaLine(event));
         break;
       case 'ended':
         this.ended = event.reason;

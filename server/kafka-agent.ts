@@ -1,0 +1,98 @@
+/**
+ * The server agent's Kafka side, started when the config has a `kafka:` section: checks
+ * the configured topics, runs the splitter and the deliveries, and produces what
+ * developers forward back into dev topics.
+ */
+import { Kafka, logLevel, type Producer } from 'kafkajs';
+import type { Logger } from 'pino';
+import { fromWire, KAFKA_HOP_HEADER, type WireMessage } from '../src/kafka-wire.js';
+import type { KafkaConfig } from './config.js';
+import type { Intercept, InterceptStore } from './intercept-store.js';
+import { KafkaDelivery } from './kafka-delivery.js';
+import { KafkaSplitter } from './kafka-splitter.js';
+import { checkTopics, TopicMaker } from './kafka-topics.js';
+import type { TunnelHub } from './tunnel-hub.js';
+
+export interface KafkaAgent {
+  /** Produces a developer's messages into a dev topic as the intercept's tenant. */
+  forward(intercept: Intercept, topic: string, messages: WireMessage[]): Promise<number>;
+  status(): {
+    topics: Record<string, { mode: string; diverted: number; passed: number }>;
+    deliveries: unknown[];
+  };
+  close(): Promise<void>;
+}
+
+/** kafkajs logs through pino, quieter than its own default, under the server agent's name. */
+function kafkaLogger(log: Logger) {
+  return () =>
+    ({ level, log: entry }: { level: logLevel; log: { message: string } & Record<string, unknown> }) => {
+      const { message, timestamp: _t, logger: _l, ...extra } = entry;
+      if (level <= logLevel.ERROR) log.error({ kafka: extra }, `kafka: ${message}`);
+      else if (level === logLevel.WARN) log.warn({ kafka: extra }, `kafka: ${message}`);
+      else log.debug({ kafka: extra }, `kafka: ${message}`);
+    };
+}
+
+export async function startKafka(
+  config: KafkaConfig,
+  deps: { store: InterceptStore; hub: TunnelHub; tenantHeader: string; log: Logger },
+): Promise<KafkaAgent> {
+  const { log } = deps;
+  const kafka = new Kafka({
+    clientId: config.clientId,
+    brokers: config.brokers,
+    logLevel: logLevel.WARN,
+    logCreator: kafkaLogger(log),
+    retry: { retries: 5 },
+  });
+  const admin = kafka.admin();
+  const producer: Producer = kafka.producer({ idempotent: true, maxInFlightRequests: 1 });
+  const topics = new TopicMaker(admin);
+  await admin.connect();
+  try {
+    await checkTopics(admin, config, config.brokers.join(','));
+    await producer.connect();
+  } catch (err) {
+    await admin.disconnect();
+    throw err;
+  }
+  const splitter = new KafkaSplitter(kafka, producer, topics, config, deps.store, log);
+  await splitter.start();
+  const delivery = new KafkaDelivery(kafka, topics, deps.store, deps.hub, config.clientId, log);
+  deps.store.on('created', () => void delivery.reconcile());
+  deps.store.on('ended', () => void delivery.reconcile());
+  log.info({ topics: Object.keys(config.topics), brokers: config.brokers }, 'kafka splitter ready');
+
+  return {
+    async forward(intercept, topic, messages) {
+      const tenantHeader = config.topics[topic]?.tenantHeader ?? deps.tenantHeader;
+      await producer.send({
+        topic,
+        messages: messages.map((w) => {
+          const m = fromWire(w);
+          m.headers = { ...m.headers, [tenantHeader]: intercept.tenant, [KAFKA_HOP_HEADER]: intercept.id };
+          return m;
+        }),
+      });
+      return messages.length;
+    },
+    status() {
+      return {
+        topics: Object.fromEntries(
+          Object.entries(config.topics).map(([name, t]) => [
+            name,
+            { mode: t.mode, ...(splitter.counts.get(name) ?? { diverted: 0, passed: 0 }) },
+          ]),
+        ),
+        deliveries: delivery.lag(),
+      };
+    },
+    async close() {
+      await delivery.close();
+      await splitter.close();
+      await producer.disconnect();
+      await admin.disconnect();
+    },
+  };
+}

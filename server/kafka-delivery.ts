@@ -1,0 +1,156 @@
+/**
+ * Delivers an intercept's Kafka messages to the developer: the replica holding the
+ * intercept's tunnel consumes its per-intercept topic and sends each message through the
+ * tunnel; the client agent answers only once its local produce is acknowledged, and only
+ * then does the offset move on. At least once: a message whose answer was lost (tunnel
+ * dropped, replica died) is sent again.
+ */
+import type { Consumer, Kafka } from 'kafkajs';
+import type { Logger } from 'pino';
+import {
+  headerText,
+  KAFKA_DELIVER_PATH,
+  KAFKA_META_HEADER,
+  KAFKA_SOURCE_HEADER,
+  toWire,
+} from '../src/kafka-wire.js';
+import { INTERCEPT_HEADER } from '../src/protocol.js';
+import type { Intercept, InterceptStore } from './intercept-store.js';
+import { interceptTopic, type TopicMaker } from './kafka-topics.js';
+import type { ClientTunnel, TunnelHub } from './tunnel-hub.js';
+
+/** How long the client agent may take to produce one message locally. */
+const DELIVERY_TIMEOUT_MS = 30_000;
+
+interface Running {
+  consumer: Consumer;
+  topic: string;
+  delivered: number;
+}
+
+export class KafkaDelivery {
+  private readonly running = new Map<string, Running>();
+  private readonly timer: NodeJS.Timeout;
+  private reconciling = Promise.resolve();
+
+  constructor(
+    private readonly kafka: Kafka,
+    private readonly topics: TopicMaker,
+    private readonly store: InterceptStore,
+    private readonly hub: TunnelHub,
+    private readonly groupPrefix: string,
+    private readonly log: Logger,
+  ) {
+    // Tunnels come and go and intercepts move between replicas; a periodic pass catches every case.
+    this.timer = setInterval(() => this.reconcile(), 1_000);
+    this.timer.unref();
+  }
+
+  /** Runs a consumer for each Kafka intercept whose tunnel is here, and stops the others. */
+  reconcile(): Promise<void> {
+    this.reconciling = this.reconciling
+      .then(() => this.pass())
+      .catch((err: Error) => {
+        this.log.warn({ err: err.message }, 'kafka delivery could not start or stop a consumer');
+      });
+    return this.reconciling;
+  }
+
+  lag(): { intercept: string; topic: string; delivered: number }[] {
+    return [...this.running].map(([intercept, r]) => ({ intercept, topic: r.topic, delivered: r.delivered }));
+  }
+
+  async close(): Promise<void> {
+    clearInterval(this.timer);
+    await this.reconciling;
+    await Promise.all([...this.running.values()].map((r) => r.consumer.disconnect()));
+    this.running.clear();
+  }
+
+  private async pass(): Promise<void> {
+    const wanted = new Map<string, Intercept>();
+    for (const i of this.store.list()) {
+      if (i.kafkaTopics.length > 0 && this.hub.get(i.clientKey)) wanted.set(i.id, i);
+    }
+    for (const [id, r] of this.running) {
+      if (wanted.has(id)) continue;
+      this.running.delete(id);
+      await r.consumer.disconnect();
+      this.log.info({ intercept: id, topic: r.topic }, 'kafka delivery stopped');
+    }
+    for (const [id, intercept] of wanted) {
+      if (!this.running.has(id)) await this.startFor(intercept);
+    }
+  }
+
+  private async startFor(intercept: Intercept): Promise<void> {
+    const topic = interceptTopic(intercept.service, intercept.tenant);
+    await this.topics.ensure([topic]);
+    // One group per (service, tenant): its committed offset survives tunnels moving between
+    // replicas and clients restarting, so nothing is skipped and little is repeated.
+    const consumer = this.kafka.consumer({ groupId: `${this.groupPrefix}-deliver-${topic}` });
+    const running: Running = { consumer, topic, delivered: 0 };
+    this.running.set(intercept.id, running);
+    await consumer.connect();
+    await consumer.subscribe({ topics: [topic], fromBeginning: true });
+    await consumer.run({
+      autoCommitInterval: 500,
+      eachMessage: async ({ message }) => {
+        const tunnel = this.hub.get(intercept.clientKey);
+        if (!tunnel)
+          throw new Error(`the tunnel of intercept ${intercept.id} is not on this replica any more`);
+        await deliver(tunnel, intercept, message);
+        running.delivered++;
+      },
+    });
+    this.log.info({ intercept: intercept.id, topic }, 'kafka delivery started');
+  }
+}
+
+function deliver(
+  tunnel: ClientTunnel,
+  intercept: Intercept,
+  message: { key: Buffer | null; value: Buffer | null; headers?: Record<string, unknown>; timestamp: string },
+): Promise<void> {
+  const { [KAFKA_SOURCE_HEADER]: _source, ...headers } = (message.headers ?? {}) as Record<string, Buffer>;
+  const source = headerText(message.headers as Record<string, Buffer>, KAFKA_SOURCE_HEADER) ?? '';
+  const wire = toWire({ key: message.key, headers, timestamp: message.timestamp });
+  return new Promise((resolve, reject) => {
+    const stream = tunnel.session.request({
+      ':method': 'POST',
+      ':path': KAFKA_DELIVER_PATH,
+      [INTERCEPT_HEADER]: intercept.id,
+      [KAFKA_META_HEADER]: JSON.stringify({
+        topic: source,
+        key: wire.key,
+        headers: wire.headers,
+        timestamp: wire.timestamp,
+        // A null value (a tombstone) and an empty one mean different things to compacted topics.
+        nullValue: message.value === null,
+      }),
+    });
+    stream.setTimeout(DELIVERY_TIMEOUT_MS, () => stream.close());
+    let status = 0;
+    let body = '';
+    stream.on('response', (h) => {
+      status = Number(h[':status']);
+    });
+    stream.setEncoding('utf8');
+    stream.on('data', (c: string) => {
+      body += c;
+    });
+    stream.on('close', () => {
+      if (status === 200) resolve();
+      else
+        reject(
+          new Error(
+            `the client agent did not take the message (${status ? `HTTP ${status}: ${body.slice(0, 200)}` : 'no answer'})`,
+          ),
+        );
+    });
+    stream.on('error', () => {
+      // 'close' follows and rejects with what is known.
+    });
+    stream.end(message.value ?? Buffer.alloc(0));
+  });
+}

@@ -1,0 +1,113 @@
+/**
+ * Reads every configured dev topic (one consumer group shared by all replicas, so the
+ * partitions are spread over them) and decides per message, from the route table: a
+ * message for an intercepted tenant goes to that intercept's topic; in split mode every
+ * other message goes to the split topic the base service reads.
+ */
+import type { Consumer, EachBatchPayload, IHeaders, Kafka, Message, Producer, TopicMessages } from 'kafkajs';
+import type { Logger } from 'pino';
+import { headerText, KAFKA_HOP_HEADER, KAFKA_SOURCE_HEADER } from '../src/kafka-wire.js';
+import type { KafkaConfig, KafkaTopicConfig } from './config.js';
+import type { InterceptStore } from './intercept-store.js';
+import { interceptTopic, splitTopicOf, type TopicMaker } from './kafka-topics.js';
+
+export interface SplitCounts {
+  diverted: number;
+  passed: number;
+}
+
+export class KafkaSplitter {
+  private consumer?: Consumer;
+  readonly counts = new Map<string, SplitCounts>();
+
+  constructor(
+    private readonly kafka: Kafka,
+    private readonly producer: Producer,
+    private readonly topics: TopicMaker,
+    private readonly config: KafkaConfig,
+    private readonly store: InterceptStore,
+    private readonly log: Logger,
+  ) {}
+
+  async start(): Promise<void> {
+    const names = Object.keys(this.config.topics);
+    if (names.length === 0) return;
+    this.consumer = this.kafka.consumer({ groupId: `${this.config.clientId}-splitter` });
+    this.consumer.on(this.consumer.events.GROUP_JOIN, ({ payload }) =>
+      this.log.info({ assignment: payload.memberAssignment }, 'kafka splitter joined its group'),
+    );
+    await this.consumer.connect();
+    // Only what arrives from now on: on first start, the base service has already handled the past.
+    await this.consumer.subscribe({ topics: names, fromBeginning: false });
+    await this.consumer.run({ eachBatchAutoResolve: false, eachBatch: (p) => this.split(p) });
+  }
+
+  async close(): Promise<void> {
+    await this.consumer?.disconnect();
+  }
+
+  /** Whether this message goes to a developer (and to which topic), from the route table. */
+  private destination(
+    topic: string,
+    cfg: KafkaTopicConfig,
+    headers: IHeaders | undefined,
+  ): string | undefined {
+    if (headerText(headers, KAFKA_HOP_HEADER) !== undefined) return undefined;
+    const tenant = headerText(headers, cfg.tenantHeader);
+    if (!tenant) return undefined;
+    const intercept = this.store.find(cfg.service, tenant);
+    if (!intercept?.kafkaTopics.includes(topic)) return undefined;
+    return interceptTopic(cfg.service, tenant);
+  }
+
+  private async split({
+    batch,
+    resolveOffset,
+    heartbeat,
+    isRunning,
+    isStale,
+  }: EachBatchPayload): Promise<void> {
+    const cfg = this.config.topics[batch.topic] as KafkaTopicConfig;
+    const out = new Map<string, Message[]>();
+    const push = (topic: string, m: Message) => {
+      const list = out.get(topic) ?? [];
+      list.push(m);
+      out.set(topic, list);
+    };
+    const perIntercept = new Set<string>();
+    let diverted = 0;
+    for (const m of batch.messages) {
+      const to = this.destination(batch.topic, cfg, m.headers);
+      if (to) {
+        push(to, {
+          key: m.key,
+          value: m.value,
+          timestamp: m.timestamp,
+          headers: { ...m.headers, [KAFKA_SOURCE_HEADER]: batch.topic },
+        });
+        perIntercept.add(to);
+        diverted++;
+      }
+      // The same partition as the source keeps each key's order for the base service.
+      if (cfg.mode === 'split' && !to)
+        push(splitTopicOf(batch.topic, cfg), {
+          key: m.key,
+          value: m.value,
+          timestamp: m.timestamp,
+          headers: m.headers,
+          partition: batch.partition,
+        });
+    }
+    if (!isRunning() || isStale()) return;
+    const topicMessages: TopicMessages[] = [...out].map(([topic, messages]) => ({ topic, messages }));
+    await this.topics.ensure([...perIntercept]);
+    // One produce for the whole batch; the offsets move on only once it is acknowledged.
+    if (topicMessages.length) await this.producer.sendBatch({ topicMessages });
+    const counts = this.counts.get(batch.topic) ?? { diverted: 0, passed: 0 };
+    counts.diverted += diverted;
+    counts.passed += batch.messages.length - diverted;
+    this.counts.set(batch.topic, counts);
+    resolveOffset(batch.lastOffset());
+    await heartbeat();
+  }
+}

@@ -1,0 +1,157 @@
+/**
+ * The client agent's Kafka side. Messages the server delivers through the tunnel are
+ * produced into the developer's local broker, and only then acknowledged (so the server
+ * moves its offset on only for what is safely local). Local topics named with
+ * --forward-topic are consumed and sent back to dev as the intercepted tenant.
+ */
+import type { IncomingHttpHeaders, ServerHttp2Stream } from 'node:http2';
+import { type Admin, type Consumer, Kafka, logLevel, type Producer } from 'kafkajs';
+import type { ApiClient } from './api-client.js';
+import type { KafkaEvent } from './events.js';
+import type { KafkaOptions } from './kafka-options.js';
+import { fromWire, KAFKA_META_HEADER, toWire, type WireMessage } from './kafka-wire.js';
+
+interface DeliveryMeta {
+  topic: string;
+  key: string | null;
+  headers: Record<string, string>;
+  timestamp?: string;
+  nullValue?: boolean;
+}
+
+export class KafkaBridge {
+  private readonly kafka: Kafka;
+  private readonly producer: Producer;
+  private readonly admin: Admin;
+  private consumer?: Consumer;
+  private readonly localTopics = new Set<string>();
+
+  constructor(
+    private readonly options: KafkaOptions,
+    private readonly group: string,
+    private readonly emit: (event: KafkaEvent) => void,
+  ) {
+    this.kafka = new Kafka({
+      clientId: 'kelsingra-client',
+      brokers: [options.local],
+      // Its own log lines would tear through the live view; failures surface as events.
+      logLevel: logLevel.NOTHING,
+      retry: { retries: 5 },
+    });
+    this.producer = this.kafka.producer({ idempotent: true, maxInFlightRequests: 1 });
+    this.admin = this.kafka.admin();
+  }
+
+  async start(): Promise<void> {
+    await Promise.all([this.producer.connect(), this.admin.connect()]);
+    await this.ensureLocalTopics([
+      ...Object.values(this.options.topics),
+      ...Object.keys(this.options.forward),
+    ]);
+  }
+
+  /** Starts sending local topics back to dev; needs the intercept (registered after start). */
+  async startForwarding(api: ApiClient, interceptId: () => string): Promise<void> {
+    const topics = Object.keys(this.options.forward);
+    if (topics.length === 0) return;
+    // One group per intercepted (service, tenant): a restarted client carries on where it stopped.
+    this.consumer = this.kafka.consumer({ groupId: this.group });
+    await this.consumer.connect();
+    await this.consumer.subscribe({ topics, fromBeginning: false });
+    await this.consumer.run({
+      eachBatchAutoResolve: false,
+      eachBatch: async ({ batch, resolveOffset, heartbeat }) => {
+        const devTopic = this.options.forward[batch.topic] as string;
+        const messages: WireMessage[] = batch.messages.map((m) => toWire(m));
+        for (let i = 0; i < messages.length; i += 500) {
+          await api.forwardKafka(interceptId(), devTopic, messages.slice(i, i + 500));
+        }
+        resolveOffset(batch.lastOffset());
+        await heartbeat();
+        for (const m of batch.messages)
+          this.emit({
+            kind: 'kafka',
+            direction: 'out',
+            from: batch.topic,
+            to: devTopic,
+            key: m.key?.toString('utf8'),
+            bytes: m.value?.length ?? 0,
+            at: Date.now(),
+          });
+      },
+    });
+  }
+
+  /** One delivered message: produce locally, then answer 200 (or 502 saying why). */
+  deliver(stream: ServerHttp2Stream, headers: IncomingHttpHeaders): void {
+    const chunks: Buffer[] = [];
+    stream.on('data', (c: Buffer) => chunks.push(c));
+    stream.on('end', () => {
+      this.produce(headers, Buffer.concat(chunks)).then(
+        (event) => {
+          stream.respond({ ':status': 200 });
+          stream.end();
+          this.emit(event);
+        },
+        (err: Error) => {
+          if (!stream.destroyed) {
+            stream.respond({ ':status': 502, 'content-type': 'text/plain' });
+            stream.end(`local Kafka at ${this.options.local} did not take the message: ${err.message}`);
+          }
+          this.emit({
+            kind: 'kafka',
+            direction: 'in',
+            from: '',
+            to: '',
+            bytes: 0,
+            at: Date.now(),
+            error: err.message,
+          });
+        },
+      );
+    });
+    stream.on('error', () => {
+      // The server gave up on this delivery (timeout, tunnel closing); it sends the message again.
+    });
+  }
+
+  async close(): Promise<void> {
+    await this.consumer?.disconnect();
+    await Promise.all([this.producer.disconnect(), this.admin.disconnect()]);
+  }
+
+  private async produce(headers: IncomingHttpHeaders, value: Buffer): Promise<KafkaEvent> {
+    const meta = JSON.parse(String(headers[KAFKA_META_HEADER] ?? '{}')) as DeliveryMeta;
+    const localTopic = this.options.topics[meta.topic] ?? meta.topic;
+    await this.ensureLocalTopics([localTopic]);
+    const wire: WireMessage = {
+      key: meta.key,
+      value: meta.nullValue ? null : value.toString('base64'),
+      headers: meta.headers ?? {},
+    };
+    await this.producer.send({
+      topic: localTopic,
+      messages: [{ ...fromWire(wire), timestamp: meta.timestamp }],
+    });
+    return {
+      kind: 'kafka',
+      direction: 'in',
+      from: meta.topic,
+      to: localTopic,
+      key: meta.key === null ? undefined : Buffer.from(meta.key, 'base64').toString('utf8'),
+      bytes: value.length,
+      at: Date.now(),
+    };
+  }
+
+  private async ensureLocalTopics(topics: string[]): Promise<void> {
+    const wanted = topics.filter((t) => !this.localTopics.has(t));
+    if (wanted.length === 0) return;
+    const existing = new Set(await this.admin.listTopics());
+    const create = wanted.filter((t) => !existing.has(t));
+    // Created before anyone subscribes to them (kafkajs cannot subscribe to a topic KRaft has not made yet).
+    if (create.length)
+      await this.admin.createTopics({ topics: create.map((topic) => ({ topic })), waitForLeaders: true });
+    for (const t of wanted) this.localTopics.add(t);
+  }
+}
