@@ -59,7 +59,10 @@ export class MemoryInterceptStore extends EventEmitter<StoreEvents> implements I
     const existing = this.find(input.service, input.tenant);
     const now = this.now();
     if (existing) {
-      if (existing.clientKey !== input.clientKey) return { ok: false, holder: existing };
+      // The same holder with the same token under a new client id is a restarted client: it takes its lease back.
+      const sameHolder = existing.holder === input.holder && existing.tokenName === input.tokenName;
+      if (existing.clientKey !== input.clientKey && !sameHolder) return { ok: false, holder: existing };
+      existing.clientKey = input.clientKey;
       existing.expiresAt = now + this.leaseTtlMs;
       existing.localPort = input.localPort;
       existing.kafkaTopics = input.kafkaTopics;

@@ -65,6 +65,8 @@ const CHANNEL = 'kelsingra';
 const PEER_STALE_MS = 5_000;
 /** Deleted ids are remembered this long, so a reload that started before the delete cannot revive them. */
 const TOMBSTONE_MS = 5 * 60_000;
+/** The holder of a live lease, back under a new client id with the same token. */
+const SAME_HOLDER = '(i.holder = EXCLUDED.holder AND i.token_name = EXCLUDED.token_name)';
 /** Advisory lock taken while a replica replaces the shared token set. */
 const TOKENS_LOCK = 7_700_417_002;
 
@@ -215,20 +217,21 @@ export class PgInterceptStore extends EventEmitter<StoreEvents> implements Inter
   async create(input: InterceptInput): Promise<CreateResult> {
     const id = `icp_${randomBytes(6).toString('hex')}`;
     // One statement decides: a new (service, tenant) is inserted; the same client re-asserting
-    // keeps its id; another client's lapsed lease is taken over under a new id; a live lease
-    // held by someone else is left alone and no row comes back.
+    // keeps its id, and so does the same holder with the same token coming back as a new
+    // client (a restarted laptop); another client's lapsed lease is taken over under a new id;
+    // a live lease held by someone else is left alone and no row comes back.
     const { rows } = await this.query<Row>(
       `INSERT INTO kelsingra_intercepts AS i
          (id, service, tenant, holder, token_name, client_key, local_port, replica_id, expires_at, kafka_topics)
        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, now() + $9 * interval '1 millisecond', $10)
        ON CONFLICT (service, tenant) DO UPDATE SET
-         id = CASE WHEN i.client_key = EXCLUDED.client_key THEN i.id ELSE EXCLUDED.id END,
-         created_at = CASE WHEN i.client_key = EXCLUDED.client_key THEN i.created_at ELSE now() END,
+         id = CASE WHEN i.client_key = EXCLUDED.client_key OR ${SAME_HOLDER} THEN i.id ELSE EXCLUDED.id END,
+         created_at = CASE WHEN i.client_key = EXCLUDED.client_key OR ${SAME_HOLDER} THEN i.created_at ELSE now() END,
          epoch = i.epoch + CASE WHEN i.replica_id = EXCLUDED.replica_id THEN 0 ELSE 1 END,
          holder = EXCLUDED.holder, token_name = EXCLUDED.token_name, client_key = EXCLUDED.client_key,
          local_port = EXCLUDED.local_port, replica_id = EXCLUDED.replica_id, expires_at = EXCLUDED.expires_at,
          kafka_topics = EXCLUDED.kafka_topics
-       WHERE i.client_key = EXCLUDED.client_key OR i.expires_at <= now()
+       WHERE i.client_key = EXCLUDED.client_key OR ${SAME_HOLDER} OR i.expires_at <= now()
        RETURNING *`,
       [
         id,
