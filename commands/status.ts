@@ -34,6 +34,16 @@ export default class Status extends BaseCommand {
       this.log(`  ${u.service.padEnd(16)} ${u.url}  (${health})`);
     }
     this.log(`\nIntercepts:\n${interceptTable(status.intercepts).replace(/^/gm, '  ')}`);
+    if (status.kafka) {
+      this.log('\nKafka topics (messages split by this replica):');
+      for (const [topic, t] of Object.entries(status.kafka.topics))
+        this.log(
+          `  ${topic.padEnd(24)} ${t.mode.padEnd(6)}  to developers ${t.diverted}, to base ${t.passed}`,
+        );
+      if (status.kafka.deliveries.length) this.log('Deliveries to developers (from this replica):');
+      for (const d of status.kafka.deliveries)
+        this.log(`  ${d.intercept}  ${d.topic}  delivered ${d.delivered}, waiting ${d.lag}`);
+    }
     this.log(`\nClients connected: ${status.clients.length}`);
     for (const c of status.clients) this.log(`  ${c.holder} (${c.tunnelId}), since ${c.connectedAt}`);
   }

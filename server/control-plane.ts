@@ -143,7 +143,7 @@ export function createControlPlane(deps: ControlPlaneDeps): http.Server {
         serverId,
         version: VERSION,
         store: store.health(),
-        kafka: deps.kafka?.status(),
+        kafka: await deps.kafka?.status(),
         tenantHeader: deps.tenantHeader,
         services: router.names.map((name) => ({ name, upstream: router.get(name)?.upstream.href })),
         upstreams: passThrough.upstreams(services()),

@@ -8,18 +8,21 @@ import type { Logger } from 'pino';
 import { fromWire, KAFKA_HOP_HEADER, type WireMessage } from '../src/kafka-wire.js';
 import type { KafkaConfig } from './config.js';
 import type { Intercept, InterceptStore } from './intercept-store.js';
-import { KafkaDelivery } from './kafka-delivery.js';
+import { type DeliveryLag, KafkaDelivery } from './kafka-delivery.js';
 import { KafkaSplitter } from './kafka-splitter.js';
 import { checkTopics, TopicMaker } from './kafka-topics.js';
 import type { TunnelHub } from './tunnel-hub.js';
 
+export interface KafkaStatus {
+  /** Per configured topic: its mode, and messages the splitter on this replica sent each way. */
+  topics: Record<string, { mode: string; diverted: number; passed: number }>;
+  deliveries: DeliveryLag[];
+}
+
 export interface KafkaAgent {
   /** Produces a developer's messages into a dev topic as the intercept's tenant. */
   forward(intercept: Intercept, topic: string, messages: WireMessage[]): Promise<number>;
-  status(): {
-    topics: Record<string, { mode: string; diverted: number; passed: number }>;
-    deliveries: unknown[];
-  };
+  status(): Promise<KafkaStatus>;
   close(): Promise<void>;
 }
 
@@ -77,7 +80,7 @@ export async function startKafka(
       });
       return messages.length;
     },
-    status() {
+    async status() {
       return {
         topics: Object.fromEntries(
           Object.entries(config.topics).map(([name, t]) => [
@@ -85,7 +88,10 @@ export async function startKafka(
             { mode: t.mode, ...(splitter.counts.get(name) ?? { diverted: 0, passed: 0 }) },
           ]),
         ),
-        deliveries: delivery.lag(),
+        deliveries: await delivery.lag(admin).catch((err: Error) => {
+          log.warn({ err: err.message }, 'could not read Kafka delivery lag');
+          return [];
+        }),
       };
     },
     async close() {

@@ -5,7 +5,7 @@
  * then does the offset move on. At least once: a message whose answer was lost (tunnel
  * dropped, replica died) is sent again.
  */
-import type { Consumer, Kafka } from 'kafkajs';
+import type { Admin, Consumer, Kafka } from 'kafkajs';
 import type { Logger } from 'pino';
 import {
   headerText,
@@ -21,6 +21,15 @@ import type { ClientTunnel, TunnelHub } from './tunnel-hub.js';
 
 /** How long the client agent may take to produce one message locally. */
 const DELIVERY_TIMEOUT_MS = 30_000;
+
+export interface DeliveryLag {
+  intercept: string;
+  topic: string;
+  /** Delivered since this replica started delivering. */
+  delivered: number;
+  /** Waiting in the topic, not yet acknowledged by the developer's client. */
+  lag: number;
+}
 
 interface Running {
   consumer: Consumer;
@@ -56,8 +65,27 @@ export class KafkaDelivery {
     return this.reconciling;
   }
 
-  lag(): { intercept: string; topic: string; delivered: number }[] {
-    return [...this.running].map(([intercept, r]) => ({ intercept, topic: r.topic, delivered: r.delivered }));
+  /** Per delivery on this replica: messages waiting in its topic (end offset − committed offset). */
+  async lag(admin: Admin): Promise<DeliveryLag[]> {
+    return Promise.all(
+      [...this.running].map(async ([intercept, r]) => {
+        const [ends, committed] = await Promise.all([
+          admin.fetchTopicOffsets(r.topic),
+          admin.fetchOffsets({ groupId: this.groupOf(r.topic), topics: [r.topic] }),
+        ]);
+        let lag = 0;
+        for (const end of ends) {
+          const done = committed[0]?.partitions.find((p) => p.partition === end.partition)?.offset ?? '-1';
+          const low = Number(end.low);
+          lag += Number(end.high) - Math.max(low, Number(done));
+        }
+        return { intercept, topic: r.topic, delivered: r.delivered, lag };
+      }),
+    );
+  }
+
+  private groupOf(topic: string): string {
+    return `${this.groupPrefix}-deliver-${topic}`;
   }
 
   async close(): Promise<void> {
@@ -88,7 +116,7 @@ export class KafkaDelivery {
     await this.topics.ensure([topic]);
     // One group per (service, tenant): its committed offset survives tunnels moving between
     // replicas and clients restarting, so nothing is skipped and little is repeated.
-    const consumer = this.kafka.consumer({ groupId: `${this.groupPrefix}-deliver-${topic}` });
+    const consumer = this.kafka.consumer({ groupId: this.groupOf(topic) });
     const running: Running = { consumer, topic, delivered: 0 };
     this.running.set(intercept.id, running);
     await consumer.connect();

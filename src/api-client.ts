@@ -13,6 +13,11 @@ export interface ServerStatus {
   serverId: string;
   version: string;
   store: StoreHealth;
+  /** Present when the server agent intercepts Kafka messages. */
+  kafka?: {
+    topics: Record<string, { mode: string; diverted: number; passed: number }>;
+    deliveries: { intercept: string; topic: string; delivered: number; lag: number }[];
+  };
   tenantHeader: string;
   services: { name: string; upstream: string }[];
   upstreams: { service: string; url: string; lastOkAt?: string; lastError?: string; lastErrorAt?: string }[];

@@ -29,11 +29,15 @@ export function startDetachedAgent(
 ): Promise<AgentMessage & { type: 'ready' }> {
   const log = openSync(logFile, 'a');
   // The same young-generation size bin/run.js gives agents (see there for why).
-  const child = spawn(process.execPath, ['--max-semi-space-size=2', '--disable-warning=TimeoutNegativeWarning', binScript, ...argv, AGENT_FLAG], {
-    detached: true,
-    stdio: ['ignore', log, log, 'ipc'],
-    env: { ...process.env, FORCE_COLOR: '0' },
-  });
+  const child = spawn(
+    process.execPath,
+    ['--max-semi-space-size=2', '--disable-warning=TimeoutNegativeWarning', binScript, ...argv, AGENT_FLAG],
+    {
+      detached: true,
+      stdio: ['ignore', log, log, 'ipc'],
+      env: { ...process.env, FORCE_COLOR: '0' },
+    },
+  );
   // The child has its own copy of the descriptor.
   closeSync(log);
   return new Promise((resolve, reject) => {

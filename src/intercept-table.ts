@@ -4,7 +4,7 @@ import type { InterceptView } from './protocol.js';
 export function interceptTable(intercepts: InterceptView[], now = Date.now()): string {
   if (intercepts.length === 0) return 'No intercepts.';
   const rows = [
-    ['ID', 'SERVICE', 'TENANT', 'HOLDER', 'PORT', 'TUNNEL', 'LEASE'],
+    ['ID', 'SERVICE', 'TENANT', 'HOLDER', 'PORT', 'TUNNEL', 'LEASE', 'KAFKA'],
     ...intercepts.map((i) => [
       i.id,
       i.service,
@@ -13,6 +13,7 @@ export function interceptTable(intercepts: InterceptView[], now = Date.now()): s
       String(i.localPort),
       i.connected ? 'connected' : 'disconnected',
       `${Math.max(0, Math.round((Date.parse(i.expiresAt) - now) / 1000))} s`,
+      i.kafkaTopics?.length ? i.kafkaTopics.join(',') : '-',
     ]),
   ];
   const widths = rows[0]?.map((_, c) => Math.max(...rows.map((r) => (r[c] as string).length))) ?? [];
