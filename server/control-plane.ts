@@ -327,7 +327,8 @@ export function createControlPlane(deps: ControlPlaneDeps): http.Server {
       } catch {
         // A malformed escape cannot name an intercept; looked up as is, it finds none (404).
       }
-      const intercept = store.get(id);
+      // Another replica may have made it a moment ago: ask the database before saying 404.
+      const intercept = await store.lookup(id);
       if (!intercept || !principal.canUseTenant(intercept.tenant)) {
         sendError(res, 404, 'unknown-intercept', `no intercept ${byId[1]}`);
         return;
@@ -392,10 +393,23 @@ export function createControlPlane(deps: ControlPlaneDeps): http.Server {
       typeof holderHeader === 'string' && holderHeader
         ? holderHeader.slice(0, 120)
         : tunnelIdOf(clientKeyOf(clientId));
-    if (!hub.mayReplace(clientKeyOf(clientId), principal)) {
+    const clientKey = clientKeyOf(clientId);
+    if (!hub.mayReplace(clientKey, principal)) {
       return reject(409, 'a tunnel with this client id is open under another token');
     }
-    hub.accept(req, socket, head, principal, clientId, holder);
+    // The same check against tunnels open on other replicas.
+    store.findTunnel(clientKey).then(
+      (elsewhere) => {
+        if (elsewhere && elsewhere.tokenName !== principal.name)
+          reject(409, 'a tunnel with this client id is open under another token');
+        else hub.accept(req, socket, head, principal, clientId, holder);
+      },
+      // Without the database the check cannot be made; the replica's own tunnels were checked above.
+      (err: Error) => {
+        if (!(err instanceof StoreUnavailableError)) log.error({ err }, 'looking up the tunnel failed');
+        hub.accept(req, socket, head, principal, clientId, holder);
+      },
+    );
   });
   return server;
 }

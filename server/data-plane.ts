@@ -99,11 +99,24 @@ export function createDataPlane(deps: DataPlaneDeps): http.Server {
       headers.push(HOP_HEADER, serverId);
       return { kind: 'pass', route, headers };
     }
+    // Only the tunnel the intercept routes to, opened with the token that made it: a tunnel
+    // left behind here after its client moved on (not yet noticed dead) takes nothing.
     const tunnel = hub.get(intercept.clientKey);
-    if (tunnel) return { kind: 'tunnel', route, headers, intercept, tunnel };
+    const routesHere = intercept.replicaId === serverId || intercept.replicaId === '';
+    if (tunnel && routesHere && tunnel.principal.name === intercept.tokenName)
+      return { kind: 'tunnel', route, headers, intercept, tunnel };
     // A request another replica relayed here is never relayed again: if the tunnel moved on,
     // the answer is an error, not a ping-pong between replicas.
-    const relayed = relayedIntercept(req.headers[RELAY_HEADER], deps.relaySecret?.()) !== undefined;
+    const relayHeader = req.headers[RELAY_HEADER];
+    const relayed = relayedIntercept(relayHeader, deps.relaySecret?.()) !== undefined;
+    if (relayHeader !== undefined && !relayed) {
+      return {
+        kind: 'error',
+        status: 508,
+        code: 'relay-misdirected',
+        message: `a replica relayed this request here, but this is not the replica it meant (the secret does not match); check that each replica's --advertise-url reaches that replica and no other`,
+      };
+    }
     if (!relayed && intercept.replicaId && intercept.replicaId !== serverId) {
       const peer = store.peer(intercept.replicaId);
       if (peer) return { kind: 'relay', route, headers, intercept, peer };

@@ -25,7 +25,7 @@ export interface Intercept {
   kafkaTopics: string[];
   /** The replica whose tunnel carries this intercept's traffic. */
   replicaId: string;
-  /** Bumped whenever the intercept moves to another replica; fences renewals from the old one. */
+  /** Bumped whenever the intercept moves to another replica: how often its tunnel changed hands. */
   epoch: number;
   createdAt: number;
   expiresAt: number;
@@ -77,10 +77,12 @@ export interface InterceptStore extends EventEmitter<StoreEvents> {
   list(): Intercept[];
   /** Re-asserting an intercept the same client already holds renews it (reconnects rely on this). */
   create(input: InterceptInput): Promise<CreateResult>;
+  /** Extends the leases `ids` that this client holds under this token. */
   renew(
     clientKey: string,
     ids: string[],
     replicaId: string,
+    tokenName: string,
   ): Promise<{ renewed: string[]; missing: string[] }>;
   delete(id: string): Promise<Intercept | undefined>;
   /** A tunnel opened here: its intercepts now route to this replica. */

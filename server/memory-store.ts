@@ -59,10 +59,7 @@ export class MemoryInterceptStore extends EventEmitter<StoreEvents> implements I
     const existing = this.find(input.service, input.tenant);
     const now = this.now();
     if (existing) {
-      // The same holder with the same token under a new client id is a restarted client: it takes its lease back.
-      const sameHolder = existing.holder === input.holder && existing.tokenName === input.tokenName;
-      if (existing.clientKey !== input.clientKey && !sameHolder) return { ok: false, holder: existing };
-      existing.clientKey = input.clientKey;
+      if (existing.clientKey !== input.clientKey) return { ok: false, holder: existing };
       existing.expiresAt = now + this.leaseTtlMs;
       existing.localPort = input.localPort;
       existing.kafkaTopics = input.kafkaTopics;
@@ -85,13 +82,22 @@ export class MemoryInterceptStore extends EventEmitter<StoreEvents> implements I
     return { ok: true, intercept, renewed: false };
   }
 
-  async renew(clientKey: string, ids: string[]): Promise<{ renewed: string[]; missing: string[] }> {
+  async renew(
+    clientKey: string,
+    ids: string[],
+    _replicaId?: string,
+    tokenName?: string,
+  ): Promise<{ renewed: string[]; missing: string[] }> {
     const renewed: string[] = [];
     const missing: string[] = [];
     const expiresAt = this.now() + this.leaseTtlMs;
     for (const id of ids) {
       const found = this.get(id);
-      if (found && found.clientKey === clientKey) {
+      if (
+        found &&
+        found.clientKey === clientKey &&
+        (tokenName === undefined || found.tokenName === tokenName)
+      ) {
         found.expiresAt = expiresAt;
         renewed.push(id);
       } else {

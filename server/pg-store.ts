@@ -65,8 +65,6 @@ const CHANNEL = 'kelsingra';
 const PEER_STALE_MS = 5_000;
 /** Deleted ids are remembered this long, so a reload that started before the delete cannot revive them. */
 const TOMBSTONE_MS = 5 * 60_000;
-/** The holder of a live lease, back under a new client id with the same token. */
-const SAME_HOLDER = '(i.holder = EXCLUDED.holder AND i.token_name = EXCLUDED.token_name)';
 /** Advisory lock taken while a replica replaces the shared token set. */
 const TOKENS_LOCK = 7_700_417_002;
 
@@ -180,7 +178,7 @@ export class PgInterceptStore extends EventEmitter<StoreEvents> implements Inter
     this.sweepAfter = Date.now() + this.ttlMs / 2;
     const every = (ms: number, fn: () => Promise<void>) => {
       const timer = setInterval(() => {
-        fn().catch((err) => this.degrade(err));
+        fn().catch((err) => this.failed(err));
       }, ms);
       timer.unref();
       this.timers.push(timer);
@@ -215,23 +213,47 @@ export class PgInterceptStore extends EventEmitter<StoreEvents> implements Inter
   }
 
   async create(input: InterceptInput): Promise<CreateResult> {
+    try {
+      return await this.decideCreate(input);
+    } catch (err) {
+      if (!(err instanceof StoreUnavailableError)) throw err;
+      // A client re-asserting what this copy knows it holds (it reconnected during an outage)
+      // is confirmed from memory, as renewals are; the database hears of it when it is back.
+      const held = this.find(input.service, input.tenant);
+      if (held && held.clientKey === input.clientKey && held.tokenName === input.tokenName) {
+        held.replicaId = input.replicaId;
+        held.localPort = input.localPort;
+        return { ok: true, intercept: held, renewed: true };
+      }
+      throw err;
+    }
+  }
+
+  private async decideCreate(input: InterceptInput): Promise<CreateResult> {
+    // Just back from an outage, leases in the database may look lapsed until the catch-up
+    // has given them their extra term: no lease is handed to someone else before that.
+    if (!this.caughtUp)
+      throw new StoreUnavailableError(
+        this.degradedSince === undefined
+          ? 'catching up with PostgreSQL after an outage'
+          : `PostgreSQL is unreachable: ${this.degradedReason}`,
+      );
     const id = `icp_${randomBytes(6).toString('hex')}`;
     // One statement decides: a new (service, tenant) is inserted; the same client re-asserting
-    // keeps its id, and so does the same holder with the same token coming back as a new
-    // client (a restarted laptop); another client's lapsed lease is taken over under a new id;
-    // a live lease held by someone else is left alone and no row comes back.
+    // keeps its id; another client's lapsed lease is taken over under a new id; a live lease
+    // held by someone else is left alone and no row comes back.
     const { rows } = await this.query<Row>(
       `INSERT INTO kelsingra_intercepts AS i
          (id, service, tenant, holder, token_name, client_key, local_port, replica_id, expires_at, kafka_topics)
        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, now() + $9 * interval '1 millisecond', $10)
        ON CONFLICT (service, tenant) DO UPDATE SET
-         id = CASE WHEN i.client_key = EXCLUDED.client_key OR ${SAME_HOLDER} THEN i.id ELSE EXCLUDED.id END,
-         created_at = CASE WHEN i.client_key = EXCLUDED.client_key OR ${SAME_HOLDER} THEN i.created_at ELSE now() END,
+         id = CASE WHEN i.client_key = EXCLUDED.client_key THEN i.id ELSE EXCLUDED.id END,
+         created_at = CASE WHEN i.client_key = EXCLUDED.client_key THEN i.created_at ELSE now() END,
          epoch = i.epoch + CASE WHEN i.replica_id = EXCLUDED.replica_id THEN 0 ELSE 1 END,
          holder = EXCLUDED.holder, token_name = EXCLUDED.token_name, client_key = EXCLUDED.client_key,
          local_port = EXCLUDED.local_port, replica_id = EXCLUDED.replica_id, expires_at = EXCLUDED.expires_at,
          kafka_topics = EXCLUDED.kafka_topics
-       WHERE i.client_key = EXCLUDED.client_key OR ${SAME_HOLDER} OR i.expires_at <= now()
+       WHERE i.client_key = EXCLUDED.client_key OR i.expires_at <= now()
        RETURNING *`,
       [
         id,
@@ -257,7 +279,7 @@ export class PgInterceptStore extends EventEmitter<StoreEvents> implements Inter
     );
     const held = holder.rows[0];
     // Gone between the two statements (left or swept): the way is free now.
-    if (!held) return this.create(input);
+    if (!held) return this.decideCreate(input);
     return { ok: false, holder: toIntercept(held) };
   }
 
@@ -265,6 +287,7 @@ export class PgInterceptStore extends EventEmitter<StoreEvents> implements Inter
     clientKey: string,
     ids: string[],
     replicaId: string,
+    tokenName: string,
   ): Promise<{ renewed: string[]; missing: string[] }> {
     let renewedIds: string[];
     try {
@@ -273,16 +296,19 @@ export class PgInterceptStore extends EventEmitter<StoreEvents> implements Inter
            expires_at = now() + $3 * interval '1 millisecond',
            epoch = epoch + CASE WHEN replica_id = $4 THEN 0 ELSE 1 END,
            replica_id = $4
-         WHERE id = ANY($1) AND client_key = $2
+         WHERE id = ANY($1) AND client_key = $2 AND token_name = $5
          RETURNING *`,
-        [ids, clientKey, this.ttlMs, replicaId],
+        [ids, clientKey, this.ttlMs, replicaId, tokenName],
       );
       renewedIds = rows.map((r) => this.applyUpsert(r).id);
     } catch (err) {
       if (!(err instanceof StoreUnavailableError)) throw err;
       // Without the database nothing can expire either: what this copy holds stays held, and
       // the client is not told its lease is lost because of an outage it did not cause.
-      renewedIds = ids.filter((id) => this.byId.get(id)?.clientKey === clientKey);
+      renewedIds = ids.filter((id) => {
+        const i = this.byId.get(id);
+        return i?.clientKey === clientKey && i.tokenName === tokenName;
+      });
       const expiresAt = Date.now() + this.ttlMs;
       for (const id of renewedIds) (this.byId.get(id) as Intercept).expiresAt = expiresAt;
     }
@@ -435,7 +461,8 @@ export class PgInterceptStore extends EventEmitter<StoreEvents> implements Inter
       `WITH t AS (
          INSERT INTO kelsingra_tunnels (client_key, replica_id, holder, token_name) VALUES ($1, $2, $3, $4)
          ON CONFLICT (client_key) DO UPDATE SET replica_id = EXCLUDED.replica_id, holder = EXCLUDED.holder,
-           token_name = EXCLUDED.token_name, connected_at = now())
+           connected_at = now()
+         WHERE kelsingra_tunnels.token_name = EXCLUDED.token_name)
        UPDATE kelsingra_intercepts SET replica_id = $2, epoch = epoch + 1
        WHERE client_key = $1 AND replica_id <> $2 AND token_name = $4 RETURNING *`,
       [tunnel.clientKey, tunnel.replicaId, tunnel.holder, tunnel.tokenName],
@@ -610,17 +637,19 @@ export class PgInterceptStore extends EventEmitter<StoreEvents> implements Inter
    * be renewed while it was away), then reload everything, and only then sweep again.
    */
   private async resync(): Promise<void> {
+    const listener = this.listener;
     this.sweepAfter = Date.now() + this.ttlMs / 2;
-    for (const tunnel of this.localTunnels.values()) {
-      await this.writeTunnel(tunnel);
-      await this.query(
-        `UPDATE kelsingra_intercepts SET expires_at = now() + $2 * interval '1 millisecond'
-         WHERE client_key = $1 AND replica_id = $3`,
-        [tunnel.clientKey, this.ttlMs, this.opts.replicaId],
-      );
-    }
+    // Nobody could renew while the database was away: every lease gets one more term, so
+    // no client loses its intercept (to the sweep, or to another client's create) for an
+    // outage it did not cause. A client that vanished meanwhile lapses one lease later.
+    await this.query(
+      `UPDATE kelsingra_intercepts SET expires_at = greatest(expires_at, now() + $1 * interval '1 millisecond')`,
+      [this.ttlMs],
+    );
+    await this.rewriteTunnels();
     await this.reload();
-    this.caughtUp = true;
+    // A listener lost again meanwhile has its own catch-up to do.
+    if (this.listener === listener) this.caughtUp = true;
     await this.heartbeat();
     this.log.info({ intercepts: this.byId.size }, 'resynchronised with PostgreSQL');
   }
@@ -638,9 +667,20 @@ export class PgInterceptStore extends EventEmitter<StoreEvents> implements Inter
     else if (message.op === 'tokens') {
       this.loadTokens().then(
         (tokens) => this.emit('tokens', tokens),
-        (err) => this.degrade(err),
+        (err) => this.failed(err),
       );
     }
+  }
+
+  /** This replica's tunnels written again (after an outage, or after a failed write). */
+  private async rewriteTunnels(): Promise<void> {
+    for (const tunnel of this.localTunnels.values()) await this.writeTunnel(tunnel);
+  }
+
+  /** A background step failed: an outage is already marked degraded; anything else is a bug to log each time. */
+  private failed(err: unknown): void {
+    if (err instanceof StoreUnavailableError) return;
+    this.log.error({ err }, 'intercept store background step failed');
   }
 
   private degrade(err: unknown): void {
@@ -657,5 +697,7 @@ export class PgInterceptStore extends EventEmitter<StoreEvents> implements Inter
     this.log.info({ degradedForMs: Date.now() - this.degradedSince }, 'PostgreSQL reachable again');
     this.degradedSince = undefined;
     this.degradedReason = undefined;
+    // A tunnel opened or closed during the outage was not recorded; the listener may never have dropped.
+    this.rewriteTunnels().catch((err) => this.failed(err));
   }
 }

@@ -175,6 +175,7 @@ export class TunnelHub {
           tunnel.clientKey,
           message.ids.filter((id) => typeof id === 'string'),
           this.replicaId,
+          tunnel.principal.name,
         )
         .then(
           (result) => tunnel.send({ type: 'renewed', ids: result.renewed, missing: result.missing }),

@@ -3,9 +3,10 @@
  * intercept, keeps its lease renewed, re-asserts it after a reconnect, and leaves cleanly.
  * Emits a general event stream (requests, tunnel state, end) that views subscribe to.
  */
-import { randomBytes } from 'node:crypto';
 import { EventEmitter } from 'node:events';
+import pRetry from 'p-retry';
 import { ApiClient } from './api-client.js';
+import { claimClientId, releaseClientId } from './client-identity.js';
 import { ExitCode, KelsingraError } from './errors.js';
 import type { SessionEvent } from './events.js';
 import { KafkaBridge } from './kafka-bridge.js';
@@ -32,8 +33,8 @@ export class InterceptSession extends EventEmitter<{ event: [SessionEvent] }> {
   intercept!: InterceptView;
   private readonly api: ApiClient;
   private readonly tunnel: TunnelClient;
-  /** Stable across reconnects, so the server knows a returning tunnel is the same holder. */
-  readonly clientId = `c_${randomBytes(9).toString('base64url')}`;
+  /** Stable across reconnects and restarts, so the server knows a returning tunnel is the same holder. */
+  readonly clientId: string;
   private forwarder?: LocalForwarder;
   private kafka?: KafkaBridge;
   private renewTimer?: NodeJS.Timeout;
@@ -43,11 +44,15 @@ export class InterceptSession extends EventEmitter<{ event: [SessionEvent] }> {
   readonly ended: Promise<string>;
   private resolveEnded!: (reason: string) => void;
 
+  private readonly settings: ClientSettings;
+
   private constructor(
     settings: ClientSettings,
     private readonly want: InterceptRequest,
   ) {
     super();
+    this.settings = settings;
+    this.clientId = claimClientId(settings.configDir, settings.server, want.service, want.tenant);
     this.api = new ApiClient(settings.server, settings.token);
     this.ended = new Promise((resolve) => {
       this.resolveEnded = resolve;
@@ -96,7 +101,7 @@ export class InterceptSession extends EventEmitter<{ event: [SessionEvent] }> {
       }
     });
     this.tunnel.on('reconnected', () => {
-      this.register().catch((err: Error) =>
+      this.register(true).catch((err: Error) =>
         this.end(`could not re-assert the intercept after reconnecting: ${err.message}`),
       );
     });
@@ -147,10 +152,11 @@ export class InterceptSession extends EventEmitter<{ event: [SessionEvent] }> {
     return session;
   }
 
-  private async register(): Promise<void> {
+  /** `reassert`: after a reconnect, when the lease is still ours and worth waiting for. */
+  private async register(reassert = false): Promise<void> {
     this.registering = true;
     try {
-      this.intercept = await this.api.create({
+      const body = {
         service: this.want.service,
         tenant: this.want.tenant,
         clientId: this.clientId,
@@ -162,6 +168,16 @@ export class InterceptSession extends EventEmitter<{ event: [SessionEvent] }> {
                 : undefined,
             }
           : undefined,
+      };
+      // While the server's database is away (or catching up) it cannot decide; the lease holds
+      // meanwhile, so re-asserting is worth retrying for about that long.
+      this.intercept = await pRetry(() => this.api.create(body), {
+        retries: reassert ? 20 : 0,
+        minTimeout: 500,
+        maxTimeout: 3_000,
+        maxRetryTime: this.tunnel.leaseTtlMs,
+        shouldRetry: ({ error }) =>
+          error instanceof KelsingraError && error.details?.code === 'store-unavailable',
       });
     } finally {
       this.registering = false;
@@ -185,6 +201,7 @@ export class InterceptSession extends EventEmitter<{ event: [SessionEvent] }> {
           throw err;
         }
       }
+      releaseClientId(this.settings.configDir, this.settings.server, this.want.service, this.want.tenant);
       this.end(reason);
     }
     await this.shutdown();

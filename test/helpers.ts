@@ -234,6 +234,8 @@ export interface DetachedIntercept {
   tenant: string;
   holder: string;
   localPort: number;
+  /** The server replica whose tunnel carries it. */
+  replica?: string;
   agentPid: number;
   logFile: string;
 }

@@ -84,20 +84,6 @@ describe('MemoryInterceptStore', () => {
     expect(store.find('billing', 't1')?.localPort).toBe(3000);
   });
 
-  it('the same holder with the same token under a new client id (a restarted laptop) takes its lease back', async () => {
-    const { store, ended } = setup();
-    const first = created(await store.create(alice));
-    const r = await store.create({ ...alice, clientKey: 'client-a-restarted' });
-    expect(r.ok && r.intercept.id).toBe(first.id);
-    expect(store.find('billing', 't1')?.clientKey).toBe('client-a-restarted');
-    // The old client's renewals now miss: its session ends, it routes nothing.
-    expect(await store.renew('client-a', [first.id])).toEqual({ renewed: [], missing: [first.id] });
-    expect(ended).toEqual([]);
-    // The same name under another token is someone else.
-    const other = await store.create({ ...alice, clientKey: 'client-x', tokenName: 'team-b' });
-    expect(other.ok).toBe(false);
-  });
-
   it('the same client re-asserting renews the same intercept and takes the new port', async () => {
     const { store, clock, ended } = setup();
     const first = created(await store.create(alice));

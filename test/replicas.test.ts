@@ -5,7 +5,9 @@
  */
 import { createHash, randomBytes } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
+import { MIGRATIONS } from '../server/pg-migrations.js';
 import type { InterceptView, StoreHealth } from '../src/protocol.js';
+import { TunnelClient } from '../src/tunnel-client.js';
 import { tcpBalancer } from './balancer.js';
 import {
   alive,
@@ -72,7 +74,8 @@ describe('replicas on PostgreSQL', () => {
     // Started together: the migration runs once, under its lock.
     const [r1, r2, r3] = await Promise.all([1, 2, 3].map(() => replica(db, base.url)));
     const { rows } = await query<{ version: number }>(db, 'SELECT version FROM kelsingra_migrations');
-    expect(rows.map((r) => r.version)).toEqual([1]);
+    // Each migration once, however many replicas raced to apply them.
+    expect(rows.map((r) => r.version).sort()).toEqual(MIGRATIONS.map((m) => m.version));
 
     const env = clientEnv(r1 as ServerProcess, TOKEN);
     const held = await interceptDetached(env, 'billing', 't1', echo.port, cleanups);
@@ -189,6 +192,57 @@ describe('replicas on PostgreSQL', () => {
     }
   });
 
+  it('exactly one of six clients on two replicas wins each of twenty simultaneous races', async () => {
+    const { base, db } = await world(cleanups);
+    const replicas = (await Promise.all([replica(db, base.url), replica(db, base.url)])) as ServerProcess[];
+    // Tunnels open first, so every POST below goes straight to the decision.
+    const clients = await Promise.all(
+      [0, 1, 2, 3, 4, 5].map(async (n) => {
+        const server = (replicas[n % 2] as ServerProcess).control;
+        const clientId = `race-client-${n}-${randomBytes(4).toString('hex')}`;
+        const tunnel = new TunnelClient({
+          server,
+          token: TOKEN,
+          clientId,
+          holder: `dev-${n}`,
+          onStream: (stream) => stream.respond({ ':status': 204 }, { endStream: true }),
+        });
+        await tunnel.start();
+        cleanups.push(() => tunnel.close());
+        return { server, clientId };
+      }),
+    );
+    for (let round = 0; round < 20; round++) {
+      const tenant = `race-${round}`;
+      const statuses = await Promise.all(
+        clients.map(async ({ server, clientId }) => {
+          const res = await fetch(`${server}/v1/intercepts`, {
+            method: 'POST',
+            headers: { authorization: `Bearer ${TOKEN}`, 'content-type': 'application/json' },
+            body: JSON.stringify({ service: 'billing', tenant, clientId, localPort: 3000 }),
+          });
+          await res.body?.cancel();
+          return res.status;
+        }),
+      );
+      expect(statuses.sort(), `round ${round}`).toEqual([201, 409, 409, 409, 409, 409]);
+    }
+    const { rows } = await query<{ n: string }>(db, 'SELECT count(*) AS n FROM kelsingra_intercepts');
+    expect(Number(rows[0]?.n)).toBe(20);
+  });
+
+  it("a relay header that does not carry this replica's secret is refused (508), not relayed again", async () => {
+    const { base, local, db } = await world(cleanups);
+    const [r1, r2] = (await Promise.all([replica(db, base.url), replica(db, base.url)])) as ServerProcess[];
+    await interceptDetached(clientEnv(r1 as ServerProcess, TOKEN), 'billing', 't1', local.port, cleanups);
+    const forged = await viaProxy(r2 as ServerProcess, 'billing', 't1', '/x', {
+      headers: { 'x-kelsingra-relay': 'not-the-secret icp_000000000000' },
+    });
+    expect(forged.status).toBe(508);
+    expect(forged.headers.get('x-kelsingra-error')).toBe('relay-misdirected');
+    expect(await text(await viaProxy(r2 as ServerProcess, 'billing', 't1', '/x'))).toBe('200 local GET /x');
+  });
+
   it('when the replica holding a tunnel is killed, requests in flight get a fast 502, and the client moves to another replica within 3 s', async () => {
     const { base, db } = await world(cleanups);
     const slowSeen: string[] = [];
@@ -278,6 +332,14 @@ describe('replicas on PostgreSQL', () => {
     for (const r of [r1, r2]) {
       await waitFor(async () => (await statusOf(r)).store.state === 'ok', 10_000, 'ok again in /status');
     }
+    // The outage outlasted the lease, yet nobody else can take it now that the database is back.
+    const bob = await run(
+      ['intercept', 'billing', '--tenant', 't1', '--port', String(local.port), '--detach'],
+      {
+        ...clientEnv(r2, TOKEN, { KELSINGRA_HOLDER: 'bob@desk' }),
+      },
+    );
+    expect(bob.exitCode, bob.stderr).toBe(5);
     // Past the point where lapsed leases would be swept: the intercept survived the outage.
     await sleep(3_000);
     for (const r of [r1, r2])
@@ -288,6 +350,44 @@ describe('replicas on PostgreSQL', () => {
     expect(listed).toMatchObject([{ id: held.id, connected: true }]);
     const second = await interceptDetached(clientEnv(r2, TOKEN), 'billing', 't2', local.port, cleanups);
     expect(second.tenant).toBe('t2');
+  });
+
+  it('a client whose replica dies while PostgreSQL is away moves to another replica and keeps its intercept', async () => {
+    const pgServer = await privatePostgres(cleanups);
+    const db = await freshDatabase(cleanups, pgServer.url);
+    const base = await textService('base', cleanups);
+    const local = await textService('local', cleanups);
+    const replicas = (await Promise.all([
+      replica(db, base.url, ['--lease-ttl', '6']),
+      replica(db, base.url, ['--lease-ttl', '6']),
+    ])) as ServerProcess[];
+    const alive = new Set(replicas);
+    const lb = await tcpBalancer(() => [...alive].map((r) => r.controlPort), cleanups);
+    const env = { ...clientEnv(replicas[0] as ServerProcess, TOKEN), KELSINGRA_SERVER: lb.url };
+    const held = await interceptDetached(env, 'billing', 't1', local.port, cleanups);
+    const ids = await Promise.all(replicas.map(async (r) => (await statusOf(r)).serverId));
+    const holder = replicas[ids.indexOf(held.replica ?? '')] as ServerProcess;
+    const survivor = replicas.find((r) => r !== holder) as ServerProcess;
+
+    pgServer.stop();
+    await waitFor(async () => (await statusOf(survivor)).store.state === 'degraded', 5_000, 'degraded');
+    holder.child.kill('SIGKILL');
+    alive.delete(holder);
+    // Re-asserted with no database: the survivor confirms it from memory.
+    await waitFor(
+      async () => (await text(await viaProxy(survivor, 'billing', 't1', '/x'))) === '200 local GET /x',
+      8_000,
+      'the intercept to route through the survivor',
+    );
+    expect(alive.size).toBe(1);
+    pgServer.start();
+    await waitFor(async () => (await statusOf(survivor)).store.state === 'ok', 10_000, 'ok again');
+    const { rows } = await query<{ id: string; replica_id: string }>(
+      db,
+      'SELECT id, replica_id FROM kelsingra_intercepts',
+    );
+    expect(rows).toEqual([{ id: held.id, replica_id: ids[replicas.indexOf(survivor)] }]);
+    expect(await text(await viaProxy(survivor, 'billing', 't1', '/y'))).toBe('200 local GET /y');
   });
 
   it('repairs what a lost notification missed: rows changed behind its back are picked up by reconciliation', async () => {
