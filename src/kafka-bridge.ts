@@ -5,7 +5,7 @@
  * --forward-topic are consumed and sent back to dev as the intercepted tenant.
  */
 import type { IncomingHttpHeaders, ServerHttp2Stream } from 'node:http2';
-import { type Admin, type Consumer, Kafka, logLevel, type Producer } from 'kafkajs';
+import { type Admin, type Consumer, Kafka, logLevel, Partitioners, type Producer } from 'kafkajs';
 import type { ApiClient } from './api-client.js';
 import type { KafkaEvent } from './events.js';
 import type { KafkaOptions } from './kafka-options.js';
@@ -36,9 +36,12 @@ export class KafkaBridge {
       brokers: [options.local],
       // Its own log lines would tear through the live view; failures surface as events.
       logLevel: logLevel.NOTHING,
-      retry: { retries: 5 },
     });
-    this.producer = this.kafka.producer({ idempotent: true, maxInFlightRequests: 1 });
+    this.producer = this.kafka.producer({
+      idempotent: true,
+      maxInFlightRequests: 1,
+      createPartitioner: Partitioners.DefaultPartitioner,
+    });
     this.admin = this.kafka.admin();
   }
 
