@@ -116,7 +116,13 @@ export class KafkaDelivery {
     await this.topics.ensure([topic]);
     // One group per (service, tenant): its committed offset survives tunnels moving between
     // replicas and clients restarting, so nothing is skipped and little is repeated.
-    const consumer = this.kafka.consumer({ groupId: this.groupOf(topic) });
+    // A replica that dies keeps the partition until its session times out: keep that short
+    // (the broker's minimum is 6 s by default), so another replica resumes delivery soon.
+    const consumer = this.kafka.consumer({
+      groupId: this.groupOf(topic),
+      sessionTimeout: 6_000,
+      heartbeatInterval: 1_000,
+    });
     const running: Running = { consumer, topic, delivered: 0 };
     this.running.set(intercept.id, running);
     await consumer.connect();

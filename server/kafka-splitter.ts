@@ -32,7 +32,12 @@ export class KafkaSplitter {
   async start(): Promise<void> {
     const names = Object.keys(this.config.topics);
     if (names.length === 0) return;
-    this.consumer = this.kafka.consumer({ groupId: `${this.config.clientId}-splitter` });
+    // A dead replica's partitions move to the others once its session times out (10 s, not kafkajs's 30 s).
+    this.consumer = this.kafka.consumer({
+      groupId: `${this.config.clientId}-splitter`,
+      sessionTimeout: 10_000,
+      heartbeatInterval: 1_000,
+    });
     this.consumer.on(this.consumer.events.GROUP_JOIN, ({ payload }) =>
       this.log.info({ assignment: payload.memberAssignment }, 'kafka splitter joined its group'),
     );
