@@ -5,7 +5,13 @@
  */
 import { Kafka, logLevel, Partitioners, type Producer } from 'kafkajs';
 import type { Logger } from 'pino';
-import { fromWire, KAFKA_HOP_HEADER, type WireMessage } from '../src/kafka-wire.js';
+import {
+  chunkBySize,
+  fromWire,
+  KAFKA_HOP_HEADER,
+  messageBytes,
+  type WireMessage,
+} from '../src/kafka-wire.js';
 import type { KafkaConfig } from './config.js';
 import type { Intercept, InterceptStore } from './intercept-store.js';
 import { type DeliveryLag, KafkaDelivery } from './kafka-delivery.js';
@@ -15,7 +21,10 @@ import type { TunnelHub } from './tunnel-hub.js';
 
 export interface KafkaStatus {
   /** Per configured topic: its mode, and messages the splitter on this replica sent each way. */
-  topics: Record<string, { mode: string; diverted: number; passed: number }>;
+  topics: Record<
+    string,
+    { mode: string; diverted: number; passed: number; lastCrash?: { at: string; error: string } }
+  >;
   deliveries: DeliveryLag[];
 }
 
@@ -77,14 +86,12 @@ export async function startKafka(
   return {
     async forward(intercept, topic, messages) {
       const tenantHeader = config.topics[topic]?.tenantHeader ?? deps.tenantHeader;
-      await producer.send({
-        topic,
-        messages: messages.map((w) => {
-          const m = fromWire(w);
-          m.headers = { ...m.headers, [tenantHeader]: intercept.tenant, [KAFKA_HOP_HEADER]: intercept.id };
-          return m;
-        }),
+      const all = messages.map((w) => {
+        const m = fromWire(w);
+        m.headers = { ...m.headers, [tenantHeader]: intercept.tenant, [KAFKA_HOP_HEADER]: intercept.id };
+        return m;
       });
+      for (const chunk of chunkBySize(all, messageBytes)) await producer.send({ topic, messages: chunk });
       return messages.length;
     },
     async status() {
@@ -92,7 +99,14 @@ export async function startKafka(
         topics: Object.fromEntries(
           Object.entries(config.topics).map(([name, t]) => [
             name,
-            { mode: t.mode, ...(splitter.counts.get(name) ?? { diverted: 0, passed: 0 }) },
+            {
+              mode: t.mode,
+              ...(splitter.counts.get(name) ?? { diverted: 0, passed: 0 }),
+              lastCrash: splitter.lastCrash && {
+                at: new Date(splitter.lastCrash.at).toISOString(),
+                error: splitter.lastCrash.error,
+              },
+            },
           ]),
         ),
         deliveries: await delivery.lag(admin).catch((err: Error) => {

@@ -6,7 +6,13 @@
  */
 import type { Consumer, EachBatchPayload, IHeaders, Kafka, Message, Producer, TopicMessages } from 'kafkajs';
 import type { Logger } from 'pino';
-import { headerText, KAFKA_HOP_HEADER, KAFKA_SOURCE_HEADER } from '../src/kafka-wire.js';
+import {
+  chunkBySize,
+  headerText,
+  KAFKA_HOP_HEADER,
+  KAFKA_SOURCE_HEADER,
+  messageBytes,
+} from '../src/kafka-wire.js';
 import type { KafkaConfig, KafkaTopicConfig } from './config.js';
 import type { InterceptStore } from './intercept-store.js';
 import { interceptTopic, splitTopicOf, type TopicMaker } from './kafka-topics.js';
@@ -18,6 +24,9 @@ export interface SplitCounts {
 
 export class KafkaSplitter {
   private consumer?: Consumer;
+  private closed = false;
+  /** The last time the splitter crashed, for /status. */
+  lastCrash?: { at: number; error: string };
   readonly counts = new Map<string, SplitCounts>();
 
   constructor(
@@ -44,10 +53,26 @@ export class KafkaSplitter {
     await this.consumer.connect();
     // Only what arrives from now on: on first start, the base service has already handled the past.
     await this.consumer.subscribe({ topics: names, fromBeginning: false });
+    // A crash kafkajs will not restart from (a non-retriable error) would stop splitting for
+    // good while the server looks healthy: it is logged, shown in /status, and started over.
+    this.consumer.on(this.consumer.events.CRASH, ({ payload }) => {
+      this.log.error({ err: payload.error, restart: payload.restart }, 'kafka splitter crashed');
+      this.lastCrash = { at: Date.now(), error: payload.error.message };
+      if (!payload.restart && !this.closed) {
+        const timer = setTimeout(() => {
+          this.consumer
+            ?.disconnect()
+            .then(() => this.start())
+            .catch((err: Error) => this.log.error({ err }, 'kafka splitter could not start again'));
+        }, 5_000);
+        timer.unref();
+      }
+    });
     await this.consumer.run({ eachBatchAutoResolve: false, eachBatch: (p) => this.split(p) });
   }
 
   async close(): Promise<void> {
+    this.closed = true;
     await this.consumer?.disconnect();
   }
 
@@ -104,10 +129,15 @@ export class KafkaSplitter {
         });
     }
     if (!isRunning() || isStale()) return;
-    const topicMessages: TopicMessages[] = [...out].map(([topic, messages]) => ({ topic, messages }));
     await this.topics.ensure([...perIntercept]);
-    // One produce for the whole batch; the offsets move on only once it is acknowledged.
-    if (topicMessages.length) await this.producer.sendBatch({ topicMessages });
+    // The offsets move on only once every produce of the batch is acknowledged. Each produce
+    // stays under the broker's size limit, in order, so per-key order holds.
+    for (const [topic, messages] of out) {
+      for (const chunk of chunkBySize(messages, messageBytes)) {
+        const topicMessages: TopicMessages[] = [{ topic, messages: chunk }];
+        await this.producer.sendBatch({ topicMessages });
+      }
+    }
     const counts = this.counts.get(batch.topic) ?? { diverted: 0, passed: 0 };
     counts.diverted += diverted;
     counts.passed += batch.messages.length - diverted;

@@ -9,7 +9,7 @@ import { type Admin, type Consumer, Kafka, logLevel, Partitioners, type Producer
 import type { ApiClient } from './api-client.js';
 import type { KafkaEvent } from './events.js';
 import type { KafkaOptions } from './kafka-options.js';
-import { fromWire, KAFKA_META_HEADER, toWire, type WireMessage } from './kafka-wire.js';
+import { chunkBySize, fromWire, KAFKA_META_HEADER, toWire, type WireMessage } from './kafka-wire.js';
 
 interface DeliveryMeta {
   topic: string;
@@ -59,6 +59,17 @@ export class KafkaBridge {
     if (topics.length === 0) return;
     // One group per intercepted (service, tenant): a restarted client carries on where it stopped.
     this.consumer = this.kafka.consumer({ groupId: this.group });
+    this.consumer.on(this.consumer.events.CRASH, ({ payload }) =>
+      this.emit({
+        kind: 'kafka',
+        direction: 'out',
+        from: topics.join(','),
+        to: '',
+        bytes: 0,
+        at: Date.now(),
+        error: `forwarding ${payload.restart ? 'restarts' : 'stopped'}: ${payload.error.message}`,
+      }),
+    );
     await this.consumer.connect();
     await this.consumer.subscribe({ topics, fromBeginning: false });
     await this.consumer.run({
@@ -66,8 +77,15 @@ export class KafkaBridge {
       eachBatch: async ({ batch, resolveOffset, heartbeat }) => {
         const devTopic = this.options.forward[batch.topic] as string;
         const messages: WireMessage[] = batch.messages.map((m) => toWire(m));
-        for (let i = 0; i < messages.length; i += 500) {
-          await api.forwardKafka(interceptId(), devTopic, messages.slice(i, i + 500));
+        // Each post stays under the server's body limit (8 MiB, base64 included) and 500 messages.
+        const posts = chunkBySize(
+          messages,
+          (w) => 64 + (w.key?.length ?? 0) + (w.value?.length ?? 0),
+          4 * 1024 * 1024,
+        );
+        for (const post of posts) {
+          for (let i = 0; i < post.length; i += 500)
+            await api.forwardKafka(interceptId(), devTopic, post.slice(i, i + 500));
         }
         resolveOffset(batch.lastOffset());
         await heartbeat();

@@ -55,3 +55,39 @@ export function headerText(headers: IHeaders | undefined, name: string): string 
   const one = Array.isArray(v) ? v[v.length - 1] : v;
   return one === undefined ? undefined : Buffer.from(one).toString('utf8');
 }
+
+/**
+ * Produce requests kept under the broker's default message size limit (1 MB per record
+ * batch): a backlog fetched in one go must not come back as one request the broker refuses.
+ */
+export const MAX_PRODUCE_BYTES = 512 * 1024;
+
+export function messageBytes(m: {
+  key?: Buffer | string | null;
+  value?: Buffer | string | null;
+  headers?: IHeaders;
+}): number {
+  let size = 64 + (m.key?.length ?? 0) + (m.value?.length ?? 0);
+  for (const [k, v] of Object.entries(m.headers ?? {}))
+    size += k.length + (Array.isArray(v) ? v.join('').length : (v?.length ?? 0));
+  return size;
+}
+
+/** Consecutive runs of `items` of at most `max` bytes each (one item alone may exceed it). */
+export function chunkBySize<T>(items: T[], size: (item: T) => number, max = MAX_PRODUCE_BYTES): T[][] {
+  const chunks: T[][] = [];
+  let current: T[] = [];
+  let bytes = 0;
+  for (const item of items) {
+    const n = size(item);
+    if (current.length > 0 && bytes + n > max) {
+      chunks.push(current);
+      current = [];
+      bytes = 0;
+    }
+    current.push(item);
+    bytes += n;
+  }
+  if (current.length) chunks.push(current);
+  return chunks;
+}
