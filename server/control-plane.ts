@@ -65,6 +65,8 @@ const forwardBody = z
             key: z.string().nullable(),
             value: z.string().nullable(),
             headers: z.record(z.string(), z.string()).default({}),
+            // The local record's time; the dev topic stamps its own.
+            timestamp: z.string().optional(),
           })
           .strict(),
       )

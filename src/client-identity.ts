@@ -34,9 +34,17 @@ function write(configDir: string, entries: Record<string, Entry>): void {
 function running(pid: number): boolean {
   try {
     process.kill(pid, 0);
-    return true;
   } catch (err) {
     return (err as NodeJS.ErrnoException).code === 'EPERM';
+  }
+  // A killed agent not yet reaped by its parent (a zombie) still answers signal 0; on Linux
+  // /proc says it is dead ("Z"). Elsewhere a zombie counts as running: a new id, a 409, and
+  // the old lease lapses.
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    return stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3) !== 'Z';
+  } catch {
+    return true;
   }
 }
 

@@ -3,8 +3,11 @@
  * orders), a server agent in front of them, a "laptop" copy of billing intercepted for
  * tenant t1, then requests for t1 and t2 showing where each went.
  */
+import { mkdtempSync, rmSync } from 'node:fs';
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { request } from 'undici';
 import { validateConfig } from '../server/config.js';
 import { createLogger } from '../server/logger.js';
@@ -91,8 +94,10 @@ export async function runDemo(out: (line: string) => void, serverLogLevel = 'war
     out(`   ${service.padEnd(8)} tenant ${tenant}  → ${res.statusCode} served by ${body.servedBy}`);
   };
 
+  // The demo's client keeps nothing: its settings dir is thrown away with the demo.
+  const configDir = mkdtempSync(join(tmpdir(), 'kelsingra-demo-'));
   const session = await InterceptSession.start(
-    { server: control, token, holder: 'you@laptop', configDir: '' },
+    { server: control, token, holder: 'you@laptop', configDir },
     { service: 'billing', tenant: 't1', port: portOf(laptop) },
   );
   session.on('event', (e) => {
@@ -124,5 +129,6 @@ export async function runDemo(out: (line: string) => void, serverLogLevel = 'war
     await session.leave().catch(() => undefined);
     await server.close();
     for (const s of [billing, orders, laptop]) s.close();
+    rmSync(configDir, { recursive: true, force: true });
   }
 }

@@ -83,9 +83,23 @@ export class KafkaBridge {
           (w) => 64 + (w.key?.length ?? 0) + (w.value?.length ?? 0),
           4 * 1024 * 1024,
         );
-        for (const post of posts) {
-          for (let i = 0; i < post.length; i += 500)
-            await api.forwardKafka(interceptId(), devTopic, post.slice(i, i + 500));
+        try {
+          for (const post of posts) {
+            for (let i = 0; i < post.length; i += 500)
+              await api.forwardKafka(interceptId(), devTopic, post.slice(i, i + 500));
+          }
+        } catch (err) {
+          // Not committed: kafkajs retries the batch. The developer sees why it is stuck.
+          this.emit({
+            kind: 'kafka',
+            direction: 'out',
+            from: batch.topic,
+            to: devTopic,
+            bytes: 0,
+            at: Date.now(),
+            error: `forwarding to dev failed: ${(err as Error).message}`,
+          });
+          throw err;
         }
         resolveOffset(batch.lastOffset());
         await heartbeat();
