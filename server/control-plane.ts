@@ -105,6 +105,26 @@ async function readJson(req: IncomingMessage, max = MAX_BODY): Promise<unknown> 
   }
 }
 
+/** The request's JSON body checked against `schema`, or undefined once a 400 naming the bad field is sent. */
+async function parseBody<T>(
+  req: IncomingMessage,
+  res: ServerResponse,
+  schema: z.ZodType<T>,
+  what: string,
+  max = MAX_BODY,
+): Promise<T | undefined> {
+  const parsed = schema.safeParse(await readJson(req, max));
+  if (parsed.success) return parsed.data;
+  const issue = parsed.error.issues[0];
+  sendError(
+    res,
+    400,
+    'bad-request',
+    `invalid ${what}: ${issue?.path.join('.') || 'body'}: ${issue?.message}`,
+  );
+  return undefined;
+}
+
 export function interceptView(i: Intercept, connected: boolean): InterceptView {
   return {
     id: i.id,
@@ -171,27 +191,18 @@ export function createControlPlane(deps: ControlPlaneDeps): http.Server {
       return;
     }
     if (pathname === '/v1/kafka/forward' && req.method === 'POST') {
-      const parsed = forwardBody.safeParse(await readJson(req, MAX_FORWARD_BODY));
-      if (!parsed.success) {
-        const issue = parsed.error.issues[0];
-        sendError(
-          res,
-          400,
-          'bad-request',
-          `invalid forward: ${issue?.path.join('.') || 'body'}: ${issue?.message}`,
-        );
-        return;
-      }
+      const body = await parseBody(req, res, forwardBody, 'forward', MAX_FORWARD_BODY);
+      if (!body) return;
       if (!deps.kafka) {
         sendError(res, 404, 'kafka-disabled', 'this server agent has no kafka: section in its config');
         return;
       }
-      const intercept = store.get(parsed.data.intercept);
+      const intercept = store.get(body.intercept);
       if (!intercept || !principal.canUseTenant(intercept.tenant)) {
-        sendError(res, 404, 'unknown-intercept', `no intercept ${parsed.data.intercept}`);
+        sendError(res, 404, 'unknown-intercept', `no intercept ${body.intercept}`);
         return;
       }
-      const count = await deps.kafka.forward(intercept, parsed.data.topic, parsed.data.messages);
+      const count = await deps.kafka.forward(intercept, body.topic, body.messages);
       sendJson(res, 200, { produced: count });
       return;
     }
@@ -200,18 +211,9 @@ export function createControlPlane(deps: ControlPlaneDeps): http.Server {
       return;
     }
     if (pathname === '/v1/intercepts' && req.method === 'POST') {
-      const parsed = createBody.safeParse(await readJson(req));
-      if (!parsed.success) {
-        const issue = parsed.error.issues[0];
-        sendError(
-          res,
-          400,
-          'bad-request',
-          `invalid intercept request: ${issue?.path.join('.') || 'body'}: ${issue?.message}`,
-        );
-        return;
-      }
-      const { service, tenant, clientId, localPort, kafka } = parsed.data;
+      const body = await parseBody(req, res, createBody, 'intercept request');
+      if (!body) return;
+      const { service, tenant, clientId, localPort, kafka } = body;
       if (!router.get(service)) {
         sendError(
           res,

@@ -5,7 +5,7 @@
  * as someone else until the lease lapses. The id is a credential: the file is private.
  */
 import { randomBytes } from 'node:crypto';
-import { readFileSync, renameSync, writeFileSync } from 'node:fs';
+import { existsSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 
 interface Entry {
@@ -31,7 +31,8 @@ function write(configDir: string, entries: Record<string, Entry>): void {
   renameSync(`${path}.tmp`, path);
 }
 
-function running(pid: number): boolean {
+/** Whether `pid` is a live process; a zombie (exited, not yet reaped) is not. */
+export function processRunning(pid: number): boolean {
   try {
     process.kill(pid, 0);
   } catch (err) {
@@ -40,11 +41,13 @@ function running(pid: number): boolean {
   // A killed agent not yet reaped by its parent (a zombie) still answers signal 0; on Linux
   // /proc says it is dead ("Z"). Elsewhere a zombie counts as running: a new id, a 409, and
   // the old lease lapses.
+  if (!existsSync('/proc/self/stat')) return true;
   try {
     const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
     return stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3) !== 'Z';
   } catch {
-    return true;
+    // Gone between the signal and the read.
+    return false;
   }
 }
 
@@ -59,7 +62,7 @@ export function claimClientId(configDir: string, server: string, service: string
   const entries = read(configDir);
   const key = keyOf(server, service, tenant);
   const previous = entries[key];
-  if (previous && previous.pid !== process.pid && running(previous.pid)) {
+  if (previous && previous.pid !== process.pid && processRunning(previous.pid)) {
     return `c_${randomBytes(9).toString('base64url')}`;
   }
   const id = previous?.id ?? `c_${randomBytes(9).toString('base64url')}`;

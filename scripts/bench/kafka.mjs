@@ -51,6 +51,7 @@ import {
   median,
   onCleanup,
   orphanPids,
+  parseOptions,
   percentile,
   ROOT,
   sleep,
@@ -158,44 +159,25 @@ if (process.argv[2] === '--copy-worker') {
 
 // ---------------------------------------------------------------- options
 
-function parseOptions() {
-  const argv = process.argv.slice(2);
-  const opts = {
-    messages: 100_000,
-    rounds: 3,
-    'latency-messages': 300,
-    warmup: 50,
-    'skip-live': false,
-    json: '',
-  };
-  const usage = (msg) => {
-    console.error(
-      `${msg}\nusage: kafka.mjs [--messages N] [--rounds N] [--latency-messages N] [--warmup N] [--skip-live] [--json FILE]`,
-    );
-    process.exit(2);
-  };
-  for (let i = 0; i < argv.length; i++) {
-    const a = argv[i];
-    if (!a.startsWith('--')) usage(`unexpected argument ${a}`);
-    const key = a.slice(2);
-    if (!(key in opts)) usage(`unknown option ${a}`);
-    if (typeof opts[key] === 'boolean') {
-      opts[key] = true;
-      continue;
-    }
-    const v = argv[++i];
-    if (v === undefined) usage(`${a} needs a value`);
-    opts[key] = typeof opts[key] === 'number' ? Number(v) : v;
-    if (typeof opts[key] === 'number' && !(Number.isInteger(opts[key]) && opts[key] > 0))
-      usage(`${a} needs a positive whole number`);
-  }
-  return opts;
+function options() {
+  return parseOptions(
+    process.argv.slice(2),
+    {
+      messages: 100_000,
+      rounds: 3,
+      'latency-messages': 300,
+      warmup: 50,
+      'skip-live': false,
+      json: '',
+    },
+    'kafka.mjs [--messages N] [--rounds N] [--latency-messages N] [--warmup N] [--skip-live] [--json FILE]',
+  );
 }
 
 // ---------------------------------------------------------------- main
 
 async function main() {
-  const opts = parseOptions();
+  const opts = options();
   if (Number(process.versions.node.split('.')[0]) < 24) {
     console.error(
       `Node ${process.versions.node}: run with Node 24 (npm run bench:kafka, or node_modules/.bin/node scripts/bench/kafka.mjs)`,

@@ -6,9 +6,11 @@
  * Importing this module installs the SIGINT/SIGTERM handlers: they stop every tracked
  * process, run the hooks registered with onCleanup (in order), then exit.
  */
+
 import { spawn, spawnSync } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
 import net from 'node:net';
+import os from 'node:os';
 import { resolve } from 'node:path';
 
 export const ROOT = resolve(import.meta.dirname, '../..');
@@ -303,4 +305,42 @@ export function table(rows) {
     `|${widths.map((w) => '-'.repeat(w + 2)).join('|')}|`,
     ...rows.slice(1).map(line),
   ].join('\n');
+}
+
+/**
+ * `--name value` options over `defaults` (numbers are parsed and must be positive; booleans
+ * take no value). Anything else is a usage error, reported with `usageText`.
+ */
+export function parseOptions(argv, defaults, usageText) {
+  const opts = { ...defaults };
+  const usage = (msg) => {
+    console.error(`${msg}\nusage: ${usageText}`);
+    process.exit(2);
+  };
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i];
+    if (!a.startsWith('--')) usage(`unexpected argument ${a}`);
+    const key = a.slice(2);
+    if (!(key in opts)) usage(`unknown option ${a}`);
+    if (typeof opts[key] === 'boolean') {
+      opts[key] = true;
+      continue;
+    }
+    const v = argv[++i];
+    if (v === undefined) usage(`${a} needs a value`);
+    opts[key] = typeof opts[key] === 'number' ? Number(v) : v;
+    if (typeof opts[key] === 'number' && !(opts[key] > 0)) usage(`${a} needs a positive number`);
+  }
+  return opts;
+}
+
+/** What a results file records about the machine and the run's start. */
+export function machineInfo() {
+  return {
+    node: process.versions.node,
+    cores: os.cpus().length,
+    cpu: os.cpus()[0]?.model,
+    startedAt: new Date().toISOString(),
+    loadStart: os.loadavg()[0].toFixed(2),
+  };
 }

@@ -44,8 +44,10 @@ import {
   fmt,
   freePort,
   log,
+  machineInfo,
   median,
   onCleanup,
+  parseOptions,
   percentile,
   ROOT,
   sleep,
@@ -69,39 +71,21 @@ const VIA = (tenant) => ({ 'x-kelsingra-service': 'billing', 'x-tenant-id': tena
 
 // ---------------------------------------------------------------- options
 
-const argv = process.argv.slice(2);
-const opts = {
-  samples: 200,
-  requests: 3000,
-  warmup: 300,
-  rounds: 3,
-  duration: 5,
-  conns: 50,
-  messages: 500,
-  'skip-kafka': false,
-  json: '',
-};
-for (let i = 0; i < argv.length; i++) {
-  const a = argv[i];
-  if (!a.startsWith('--')) usage(`unexpected argument ${a}`);
-  const key = a.slice(2);
-  if (!(key in opts)) usage(`unknown option ${a}`);
-  if (typeof opts[key] === 'boolean') {
-    opts[key] = true;
-    continue;
-  }
-  const v = argv[++i];
-  if (v === undefined) usage(`${a} needs a value`);
-  opts[key] = typeof opts[key] === 'number' ? Number(v) : v;
-  if (typeof opts[key] === 'number' && !(opts[key] > 0)) usage(`${a} needs a positive number`);
-}
-
-function usage(msg) {
-  console.error(
-    `${msg}\nusage: replicas.mjs [--samples N] [--requests N] [--warmup N] [--rounds N] [--duration S] [--conns N] [--messages N] [--skip-kafka] [--json FILE]`,
-  );
-  process.exit(2);
-}
+const opts = parseOptions(
+  process.argv.slice(2),
+  {
+    samples: 200,
+    requests: 3000,
+    warmup: 300,
+    rounds: 3,
+    duration: 5,
+    conns: 50,
+    messages: 500,
+    'skip-kafka': false,
+    json: '',
+  },
+  'replicas.mjs [--samples N] [--requests N] [--warmup N] [--rounds N] [--duration S] [--conns N] [--messages N] [--skip-kafka] [--json FILE]',
+);
 
 if (Number(process.versions.node.split('.')[0]) < 24) {
   console.error(
@@ -772,15 +756,7 @@ function report(results) {
 
 // ---------------------------------------------------------------- main
 
-const results = {
-  opts,
-  replicas: REPLICAS,
-  node: process.versions.node,
-  cores: os.cpus().length,
-  cpu: os.cpus()[0]?.model,
-  startedAt: new Date().toISOString(),
-  loadStart: os.loadavg()[0].toFixed(2),
-};
+const results = { opts, replicas: REPLICAS, ...machineInfo() };
 let exitCode = 0;
 try {
   const t0 = Date.now();

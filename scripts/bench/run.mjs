@@ -31,6 +31,7 @@ import {
   freePort,
   ioOf,
   log,
+  machineInfo,
   median,
   memOf,
   onCleanup,
@@ -710,14 +711,7 @@ function report(results) {
 // ---------------------------------------------------------------- main
 
 ensureTools(['wrk', 'nginx', 'tmux']);
-const results = {
-  opts,
-  node: process.versions.node,
-  cores: os.cpus().length,
-  cpu: os.cpus()[0]?.model,
-  startedAt: new Date().toISOString(),
-  loadStart: os.loadavg()[0].toFixed(2),
-};
+const results = { opts, ...machineInfo() };
 let exitCode = 0;
 try {
   log(
