@@ -277,7 +277,8 @@ async function watched(topic: string): Promise<TopicWatch> {
 describe('kafka intercepts', () => {
   it('split: exactly the tenant’s messages reach the local topic, every other one the split topic, per-key order and headers kept', async () => {
     const w = await world('split');
-    await interceptKafka(w, 't7', clientEnv(w.server, TOKEN));
+    const env = clientEnv(w.server, TOKEN);
+    const held = await interceptKafka(w, 't7', env);
     const local = await watched(w.localTopic);
     await untilSplitterReads(w, 't7', local);
 
@@ -314,6 +315,29 @@ describe('kafka intercepts', () => {
     // Each message keeps the partition it had in the dev topic.
     const sourcePartition = new Map(source.map((r) => [r.value, r.partition]));
     expect(split.records.filter((r) => sourcePartition.get(r.value) !== r.partition)).toEqual([]);
+
+    // What the developer and the platform team see: the messages in the agent's log, the
+    // topic in `list`, split counts and the delivery (with nothing left waiting) in `status`.
+    const log = readFileSync(held.logFile, 'utf8');
+    expect(log).toContain(`KAFKA   ${w.topic} → local ${w.localTopic}`);
+    const listed = JSON.parse((await run(['list', '--json'], env)).stdout) as { kafkaTopics: string[] }[];
+    expect(listed[0]?.kafkaTopics).toEqual([w.topic]);
+    const status = await waitFor(
+      async () => {
+        const s = JSON.parse((await run(['status', '--json'], env)).stdout) as {
+          kafka: {
+            topics: Record<string, { diverted: number; passed: number }>;
+            deliveries: { lag: number; delivered: number }[];
+          };
+        };
+        return s.kafka.deliveries[0]?.lag === 0 ? s : undefined;
+      },
+      10_000,
+      'the delivery lag to reach 0 in status',
+    );
+    expect(status.kafka.topics[w.topic]?.diverted).toBeGreaterThanOrEqual(mine.length);
+    expect(status.kafka.topics[w.topic]?.passed).toBeGreaterThanOrEqual(others.length);
+    expect(status.kafka.deliveries[0]?.delivered).toBeGreaterThanOrEqual(mine.length);
   });
 
   it('filter: a base consumer with createTenantFilter processes every other tenant’s message and none of the intercepted one’s', async () => {

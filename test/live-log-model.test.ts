@@ -73,6 +73,45 @@ describe('LiveLogModel', () => {
     expect(model.takePrintable()).toEqual([]);
   });
 
+  it('prints each Kafka message as a line of its own among the requests, failures as errors', () => {
+    const c = clock();
+    const model = new LiveLogModel(INFO, { now: c.now });
+    model.takePrintable();
+    request(model, '/a');
+    model.apply({
+      kind: 'kafka',
+      direction: 'in',
+      from: 'orders',
+      to: 'orders.local',
+      key: 'k1',
+      bytes: 120,
+      at: c.now(),
+    });
+    model.apply({
+      kind: 'kafka',
+      direction: 'in',
+      from: '',
+      to: '',
+      bytes: 0,
+      at: c.now(),
+      error: 'broker down',
+    });
+    const lines = model.takePrintable();
+    expect(lines.map((p) => p.kind)).toEqual(['request', 'notice', 'notice']);
+    const [, message, failure] = lines as [
+      Printable,
+      Printable & { kind: 'notice' },
+      Printable & { kind: 'notice' },
+    ];
+    expect(message.tone).toBe('info');
+    expect(message.text).toContain('orders → local orders.local');
+    expect(message.text).toContain('key k1');
+    expect(failure.tone).toBe('error');
+    expect(failure.text).toContain('broker down');
+    // Messages are not requests: the request counters do not move.
+    expect(model.snapshot().total).toBe(1);
+  });
+
   it('tracks requests in flight from http-start until http', () => {
     const c = clock();
     const model = new LiveLogModel(INFO, { now: c.now });
