@@ -12,6 +12,7 @@ import { existsSync, readFileSync } from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
 import { resolve } from 'node:path';
+import { parseArgs } from 'node:util';
 
 export const ROOT = resolve(import.meta.dirname, '../..');
 
@@ -308,30 +309,38 @@ export function table(rows) {
 }
 
 /**
- * `--name value` options over `defaults` (numbers are parsed and must be positive; booleans
- * take no value). Anything else is a usage error, reported with `usageText`.
+ * `--name value` options over `defaults` (node:util parseArgs; numbers are converted and must
+ * be positive; booleans take no value), and the positional arguments, each of which must be
+ * one of `positionals`. Anything else is a usage error, reported with `usageText`.
  */
-export function parseOptions(argv, defaults, usageText) {
-  const opts = { ...defaults };
+export function parseOptions(argv, defaults, usageText, positionals = []) {
   const usage = (msg) => {
     console.error(`${msg}\nusage: ${usageText}`);
     process.exit(2);
   };
-  for (let i = 0; i < argv.length; i++) {
-    const a = argv[i];
-    if (!a.startsWith('--')) usage(`unexpected argument ${a}`);
-    const key = a.slice(2);
-    if (!(key in opts)) usage(`unknown option ${a}`);
-    if (typeof opts[key] === 'boolean') {
-      opts[key] = true;
-      continue;
-    }
-    const v = argv[++i];
-    if (v === undefined) usage(`${a} needs a value`);
-    opts[key] = typeof opts[key] === 'number' ? Number(v) : v;
-    if (typeof opts[key] === 'number' && !(opts[key] > 0)) usage(`${a} needs a positive number`);
+  let parsed;
+  try {
+    parsed = parseArgs({
+      args: argv,
+      options: Object.fromEntries(
+        Object.entries(defaults).map(([k, v]) => [
+          k,
+          { type: typeof v === 'boolean' ? 'boolean' : 'string' },
+        ]),
+      ),
+      allowPositionals: positionals.length > 0,
+      strict: true,
+    });
+  } catch (err) {
+    usage(err.message);
   }
-  return opts;
+  const opts = { ...defaults };
+  for (const [key, value] of Object.entries(parsed.values)) {
+    opts[key] = typeof defaults[key] === 'number' ? Number(value) : value;
+    if (typeof opts[key] === 'number' && !(opts[key] > 0)) usage(`--${key} needs a positive number`);
+  }
+  for (const p of parsed.positionals) if (!positionals.includes(p)) usage(`unknown argument ${p}`);
+  return { ...opts, _: parsed.positionals };
 }
 
 /** What a results file records about the machine and the run's start. */

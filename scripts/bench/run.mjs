@@ -36,6 +36,7 @@ import {
   memOf,
   onCleanup,
   orphanPids,
+  parseOptions,
   ROOT,
   sleep,
   start,
@@ -57,30 +58,24 @@ const HOLDER = `bench-${process.pid}@${os.hostname()}`;
 
 // ---------------------------------------------------------------- options
 
-const argv = process.argv.slice(2);
-const opts = {
-  rounds: 3,
-  duration: 5,
-  warmup: 2,
-  conns: 50,
-  bytes: 1024 ** 3,
-  upstream: 'nginx',
-  profile: '',
-  json: '',
-};
-const benches = [];
-for (let i = 0; i < argv.length; i++) {
-  const a = argv[i];
-  if (a.startsWith('--')) {
-    const key = a.slice(2);
-    if (!(key in opts)) usage(`unknown option ${a}`);
-    const v = argv[++i];
-    if (v === undefined) usage(`${a} needs a value`);
-    opts[key] = typeof opts[key] === 'number' ? Number(v) : v;
-  } else if (['passthrough', 'intercept', 'transfer', 'liveview'].includes(a)) benches.push(a);
-  else usage(`unknown benchmark ${a}`);
-}
-if (benches.length === 0) benches.push('passthrough', 'intercept', 'transfer', 'liveview');
+const BENCHES = ['passthrough', 'intercept', 'transfer', 'liveview'];
+const opts = parseOptions(
+  process.argv.slice(2),
+  {
+    rounds: 3,
+    duration: 5,
+    warmup: 2,
+    conns: 50,
+    bytes: 1024 ** 3,
+    upstream: 'nginx',
+    profile: '',
+    json: '',
+  },
+  'run.mjs [passthrough] [intercept] [transfer] [liveview] [--rounds N] [--duration S] [--warmup S] [--conns N] [--bytes N] [--upstream nginx|node] [--profile DIR] [--json FILE]',
+  BENCHES,
+);
+const benches = opts._;
+if (benches.length === 0) benches.push(...BENCHES);
 if (!['nginx', 'node'].includes(opts.upstream)) usage('--upstream is nginx or node');
 if (opts.profile) {
   opts.profile = resolve(opts.profile);
@@ -89,7 +84,7 @@ if (opts.profile) {
 
 function usage(msg) {
   console.error(
-    `${msg}\nusage: run.mjs [passthrough] [intercept] [transfer] [--rounds N] [--duration S] [--warmup S] [--conns N] [--bytes N] [--upstream nginx|node] [--profile DIR] [--json FILE]`,
+    `${msg}\nusage: run.mjs [passthrough] [intercept] [transfer] [liveview] [--rounds N] [--duration S] [--warmup S] [--conns N] [--bytes N] [--upstream nginx|node] [--profile DIR] [--json FILE]`,
   );
   process.exit(2);
 }
