@@ -20,7 +20,7 @@ import {
   type InterceptStore,
   StoreUnavailableError,
 } from './intercept-store.js';
-import type { KafkaAgent } from './kafka-agent.js';
+import { ForwardRefused, type KafkaAgent } from './kafka-agent.js';
 import type { PassThrough } from './pass-through.js';
 import type { ServiceRouter } from './routing.js';
 import { type TunnelHub, tunnelIdOf } from './tunnel-hub.js';
@@ -158,6 +158,14 @@ export function createControlPlane(deps: ControlPlaneDeps): http.Server {
     upstreamsEveryMs: 5_000,
   };
 
+  /** Deliveries of intercepts this token may see, like the intercepts themselves. */
+  const kafkaStatusFor = async (p: Principal) => {
+    const status = await deps.kafka?.status();
+    if (!status) return undefined;
+    const visibleIds = new Set(visible(p).map((i) => i.id));
+    return { ...status, deliveries: status.deliveries.filter((d) => visibleIds.has(d.intercept)) };
+  };
+
   const routes = async (req: IncomingMessage, res: ServerResponse, principal: Principal, url: URL) => {
     const { pathname } = url;
     if (pathname === '/status' && req.method === 'GET') {
@@ -165,7 +173,7 @@ export function createControlPlane(deps: ControlPlaneDeps): http.Server {
         serverId,
         version: VERSION,
         store: store.health(),
-        kafka: await deps.kafka?.status(),
+        kafka: await kafkaStatusFor(principal),
         tenantHeader: deps.tenantHeader,
         services: router.names.map((name) => ({ name, upstream: router.get(name)?.upstream.href })),
         upstreams: passThrough.upstreams(services()),
@@ -202,7 +210,14 @@ export function createControlPlane(deps: ControlPlaneDeps): http.Server {
         sendError(res, 404, 'unknown-intercept', `no intercept ${body.intercept}`);
         return;
       }
-      const count = await deps.kafka.forward(intercept, body.topic, body.messages);
+      let count: number;
+      try {
+        count = await deps.kafka.forward(intercept, body.topic, body.messages);
+      } catch (err) {
+        if (!(err instanceof ForwardRefused)) throw err;
+        sendError(res, 403, 'topic-forbidden', err.message);
+        return;
+      }
       sendJson(res, 200, { produced: count });
       return;
     }

@@ -16,8 +16,13 @@ import type { KafkaConfig } from './config.js';
 import type { Intercept, InterceptStore } from './intercept-store.js';
 import { type DeliveryLag, KafkaDelivery } from './kafka-delivery.js';
 import { KafkaSplitter } from './kafka-splitter.js';
-import { checkTopics, TopicMaker } from './kafka-topics.js';
+import { checkTopics, splitTopicOf, TopicMaker } from './kafka-topics.js';
 import type { TunnelHub } from './tunnel-hub.js';
+
+/** A forward the server will not make (into one of Kelsingra's own topics). */
+export class ForwardRefused extends Error {
+  override readonly name = 'ForwardRefused';
+}
 
 export interface KafkaStatus {
   /** Per configured topic: its mode, and messages the splitter on this replica sent each way. */
@@ -66,6 +71,8 @@ export async function startKafka(
     idempotent: true,
     maxInFlightRequests: 1,
     createPartitioner: Partitioners.DefaultPartitioner,
+    // Forwards name topics: a typo must fail, not create a topic in dev.
+    allowAutoTopicCreation: false,
   });
   const topics = new TopicMaker(admin);
   await admin.connect();
@@ -76,6 +83,11 @@ export async function startKafka(
     await admin.disconnect();
     throw err;
   }
+  const splitTopics = new Set(
+    Object.entries(config.topics)
+      .filter(([, t]) => t.mode === 'split')
+      .map(([name, t]) => splitTopicOf(name, t)),
+  );
   const splitter = new KafkaSplitter(kafka, producer, topics, config, deps.store, log);
   await splitter.start();
   const delivery = new KafkaDelivery(kafka, topics, deps.store, deps.hub, config.clientId, log);
@@ -85,10 +97,19 @@ export async function startKafka(
 
   return {
     async forward(intercept, topic, messages) {
+      const reserved = topic.startsWith('kelsingra-') || splitTopics.has(topic);
+      if (reserved) throw new ForwardRefused(`${topic} is Kelsingra's own topic; forward into a dev topic`);
       const tenantHeader = config.topics[topic]?.tenantHeader ?? deps.tenantHeader;
       const all = messages.map((w) => {
         const m = fromWire(w);
-        m.headers = { ...m.headers, [tenantHeader]: intercept.tenant, [KAFKA_HOP_HEADER]: intercept.id };
+        // The developer's own copies of the tenant header and of Kelsingra's headers would let a
+        // message pose as another tenant or as already handled: only the ones set here count.
+        const headers = Object.fromEntries(
+          Object.entries(m.headers ?? {}).filter(
+            ([k]) => !k.toLowerCase().startsWith('x-kelsingra-') && k.toLowerCase() !== tenantHeader,
+          ),
+        );
+        m.headers = { ...headers, [tenantHeader]: intercept.tenant, [KAFKA_HOP_HEADER]: intercept.id };
         return m;
       });
       for (const chunk of chunkBySize(all, messageBytes)) await producer.send({ topic, messages: chunk });

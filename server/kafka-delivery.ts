@@ -125,18 +125,36 @@ export class KafkaDelivery {
     });
     const running: Running = { consumer, topic, delivered: 0 };
     this.running.set(intercept.id, running);
-    await consumer.connect();
-    await consumer.subscribe({ topics: [topic], fromBeginning: true });
-    await consumer.run({
-      autoCommitInterval: 500,
-      eachMessage: async ({ message }) => {
-        const tunnel = this.hub.get(intercept.clientKey);
-        if (!tunnel)
-          throw new Error(`the tunnel of intercept ${intercept.id} is not on this replica any more`);
-        await deliver(tunnel, intercept, message);
-        running.delivered++;
-      },
+    // A consumer kafkajs gives up on is dropped here, so the next pass starts a new one.
+    consumer.on(consumer.events.CRASH, ({ payload }) => {
+      if (payload.restart) return;
+      this.log.error(
+        { intercept: intercept.id, err: payload.error },
+        'kafka delivery crashed; starting it again',
+      );
+      if (this.running.get(intercept.id) === running) this.running.delete(intercept.id);
     });
+    try {
+      await consumer.connect();
+      await consumer.subscribe({ topics: [topic], fromBeginning: true });
+      await consumer.run({
+        autoCommitInterval: 500,
+        eachMessage: async ({ message }) => {
+          const tunnel = this.hub.get(intercept.clientKey);
+          if (!tunnel)
+            throw new Error(`the tunnel of intercept ${intercept.id} is not on this replica any more`);
+          await deliver(tunnel, intercept, message);
+          running.delivered++;
+        },
+      });
+    } catch (err) {
+      // Not marked running: the next pass (a second later) tries again.
+      this.running.delete(intercept.id);
+      await consumer.disconnect().catch(() => {
+        // It never connected; the start's own error is the one reported.
+      });
+      throw err;
+    }
     this.log.info({ intercept: intercept.id, topic }, 'kafka delivery started');
   }
 }

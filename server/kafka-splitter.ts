@@ -60,6 +60,7 @@ export class KafkaSplitter {
       this.lastCrash = { at: Date.now(), error: payload.error.message };
       if (!payload.restart && !this.closed) {
         const timer = setTimeout(() => {
+          if (this.closed) return;
           this.consumer
             ?.disconnect()
             .then(() => this.start())
@@ -82,11 +83,13 @@ export class KafkaSplitter {
     cfg: KafkaTopicConfig,
     headers: IHeaders | undefined,
   ): string | undefined {
-    if (headerText(headers, KAFKA_HOP_HEADER) !== undefined) return undefined;
     const tenant = headerText(headers, cfg.tenantHeader);
     if (!tenant) return undefined;
     const intercept = this.store.find(cfg.service, tenant);
     if (!intercept?.kafkaTopics.includes(topic)) return undefined;
+    // What this intercept's developer forwarded back is not sent back to them (no loop); a
+    // message another developer forwarded is diverted like any other.
+    if (headerText(headers, KAFKA_HOP_HEADER) === intercept.id) return undefined;
     return interceptTopic(cfg.service, tenant);
   }
 
@@ -128,16 +131,22 @@ export class KafkaSplitter {
           partition: batch.partition,
         });
     }
-    if (!isRunning() || isStale()) return;
     await this.topics.ensure([...perIntercept]);
     // The offsets move on only once every produce of the batch is acknowledged. Each produce
-    // stays under the broker's size limit, in order, so per-key order holds.
+    // stays under the broker's size limit, in order, so per-key order holds. A splitter that
+    // lost the partition in a rebalance stops at once: the new owner sends the rest.
     for (const [topic, messages] of out) {
       for (const chunk of chunkBySize(messages, messageBytes)) {
+        if (!isRunning() || isStale()) return;
         const topicMessages: TopicMessages[] = [{ topic, messages: chunk }];
-        await this.producer.sendBatch({ topicMessages });
+        await this.producer.sendBatch({ topicMessages }).catch((err: Error) => {
+          // Deleted by an operator meanwhile: made again on the retry.
+          if (perIntercept.has(topic)) this.topics.forget(topic);
+          throw err;
+        });
       }
     }
+    if (!isRunning() || isStale()) return;
     const counts = this.counts.get(batch.topic) ?? { diverted: 0, passed: 0 };
     counts.diverted += diverted;
     counts.passed += batch.messages.length - diverted;

@@ -8,14 +8,16 @@ import { ExitCode, KelsingraError } from '../src/errors.js';
 import type { KafkaConfig, KafkaTopicConfig } from './config.js';
 
 /**
- * `kelsingra-<service>-<tenant>`, one partition so the tenant's messages keep their order.
- * Tenants with characters Kafka does not allow get them replaced and a short hash added, so
- * two tenants never share a topic.
+ * `kelsingra-<service>-<tenant>-<hash>`, one partition so the tenant's messages keep their
+ * order. The hash of the exact (service, tenant) pair makes every pair's topic its own:
+ * names are readable, but two pairs that Kafka would spell alike (`a.b` and `a_b`, or
+ * `orders-api`/`acme` and `orders`/`api-acme`) never share a topic.
  */
 export function interceptTopic(service: string, tenant: string): string {
-  const safe = tenant.replace(/[^A-Za-z0-9._-]/g, '_');
-  const suffix = safe === tenant ? '' : `-${createHash('sha256').update(tenant).digest('hex').slice(0, 8)}`;
-  return `kelsingra-${service}-${safe}`.slice(0, 240) + suffix;
+  const hash = createHash('sha256').update(`${service}\u0000${tenant}`).digest('hex').slice(0, 10);
+  // Kafka treats "." and "_" as the same in topic names: only "_" is used.
+  const safe = `${service}-${tenant}`.replace(/[^A-Za-z0-9-]/g, '_').slice(0, 200);
+  return `kelsingra-${safe}-${hash}`;
 }
 
 export function splitTopicOf(topic: string, config: KafkaTopicConfig): string {
@@ -70,5 +72,9 @@ export class TopicMaker {
         waitForLeaders: true,
       });
     for (const t of wanted) this.known.add(t);
+  }
+
+  forget(topic: string): void {
+    this.known.delete(topic);
   }
 }

@@ -13,7 +13,7 @@
 
 import type { IHeaders } from 'kafkajs';
 import pRetry from 'p-retry';
-import { headerText } from './kafka-wire.js';
+import { headerText, KAFKA_HOP_HEADER } from './kafka-wire.js';
 import type { InterceptView } from './protocol.js';
 import { followEvents } from './server-events.js';
 
@@ -40,10 +40,10 @@ export interface TenantFilter {
 export async function createTenantFilter(opts: TenantFilterOptions): Promise<TenantFilter> {
   const tenantHeader = (opts.tenantHeader ?? 'x-tenant-id').toLowerCase();
   const byId = new Map<string, string>();
-  /** Derived from byId on each change: changes are rare, lookups happen per message. */
-  let tenants = new Set<string>();
+  /** Tenant → intercept id, derived from byId on each change: changes are rare, lookups per message. */
+  let tenants = new Map<string, string>();
   const changed = () => {
-    tenants = new Set(byId.values());
+    tenants = new Map([...byId].map(([id, tenant]) => [tenant, id]));
   };
   const abort = new AbortController();
   const applies = (i: InterceptView) => i.service === opts.service && i.kafkaTopics?.includes(opts.topic);
@@ -90,9 +90,12 @@ export async function createTenantFilter(opts: TenantFilterOptions): Promise<Ten
   return {
     shouldProcess(message) {
       const tenant = headerText(message.headers, tenantHeader);
-      return tenant === undefined || !tenants.has(tenant);
+      if (tenant === undefined) return true;
+      const intercept = tenants.get(tenant);
+      // What the developer forwarded back from their machine, Kelsingra does not send to them again: the base takes it.
+      return intercept === undefined || headerText(message.headers, KAFKA_HOP_HEADER) === intercept;
     },
-    intercepted: () => [...tenants],
+    intercepted: () => [...tenants.keys()],
     close: () => abort.abort(),
   };
 }

@@ -467,6 +467,20 @@ describe('kafka intercepts', () => {
     await untilSplitterReads(w, 't5', local);
     const dev = await watched(w.topic);
     const split = await watched(w.splitTopic);
+    // Kelsingra's own topics cannot be written through a forward (another tenant's deliveries live there).
+    for (const topic of [`kelsingra-${w.service}-victim`, w.splitTopic]) {
+      const refused = await fetch(`${w.server.control}/v1/kafka/forward`, {
+        method: 'POST',
+        headers: { authorization: `Bearer ${TOKEN}`, 'content-type': 'application/json' },
+        body: JSON.stringify({
+          intercept: held.id,
+          topic,
+          messages: [{ key: null, value: 'eA==', headers: {} }],
+        }),
+      });
+      expect(refused.status, topic).toBe(403);
+      expect(((await refused.json()) as { code: string }).code).toBe('topic-forbidden');
+    }
 
     const forwarded: Message[] = Array.from({ length: 50 }, (_, i) => ({
       key: `f${i % 5}`,
