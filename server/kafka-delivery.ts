@@ -133,6 +133,11 @@ export class KafkaDelivery {
         'kafka delivery crashed; starting it again',
       );
       if (this.running.get(intercept.id) === running) this.running.delete(intercept.id);
+      consumer
+        .disconnect()
+        .catch((err: Error) =>
+          this.log.warn({ err: err.message }, 'could not disconnect a crashed delivery'),
+        );
     });
     try {
       await consumer.connect();
