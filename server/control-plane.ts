@@ -215,7 +215,7 @@ export function createControlPlane(deps: ControlPlaneDeps): http.Server {
         count = await deps.kafka.forward(intercept, body.topic, body.messages);
       } catch (err) {
         if (!(err instanceof ForwardRefused)) throw err;
-        sendError(res, 403, 'topic-forbidden', err.message);
+        sendError(res, err.status, err.status === 403 ? 'topic-forbidden' : 'unknown-topic', err.message);
         return;
       }
       sendJson(res, 200, { produced: count });

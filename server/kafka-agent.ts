@@ -19,9 +19,15 @@ import { KafkaSplitter } from './kafka-splitter.js';
 import { checkTopics, splitTopicOf, TopicMaker } from './kafka-topics.js';
 import type { TunnelHub } from './tunnel-hub.js';
 
-/** A forward the server will not make (into one of Kelsingra's own topics). */
+/** A forward the server will not make: into one of Kelsingra's own topics, or a topic dev does not have. */
 export class ForwardRefused extends Error {
   override readonly name = 'ForwardRefused';
+  constructor(
+    message: string,
+    readonly status: 403 | 404,
+  ) {
+    super(message);
+  }
 }
 
 export interface KafkaStatus {
@@ -98,7 +104,13 @@ export async function startKafka(
   return {
     async forward(intercept, topic, messages) {
       const reserved = topic.startsWith('kelsingra-') || splitTopics.has(topic);
-      if (reserved) throw new ForwardRefused(`${topic} is Kelsingra's own topic; forward into a dev topic`);
+      if (reserved)
+        throw new ForwardRefused(`${topic} is Kelsingra's own topic; forward into a dev topic`, 403);
+      if (!(await topics.exists(topic)))
+        throw new ForwardRefused(
+          `there is no topic ${topic} in dev; --forward-topic <local>=<dev> names an existing dev topic`,
+          404,
+        );
       const tenantHeader = config.topics[topic]?.tenantHeader ?? deps.tenantHeader;
       const all = messages.map((w) => {
         const m = fromWire(w);

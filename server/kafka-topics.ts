@@ -74,6 +74,14 @@ export class TopicMaker {
     for (const t of wanted) this.known.add(t);
   }
 
+  /** Whether the topic exists (answers from what it already knows when it can). */
+  async exists(topic: string): Promise<boolean> {
+    if (this.known.has(topic)) return true;
+    const found = (await this.admin.listTopics()).includes(topic);
+    if (found) this.known.add(topic);
+    return found;
+  }
+
   forget(topic: string): void {
     this.known.delete(topic);
   }

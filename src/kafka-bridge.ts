@@ -124,12 +124,16 @@ export class KafkaBridge {
     stream.on('end', () => {
       this.produce(headers, Buffer.concat(chunks)).then(
         (event) => {
-          stream.respond({ ':status': 200 });
-          stream.end();
+          // The tunnel may have dropped while the local broker answered: the message is local
+          // now, and the server, never told, sends it again (a duplicate, not a loss).
+          if (!stream.destroyed && !stream.closed) {
+            stream.respond({ ':status': 200 });
+            stream.end();
+          }
           this.emit(event);
         },
         (err: Error) => {
-          if (!stream.destroyed) {
+          if (!stream.destroyed && !stream.closed) {
             stream.respond({ ':status': 502, 'content-type': 'text/plain' });
             stream.end(`local Kafka at ${this.options.local} did not take the message: ${err.message}`);
           }

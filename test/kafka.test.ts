@@ -504,6 +504,20 @@ describe('kafka intercepts', () => {
       expect(refused.status, topic).toBe(403);
       expect(((await refused.json()) as { code: string }).code).toBe('topic-forbidden');
     }
+    // A dev topic that does not exist is named, not created.
+    const missing = uniqueName('no-such-topic');
+    const unknown = await fetch(`${w.server.control}/v1/kafka/forward`, {
+      method: 'POST',
+      headers: { authorization: `Bearer ${TOKEN}`, 'content-type': 'application/json' },
+      body: JSON.stringify({
+        intercept: held.id,
+        topic: missing,
+        messages: [{ key: null, value: 'eA==', headers: {} }],
+      }),
+    });
+    expect(unknown.status).toBe(404);
+    expect(((await unknown.json()) as { error: string }).error).toContain(missing);
+    expect(await listTopics()).not.toContain(missing);
 
     const forwarded: Message[] = Array.from({ length: 50 }, (_, i) => ({
       key: `f${i % 5}`,
