@@ -5,6 +5,7 @@
  */
 import { Kafka, logLevel, Partitioners, type Producer } from 'kafkajs';
 import type { Logger } from 'pino';
+import { TopicMaker } from '../src/kafka-topic-maker.js';
 import {
   chunkBySize,
   fromWire,
@@ -16,7 +17,7 @@ import type { KafkaConfig } from './config.js';
 import type { Intercept, InterceptStore } from './intercept-store.js';
 import { type DeliveryLag, KafkaDelivery } from './kafka-delivery.js';
 import { KafkaSplitter } from './kafka-splitter.js';
-import { checkTopics, splitTopicOf, TopicMaker } from './kafka-topics.js';
+import { checkTopics, splitTopicOf } from './kafka-topics.js';
 import type { TunnelHub } from './tunnel-hub.js';
 
 /** A forward the server will not make: into one of Kelsingra's own topics, or a topic dev does not have. */

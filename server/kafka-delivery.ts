@@ -7,6 +7,7 @@
  */
 import type { Admin, Consumer, Kafka } from 'kafkajs';
 import type { Logger } from 'pino';
+import type { TopicMaker } from '../src/kafka-topic-maker.js';
 import {
   headerText,
   KAFKA_DELIVER_PATH,
@@ -16,7 +17,7 @@ import {
 } from '../src/kafka-wire.js';
 import { INTERCEPT_HEADER } from '../src/protocol.js';
 import type { Intercept, InterceptStore } from './intercept-store.js';
-import { interceptTopic, type TopicMaker } from './kafka-topics.js';
+import { interceptTopic } from './kafka-topics.js';
 import type { ClientTunnel, TunnelHub } from './tunnel-hub.js';
 
 /** How long the client agent may take to produce one message locally. */

@@ -6,6 +6,7 @@
  */
 import type { Consumer, EachBatchPayload, IHeaders, Kafka, Message, Producer, TopicMessages } from 'kafkajs';
 import type { Logger } from 'pino';
+import type { TopicMaker } from '../src/kafka-topic-maker.js';
 import {
   chunkBySize,
   headerText,
@@ -15,7 +16,7 @@ import {
 } from '../src/kafka-wire.js';
 import type { KafkaConfig, KafkaTopicConfig } from './config.js';
 import type { InterceptStore } from './intercept-store.js';
-import { interceptTopic, splitTopicOf, type TopicMaker } from './kafka-topics.js';
+import { interceptTopic, splitTopicOf } from './kafka-topics.js';
 
 export interface SplitCounts {
   diverted: number;

@@ -111,20 +111,42 @@ export const MIGRATIONS: Migration[] = [
 /** Any constant will do, as long as every replica uses the same one. */
 const MIGRATION_LOCK = 7_700_417_001;
 
-export async function migrate(pool: pg.Pool, log: Logger): Promise<number> {
+/**
+ * Runs `fn` in one transaction holding the advisory lock `lock`, so replicas doing the same
+ * thing at the same moment take turns. Rolled back if `fn` throws.
+ */
+export async function lockedTransaction<T>(
+  pool: pg.Pool,
+  lock: number,
+  fn: (client: pg.PoolClient) => Promise<T>,
+): Promise<T> {
   const client = await pool.connect();
   try {
     await client.query('BEGIN');
-    await client.query('SELECT pg_advisory_xact_lock($1)', [MIGRATION_LOCK]);
+    await client.query('SELECT pg_advisory_xact_lock($1)', [lock]);
+    const result = await fn(client);
+    await client.query('COMMIT');
+    return result;
+  } catch (err) {
+    // The original error says what went wrong; a failed rollback would add nothing to it.
+    await client.query('ROLLBACK').catch(() => {});
+    throw err;
+  } finally {
+    client.release();
+  }
+}
+
+export async function migrate(pool: pg.Pool, log: Logger): Promise<number> {
+  const applied = await lockedTransaction(pool, MIGRATION_LOCK, async (client) => {
     await client.query(`CREATE TABLE IF NOT EXISTS kelsingra_migrations (
       version integer PRIMARY KEY,
       name text NOT NULL,
       applied_at timestamptz NOT NULL DEFAULT now()
     )`);
     const { rows } = await client.query<{ version: number }>('SELECT version FROM kelsingra_migrations');
-    const applied = new Set(rows.map((r) => r.version));
+    const done = new Set(rows.map((r) => r.version));
     for (const m of MIGRATIONS) {
-      if (applied.has(m.version)) continue;
+      if (done.has(m.version)) continue;
       await client.query(m.sql);
       await client.query('INSERT INTO kelsingra_migrations (version, name) VALUES ($1, $2)', [
         m.version,
@@ -132,18 +154,12 @@ export async function migrate(pool: pg.Pool, log: Logger): Promise<number> {
       ]);
       log.info({ version: m.version, migration: m.name }, 'database migration applied');
     }
-    await client.query('COMMIT');
-    const latest = Math.max(0, ...applied, ...MIGRATIONS.map((m) => m.version));
-    const known = Math.max(...MIGRATIONS.map((m) => m.version));
-    // During a rolling upgrade an older replica meets a newer schema; migrations only add, so it carries on.
-    if (latest > known)
-      log.warn({ schema: latest, known }, 'the database schema is newer than this server agent');
-    return latest;
-  } catch (err) {
-    // The migration's own error is the one worth reporting; a failed rollback adds nothing to it.
-    await client.query('ROLLBACK').catch(() => {});
-    throw err;
-  } finally {
-    client.release();
-  }
+    return done;
+  });
+  const latest = Math.max(0, ...applied, ...MIGRATIONS.map((m) => m.version));
+  const known = Math.max(...MIGRATIONS.map((m) => m.version));
+  // During a rolling upgrade an older replica meets a newer schema; migrations only add, so it carries on.
+  if (latest > known)
+    log.warn({ schema: latest, known }, 'the database schema is newer than this server agent');
+  return latest;
 }

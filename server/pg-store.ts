@@ -4,14 +4,13 @@
  * copy in memory, kept current by LISTEN/NOTIFY and repaired by a periodic full reload.
  * While the database is away the copy keeps routing and the store reports itself degraded.
  */
-import { createHash, randomBytes } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
 import { EventEmitter } from 'node:events';
 import pg from 'pg';
 import type { Logger } from 'pino';
 import { ExitCode, KelsingraError } from '../src/errors.js';
 import { VERSION } from '../src/version.js';
 import type { TokenRecord } from './auth.js';
-import type { TokenConfig } from './config.js';
 import {
   type CreateResult,
   type EndReason,
@@ -25,7 +24,7 @@ import {
   StoreUnavailableError,
   type TunnelRecord,
 } from './intercept-store.js';
-import { migrate } from './pg-migrations.js';
+import { lockedTransaction, migrate } from './pg-migrations.js';
 
 export interface PgStoreOptions {
   databaseUrl: string;
@@ -67,6 +66,11 @@ const PEER_STALE_MS = 5_000;
 const TOMBSTONE_MS = 5 * 60_000;
 /** Advisory lock taken while a replica replaces the shared token set. */
 const TOKENS_LOCK = 7_700_417_002;
+
+/** Whether a peer's last heartbeat (its age when read, and when it was read) is recent enough. */
+function beating(p: { ageMs: number; fetchedAt: number }, now = Date.now()): boolean {
+  return p.ageMs + (now - p.fetchedAt) <= PEER_STALE_MS;
+}
 
 function toIntercept(row: Row): Intercept {
   return {
@@ -370,8 +374,7 @@ export class PgInterceptStore extends EventEmitter<StoreEvents> implements Inter
   peer(replicaId: string): Peer | undefined {
     const found = this.peers.get(replicaId);
     if (!found) return undefined;
-    if (this.degradedSince === undefined && found.ageMs + (Date.now() - found.fetchedAt) > PEER_STALE_MS)
-      return undefined;
+    if (this.degradedSince === undefined && !beating(found)) return undefined;
     return found.peer;
   }
 
@@ -388,7 +391,7 @@ export class PgInterceptStore extends EventEmitter<StoreEvents> implements Inter
         url: peer.url,
         heartbeatAt: new Date(fetchedAt - ageMs).toISOString(),
         self: peer.id === this.opts.replicaId,
-        alive: ageMs + (now - fetchedAt) <= PEER_STALE_MS,
+        alive: beating({ ageMs, fetchedAt }, now),
       })),
     };
   }
@@ -397,13 +400,10 @@ export class PgInterceptStore extends EventEmitter<StoreEvents> implements Inter
    * Makes the configured tokens the shared set (stored as sha256 digests only). A replica
    * started without tokens uses the set the others stored.
    */
-  async syncTokens(tokens: TokenConfig[]): Promise<void> {
+  async syncTokens(tokens: TokenRecord[]): Promise<void> {
     if (tokens.length === 0) return;
-    const client = await this.pool.connect();
-    try {
-      await client.query('BEGIN');
-      // Replicas starting together would otherwise interleave their replacements.
-      await client.query('SELECT pg_advisory_xact_lock($1)', [TOKENS_LOCK]);
+    // Replicas starting together would otherwise interleave their replacements.
+    await lockedTransaction(this.pool, TOKENS_LOCK, async (client) => {
       await client.query('DELETE FROM kelsingra_tokens WHERE NOT (name = ANY($1))', [
         tokens.map((t) => t.name),
       ]);
@@ -411,17 +411,10 @@ export class PgInterceptStore extends EventEmitter<StoreEvents> implements Inter
         await client.query(
           `INSERT INTO kelsingra_tokens (name, digest, tenants) VALUES ($1, $2, $3)
            ON CONFLICT (name) DO UPDATE SET digest = EXCLUDED.digest, tenants = EXCLUDED.tenants, updated_at = now()`,
-          [t.name, createHash('sha256').update(t.token).digest(), t.tenants],
+          [t.name, t.digest, t.tenants],
         );
       }
-      await client.query('COMMIT');
-    } catch (err) {
-      // The original error says what went wrong; a failed rollback would only hide it.
-      await client.query('ROLLBACK').catch(() => {});
-      throw err;
-    } finally {
-      client.release();
-    }
+    });
   }
 
   async loadTokens(): Promise<TokenRecord[]> {

@@ -63,10 +63,7 @@ export async function startServer(
       log,
     });
     store = pgStore;
-    await pgStore.syncTokens([
-      ...(config.token ? [{ name: 'default', token: config.token, tenants: ['*'] }] : []),
-      ...config.tokens,
-    ]);
+    await pgStore.syncTokens(configured);
     auth.replace(await pgStore.loadTokens());
     pgStore.on('tokens', (tokens) => auth.replace(tokens));
     if (auth.size === 0) {

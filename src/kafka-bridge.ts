@@ -9,6 +9,7 @@ import { type Admin, type Consumer, Kafka, logLevel, Partitioners, type Producer
 import type { ApiClient } from './api-client.js';
 import type { KafkaEvent } from './events.js';
 import type { KafkaOptions } from './kafka-options.js';
+import { TopicMaker } from './kafka-topic-maker.js';
 import { chunkBySize, fromWire, KAFKA_META_HEADER, toWire, type WireMessage } from './kafka-wire.js';
 
 interface DeliveryMeta {
@@ -24,7 +25,7 @@ export class KafkaBridge {
   private readonly producer: Producer;
   private readonly admin: Admin;
   private consumer?: Consumer;
-  private readonly localTopics = new Set<string>();
+  private readonly topics: TopicMaker;
 
   constructor(
     private readonly options: KafkaOptions,
@@ -43,14 +44,12 @@ export class KafkaBridge {
       createPartitioner: Partitioners.DefaultPartitioner,
     });
     this.admin = this.kafka.admin();
+    this.topics = new TopicMaker(this.admin);
   }
 
   async start(): Promise<void> {
     await Promise.all([this.producer.connect(), this.admin.connect()]);
-    await this.ensureLocalTopics([
-      ...Object.values(this.options.topics),
-      ...Object.keys(this.options.forward),
-    ]);
+    await this.topics.ensure([...Object.values(this.options.topics), ...Object.keys(this.options.forward)]);
   }
 
   /** Starts sending local topics back to dev; needs the intercept (registered after start). */
@@ -162,7 +161,7 @@ export class KafkaBridge {
   private async produce(headers: IncomingHttpHeaders, value: Buffer): Promise<KafkaEvent> {
     const meta = JSON.parse(String(headers[KAFKA_META_HEADER] ?? '{}')) as DeliveryMeta;
     const localTopic = this.options.topics[meta.topic] ?? meta.topic;
-    await this.ensureLocalTopics([localTopic]);
+    await this.topics.ensure([localTopic]);
     const wire: WireMessage = {
       key: meta.key,
       value: meta.nullValue ? null : value.toString('base64'),
@@ -181,16 +180,5 @@ export class KafkaBridge {
       bytes: value.length,
       at: Date.now(),
     };
-  }
-
-  private async ensureLocalTopics(topics: string[]): Promise<void> {
-    const wanted = topics.filter((t) => !this.localTopics.has(t));
-    if (wanted.length === 0) return;
-    const existing = new Set(await this.admin.listTopics());
-    const create = wanted.filter((t) => !existing.has(t));
-    // Created before anyone subscribes to them (kafkajs cannot subscribe to a topic KRaft has not made yet).
-    if (create.length)
-      await this.admin.createTopics({ topics: create.map((topic) => ({ topic })), waitForLeaders: true });
-    for (const t of wanted) this.localTopics.add(t);
   }
 }

@@ -43,7 +43,6 @@ import kafkajs from 'kafkajs';
 import YAML from 'yaml';
 import {
   alive,
-  children,
   cleanupAndExit,
   fmt,
   freePort,
@@ -54,6 +53,7 @@ import {
   parseOptions,
   percentile,
   ROOT,
+  reportFailure,
   sleep,
   start,
   stop,
@@ -695,9 +695,7 @@ async function main() {
     log(`\n(${fmt(results.seconds, 0)} s)`);
     if (opts.json) writeFileSync(opts.json, `${JSON.stringify(results, null, 2)}\n`);
   } catch (err) {
-    console.error(`\nbenchmark failed: ${err.stack ?? err}`);
-    for (const p of children) console.error(`--- ${p.name} output (tail):\n${p.output().slice(-2000)}`);
-    exitCode = 1;
+    exitCode = reportFailure(err);
   }
   monitor.stop();
   await cleanupAndExit(exitCode);

@@ -353,3 +353,10 @@ export function machineInfo() {
     loadStart: os.loadavg()[0].toFixed(2),
   };
 }
+
+/** Says why a benchmark failed, with the tail of every process it started; returns the exit code. */
+export function reportFailure(err) {
+  console.error(`\nbenchmark failed: ${err.stack ?? err}`);
+  for (const p of children) console.error(`--- ${p.name} output (tail):\n${p.output().slice(-2000)}`);
+  return 1;
+}

@@ -38,7 +38,6 @@ import { pathToFileURL } from 'node:url';
 import pg from 'pg';
 import { Client as HttpClient } from 'undici';
 import {
-  children,
   cleanupAndExit,
   ensureTools,
   fmt,
@@ -50,6 +49,7 @@ import {
   parseOptions,
   percentile,
   ROOT,
+  reportFailure,
   sleep,
   start,
   stopAll,
@@ -798,8 +798,6 @@ try {
   log(`\n(${fmt(results.seconds, 0)} s)`);
   if (opts.json) writeFileSync(opts.json, `${JSON.stringify(results, null, 2)}\n`);
 } catch (err) {
-  console.error(`\nbenchmark failed: ${err.stack ?? err}`);
-  for (const p of children) console.error(`--- ${p.name} output (tail):\n${p.output().slice(-2000)}`);
-  exitCode = 1;
+  exitCode = reportFailure(err);
 }
 await cleanupAndExit(exitCode);

@@ -24,7 +24,6 @@ import os from 'node:os';
 import { join, resolve } from 'node:path';
 import {
   alive,
-  children,
   cleanupAndExit,
   ensureTools,
   fmt,
@@ -38,6 +37,7 @@ import {
   orphanPids,
   parseOptions,
   ROOT,
+  reportFailure,
   sleep,
   start,
   stop,
@@ -725,8 +725,6 @@ try {
   if (opts.profile)
     log(`\nCPU profiles in ${opts.profile} (summarise: node scripts/bench/cpuprofile-top.mjs <file>)`);
 } catch (err) {
-  console.error(`\nbenchmark failed: ${err.stack ?? err}`);
-  for (const p of children) console.error(`--- ${p.name} output (tail):\n${p.output().slice(-2000)}`);
-  exitCode = 1;
+  exitCode = reportFailure(err);
 }
 await cleanupAndExit(exitCode);
