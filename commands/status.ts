@@ -1,5 +1,6 @@
 import { ApiClient } from '../src/api-client.js';
 import { BaseCommand } from '../src/cli/base-command.js';
+import { formatUpstream, upstreamState } from '../src/dashboard-model.js';
 import { interceptTable } from '../src/intercept-table.js';
 import type { StoreHealth } from '../src/protocol.js';
 import { loadSettings } from '../src/settings.js';
@@ -24,14 +25,9 @@ export default class Status extends BaseCommand {
     );
     this.log(storeLine(status.store));
     this.log('\nServices:');
+    // One row per backend: a service with a pool of backends has several.
     for (const u of status.upstreams) {
-      const health =
-        u.lastError && (!u.lastOkAt || (u.lastErrorAt ?? '') > u.lastOkAt)
-          ? `last error: ${u.lastError}`
-          : u.lastOkAt
-            ? 'ok'
-            : 'no traffic yet';
-      this.log(`  ${u.service.padEnd(16)} ${u.url}  (${health})`);
+      this.log(`  ${u.service.padEnd(16)} ${u.url}  ${formatUpstream({ ...u, state: upstreamState(u) })}`);
     }
     this.log(`\nIntercepts:\n${interceptTable(status.intercepts).replace(/^/gm, '  ')}`);
     if (status.kafka) {

@@ -2,7 +2,7 @@
  * Responses Kelsingra makes itself. Every one says it came from Kelsingra (body and
  * `x-kelsingra-error`), so nobody mistakes it for an answer from their service.
  */
-import http, { type ServerResponse } from 'node:http';
+import http, { type OutgoingHttpHeaders, type ServerResponse } from 'node:http';
 import type { Duplex } from 'node:stream';
 import { ERROR_HEADER } from '../src/protocol.js';
 
@@ -16,6 +16,8 @@ export function sendError(
   code: string,
   message: string,
   extra: Record<string, unknown> = {},
+  /** More response headers, such as Retry-After. */
+  headers: OutgoingHttpHeaders = {},
 ): void {
   if (res.headersSent) {
     res.destroy();
@@ -23,6 +25,7 @@ export function sendError(
   }
   const body = errorBody(code, message, extra);
   res.writeHead(status, {
+    ...headers,
     'content-type': 'application/json; charset=utf-8',
     'content-length': Buffer.byteLength(body),
     [ERROR_HEADER]: code,

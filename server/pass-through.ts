@@ -1,16 +1,35 @@
 /**
- * Sends a request on to its service's normal upstream over a keep-alive pool, streaming
- * both bodies, and maps transport failures to 502/504.
+ * Sends a request on to its service's normal upstream over keep-alive pools, streaming both
+ * bodies. An upstream may be several backends (an UpstreamPool: round robin, health checks,
+ * ejection); transport failures map to 502/504, and a pool with no backend up to 503.
  */
 import type { IncomingMessage, ServerResponse } from 'node:http';
+import { PassThrough as PassThroughStream } from 'node:stream';
 import { Pool } from 'undici';
 import { forwardableResponseHeaders } from '../src/http-headers.js';
 import type { UpstreamHealth } from '../src/protocol.js';
 import { sendError } from './error-response.js';
-import type { RoutedService } from './routing.js';
 import { BODY_IDLE_MS } from './timeouts.js';
+import {
+  type Backend,
+  type BackendState,
+  type BackendStatus,
+  describeError,
+  type HealthCheckSettings,
+  UpstreamPool,
+} from './upstream-pool.js';
 
 export type { UpstreamHealth } from '../src/protocol.js';
+export type { HealthCheckSettings } from './upstream-pool.js';
+
+/** Where pass-through traffic goes: a name (for messages and /status) and its backends. */
+export interface UpstreamTarget {
+  name: string;
+  /** Each backend's URL; its path is a base path put in front of the request's. */
+  upstreams: URL[];
+  /** false: no checks and no ejection (a relay to one peer replica); failures are plain 502/504. */
+  healthCheck: HealthCheckSettings | false;
+}
 
 /** How failures name the target: a service's upstream, or another replica. */
 export interface TargetLabel {
@@ -21,117 +40,291 @@ export interface TargetLabel {
   extra: Record<string, unknown>;
 }
 
+/** One row of /status per backend, state always set. */
+export type BackendHealth = UpstreamHealth & { state: BackendState };
+
+/** Errors that mean the request never reached the backend's application (or its socket died first). */
+const CONNECT_ERRORS = new Set([
+  'ECONNREFUSED',
+  'ECONNRESET',
+  'EHOSTUNREACH',
+  'ENETUNREACH',
+  'ENOTFOUND',
+  'EAI_AGAIN',
+  'EPIPE',
+  'UND_ERR_CONNECT_TIMEOUT',
+  'UND_ERR_SOCKET',
+]);
+
+const RETRY_SAFE_METHODS = new Set(['GET', 'HEAD', 'OPTIONS']);
+
+interface PoolEntry {
+  pool: UpstreamPool;
+  /** Registrations per target name. */
+  names: Map<string, number>;
+}
+
+interface Logger {
+  warn(obj: object, msg: string): void;
+  info(obj: object, msg: string): void;
+}
+
+function poolKey(target: UpstreamTarget): string {
+  const hc = target.healthCheck;
+  const checks = hc
+    ? `${hc.path} ${hc.intervalMs} ${hc.timeoutMs} ${hc.unhealthyAfter} ${hc.healthyAfter}`
+    : 'none';
+  return `${target.upstreams.map((u) => u.href).join(' ')} | ${checks}`;
+}
+
 export class PassThrough {
-  private readonly pools = new Map<string, Pool>();
-  private readonly health = new Map<string, { ok: number; err: number; error?: string }>();
+  /** undici pools, one per backend origin, shared by every upstream pool that uses it. */
+  private readonly connections = new Map<string, Pool>();
+  private readonly pools = new Map<string, PoolEntry>();
 
-  constructor(private readonly timeoutMs: number) {}
+  constructor(
+    private readonly timeoutMs: number,
+    private readonly log?: Logger,
+  ) {}
 
-  private pool(service: RoutedService): Pool {
-    let pool = this.pools.get(service.name);
-    if (!pool) {
-      pool = new Pool(service.upstream.origin, {
-        connections: 512,
-        keepAliveTimeout: 30_000,
-        headersTimeout: this.timeoutMs,
-        bodyTimeout: BODY_IDLE_MS,
-        connectTimeout: Math.min(this.timeoutMs, 10_000),
-      });
-      this.pools.set(service.name, pool);
+  /**
+   * A configured target: its pool starts its health checks now, so /status shows health
+   * before the first request. Targets with the same backends (and checks) share one pool.
+   */
+  register(target: UpstreamTarget): void {
+    const entry = this.entry(target);
+    entry.names.set(target.name, (entry.names.get(target.name) ?? 0) + 1);
+  }
+
+  /** Undoes one register(); a pool nobody registers any more stops its checks and closes. */
+  release(target: UpstreamTarget): void {
+    const key = poolKey(target);
+    const entry = this.pools.get(key);
+    const count = entry?.names.get(target.name);
+    if (!entry || count === undefined) return;
+    if (count > 1) entry.names.set(target.name, count - 1);
+    else entry.names.delete(target.name);
+    if (entry.names.size > 0) return;
+    this.pools.delete(key);
+    void entry.pool.close();
+    const inUse = new Set([...this.pools.values()].flatMap((e) => e.pool.backends.map((b) => b.url.origin)));
+    for (const url of target.upstreams) {
+      const conn = this.connections.get(url.origin);
+      if (conn && !inUse.has(url.origin)) {
+        this.connections.delete(url.origin);
+        void conn.close().catch(() => undefined);
+      }
     }
-    return pool;
+  }
+
+  /** The backend the next request would go to (round robin), for traffic that does not pass through forward(). */
+  pick(target: UpstreamTarget): URL | undefined {
+    return this.entry(target).pool.pick()?.url;
   }
 
   forward(
     req: IncomingMessage,
     res: ServerResponse,
-    service: RoutedService,
+    target: UpstreamTarget,
     path: string,
     headers: string[],
     label: TargetLabel = {
-      what: `the ${service.name} upstream (${service.upstream.origin})`,
+      what: `the ${target.name} upstream`,
       code: 'upstream',
-      extra: { service: service.name },
+      extra: { service: target.name },
     },
   ): void {
     const hasBody =
       req.headers['content-length'] !== undefined || req.headers['transfer-encoding'] !== undefined;
-    const basePath = service.upstream.pathname === '/' ? '' : service.upstream.pathname.replace(/\/$/, '');
-    const state = this.stateFor(service.name);
+    const retrySafe = !hasBody && RETRY_SAFE_METHODS.has(req.method ?? '');
+    const { pool } = this.entry(target);
     // A caller that hangs up before the answer frees the upstream connection at once, rather
     // than holding it until the upstream answers or the timeout fires.
     const abort = new AbortController();
     res.once('close', () => {
       if (!res.writableFinished) abort.abort();
     });
-    this.pool(service).stream(
-      {
-        method: req.method as string,
-        path: basePath + path,
-        headers,
-        body: hasBody ? req : null,
-        signal: abort.signal,
-      },
-      ({ statusCode, headers: upstreamHeaders }) => {
-        res.writeHead(statusCode, forwardableResponseHeaders(upstreamHeaders));
-        return res;
-      },
-      (err) => {
-        if (!err) {
-          state.ok = Date.now();
-          return;
-        }
-        state.err = Date.now();
-        state.error = err.message;
-        if (res.headersSent || req.destroyed) {
-          res.destroy();
-          return;
-        }
-        const code = (err as NodeJS.ErrnoException).code ?? '';
-        if (code === 'UND_ERR_HEADERS_TIMEOUT' || code === 'UND_ERR_CONNECT_TIMEOUT') {
-          sendError(
-            res,
-            504,
-            `${label.code}-timeout`,
-            `${label.what} did not answer within ${this.timeoutMs} ms`,
-            label.extra,
-          );
-        } else {
-          sendError(
-            res,
-            502,
-            `${label.code}-unreachable`,
-            `could not reach ${label.what}: ${err.message}`,
-            label.extra,
-          );
-        }
-      },
-    );
+
+    // undici destroys the body it was given when the request fails; given `req` itself, that
+    // would hang up on the caller before it hears why. A request with a body is never retried,
+    // so one wrapper serves.
+    let body: PassThroughStream | null = null;
+    if (hasBody) {
+      body = new PassThroughStream();
+      req.pipe(body);
+      req.once('error', (err) => body?.destroy(err));
+    }
+
+    const attempt = (backend: Backend, retried: boolean) => {
+      const origin = backend.url.origin;
+      const where = label.what.includes(origin) ? label.what : `${label.what} (${origin})`;
+      this.connection(backend.url).stream(
+        {
+          method: req.method as string,
+          path: basePath(backend.url) + path,
+          headers,
+          body,
+          signal: abort.signal,
+        },
+        ({ statusCode, headers: upstreamHeaders }) => {
+          pool.answered(backend, statusCode);
+          res.writeHead(statusCode, forwardableResponseHeaders(upstreamHeaders));
+          return res;
+        },
+        (err) => {
+          if (!err) return;
+          const code = (err as NodeJS.ErrnoException).code ?? '';
+          const message = describeError(err);
+          const connectError = CONNECT_ERRORS.has(code) && !abort.signal.aborted;
+          if (connectError) pool.unreachable(backend, message);
+          if (res.headersSent || res.destroyed || abort.signal.aborted) {
+            res.destroy();
+            return;
+          }
+          if (body) {
+            // The rest of the upload goes nowhere; read it so the connection stays usable.
+            req.unpipe(body);
+            req.resume();
+          }
+          if (connectError) {
+            const other = retrySafe && !retried ? pool.pick(backend) : undefined;
+            if (other) {
+              attempt(other, true);
+              return;
+            }
+          }
+          if (code === 'UND_ERR_HEADERS_TIMEOUT' || code === 'UND_ERR_CONNECT_TIMEOUT') {
+            sendError(
+              res,
+              504,
+              `${label.code}-timeout`,
+              `${where} did not answer within ${this.timeoutMs} ms`,
+              {
+                ...label.extra,
+                backend: backend.url.href,
+              },
+            );
+          } else {
+            sendError(res, 502, `${label.code}-unreachable`, `could not reach ${where}: ${message}`, {
+              ...label.extra,
+              backend: backend.url.href,
+            });
+          }
+        },
+      );
+    };
+
+    const first = pool.pick();
+    if (first) attempt(first, false);
+    else this.noneUp(res, target, pool, label);
   }
 
-  upstreams(services: RoutedService[]): UpstreamHealth[] {
-    return services.map((svc) => {
-      const s = this.health.get(svc.name);
-      return {
-        service: svc.name,
-        url: svc.upstream.href,
-        lastOkAt: s?.ok ? new Date(s.ok).toISOString() : undefined,
-        lastError: s?.error,
-        lastErrorAt: s?.err ? new Date(s.err).toISOString() : undefined,
-      };
+  /**
+   * One row per backend of each target, in order: the given ones (those not registered yet
+   * show as unknown), or without an argument every registered one.
+   */
+  upstreams(
+    targets?: readonly Pick<UpstreamTarget, 'name' | 'upstreams' | 'healthCheck'>[],
+  ): BackendHealth[] {
+    const rows = (name: string, list: BackendStatus[]) => list.map((b) => healthRow(name, b));
+    if (targets) {
+      return targets.flatMap((t) => {
+        const entry = this.pools.get(poolKey(t));
+        return rows(
+          t.name,
+          entry ? entry.pool.status() : t.upstreams.map((u) => ({ url: u.href, state: 'unknown' })),
+        );
+      });
+    }
+    return [...this.pools.values()].flatMap((e) => {
+      const status = e.pool.status();
+      return [...e.names.keys()].flatMap((name) => rows(name, status));
     });
   }
 
   async close(): Promise<void> {
-    await Promise.all([...this.pools.values()].map((p) => p.close()));
+    const pools = [...this.pools.values()].map((e) => e.pool.close());
+    const connections = [...this.connections.values()].map((p) => p.close());
+    this.pools.clear();
+    this.connections.clear();
+    await Promise.all([...pools, ...connections]);
   }
 
-  private stateFor(name: string) {
-    let s = this.health.get(name);
-    if (!s) {
-      s = { ok: 0, err: 0 };
-      this.health.set(name, s);
-    }
-    return s;
+  private noneUp(res: ServerResponse, target: UpstreamTarget, pool: UpstreamPool, label: TargetLabel): void {
+    const retryAfter = pool.retryAfterSeconds();
+    const backends = pool.status();
+    const n = backends.length;
+    const each = backends
+      .map((b) => `${b.url} is ${b.state}${b.lastError ? ` (${b.lastError})` : ''}`)
+      .join('; ');
+    const when = target.healthCheck ? 'checks them again' : 'tries them again';
+    sendError(
+      res,
+      503,
+      'no-healthy-backend',
+      `no healthy backend for ${label.what}: ${n === 1 ? 'its only backend is down' : `none of its ${n} backends is up`}: ${each}. Kelsingra ${when} in ${retryAfter} s`,
+      {
+        ...label.extra,
+        retryAfter,
+        backends: backends.map((b) => ({ url: b.url, state: b.state, lastError: b.lastError })),
+      },
+      { 'retry-after': String(retryAfter) },
+    );
   }
+
+  private entry(target: UpstreamTarget): PoolEntry {
+    const key = poolKey(target);
+    let entry = this.pools.get(key);
+    if (!entry) {
+      const checks = target.healthCheck;
+      const pool = new UpstreamPool(target.upstreams, {
+        healthCheck: checks,
+        // Without checks, ejecting the only backend would only turn its 502 into a 503.
+        eject: checks !== false || target.upstreams.length > 1,
+        onChange: (b, previous, reason) => {
+          const names = [...(this.pools.get(key)?.names.keys() ?? [target.name])].join(', ');
+          const fields = { upstream: names, backend: b.url, state: b.state, previous, reason };
+          if (b.state === 'healthy' || b.state === 'unknown')
+            this.log?.info(fields, 'upstream backend back in rotation');
+          else this.log?.warn(fields, `upstream backend ${b.state}`);
+        },
+      });
+      entry = { pool, names: new Map() };
+      this.pools.set(key, entry);
+      pool.start();
+    }
+    return entry;
+  }
+
+  private connection(url: URL): Pool {
+    let pool = this.connections.get(url.origin);
+    if (!pool) {
+      pool = new Pool(url.origin, {
+        connections: 512,
+        keepAliveTimeout: 30_000,
+        headersTimeout: this.timeoutMs,
+        bodyTimeout: BODY_IDLE_MS,
+        connectTimeout: Math.min(this.timeoutMs, 10_000),
+      });
+      this.connections.set(url.origin, pool);
+    }
+    return pool;
+  }
+}
+
+function basePath(url: URL): string {
+  return url.pathname === '/' ? '' : url.pathname.replace(/\/$/, '');
+}
+
+function healthRow(service: string, b: BackendStatus): BackendHealth {
+  const iso = (t?: number) => (t ? new Date(t).toISOString() : undefined);
+  return {
+    service,
+    url: b.url,
+    state: b.state,
+    lastOkAt: iso(b.lastOkAt),
+    lastError: b.lastError,
+    lastErrorAt: iso(b.lastErrorAt),
+    lastCheckAt: iso(b.lastCheckAt),
+  };
 }

@@ -54,16 +54,21 @@ export interface InterceptStats {
   ended?: { at: number; reason?: string };
 }
 
-export type UpstreamState = 'ok' | 'error' | 'idle';
+export type UpstreamState = NonNullable<UpstreamHealth['state']>;
 
+/** One backend of a service's upstream (a service with a pool has one row per backend). */
 export interface UpstreamStatus {
   service: string;
   url: string;
-  /** ok: the last pass-through request succeeded; error: it failed; idle: no traffic yet. */
+  /**
+   * healthy: its health check passes; unhealthy: its checks fail; ejected: taken out of the
+   * rotation after errors; unknown: not checked yet.
+   */
   state: UpstreamState;
   lastOkAt?: string;
   lastError?: string;
   lastErrorAt?: string;
+  lastCheckAt?: string;
 }
 
 export interface DashboardSnapshot {
@@ -109,12 +114,14 @@ export function percentile(sorted: readonly number[], p: number): number | null 
   return sorted[Math.min(sorted.length, Math.max(1, rank)) - 1] ?? null;
 }
 
+/** The server's word; a server from before upstream pools only says how the last request went. */
 export function upstreamState(u: UpstreamHealth): UpstreamState {
+  if (u.state) return u.state;
   const ok = u.lastOkAt ? Date.parse(u.lastOkAt) : 0;
   const err = u.lastErrorAt ? Date.parse(u.lastErrorAt) : u.lastError ? 1 : 0;
-  if (err > ok) return 'error';
-  if (ok > 0) return 'ok';
-  return 'idle';
+  if (err > ok) return 'unhealthy';
+  if (ok > 0) return 'healthy';
+  return 'unknown';
 }
 
 function recordKey(r: RequestRecord): string {
@@ -452,11 +459,24 @@ export function formatLastRequest(last: LastRequest | null): string {
 }
 
 export function formatUpstream(u: UpstreamStatus): string {
-  if (u.state === 'ok') return `ok${u.lastOkAt ? ` (last ok ${formatClock(Date.parse(u.lastOkAt))})` : ''}`;
-  if (u.state === 'error') {
-    return `error: ${u.lastError ?? 'unknown'}${u.lastErrorAt ? ` (${formatClock(Date.parse(u.lastErrorAt))})` : ''}`;
+  const at = (iso?: string) => (iso ? ` (${formatClock(Date.parse(iso))})` : '');
+  if (u.state === 'healthy')
+    return `healthy${u.lastOkAt ? ` (last ok ${formatClock(Date.parse(u.lastOkAt))})` : ''}`;
+  if (u.state === 'unhealthy' || u.state === 'ejected') {
+    return `${u.state}: ${u.lastError ?? 'no reason given'}${at(u.lastErrorAt)}`;
   }
-  return 'no traffic yet';
+  return u.lastError ? `not known yet, last error: ${u.lastError}${at(u.lastErrorAt)}` : 'not checked yet';
+}
+
+/** Colour of a backend's state in the Ink view. */
+export function upstreamColour(state: UpstreamState): 'green' | 'red' | 'yellow' | 'gray' {
+  return state === 'healthy'
+    ? 'green'
+    : state === 'unhealthy'
+      ? 'red'
+      : state === 'ejected'
+        ? 'yellow'
+        : 'gray';
 }
 
 export const TABLE_COLUMNS = [

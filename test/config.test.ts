@@ -48,7 +48,12 @@ describe('validateConfig', () => {
       tokens: [],
       logLevel: 'info',
     });
-    expect(c.services.billing).toEqual({ upstream: 'http://127.0.0.1:9001', hosts: [], stripPrefix: false });
+    expect(c.services.billing).toEqual({
+      upstream: ['http://127.0.0.1:9001'],
+      healthCheck: { path: '/', interval: 5, timeout: 2, unhealthyAfter: 2, healthyAfter: 1 },
+      hosts: [],
+      stripPrefix: false,
+    });
   });
 
   it('coerces numeric strings (as env gives them) and lowercases the tenant header', () => {
@@ -248,13 +253,13 @@ describe('loadServerConfig', () => {
     expect(c.host).toBe('0.0.0.0'); // file
     expect(c.leaseTtl).toBe(11); // file
     expect(c.token).toBe('env-token-1'); // env, the undefined flag does not erase it
-    expect(c.services.billing).toEqual({
-      upstream: 'http://env-billing:1',
+    expect(c.services.billing).toMatchObject({
+      upstream: ['http://env-billing:1'],
       hosts: ['pay.example.test'],
       pathPrefix: '/billing',
       stripPrefix: false,
     });
-    expect(c.services.orders?.upstream).toBe('http://flag-orders:2');
+    expect(c.services.orders?.upstream).toEqual(['http://flag-orders:2']);
   });
 
   it('reads a JSON file', async () => {
@@ -268,8 +273,8 @@ describe('loadServerConfig', () => {
     );
     const c = await loadServerConfig({ configPath: path, env: {} });
     expect(c.proxyPort).toBe(4444);
-    expect(c.services.search).toEqual({
-      upstream: 'https://search.internal',
+    expect(c.services.search).toMatchObject({
+      upstream: ['https://search.internal'],
       hosts: [],
       pathPrefix: '/s',
       stripPrefix: true,

@@ -8,7 +8,9 @@ import {
   formatDashboardTable,
   formatErrorRate,
   formatLatency,
+  formatUpstream,
   percentile,
+  type UpstreamStatus,
   upstreamState,
 } from '../src/dashboard-model.js';
 import type { InterceptView, RequestRecord, UpstreamHealth } from '../src/protocol.js';
@@ -231,51 +233,67 @@ describe('DashboardModel', () => {
     expect(fresh.snapshot().intercepts[0]?.requests).toBe(1);
   });
 
-  it('derives upstream health: ok, error, no traffic yet; unchanged health is not a change', () => {
+  it('shows each backend in the state the server reports; unchanged health is not a change', () => {
     const { model } = start(
       [],
       [
-        { service: 'billing', url: 'http://b/', lastOkAt: new Date(T0).toISOString() },
-        { service: 'orders', url: 'http://o/' },
+        { service: 'orders', url: 'http://o/', state: 'unknown' },
+        { service: 'billing', url: 'http://b1/', state: 'healthy', lastOkAt: new Date(T0).toISOString() },
+        { service: 'billing', url: 'http://b2/', state: 'healthy', lastOkAt: new Date(T0).toISOString() },
       ],
     );
-    expect(model.snapshot().upstreams.map((u) => [u.service, u.state])).toEqual([
-      ['billing', 'ok'],
-      ['orders', 'idle'],
+    // By service, a pool's backends in their order.
+    expect(model.snapshot().upstreams.map((u) => [u.service, u.url, u.state])).toEqual([
+      ['billing', 'http://b1/', 'healthy'],
+      ['billing', 'http://b2/', 'healthy'],
+      ['orders', 'http://o/', 'unknown'],
     ]);
     const v = model.version;
     const same = [
-      { service: 'billing', url: 'http://b/', lastOkAt: new Date(T0).toISOString() },
-      { service: 'orders', url: 'http://o/' },
-    ];
-    expect(model.apply({ type: 'upstreams', upstreams: same, at: T0 + 5000 })).toBe(false);
+      { service: 'billing', url: 'http://b1/', state: 'healthy', lastOkAt: new Date(T0).toISOString() },
+      { service: 'billing', url: 'http://b2/', state: 'healthy', lastOkAt: new Date(T0).toISOString() },
+      { service: 'orders', url: 'http://o/', state: 'unknown' },
+    ] as const;
+    expect(model.apply({ type: 'upstreams', upstreams: [...same], at: T0 + 5000 })).toBe(false);
     expect(model.version).toBe(v);
     const failing = [
-      same[0] as (typeof same)[number],
+      same[0],
       {
-        service: 'orders',
-        url: 'http://o/',
+        service: 'billing',
+        url: 'http://b2/',
+        state: 'ejected',
         lastOkAt: new Date(T0).toISOString(),
-        lastError: 'ECONNREFUSED',
+        lastError: 'connect ECONNREFUSED',
         lastErrorAt: new Date(T0 + 1).toISOString(),
       },
-    ];
-    expect(model.apply({ type: 'upstreams', upstreams: failing, at: T0 + 10_000 })).toBe(true);
-    expect(model.snapshot().upstreams[1]).toMatchObject({
-      service: 'orders',
-      state: 'error',
-      lastError: 'ECONNREFUSED',
-    });
-    // Recovery: an ok after the error.
+      same[2],
+    ] as const;
+    expect(model.apply({ type: 'upstreams', upstreams: [...failing], at: T0 + 10_000 })).toBe(true);
+    const b2 = model.snapshot().upstreams[1] as UpstreamStatus;
+    expect(b2).toMatchObject({ url: 'http://b2/', state: 'ejected', lastError: 'connect ECONNREFUSED' });
+    expect(formatUpstream(b2)).toMatch(/^ejected: connect ECONNREFUSED \(\d\d:\d\d:\d\d\)$/);
     expect(
-      upstreamState({
+      formatUpstream({
         service: 'x',
         url: 'u',
-        lastErrorAt: new Date(T0).toISOString(),
-        lastError: 'e',
-        lastOkAt: new Date(T0 + 1).toISOString(),
+        state: 'unhealthy',
+        lastError: 'health check / answered 500',
       }),
-    ).toBe('ok');
+    ).toBe('unhealthy: health check / answered 500');
+    expect(formatUpstream({ service: 'x', url: 'u', state: 'unknown' })).toBe('not checked yet');
+  });
+
+  it('judges a server from before upstream pools by its last request: ok is healthy, an error unhealthy', () => {
+    const at = (ms: number) => new Date(T0 + ms).toISOString();
+    expect(upstreamState({ service: 'x', url: 'u', lastOkAt: at(0) })).toBe('healthy');
+    expect(
+      upstreamState({ service: 'x', url: 'u', lastOkAt: at(0), lastError: 'e', lastErrorAt: at(1) }),
+    ).toBe('unhealthy');
+    // Recovery: an ok after the error.
+    expect(
+      upstreamState({ service: 'x', url: 'u', lastErrorAt: at(0), lastError: 'e', lastOkAt: at(1) }),
+    ).toBe('healthy');
+    expect(upstreamState({ service: 'x', url: 'u' })).toBe('unknown');
   });
 
   it('emits change once per visible change', () => {
@@ -294,6 +312,7 @@ describe('DashboardModel', () => {
         {
           service: 'billing',
           url: 'http://b/',
+          state: 'unhealthy',
           lastError: 'ECONNREFUSED',
           lastErrorAt: new Date(T0).toISOString(),
         },
@@ -304,7 +323,7 @@ describe('DashboardModel', () => {
     const text = formatDashboardTable(model.snapshot());
     expect(text).toMatch(/SERVICE\s+TENANT\s+HOLDER\s+REQ\/S\s+ERR%\s+P50\s+P99\s+LAST REQUEST/);
     expect(text).toMatch(/billing\s+t1\s+alice\s+0\.1\s+100%\s+10 ms\s+10 ms\s+\d\d:\d\d:\d\d GET \/x 503/);
-    expect(text).toMatch(/UPSTREAMS\nbilling\s+http:\/\/b\/\s+error: ECONNREFUSED/);
+    expect(text).toMatch(/UPSTREAMS\nbilling\s+http:\/\/b\/\s+unhealthy: ECONNREFUSED/);
     // biome-ignore lint/suspicious/noControlCharactersInRegex: checking for ANSI escapes
     expect(text).not.toMatch(/\u001b\[/);
     expect(formatDashboardTable({ ...model.snapshot(), intercepts: [] }, 'nothing here')).toContain(

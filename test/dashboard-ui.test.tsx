@@ -24,10 +24,23 @@ function setup(props: Partial<Parameters<typeof Dashboard>[0]> = {}) {
     at: T0,
     intercepts: [view('icp_a'), view('icp_b', { service: 'orders', tenant: 't2', holder: 'bob' })],
     upstreams: [
-      { service: 'billing', url: 'http://upstream:9001/', lastOkAt: new Date(T0).toISOString() },
+      {
+        service: 'billing',
+        url: 'http://upstream:9001/',
+        state: 'healthy',
+        lastOkAt: new Date(T0).toISOString(),
+      },
+      {
+        service: 'billing',
+        url: 'http://upstream:9003/',
+        state: 'ejected',
+        lastError: '5 answers in a row were 5xx',
+        lastErrorAt: new Date(T0).toISOString(),
+      },
       {
         service: 'orders',
         url: 'http://upstream:9002/',
+        state: 'unhealthy',
         lastError: 'ECONNREFUSED',
         lastErrorAt: new Date(T0).toISOString(),
       },
@@ -81,8 +94,9 @@ describe('Dashboard (Ink)', () => {
     expect(f).toMatch(/›\s*billing\s+t1\s+alice\s+–/);
     expect(f).toMatch(/orders\s+t2\s+bob/);
     expect(f).toMatch(/UPSTREAMS/);
-    expect(f).toMatch(/billing\s+http:\/\/upstream:9001\/\s+ok/);
-    expect(f).toMatch(/orders\s+http:\/\/upstream:9002\/\s+error: ECONNREFUSED/);
+    expect(f).toMatch(/billing\s+http:\/\/upstream:9001\/\s+healthy/);
+    expect(f).toMatch(/billing\s+http:\/\/upstream:9003\/\s+ejected: 5 answers in a row were 5xx/);
+    expect(f).toMatch(/orders\s+http:\/\/upstream:9002\/\s+unhealthy: ECONNREFUSED/);
 
     model.apply(req('icp_a', { status: 200, durationMs: 4 }));
     model.apply(req('icp_a', { status: 503, durationMs: 40, path: '/boom' }));

@@ -131,8 +131,9 @@ describe('kelsingra dashboard (no TTY)', () => {
         [theirs.id, 'bob'],
       ].sort(),
     );
-    expect(doc.upstreams.find((u) => u.service === 'orders')?.state).toBe('ok');
-    expect(doc.upstreams.find((u) => u.service === 'billing')?.state).toBe('idle');
+    // Health-checked from the start, whether or not traffic went there.
+    expect(doc.upstreams.find((u) => u.service === 'orders')?.state).toBe('healthy');
+    expect(doc.upstreams.find((u) => u.service === 'billing')?.state).toBe('healthy');
 
     const own = await cli(['dashboard', '--json', '--once', '--interval', '1'], bob);
     expect(own.exitCode, String(own.stderr)).toBe(0);

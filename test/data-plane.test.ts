@@ -16,6 +16,7 @@ import {
   closeServer,
   hangUpMidUpload,
   interceptDetached,
+  isHealthCheck,
   killQuietly,
   listen,
   patternSha256,
@@ -62,6 +63,7 @@ async function echoUpstream(name: string) {
   const seen: Seen[] = [];
   const watch: UploadWatch = { bytes: 0, ended: false, aborted: false };
   const up = await listen((req, res) => {
+    if (isHealthCheck(req)) return void res.end('ok');
     if (req.url === '/reset-mid-response') return resetMidResponse(req, res);
     if (req.url === '/upload-watch') return watchUpload(req, res, watch);
     const hash = createHash('sha256');

@@ -305,13 +305,20 @@ export function closeServer(s: http.Server | { server: http.Server } | undefined
   return new Promise((r) => server.close(() => r()));
 }
 
+/** The server agent's own health check of an upstream (not a request anyone sent). */
+export function isHealthCheck(req: http.IncomingMessage): boolean {
+  return req.headers['user-agent'] === 'kelsingra-health-check';
+}
+
 /**
  * An HTTP service that says who it is (`<name> <METHOD> <url>`, text/plain) and records its
- * hits: 201 for a POST, 404 under /missing, 503 under /fail, else 200. Closed by the cleanups.
+ * hits (not health checks): 201 for a POST, 404 under /missing, 503 under /fail, else 200.
+ * Closed by the cleanups.
  */
 export async function textService(name: string, cleanups: Cleanup[]) {
   const hits: string[] = [];
   const svc = await listen((req, res) => {
+    if (isHealthCheck(req)) return void res.end('ok');
     hits.push(`${req.method} ${req.url}`);
     req.resume();
     req.on('end', () => {

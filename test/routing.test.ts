@@ -3,7 +3,8 @@ import type { ServiceConfig } from '../server/config.js';
 import { ServiceRouter } from '../server/routing.js';
 
 const svc = (upstream: string, extra: Partial<ServiceConfig> = {}): ServiceConfig => ({
-  upstream,
+  upstream: [upstream],
+  healthCheck: false,
   hosts: [],
   stripPrefix: false,
   ...extra,

@@ -18,6 +18,7 @@ import {
   interceptRow,
   TABLE_COLUMNS,
   type UpstreamStatus,
+  upstreamColour,
 } from '../dashboard-model.js';
 import type { RequestRecord } from '../protocol.js';
 import { formatRequestLine, statusColour } from '../request-log.js';
@@ -321,7 +322,7 @@ function Upstreams({ upstreams }: { upstreams: UpstreamStatus[] }) {
         UPSTREAMS
       </Text>
       {upstreams.map((u) => (
-        <Box key={u.service}>
+        <Box key={`${u.service} ${u.url}`}>
           <Text> </Text>
           <Box width={nameWidth}>
             <Text wrap="truncate-end">{u.service}</Text>
@@ -331,7 +332,7 @@ function Upstreams({ upstreams }: { upstreams: UpstreamStatus[] }) {
               {u.url}
             </Text>
           </Box>
-          <Text wrap="truncate-end" color={u.state === 'ok' ? 'green' : u.state === 'error' ? 'red' : 'gray'}>
+          <Text wrap="truncate-end" color={upstreamColour(u.state)}>
             {formatUpstream(u)}
           </Text>
         </Box>
