@@ -16,7 +16,8 @@ export default class Server extends BaseCommand {
     'proxy-port': Flags.integer({ description: 'data port: where the reverse proxy sends tenant traffic' }),
     host: Flags.string({ description: 'address to listen on (default 127.0.0.1; 0.0.0.0 in a cluster)' }),
     service: Flags.string({
-      description: 'NAME=URL of a service and its normal upstream (repeatable)',
+      description:
+        'NAME=URL of a service and its normal upstream (repeatable; repeat a name for a pool of backends)',
       multiple: true,
     }),
     token: Flags.string({ description: 'secret clients must present (or use --tokens-file)' }),
@@ -38,6 +39,16 @@ export default class Server extends BaseCommand {
       description:
         "URL at which other replicas reach this one's data port (default http://<host>:<proxy-port>)",
     }),
+    'preview-url': Flags.string({
+      description:
+        'preview URL template with {key} and {service} in its host, e.g. https://{key}--{service}.dev.example.com',
+    }),
+    'routing-keys': Flags.string({
+      description: 'where the routing key comes from, in order (default header,baggage,subdomain)',
+    }),
+    'baggage-key': Flags.string({
+      description: 'W3C baggage entry holding the routing key (default tenant)',
+    }),
     config: Flags.string({ char: 'c', description: 'YAML or JSON config file' }),
   };
 
@@ -45,7 +56,7 @@ export default class Server extends BaseCommand {
     const { flags } = await this.parse(Server);
     // Imported here, not at the top: oclif loads every command module to list commands, and
     // the client agent should not carry the server's dependencies in its memory.
-    const { loadServerConfig, parseServiceFlag } = await import('../server/config.js');
+    const { loadServerConfig, servicesFromFlags } = await import('../server/config.js');
     const { startServer } = await import('../server/server.js');
     const config = await loadServerConfig({
       configPath: flags.config,
@@ -62,7 +73,10 @@ export default class Server extends BaseCommand {
         logLevel: flags['log-level'],
         databaseUrl: flags['database-url'],
         advertiseUrl: flags['advertise-url'],
-        services: flags.service ? Object.fromEntries(flags.service.map(parseServiceFlag)) : undefined,
+        previewUrl: flags['preview-url'],
+        routingKeys: flags['routing-keys']?.split(',').map((k) => k.trim()),
+        baggageKey: flags['baggage-key'],
+        services: flags.service ? servicesFromFlags(flags.service) : undefined,
       },
     });
     const server = await startServer(config);

@@ -73,7 +73,12 @@ export class TokenAuthority {
     const header = headers.authorization;
     // The auth scheme is case-insensitive (RFC 9110 §11.1): `bearer x` is as good as `Bearer x`.
     if (!header || !/^bearer /i.test(header)) return undefined;
-    const given = digest(header.slice(7).trim());
+    return this.verify(header.slice(7).trim());
+  }
+
+  /** The principal a bare token belongs to (the gateway carries it in its own header). */
+  verify(token: string): Principal | undefined {
+    const given = digest(token);
     let found: Principal | undefined;
     for (const entry of this.entries) {
       if (timingSafeEqual(entry.digest, given)) found ??= entry.principal;

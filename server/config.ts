@@ -6,6 +6,7 @@ import { readFile } from 'node:fs/promises';
 import { parse as parseYaml } from 'yaml';
 import { z } from 'zod';
 import { ExitCode, KelsingraError } from '../src/errors.js';
+import { validPreviewTemplate } from './routing-keys.js';
 
 const serviceName = z
   .string()
@@ -19,14 +20,67 @@ const upstreamUrl = z
   .url('must be a URL such as http://127.0.0.1:9001')
   .refine((u) => /^https?:\/\//.test(u), 'must start with http:// or https://');
 
-const serviceSchema = z
-  .object({
-    upstream: upstreamUrl,
-    hosts: z.array(z.string().min(1)).default([]),
-    pathPrefix: z.string().startsWith('/', 'must start with /').optional(),
-    stripPrefix: z.boolean().default(false),
+/** One URL, or several (a pool: round robin over the backends that are up); always a list after parsing. */
+const upstreamList = z
+  .union([upstreamUrl, z.array(upstreamUrl).min(1, 'name at least one upstream URL')], {
+    error: 'must be a URL such as http://127.0.0.1:9001, or a list of them',
   })
-  .strict();
+  .transform((u) => (Array.isArray(u) ? u : [u]));
+
+const checkSeconds = z.coerce.number().positive();
+const checkCount = z.coerce.number().int().min(1);
+
+/**
+ * Active health checks of each backend: GET `path` every `interval` s, answered within
+ * `timeout` s with any status below 500. `false` turns them off; `true` or `{}` takes the defaults.
+ */
+const healthCheckSchema = z
+  .preprocess(
+    (v) => (v === true ? {} : v),
+    z.union(
+      [
+        z.literal(false),
+        z
+          .object({
+            path: z.string().startsWith('/', 'must start with /').default('/'),
+            interval: checkSeconds.default(5),
+            timeout: checkSeconds.default(2),
+            unhealthyAfter: checkCount.default(2),
+            healthyAfter: checkCount.default(1),
+          })
+          .strict(),
+      ],
+      { error: 'must be false, true, or settings such as { path: /healthz, interval: 5 }' },
+    ),
+  )
+  .prefault({});
+
+const serviceSchema = z.preprocess(
+  // `upstreams:` is another name for `upstream:`.
+  (v, ctx) => {
+    if (!v || typeof v !== 'object' || Array.isArray(v) || !('upstreams' in v)) return v;
+    const { upstreams, ...rest } = v as Record<string, unknown>;
+    if ('upstream' in rest) {
+      ctx.addIssue({
+        code: 'custom',
+        path: ['upstreams'],
+        message: 'give upstream or upstreams, not both',
+        input: v,
+      });
+      return rest;
+    }
+    return { ...rest, upstream: upstreams };
+  },
+  z
+    .object({
+      upstream: upstreamList,
+      healthCheck: healthCheckSchema,
+      hosts: z.array(z.string().min(1)).default([]),
+      pathPrefix: z.string().startsWith('/', 'must start with /').optional(),
+      stripPrefix: z.boolean().default(false),
+    })
+    .strict(),
+);
 
 const tokenSchema = z
   .object({
@@ -93,6 +147,32 @@ export const serverConfigSchema = z
     tokensFile: z.string().optional(),
     tokens: z.array(tokenSchema).default([]),
     services: z.record(serviceName, serviceSchema).default({}),
+    /**
+     * Where a request's routing key (tenant or feature label) comes from, first match wins:
+     * the tenant header, an entry of the W3C `baggage` header, or a subdomain label.
+     */
+    routingKeys: z
+      .array(z.enum(['header', 'baggage', 'subdomain']))
+      .min(1, 'name at least one of header, baggage, subdomain')
+      .refine((a) => new Set(a).size === a.length, 'name each source once')
+      .default(['header', 'baggage', 'subdomain']),
+    /** The `baggage` entry that carries the routing key. */
+    baggageKey: z
+      .string()
+      .regex(/^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/, 'must be a baggage key (a header token, such as tenant)')
+      .default('tenant'),
+    /**
+     * Preview URLs: a template with {key} and {service} in its host, such as
+     * https://{key}--{service}.dev.example.com. Requests to such a host route to that service
+     * with that key; `intercept` prints the URL for its key.
+     */
+    previewUrl: z
+      .string()
+      .refine(
+        validPreviewTemplate,
+        'must be a URL whose host holds {key} and {service}, such as https://{key}--{service}.dev.example.com',
+      )
+      .optional(),
     /** PostgreSQL for several replicas; without it intercepts live in this process's memory. */
     databaseUrl: z
       .string()
@@ -124,6 +204,21 @@ export function parseServiceFlag(value: string): [string, { upstream: string }] 
     );
   }
   return [value.slice(0, eq).trim(), { upstream: value.slice(eq + 1).trim() }];
+}
+
+/**
+ * `--service` flags (or KELSINGRA_SERVICES entries) as a services layer: a name given more than
+ * once gets all its URLs, in order (a pool of backends).
+ */
+export function servicesFromFlags(
+  values: readonly string[],
+): Record<string, { upstream: string | string[] }> {
+  const out: Record<string, { upstream: string | string[] }> = {};
+  for (const [name, { upstream }] of values.map(parseServiceFlag)) {
+    const prev = out[name]?.upstream;
+    out[name] = { upstream: prev === undefined ? upstream : [prev, upstream].flat() };
+  }
+  return out;
 }
 
 function formatIssues(error: z.ZodError, source: string): string {
@@ -201,17 +296,23 @@ export function configFromEnv(env: NodeJS.ProcessEnv): Record<string, unknown> {
     KELSINGRA_LOG_LEVEL: 'logLevel',
     KELSINGRA_DATABASE_URL: 'databaseUrl',
     KELSINGRA_ADVERTISE_URL: 'advertiseUrl',
+    KELSINGRA_BAGGAGE_KEY: 'baggageKey',
+    KELSINGRA_PREVIEW_URL: 'previewUrl',
   };
   for (const [envName, key] of Object.entries(map)) {
     const value = env[envName];
     if (value !== undefined && value !== '') out[key] = value;
   }
+  if (env.KELSINGRA_ROUTING_KEYS) {
+    out.routingKeys = env.KELSINGRA_ROUTING_KEYS.split(',')
+      .map((s) => s.trim())
+      .filter(Boolean);
+  }
   if (env.KELSINGRA_SERVICES) {
-    out.services = Object.fromEntries(
+    out.services = servicesFromFlags(
       env.KELSINGRA_SERVICES.split(',')
         .map((s) => s.trim())
-        .filter(Boolean)
-        .map(parseServiceFlag),
+        .filter(Boolean),
     );
   }
   return out;
@@ -227,7 +328,15 @@ export function mergeLayers(...layers: Record<string, unknown>[]): Record<string
         const merged: Record<string, unknown> = { ...(out.services as Record<string, unknown>) };
         for (const [name, svc] of Object.entries(value as Record<string, unknown>)) {
           const prev = merged[name];
-          merged[name] = prev && typeof prev === 'object' ? { ...prev, ...(svc as object) } : svc;
+          // A later layer's upstream replaces an earlier one's, whichever name (upstream/upstreams) each used.
+          const renamed = (o: object) => {
+            const { upstreams, ...rest } = o as Record<string, unknown>;
+            return upstreams === undefined || 'upstream' in rest ? o : { ...rest, upstream: upstreams };
+          };
+          merged[name] =
+            prev && typeof prev === 'object' && svc && typeof svc === 'object'
+              ? { ...renamed(prev), ...renamed(svc) }
+              : svc;
         }
         out.services = merged;
       } else {

@@ -7,7 +7,16 @@ import http, { type IncomingMessage, type ServerResponse } from 'node:http';
 import type { Duplex } from 'node:stream';
 import type { Logger } from 'pino';
 import { z } from 'zod';
-import { CLIENT_ID_HEADER, HOLDER_HEADER, type InterceptView, TUNNEL_PATH } from '../src/protocol.js';
+import {
+  CLIENT_ID_HEADER,
+  GATEWAY_PATH,
+  GATEWAY_TOKEN_HEADER,
+  HOLDER_HEADER,
+  type InterceptView,
+  type RouteView,
+  type ServerInfo,
+  TUNNEL_PATH,
+} from '../src/protocol.js';
 import { VERSION } from '../src/version.js';
 import type { Principal, TokenAuthority } from './auth.js';
 import { topicName } from './config.js';
@@ -21,7 +30,8 @@ import {
   StoreUnavailableError,
 } from './intercept-store.js';
 import { ForwardRefused, type KafkaAgent } from './kafka-agent.js';
-import type { PassThrough } from './pass-through.js';
+import type { PassThrough, UpstreamTarget } from './pass-through.js';
+import type { Route } from './route-table.js';
 import type { ServiceRouter } from './routing.js';
 import { type TunnelHub, tunnelIdOf } from './tunnel-hub.js';
 
@@ -33,6 +43,12 @@ export interface ControlPlaneDeps {
   passThrough: PassThrough;
   serverId: string;
   tenantHeader: string;
+  baggageKey: string;
+  previewUrl?: string;
+  /** The pool a tenant route sends to (its backends are in /status with the services'). */
+  routeTarget: (route: Route) => UpstreamTarget;
+  /** Outbound calls from client agents' gateways, routed by the data plane. */
+  serveGateway: (req: IncomingMessage, res: ServerResponse, principal: Principal) => void;
   bus: EventBus;
   log: Logger;
   /** The configured Kafka topics a service's tenants' messages can be intercepted on. */
@@ -75,7 +91,29 @@ const forwardBody = z
   })
   .strict();
 
+const targetUrl = z
+  .string()
+  .url('must be a URL such as http://billing-v2:8080')
+  .refine((u) => /^https?:\/\//.test(u), 'must start with http:// or https://')
+  .transform((u) => new URL(u).href);
+
+const routeBody = z
+  .object({
+    service: z.string().min(1),
+    tenants: z.array(z.string().min(1).max(200)).min(1, 'name at least one tenant').max(100_000),
+    targets: z
+      .array(targetUrl)
+      .min(1, 'name at least one target URL')
+      .max(16)
+      .transform((t) => [...new Set(t)]),
+    /** Replace the route's tenant list instead of adding to it. */
+    replace: z.boolean().default(false),
+  })
+  .strict();
+
 const MAX_BODY = 64 * 1024;
+/** A route for a hundred thousand tenants is a few megabytes of JSON. */
+const MAX_ROUTE_BODY = 8 * 1024 * 1024;
 /** Forwarded Kafka batches carry message values. */
 const MAX_FORWARD_BODY = 8 * 1024 * 1024;
 const UNAUTHORIZED_HINT =
@@ -141,6 +179,18 @@ export function interceptView(i: Intercept, connected: boolean): InterceptView {
   };
 }
 
+export function routeView(r: Route, tenants: string[] = r.tenants): RouteView {
+  return {
+    id: r.id,
+    service: r.service,
+    tenants,
+    targets: r.targets,
+    createdBy: r.tokenName,
+    createdAt: new Date(r.createdAt).toISOString(),
+    updatedAt: new Date(r.updatedAt).toISOString(),
+  };
+}
+
 export function createControlPlane(deps: ControlPlaneDeps): http.Server {
   const { auth, store, hub, router, passThrough, bus, log } = deps;
   const { serverId } = deps;
@@ -148,9 +198,72 @@ export function createControlPlane(deps: ControlPlaneDeps): http.Server {
   const connected = (i: Intercept) =>
     hub.get(i.clientKey) !== undefined ||
     (i.replicaId !== '' && i.replicaId !== serverId && store.peer(i.replicaId) !== undefined);
-  const view = (i: Intercept) => interceptView(i, connected(i));
+  const view = (i: Intercept): InterceptView => {
+    const v = interceptView(i, connected(i));
+    const previewUrl = router.preview.urlFor(i.service, i.tenant);
+    return previewUrl ? { ...v, previewUrl } : v;
+  };
+  /** A tenant-limited token sees the routes naming its tenants, and only its tenants in them. */
+  const routeFor = (p: Principal, r: Route): RouteView | undefined => {
+    if (p.unrestricted) return routeView(r);
+    const tenants = r.tenants.filter((t) => p.canUseTenant(t));
+    return tenants.length ? routeView(r, tenants) : undefined;
+  };
+  const forbiddenTenants = (p: Principal, tenants: string[]) => tenants.filter((t) => !p.canUseTenant(t));
+  const unknownService = (res: ServerResponse, service: string) =>
+    sendError(
+      res,
+      404,
+      'unknown-service',
+      `unknown service "${service}"; known services: ${router.names.join(', ')}`,
+      {
+        services: router.names,
+      },
+    );
+  const tenantsParam = (url: URL) =>
+    url.searchParams
+      .get('tenants')
+      ?.split(',')
+      .map((t) => t.trim())
+      .filter(Boolean);
+
+  /** Takes `tenants` (every tenant, when undefined) out of `matched`; routes left empty are deleted. */
+  const removeRoutes = async (
+    res: ServerResponse,
+    principal: Principal,
+    matched: Route[],
+    tenants: string[] | undefined,
+  ) => {
+    const forbidden = forbiddenTenants(principal, tenants ?? matched.flatMap((r) => r.tenants));
+    if (forbidden.length) {
+      sendError(
+        res,
+        403,
+        'tenant-forbidden',
+        `token "${principal.name}" may not change the routes of tenant${forbidden.length > 1 ? 's' : ''} ${forbidden.slice(0, 5).join(', ')}`,
+        { hint: 'name your own tenants with --tenants' },
+      );
+      return;
+    }
+    const removed: RouteView[] = [];
+    const updated: RouteView[] = [];
+    for (const route of matched) {
+      const result = await store.unroute(route.id, tenants);
+      for (const r of result.removed) removed.push(routeFor(principal, r) ?? routeView(r, []));
+      for (const r of result.updated) {
+        const v = routeFor(principal, r);
+        if (v) updated.push(v);
+      }
+    }
+    if (removed.length || updated.length)
+      log.info({ removed: removed.map((r) => r.id), updated: updated.map((r) => r.id) }, 'routes removed');
+    sendJson(res, 200, { removed, updated });
+  };
   const visible = (p: Principal) => store.list().filter((i) => p.canUseTenant(i.tenant));
-  const services = () => router.names.map((n) => router.get(n)).filter((s) => s !== undefined);
+  const services = (): UpstreamTarget[] => [
+    ...router.names.map((n) => router.get(n)).filter((s) => s !== undefined),
+    ...store.listRoutes().map(deps.routeTarget),
+  ];
   const events: EventStreamSource = {
     bus,
     snapshot: (p) => ({ intercepts: visible(p).map(view), upstreams: passThrough.upstreams(services()) }),
@@ -192,6 +305,115 @@ export function createControlPlane(deps: ControlPlaneDeps): http.Server {
               .map((i) => i.id),
           })),
       });
+      return;
+    }
+    if (pathname === '/v1/info' && req.method === 'GET') {
+      const info: ServerInfo = {
+        tenantHeader: deps.tenantHeader,
+        baggageKey: deps.baggageKey,
+        previewUrl: deps.previewUrl,
+        services: router.names,
+      };
+      sendJson(res, 200, info);
+      return;
+    }
+    if (pathname === '/v1/routes' && req.method === 'GET') {
+      const service = url.searchParams.get('service');
+      const views = store
+        .listRoutes()
+        .filter((r) => !service || r.service === service)
+        .map((r) => routeFor(principal, r))
+        .filter((v) => v !== undefined)
+        .sort((a, b) => a.service.localeCompare(b.service) || a.id.localeCompare(b.id));
+      sendJson(res, 200, views);
+      return;
+    }
+    if (pathname === '/v1/routes' && req.method === 'PUT') {
+      const body = await parseBody(req, res, routeBody, 'route', MAX_ROUTE_BODY);
+      if (!body) return;
+      if (!router.get(body.service)) return unknownService(res, body.service);
+      const forbidden = forbiddenTenants(principal, body.tenants);
+      const sameTargets = [...body.targets].sort().join(' ');
+      const existing = store
+        .listRoutes()
+        .find((r) => r.service === body.service && [...r.targets].sort().join(' ') === sameTargets);
+      const wanted = new Set(body.tenants);
+      // Replacing a route's tenant list drops tenants: dropping those this token cannot use is not its call.
+      const dropped =
+        existing && body.replace
+          ? forbiddenTenants(
+              principal,
+              existing.tenants.filter((t) => !wanted.has(t)),
+            )
+          : [];
+      if (forbidden.length || dropped.length) {
+        sendError(
+          res,
+          403,
+          'tenant-forbidden',
+          forbidden.length
+            ? `token "${principal.name}" may not route tenant${forbidden.length > 1 ? 's' : ''} ${forbidden.slice(0, 5).join(', ')}`
+            : `route ${existing?.id} also names tenants token "${principal.name}" may not change; keep them in --tenants`,
+        );
+        return;
+      }
+      const result = await store.setRoute({ ...body, tokenName: principal.name });
+      log.info(
+        {
+          route: result.route.id,
+          service: body.service,
+          tenants: body.tenants.length,
+          targets: body.targets,
+          moved: result.moved.length,
+        },
+        result.created ? 'route created' : 'route updated',
+      );
+      sendJson(res, result.created ? 201 : 200, {
+        route: routeView(result.route),
+        created: result.created,
+        moved: result.moved,
+        removed: result.removed.map((r) => r.id),
+      });
+      return;
+    }
+    if (pathname === '/v1/routes' && req.method === 'DELETE') {
+      const service = url.searchParams.get('service');
+      if (!service) {
+        sendError(
+          res,
+          400,
+          'bad-request',
+          'say which routes to remove: /v1/routes/<id>, or ?service=[&target=][&tenants=]',
+        );
+        return;
+      }
+      const target = url.searchParams.get('target');
+      let targetHref: string | undefined;
+      if (target) {
+        const parsed = targetUrl.safeParse(target);
+        if (!parsed.success) {
+          sendError(res, 400, 'bad-request', `target ${target}: ${parsed.error.issues[0]?.message}`);
+          return;
+        }
+        targetHref = parsed.data;
+      }
+      const matched = store
+        .listRoutes()
+        .filter((r) => r.service === service && (!targetHref || r.targets.includes(targetHref)))
+        .filter((r) => routeFor(principal, r) !== undefined);
+      await removeRoutes(res, principal, matched, tenantsParam(url));
+      return;
+    }
+    const routeById = /^\/v1\/routes\/([^/]+)$/.exec(pathname);
+    if (routeById && req.method === 'DELETE') {
+      const route = store.getRoute(routeById[1] as string);
+      if (!route || !routeFor(principal, route)) {
+        sendError(res, 404, 'unknown-route', `no route ${routeById[1]}`, {
+          hint: 'kelsingra route list shows the routes',
+        });
+        return;
+      }
+      await removeRoutes(res, principal, [route], tenantsParam(url));
       return;
     }
     if (pathname === '/v1/events' && req.method === 'GET') {
@@ -372,9 +594,18 @@ export function createControlPlane(deps: ControlPlaneDeps): http.Server {
       sendJson(res, 200, { ok: true, version: VERSION, store: store.health().state });
       return;
     }
-    const principal = auth.authenticate(req.headers);
+    const gateway = url.pathname === GATEWAY_PATH || url.pathname.startsWith(`${GATEWAY_PATH}/`);
+    const gatewayToken = req.headers[GATEWAY_TOKEN_HEADER];
+    let principal: Principal | undefined;
+    if (!gateway) principal = auth.authenticate(req.headers);
+    else if (typeof gatewayToken === 'string') principal = auth.verify(gatewayToken);
     if (!principal) {
-      sendError(res, 401, 'unauthorized', 'missing or wrong token', { hint: UNAUTHORIZED_HINT });
+      const what = gateway ? `missing or wrong ${GATEWAY_TOKEN_HEADER} header` : 'missing or wrong token';
+      sendError(res, 401, 'unauthorized', what, { hint: UNAUTHORIZED_HINT });
+      return;
+    }
+    if (gateway) {
+      deps.serveGateway(req, res, principal);
       return;
     }
     routes(req, res, principal, url).catch((err: Error & { status?: number }) => {

@@ -1,19 +1,29 @@
 /**
  * The data port: every request the dev reverse proxy sends to Kelsingra. It finds the
- * service and tenant, then relays the request either through the intercepting
- * developer's tunnel or on to the service's upstream.
+ * service and the routing key (tenant), then relays the request through the intercepting
+ * developer's tunnel, else to the tenant's route, else on to the service's upstream.
+ * Developers' outbound calls (the client agent's gateway) enter the same way.
  */
 import { timingSafeEqual } from 'node:crypto';
 import http, { type IncomingMessage, type ServerResponse } from 'node:http';
 import type { Duplex } from 'node:stream';
 import type { Logger } from 'pino';
 import { appendForwarded, appendVia, forwardableRawHeaders } from '../src/http-headers.js';
-import { HOP_HEADER, RELAY_HEADER } from '../src/protocol.js';
+import {
+  GATEWAY_HOST_HEADER,
+  GATEWAY_PATH,
+  GATEWAY_TOKEN_HEADER,
+  HOP_HEADER,
+  RELAY_HEADER,
+} from '../src/protocol.js';
+import type { Principal } from './auth.js';
 import { sendError, writeRawError } from './error-response.js';
 import type { EventBus, RequestRecord } from './event-bus.js';
 import type { Intercept, InterceptStore, Peer } from './intercept-store.js';
-import type { PassThrough } from './pass-through.js';
+import type { PassThrough, UpstreamTarget } from './pass-through.js';
+import type { Route } from './route-table.js';
 import type { RouteResult, ServiceRouter } from './routing.js';
+import { type RoutingKeyOptions, routingKeyOf } from './routing-keys.js';
 import { forwardThroughTunnel } from './tunnel-forward.js';
 import type { ClientTunnel, TunnelHub } from './tunnel-hub.js';
 import { relayUpgrade } from './upgrade-relay.js';
@@ -30,6 +40,10 @@ export interface DataPlaneDeps {
   hub: TunnelHub;
   passThrough: PassThrough;
   tenantHeader: string;
+  /** Where routing keys come from, in order (the tenant header, baggage, subdomain). */
+  keys: RoutingKeyOptions;
+  /** The pool a tenant route sends to. */
+  routeTarget: (route: Route) => UpstreamTarget;
   serverId: string;
   timeoutMs: number;
   bus: EventBus;
@@ -39,10 +53,77 @@ export interface DataPlaneDeps {
 }
 
 type Decision =
-  | { kind: 'error'; status: number; code: string; message: string; extra?: Record<string, unknown> }
-  | { kind: 'tunnel'; route: RouteResult; headers: string[]; intercept: Intercept; tunnel: ClientTunnel }
-  | { kind: 'relay'; route: RouteResult; headers: string[]; intercept: Intercept; peer: Peer }
-  | { kind: 'pass'; route: RouteResult; headers: string[] };
+  | {
+      kind: 'error';
+      status: number;
+      code: string;
+      message: string;
+      extra?: Record<string, unknown>;
+      key?: string;
+    }
+  | {
+      kind: 'tunnel';
+      route: RouteResult;
+      headers: string[];
+      intercept: Intercept;
+      tunnel: ClientTunnel;
+      key: string;
+    }
+  | { kind: 'relay'; route: RouteResult; headers: string[]; intercept: Intercept; peer: Peer; key: string }
+  | { kind: 'route'; route: RouteResult; headers: string[]; tenantRoute: Route; key: string }
+  | { kind: 'pass'; route: RouteResult; headers: string[]; key?: string };
+
+/** The request as routing sees it: a data-port request as it came, or a gateway request rewritten. */
+interface Inbound {
+  url: string;
+  headers: Record<string, string | string[] | undefined>;
+  rawHeaders: string[];
+  remoteAddress: string | undefined;
+}
+
+export interface DataPlane {
+  server: http.Server;
+  /**
+   * A developer's outbound call through their client agent's gateway (`/v1/gateway/…` on the
+   * control port): routed like a data-port request for its routing key, which the token must
+   * be allowed to use.
+   */
+  serveGateway(req: IncomingMessage, res: ServerResponse, principal: Principal): void;
+}
+
+/** Kelsingra's own gateway headers, never sent on. */
+const GATEWAY_ONLY = new Set(['host', GATEWAY_TOKEN_HEADER, GATEWAY_HOST_HEADER, RELAY_HEADER, HOP_HEADER]);
+
+function headerObject(raw: string[]): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (let i = 0; i < raw.length; i += 2) {
+    const name = (raw[i] as string).toLowerCase();
+    const value = raw[i + 1] as string;
+    out[name] = out[name] === undefined ? value : `${out[name]}, ${value}`;
+  }
+  return out;
+}
+
+/** The gateway request as the dev environment should see it: its own path and Host, no Kelsingra credentials. */
+function gatewayInbound(req: IncomingMessage): Inbound {
+  const rest = (req.url ?? '/').slice(GATEWAY_PATH.length);
+  const url = rest.startsWith('/') ? rest : `/${rest}`;
+  const host = req.headers[GATEWAY_HOST_HEADER];
+  const rawHeaders: string[] = [];
+  for (let i = 0; i < req.rawHeaders.length; i += 2) {
+    if (!GATEWAY_ONLY.has((req.rawHeaders[i] as string).toLowerCase()))
+      rawHeaders.push(req.rawHeaders[i] as string, req.rawHeaders[i + 1] as string);
+  }
+  if (typeof host === 'string' && host !== '') rawHeaders.push('host', host);
+  return { url, headers: headerObject(rawHeaders), rawHeaders, remoteAddress: req.socket.remoteAddress };
+}
+
+const inboundOf = (req: IncomingMessage): Inbound => ({
+  url: req.url ?? '/',
+  headers: req.headers,
+  rawHeaders: req.rawHeaders,
+  remoteAddress: req.socket.remoteAddress,
+});
 
 /**
  * The intercept a peer relayed this request for (`<secret> <intercept id>`), if the secret is
@@ -61,12 +142,12 @@ export function relayedIntercept(
   return header.slice(space + 1) || undefined;
 }
 
-export function createDataPlane(deps: DataPlaneDeps): http.Server {
+export function createDataPlane(deps: DataPlaneDeps): DataPlane {
   const { router, store, hub, passThrough, tenantHeader, serverId, timeoutMs, bus, log } = deps;
   const publish = (record: RequestRecord) => bus.publish(record);
 
-  /** Where a request goes, the same for plain requests and upgrades. */
-  const decide = (req: IncomingMessage): Decision => {
+  /** Where a request goes, the same for plain requests, upgrades and gateway calls. */
+  const decide = (req: Inbound): Decision => {
     if (req.headers[HOP_HEADER] !== undefined) {
       return {
         kind: 'error',
@@ -75,7 +156,7 @@ export function createDataPlane(deps: DataPlaneDeps): http.Server {
         message: `this request already passed through Kelsingra (${HOP_HEADER}: ${req.headers[HOP_HEADER]}); check that the reverse proxy rule skips requests carrying ${HOP_HEADER}`,
       };
     }
-    const route = router.route(req.headers, req.url ?? '/');
+    const route = router.route(req.headers, req.url);
     if (!route) {
       return {
         kind: 'error',
@@ -88,23 +169,36 @@ export function createDataPlane(deps: DataPlaneDeps): http.Server {
     const headers = forwardableRawHeaders(req.rawHeaders, REWRITTEN);
     headers.push(
       'forwarded',
-      appendForwarded(req.headers.forwarded, req.socket.remoteAddress, req.headers.host),
+      appendForwarded(
+        req.headers.forwarded as string | undefined,
+        req.remoteAddress,
+        req.headers.host as string | undefined,
+      ),
       'via',
-      appendVia(req.headers.via),
+      appendVia(req.headers.via as string | undefined),
     );
-    const tenant = req.headers[tenantHeader];
-    const intercept =
-      typeof tenant === 'string' && tenant !== '' ? store.find(route.service.name, tenant) : undefined;
+    const routing = routingKeyOf(req.headers, route.hostKey, deps.keys);
+    const key = routing?.key;
+    // A key from baggage or a preview URL becomes the tenant header, so the services down the
+    // chain (and their calls through Kelsingra) carry it on; a tenant header that says
+    // otherwise would have the target serve the request as another tenant than it was routed for.
+    if (key !== undefined && routing?.source !== 'header' && req.headers[tenantHeader] !== key) {
+      for (let i = headers.length - 2; i >= 0; i -= 2) if (headers[i] === tenantHeader) headers.splice(i, 2);
+      headers.push(tenantHeader, key);
+    }
+    const intercept = key !== undefined ? store.find(route.service.name, key) : undefined;
     if (!intercept) {
       headers.push(HOP_HEADER, serverId);
-      return { kind: 'pass', route, headers };
+      const tenantRoute = key !== undefined ? store.findRoute(route.service.name, key) : undefined;
+      if (tenantRoute) return { kind: 'route', route, headers, tenantRoute, key: key as string };
+      return { kind: 'pass', route, headers, key };
     }
     // Only the tunnel the intercept routes to, opened with the token that made it: a tunnel
     // left behind here after its client moved on (not yet noticed dead) takes nothing.
     const tunnel = hub.get(intercept.clientKey);
     const routesHere = intercept.replicaId === serverId || intercept.replicaId === '';
     if (tunnel && routesHere && tunnel.principal.name === intercept.tokenName)
-      return { kind: 'tunnel', route, headers, intercept, tunnel };
+      return { kind: 'tunnel', route, headers, intercept, tunnel, key: intercept.tenant };
     // A request another replica relayed here is never relayed again: if the tunnel moved on,
     // the answer is an error, not a ping-pong between replicas.
     const relayHeader = req.headers[RELAY_HEADER];
@@ -112,6 +206,7 @@ export function createDataPlane(deps: DataPlaneDeps): http.Server {
     if (relayHeader !== undefined && !relayed) {
       return {
         kind: 'error',
+        key: intercept.tenant,
         status: 508,
         code: 'relay-misdirected',
         message: `a replica relayed this request here, but this is not the replica it meant (the secret does not match); check that each replica's --advertise-url reaches that replica and no other`,
@@ -119,9 +214,10 @@ export function createDataPlane(deps: DataPlaneDeps): http.Server {
     }
     if (!relayed && intercept.replicaId && intercept.replicaId !== serverId) {
       const peer = store.peer(intercept.replicaId);
-      if (peer) return { kind: 'relay', route, headers, intercept, peer };
+      if (peer) return { kind: 'relay', route, headers, intercept, peer, key: intercept.tenant };
       return {
         kind: 'error',
+        key: intercept.tenant,
         status: 502,
         code: 'replica-down',
         message: `intercept ${intercept.id} (${intercept.service}, tenant ${intercept.tenant}) is held through replica ${intercept.replicaId}, which has stopped answering; ${intercept.holder}'s client moves to another replica within seconds`,
@@ -131,6 +227,7 @@ export function createDataPlane(deps: DataPlaneDeps): http.Server {
     const seconds = Math.max(0, Math.ceil((intercept.expiresAt - Date.now()) / 1000));
     return {
       kind: 'error',
+      key: intercept.tenant,
       status: 502,
       code: 'tunnel-disconnected',
       message: `intercept ${intercept.id} (${intercept.service}, tenant ${intercept.tenant}) is held by ${intercept.holder}, whose tunnel is disconnected; traffic falls back to the base service if it does not reconnect within ${seconds} s`,
@@ -139,13 +236,18 @@ export function createDataPlane(deps: DataPlaneDeps): http.Server {
   };
 
   /** The tunnel is on another replica: one streaming hop to it, which delivers through the tunnel. */
-  const relay = (req: IncomingMessage, res: ServerResponse, d: Extract<Decision, { kind: 'relay' }>) => {
+  const relay = (
+    req: IncomingMessage,
+    res: ServerResponse,
+    url: string,
+    d: Extract<Decision, { kind: 'relay' }>,
+  ) => {
     d.headers.push(RELAY_HEADER, `${d.peer.secret} ${d.intercept.id}`);
     passThrough.forward(
       req,
       res,
-      { name: `replica:${d.peer.id}`, upstream: new URL(d.peer.url), stripPrefix: false },
-      req.url ?? '/',
+      { name: `replica:${d.peer.id}`, upstreams: [new URL(d.peer.url)], healthCheck: false },
+      url,
       d.headers,
       {
         what: `replica ${d.peer.id} (${d.peer.url}), which holds the tunnel of intercept ${d.intercept.id}`,
@@ -175,13 +277,53 @@ export function createDataPlane(deps: DataPlaneDeps): http.Server {
     dispatch(req, res);
   };
 
-  const dispatch = (req: IncomingMessage, res: ServerResponse) => {
-    const d = decide(req);
+  const send = (req: IncomingMessage, res: ServerResponse, inbound: Inbound, d: Decision) => {
     if (d.kind === 'error') sendError(res, d.status, d.code, d.message, d.extra);
     else if (d.kind === 'tunnel')
       forwardThroughTunnel(req, res, d.tunnel, d.intercept, d.route.path, d.headers, timeoutMs, publish);
-    else if (d.kind === 'relay') relay(req, res, d);
-    else passThrough.forward(req, res, d.route.service, d.route.path, d.headers);
+    else if (d.kind === 'relay') relay(req, res, inbound.url, d);
+    else if (d.kind === 'route') {
+      const target = deps.routeTarget(d.tenantRoute);
+      passThrough.forward(req, res, target, d.route.path, d.headers, {
+        what: `route ${d.tenantRoute.id} of ${d.tenantRoute.service} (${d.tenantRoute.targets.join(', ')})`,
+        code: 'route',
+        extra: { service: d.tenantRoute.service, route: d.tenantRoute.id },
+      });
+    } else passThrough.forward(req, res, d.route.service, d.route.path, d.headers);
+  };
+
+  const dispatch = (req: IncomingMessage, res: ServerResponse) => {
+    const inbound = inboundOf(req);
+    send(req, res, inbound, decide(inbound));
+  };
+
+  const serveGateway = (req: IncomingMessage, res: ServerResponse, principal: Principal) => {
+    const inbound = gatewayInbound(req);
+    const d = decide(inbound);
+    if (d.kind !== 'error' || d.key !== undefined) {
+      if (d.key === undefined) {
+        sendError(
+          res,
+          400,
+          'no-routing-key',
+          `this outbound call carries no routing key (no ${tenantHeader} header${deps.keys.order.includes('baggage') ? ` and no ${deps.keys.baggageKey} baggage entry` : ''})`,
+          {
+            hint: 'call through the gateway of kelsingra intercept or kelsingra gateway, which add the tenant header',
+          },
+        );
+        return;
+      }
+      if (!principal.canUseTenant(d.key)) {
+        sendError(
+          res,
+          403,
+          'tenant-forbidden',
+          `token "${principal.name}" may not call dev as tenant "${d.key}"`,
+        );
+        return;
+      }
+    }
+    send(req, res, inbound, d);
   };
 
   const server = http.createServer(
@@ -189,7 +331,7 @@ export function createDataPlane(deps: DataPlaneDeps): http.Server {
     handle,
   );
   server.on('upgrade', (req: IncomingMessage, socket: Duplex, head: Buffer) => {
-    const d = decide(req);
+    const d = decide(inboundOf(req));
     if (d.kind === 'error') writeRawError(socket, d.status, d.code, d.message, d.extra);
     else if (d.kind === 'tunnel' || d.kind === 'relay') {
       writeRawError(
@@ -199,7 +341,13 @@ export function createDataPlane(deps: DataPlaneDeps): http.Server {
         `intercept ${d.intercept.id} (${d.intercept.service}, tenant ${d.intercept.tenant}) cannot carry WebSocket or other upgrades yet; only plain HTTP requests reach the local service`,
         { intercept: d.intercept.id },
       );
-    } else relayUpgrade(req, socket, head, d.route, d.headers, timeoutMs, log);
+    } else {
+      // Upgrades are long-lived and not retried: each goes to the backend round robin picks.
+      const target: UpstreamTarget = d.kind === 'route' ? deps.routeTarget(d.tenantRoute) : d.route.service;
+      const upstream = passThrough.pick(target) ?? (target.upstreams[0] as URL);
+      const service = { ...d.route.service, upstream, upstreams: [upstream] };
+      relayUpgrade(req, socket, head, { ...d.route, service }, d.headers, timeoutMs, log);
+    }
   });
   server.on('clientError', (err: NodeJS.ErrnoException, socket) => {
     const status = err.code === 'HPE_HEADER_OVERFLOW' ? 431 : 400;
@@ -210,5 +358,5 @@ export function createDataPlane(deps: DataPlaneDeps): http.Server {
       `${status === 431 ? 'request headers too large' : 'malformed request'} (${err.code})`,
     );
   });
-  return server;
+  return { server, serveGateway };
 }

@@ -7,6 +7,7 @@ import { createHash } from 'node:crypto';
 import type { EventEmitter } from 'node:events';
 import type { StoreHealth } from '../src/protocol.js';
 import type { TokenRecord } from './auth.js';
+import type { Route, RouteInput, SetRouteResult, UnrouteResult } from './route-table.js';
 
 export type { StoreHealth } from '../src/protocol.js';
 
@@ -63,6 +64,9 @@ export interface Peer {
 export interface StoreEvents {
   created: [Intercept];
   ended: [Intercept, EndReason];
+  /** A tenant route was created or changed (on any replica). */
+  routeSet: [Route];
+  routeRemoved: [Route];
   /** The shared set of tokens changed (only stores that share tokens between replicas emit it). */
   tokens: [TokenRecord[]];
 }
@@ -91,6 +95,14 @@ export interface InterceptStore extends EventEmitter<StoreEvents> {
   /** A tunnel open on any replica (this one's are found in the hub first). */
   findTunnel(clientKey: string): Promise<TunnelRecord | undefined>;
   peer(replicaId: string): Peer | undefined;
+  /** The tenant route for (service, tenant), from memory: consulted when no intercept matches. */
+  findRoute(service: string, tenant: string): Route | undefined;
+  getRoute(id: string): Route | undefined;
+  listRoutes(): Route[];
+  /** The route to these targets names exactly these tenants; any of them routed elsewhere in the service moves. */
+  setRoute(input: RouteInput): Promise<SetRouteResult>;
+  /** Takes `tenants` (every one, when undefined) out of route `id`; a route left empty is deleted. */
+  unroute(id: string, tenants?: string[]): Promise<UnrouteResult>;
   health(): StoreHealth;
   close(): Promise<void>;
 }

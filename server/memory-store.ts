@@ -17,10 +17,18 @@ import {
   type StoreHealth,
   type TunnelRecord,
 } from './intercept-store.js';
+import {
+  type Route,
+  type RouteInput,
+  RouteTable,
+  type SetRouteResult,
+  type UnrouteResult,
+} from './route-table.js';
 
 export class MemoryInterceptStore extends EventEmitter<StoreEvents> implements InterceptStore {
   private readonly byKey = new Map<string, Intercept>();
   private readonly byId = new Map<string, Intercept>();
+  private readonly routes = new RouteTable();
   private readonly sweeper: NodeJS.Timeout;
 
   constructor(
@@ -126,6 +134,36 @@ export class MemoryInterceptStore extends EventEmitter<StoreEvents> implements I
   }
   peer(_replicaId: string): Peer | undefined {
     return undefined;
+  }
+
+  findRoute(service: string, tenant: string): Route | undefined {
+    return this.routes.find(service, tenant);
+  }
+
+  getRoute(id: string): Route | undefined {
+    return this.routes.get(id);
+  }
+
+  listRoutes(): Route[] {
+    return this.routes.list();
+  }
+
+  async setRoute(input: RouteInput): Promise<SetRouteResult> {
+    const result = this.routes.set(input, this.now());
+    this.announce(result);
+    this.emit('routeSet', result.route);
+    return result;
+  }
+
+  async unroute(id: string, tenants?: string[]): Promise<UnrouteResult> {
+    const result = this.routes.unroute(id, tenants, this.now());
+    this.announce(result);
+    return result;
+  }
+
+  private announce(result: UnrouteResult): void {
+    for (const route of result.updated) this.emit('routeSet', route);
+    for (const route of result.removed) this.emit('routeRemoved', route);
   }
 
   health(): StoreHealth {

@@ -106,6 +106,43 @@ export const MIGRATIONS: Migration[] = [
     name: 'Kafka topics per intercept',
     sql: `ALTER TABLE kelsingra_intercepts ADD COLUMN kafka_topics text[] NOT NULL DEFAULT '{}'`,
   },
+  {
+    version: 3,
+    name: 'tenant routes',
+    sql: `
+      CREATE TABLE kelsingra_routes (
+        id text PRIMARY KEY,
+        service text NOT NULL,
+        tenants text[] NOT NULL,
+        targets text[] NOT NULL,
+        token_name text NOT NULL,
+        created_at timestamptz NOT NULL DEFAULT now(),
+        updated_at timestamptz NOT NULL DEFAULT now(),
+        change bigint NOT NULL DEFAULT nextval('kelsingra_change_seq')
+      );
+      CREATE INDEX kelsingra_routes_service ON kelsingra_routes (service);
+      CREATE TRIGGER kelsingra_route_numbered
+        BEFORE INSERT OR UPDATE ON kelsingra_routes
+        FOR EACH ROW EXECUTE FUNCTION kelsingra_intercept_numbered();
+
+      -- A route can name thousands of tenants, more than a notification may carry (8000
+      -- bytes): the notice names the row and its change, and replicas read the row.
+      CREATE FUNCTION kelsingra_route_changed() RETURNS trigger AS $$
+      BEGIN
+        IF TG_OP = 'DELETE' THEN
+          PERFORM pg_notify('kelsingra', json_build_object(
+            'op', 'route', 'id', OLD.id, 'change', OLD.change, 'deleted', true)::text);
+        ELSE
+          PERFORM pg_notify('kelsingra', json_build_object(
+            'op', 'route', 'id', NEW.id, 'change', NEW.change, 'deleted', false)::text);
+        END IF;
+        RETURN NULL;
+      END $$ LANGUAGE plpgsql;
+      CREATE TRIGGER kelsingra_route_changed
+        AFTER INSERT OR UPDATE OR DELETE ON kelsingra_routes
+        FOR EACH ROW EXECUTE FUNCTION kelsingra_route_changed();
+    `,
+  },
 ];
 
 /** Any constant will do, as long as every replica uses the same one. */

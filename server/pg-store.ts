@@ -25,6 +25,15 @@ import {
   type TunnelRecord,
 } from './intercept-store.js';
 import { lockedTransaction, migrate } from './pg-migrations.js';
+import {
+  mergedTenants,
+  type Route,
+  type RouteInput,
+  RouteTable,
+  routeIdOf,
+  type SetRouteResult,
+  type UnrouteResult,
+} from './route-table.js';
 
 export interface PgStoreOptions {
   databaseUrl: string;
@@ -54,9 +63,21 @@ interface Row {
   change: string | number;
 }
 
+interface RouteRow {
+  id: string;
+  service: string;
+  tenants: string[];
+  targets: string[];
+  token_name: string;
+  created_at: Date | string;
+  updated_at: Date | string;
+  change: string | number;
+}
+
 type Notification =
   | { op: 'upsert'; row: Row }
   | { op: 'delete'; reason: EndReason; row: Row }
+  | { op: 'route'; id: string; change: number; deleted: boolean }
   | { op: 'tokens' };
 
 const CHANNEL = 'kelsingra';
@@ -66,6 +87,23 @@ const PEER_STALE_MS = 5_000;
 const TOMBSTONE_MS = 5 * 60_000;
 /** Advisory lock taken while a replica replaces the shared token set. */
 const TOKENS_LOCK = 7_700_417_002;
+/** Advisory lock every route change takes, so a tenant is never put in two routes of a service at once. */
+const ROUTES_LOCK = 7_700_417_003;
+/** Every this many reconciliations, the whole intercepts table is compared, not just what changed. */
+const FULL_RELOAD_EVERY = 12;
+
+function toRoute(row: RouteRow): Route {
+  return {
+    id: row.id,
+    service: row.service,
+    tenants: row.tenants,
+    targets: row.targets,
+    tokenName: row.token_name,
+    createdAt: new Date(row.created_at).getTime(),
+    updatedAt: new Date(row.updated_at).getTime(),
+    change: Number(row.change),
+  };
+}
 
 /** Whether a peer's last heartbeat (its age when read, and when it was read) is recent enough. */
 function beating(p: { ageMs: number; fetchedAt: number }, now = Date.now()): boolean {
@@ -112,6 +150,12 @@ export class PgInterceptStore extends EventEmitter<StoreEvents> implements Inter
   private listener?: pg.Client;
   private readonly byKey = new Map<string, Intercept>();
   private readonly byId = new Map<string, Intercept>();
+  private readonly routes = new RouteTable();
+  /** Change numbers of routes, kept for deleted ones too, so an old notice cannot revive or drop a newer row. */
+  private readonly routeSeen = new Map<string, { change: number; at: number }>();
+  /** The highest change number applied: incremental reloads read only rows above it. */
+  private watermark = 0;
+  private reconciliations = 0;
   /** Per id: the row's change number (newest wins) and when this copy learnt of it. */
   private readonly seen = new Map<string, { change: number; at: number }>();
   private readonly tombstones = new Map<string, number>();
@@ -189,7 +233,7 @@ export class PgInterceptStore extends EventEmitter<StoreEvents> implements Inter
     };
     every(this.heartbeatMs, () => this.heartbeat());
     every(Math.min(1_000, this.ttlMs / 4), () => this.sweep());
-    every(this.reconcileMs, () => this.reload());
+    every(this.reconcileMs, () => this.reconcile());
   }
 
   /** The secret peers must present when they relay a request to this replica. */
@@ -378,6 +422,128 @@ export class PgInterceptStore extends EventEmitter<StoreEvents> implements Inter
     return found.peer;
   }
 
+  findRoute(service: string, tenant: string): Route | undefined {
+    return this.routes.find(service, tenant);
+  }
+
+  getRoute(id: string): Route | undefined {
+    return this.routes.get(id);
+  }
+
+  listRoutes(): Route[] {
+    return this.routes.list();
+  }
+
+  async setRoute(input: RouteInput): Promise<SetRouteResult> {
+    const id = routeIdOf(input.service, input.targets);
+    const result = await this.routeTransaction(async (client) => {
+      const current = await client.query<RouteRow>('SELECT tenants FROM kelsingra_routes WHERE id = $1', [
+        id,
+      ]);
+      const tenants = mergedTenants(current.rows[0]?.tenants, input);
+      const moved: { tenant: string; from: string }[] = [];
+      const removed: RouteRow[] = [];
+      const updated: RouteRow[] = [];
+      const others = await client.query<RouteRow>(
+        'SELECT * FROM kelsingra_routes WHERE service = $1 AND id <> $2 AND tenants && $3::text[]',
+        [input.service, id, input.tenants],
+      );
+      const taken = new Set(input.tenants);
+      for (const other of others.rows) {
+        for (const tenant of other.tenants) if (taken.has(tenant)) moved.push({ tenant, from: other.id });
+        const left = other.tenants.filter((t) => !taken.has(t));
+        if (left.length === 0) {
+          await client.query('DELETE FROM kelsingra_routes WHERE id = $1', [other.id]);
+          removed.push(other);
+        } else {
+          const { rows } = await client.query<RouteRow>(
+            'UPDATE kelsingra_routes SET tenants = $2, updated_at = now() WHERE id = $1 RETURNING *',
+            [other.id, left],
+          );
+          updated.push(...rows);
+        }
+      }
+      const { rows } = await client.query<RouteRow & { inserted: boolean }>(
+        `INSERT INTO kelsingra_routes (id, service, tenants, targets, token_name) VALUES ($1, $2, $3, $4, $5)
+         ON CONFLICT (id) DO UPDATE SET tenants = EXCLUDED.tenants, token_name = EXCLUDED.token_name,
+           updated_at = now()
+         RETURNING *, (xmax = 0) AS inserted`,
+        [id, input.service, tenants, input.targets, input.tokenName],
+      );
+      return { row: rows[0] as RouteRow & { inserted: boolean }, moved, removed, updated };
+    });
+    for (const row of result.removed) this.applyRouteGone(row.id, Number(row.change));
+    return {
+      route: this.applyRoute(result.row),
+      created: result.row.inserted,
+      moved: result.moved,
+      removed: result.removed.map(toRoute),
+      updated: result.updated.map((row) => this.applyRoute(row)),
+    };
+  }
+
+  async unroute(id: string, tenants?: string[]): Promise<UnrouteResult> {
+    const result = await this.routeTransaction(async (client) => {
+      const { rows } = await client.query<RouteRow>('SELECT * FROM kelsingra_routes WHERE id = $1', [id]);
+      const route = rows[0];
+      if (!route) return { removed: [], updated: [] };
+      const gone = new Set(tenants);
+      const left = tenants ? route.tenants.filter((t) => !gone.has(t)) : [];
+      if (left.length === route.tenants.length) return { removed: [], updated: [] };
+      if (left.length === 0) {
+        await client.query('DELETE FROM kelsingra_routes WHERE id = $1', [id]);
+        return { removed: [route], updated: [] };
+      }
+      const changed = await client.query<RouteRow>(
+        'UPDATE kelsingra_routes SET tenants = $2, updated_at = now() WHERE id = $1 RETURNING *',
+        [id, left],
+      );
+      return { removed: [], updated: changed.rows };
+    });
+    for (const row of result.removed) this.applyRouteGone(row.id, Number(row.change));
+    return {
+      removed: result.removed.map(toRoute),
+      updated: result.updated.map((row) => this.applyRoute(row)),
+    };
+  }
+
+  /** A route change, decided under the routes lock; an unreachable database is a StoreUnavailableError. */
+  private async routeTransaction<T>(fn: (client: pg.PoolClient) => Promise<T>): Promise<T> {
+    try {
+      return await lockedTransaction(this.pool, ROUTES_LOCK, fn);
+    } catch (err) {
+      if (!isConnectionError(err)) throw err;
+      this.degrade(err);
+      throw new StoreUnavailableError(`PostgreSQL is unreachable: ${(err as Error).message}`);
+    }
+  }
+
+  private applyRoute(row: RouteRow): Route {
+    const change = Number(row.change);
+    const seen = this.routeSeen.get(row.id);
+    const known = this.routes.get(row.id);
+    if (seen && seen.change >= change) return known ?? toRoute(row);
+    const route = toRoute(row);
+    this.routeSeen.set(row.id, { change, at: Date.now() });
+    this.watermark = Math.max(this.watermark, change);
+    this.routes.put(route);
+    this.emit('routeSet', route);
+    return route;
+  }
+
+  private applyRouteGone(id: string, change: number): void {
+    const seen = this.routeSeen.get(id);
+    if (seen && seen.change > change) return;
+    this.routeSeen.set(id, { change, at: Date.now() });
+    const route = this.routes.drop(id);
+    if (route) this.emit('routeRemoved', route);
+  }
+
+  private async fetchRoute(id: string): Promise<void> {
+    const { rows } = await this.query<RouteRow>('SELECT * FROM kelsingra_routes WHERE id = $1', [id]);
+    if (rows[0]) this.applyRoute(rows[0]);
+  }
+
   health(): StoreHealth {
     const now = Date.now();
     return {
@@ -465,6 +631,7 @@ export class PgInterceptStore extends EventEmitter<StoreEvents> implements Inter
 
   private applyUpsert(row: Row): Intercept {
     const change = Number(row.change);
+    this.watermark = Math.max(this.watermark, change);
     const incoming = toIntercept(row);
     const current = this.byId.get(row.id);
     if (current) {
@@ -509,14 +676,55 @@ export class PgInterceptStore extends EventEmitter<StoreEvents> implements Inter
     this.emit('ended', intercept, reason);
   }
 
-  /** The whole table, applied over the copy: repairs whatever notifications were lost. */
+  /**
+   * The periodic repair, in case a notification was lost: rows changed since the highest
+   * change applied, every time; the whole table (ids and change numbers, then the rows that
+   * differ) when the row counts disagree with the copy, and every FULL_RELOAD_EVERY times. Notifications are not lost while the listening
+   * connection stays up, and losing it triggers a full reload, so this is a safety net that
+   * must stay cheap with a hundred thousand intercepts.
+   */
+  private async reconcile(): Promise<void> {
+    this.reconciliations += 1;
+    // A row deleted without a notice shows as a count that differs from the copy's: counting
+    // is cheap for the database and costs this process nothing, unlike reading every id.
+    const { rows: counts } = await this.query<{ intercepts: string; routes: string }>(
+      `SELECT (SELECT count(*) FROM kelsingra_intercepts) AS intercepts,
+              (SELECT count(*) FROM kelsingra_routes) AS routes`,
+    );
+    const missed =
+      Number(counts[0]?.intercepts) !== this.byId.size || Number(counts[0]?.routes) !== this.routes.size;
+    if (missed || this.reconciliations % FULL_RELOAD_EVERY === 0) {
+      await this.reload();
+      return;
+    }
+    const { rows } = await this.query<Row>('SELECT * FROM kelsingra_intercepts WHERE change > $1', [
+      this.watermark,
+    ]);
+    for (const row of rows) this.applyUpsert(row);
+    const routes = await this.query<RouteRow>('SELECT * FROM kelsingra_routes WHERE change > $1', [
+      this.watermark,
+    ]);
+    for (const row of routes.rows) this.applyRoute(row);
+    this.lastSyncAt = Date.now();
+  }
+
+  /** The whole tables, compared with the copy: repairs whatever notifications were lost. */
   private async reload(): Promise<void> {
     const startedAt = Date.now();
-    const { rows } = await this.query<Row>('SELECT * FROM kelsingra_intercepts');
+    const { rows: versions } = await this.query<{ id: string; change: string }>(
+      'SELECT id, change FROM kelsingra_intercepts',
+    );
     const present = new Set<string>();
-    for (const row of rows) {
-      present.add(row.id);
-      this.applyUpsert(row);
+    const stale: string[] = [];
+    for (const v of versions) {
+      present.add(v.id);
+      if ((this.seen.get(v.id)?.change ?? -1) < Number(v.change)) stale.push(v.id);
+    }
+    for (let i = 0; i < stale.length; i += 5_000) {
+      const { rows } = await this.query<Row>('SELECT * FROM kelsingra_intercepts WHERE id = ANY($1)', [
+        stale.slice(i, i + 5_000),
+      ]);
+      for (const row of rows) this.applyUpsert(row);
     }
     for (const intercept of [...this.byId.values()]) {
       // Learnt of after the snapshot was taken: the snapshot cannot speak for it.
@@ -524,6 +732,18 @@ export class PgInterceptStore extends EventEmitter<StoreEvents> implements Inter
       this.removeLocal(intercept, intercept.expiresAt <= Date.now() ? 'expired' : 'left');
     }
     for (const [id, at] of this.tombstones) if (startedAt - at > TOMBSTONE_MS) this.tombstones.delete(id);
+    const { rows: routes } = await this.query<RouteRow>('SELECT * FROM kelsingra_routes');
+    const routed = new Set<string>();
+    for (const row of routes) {
+      routed.add(row.id);
+      this.applyRoute(row);
+    }
+    for (const route of this.routes.list()) {
+      if (routed.has(route.id) || (this.routeSeen.get(route.id)?.at ?? 0) >= startedAt) continue;
+      this.applyRouteGone(route.id, route.change);
+    }
+    for (const [id, seen] of this.routeSeen)
+      if (!this.routes.get(id) && startedAt - seen.at > TOMBSTONE_MS) this.routeSeen.delete(id);
     this.emit('tokens', await this.loadTokens());
     this.lastSyncAt = Date.now();
   }
@@ -657,7 +877,11 @@ export class PgInterceptStore extends EventEmitter<StoreEvents> implements Inter
     }
     if (message.op === 'upsert') this.applyUpsert(message.row);
     else if (message.op === 'delete') this.applyDelete(message.row, message.reason);
-    else if (message.op === 'tokens') {
+    else if (message.op === 'route') {
+      if (message.deleted) this.applyRouteGone(message.id, message.change);
+      else if ((this.routeSeen.get(message.id)?.change ?? -1) < message.change)
+        this.fetchRoute(message.id).catch((err) => this.failed(err));
+    } else if (message.op === 'tokens') {
       this.loadTokens().then(
         (tokens) => this.emit('tokens', tokens),
         (err) => this.failed(err),

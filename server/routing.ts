@@ -1,13 +1,19 @@
 /**
  * Finds the service a data-plane request is for: explicit header, then configured host,
- * then path prefix, then the first DNS label of Host.
+ * then a preview-URL host or a label in front of a configured host (both also carry a
+ * routing key), then path prefix, then the first DNS label of Host.
  */
 import { SERVICE_HEADER } from '../src/protocol.js';
 import type { ServiceConfig } from './config.js';
+import { PreviewHosts } from './routing-keys.js';
+import { type HealthCheckSettings, healthCheckFromConfig } from './upstream-pool.js';
 
 export interface RoutedService {
   name: string;
+  /** The first of `upstreams`, for messages. */
   upstream: URL;
+  upstreams: URL[];
+  healthCheck: HealthCheckSettings | false;
   pathPrefix?: string;
   stripPrefix: boolean;
 }
@@ -16,18 +22,29 @@ export interface RouteResult {
   service: RoutedService;
   /** Path to send on, after any configured prefix stripping. */
   path: string;
+  /** The routing key the host names (`t1--billing.dev.example.com`, `feature1.example.com`). */
+  hostKey?: string;
 }
 
 export class ServiceRouter {
   private readonly byName = new Map<string, RoutedService>();
   private readonly byHost = new Map<string, RoutedService>();
   private readonly prefixes: RoutedService[] = [];
+  readonly preview: PreviewHosts;
 
-  constructor(services: Record<string, ServiceConfig>) {
+  constructor(services: Record<string, ServiceConfig>, previewUrl?: string) {
+    this.preview = new PreviewHosts(previewUrl, (name) => this.byName.has(name));
     for (const [name, cfg] of Object.entries(services)) {
+      const upstreams = (Array.isArray(cfg.upstream) ? cfg.upstream : [cfg.upstream]).map(
+        (u: string) => new URL(u),
+      );
       const svc: RoutedService = {
         name,
-        upstream: new URL(cfg.upstream),
+        upstream: upstreams[0] as URL,
+        upstreams,
+        healthCheck: healthCheckFromConfig(
+          (cfg as { healthCheck?: Parameters<typeof healthCheckFromConfig>[0] }).healthCheck ?? false,
+        ),
         pathPrefix: cfg.pathPrefix?.replace(/\/+$/, '') || undefined,
         stripPrefix: cfg.stripPrefix,
       };
@@ -49,13 +66,30 @@ export class ServiceRouter {
 
   route(headers: Record<string, string | string[] | undefined>, url: string): RouteResult | undefined {
     const explicit = headers[SERVICE_HEADER];
+    const host = typeof headers.host === 'string' ? stripPort(headers.host.toLowerCase()) : '';
     if (typeof explicit === 'string') {
       const svc = this.byName.get(explicit.trim().toLowerCase());
-      return svc ? { service: svc, path: url } : undefined;
+      if (!svc) return undefined;
+      // A proxy that names the service still leaves the key a preview host carries.
+      const preview = host.includes('.') ? this.preview.match(host) : undefined;
+      return preview?.service === svc.name
+        ? { service: svc, path: url, hostKey: preview.key }
+        : { service: svc, path: url };
     }
-    const host = typeof headers.host === 'string' ? stripPort(headers.host.toLowerCase()) : '';
     const byHost = this.byHost.get(host);
     if (byHost) return { service: byHost, path: url };
+    const dot = host.indexOf('.');
+    if (dot > 0) {
+      const preview = this.preview.match(host);
+      if (preview)
+        return {
+          service: this.byName.get(preview.service) as RoutedService,
+          path: url,
+          hostKey: preview.key,
+        };
+      const parent = this.byHost.get(host.slice(dot + 1));
+      if (parent) return { service: parent, path: url, hostKey: host.slice(0, dot) };
+    }
     for (const svc of this.prefixes) {
       const prefix = svc.pathPrefix as string;
       if (
@@ -66,7 +100,6 @@ export class ServiceRouter {
         return { service: svc, path: svc.stripPrefix ? (rest.startsWith('/') ? rest : `/${rest}`) : url };
       }
     }
-    const dot = host.indexOf('.');
     const label = dot === -1 ? host : host.slice(0, dot);
     const byLabel = this.byName.get(label);
     return byLabel ? { service: byLabel, path: url } : undefined;

@@ -17,8 +17,9 @@ import type { InterceptStore } from './intercept-store.js';
 import { type KafkaAgent, startKafka } from './kafka-agent.js';
 import { createLogger } from './logger.js';
 import { MemoryInterceptStore } from './memory-store.js';
-import { PassThrough } from './pass-through.js';
+import { PassThrough, type UpstreamTarget } from './pass-through.js';
 import { PgInterceptStore } from './pg-store.js';
+import type { Route } from './route-table.js';
 import { ServiceRouter } from './routing.js';
 import { TunnelHub } from './tunnel-hub.js';
 
@@ -88,8 +89,34 @@ export async function startServer(
       throw err;
     }
   }
-  const router = new ServiceRouter(config.services);
-  const passThrough = new PassThrough(config.upstreamTimeout * 1000);
+  const router = new ServiceRouter(config.services, config.previewUrl);
+  const passThrough = new PassThrough(config.upstreamTimeout * 1000, log);
+  for (const name of router.names) passThrough.register(router.get(name) as UpstreamTarget);
+
+  // A route's targets never change (its id is derived from them): one pool per route, from
+  // when any replica sets it until it is deleted.
+  const routeTargets = new Map<string, UpstreamTarget>();
+  const routeTarget = (route: Route): UpstreamTarget => {
+    let target = routeTargets.get(route.id);
+    if (!target) {
+      target = {
+        name: `${route.service} route ${route.id}`,
+        upstreams: route.targets.map((u) => new URL(u)),
+        healthCheck: router.get(route.service)?.healthCheck ?? false,
+      };
+      routeTargets.set(route.id, target);
+      passThrough.register(target);
+    }
+    return target;
+  };
+  for (const route of store.listRoutes()) routeTarget(route);
+  store.on('routeSet', routeTarget);
+  store.on('routeRemoved', (route) => {
+    const target = routeTargets.get(route.id);
+    if (!target) return;
+    routeTargets.delete(route.id);
+    passThrough.release(target);
+  });
 
   const bus = new EventBus();
   store.on('created', (intercept) => {
@@ -115,6 +142,20 @@ export async function startServer(
     });
   });
 
+  const data = createDataPlane({
+    router,
+    store,
+    hub,
+    passThrough,
+    tenantHeader: config.tenantHeader,
+    keys: { order: config.routingKeys, tenantHeader: config.tenantHeader, baggageKey: config.baggageKey },
+    routeTarget,
+    serverId,
+    timeoutMs: config.upstreamTimeout * 1000,
+    bus,
+    log,
+    relaySecret: () => pgStore?.relaySecret,
+  });
   const control = createControlPlane({
     auth,
     store,
@@ -123,6 +164,10 @@ export async function startServer(
     passThrough,
     serverId,
     tenantHeader: config.tenantHeader,
+    baggageKey: config.baggageKey,
+    previewUrl: config.previewUrl,
+    serveGateway: data.serveGateway,
+    routeTarget,
     bus,
     log,
     kafka,
@@ -131,24 +176,11 @@ export async function startServer(
         .filter(([, t]) => t.service === service)
         .map(([name]) => name),
   });
-  const data = createDataPlane({
-    router,
-    store,
-    hub,
-    passThrough,
-    tenantHeader: config.tenantHeader,
-    serverId,
-    timeoutMs: config.upstreamTimeout * 1000,
-    bus,
-    log,
-    relaySecret: () => pgStore?.relaySecret,
-  });
-
   let controlPort: number;
   let proxyPort: number;
   try {
     controlPort = await listen(control, config.port, config.host);
-    proxyPort = await listen(data, config.proxyPort, config.host);
+    proxyPort = await listen(data.server, config.proxyPort, config.host);
   } catch (err) {
     control.close();
     hub.close();
@@ -194,10 +226,10 @@ export async function startServer(
       await kafka?.close();
       await store.close();
       control.closeAllConnections();
-      data.closeAllConnections();
+      data.server.closeAllConnections();
       await Promise.all([
         new Promise((r) => control.close(r)),
-        new Promise((r) => data.close(r)),
+        new Promise((r) => data.server.close(r)),
         passThrough.close(),
       ]);
     },
