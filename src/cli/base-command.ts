@@ -80,7 +80,7 @@ function oneLine(message: string): string {
   const lines = message
     .split('\n')
     .map((l) => l.trim().replace(/\s{2,}/g, ' — '))
-    .filter((l) => l && l !== 'The following errors occurred:');
+    .filter((l) => l && !/^The following errors? occurred:$/.test(l));
   const [first = '', ...rest] = lines;
   if (first.endsWith(':')) return `${first} ${rest.join('; ')}`;
   return first.startsWith('Parsing ') ? `${first}: ${rest.join('; ')}` : [first, ...rest].join('; ');
