@@ -1,9 +1,10 @@
 import { fileURLToPath } from 'node:url';
 import { Args, Flags } from '@oclif/core';
 import { BaseCommand } from '../src/cli/base-command.js';
+import { routingKeyFlags, routingKeyFrom } from '../src/cli/routing-key.js';
 import { type AgentMessage, agentLogFile, startDetachedAgent } from '../src/detach.js';
 import { ExitCode, KelsingraError } from '../src/errors.js';
-import { runIntercept } from '../src/intercept-runner.js';
+import { type RunOptions, runIntercept } from '../src/intercept-runner.js';
 import type { InterceptRequest } from '../src/intercept-session.js';
 import { kafkaFlags, parseKafkaOptions } from '../src/kafka-options.js';
 import { loadSettings } from '../src/settings.js';
@@ -11,11 +12,13 @@ import { loadSettings } from '../src/settings.js';
 export default class Intercept extends BaseCommand {
   static override summary = "Send one tenant's traffic for a service to a port on this machine.";
   static override description =
-    'Without --detach the intercept lives while this command runs and leaves on Ctrl-C or q, or when the command after -- exits (its exit code becomes this one). On a terminal it shows a live request log (keys: q leave, p pause the view, ↑/↓ + enter request details, esc close, ? keys); in a pipe it prints one plain line per request, with --json one JSON event per line. With --detach it returns once the intercept is live and a background agent holds it until `kelsingra leave` or lease expiry.';
+    'Without --detach the intercept lives while this command runs and leaves on Ctrl-C or q, or when the command after -- exits (its exit code becomes this one). On a terminal it shows a live request log (keys: q leave, p pause the view, ↑/↓ + enter request details, esc close, ? keys); in a pipe it prints one plain line per request, with --json one JSON event per line. With --detach it returns once the intercept is live and a background agent holds it until `kelsingra leave` or lease expiry.\n\nThe routing key is a tenant (--tenant) or any key such as a feature label (--key). When the server agent has preview URLs, the intercept prints the one for its key.\n\nOutbound gateway (on unless --no-gateway): a local HTTP gateway on 127.0.0.1 (--gateway-port, default 0: any free port; printed as "gateway: <url>", and "gateway" with --json) through which your service calls the other dev services, with the tenant header, traceparent and baggage added; calls reach your own other intercepts for the same key. Call $KELSINGRA_GATEWAY/<service>/<path>, or let HTTP_PROXY do it: the command after -- gets KELSINGRA_GATEWAY, HTTP_PROXY/http_proxy, NO_PROXY/no_proxy (plus localhost,127.0.0.1,::1) and NODE_USE_ENV_PROXY=1. --cors lets a browser front end on localhost call it.';
   static override examples = [
     '<%= config.bin %> intercept billing --tenant t1 --port 3000',
     '<%= config.bin %> intercept billing --tenant t1 --port 3000 --detach --json',
     '<%= config.bin %> intercept billing --tenant t1 --port 3000 -- npm run dev',
+    '<%= config.bin %> intercept billing --key feature1 --port 3000 --gateway-port 7790',
+    '<%= config.bin %> intercept web --tenant t1 --port 5173 --cors -- npm run dev',
     '<%= config.bin %> intercept billing --tenant t1 --port 3000 --kafka-local localhost:9092 --forward-topic invoices',
   ];
   static override strict = false;
@@ -28,11 +31,7 @@ export default class Intercept extends BaseCommand {
   };
 
   static override flags = {
-    tenant: Flags.string({
-      char: 't',
-      description: 'tenant (routing key) whose traffic to intercept',
-      required: true,
-    }),
+    ...routingKeyFlags,
     port: Flags.integer({
       char: 'p',
       description: 'local port your copy of the service listens on',
@@ -62,6 +61,25 @@ export default class Intercept extends BaseCommand {
       multiple: true,
       helpGroup: 'KAFKA',
     }),
+    gateway: Flags.boolean({
+      description: 'run the outbound gateway (--no-gateway: none)',
+      default: true,
+      allowNo: true,
+      helpGroup: 'GATEWAY',
+    }),
+    'gateway-port': Flags.integer({
+      description: 'port of the outbound gateway on 127.0.0.1 (0: any free port)',
+      default: 0,
+      min: 0,
+      max: 65535,
+      helpGroup: 'GATEWAY',
+    }),
+    cors: Flags.boolean({
+      description:
+        'the gateway answers CORS for pages on localhost / 127.0.0.1 / [::1] (a browser front end)',
+      default: false,
+      helpGroup: 'GATEWAY',
+    }),
     agent: Flags.boolean({ hidden: true, default: false }),
   };
 
@@ -79,10 +97,12 @@ export default class Intercept extends BaseCommand {
       topics: flags['kafka-topic'],
       forward: flags['forward-topic'],
     });
-    const want = { service: args.service, tenant: flags.tenant, port: flags.port, kafka };
+    const tenant = routingKeyFrom(flags, 'intercept');
+    const want = { service: args.service, tenant, port: flags.port, kafka };
+    const gateway = flags.gateway ? { port: flags['gateway-port'], cors: flags.cors } : undefined;
 
     if (flags.agent) {
-      await this.runAgent(settings, want);
+      await this.runAgent(settings, want, gateway);
       return;
     }
     if (flags.detach) {
@@ -104,22 +124,39 @@ export default class Intercept extends BaseCommand {
           '--port',
           String(want.port),
           ...kafkaFlags(kafka),
+          ...(gateway
+            ? ['--gateway-port', String(gateway.port), ...(gateway.cors ? ['--cors'] : [])]
+            : ['--no-gateway']),
         ],
         logFile,
       );
-      if (flags.json) this.printJson({ ...ready.intercept, agentPid: ready.pid, logFile: ready.logFile });
-      else
+      if (flags.json)
+        this.printJson({
+          ...ready.intercept,
+          agentPid: ready.pid,
+          logFile: ready.logFile,
+          ...(ready.gateway ? { gateway: ready.gateway } : {}),
+        });
+      else {
         this.log(
-          `Intercepting ${want.service} for tenant ${want.tenant} → localhost:${want.port} (intercept ${ready.intercept.id}). Background agent pid ${ready.pid}, log ${ready.logFile}.\nStop it with: kelsingra leave ${want.service} --tenant ${want.tenant}`,
+          `Intercepting ${want.service} for tenant ${want.tenant} → localhost:${want.port} (intercept ${ready.intercept.id}). Background agent pid ${ready.pid}, log ${ready.logFile}.`,
         );
+        if (ready.gateway) this.log(`gateway: ${ready.gateway}`);
+        if (ready.intercept.previewUrl) this.log(`preview: ${ready.intercept.previewUrl}`);
+        this.log(`Stop it with: kelsingra leave ${want.service} --tenant ${want.tenant}`);
+      }
       return;
     }
-    const code = await runIntercept(settings, want, { json: flags.json, command });
+    const code = await runIntercept(settings, want, { json: flags.json, command, gateway });
     this.exit(code);
   }
 
   /** The background half of --detach: report readiness or failure to the parent over IPC. */
-  private async runAgent(settings: ReturnType<typeof loadSettings>, want: InterceptRequest): Promise<void> {
+  private async runAgent(
+    settings: ReturnType<typeof loadSettings>,
+    want: InterceptRequest,
+    gateway: RunOptions['gateway'],
+  ): Promise<void> {
     const report = (message: AgentMessage) => process.send?.(message);
     const logFile = agentLogFile(settings.configDir, want.service, want.tenant);
     let code: number;
@@ -128,8 +165,9 @@ export default class Intercept extends BaseCommand {
         json: false,
         // The agent's stdout is its log file: plain lines, whatever terminal started it.
         view: 'plain',
-        onLive: (intercept) => {
-          report({ type: 'ready', intercept, pid: process.pid, logFile });
+        gateway,
+        onLive: (intercept, extra) => {
+          report({ type: 'ready', intercept, pid: process.pid, logFile, gateway: extra.gateway });
           process.disconnect?.();
         },
       });

@@ -5,7 +5,14 @@
 import { request } from 'undici';
 import { ExitCode, KelsingraError } from './errors.js';
 import type { WireMessage } from './kafka-wire.js';
-import type { InterceptView, StoreHealth } from './protocol.js';
+import type {
+  InterceptView,
+  RemoveRoutesResult,
+  RouteView,
+  ServerInfo,
+  SetRouteResult,
+  StoreHealth,
+} from './protocol.js';
 
 const TIMEOUT_MS = 10_000;
 
@@ -37,6 +44,11 @@ export class ApiClient {
 
   status(): Promise<ServerStatus> {
     return this.call('GET', '/status');
+  }
+
+  /** What the client agent needs to know of the server: routing-key header and baggage key, preview URLs. */
+  info(): Promise<ServerInfo> {
+    return this.call('GET', '/v1/info');
   }
 
   list(): Promise<InterceptView[]> {
@@ -73,7 +85,38 @@ export class ApiClient {
     return this.call('DELETE', `/v1/intercepts?${params}`);
   }
 
-  private async call<T>(method: 'GET' | 'POST' | 'DELETE', path: string, body?: unknown): Promise<T> {
+  /** Tenant routes (`kelsingra route …`), of one service or all. */
+  listRoutes(service?: string): Promise<RouteView[]> {
+    return this.call('GET', `/v1/routes${service ? `?${new URLSearchParams({ service })}` : ''}`);
+  }
+
+  /** The route for (service, targets) now names exactly these tenants; they move out of other routes. */
+  setRoute(body: {
+    service: string;
+    tenants: string[];
+    targets: string[];
+    replace?: boolean;
+  }): Promise<SetRouteResult> {
+    return this.call('PUT', '/v1/routes', body);
+  }
+
+  removeRoute(id: string): Promise<RemoveRoutesResult> {
+    return this.call('DELETE', `/v1/routes/${encodeURIComponent(id)}`);
+  }
+
+  /** Deletes a service's routes (to `target`), or with `tenants` takes those tenants out of them. */
+  removeRoutesWhere(query: {
+    service: string;
+    target?: string;
+    tenants?: string[];
+  }): Promise<RemoveRoutesResult> {
+    const params = new URLSearchParams({ service: query.service });
+    if (query.target !== undefined) params.set('target', query.target);
+    if (query.tenants?.length) params.set('tenants', query.tenants.join(','));
+    return this.call('DELETE', `/v1/routes?${params}`);
+  }
+
+  private async call<T>(method: 'GET' | 'POST' | 'PUT' | 'DELETE', path: string, body?: unknown): Promise<T> {
     let res: Awaited<ReturnType<typeof request>>;
     try {
       res = await request(this.server + path, {
@@ -128,7 +171,9 @@ function apiError(status: number, data: Record<string, unknown>): KelsingraError
       return new KelsingraError(
         message,
         ExitCode.auth,
-        'ask the platform team for a token that covers this tenant',
+        typeof data.hint === 'string'
+          ? data.hint
+          : 'ask the platform team for a token that covers this tenant',
         data,
       );
     case 404:
@@ -137,7 +182,9 @@ function apiError(status: number, data: Record<string, unknown>): KelsingraError
         ExitCode.notFound,
         data.services
           ? 'pick one of the known services; kelsingra status lists them'
-          : 'kelsingra list shows the live intercepts',
+          : data.code === 'unknown-route'
+            ? 'kelsingra route list shows the routes'
+            : 'kelsingra list shows the live intercepts',
         data,
       );
     case 409:

@@ -12,7 +12,7 @@ import type { InterceptView } from './protocol.js';
 export const AGENT_FLAG = '--agent';
 
 export type AgentMessage =
-  | { type: 'ready'; intercept: InterceptView; pid: number; logFile: string }
+  | { type: 'ready'; intercept: InterceptView; pid: number; logFile: string; gateway?: string }
   | { type: 'error'; message: string; exitCode: number; hint?: string; details?: Record<string, unknown> };
 
 export function agentLogFile(configDir: string, service: string, tenant: string): string {

@@ -70,4 +70,25 @@ export interface KafkaEvent {
   error?: string;
 }
 
-export type SessionEvent = HttpStartEvent | RequestEvent | TunnelEvent | LeaseEvent | EndedEvent | KafkaEvent;
+/** A call the local service made through the outbound gateway into the dev environment. */
+export interface OutboundEvent {
+  kind: 'outbound';
+  startedAt: number;
+  method: string;
+  /** The service (`/inventory/items`) or host (proxy form) it addressed. */
+  target: string;
+  path: string;
+  status: number;
+  durationMs: number;
+  bytesOut: number;
+  error?: string;
+}
+
+export type SessionEvent =
+  | HttpStartEvent
+  | RequestEvent
+  | TunnelEvent
+  | LeaseEvent
+  | EndedEvent
+  | KafkaEvent
+  | OutboundEvent;

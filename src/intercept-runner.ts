@@ -6,11 +6,12 @@
  */
 import os from 'node:os';
 import { execa } from 'execa';
-import { ExitCode } from './errors.js';
-import type { SessionEvent } from './events.js';
+import { ExitCode, KelsingraError } from './errors.js';
+import type { OutboundEvent, SessionEvent } from './events.js';
 import { type InterceptRequest, InterceptSession } from './intercept-session.js';
+import { gatewayEnv, type OutboundGateway, outboundEvent, startClientGateway } from './outbound-gateway.js';
 import type { InterceptView } from './protocol.js';
-import { formatKafkaLine, formatRequestLine } from './request-log.js';
+import { formatKafkaLine, formatOutboundLine, formatRequestLine } from './request-log.js';
 import type { ClientSettings } from './settings.js';
 import type { LiveLogModel } from './ui/live-log-model.js';
 import type { LiveView } from './ui/live-view.js';
@@ -22,8 +23,10 @@ export interface RunOptions {
   /** Default: chosen by `chooseView`. The detached agent asks for 'plain'. */
   view?: ViewKind;
   command?: string[];
+  /** The outbound gateway (default port 0: any free one); undefined: none (--no-gateway). */
+  gateway?: { port: number; cors: boolean };
   /** Called once the intercept is live (the detached agent reports to its parent here). */
-  onLive?: (intercept: InterceptView) => void;
+  onLive?: (intercept: InterceptView, extra: { gateway?: string }) => void;
   out?: (line: string) => void;
 }
 
@@ -58,6 +61,8 @@ function describe(event: SessionEvent): string | undefined {
       return `intercept ended: ${event.reason}`;
     case 'kafka':
       return formatKafkaLine(event);
+    case 'outbound':
+      return formatOutboundLine(event);
     default:
       // Request starts and lease renewals only matter to the live view.
       return undefined;
@@ -106,7 +111,19 @@ export async function runIntercept(
   const ui = view === 'live' ? await loadLiveView() : undefined;
   const stdout = batchedStdout();
   const out = opts.out ?? stdout.write;
-  const session = await InterceptSession.start(settings, { ...want, withHeaders: view !== 'plain' });
+  // The gateway listens before the intercept exists: a taken port fails before anything changes in dev.
+  let emitOutbound: (event: OutboundEvent) => void = () => undefined;
+  const gateway = opts.gateway
+    ? await startGateway(settings, want.tenant, opts.gateway, (e) => emitOutbound(e))
+    : undefined;
+  let session: InterceptSession;
+  try {
+    session = await InterceptSession.start(settings, { ...want, withHeaders: view !== 'plain' });
+  } catch (err) {
+    await gateway?.close();
+    throw err;
+  }
+  emitOutbound = (event) => session.emit('event', event);
   const icp = session.intercept;
 
   let exitCode: number = ExitCode.ok;
@@ -125,6 +142,8 @@ export async function runIntercept(
       server: settings.server,
       interceptId: icp.id,
       leaseTtlMs: leaseTtlOf(icp),
+      gateway: gateway?.url,
+      previewUrl: icp.previewUrl,
     });
     const m = model;
     session.on('event', (event) => m.apply(event));
@@ -137,18 +156,21 @@ export async function runIntercept(
       },
     });
   } else {
-    if (view === 'json') out(JSON.stringify({ kind: 'intercept', ...icp }));
-    else
+    if (view === 'json') out(JSON.stringify({ kind: 'intercept', ...icp, gateway: gateway?.url }));
+    else {
       out(
         `Intercepting ${icp.service} for tenant ${icp.tenant} → localhost:${want.port} (intercept ${icp.id}, server ${settings.server}). Ctrl-C to leave.`,
       );
+      if (gateway) out(`gateway: ${gateway.url}`);
+      if (icp.previewUrl) out(`preview: ${icp.previewUrl}`);
+    }
     session.on('event', (event) => {
       if (view === 'json' && (event.kind === 'http-start' || event.kind === 'lease')) return;
       const line = view === 'json' ? JSON.stringify(event) : describe(event);
       if (line) out(line);
     });
   }
-  opts.onLive?.(icp);
+  opts.onLive?.(icp, { gateway: gateway?.url });
 
   const onSignal = (signal: NodeJS.Signals) => {
     exitCode = signal === 'SIGINT' ? 130 : 143;
@@ -171,6 +193,7 @@ export async function runIntercept(
           KELSINGRA_SERVICE: want.service,
           KELSINGRA_INTERCEPT: icp.id,
           PORT: String(want.port),
+          ...(gateway ? gatewayEnv(gateway.url) : {}),
         },
       })
     : undefined;
@@ -209,12 +232,35 @@ export async function runIntercept(
     warning = `Warning: ${(err as Error).message}\n`;
   }
   if (child) await child.catch(() => undefined);
+  await gateway?.close();
   // The terminal is given back (raw mode off, cursor shown) before anything else is written.
   await liveView?.stop();
   if (warning) process.stderr.write(warning);
   stdout.flush();
   if (reason.startsWith('lease') || reason.startsWith('could not re-assert')) return ExitCode.failure;
   return exitCode;
+}
+
+/** The outbound gateway; against a server agent without one, the intercept goes on without it (said on stderr). */
+async function startGateway(
+  settings: ClientSettings,
+  tenant: string,
+  opts: { port: number; cors: boolean },
+  emit: (event: OutboundEvent) => void,
+): Promise<OutboundGateway | undefined> {
+  try {
+    const { gateway } = await startClientGateway(settings, tenant, {
+      ...opts,
+      onRequest: (record) => emit(outboundEvent(record)),
+    });
+    return gateway;
+  } catch (err) {
+    if (err instanceof KelsingraError && err.details?.code === 'no-gateway') {
+      process.stderr.write(`Warning: ${err.message}; going on without it\n`);
+      return undefined;
+    }
+    throw err;
+  }
 }
 
 type LiveModules = typeof import('./ui/live-log-model.js') & typeof import('./ui/live-view.js');

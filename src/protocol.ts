@@ -23,6 +23,15 @@ export const ERROR_HEADER = 'x-kelsingra-error';
  */
 export const RELAY_HEADER = 'x-kelsingra-relay';
 
+/**
+ * Outbound calls from a developer's machine enter the control port under this path (the
+ * rest is the called path). They carry the token in their own header, so the application's
+ * Authorization header passes through untouched, and the Host the local service addressed.
+ */
+export const GATEWAY_PATH = '/v1/gateway';
+export const GATEWAY_TOKEN_HEADER = 'x-kelsingra-token';
+export const GATEWAY_HOST_HEADER = 'x-kelsingra-host';
+
 /** Sent by the client in the WebSocket upgrade. */
 export const CLIENT_ID_HEADER = 'x-kelsingra-client';
 export const HOLDER_HEADER = 'x-kelsingra-holder';
@@ -50,6 +59,17 @@ export interface InterceptView {
   replica: string;
   /** Dev topics whose messages for the tenant reach the developer (empty: HTTP only). */
   kafkaTopics: string[];
+  /** Where the intercepted key can be opened in a browser, when the server has a preview URL template. */
+  previewUrl?: string;
+}
+
+/** `GET /v1/info`: what a client agent needs to call dev as a tenant. */
+export interface ServerInfo {
+  tenantHeader: string;
+  baggageKey: string;
+  /** Template with {key} and {service}, when preview URLs are configured. */
+  previewUrl?: string;
+  services: string[];
 }
 
 /** The server agent's intercept store, in `/status`: one process in memory, or replicas on PostgreSQL. */
@@ -63,12 +83,20 @@ export interface StoreHealth {
   replicas?: { id: string; url: string; heartbeatAt: string; self: boolean; alive: boolean }[];
 }
 
+/** One backend of a service's upstream, as the server agent sees it. */
 export interface UpstreamHealth {
   service: string;
   url: string;
+  /**
+   * healthy: its health check passes; unhealthy: its checks fail; ejected: taken out of the
+   * rotation after refused connections or a run of 5xx answers; unknown: not checked yet (it
+   * takes traffic). Missing from servers before upstream pools.
+   */
+  state?: 'healthy' | 'unhealthy' | 'ejected' | 'unknown';
   lastOkAt?: string;
   lastError?: string;
   lastErrorAt?: string;
+  lastCheckAt?: string;
 }
 
 /** A tunnelled request as the server agent saw it (for `logs` and `dashboard`). */
@@ -98,3 +126,39 @@ export type StreamEvent =
   | { type: 'snapshot'; at: number; intercepts: InterceptView[]; upstreams: UpstreamHealth[] }
   /** Marks the end of replayed history (`?history=1`): what follows is live. */
   | { type: 'live'; at: number };
+
+/**
+ * A tenant route (`kelsingra route set`): these tenants of the service go to these targets
+ * instead of the base upstream, without a tunnel. One entry however many tenants it names;
+ * a tenant is in at most one route per service. An intercept beats a route; a route beats
+ * the base upstream.
+ */
+export interface RouteView {
+  /** `rt_<10 hex>`, derived from the service and its targets. */
+  id: string;
+  service: string;
+  tenants: string[];
+  /** Base URLs; several make a pool. */
+  targets: string[];
+  /** Name of the token that set it. */
+  createdBy: string;
+  createdAt: string;
+  updatedAt: string;
+}
+
+/** What `PUT /v1/routes` answers. */
+export interface SetRouteResult {
+  route: RouteView;
+  created: boolean;
+  /** Tenants that were in another route of the service and now are in this one. */
+  moved: { tenant: string; from: string }[];
+  /** Ids of routes the move left without tenants, deleted. */
+  removed: string[];
+}
+
+/** What `DELETE /v1/routes…` answers. */
+export interface RemoveRoutesResult {
+  removed: RouteView[];
+  /** Routes left with fewer tenants. */
+  updated: RouteView[];
+}

@@ -3,7 +3,7 @@
  * `14:03:07.218  GET  /invoices/42  200  12.4 ms  1.2 kB`.
  */
 import chalk from 'chalk';
-import type { KafkaEvent } from './events.js';
+import type { KafkaEvent, OutboundEvent } from './events.js';
 
 export function formatBytes(n: number): string {
   if (n < 1024) return `${n} B`;
@@ -81,4 +81,19 @@ export function formatKafkaLine(e: KafkaEvent): string {
   if (!e.error) parts.push(formatBytes(e.bytes));
   else parts.push(chalk.red(`(${e.error})`));
   return parts.filter(Boolean).join('  ');
+}
+
+/** A call through the outbound gateway: `14:03:07.218  → out  GET  inventory /items  200  12.0 ms  20 B`. */
+export function formatOutboundLine(e: OutboundEvent): string {
+  const parts = [
+    chalk.dim(clockTime(e.startedAt)),
+    chalk.magenta('→ out'),
+    e.method.padEnd(6),
+    `${e.target}${e.path ? ` ${e.path}` : ''}`,
+    chalk[statusColour(e.status, e.error)](String(e.status)),
+    formatDuration(e.durationMs),
+    formatBytes(e.bytesOut),
+  ];
+  if (e.error) parts.push(chalk.red(`(${e.error})`));
+  return parts.join('  ');
 }

@@ -5,7 +5,7 @@
  * is one write, with no React element, layout or ANSI re-parsing per line.
  */
 import chalk from 'chalk';
-import { formatRequestLine } from '../request-log.js';
+import { formatOutboundLine, formatRequestLine } from '../request-log.js';
 import { clockTime } from './format.js';
 import type { Printable } from './live-log-model.js';
 
@@ -13,10 +13,16 @@ export function formatPrintable(item: Printable): string {
   switch (item.kind) {
     case 'banner': {
       const i = item.info;
-      return `Intercepting ${chalk.bold(i.service)} for tenant ${chalk.bold(i.tenant)} → localhost:${i.localPort} ${chalk.dim(`(intercept ${i.interceptId}, server ${i.server}) · q leaves · ? keys`)}`;
+      let text = `Intercepting ${chalk.bold(i.service)} for tenant ${chalk.bold(i.tenant)} → localhost:${i.localPort} ${chalk.dim(`(intercept ${i.interceptId}, server ${i.server}) · q leaves · ? keys`)}`;
+      if (i.gateway)
+        text += `\ngateway: ${i.gateway} ${chalk.dim('(your service calls dev through it: $KELSINGRA_GATEWAY, HTTP_PROXY)')}`;
+      if (i.previewUrl) text += `\npreview: ${i.previewUrl}`;
+      return text;
     }
     case 'request':
       return formatRequestLine(item.request);
+    case 'outbound':
+      return formatOutboundLine(item.call);
     case 'notice': {
       const text = `${clockTime(item.at)}  ${item.text}`;
       return item.tone === 'error'

@@ -8,7 +8,7 @@
  * by time alone (a countdown, the rate window); when it returns undefined nothing needs a
  * timer, which is what keeps an idle CLI at ≈ 0 % CPU.
  */
-import type { HttpStartEvent, RequestEvent, SessionEvent } from '../events.js';
+import type { HttpStartEvent, OutboundEvent, RequestEvent, SessionEvent } from '../events.js';
 import { formatKafkaLine, isFailure } from '../request-log.js';
 import type { TunnelState } from '../tunnel-client.js';
 
@@ -20,11 +20,16 @@ export interface LiveLogInfo {
   interceptId: string;
   /** Lease length, for noticing a renewal that did not come. */
   leaseTtlMs?: number;
+  /** URL of the outbound gateway, when one runs. */
+  gateway?: string;
+  /** Where the intercepted key can be opened in a browser, when the server has preview URLs. */
+  previewUrl?: string;
 }
 
 export type Printable =
   | { kind: 'banner'; seq: number; info: LiveLogInfo }
   | { kind: 'request'; seq: number; request: RequestEvent }
+  | { kind: 'outbound'; seq: number; call: OutboundEvent }
   | { kind: 'notice'; seq: number; tone: 'info' | 'warn' | 'error'; text: string; at: number }
   | { kind: 'output'; seq: number; stream: 'stdout' | 'stderr'; text: string };
 
@@ -180,6 +185,10 @@ export class LiveLogModel {
         this.leaseRenewedAt = now;
         this.leaseTtlMs = Math.max(0, event.expiresAt - event.at);
         this.leaseExpiresAt = now + this.leaseTtlMs;
+        break;
+      case 'outbound':
+        // Calls the local service made into dev: printed among the requests, not counted with them.
+        this.push({ kind: 'outbound', seq: 0, call: event });
         break;
       case 'kafka':
         // Messages are few next to requests; they print as lines of their own among them.
