@@ -116,4 +116,32 @@ export function clientKeyOf(clientId: string): string {
   return createHash('sha256').update(clientId).digest('hex');
 }
 
-export const interceptKey = (service: string, tenant: string) => `${service}\u0000${tenant}`;
+/**
+ * Intercepts by service, then tenant: the data plane's per-request lookup is two reads of
+ * small maps, with no key string built per request (measured: about half the time of one
+ * read keyed by a joined string, which must be built and hashed every time).
+ */
+export class InterceptIndex {
+  private readonly byService = new Map<string, Map<string, Intercept>>();
+
+  get(service: string, tenant: string): Intercept | undefined {
+    return this.byService.get(service)?.get(tenant);
+  }
+
+  set(intercept: Intercept): void {
+    let tenants = this.byService.get(intercept.service);
+    if (!tenants) {
+      tenants = new Map();
+      this.byService.set(intercept.service, tenants);
+    }
+    tenants.set(intercept.tenant, intercept);
+  }
+
+  /** Removes this intercept, if it is the one indexed for its (service, tenant). */
+  delete(intercept: Intercept): void {
+    const tenants = this.byService.get(intercept.service);
+    if (tenants?.get(intercept.tenant) !== intercept) return;
+    tenants.delete(intercept.tenant);
+    if (tenants.size === 0) this.byService.delete(intercept.service);
+  }
+}

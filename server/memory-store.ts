@@ -9,9 +9,9 @@ import {
   type CreateResult,
   type EndReason,
   type Intercept,
+  InterceptIndex,
   type InterceptInput,
   type InterceptStore,
-  interceptKey,
   type Peer,
   type StoreEvents,
   type StoreHealth,
@@ -26,7 +26,7 @@ import {
 } from './route-table.js';
 
 export class MemoryInterceptStore extends EventEmitter<StoreEvents> implements InterceptStore {
-  private readonly byKey = new Map<string, Intercept>();
+  private readonly byKey = new InterceptIndex();
   private readonly byId = new Map<string, Intercept>();
   private readonly routes = new RouteTable();
   private readonly sweeper: NodeJS.Timeout;
@@ -46,7 +46,7 @@ export class MemoryInterceptStore extends EventEmitter<StoreEvents> implements I
 
   /** Checks expiry itself so a lapsed lease never routes, even between sweeps. */
   find(service: string, tenant: string): Intercept | undefined {
-    const found = this.byKey.get(interceptKey(service, tenant));
+    const found = this.byKey.get(service, tenant);
     if (found && found.expiresAt <= this.now()) {
       this.remove(found, 'expired');
       return undefined;
@@ -84,7 +84,7 @@ export class MemoryInterceptStore extends EventEmitter<StoreEvents> implements I
       createdAt: now,
       expiresAt: now + this.leaseTtlMs,
     };
-    this.byKey.set(interceptKey(intercept.service, intercept.tenant), intercept);
+    this.byKey.set(intercept);
     this.byId.set(intercept.id, intercept);
     this.emit('created', intercept);
     return { ok: true, intercept, renewed: false };
@@ -182,7 +182,7 @@ export class MemoryInterceptStore extends EventEmitter<StoreEvents> implements I
   }
 
   private remove(intercept: Intercept, reason: EndReason): void {
-    this.byKey.delete(interceptKey(intercept.service, intercept.tenant));
+    this.byKey.delete(intercept);
     this.byId.delete(intercept.id);
     this.emit('ended', intercept, reason);
   }

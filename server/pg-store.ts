@@ -15,9 +15,9 @@ import {
   type CreateResult,
   type EndReason,
   type Intercept,
+  InterceptIndex,
   type InterceptInput,
   type InterceptStore,
-  interceptKey,
   type Peer,
   type StoreEvents,
   type StoreHealth,
@@ -148,7 +148,7 @@ export function redactDatabaseUrl(url: string): string {
 export class PgInterceptStore extends EventEmitter<StoreEvents> implements InterceptStore {
   private readonly pool: pg.Pool;
   private listener?: pg.Client;
-  private readonly byKey = new Map<string, Intercept>();
+  private readonly byKey = new InterceptIndex();
   private readonly byId = new Map<string, Intercept>();
   private readonly routes = new RouteTable();
   /** Change numbers of routes, kept for deleted ones too, so an old notice cannot revive or drop a newer row. */
@@ -242,7 +242,7 @@ export class PgInterceptStore extends EventEmitter<StoreEvents> implements Inter
   }
 
   find(service: string, tenant: string): Intercept | undefined {
-    return this.byKey.get(interceptKey(service, tenant));
+    return this.byKey.get(service, tenant);
   }
 
   get(id: string): Intercept | undefined {
@@ -643,14 +643,13 @@ export class PgInterceptStore extends EventEmitter<StoreEvents> implements Inter
       return current;
     }
     if (this.tombstones.has(row.id)) return incoming;
-    const key = interceptKey(incoming.service, incoming.tenant);
-    const previous = this.byKey.get(key);
+    const previous = this.byKey.get(incoming.service, incoming.tenant);
     if (previous) {
       // Another id for the same (service, tenant): the newer row wins, the older lease lapsed.
       if ((this.seen.get(previous.id)?.change ?? 0) > change) return incoming;
       this.removeLocal(previous, 'expired');
     }
-    this.byKey.set(key, incoming);
+    this.byKey.set(incoming);
     this.byId.set(incoming.id, incoming);
     this.seen.set(incoming.id, { change, at: Date.now() });
     this.emit('created', incoming);
@@ -668,8 +667,7 @@ export class PgInterceptStore extends EventEmitter<StoreEvents> implements Inter
   }
 
   private removeLocal(intercept: Intercept, reason: EndReason): void {
-    const key = interceptKey(intercept.service, intercept.tenant);
-    if (this.byKey.get(key) === intercept) this.byKey.delete(key);
+    this.byKey.delete(intercept);
     this.byId.delete(intercept.id);
     this.seen.delete(intercept.id);
     this.tombstones.set(intercept.id, Date.now());
