@@ -8,12 +8,8 @@ import { z } from 'zod';
 import { ExitCode, KelsingraError } from '../src/errors.js';
 import { validPreviewTemplate } from './routing-keys.js';
 
-const serviceName = z
-  .string()
-  .regex(
-    /^[a-z0-9]([a-z0-9-]*[a-z0-9])?$/,
-    'service names are lowercase letters, digits and dashes (a DNS label)',
-  );
+const SERVICE_NAME_RULE = 'service names are lowercase letters, digits and dashes (a DNS label)';
+const serviceName = z.string().regex(/^[a-z0-9]([a-z0-9-]*[a-z0-9])?$/, SERVICE_NAME_RULE);
 
 const upstreamUrl = z
   .string()
@@ -146,7 +142,17 @@ export const serverConfigSchema = z
     token: z.string().min(8, 'tokens must be at least 8 characters').optional(),
     tokensFile: z.string().optional(),
     tokens: z.array(tokenSchema).default([]),
-    services: z.record(serviceName, serviceSchema).default({}),
+    services: z
+      .preprocess(
+        (v, ctx) => {
+          // zod's records skip a `__proto__` key without a word; refuse it like any other bad name.
+          if (v && typeof v === 'object' && Object.hasOwn(v, '__proto__'))
+            ctx.addIssue({ code: 'custom', path: ['__proto__'], message: SERVICE_NAME_RULE, input: v });
+          return v;
+        },
+        z.record(serviceName, serviceSchema),
+      )
+      .default({}),
     /**
      * Where a request's routing key (tenant or feature label) comes from, first match wins:
      * the tenant header, an entry of the W3C `baggage` header, or a subdomain label.
@@ -213,12 +219,13 @@ export function parseServiceFlag(value: string): [string, { upstream: string }] 
 export function servicesFromFlags(
   values: readonly string[],
 ): Record<string, { upstream: string | string[] }> {
-  const out: Record<string, { upstream: string | string[] }> = {};
+  // A Map, so a name such as `__proto__` stays a name (and validation refuses it) instead of vanishing.
+  const out = new Map<string, string | string[]>();
   for (const [name, { upstream }] of values.map(parseServiceFlag)) {
-    const prev = out[name]?.upstream;
-    out[name] = { upstream: prev === undefined ? upstream : [prev, upstream].flat() };
+    const prev = out.get(name);
+    out.set(name, prev === undefined ? upstream : [prev, upstream].flat());
   }
-  return out;
+  return Object.fromEntries([...out].map(([name, upstream]) => [name, { upstream }]));
 }
 
 function formatIssues(error: z.ZodError, source: string): string {
@@ -320,31 +327,36 @@ export function configFromEnv(env: NodeJS.ProcessEnv): Record<string, unknown> {
 
 /** Shallow merge, except services, which merge per service so a flag can add one to a file's list. */
 export function mergeLayers(...layers: Record<string, unknown>[]): Record<string, unknown> {
-  const out: Record<string, unknown> = {};
+  // Maps, not objects: a `__proto__` key in a file must reach validation (which names it), not
+  // become the prototype of the merged settings.
+  const out = new Map<string, unknown>();
   for (const layer of layers) {
     for (const [key, value] of Object.entries(layer)) {
       if (value === undefined) continue;
-      if (key === 'services' && typeof out.services === 'object' && out.services) {
-        const merged: Record<string, unknown> = { ...(out.services as Record<string, unknown>) };
+      const services = out.get('services');
+      if (key === 'services' && typeof services === 'object' && services) {
+        const merged = new Map(Object.entries(services));
         for (const [name, svc] of Object.entries(value as Record<string, unknown>)) {
-          const prev = merged[name];
+          const prev = merged.get(name);
           // A later layer's upstream replaces an earlier one's, whichever name (upstream/upstreams) each used.
           const renamed = (o: object) => {
             const { upstreams, ...rest } = o as Record<string, unknown>;
             return upstreams === undefined || 'upstream' in rest ? o : { ...rest, upstream: upstreams };
           };
-          merged[name] =
+          merged.set(
+            name,
             prev && typeof prev === 'object' && svc && typeof svc === 'object'
               ? { ...renamed(prev), ...renamed(svc) }
-              : svc;
+              : svc,
+          );
         }
-        out.services = merged;
+        out.set('services', Object.fromEntries(merged));
       } else {
-        out[key] = value;
+        out.set(key, value);
       }
     }
   }
-  return out;
+  return Object.fromEntries(out);
 }
 
 export async function loadServerConfig(opts: {

@@ -28,6 +28,8 @@ export class ClientTunnel {
   readonly tunnelId: string;
   alive = true;
   readonly session: ClientHttp2Session;
+  /** Why the HTTP/2 session failed, if it did (bytes that are not HTTP/2, say): for the log. */
+  failure?: Error;
 
   constructor(
     readonly clientKey: string,
@@ -45,8 +47,12 @@ export class ClientTunnel {
       peerMaxConcurrentStreams: 10_000,
     });
     this.session.on('connect', () => this.session.setLocalWindowSize(SESSION_WINDOW));
-    // A session error surfaces on every open stream; the session itself just closes.
-    this.session.on('error', () => ws.terminate());
+    // A session error surfaces on every open stream; the session itself just closes. The
+    // first is kept, for the log line that says why the tunnel closed.
+    this.session.on('error', (err) => {
+      this.failure ??= err;
+      ws.terminate();
+    });
     this.session.unref?.();
   }
 
@@ -129,9 +135,22 @@ export class TunnelHub {
               ),
             );
         }
+        // Read before the destroy below, whose own error is no reason.
+        const failure = tunnel.failure;
         // With an error, open streams end with a reset code rather than NO_ERROR, so callers
         // mid-response get a cut connection instead of a body that looks complete.
         tunnel.session.destroy(new Error('tunnel closed'));
+        if (failure) {
+          this.log.warn(
+            {
+              tunnel: tunnel.tunnelId,
+              holder,
+              err: failure.message,
+              code: (failure as NodeJS.ErrnoException).code,
+            },
+            'tunnel protocol error (frames that are not HTTP/2 or not WebSocket); closing it',
+          );
+        }
         this.log.info({ tunnel: tunnel.tunnelId, holder }, 'tunnel closed');
       });
       // `token` is a redacted log key; the token's name is no secret and tells operators who connected.
@@ -161,15 +180,16 @@ export class TunnelHub {
   }
 
   private onControl(tunnel: ClientTunnel, text: string): void {
-    let message: ClientControl;
+    // `null` is JSON too: a message with no type, like a number or a list, is ignored below.
+    let message: ClientControl | null;
     try {
-      message = JSON.parse(text) as ClientControl;
+      message = JSON.parse(text) as ClientControl | null;
     } catch {
       this.log.warn({ tunnel: tunnel.tunnelId }, 'malformed control frame; closing tunnel');
       tunnel.ws.close(1007, 'malformed control frame');
       return;
     }
-    if (message.type === 'renew' && Array.isArray(message.ids)) {
+    if (message?.type === 'renew' && Array.isArray(message.ids)) {
       this.store
         .renew(
           tunnel.clientKey,
@@ -185,7 +205,7 @@ export class TunnelHub {
         );
     } else {
       this.log.warn(
-        { tunnel: tunnel.tunnelId, type: (message as { type?: unknown }).type },
+        { tunnel: tunnel.tunnelId, type: (message as { type?: unknown } | null)?.type },
         'unknown control message ignored',
       );
     }

@@ -29,23 +29,43 @@ export function toWire(m: {
   headers?: IHeaders;
   timestamp?: string;
 }): WireMessage {
-  const headers: Record<string, string> = {};
-  for (const [k, v] of Object.entries(m.headers ?? {})) {
-    // kafkajs gives repeated headers as an array; the last one wins, as for most consumers.
-    const one = Array.isArray(v) ? v[v.length - 1] : v;
-    if (one !== undefined) headers[k] = b64(one) ?? '';
-  }
+  // fromEntries, not assignment: a header named `__proto__` must stay a header.
+  const headers: Record<string, string> = Object.fromEntries(
+    Object.entries(m.headers ?? {}).flatMap(([k, v]) => {
+      // kafkajs gives repeated headers as an array; the last one wins, as for most consumers.
+      const one = Array.isArray(v) ? v[v.length - 1] : v;
+      return one === undefined ? [] : [[k, b64(one) ?? '']];
+    }),
+  );
   return { key: b64(m.key), value: b64(m.value), headers, timestamp: m.timestamp };
 }
 
+/** A field of a wire message as bytes: base64 text, or null where allowed; else an error naming it. */
+function wireBytes(v: unknown, field: string, nullable: boolean): Buffer | null {
+  if (v === null && nullable) return null;
+  if (typeof v !== 'string') {
+    const got = v === undefined ? 'missing' : v === null ? 'null' : typeof v;
+    throw new TypeError(
+      `Kafka wire message: ${field} must be base64 text${nullable ? ' or null' : ''}, not ${got}`,
+    );
+  }
+  return Buffer.from(v, 'base64');
+}
+
+/**
+ * The record a wire message (JSON from the other agent) stands for. Anything not of its shape
+ * fails with an error that names the field, not a TypeError from deep inside Buffer.
+ */
 export function fromWire(w: WireMessage): Message {
-  const headers: IHeaders = {};
-  for (const [k, v] of Object.entries(w.headers ?? {})) headers[k] = Buffer.from(v, 'base64');
-  return {
-    key: w.key === null ? null : Buffer.from(w.key, 'base64'),
-    value: w.value === null ? null : Buffer.from(w.value, 'base64'),
-    headers,
-  };
+  if (typeof w !== 'object' || w === null)
+    throw new TypeError('Kafka wire message: must be an object with key, value and headers');
+  const raw: unknown = w.headers ?? {};
+  if (typeof raw !== 'object' || raw === null || Array.isArray(raw))
+    throw new TypeError('Kafka wire message: headers must be an object of base64 text');
+  const headers: IHeaders = Object.fromEntries(
+    Object.entries(raw).map(([k, v]) => [k, wireBytes(v, `header ${k}`, false) as Buffer]),
+  );
+  return { key: wireBytes(w.key, 'key', true), value: wireBytes(w.value, 'value', true), headers };
 }
 
 /** A header's value as text (tenant ids are text), whatever form kafkajs gave it in. */
