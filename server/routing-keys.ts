@@ -4,6 +4,7 @@
  * as `t1--billing.dev.example.com`, or a label in front of a service's own host
  * (`feature1.example.com`).
  */
+import { baggageEntry } from '../src/w3c-context.js';
 
 export type KeySource = 'header' | 'baggage' | 'subdomain';
 
@@ -12,34 +13,9 @@ export interface RoutingKey {
   source: KeySource;
 }
 
-/** Baggage is bounded by W3C at 64 members; more than this is not baggage anyone sent on purpose. */
-const MAX_BAGGAGE_MEMBERS = 180;
-
-/**
- * The value of `key` in a W3C baggage header (`k1=v1;prop, k2=v2`), percent-decoded. Several
- * baggage headers arrive joined by commas, which is the same list.
- */
+/** The value of `key` in W3C baggage, percent-decoded; undefined when absent or empty. */
 export function baggageValue(header: string | string[] | undefined, key: string): string | undefined {
-  if (header === undefined) return undefined;
-  const text = Array.isArray(header) ? header.join(',') : header;
-  let start = 0;
-  for (let n = 0; n < MAX_BAGGAGE_MEMBERS && start < text.length; n++) {
-    let end = text.indexOf(',', start);
-    if (end === -1) end = text.length;
-    const eq = text.indexOf('=', start);
-    if (eq !== -1 && eq < end && text.slice(start, eq).trim() === key) {
-      const semi = text.indexOf(';', eq);
-      const raw = text.slice(eq + 1, semi !== -1 && semi < end ? semi : end).trim();
-      if (raw === '') return undefined;
-      try {
-        return decodeURIComponent(raw);
-      } catch {
-        return raw;
-      }
-    }
-    start = end + 1;
-  }
-  return undefined;
+  return baggageEntry(header, key) || undefined;
 }
 
 /** What a key or service name in a preview host may be made of. */

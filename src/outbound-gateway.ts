@@ -15,7 +15,6 @@
  * plain HTTP inside one is served as the proxy form for the tunnel's host. TLS cannot be (the
  * tenant could not be added): CONNECT to port 443 gets a 501 saying to call http://.
  */
-import { randomBytes } from 'node:crypto';
 import http, { type IncomingMessage, type ServerResponse } from 'node:http';
 import type { AddressInfo, Socket } from 'node:net';
 import { type Duplex, duplexPair } from 'node:stream';
@@ -33,6 +32,7 @@ import {
   type ServerInfo,
 } from './protocol.js';
 import type { ClientSettings } from './settings.js';
+import { baggageEntry, newTraceparent, validTraceparent, withBaggage } from './w3c-context.js';
 
 /** Origin form: the service named by the first path segment. */
 const GATEWAY_SERVICE_HEADER = SERVICE_HEADER;
@@ -129,66 +129,6 @@ function decodeSegment(segment: string): string {
   } catch {
     return segment;
   }
-}
-
-const TRACEPARENT = /^([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?$/;
-
-/** A W3C traceparent a tracer would accept (version ff, all-zero ids and v00 extras are not). */
-export function validTraceparent(value: string | string[] | undefined): value is string {
-  if (typeof value !== 'string') return false;
-  const m = TRACEPARENT.exec(value.trim());
-  if (!m) return false;
-  const [, version, traceId, parentId, , extra] = m;
-  if (version === 'ff') return false;
-  if (version === '00' && extra !== undefined) return false;
-  return !/^0+$/.test(traceId as string) && !/^0+$/.test(parentId as string);
-}
-
-/** A new sampled trace: `00-<32 hex>-<16 hex>-01`. */
-export function newTraceparent(): string {
-  let traceId = randomBytes(16).toString('hex');
-  let spanId = randomBytes(8).toString('hex');
-  // All-zero ids are invalid; 2^-128 and 2^-64, but cheap to rule out.
-  if (/^0+$/.test(traceId)) traceId = `${traceId.slice(0, 31)}1`;
-  if (/^0+$/.test(spanId)) spanId = `${spanId.slice(0, 15)}1`;
-  return `00-${traceId}-${spanId}-01`;
-}
-
-/** The members of one or more baggage headers, as one list. */
-function baggageMembers(header: string | string[] | undefined): string[] {
-  if (header === undefined) return [];
-  const text = Array.isArray(header) ? header.join(',') : header;
-  return text
-    .split(',')
-    .map((m) => m.trim())
-    .filter(Boolean);
-}
-
-/** The percent-decoded value of `key` in baggage members, if any member has that key. */
-export function baggageEntry(header: string | string[] | undefined, key: string): string | undefined {
-  for (const member of baggageMembers(header)) {
-    const eq = member.indexOf('=');
-    if (eq === -1 || member.slice(0, eq).trim() !== key) continue;
-    const semi = member.indexOf(';', eq);
-    const raw = member.slice(eq + 1, semi === -1 ? undefined : semi).trim();
-    try {
-      return decodeURIComponent(raw);
-    } catch {
-      return raw;
-    }
-  }
-  return undefined;
-}
-
-/**
- * Baggage with `key=<value>` added when no member has that key; other members kept as they
- * are. The value is percent-encoded (W3C baggage: anything outside baggage-octet, and `%`).
- */
-export function withBaggage(header: string | string[] | undefined, key: string, value: string): string {
-  const members = baggageMembers(header);
-  if (baggageEntry(header, key) !== undefined) return members.join(',');
-  members.push(`${key}=${encodeURIComponent(value)}`);
-  return members.join(',');
 }
 
 const LOCAL_ORIGIN = /^https?:\/\/(localhost|127\.0\.0\.1|\[::1\])(:\d{1,5})?$/i;

@@ -12,20 +12,17 @@ import { stripVTControlCharacters } from 'node:util';
 import { describe, expect, it } from 'vitest';
 import {
   allowedOrigin,
-  baggageEntry,
   type GatewayRecord,
   gatewayEnv,
-  newTraceparent,
   type OutboundGateway,
   outboundEvent,
   startClientGateway,
   startOutboundGateway,
   targetOf,
-  validTraceparent,
-  withBaggage,
 } from '../src/outbound-gateway.js';
 import { formatBatch } from '../src/ui/live-log-lines.js';
 import { LiveLogModel } from '../src/ui/live-log-model.js';
+import { baggageEntry, newTraceparent, validTraceparent, withBaggage } from '../src/w3c-context.js';
 import {
   background,
   bodyJson,
