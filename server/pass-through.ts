@@ -2,6 +2,10 @@
  * Sends a request on to its service's normal upstream over keep-alive pools, streaming both
  * bodies. An upstream may be several backends (an UpstreamPool: round robin, health checks,
  * ejection); transport failures map to 502/504, and a pool with no backend up to 503.
+ *
+ * Pools of registered targets (services, routes) live from register() to release(). Others
+ * are made on first use (a relay to another replica, a route forwarded to after its release)
+ * and closed once idle, so replicas that come and go do not each leave a pool behind.
  */
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { PassThrough as PassThroughStream } from 'node:stream';
@@ -60,9 +64,20 @@ const RETRY_SAFE_METHODS = new Set(['GET', 'HEAD', 'OPTIONS']);
 
 interface PoolEntry {
   pool: UpstreamPool;
-  /** Registrations per target name. */
+  /** Registrations per target name; none for a pool made on first use. */
   names: Map<string, number>;
+  /** Requests forwarded and not yet answered: an idle sweep must not close their connections. */
+  active: number;
+  lastUsedAt: number;
 }
+
+export interface PassThroughOptions {
+  /** An unregistered target's pool is closed after this long without a request (default 5 min). */
+  adHocIdleMs?: number;
+}
+
+/** Long enough that a relay to a peer replica keeps its connections between bursts. */
+const AD_HOC_IDLE_MS = 5 * 60_000;
 
 interface Logger {
   warn(obj: object, msg: string): void;
@@ -81,11 +96,16 @@ export class PassThrough {
   /** undici pools, one per backend origin, shared by every upstream pool that uses it. */
   private readonly connections = new Map<string, Pool>();
   private readonly pools = new Map<string, PoolEntry>();
+  private readonly adHocIdleMs: number;
+  private sweeper?: NodeJS.Timeout;
 
   constructor(
     private readonly timeoutMs: number,
     private readonly log?: Logger,
-  ) {}
+    options: PassThroughOptions = {},
+  ) {
+    this.adHocIdleMs = options.adHocIdleMs ?? AD_HOC_IDLE_MS;
+  }
 
   /**
    * A configured target: its pool starts its health checks now, so /status shows health
@@ -104,22 +124,14 @@ export class PassThrough {
     if (!entry || count === undefined) return;
     if (count > 1) entry.names.set(target.name, count - 1);
     else entry.names.delete(target.name);
-    if (entry.names.size > 0) return;
-    this.pools.delete(key);
-    void entry.pool.close();
-    const inUse = new Set([...this.pools.values()].flatMap((e) => e.pool.backends.map((b) => b.url.origin)));
-    for (const url of target.upstreams) {
-      const conn = this.connections.get(url.origin);
-      if (conn && !inUse.has(url.origin)) {
-        this.connections.delete(url.origin);
-        void conn.close().catch(() => undefined);
-      }
-    }
+    if (entry.names.size === 0) this.closeEntry(key, entry);
   }
 
   /** The backend the next request would go to (round robin), for traffic that does not pass through forward(). */
   pick(target: UpstreamTarget): URL | undefined {
-    return this.entry(target).pool.pick()?.url;
+    const entry = this.entry(target);
+    entry.lastUsedAt = Date.now();
+    return entry.pool.pick()?.url;
   }
 
   forward(
@@ -137,11 +149,22 @@ export class PassThrough {
     const hasBody =
       req.headers['content-length'] !== undefined || req.headers['transfer-encoding'] !== undefined;
     const retrySafe = !hasBody && RETRY_SAFE_METHODS.has(req.method ?? '');
-    const { pool } = this.entry(target);
+    const entry = this.entry(target);
+    const { pool } = entry;
+    entry.lastUsedAt = Date.now();
+    // Before anything reads the body: an answer of our own must find it still unread, to drain.
+    const first = pool.pick();
+    if (!first) {
+      this.noneUp(req, res, target, pool, label);
+      return;
+    }
+    entry.active++;
     // A caller that hangs up before the answer frees the upstream connection at once, rather
     // than holding it until the upstream answers or the timeout fires.
     const abort = new AbortController();
     res.once('close', () => {
+      entry.active--;
+      entry.lastUsedAt = Date.now();
       if (!res.writableFinished) abort.abort();
     });
 
@@ -176,7 +199,10 @@ export class PassThrough {
           const code = (err as NodeJS.ErrnoException).code ?? '';
           const message = describeError(err);
           const connectError = CONNECT_ERRORS.has(code) && !abort.signal.aborted;
+          const timedOut = code === 'UND_ERR_HEADERS_TIMEOUT' || code === 'UND_ERR_CONNECT_TIMEOUT';
           if (connectError) pool.unreachable(backend, message);
+          else if (timedOut && !abort.signal.aborted)
+            pool.timedOut(backend, `no answer within ${this.timeoutMs} ms`);
           if (res.headersSent || res.destroyed || abort.signal.aborted) {
             res.destroy();
             return;
@@ -193,7 +219,7 @@ export class PassThrough {
               return;
             }
           }
-          if (code === 'UND_ERR_HEADERS_TIMEOUT' || code === 'UND_ERR_CONNECT_TIMEOUT') {
+          if (timedOut) {
             sendError(
               res,
               504,
@@ -214,9 +240,7 @@ export class PassThrough {
       );
     };
 
-    const first = pool.pick();
-    if (first) attempt(first, false);
-    else this.noneUp(res, target, pool, label);
+    attempt(first, false);
   }
 
   /**
@@ -243,6 +267,8 @@ export class PassThrough {
   }
 
   async close(): Promise<void> {
+    clearInterval(this.sweeper);
+    this.sweeper = undefined;
     const pools = [...this.pools.values()].map((e) => e.pool.close());
     const connections = [...this.connections.values()].map((p) => p.close());
     this.pools.clear();
@@ -250,7 +276,18 @@ export class PassThrough {
     await Promise.all([...pools, ...connections]);
   }
 
-  private noneUp(res: ServerResponse, target: UpstreamTarget, pool: UpstreamPool, label: TargetLabel): void {
+  private noneUp(
+    req: IncomingMessage,
+    res: ServerResponse,
+    target: UpstreamTarget,
+    pool: UpstreamPool,
+    label: TargetLabel,
+  ): void {
+    // An unread body stalls the connection once its buffers fill: the client, still sending,
+    // never reads the 503, and its next request on that keep-alive connection waits forever.
+    // Reading it to the end keeps the connection usable (a close instead could reset it before
+    // the client has read the answer).
+    req.resume();
     const retryAfter = pool.retryAfterSeconds();
     const backends = pool.status();
     const n = backends.length;
@@ -267,6 +304,9 @@ export class PassThrough {
         ...label.extra,
         retryAfter,
         backends: backends.map((b) => ({ url: b.url, state: b.state, lastError: b.lastError })),
+        ...(target.healthCheck && {
+          hint: `every backend failed its health check (GET ${target.healthCheck.path}, which must answer below 500 within ${target.healthCheck.timeoutMs} ms); start the service, or point healthCheck.path at an endpoint that answers`,
+        }),
       },
       { 'retry-after': String(retryAfter) },
     );
@@ -279,8 +319,6 @@ export class PassThrough {
       const checks = target.healthCheck;
       const pool = new UpstreamPool(target.upstreams, {
         healthCheck: checks,
-        // Without checks, ejecting the only backend would only turn its 502 into a 503.
-        eject: checks !== false || target.upstreams.length > 1,
         onChange: (b, previous, reason) => {
           const names = [...(this.pools.get(key)?.names.keys() ?? [target.name])].join(', ');
           const fields = { upstream: names, backend: b.url, state: b.state, previous, reason };
@@ -289,11 +327,48 @@ export class PassThrough {
           else this.log?.warn(fields, `upstream backend ${b.state}`);
         },
       });
-      entry = { pool, names: new Map() };
+      entry = { pool, names: new Map(), active: 0, lastUsedAt: Date.now() };
       this.pools.set(key, entry);
       pool.start();
+      this.sweepLater();
     }
     return entry;
+  }
+
+  /** Closes the pools of unregistered targets that have been idle for adHocIdleMs. */
+  private sweepLater(): void {
+    if (this.sweeper) return;
+    this.sweeper = setInterval(
+      () => {
+        const now = Date.now();
+        let adHoc = 0;
+        for (const [key, e] of this.pools) {
+          if (e.names.size > 0) continue;
+          if (e.active === 0 && now - e.lastUsedAt >= this.adHocIdleMs) this.closeEntry(key, e);
+          else adHoc++;
+        }
+        if (adHoc === 0) {
+          clearInterval(this.sweeper);
+          this.sweeper = undefined;
+        }
+      },
+      Math.max(10, Math.min(this.adHocIdleMs / 2, 60_000)),
+    );
+    this.sweeper.unref();
+  }
+
+  /** Stops a pool's checks and closes the connections to backends no other pool uses. */
+  private closeEntry(key: string, entry: PoolEntry): void {
+    this.pools.delete(key);
+    void entry.pool.close();
+    const inUse = new Set([...this.pools.values()].flatMap((e) => e.pool.backends.map((b) => b.url.origin)));
+    for (const b of entry.pool.backends) {
+      const conn = this.connections.get(b.url.origin);
+      if (conn && !inUse.has(b.url.origin)) {
+        this.connections.delete(b.url.origin);
+        void conn.close().catch(() => undefined);
+      }
+    }
   }
 
   private connection(url: URL): Pool {

@@ -1,12 +1,18 @@
 /**
  * The backends of one upstream: round robin over those that are up, active health checks,
- * and passive ejection of a backend that refuses connections or keeps answering 5xx.
+ * and passive ejection of a backend that refuses connections or keeps answering 502/503/504.
  *
  * A backend is `unknown` until a check passes (it takes traffic meanwhile), then `healthy` or
  * `unhealthy` by its checks, or `ejected` by the traffic sent to it. It takes `unhealthyAfter`
  * failed checks in a row to mark a backend unhealthy and `healthyAfter` passing ones to bring
  * it back. An ejected backend comes back when a check passes (without checks, after
  * EJECT_WITHOUT_CHECKS_MS).
+ *
+ * Passive ejection only ever trims a pool: the last backend up is never ejected, and when
+ * every backend the checks have not condemned is ejected anyway (one was ejected, then the
+ * checks took the others out), they all take traffic again (Envoy's panic mode). Traffic is a
+ * guess about a backend's health; a health check is a verdict. So the pool answers "none up"
+ * only when every backend failed its checks.
  */
 import { Agent, request } from 'undici';
 
@@ -36,8 +42,20 @@ export interface Backend {
   readonly url: URL;
 }
 
-/** Consecutive 5xx answers after which a backend is ejected. */
-export const EJECT_AFTER_5XX = 5;
+/**
+ * Consecutive gateway failures (a 502, 503 or 504 answer, or no answer in time) after which
+ * a backend is ejected.
+ */
+export const EJECT_AFTER_FAILURES = 5;
+
+/**
+ * Answers that say the backend itself is unwell (or the proxy in front of it cannot reach
+ * it), as Envoy's consecutive_gateway_failure counts them. A 500 or any other status is the
+ * application answering: a bug in one endpoint must not take the backend out for every
+ * tenant's requests to every other endpoint.
+ */
+const GATEWAY_FAILURES = new Set([502, 503, 504]);
+
 /** Without health checks, an ejected backend takes traffic again after this long. */
 export const EJECT_WITHOUT_CHECKS_MS = 10_000;
 
@@ -46,8 +64,8 @@ interface BackendEntry extends Backend {
   /** Consecutive passing / failing checks. */
   passes: number;
   fails: number;
-  /** Consecutive 5xx answers to forwarded requests. */
-  serverErrors: number;
+  /** Consecutive gateway failures of forwarded requests. */
+  failures: number;
   ejectedUntil: number;
   checking: boolean;
   lastOkAt?: number;
@@ -84,7 +102,7 @@ export class UpstreamPool {
       state: 'unknown',
       passes: 0,
       fails: 0,
-      serverErrors: 0,
+      failures: 0,
       ejectedUntil: 0,
       checking: false,
     }));
@@ -120,33 +138,29 @@ export class UpstreamPool {
 
   /**
    * The next backend that takes traffic, round robin, skipping `exclude` (one already tried).
-   * Undefined when none is up.
+   * When none is up, the ejected ones (panic mode). Undefined when every backend is
+   * unhealthy by its checks.
    */
   pick(exclude?: Backend): Backend | undefined {
-    const n = this.entries.length;
-    for (let i = 0; i < n; i++) {
-      const b = this.entries[(this.next + i) % n] as BackendEntry;
-      if (b === exclude || !this.up(b)) continue;
-      this.next = (this.next + i + 1) % n;
-      return b;
-    }
-    return undefined;
+    const up = this.rotate(exclude, (b) => this.up(b));
+    if (up || this.entries.some((b) => this.up(b))) return up;
+    return this.rotate(exclude, (b) => b.state === 'ejected');
   }
 
   /** A forwarded request got an answer with this status. */
   answered(backend: Backend, statusCode: number): void {
     const b = backend as BackendEntry;
-    if (statusCode < 500) {
-      b.serverErrors = 0;
-      b.lastOkAt = this.now();
+    if (GATEWAY_FAILURES.has(statusCode)) {
+      this.failed(b, `answered ${statusCode}`);
       return;
     }
-    b.serverErrors++;
-    b.lastError = `answered ${statusCode}`;
-    b.lastErrorAt = this.now();
-    if (b.serverErrors >= EJECT_AFTER_5XX && this.eject && b.state !== 'ejected') {
-      this.ejectBackend(b, `${b.serverErrors} answers in a row were 5xx (last ${statusCode})`);
-    }
+    b.failures = 0;
+    if (statusCode < 500) b.lastOkAt = this.now();
+  }
+
+  /** A forwarded request got no answer within the upstream timeout: counts as a 504 would. */
+  timedOut(backend: Backend, error: string): void {
+    this.failed(backend as BackendEntry, error);
   }
 
   /** A forwarded request could not reach the backend (refused, reset, connect timeout…). */
@@ -154,7 +168,7 @@ export class UpstreamPool {
     const b = backend as BackendEntry;
     b.lastError = error;
     b.lastErrorAt = this.now();
-    if (this.eject && b.state !== 'ejected' && b.state !== 'unhealthy') this.ejectBackend(b, error);
+    if (b.state !== 'unhealthy') this.ejectBackend(b, error);
   }
 
   /** Whole seconds until a backend may take traffic again (the next check), at least 1. */
@@ -190,9 +204,33 @@ export class UpstreamPool {
     return b.state === 'healthy' || b.state === 'unknown';
   }
 
+  private rotate(exclude: Backend | undefined, takes: (b: BackendEntry) => boolean): Backend | undefined {
+    const n = this.entries.length;
+    for (let i = 0; i < n; i++) {
+      const b = this.entries[(this.next + i) % n] as BackendEntry;
+      if (b === exclude || !takes(b)) continue;
+      this.next = (this.next + i + 1) % n;
+      return b;
+    }
+    return undefined;
+  }
+
+  private failed(b: BackendEntry, error: string): void {
+    b.failures++;
+    b.lastError = error;
+    b.lastErrorAt = this.now();
+    if (b.failures >= EJECT_AFTER_FAILURES && b.state !== 'unhealthy') {
+      this.ejectBackend(b, `${b.failures} gateway failures in a row (last: ${error})`);
+    }
+  }
+
   private ejectBackend(b: BackendEntry, reason: string): void {
+    if (!this.eject || b.state === 'ejected') return;
+    // Out of rotation, the last one would turn its own answers (a 502 naming its error, or
+    // the odd success) into Kelsingra's 503 for everyone until the next check.
+    if (!this.entries.some((o) => o !== b && this.up(o))) return;
     b.passes = 0;
-    b.serverErrors = 0;
+    b.failures = 0;
     b.ejectedUntil = this.now() + EJECT_WITHOUT_CHECKS_MS;
     this.setState(b, 'ejected', reason);
   }
@@ -234,7 +272,7 @@ export class UpstreamPool {
         b.state === 'unknown' ||
         (b.state === 'unhealthy' && b.passes >= hc.healthyAfter)
       ) {
-        b.serverErrors = 0;
+        b.failures = 0;
         this.setState(b, 'healthy', 'its health check passed');
       }
     } else {

@@ -1,7 +1,8 @@
 /**
  * Upstream pools: a service whose upstream is several backends. Round robin, active health
- * checks, passive ejection, retry of a safe request on another backend, /status per backend,
- * and 503 with Retry-After when no backend is up. Real HTTP servers throughout; the end-to-end
+ * checks, passive ejection (of gateway failures only, never the last backend up), panic mode,
+ * retry of a safe request on another backend, /status per backend, and 503 with Retry-After
+ * when every backend failed its checks. Real HTTP servers throughout; the end-to-end
  * cases run a real `kelsingra server` process.
  */
 import { writeFileSync } from 'node:fs';
@@ -12,7 +13,7 @@ import { servicesFromFlags, validateConfig } from '../server/config.js';
 import { PassThrough, type UpstreamTarget } from '../server/pass-through.js';
 import {
   type BackendState,
-  EJECT_AFTER_5XX,
+  EJECT_AFTER_FAILURES,
   EJECT_WITHOUT_CHECKS_MS,
   type HealthCheckSettings,
   UpstreamPool,
@@ -37,13 +38,15 @@ const TOKEN = 'upstream-pool-token-1';
 const cleanups: Cleanup[] = cleanupsAfterEach();
 
 /**
- * A backend that answers `<name> <METHOD> <url>`, records the requests that are not health
- * checks, and can be stopped and started again on the same port (a restarted pod).
+ * A backend that answers `<name> <METHOD> <url>` (with the status set by setStatus), records
+ * the requests that are not health checks, and can be stopped and started again on the same
+ * port (a restarted pod).
  */
 async function backend(name: string) {
   const hits: string[] = [];
   const checks: string[] = [];
   let healthStatus = 200;
+  let appStatus = 200;
   const handler: http.RequestListener = (req, res) => {
     req.resume();
     if (isHealthCheck(req)) {
@@ -52,7 +55,7 @@ async function backend(name: string) {
       return;
     }
     hits.push(`${req.method} ${req.url}`);
-    res.writeHead(200, { 'content-type': 'text/plain' }).end(`${name} ${req.method} ${req.url}`);
+    res.writeHead(appStatus, { 'content-type': 'text/plain' }).end(`${name} ${req.method} ${req.url}`);
   };
   const first = await listen(handler);
   let server: http.Server | undefined = first.server;
@@ -64,6 +67,10 @@ async function backend(name: string) {
     checks,
     setHealth: (status: number) => {
       healthStatus = status;
+    },
+    /** What it answers to everything but its health checks. */
+    setStatus: (status: number) => {
+      appStatus = status;
     },
     /** Gone: new connections are refused and open ones closed. */
     stop: async () => {
@@ -169,16 +176,24 @@ describe('UpstreamPool', () => {
     expect(p.status()[0]?.lastError).toContain('no answer within 100 ms');
   });
 
-  it('ejects a backend after 5 answers in a row were 5xx, and takes it back when a check passes', async () => {
+  it('ejects a backend after 5 gateway failures in a row (502, 503, 504, no answer), never for 500s, and takes it back when a check passes', async () => {
     const b = await backend('b');
     const other = await backend('other');
     const p = pool([b.url, other.url], { healthCheck: checks({ intervalMs: 300 }) });
     p.start();
     await waitFor(() => states(p).every((s) => s === 'healthy'), 5_000, 'both healthy');
     const first = p.backends[0] as (typeof p.backends)[number];
-    for (let i = 0; i < EJECT_AFTER_5XX - 1; i++) p.answered(first, 502);
+    for (let i = 0; i < EJECT_AFTER_FAILURES - 1; i++) p.answered(first, 502);
     p.answered(first, 200); // a good answer starts the count again
-    for (let i = 0; i < EJECT_AFTER_5XX - 1; i++) p.answered(first, 500);
+    // The application answering, however badly: not a sign the backend is unwell.
+    for (let i = 0; i < 3 * EJECT_AFTER_FAILURES; i++) p.answered(first, 500);
+    expect(states(p)[0]).toBe('healthy');
+    for (let i = 0; i < EJECT_AFTER_FAILURES - 4; i++) p.answered(first, 502);
+    p.answered(first, 500); // and an answer starts the count again too
+    p.answered(first, 504);
+    p.timedOut(first, 'no answer within 30000 ms');
+    p.answered(first, 502);
+    p.answered(first, 504);
     expect(states(p)[0]).toBe('healthy');
     p.answered(first, 503);
     expect(states(p)[0]).toBe('ejected');
@@ -191,21 +206,64 @@ describe('UpstreamPool', () => {
 
   it('without health checks, takes an ejected backend back after 10 s', () => {
     let now = 1_000_000;
-    const p = pool(['http://127.0.0.1:9001', 'http://127.0.0.1:9002'], {
+    const p = pool(['http://127.0.0.1:9001', 'http://127.0.0.1:9002', 'http://127.0.0.1:9003'], {
       healthCheck: false,
       now: () => now,
     });
-    const first = p.backends[0] as (typeof p.backends)[number];
+    const [first, second] = p.backends as [(typeof p.backends)[number], (typeof p.backends)[number]];
     p.unreachable(first, 'connect ECONNREFUSED');
-    p.unreachable(p.backends[1] as (typeof p.backends)[number], 'connect ECONNREFUSED');
-    expect(p.pick()).toBeUndefined();
-    expect(p.retryAfterSeconds()).toBe(EJECT_WITHOUT_CHECKS_MS / 1000);
+    now += 1_000;
+    p.unreachable(second, 'connect ECONNREFUSED');
+    expect(states(p)).toEqual(['ejected', 'ejected', 'unknown']);
+    expect(p.retryAfterSeconds()).toBe(EJECT_WITHOUT_CHECKS_MS / 1000 - 1);
     now += EJECT_WITHOUT_CHECKS_MS - 2_500;
-    expect(p.retryAfterSeconds()).toBe(3);
+    expect(p.pick()?.url.port).toBe('9003');
+    expect(p.pick()?.url.port).toBe('9003');
+    now += 1_500;
+    expect(states(p)).toEqual(['unknown', 'ejected', 'unknown']);
+    now += 1_000;
+    expect(states(p)).toEqual(['unknown', 'unknown', 'unknown']);
+  });
+
+  it('never ejects the last backend up: its own answers reach the caller, not a 503', async () => {
+    const only = pool(['http://127.0.0.1:9001'], { healthCheck: false });
+    const one = only.backends[0] as (typeof only.backends)[number];
+    for (let i = 0; i < 4 * EJECT_AFTER_FAILURES; i++) only.answered(one, 503);
+    only.unreachable(one, 'connect ECONNREFUSED');
+    expect(states(only)).toEqual(['unknown']);
+    expect(only.status()[0]?.lastError).toBe('connect ECONNREFUSED');
+    expect(only.pick()?.url.port).toBe('9001');
+
+    // With checks too, and with another backend that its checks took out.
+    const up = await backend('up');
+    const p = pool([up.url, `http://127.0.0.1:${CLOSED_PORT}`], {
+      healthCheck: checks({ intervalMs: 60_000, unhealthyAfter: 1 }),
+    });
+    p.start();
+    await waitFor(() => states(p).join() === 'healthy,unhealthy', 5_000, 'one healthy, one unhealthy');
+    const last = p.backends[0] as (typeof p.backends)[number];
+    for (let i = 0; i < 2 * EJECT_AFTER_FAILURES; i++) p.answered(last, 502);
+    p.unreachable(last, 'connect ECONNREFUSED');
+    expect(states(p)).toEqual(['healthy', 'unhealthy']);
+    expect(p.pick()?.url.href).toBe(`${up.url}/`);
+  });
+
+  it('sends to the ejected backends when no other is up (panic mode); none only when all failed their checks', async () => {
+    // Its checks get no answer: it stays where traffic put it for the length of the test.
+    const silent = await listen(() => undefined);
+    cleanups.push(() => closeServer(silent));
+    const p = pool([silent.url, `http://127.0.0.1:${CLOSED_PORT}`], {
+      healthCheck: checks({ intervalMs: 60_000, timeoutMs: 1_000, unhealthyAfter: 1 }),
+    });
+    p.start();
+    // Ejected while the other was still up; then the other's check takes it out.
+    p.unreachable(p.backends[0] as (typeof p.backends)[number], 'read ECONNRESET');
+    await waitFor(() => states(p)[1] === 'unhealthy', 5_000, 'the dead backend unhealthy');
+    expect(states(p)).toEqual(['ejected', 'unhealthy']);
+    expect([p.pick()?.url.port, p.pick()?.url.port]).toEqual([String(silent.port), String(silent.port)]);
+    // Its check's verdict, unlike an ejection, takes it out for good.
+    await waitFor(() => states(p)[0] === 'unhealthy', 5_000, 'the silent backend unhealthy');
     expect(p.pick()).toBeUndefined();
-    now += 2_500;
-    expect(p.pick()?.url.port).toBe('9001');
-    expect(states(p)).toEqual(['unknown', 'unknown']);
   });
 
   it('never ejects when told not to (a relay to one peer)', () => {
@@ -228,6 +286,54 @@ async function passThroughServer(target: UpstreamTarget) {
 }
 
 describe('PassThrough over a pool', () => {
+  it('keeps a one-backend pool serving while its app answers 500, and answers 200 when it recovers', async () => {
+    const app = await backend('app');
+    const { pt, url } = await passThroughServer({
+      name: 'billing',
+      upstreams: [new URL(app.url)],
+      healthCheck: checks({ intervalMs: 60_000 }),
+    });
+    await waitFor(() => pt.upstreams()[0]?.state === 'healthy', 5_000, 'healthy');
+    app.setStatus(500);
+    for (let i = 0; i < 4 * EJECT_AFTER_FAILURES; i++) {
+      const res = await fetch(`${url}/broken/${i}`);
+      expect(res.headers.get('x-kelsingra-error'), `request ${i}`).toBeNull();
+      expect(res.status).toBe(500);
+      expect(await res.text()).toBe(`app GET /broken/${i}`);
+    }
+    expect(pt.upstreams()[0]?.state).toBe('healthy');
+    app.setStatus(200);
+    const res = await fetch(`${url}/fixed`);
+    expect(res.status).toBe(200);
+    expect(await res.text()).toBe('app GET /fixed');
+  });
+
+  it('ejects a backend answering 503 from a two-backend pool while the other serves', async () => {
+    const sick = await backend('sick');
+    const well = await backend('well');
+    sick.setStatus(503);
+    const { pt, url } = await passThroughServer({
+      name: 'billing',
+      upstreams: [new URL(sick.url), new URL(well.url)],
+      // Checks that pass and come too rarely to matter: the traffic alone ejects it.
+      healthCheck: checks({ intervalMs: 60_000 }),
+    });
+    await waitFor(() => pt.upstreams().every((u) => u.state === 'healthy'), 5_000, 'both healthy');
+    const statuses: number[] = [];
+    for (let i = 0; i < 4 * EJECT_AFTER_FAILURES; i++) {
+      const res = await fetch(`${url}/r${i}`);
+      await res.text();
+      statuses.push(res.status);
+    }
+    // The sick one's 503s reach the callers (they are its answers) until it is out.
+    expect(sick.hits).toHaveLength(EJECT_AFTER_FAILURES);
+    expect(statuses.filter((s) => s === 503)).toHaveLength(EJECT_AFTER_FAILURES);
+    expect(statuses.slice(2 * EJECT_AFTER_FAILURES)).toEqual(Array(2 * EJECT_AFTER_FAILURES).fill(200));
+    const rows = pt.upstreams();
+    expect(rows.map((u) => u.state)).toEqual(['ejected', 'healthy']);
+    expect(rows[0]?.lastError).toBe('answered 503');
+  });
+
   it('retries a GET on another backend when one refuses the connection; a POST gets one 502, then goes elsewhere', async () => {
     const live = await backend('live');
     const dead = `http://127.0.0.1:${CLOSED_PORT}`;
