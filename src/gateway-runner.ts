@@ -2,7 +2,7 @@
  * `kelsingra gateway`: the outbound gateway in the foreground, without an intercept. Prints
  * its URL, then one line per request (NDJSON with --json), until Ctrl-C or SIGTERM.
  */
-import { outboundEvent, startClientGateway } from './outbound-gateway.js';
+import { outboundEvent, startClientGateway } from './gateway-client.js';
 import { formatOutboundLine } from './request-log.js';
 import type { ClientSettings } from './settings.js';
 

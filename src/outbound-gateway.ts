@@ -6,43 +6,32 @@
  * request — to the developer's own intercept for that (service, tenant) when there is one, so
  * calls chain from one local service to another.
  *
- * Two request forms:
+ * Two request forms (gateway-target.ts):
  * - proxy form, as clients honouring HTTP_PROXY send it: `GET http://inventory.dev.example.com/items`
  *   → the server is told the host (`x-kelsingra-host`) and gets path `/items`;
  * - origin form, with the service as the first path segment: `GET /inventory/items`
  *   → `x-kelsingra-service: inventory`, path `/items`.
- * Node's fetch with NODE_USE_ENV_PROXY=1 sends even http:// calls through a CONNECT tunnel: the
- * plain HTTP inside one is served as the proxy form for the tunnel's host. TLS cannot be (the
- * tenant could not be added): CONNECT to port 443 gets a 501 saying to call http://.
+ * Plain HTTP inside a CONNECT tunnel is served as the proxy form for the tunnel's host
+ * (gateway-connect.ts). Every call carries the developer's token, so web pages are kept out
+ * (gateway-cors.ts) before anything is forwarded.
  */
 import http, { type IncomingMessage, type ServerResponse } from 'node:http';
-import type { AddressInfo, Socket } from 'node:net';
-import { type Duplex, duplexPair } from 'node:stream';
+import type { AddressInfo } from 'node:net';
+import type { Duplex } from 'node:stream';
 import { Pool } from 'undici';
-import { ApiClient } from './api-client.js';
-import { ExitCode, KelsingraError } from './errors.js';
-import type { OutboundEvent } from './events.js';
+import { acceptTunnels } from './gateway-connect.js';
+import { callerRefusal, corsHeaders, isPreflight, preflightHeaders, withCors } from './gateway-cors.js';
+import { sendJson, writeRaw } from './gateway-errors.js';
+import { type Target, targetOf, tunnelTarget } from './gateway-target.js';
 import { forwardableRawHeaders, forwardableResponseHeaders, maskSecretQuery } from './http-headers.js';
-import {
-  ERROR_HEADER,
-  GATEWAY_HOST_HEADER,
-  GATEWAY_PATH,
-  GATEWAY_TOKEN_HEADER,
-  SERVICE_HEADER,
-  type ServerInfo,
-} from './protocol.js';
-import type { ClientSettings } from './settings.js';
+import { GATEWAY_HOST_HEADER, GATEWAY_PATH, GATEWAY_TOKEN_HEADER, SERVICE_HEADER } from './protocol.js';
 import { baggageEntry, newTraceparent, validTraceparent, withBaggage } from './w3c-context.js';
-
-/** Origin form: the service named by the first path segment. */
-const GATEWAY_SERVICE_HEADER = SERVICE_HEADER;
 
 /** Longest wait for the server's response headers (the server answers 504 after its own --upstream-timeout first). */
 const HEADERS_TIMEOUT_MS = 2 * 60_000;
 /** Longest silence inside a body, either way (server-sent events send comments to stay alive). */
 const BODY_IDLE_MS = 5 * 60_000;
 const CONNECT_TIMEOUT_MS = 10_000;
-const PREFLIGHT_MAX_AGE_S = 600;
 
 export interface GatewayOptions {
   /** Control-port URL of the server agent. */
@@ -56,8 +45,10 @@ export interface GatewayOptions {
   /** 0 (default): any free port. */
   port?: number;
   host?: '127.0.0.1';
-  /** Answer CORS for browser front ends on localhost. */
+  /** Serve browser front ends on localhost (CORS); without it no browser request is served. */
   cors?: boolean;
+  /** Longest silence in a CONNECT tunnel before it is closed (default: the body idle timeout). */
+  tunnelIdleMs?: number;
   onRequest?: (record: GatewayRecord) => void;
 }
 
@@ -83,102 +74,24 @@ export interface OutboundGateway {
   close(): Promise<void>;
 }
 
-/** Where a request is meant to go, read from its request line. */
-type Target =
-  | { kind: 'host'; host: string; path: string }
-  | { kind: 'service'; service: string; path: string }
-  | { kind: 'none'; reason: string };
-
-/** `GET http://inventory.dev/items?x=1` or `GET /inventory/items?x=1`. */
-export function targetOf(url: string): Target {
-  if (/^[a-z][a-z0-9+.-]*:\/\//i.test(url)) {
-    let parsed: URL;
-    try {
-      parsed = new URL(url);
-    } catch {
-      return { kind: 'none', reason: `"${url}" is not a URL` };
-    }
-    if (parsed.protocol !== 'http:' && parsed.protocol !== 'https:')
-      return { kind: 'none', reason: `only http:// URLs can be proxied, not ${parsed.protocol}` };
-    return { kind: 'host', host: parsed.host, path: `${parsed.pathname || '/'}${parsed.search}` };
-  }
-  if (!url.startsWith('/')) return { kind: 'none', reason: `"${url}" is neither a path nor a URL` };
-  const rest = url.slice(1);
-  const cut = rest.search(/[/?]/);
-  const service = decodeSegment(cut === -1 ? rest : rest.slice(0, cut));
-  if (!service)
-    return {
-      kind: 'none',
-      reason:
-        'name the service as the first path segment (GET /inventory/items reaches /items on inventory), or use this gateway as HTTP_PROXY',
-    };
-  const after = cut === -1 ? '' : rest.slice(cut);
-  return { kind: 'service', service, path: after.startsWith('/') ? after : `/${after}` };
-}
-
-/** Inside a tunnel requests are origin-form; an absolute-form one keeps only its path. */
-function tunnelPath(url: string): string {
-  if (url.startsWith('/')) return url;
-  const t = targetOf(url);
-  return t.kind === 'host' ? t.path : '/';
-}
-
-function decodeSegment(segment: string): string {
-  try {
-    return decodeURIComponent(segment);
-  } catch {
-    return segment;
-  }
-}
-
-const LOCAL_ORIGIN = /^https?:\/\/(localhost|127\.0\.0\.1|\[::1\])(:\d{1,5})?$/i;
-
-/** Browser origins --cors answers: pages served from this machine. */
-export function allowedOrigin(origin: string | undefined): boolean {
-  return typeof origin === 'string' && LOCAL_ORIGIN.test(origin);
-}
-
 /** Headers the gateway sets or must not pass on: its own, the server's routing headers, Host. */
 const DROPPED = new Set([
   'host',
   'expect',
   GATEWAY_TOKEN_HEADER,
   GATEWAY_HOST_HEADER,
-  GATEWAY_SERVICE_HEADER,
+  SERVICE_HEADER,
   'traceparent',
   'tracestate',
   'baggage',
 ]);
 
-function sendJson(
-  res: ServerResponse,
-  status: number,
-  code: string,
-  message: string,
-  extra: Record<string, unknown> = {},
-  headers: Record<string, string> = {},
-): number {
-  const body = JSON.stringify({ error: `Kelsingra: ${message}`, code, source: 'kelsingra', ...extra });
-  if (res.headersSent) {
-    res.destroy();
-    return 0;
-  }
-  res.writeHead(status, {
-    ...headers,
-    'content-type': 'application/json; charset=utf-8',
-    'content-length': Buffer.byteLength(body),
-    [ERROR_HEADER]: code,
-  });
-  res.end(body);
-  return Buffer.byteLength(body);
-}
+type Recorder = (status: number, bytesOut: number, error?: string) => void;
 
 export async function startOutboundGateway(opts: GatewayOptions): Promise<OutboundGateway> {
-  /** Connections carrying the HTTP inside a CONNECT tunnel, and the host:port the tunnel named. */
-  const tunnelHosts = new WeakMap<object, string>();
-  const tenantHeader = opts.tenantHeader.toLowerCase();
   const serverUrl = new URL(opts.server);
   const basePath = serverUrl.pathname.replace(/\/+$/, '');
+  const cors = opts.cors ?? false;
   const pool = new Pool(serverUrl.origin, {
     connections: 128,
     keepAliveTimeout: 10_000,
@@ -186,41 +99,26 @@ export async function startOutboundGateway(opts: GatewayOptions): Promise<Outbou
     bodyTimeout: BODY_IDLE_MS,
     connectTimeout: CONNECT_TIMEOUT_MS,
   });
-
-  /** CORS headers for a response to `origin` (none unless --cors and a local origin). */
-  const corsFor = (origin: string | undefined): Record<string, string> | undefined => {
-    if (!opts.cors || !allowedOrigin(origin)) return undefined;
-    return {
-      'access-control-allow-origin': origin as string,
-      'access-control-allow-credentials': 'true',
-      vary: 'Origin',
-    };
-  };
+  /** Known once listening, before any request can arrive. */
+  let port = 0;
 
   const handle = (req: IncomingMessage, res: ServerResponse) => {
     const startedAt = Date.now();
     const t0 = performance.now();
-    const method = req.method ?? 'GET';
-    const tunnel = tunnelHosts.get(req.socket);
-    const target: Target = tunnel
-      ? {
-          kind: 'host',
-          host: typeof req.headers.host === 'string' && req.headers.host !== '' ? req.headers.host : tunnel,
-          path: tunnelPath(req.url ?? '/'),
-        }
-      : targetOf(req.url ?? '/');
-    const origin = typeof req.headers.origin === 'string' ? req.headers.origin : undefined;
+    const url = req.url ?? '/';
+    const tunnelHost = tunnels.hostOf(req.socket);
+    const target = tunnelHost ? tunnelTarget(url, req.headers.host, tunnelHost) : targetOf(url);
     let recorded = false;
-    const record = (status: number, bytesOut: number, error?: string) => {
+    const record: Recorder = (status, bytesOut, error) => {
       // Once per request, however it ends (finished, body error, caller gone).
       if (recorded) return;
       recorded = true;
       opts.onRequest?.({
         startedAt,
-        method,
+        method: req.method ?? 'GET',
         ...(target.kind === 'service' ? { service: target.service } : {}),
         ...(target.kind === 'host' ? { host: target.host } : {}),
-        path: maskSecretQuery(target.kind === 'none' ? (req.url ?? '/') : target.path),
+        path: maskSecretQuery(target.kind === 'none' ? url : target.path),
         status,
         durationMs: performance.now() - t0,
         bytesOut,
@@ -228,70 +126,38 @@ export async function startOutboundGateway(opts: GatewayOptions): Promise<Outbou
       });
     };
 
-    // CORS preflight: answered here, never sent on (the dev service knows nothing of localhost).
-    if (opts.cors && method === 'OPTIONS' && origin && req.headers['access-control-request-method']) {
+    // First of all, preflights included: a page that may not call with the token may not
+    // learn what it could send either.
+    const refused = callerRefusal(req, { cors, port, originForm: !tunnelHost && url.startsWith('/') });
+    if (refused) {
       req.resume();
-      if (!allowedOrigin(origin)) {
-        const n = sendJson(
-          res,
-          403,
-          'cors-origin-refused',
-          `the gateway answers CORS only for pages on this machine (http(s)://localhost, 127.0.0.1 or [::1], any port), not ${origin}`,
-          { origin },
-        );
-        record(403, n, 'origin not allowed');
-        return;
-      }
-      const requested = req.headers['access-control-request-headers'];
-      res.writeHead(204, {
-        ...corsFor(origin),
-        'access-control-allow-methods': `GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS${/^(GET|HEAD|POST|PUT|PATCH|DELETE|OPTIONS)$/i.test(String(req.headers['access-control-request-method'])) ? '' : `, ${req.headers['access-control-request-method']}`}`,
-        ...(requested ? { 'access-control-allow-headers': String(requested) } : {}),
-        ...(req.headers['access-control-request-private-network'] === 'true'
-          ? { 'access-control-allow-private-network': 'true' }
-          : {}),
-        'access-control-max-age': String(PREFLIGHT_MAX_AGE_S),
-        vary: 'Origin, Access-Control-Request-Method, Access-Control-Request-Headers',
-        'content-length': '0',
-      });
+      const { code, message, hint, extra, reason } = refused;
+      record(403, sendJson(res, 403, code, message, { hint, ...extra }), reason);
+      return;
+    }
+    if (isPreflight(req, cors)) {
+      req.resume();
+      res.writeHead(204, preflightHeaders(req.headers));
       res.end();
       record(204, 0);
       return;
     }
-
-    const cors = corsFor(origin);
+    const corsOut = corsHeaders(req.headers.origin, cors);
     if (target.kind === 'none') {
       req.resume();
-      record(400, sendJson(res, 400, 'no-target', target.reason, {}, cors), target.reason);
+      record(400, sendJson(res, 400, 'no-target', target.reason, {}, corsOut), target.reason);
       return;
     }
+    forward(req, res, target, corsOut, record);
+  };
 
-    const headers = forwardableRawHeaders(req.rawHeaders, DROPPED);
-    // The routing key the request already carries (header, else baggage) is kept; otherwise ours.
-    const present = req.headers[tenantHeader];
-    const carried =
-      typeof present === 'string' && present !== ''
-        ? present
-        : baggageEntry(req.headers.baggage, opts.baggageKey);
-    const tenant = carried || opts.tenant;
-    if (!(typeof present === 'string' && present !== '')) {
-      // Drop an empty one before adding ours.
-      for (let i = headers.length - 2; i >= 0; i -= 2) if (headers[i] === tenantHeader) headers.splice(i, 2);
-      headers.push(tenantHeader, tenant);
-    }
-    if (validTraceparent(req.headers.traceparent)) {
-      headers.push('traceparent', req.headers.traceparent.trim());
-      const state = req.headers.tracestate;
-      if (state !== undefined) headers.push('tracestate', Array.isArray(state) ? state.join(',') : state);
-    } else {
-      // A new trace; a tracestate belongs to the old (invalid or missing) parent and goes with it.
-      headers.push('traceparent', newTraceparent());
-    }
-    headers.push('baggage', withBaggage(req.headers.baggage, opts.baggageKey, tenant));
-    headers.push(GATEWAY_TOKEN_HEADER, opts.token);
-    if (target.kind === 'host') headers.push(GATEWAY_HOST_HEADER, target.host);
-    else headers.push(GATEWAY_SERVICE_HEADER, target.service);
-
+  const forward = (
+    req: IncomingMessage,
+    res: ServerResponse,
+    target: Exclude<Target, { kind: 'none' }>,
+    corsOut: Record<string, string> | undefined,
+    record: Recorder,
+  ) => {
     const hasBody =
       req.headers['content-length'] !== undefined || req.headers['transfer-encoding'] !== undefined;
     const abort = new AbortController();
@@ -300,9 +166,9 @@ export async function startOutboundGateway(opts: GatewayOptions): Promise<Outbou
     });
     pool
       .request({
-        method,
+        method: req.method ?? 'GET',
         path: `${basePath}${GATEWAY_PATH}${target.path}`,
-        headers,
+        headers: routedHeaders(req, target, opts),
         body: hasBody ? req : null,
         signal: abort.signal,
       })
@@ -313,15 +179,7 @@ export async function startOutboundGateway(opts: GatewayOptions): Promise<Outbou
           return;
         }
         const out = forwardableResponseHeaders(upstream);
-        if (cors) {
-          for (const name of Object.keys(out)) if (name.startsWith('access-control-')) delete out[name];
-          const exposed = Object.keys(out).filter((n) => n !== 'set-cookie' && n !== 'set-cookie2');
-          Object.assign(out, cors);
-          if (exposed.length) out['access-control-expose-headers'] = exposed.join(', ');
-          const vary = upstream.vary;
-          if (vary) out.vary = `${Array.isArray(vary) ? vary.join(', ') : vary}, Origin`;
-        }
-        res.writeHead(statusCode, out);
+        res.writeHead(statusCode, corsOut ? withCors(out, corsOut) : out);
         let bytes = 0;
         body.on('data', (c: Buffer) => (bytes += c.length));
         body.pipe(res);
@@ -351,68 +209,16 @@ export async function startOutboundGateway(opts: GatewayOptions): Promise<Outbou
             server: opts.server,
             hint: 'check that the server agent is running and that KELSINGRA_SERVER / kelsingra connect --server point at its control port',
           },
-          cors,
+          corsOut,
         );
         record(status, n, code ?? err.message);
       });
   };
 
   const server = http.createServer({ keepAliveTimeout: 5_000, headersTimeout: 30_000 }, handle);
-  // CONNECT: Node's fetch with NODE_USE_ENV_PROXY (undici's proxy agent) tunnels even plain
-  // http:// calls, so a tunnel is accepted and the HTTP inside it served like any request, with
-  // the tunnel's host as the target. TLS inside a tunnel (https://, HTTPS_PROXY) cannot be: the
-  // gateway could not add the tenant, and the dev host is not reachable from here anyway.
-  const tunnels = new Set<Duplex>();
-  server.on('connect', (req: IncomingMessage, socket: Duplex, head: Buffer) => {
-    const startedAt = Date.now();
-    const t0 = performance.now();
-    const authority = req.url ?? '';
-    const refuse = (how: 'answer' | 'drop') => {
-      const message = `Kelsingra: the gateway cannot carry HTTPS (a CONNECT tunnel to ${authority} with TLS inside). Call the dev service with http:// through the gateway: the server agent reaches the upstream with its own scheme (https when the service is configured so). Leave HTTPS_PROXY unset, or list the host in NO_PROXY.`;
-      if (how === 'answer') writeRaw(socket, 501, 'connect-not-supported', message);
-      else socket.destroy();
-      opts.onRequest?.({
-        startedAt,
-        method: 'CONNECT',
-        host: authority,
-        path: '',
-        status: 501,
-        durationMs: performance.now() - t0,
-        bytesOut: how === 'answer' ? Buffer.byteLength(message) : 0,
-        error: 'HTTPS cannot go through the gateway',
-      });
-    };
-    socket.on('error', () => socket.destroy());
-    // Port 443 is TLS: say so in an HTTP answer, while the client still reads one.
-    if (/:443$/.test(authority)) {
-      refuse('answer');
-      return;
-    }
-    tunnels.add(socket);
-    socket.once('close', () => tunnels.delete(socket));
-    socket.write('HTTP/1.1 200 Connection Established\r\n\r\n');
-    const start = (first: Buffer) => {
-      // A TLS record starts with 0x16 (handshake).
-      if (first[0] === 0x16) {
-        refuse('drop');
-        return;
-      }
-      const [inner, outer] = duplexPair();
-      tunnelHosts.set(inner, authority);
-      server.emit('connection', inner);
-      outer.write(first);
-      socket.pipe(outer).pipe(socket);
-      outer.on('error', () => socket.destroy());
-      outer.once('close', () => socket.destroy());
-      socket.once('close', () => outer.destroy());
-    };
-    if (head.length > 0) start(head);
-    else
-      socket.once('data', (chunk: Buffer) => {
-        socket.pause();
-        start(chunk);
-        socket.resume();
-      });
+  const tunnels = acceptTunnels(server, {
+    idleMs: opts.tunnelIdleMs ?? BODY_IDLE_MS,
+    onRequest: opts.onRequest,
   });
   server.on('upgrade', (_req: IncomingMessage, socket: Duplex) => {
     writeRaw(
@@ -437,7 +243,7 @@ export async function startOutboundGateway(opts: GatewayOptions): Promise<Outbou
     await pool.close();
     throw err;
   });
-  const port = (server.address() as AddressInfo).port;
+  port = (server.address() as AddressInfo).port;
   let closed: Promise<void> | undefined;
   return {
     url: `http://${host}:${port}`,
@@ -446,7 +252,7 @@ export async function startOutboundGateway(opts: GatewayOptions): Promise<Outbou
       closed ??= (async () => {
         const done = new Promise<void>((r) => server.close(() => r()));
         server.closeAllConnections();
-        for (const socket of tunnels) socket.destroy();
+        tunnels.destroyAll();
         await done;
         await pool.destroy();
       })();
@@ -455,107 +261,37 @@ export async function startOutboundGateway(opts: GatewayOptions): Promise<Outbou
   };
 }
 
-function writeRaw(socket: Duplex | Socket, status: number, code: string, message: string): void {
-  if (!socket.writable) {
-    socket.destroy();
-    return;
-  }
-  const body = JSON.stringify({ error: message, code, source: 'kelsingra' });
-  socket.end(
-    `HTTP/1.1 ${status} ${http.STATUS_CODES[status]}\r\ncontent-type: application/json; charset=utf-8\r\ncontent-length: ${Buffer.byteLength(body)}\r\n${ERROR_HEADER}: ${code}\r\nconnection: close\r\n\r\n${body}`,
-  );
-}
-
-/** A gateway record as an event of the client's event stream (live view, plain lines, NDJSON). */
-export function outboundEvent(r: GatewayRecord): OutboundEvent {
-  return {
-    kind: 'outbound',
-    startedAt: r.startedAt,
-    method: r.method,
-    target: r.service ?? r.host ?? '',
-    path: r.path,
-    status: r.status,
-    durationMs: r.durationMs,
-    bytesOut: r.bytesOut,
-    ...(r.error ? { error: r.error } : {}),
-  };
-}
-
-export interface ClientGatewayOptions {
-  /** 0: any free port. */
-  port: number;
-  cors: boolean;
-  onRequest?: (record: GatewayRecord) => void;
-}
-
 /**
- * The gateway of a client (`intercept`, `gateway`): asks the server which header and baggage
- * key carry the routing key, then listens. Errors say what to do (a taken port, an old server).
+ * The caller's headers as the server agent gets them: the routing key the request already
+ * carries (header, else baggage) kept, otherwise the gateway's; a trace continued or begun;
+ * the token and the target in Kelsingra's own headers.
  */
-export async function startClientGateway(
-  settings: ClientSettings,
-  tenant: string,
-  opts: ClientGatewayOptions,
-): Promise<{ gateway: OutboundGateway; info: ServerInfo }> {
-  const api = new ApiClient(settings.server, settings.token);
-  let info: ServerInfo;
-  try {
-    info = await api.info();
-  } catch (err) {
-    if (err instanceof KelsingraError && err.exitCode === ExitCode.notFound)
-      throw new KelsingraError(
-        `the server agent at ${settings.server} has no outbound gateway (GET /v1/info: ${err.message})`,
-        ExitCode.failure,
-        'upgrade the server agent, or run intercept with --no-gateway',
-        { code: 'no-gateway' },
-      );
-    throw err;
+function routedHeaders(
+  req: IncomingMessage,
+  target: Exclude<Target, { kind: 'none' }>,
+  opts: GatewayOptions,
+): string[] {
+  const tenantHeader = opts.tenantHeader.toLowerCase();
+  const headers = forwardableRawHeaders(req.rawHeaders, DROPPED);
+  const present = req.headers[tenantHeader];
+  const hasHeader = typeof present === 'string' && present !== '';
+  const tenant = (hasHeader ? present : baggageEntry(req.headers.baggage, opts.baggageKey)) || opts.tenant;
+  if (!hasHeader) {
+    // An empty one would shadow ours.
+    for (let i = headers.length - 2; i >= 0; i -= 2) if (headers[i] === tenantHeader) headers.splice(i, 2);
+    headers.push(tenantHeader, tenant);
   }
-  try {
-    const gateway = await startOutboundGateway({
-      server: settings.server,
-      token: settings.token,
-      tenant,
-      tenantHeader: info.tenantHeader,
-      baggageKey: info.baggageKey,
-      port: opts.port,
-      cors: opts.cors,
-      onRequest: opts.onRequest,
-    });
-    return { gateway, info };
-  } catch (err) {
-    const code = (err as NodeJS.ErrnoException).code;
-    if (code === 'EADDRINUSE' || code === 'EACCES')
-      throw new KelsingraError(
-        `the gateway cannot listen on 127.0.0.1:${opts.port} (${code})`,
-        ExitCode.usage,
-        'pick another port with --gateway-port (gateway command: --port), or 0 for any free port',
-      );
-    throw err;
+  if (validTraceparent(req.headers.traceparent)) {
+    headers.push('traceparent', req.headers.traceparent.trim());
+    const state = req.headers.tracestate;
+    if (state !== undefined) headers.push('tracestate', Array.isArray(state) ? state.join(',') : state);
+  } else {
+    // A new trace; a tracestate belongs to the old (invalid or missing) parent and goes with it.
+    headers.push('traceparent', newTraceparent());
   }
-}
-
-/**
- * What the local command (`intercept … -- cmd`) gets so its HTTP calls go through the gateway:
- * `KELSINGRA_GATEWAY` for base URLs, `HTTP_PROXY` for clients that honour it (Node 24's fetch and
- * http with `NODE_USE_ENV_PROXY=1`), and `NO_PROXY` keeping this machine's own addresses direct.
- */
-export function gatewayEnv(url: string, env: NodeJS.ProcessEnv = process.env): Record<string, string> {
-  const noProxy = [
-    ...new Set(
-      [env.NO_PROXY ?? env.no_proxy ?? '', 'localhost,127.0.0.1,::1']
-        .join(',')
-        .split(',')
-        .map((s) => s.trim())
-        .filter(Boolean),
-    ),
-  ].join(',');
-  return {
-    KELSINGRA_GATEWAY: url,
-    HTTP_PROXY: url,
-    http_proxy: url,
-    NO_PROXY: noProxy,
-    no_proxy: noProxy,
-    NODE_USE_ENV_PROXY: '1',
-  };
+  headers.push('baggage', withBaggage(req.headers.baggage, opts.baggageKey, tenant));
+  headers.push(GATEWAY_TOKEN_HEADER, opts.token);
+  if (target.kind === 'host') headers.push(GATEWAY_HOST_HEADER, target.host);
+  else headers.push(SERVICE_HEADER, target.service);
+  return headers;
 }

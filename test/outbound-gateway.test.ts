@@ -10,16 +10,10 @@ import net from 'node:net';
 import { join } from 'node:path';
 import { stripVTControlCharacters } from 'node:util';
 import { describe, expect, it } from 'vitest';
-import {
-  allowedOrigin,
-  type GatewayRecord,
-  gatewayEnv,
-  type OutboundGateway,
-  outboundEvent,
-  startClientGateway,
-  startOutboundGateway,
-  targetOf,
-} from '../src/outbound-gateway.js';
+import { gatewayEnv, outboundEvent, startClientGateway } from '../src/gateway-client.js';
+import { addressedToGateway, allowedOrigin } from '../src/gateway-cors.js';
+import { targetOf } from '../src/gateway-target.js';
+import { type GatewayRecord, type OutboundGateway, startOutboundGateway } from '../src/outbound-gateway.js';
 import { formatBatch } from '../src/ui/live-log-lines.js';
 import { LiveLogModel } from '../src/ui/live-log-model.js';
 import { baggageEntry, newTraceparent, validTraceparent, withBaggage } from '../src/w3c-context.js';
@@ -178,6 +172,21 @@ describe('gateway header rules (pure functions)', () => {
       undefined,
     ])
       expect(allowedOrigin(o), String(o)).toBe(false);
+  });
+
+  it('Host: only the gateway itself, by a loopback name and its own port', () => {
+    for (const h of ['127.0.0.1:7790', 'localhost:7790', 'LOCALHOST:7790', '[::1]:7790'])
+      expect(addressedToGateway(h, 7790), h).toBe(true);
+    expect(addressedToGateway('127.0.0.1', 80)).toBe(true);
+    for (const h of [
+      'evil.example:7790',
+      '127.0.0.1:7791',
+      '127.0.0.1',
+      'localhost.evil.com:7790',
+      '',
+      undefined,
+    ])
+      expect(addressedToGateway(h, 7790), String(h)).toBe(false);
   });
 
   it('the command environment points HTTP_PROXY at the gateway and keeps this machine direct', () => {
@@ -402,22 +411,132 @@ describe('the gateway against a real server agent', () => {
     expect(evilPre.headers['access-control-allow-origin']).toBeUndefined();
     expect(bodyJson(evilPre).error).toMatch(/localhost/);
     const evilGet = await fetch(`${gateway.url}/inventory/items`, { headers: { origin: evil } });
+    expect(evilGet.status).toBe(403);
     expect(evilGet.headers.get('access-control-allow-origin')).toBeNull();
     expect(evilGet.headers.get('access-control-allow-credentials')).toBeNull();
     await evilGet.body?.cancel();
+    expect(inv.seen.length, 'only the localhost GET reaches the service').toBe(1);
+
+    // A page on localhost calling the gateway as 127.0.0.1 is cross-site to the browser, yet
+    // its Origin is one --cors serves.
+    const crossName = await fetch(`${gateway.url}/inventory/items`, {
+      headers: { origin, 'sec-fetch-site': 'cross-site', 'sec-fetch-mode': 'cors' },
+    });
+    expect(crossName.status).toBe(200);
+    expect(crossName.headers.get('access-control-allow-origin')).toBe(origin);
+    await crossName.body?.cancel();
   });
 
-  it('without --cors there is no CORS handling: a preflight goes to the service like any request', async () => {
+  it('a web page’s Origin is refused (403, never forwarded): any page without --cors, a foreign page with it', async () => {
     const inv = await echoService('inventory', cleanups);
     const server = await startServer({ inventory: inv.url });
-    const { gateway } = await gatewayFor(server, { cors: false });
-    const pre = await rawRequest(`${gateway.url}/inventory/items`, {
+    const plain = await gatewayFor(server, { cors: false });
+    const withCors = await gatewayFor(server, { cors: true });
+
+    const cases: [OutboundGateway, string, string][] = [
+      [plain.gateway, 'GET', 'https://evil.example'],
+      [plain.gateway, 'POST', 'https://evil.example'],
+      // Without --cors not even a page on this machine: another local program is not the developer.
+      [plain.gateway, 'GET', 'http://localhost:5173'],
+      [withCors.gateway, 'GET', 'https://evil.example'],
+      [withCors.gateway, 'POST', 'https://evil.example'],
+      [withCors.gateway, 'GET', 'null'],
+    ];
+    for (const [gateway, method, origin] of cases) {
+      const what = `${method} Origin ${origin} ${gateway === plain.gateway ? 'without' : 'with'} --cors`;
+      const res = await rawRequest(`${gateway.url}/inventory/items`, {
+        method,
+        headers: { origin, 'content-type': 'text/plain' },
+        body: method === 'POST' ? 'amount=1000' : undefined,
+      });
+      expect(res.status, what).toBe(403);
+      expect(res.headers['x-kelsingra-error'], what).toBe('origin-refused');
+      expect(res.headers['access-control-allow-origin'], what).toBeUndefined();
+      const body = bodyJson(res);
+      expect(body.error, what).toContain(origin);
+      expect(body.hint, what).toMatch(gateway === plain.gateway ? /--cors/ : /localhost/);
+    }
+    // Without --cors a preflight is refused like the request it announces, not forwarded.
+    const pre = await rawRequest(`${plain.gateway.url}/inventory/items`, {
       method: 'OPTIONS',
       headers: { origin: 'http://localhost:5173', 'access-control-request-method': 'PUT' },
     });
-    expect(pre.status).toBe(200);
+    expect(pre.status).toBe(403);
     expect(pre.headers['access-control-allow-origin']).toBeUndefined();
-    expect(inv.seen.map((s) => s.method)).toEqual(['OPTIONS']);
+    expect(inv.seen, 'no refused request reaches the service').toEqual([]);
+    expect(plain.records.map((r) => `${r.method} ${r.status}`)).toEqual([
+      'GET 403',
+      'POST 403',
+      'GET 403',
+      'OPTIONS 403',
+    ]);
+    expect(plain.records[0]?.error).toMatch(/Origin https:\/\/evil\.example/);
+
+    // Callers that are not browsers send no Origin and are served as before.
+    const ok = await fetch(`${plain.gateway.url}/inventory/items`);
+    expect(ok.status).toBe(200);
+    await ok.body?.cancel();
+  });
+
+  it('Sec-Fetch-Site cross-site or same-site without an allowed Origin (an <img>, a link, a form) is refused', async () => {
+    const inv = await echoService('inventory', cleanups);
+    const server = await startServer({ inventory: inv.url });
+    const plain = await gatewayFor(server, { cors: false });
+    const withCors = await gatewayFor(server, { cors: true });
+    for (const { gateway } of [plain, withCors])
+      for (const site of ['cross-site', 'same-site', 'CROSS-SITE']) {
+        const what = `Sec-Fetch-Site ${site} ${gateway === plain.gateway ? 'without' : 'with'} --cors`;
+        const res = await rawRequest(`${gateway.url}/inventory/transfer?to=attacker`, {
+          headers: { 'sec-fetch-site': site, 'sec-fetch-mode': 'no-cors', 'sec-fetch-dest': 'image' },
+        });
+        expect(res.status, what).toBe(403);
+        expect(res.headers['x-kelsingra-error'], what).toBe('cross-site-refused');
+        expect(bodyJson(res).hint, what).toBeTruthy();
+      }
+    expect(inv.seen).toEqual([]);
+    // Typed into the address bar (none) or from the gateway's own origin: not a third-party page.
+    for (const site of ['none', 'same-origin']) {
+      const res = await fetch(`${plain.gateway.url}/inventory/x`, { headers: { 'sec-fetch-site': site } });
+      expect(res.status, site).toBe(200);
+      await res.body?.cancel();
+    }
+  });
+
+  it('a request addressed to another host name (DNS rebinding) is refused 403 and never forwarded', async () => {
+    const inv = await echoService('inventory', cleanups);
+    const server = await startServer({ inventory: inv.url });
+    const { gateway, records } = await gatewayFor(server, { cors: true });
+    const port = gateway.port;
+    for (const host of [`evil.example:${port}`, `127.0.0.1:${port + 1}`, 'evil.example']) {
+      const res = await rawRequest(`${gateway.url}/inventory/items`, { headers: { host } });
+      expect(res.status, host).toBe(403);
+      expect(res.headers['x-kelsingra-error'], host).toBe('foreign-host');
+      const body = bodyJson(res);
+      expect(body.error, host).toContain(host);
+      expect(body.hint, host).toContain(`http://127.0.0.1:${port}/`);
+    }
+    // A rebinding page is same-origin to itself, so its Origin (when sent) does not save it.
+    const posted = await rawRequest(`${gateway.url}/inventory/items`, {
+      method: 'POST',
+      headers: {
+        host: `evil.example:${port}`,
+        origin: `http://evil.example:${port}`,
+        'sec-fetch-site': 'same-origin',
+      },
+      body: '{}',
+    });
+    expect(posted.status).toBe(403);
+    expect(inv.seen).toEqual([]);
+    expect(records.map((r) => r.status)).toEqual([403, 403, 403, 403]);
+    expect(records[0]?.error).toContain(`evil.example:${port}`);
+
+    // Its own names are fine. (The proxy form and tunnels name the target in Host by design:
+    // the proxy-form and CONNECT tests send Host: inventory.dev.example.com.)
+    for (const host of [`localhost:${port}`, `[::1]:${port}`, `127.0.0.1:${port}`]) {
+      const res = await rawRequest(`${gateway.url}/inventory/items`, { headers: { host } });
+      expect(res.status, host).toBe(200);
+    }
+    expect(inv.seen.length).toBe(3);
   });
 
   it('CONNECT: to port 443 a 501 that says to call http://; plain HTTP inside a tunnel is served; TLS inside is dropped', async () => {
@@ -478,6 +597,68 @@ describe('the gateway against a real server agent', () => {
       'CONNECT inventory.dev.example.com:8443 501',
     ]);
     expect(inv.seen.length).toBe(1);
+  });
+
+  it('CONNECT: a tunnel idle past the timeout is closed, before its first request and between requests', async () => {
+    const inv = await echoService('inventory', cleanups);
+    const server = await startServer({ inventory: inv.url });
+    const IDLE_MS = 400;
+    const gateway = await startOutboundGateway({
+      server: server.control,
+      token: TOKEN,
+      tenant: 't1',
+      tenantHeader: 'x-tenant-id',
+      baggageKey: 'tenant',
+      tunnelIdleMs: IDLE_MS,
+    });
+    cleanups.push(() => gateway.close());
+    const request = 'GET /idle HTTP/1.1\r\nHost: inventory.dev.example.com\r\n\r\n';
+
+    /**
+     * Opens a tunnel and, once it is established, sends `count` keep-alive requests `gapMs`
+     * apart; resolves when the gateway closes it, with what came back and how long the tunnel
+     * had been silent by then.
+     */
+    const tunnel = (count: number, gapMs: number) =>
+      new Promise<{ text: string; silentMs: number }>((resolve, reject) => {
+        const socket = net.connect(gateway.port, '127.0.0.1');
+        let text = '';
+        let last = performance.now();
+        const timer = setTimeout(() => {
+          socket.destroy();
+          reject(new Error(`the tunnel was still open after 4 s; it got:\n${text}`));
+        }, 4_000);
+        socket.on('connect', () =>
+          socket.write(
+            'CONNECT inventory.dev.example.com:80 HTTP/1.1\r\nHost: inventory.dev.example.com:80\r\n\r\n',
+          ),
+        );
+        socket.setEncoding('utf8').on('data', (c: string) => {
+          if (text === '')
+            for (let i = 0; i < count; i++)
+              setTimeout(() => {
+                last = performance.now();
+                socket.write(request);
+              }, i * gapMs);
+          text += c;
+          last = performance.now();
+        });
+        socket.on('error', reject);
+        socket.on('close', () => {
+          clearTimeout(timer);
+          resolve({ text, silentMs: performance.now() - last });
+        });
+      });
+
+    const unused = await tunnel(0, 0);
+    expect(unused.text).toBe('HTTP/1.1 200 Connection Established\r\n\r\n');
+    expect(unused.silentMs).toBeGreaterThanOrEqual(IDLE_MS - 50);
+
+    // Requests closer together than the timeout keep the tunnel, however long it lives in all.
+    const used = await tunnel(4, IDLE_MS / 3);
+    expect(used.text.match(/HTTP\/1\.1 200 OK/g)?.length, used.text).toBe(4);
+    expect(used.silentMs).toBeGreaterThanOrEqual(IDLE_MS - 50);
+    expect(inv.seen.map((x) => x.url)).toEqual(['/idle', '/idle', '/idle', '/idle']);
   });
 
   it('the server agent down: a 502 at once, naming the server, with a hint', async () => {
