@@ -49,6 +49,11 @@ export default class Server extends BaseCommand {
     'baggage-key': Flags.string({
       description: 'W3C baggage entry holding the routing key (default tenant)',
     }),
+    'route-target': Flags.string({
+      description:
+        'URL pattern tenant routes may send to, e.g. http://*.svc.cluster.local:* (repeatable; default: only unlimited tokens set routes, to any URL)',
+      multiple: true,
+    }),
     config: Flags.string({ char: 'c', description: 'YAML or JSON config file' }),
   };
 
@@ -76,6 +81,7 @@ export default class Server extends BaseCommand {
         previewUrl: flags['preview-url'],
         routingKeys: flags['routing-keys']?.split(',').map((k) => k.trim()),
         baggageKey: flags['baggage-key'],
+        routeTargets: flags['route-target'],
         services: flags.service ? servicesFromFlags(flags.service) : undefined,
       },
     });

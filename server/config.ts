@@ -179,6 +179,20 @@ export const serverConfigSchema = z
         'must be a URL whose host holds {key} and {service}, such as https://{key}--{service}.dev.example.com',
       )
       .optional(),
+    /**
+     * Where tenant routes may send traffic: patterns such as `http://*.svc.cluster.local:*`
+     * (docs/routing.md). Without them only tokens without a tenant limit may set routes.
+     */
+    routeTargets: z
+      .array(
+        z
+          .string()
+          .regex(
+            /^https?:\/\/[^/?#@\s]+$/i,
+            'must be a pattern such as http://*.svc.cluster.local:* (scheme, host, optional port; * for any run of host or port characters)',
+          ),
+      )
+      .optional(),
     /** PostgreSQL for several replicas; without it intercepts live in this process's memory. */
     databaseUrl: z
       .string()
@@ -312,6 +326,11 @@ export function configFromEnv(env: NodeJS.ProcessEnv): Record<string, unknown> {
   }
   if (env.KELSINGRA_ROUTING_KEYS) {
     out.routingKeys = env.KELSINGRA_ROUTING_KEYS.split(',')
+      .map((s) => s.trim())
+      .filter(Boolean);
+  }
+  if (env.KELSINGRA_ROUTE_TARGETS) {
+    out.routeTargets = env.KELSINGRA_ROUTE_TARGETS.split(',')
       .map((s) => s.trim())
       .filter(Boolean);
   }

@@ -13,11 +13,11 @@ import {
   GATEWAY_TOKEN_HEADER,
   HOLDER_HEADER,
   type InterceptView,
-  type RouteView,
   type ServerInfo,
   TUNNEL_PATH,
 } from '../src/protocol.js';
 import { VERSION } from '../src/version.js';
+import { parseBody, sendJson, tenantId } from './api-body.js';
 import type { Principal, TokenAuthority } from './auth.js';
 import { topicName } from './config.js';
 import { sendError, writeRawError } from './error-response.js';
@@ -31,7 +31,9 @@ import {
 } from './intercept-store.js';
 import { ForwardRefused, type KafkaAgent } from './kafka-agent.js';
 import type { PassThrough, UpstreamTarget } from './pass-through.js';
+import { createRouteApi, sendUnknownService } from './route-api.js';
 import type { Route } from './route-table.js';
+import type { RouteTargetPolicy } from './route-targets.js';
 import type { ServiceRouter } from './routing.js';
 import { type TunnelHub, tunnelIdOf } from './tunnel-hub.js';
 
@@ -47,6 +49,8 @@ export interface ControlPlaneDeps {
   previewUrl?: string;
   /** The pool a tenant route sends to (its backends are in /status with the services'). */
   routeTarget: (route: Route) => UpstreamTarget;
+  /** Which URLs routes may send to. */
+  routeTargetPolicy: RouteTargetPolicy;
   /** Outbound calls from client agents' gateways, routed by the data plane. */
   serveGateway: (req: IncomingMessage, res: ServerResponse, principal: Principal) => void;
   bus: EventBus;
@@ -59,7 +63,7 @@ export interface ControlPlaneDeps {
 const createBody = z
   .object({
     service: z.string().min(1),
-    tenant: z.string().min(1).max(200),
+    tenant: tenantId,
     clientId: z.string().min(1),
     localPort: z.number().int().min(1).max(65535),
     /** Present when the developer takes Kafka messages too; no topics means every topic of the service. */
@@ -91,77 +95,10 @@ const forwardBody = z
   })
   .strict();
 
-const targetUrl = z
-  .string()
-  .url('must be a URL such as http://billing-v2:8080')
-  .refine((u) => /^https?:\/\//.test(u), 'must start with http:// or https://')
-  .transform((u) => new URL(u).href);
-
-const routeBody = z
-  .object({
-    service: z.string().min(1),
-    tenants: z.array(z.string().min(1).max(200)).min(1, 'name at least one tenant').max(100_000),
-    targets: z
-      .array(targetUrl)
-      .min(1, 'name at least one target URL')
-      .max(16)
-      .transform((t) => [...new Set(t)]),
-    /** Replace the route's tenant list instead of adding to it. */
-    replace: z.boolean().default(false),
-  })
-  .strict();
-
-const MAX_BODY = 64 * 1024;
-/** A route for a hundred thousand tenants is a few megabytes of JSON. */
-const MAX_ROUTE_BODY = 8 * 1024 * 1024;
 /** Forwarded Kafka batches carry message values. */
 const MAX_FORWARD_BODY = 8 * 1024 * 1024;
 const UNAUTHORIZED_HINT =
   'check the token: kelsingra connect --server <url> --token <secret>, or set KELSINGRA_TOKEN';
-
-function sendJson(res: ServerResponse, status: number, body: unknown): void {
-  const text = JSON.stringify(body);
-  res.writeHead(status, {
-    'content-type': 'application/json; charset=utf-8',
-    'content-length': Buffer.byteLength(text),
-  });
-  res.end(text);
-}
-
-async function readJson(req: IncomingMessage, max = MAX_BODY): Promise<unknown> {
-  const chunks: Buffer[] = [];
-  let size = 0;
-  for await (const chunk of req) {
-    size += (chunk as Buffer).length;
-    if (size > max) throw Object.assign(new Error(`request body over ${max} bytes`), { status: 413 });
-    chunks.push(chunk as Buffer);
-  }
-  try {
-    return JSON.parse(Buffer.concat(chunks).toString('utf8') || '{}');
-  } catch {
-    throw Object.assign(new Error('request body is not valid JSON'), { status: 400 });
-  }
-}
-
-/** The request's JSON body checked against `schema`, or undefined once a 400 naming the bad field is sent. */
-async function parseBody<T>(
-  req: IncomingMessage,
-  res: ServerResponse,
-  schema: z.ZodType<T>,
-  what: string,
-  max = MAX_BODY,
-): Promise<T | undefined> {
-  const parsed = schema.safeParse(await readJson(req, max));
-  if (parsed.success) return parsed.data;
-  const issue = parsed.error.issues[0];
-  sendError(
-    res,
-    400,
-    'bad-request',
-    `invalid ${what}: ${issue?.path.join('.') || 'body'}: ${issue?.message}`,
-  );
-  return undefined;
-}
 
 export function interceptView(i: Intercept, connected: boolean): InterceptView {
   return {
@@ -179,21 +116,10 @@ export function interceptView(i: Intercept, connected: boolean): InterceptView {
   };
 }
 
-export function routeView(r: Route, tenants: string[] = r.tenants): RouteView {
-  return {
-    id: r.id,
-    service: r.service,
-    tenants,
-    targets: r.targets,
-    createdBy: r.tokenName,
-    createdAt: new Date(r.createdAt).toISOString(),
-    updatedAt: new Date(r.updatedAt).toISOString(),
-  };
-}
-
 export function createControlPlane(deps: ControlPlaneDeps): http.Server {
   const { auth, store, hub, router, passThrough, bus, log } = deps;
   const { serverId } = deps;
+  const routeApi = createRouteApi({ store, router, policy: deps.routeTargetPolicy, log });
   /** Connected here, or through a replica that is alive (it clears replicaId when the tunnel drops). */
   const connected = (i: Intercept) =>
     hub.get(i.clientKey) !== undefined ||
@@ -203,71 +129,19 @@ export function createControlPlane(deps: ControlPlaneDeps): http.Server {
     const previewUrl = router.preview.urlFor(i.service, i.tenant);
     return previewUrl ? { ...v, previewUrl } : v;
   };
-  /** A tenant-limited token sees the routes naming its tenants, and only its tenants in them. */
-  const routeFor = (p: Principal, r: Route): RouteView | undefined => {
-    if (p.unrestricted) return routeView(r);
-    const tenants = r.tenants.filter((t) => p.canUseTenant(t));
-    return tenants.length ? routeView(r, tenants) : undefined;
-  };
-  const forbiddenTenants = (p: Principal, tenants: string[]) => tenants.filter((t) => !p.canUseTenant(t));
-  const unknownService = (res: ServerResponse, service: string) =>
-    sendError(
-      res,
-      404,
-      'unknown-service',
-      `unknown service "${service}"; known services: ${router.names.join(', ')}`,
-      {
-        services: router.names,
-      },
-    );
-  const tenantsParam = (url: URL) =>
-    url.searchParams
-      .get('tenants')
-      ?.split(',')
-      .map((t) => t.trim())
-      .filter(Boolean);
-
-  /** Takes `tenants` (every tenant, when undefined) out of `matched`; routes left empty are deleted. */
-  const removeRoutes = async (
-    res: ServerResponse,
-    principal: Principal,
-    matched: Route[],
-    tenants: string[] | undefined,
-  ) => {
-    const forbidden = forbiddenTenants(principal, tenants ?? matched.flatMap((r) => r.tenants));
-    if (forbidden.length) {
-      sendError(
-        res,
-        403,
-        'tenant-forbidden',
-        `token "${principal.name}" may not change the routes of tenant${forbidden.length > 1 ? 's' : ''} ${forbidden.slice(0, 5).join(', ')}`,
-        { hint: 'name your own tenants with --tenants' },
-      );
-      return;
-    }
-    const removed: RouteView[] = [];
-    const updated: RouteView[] = [];
-    for (const route of matched) {
-      const result = await store.unroute(route.id, tenants);
-      for (const r of result.removed) removed.push(routeFor(principal, r) ?? routeView(r, []));
-      for (const r of result.updated) {
-        const v = routeFor(principal, r);
-        if (v) updated.push(v);
-      }
-    }
-    if (removed.length || updated.length)
-      log.info({ removed: removed.map((r) => r.id), updated: updated.map((r) => r.id) }, 'routes removed');
-    sendJson(res, 200, { removed, updated });
-  };
   const visible = (p: Principal) => store.list().filter((i) => p.canUseTenant(i.tenant));
-  const services = (): UpstreamTarget[] => [
+  /** The services' pools, and the pools of the routes this token may see. */
+  const services = (p: Principal): UpstreamTarget[] => [
     ...router.names.map((n) => router.get(n)).filter((s) => s !== undefined),
-    ...store.listRoutes().map(deps.routeTarget),
+    ...store
+      .listRoutes()
+      .filter((r) => routeApi.routeFor(p, r) !== undefined)
+      .map(deps.routeTarget),
   ];
   const events: EventStreamSource = {
     bus,
-    snapshot: (p) => ({ intercepts: visible(p).map(view), upstreams: passThrough.upstreams(services()) }),
-    upstreams: () => ({ type: 'upstreams', upstreams: passThrough.upstreams(services()), at: Date.now() }),
+    snapshot: (p) => ({ intercepts: visible(p).map(view), upstreams: passThrough.upstreams(services(p)) }),
+    upstreams: (p) => ({ type: 'upstreams', upstreams: passThrough.upstreams(services(p)), at: Date.now() }),
     upstreamsEveryMs: 5_000,
   };
 
@@ -289,7 +163,7 @@ export function createControlPlane(deps: ControlPlaneDeps): http.Server {
         kafka: await kafkaStatusFor(principal),
         tenantHeader: deps.tenantHeader,
         services: router.names.map((name) => ({ name, upstream: router.get(name)?.upstream.href })),
-        upstreams: passThrough.upstreams(services()),
+        upstreams: passThrough.upstreams(services(principal)),
         intercepts: visible(principal).map(view),
         clients: hub
           .list()
@@ -317,105 +191,7 @@ export function createControlPlane(deps: ControlPlaneDeps): http.Server {
       sendJson(res, 200, info);
       return;
     }
-    if (pathname === '/v1/routes' && req.method === 'GET') {
-      const service = url.searchParams.get('service');
-      const views = store
-        .listRoutes()
-        .filter((r) => !service || r.service === service)
-        .map((r) => routeFor(principal, r))
-        .filter((v) => v !== undefined)
-        .sort((a, b) => a.service.localeCompare(b.service) || a.id.localeCompare(b.id));
-      sendJson(res, 200, views);
-      return;
-    }
-    if (pathname === '/v1/routes' && req.method === 'PUT') {
-      const body = await parseBody(req, res, routeBody, 'route', MAX_ROUTE_BODY);
-      if (!body) return;
-      if (!router.get(body.service)) return unknownService(res, body.service);
-      const forbidden = forbiddenTenants(principal, body.tenants);
-      const sameTargets = [...body.targets].sort().join(' ');
-      const existing = store
-        .listRoutes()
-        .find((r) => r.service === body.service && [...r.targets].sort().join(' ') === sameTargets);
-      const wanted = new Set(body.tenants);
-      // Replacing a route's tenant list drops tenants: dropping those this token cannot use is not its call.
-      const dropped =
-        existing && body.replace
-          ? forbiddenTenants(
-              principal,
-              existing.tenants.filter((t) => !wanted.has(t)),
-            )
-          : [];
-      if (forbidden.length || dropped.length) {
-        sendError(
-          res,
-          403,
-          'tenant-forbidden',
-          forbidden.length
-            ? `token "${principal.name}" may not route tenant${forbidden.length > 1 ? 's' : ''} ${forbidden.slice(0, 5).join(', ')}`
-            : `route ${existing?.id} also names tenants token "${principal.name}" may not change; keep them in --tenants`,
-        );
-        return;
-      }
-      const result = await store.setRoute({ ...body, tokenName: principal.name });
-      log.info(
-        {
-          route: result.route.id,
-          service: body.service,
-          tenants: body.tenants.length,
-          targets: body.targets,
-          moved: result.moved.length,
-        },
-        result.created ? 'route created' : 'route updated',
-      );
-      sendJson(res, result.created ? 201 : 200, {
-        route: routeView(result.route),
-        created: result.created,
-        moved: result.moved,
-        removed: result.removed.map((r) => r.id),
-      });
-      return;
-    }
-    if (pathname === '/v1/routes' && req.method === 'DELETE') {
-      const service = url.searchParams.get('service');
-      if (!service) {
-        sendError(
-          res,
-          400,
-          'bad-request',
-          'say which routes to remove: /v1/routes/<id>, or ?service=[&target=][&tenants=]',
-        );
-        return;
-      }
-      const target = url.searchParams.get('target');
-      let targetHref: string | undefined;
-      if (target) {
-        const parsed = targetUrl.safeParse(target);
-        if (!parsed.success) {
-          sendError(res, 400, 'bad-request', `target ${target}: ${parsed.error.issues[0]?.message}`);
-          return;
-        }
-        targetHref = parsed.data;
-      }
-      const matched = store
-        .listRoutes()
-        .filter((r) => r.service === service && (!targetHref || r.targets.includes(targetHref)))
-        .filter((r) => routeFor(principal, r) !== undefined);
-      await removeRoutes(res, principal, matched, tenantsParam(url));
-      return;
-    }
-    const routeById = /^\/v1\/routes\/([^/]+)$/.exec(pathname);
-    if (routeById && req.method === 'DELETE') {
-      const route = store.getRoute(routeById[1] as string);
-      if (!route || !routeFor(principal, route)) {
-        sendError(res, 404, 'unknown-route', `no route ${routeById[1]}`, {
-          hint: 'kelsingra route list shows the routes',
-        });
-        return;
-      }
-      await removeRoutes(res, principal, [route], tenantsParam(url));
-      return;
-    }
+    if (await routeApi.handle(req, res, principal, url)) return;
     if (pathname === '/v1/events' && req.method === 'GET') {
       serveEvents(req, res, url, principal, events);
       return;
@@ -452,15 +228,7 @@ export function createControlPlane(deps: ControlPlaneDeps): http.Server {
       if (!body) return;
       const { service, tenant, clientId, localPort, kafka } = body;
       if (!router.get(service)) {
-        sendError(
-          res,
-          404,
-          'unknown-service',
-          `unknown service "${service}"; known services: ${router.names.join(', ')}`,
-          {
-            services: router.names,
-          },
-        );
+        sendUnknownService(res, router, service);
         return;
       }
       let kafkaTopics: string[] = [];

@@ -16,6 +16,7 @@ import {
   HOP_HEADER,
   RELAY_HEADER,
 } from '../src/protocol.js';
+import { baggageEntry, baggageSetTo } from '../src/w3c-context.js';
 import type { Principal } from './auth.js';
 import { sendError, writeRawError } from './error-response.js';
 import type { EventBus, RequestRecord } from './event-bus.js';
@@ -23,7 +24,7 @@ import type { Intercept, InterceptStore, Peer } from './intercept-store.js';
 import type { PassThrough, UpstreamTarget } from './pass-through.js';
 import type { Route } from './route-table.js';
 import type { RouteResult, ServiceRouter } from './routing.js';
-import { type RoutingKeyOptions, routingKeyOf } from './routing-keys.js';
+import { type RoutingKeyOptions, routingKeyOf, routingKeyProblem } from './routing-keys.js';
 import { forwardThroughTunnel } from './tunnel-forward.js';
 import type { ClientTunnel, TunnelHub } from './tunnel-hub.js';
 import { relayUpgrade } from './upgrade-relay.js';
@@ -94,6 +95,12 @@ export interface DataPlane {
 /** Kelsingra's own gateway headers, never sent on. */
 const GATEWAY_ONLY = new Set(['host', GATEWAY_TOKEN_HEADER, GATEWAY_HOST_HEADER, RELAY_HEADER, HOP_HEADER]);
 
+/** Replaces every `name` line of a flat header list with one. */
+function setHeader(headers: string[], name: string, value: string): void {
+  for (let i = headers.length - 2; i >= 0; i -= 2) if (headers[i] === name) headers.splice(i, 2);
+  headers.push(name, value);
+}
+
 function headerObject(raw: string[]): Record<string, string> {
   const out: Record<string, string> = {};
   for (let i = 0; i < raw.length; i += 2) {
@@ -106,8 +113,10 @@ function headerObject(raw: string[]): Record<string, string> {
 
 /** The gateway request as the dev environment should see it: its own path and Host, no Kelsingra credentials. */
 function gatewayInbound(req: IncomingMessage): Inbound {
-  const rest = (req.url ?? '/').slice(GATEWAY_PATH.length);
-  const url = rest.startsWith('/') ? rest : `/${rest}`;
+  // The path the control port matched on (dot segments resolved), so both read the same one.
+  const parsed = new URL(req.url ?? '/', 'http://gateway.invalid');
+  const rest = parsed.pathname.slice(GATEWAY_PATH.length);
+  const url = `${rest.startsWith('/') ? rest : `/${rest}`}${parsed.search}`;
   const host = req.headers[GATEWAY_HOST_HEADER];
   const rawHeaders: string[] = [];
   for (let i = 0; i < req.rawHeaders.length; i += 2) {
@@ -179,12 +188,26 @@ export function createDataPlane(deps: DataPlaneDeps): DataPlane {
     );
     const routing = routingKeyOf(req.headers, route.hostKey, deps.keys);
     const key = routing?.key;
-    // A key from baggage or a preview URL becomes the tenant header, so the services down the
-    // chain (and their calls through Kelsingra) carry it on; a tenant header that says
-    // otherwise would have the target serve the request as another tenant than it was routed for.
-    if (key !== undefined && routing?.source !== 'header' && req.headers[tenantHeader] !== key) {
-      for (let i = headers.length - 2; i >= 0; i -= 2) if (headers[i] === tenantHeader) headers.splice(i, 2);
-      headers.push(tenantHeader, key);
+    const problem = key === undefined ? undefined : routingKeyProblem(key);
+    if (problem) {
+      return {
+        kind: 'error',
+        status: 400,
+        code: 'bad-routing-key',
+        message: `the routing key from the ${routing?.source === 'header' ? `${tenantHeader} header` : routing?.source === 'baggage' ? `${deps.keys.baggageKey} baggage entry` : 'host'} ${problem}`,
+        extra: { hint: `send exactly one ${tenantHeader} header naming one tenant` },
+      };
+    }
+    // The key becomes the tenant header (and the baggage entry, when baggage is a source), so
+    // the services down the chain (and their calls through Kelsingra) carry that key on. A
+    // second key riding along would have them serve the request as another tenant than the
+    // one it was routed — and, through the gateway, authorised — for.
+    if (key !== undefined && routing?.source !== 'header' && req.headers[tenantHeader] !== key)
+      setHeader(headers, tenantHeader, key);
+    if (key !== undefined && deps.keys.order.includes('baggage')) {
+      const carried = baggageEntry(req.headers.baggage, deps.keys.baggageKey);
+      if (carried !== undefined && carried !== key)
+        setHeader(headers, 'baggage', baggageSetTo(req.headers.baggage, deps.keys.baggageKey, key));
     }
     const intercept = key !== undefined ? store.find(route.service.name, key) : undefined;
     if (!intercept) {
@@ -344,7 +367,16 @@ export function createDataPlane(deps: DataPlaneDeps): DataPlane {
     } else {
       // Upgrades are long-lived and not retried: each goes to the backend round robin picks.
       const target: UpstreamTarget = d.kind === 'route' ? deps.routeTarget(d.tenantRoute) : d.route.service;
-      const upstream = passThrough.pick(target) ?? (target.upstreams[0] as URL);
+      const upstream = passThrough.pick(target);
+      if (!upstream) {
+        writeRawError(
+          socket,
+          503,
+          'no-healthy-backend',
+          `no backend of ${target.name} is healthy (${target.upstreams.map((u) => u.host).join(', ')}); try again when one is up`,
+        );
+        return;
+      }
       const service = { ...d.route.service, upstream, upstreams: [upstream] };
       relayUpgrade(req, socket, head, { ...d.route, service }, d.headers, timeoutMs, log);
     }

@@ -18,7 +18,7 @@ export interface EventStreamSource {
     upstreams: unknown[];
   };
   upstreamsEveryMs: number;
-  upstreams: () => ServerEvent;
+  upstreams: (principal: Principal) => ServerEvent;
 }
 
 export function serveEvents(
@@ -70,7 +70,7 @@ export function serveEvents(
   };
   source.bus.on('event', onEvent);
   const keepalive = setInterval(() => res.write(': keepalive\n\n'), KEEPALIVE_MS);
-  const health = setInterval(() => send(source.upstreams()), source.upstreamsEveryMs);
+  const health = setInterval(() => send(source.upstreams(principal)), source.upstreamsEveryMs);
   const stop = () => {
     source.bus.off('event', onEvent);
     clearInterval(keepalive);

@@ -143,6 +143,15 @@ export const MIGRATIONS: Migration[] = [
         FOR EACH ROW EXECUTE FUNCTION kelsingra_route_changed();
     `,
   },
+  {
+    version: 4,
+    name: 'change indexes',
+    // The periodic repair reads rows by change number; without these it scans both tables.
+    sql: `
+      CREATE INDEX kelsingra_intercepts_change ON kelsingra_intercepts (change);
+      CREATE INDEX kelsingra_routes_change ON kelsingra_routes (change);
+    `,
+  },
 ];
 
 /** Any constant will do, as long as every replica uses the same one. */

@@ -145,6 +145,9 @@ export function redactDatabaseUrl(url: string): string {
   }
 }
 
+/** How many change numbers below the watermark each incremental repair reads again. */
+const RECONCILE_OVERLAP = 200;
+
 export class PgInterceptStore extends EventEmitter<StoreEvents> implements InterceptStore {
   private readonly pool: pg.Pool;
   private listener?: pg.Client;
@@ -465,8 +468,7 @@ export class PgInterceptStore extends EventEmitter<StoreEvents> implements Inter
       }
       const { rows } = await client.query<RouteRow & { inserted: boolean }>(
         `INSERT INTO kelsingra_routes (id, service, tenants, targets, token_name) VALUES ($1, $2, $3, $4, $5)
-         ON CONFLICT (id) DO UPDATE SET tenants = EXCLUDED.tenants, token_name = EXCLUDED.token_name,
-           updated_at = now()
+         ON CONFLICT (id) DO UPDATE SET tenants = EXCLUDED.tenants, updated_at = now()
          RETURNING *, (xmax = 0) AS inserted`,
         [id, input.service, tenants, input.targets, input.tokenName],
       );
@@ -695,13 +697,13 @@ export class PgInterceptStore extends EventEmitter<StoreEvents> implements Inter
       await this.reload();
       return;
     }
-    const { rows } = await this.query<Row>('SELECT * FROM kelsingra_intercepts WHERE change > $1', [
-      this.watermark,
-    ]);
+    // Change numbers are taken when a row is written, not when its transaction commits: a
+    // write that committed late can sit below the watermark. Looking back a window of changes
+    // catches those (rows already applied are skipped by their change number).
+    const since = Math.max(0, this.watermark - RECONCILE_OVERLAP);
+    const { rows } = await this.query<Row>('SELECT * FROM kelsingra_intercepts WHERE change > $1', [since]);
     for (const row of rows) this.applyUpsert(row);
-    const routes = await this.query<RouteRow>('SELECT * FROM kelsingra_routes WHERE change > $1', [
-      this.watermark,
-    ]);
+    const routes = await this.query<RouteRow>('SELECT * FROM kelsingra_routes WHERE change > $1', [since]);
     for (const row of routes.rows) this.applyRoute(row);
     this.lastSyncAt = Date.now();
   }

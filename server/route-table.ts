@@ -12,7 +12,7 @@ export interface Route {
   tenants: string[];
   /** Base URLs; several make a pool. */
   targets: string[];
-  /** Name of the token that last set it. */
+  /** Name of the token that created it (later sets by other tokens keep it). */
   tokenName: string;
   createdAt: number;
   updatedAt: number;
@@ -55,7 +55,7 @@ export function routeIdOf(service: string, targets: string[]): string {
   const digest = createHash('sha256')
     .update([service, ...[...targets].sort()].join('\n'))
     .digest('hex');
-  return `rt_${digest.slice(0, 10)}`;
+  return `rt_${digest.slice(0, 16)}`;
 }
 
 export class RouteTable {
@@ -118,7 +118,7 @@ export class RouteTable {
         service: input.service,
         tenants: mergedTenants(previous?.tenants, input),
         targets: input.targets,
-        tokenName: input.tokenName,
+        tokenName: previous?.tokenName ?? input.tokenName,
         createdAt: previous?.createdAt ?? now,
         updatedAt: now,
         change: (previous?.change ?? 0) + 1,

@@ -114,6 +114,26 @@ export class PreviewHosts {
   }
 }
 
+/**
+ * Characters no routing key may hold: a comma is how several headers of one name arrive
+ * joined (`t1, t2`: which tenant?), and whitespace, separators and control characters have
+ * no place in a tenant id or a label but do in tricks that make two readers disagree.
+ */
+// biome-ignore lint/suspicious/noControlCharactersInRegex: control characters are what it refuses
+const KEY_FORBIDDEN = /[\u0000-\u0020\u007f,;"\\]/;
+export const MAX_KEY_LENGTH = 200;
+
+/** Why `key` cannot be a routing key (tenant id or label); undefined when it can. */
+export function routingKeyProblem(key: string): string | undefined {
+  if (key.length > MAX_KEY_LENGTH) return `is longer than ${MAX_KEY_LENGTH} characters`;
+  const bad = KEY_FORBIDDEN.exec(key);
+  if (!bad) return undefined;
+  const ch = bad[0] as string;
+  const shown =
+    ch === ',' ? 'a comma (several tenant headers, or several tenants in one)' : JSON.stringify(ch);
+  return `holds ${shown}; a routing key is one tenant id or label, without spaces, commas, semicolons, quotes, backslashes or control characters`;
+}
+
 export interface RoutingKeyOptions {
   order: KeySource[];
   tenantHeader: string;

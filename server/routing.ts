@@ -42,9 +42,7 @@ export class ServiceRouter {
         name,
         upstream: upstreams[0] as URL,
         upstreams,
-        healthCheck: healthCheckFromConfig(
-          (cfg as { healthCheck?: Parameters<typeof healthCheckFromConfig>[0] }).healthCheck ?? false,
-        ),
+        healthCheck: healthCheckFromConfig(cfg.healthCheck ?? false),
         pathPrefix: cfg.pathPrefix?.replace(/\/+$/, '') || undefined,
         stripPrefix: cfg.stripPrefix,
       };
@@ -66,7 +64,9 @@ export class ServiceRouter {
 
   route(headers: Record<string, string | string[] | undefined>, url: string): RouteResult | undefined {
     const explicit = headers[SERVICE_HEADER];
-    const host = typeof headers.host === 'string' ? stripPort(headers.host.toLowerCase()) : '';
+    // `billing.dev.example.com.` (fully qualified) names the same host as without the dot.
+    const host =
+      typeof headers.host === 'string' ? stripPort(headers.host.toLowerCase()).replace(/\.$/, '') : '';
     if (typeof explicit === 'string') {
       const svc = this.byName.get(explicit.trim().toLowerCase());
       if (!svc) return undefined;

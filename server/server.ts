@@ -20,6 +20,7 @@ import { MemoryInterceptStore } from './memory-store.js';
 import { PassThrough, type UpstreamTarget } from './pass-through.js';
 import { PgInterceptStore } from './pg-store.js';
 import type { Route } from './route-table.js';
+import { RouteTargetPolicy } from './route-targets.js';
 import { ServiceRouter } from './routing.js';
 import { TunnelHub } from './tunnel-hub.js';
 
@@ -110,6 +111,16 @@ export async function startServer(
     return target;
   };
   for (const route of store.listRoutes()) routeTarget(route);
+  const routeTargetPolicy = new RouteTargetPolicy(config.routeTargets);
+  for (const route of store.listRoutes()) {
+    const outside = routeTargetPolicy.outside(route.targets);
+    // Set before routeTargets was tightened: still routed, so the operator decides what goes.
+    if (outside.length)
+      log.warn(
+        { route: route.id, service: route.service, targets: outside },
+        'route sends to targets routeTargets no longer allows; kelsingra route delete removes it',
+      );
+  }
   store.on('routeSet', routeTarget);
   store.on('routeRemoved', (route) => {
     const target = routeTargets.get(route.id);
@@ -168,6 +179,7 @@ export async function startServer(
     previewUrl: config.previewUrl,
     serveGateway: data.serveGateway,
     routeTarget,
+    routeTargetPolicy,
     bus,
     log,
     kafka,

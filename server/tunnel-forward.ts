@@ -28,10 +28,12 @@ export function forwardThroughTunnel(
   const t0 = performance.now();
   let bytesOut = 0;
   const h2headers: OutgoingHttpHeaders = rawToObject(headers);
+  // The Host routing saw (a gateway call's is the dev host it named, not the control port's).
+  const host = h2headers.host;
   delete h2headers.host;
   h2headers[':method'] = req.method;
   h2headers[':path'] = path;
-  h2headers[':authority'] = req.headers.host ?? intercept.service;
+  h2headers[':authority'] = typeof host === 'string' && host !== '' ? host : intercept.service;
   h2headers[':scheme'] = 'http';
   h2headers[INTERCEPT_HEADER] = intercept.id;
 

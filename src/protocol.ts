@@ -134,7 +134,7 @@ export type StreamEvent =
  * the base upstream.
  */
 export interface RouteView {
-  /** `rt_<10 hex>`, derived from the service and its targets. */
+  /** `rt_<16 hex>` (64 bits: no two routes of a big table share one), derived from the service and its targets. */
   id: string;
   service: string;
   tenants: string[];

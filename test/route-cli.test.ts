@@ -24,12 +24,12 @@ import {
 const TOKEN = 'route-test-secret-token-9c2d';
 // Exit codes from src/errors.ts (ExitCode), spelled out: scripts depend on the numbers.
 const EXIT = { usage: 2, auth: 3, notFound: 4 } as const;
-const ROUTE_ID = /^rt_[0-9a-f]{10}$/;
+const ROUTE_ID = /^rt_[0-9a-f]{16}$/;
 
 const cleanups = cleanupsAfterEach();
 
 /** A server agent with billing and orders on the base upstream, and two other versions of billing. */
-async function setup(extraArgs: string[] = ['--token', TOKEN]) {
+async function setup(extraArgs: string[] | ((v2Url: string) => string[]) = ['--token', TOKEN]) {
   const base = await textService('base', cleanups);
   const v2 = await textService('v2', cleanups);
   const v3 = await textService('v3', cleanups);
@@ -38,7 +38,7 @@ async function setup(extraArgs: string[] = ['--token', TOKEN]) {
     `billing=${base.url}`,
     '--service',
     `orders=${base.url}`,
-    ...extraArgs,
+    ...(typeof extraArgs === 'function' ? extraArgs(v2.url) : extraArgs),
   ]);
   cleanups.push(() => server.stop());
   // Targets as the server stores them: normalised URLs (`http://127.0.0.1:1234/`).
@@ -94,7 +94,7 @@ describe('kelsingra route set', () => {
     const r = await ok(['route', 'set', 'billing', '--tenants', 't1,t2', '--to', v2.url], env);
     expect(r.stdout).toMatch(
       new RegExp(
-        `^route rt_[0-9a-f]{10}: billing for t1, t2 → ${v2.href.replaceAll('.', '\\.')} \\(created\\)$`,
+        `^route rt_[0-9a-f]{16}: billing for t1, t2 → ${v2.href.replaceAll('.', '\\.')} \\(created\\)$`,
       ),
     );
     // Live when the command returns: no polling.
@@ -155,7 +155,7 @@ describe('kelsingra route set', () => {
     const old = (await setRoute(env, 'billing', 't1,t2', v2.url)).route;
 
     const move = await ok(['route', 'set', 'billing', '--tenants', 't1', '--to', v3.url], env);
-    expect(move.stdout).toMatch(/^route rt_[0-9a-f]{10}: billing for t1 → .* \(created\)$/m);
+    expect(move.stdout).toMatch(/^route rt_[0-9a-f]{16}: billing for t1 → .* \(created\)$/m);
     expect(move.stdout).toMatch(new RegExp(`^t1 moved from ${old.id}$`, 'm'));
     expect(await whoAll(server, ['t1', 't2', 't3'])).toEqual({ t1: 'v3', t2: 'v2', t3: 'base' });
 
@@ -396,7 +396,13 @@ describe('tokens limited to tenants', () => {
     tenants: ['team-a-*']
 `,
     );
-    const { server, v2, v3 } = await setup(['--tokens-file', tokensFile]);
+    // Tenant-limited tokens route only to targets the operator allows.
+    const { server, v2, v3 } = await setup([
+      '--tokens-file',
+      tokensFile,
+      '--route-target',
+      'http://127.0.0.1:*',
+    ]);
     const admin = clientEnv(server, 'platform-admin-secret-1');
     const team = clientEnv(server, 'team-a-secret-token-2');
 
@@ -420,9 +426,14 @@ describe('tokens limited to tenants', () => {
     expect(drop.exitCode).toBe(EXIT.auth);
     expect(drop.stderr).toContain(theirs.route.id);
     expect(await whoAll(server, ['t1', 'team-a-3'])).toEqual({ t1: 'v3', 'team-a-3': 'v3' });
-    // Adding its own tenant to the same route is: the admin's stay.
-    const add = await cli(['route', 'set', 'billing', '--tenants', 'team-a-4', '--to', v3.url], team);
-    expect(add.exitCode).toBe(0);
+    // Adding its own tenant to the same route is: the admin's stay, and the answer shows the
+    // team only its own tenants; the route is still the admin's.
+    const add = await setRoute(team, 'billing', 'team-a-4', v3.url);
+    expect(add.route).toMatchObject({
+      id: theirs.route.id,
+      tenants: ['team-a-3', 'team-a-4'],
+      createdBy: 'platform',
+    });
     expect(await whoAll(server, ['t1', 'team-a-4'])).toEqual({ t1: 'v3', 'team-a-4': 'v3' });
     const seen = await listRoutes(team);
     expect(seen.map((r) => [r.id, r.tenants])).toEqual(
@@ -458,6 +469,85 @@ describe('tokens limited to tenants', () => {
       expect(out).not.toContain('team-a-secret-token-2');
       expect(out).not.toContain('platform-admin-secret-1');
     }
+  });
+});
+
+describe('route targets the server allows', () => {
+  const tokens = () => {
+    const tokensFile = join(tempDir('kelsingra-tokens-'), 'tokens.yaml');
+    writeFileSync(
+      tokensFile,
+      `tokens:
+  - name: platform
+    token: platform-admin-secret-1
+  - name: team-a
+    token: team-a-secret-token-2
+    tenants: ['team-a-*']
+`,
+    );
+    return tokensFile;
+  };
+
+  it('without routeTargets only unlimited tokens set routes; a tenant-limited one is told why and routes nothing', async () => {
+    const { server, v2 } = await setup(['--tokens-file', tokens()]);
+    const team = clientEnv(server, 'team-a-secret-token-2');
+    const refused = await cli(['route', 'set', 'billing', '--tenants', 'team-a-1', '--to', v2.url], team);
+    expect(refused.exitCode).toBe(EXIT.auth);
+    expect(refused.stderr).toContain('limited to tenants');
+    expect(refused.stderr).toContain('routeTargets');
+    expect(await who(server, 'team-a-1')).toBe('base');
+    const admin = clientEnv(server, 'platform-admin-secret-1');
+    await setRoute(admin, 'billing', 'team-a-1', v2.url);
+    expect(await who(server, 'team-a-1')).toBe('v2');
+  });
+
+  it('with routeTargets every token is held to them, and targets with credentials are refused', async () => {
+    const { server, v2, v3 } = await setup((v2Url) => [
+      '--tokens-file',
+      tokens(),
+      '--route-target',
+      `http://127.0.0.1:${new URL(v2Url).port}`,
+    ]);
+    const team = clientEnv(server, 'team-a-secret-token-2');
+    const admin = clientEnv(server, 'platform-admin-secret-1');
+    await setRoute(team, 'billing', 'team-a-1', v2.url);
+    expect(await who(server, 'team-a-1')).toBe('v2');
+    for (const env of [team, admin]) {
+      const outside = await cli(['route', 'set', 'billing', '--tenants', 'team-a-2', '--to', v3.url], env);
+      expect(outside.exitCode).toBe(EXIT.auth);
+      expect(outside.stderr).toContain(`route target ${v3.href} is not among the allowed ones`);
+      expect(outside.stderr).toContain('routeTargets');
+    }
+    // Another host on an allowed port is another host.
+    const elsewhere = await cli(
+      [
+        'route',
+        'set',
+        'billing',
+        '--tenants',
+        'team-a-2',
+        '--to',
+        `http://localhost:${new URL(v2.url).port}`,
+      ],
+      admin,
+    );
+    expect(elsewhere.exitCode).toBe(EXIT.auth);
+    const creds = await cli(
+      [
+        'route',
+        'set',
+        'billing',
+        '--tenants',
+        'team-a-2',
+        '--to',
+        `http://user:pw@127.0.0.1:${new URL(v2.url).port}/`,
+      ],
+      admin,
+    );
+    expect(creds.exitCode).toBe(EXIT.usage);
+    expect(creds.stderr).toContain('cannot carry a user or password');
+    expect(creds.stderr).not.toContain('pw@');
+    expect(await who(server, 'team-a-2')).toBe('base');
   });
 });
 

@@ -38,7 +38,7 @@ describe('RouteTable.set', () => {
       createdAt: 1_000,
       updatedAt: 1_000,
     });
-    expect(r.route.id).toMatch(/^rt_[0-9a-f]{10}$/);
+    expect(r.route.id).toMatch(/^rt_[0-9a-f]{16}$/);
     expect(r.moved).toEqual([]);
     expect(r.removed).toEqual([]);
     expect(r.updated).toEqual([]);

@@ -1,0 +1,250 @@
+/**
+ * The tenant-routes API on the control port (`GET/PUT/DELETE /v1/routes`, `DELETE
+ * /v1/routes/<id>`): who may route which tenants where. A tenant-limited token sees and
+ * changes only its own tenants in routes, and sends only to targets the server allows.
+ */
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import type { Logger } from 'pino';
+import { z } from 'zod';
+import type { RouteView } from '../src/protocol.js';
+import { parseBody, sendJson, tenantId } from './api-body.js';
+import type { Principal } from './auth.js';
+import { sendError } from './error-response.js';
+import type { InterceptStore } from './intercept-store.js';
+import type { Route } from './route-table.js';
+import { type RouteTargetPolicy, targetProblem } from './route-targets.js';
+import type { ServiceRouter } from './routing.js';
+
+const targetUrl = z
+  .string()
+  .superRefine((u, ctx) => {
+    const problem = targetProblem(u);
+    if (problem) ctx.addIssue({ code: 'custom', message: problem });
+  })
+  .transform((u) => new URL(u).href);
+
+const routeBody = z
+  .object({
+    service: z.string().min(1),
+    tenants: z.array(tenantId).min(1, 'name at least one tenant').max(100_000),
+    targets: z
+      .array(targetUrl)
+      .min(1, 'name at least one target URL')
+      .max(16)
+      .transform((t) => [...new Set(t)]),
+    /** Replace the route's tenant list instead of adding to it. */
+    replace: z.boolean().default(false),
+  })
+  .strict();
+
+/** A route for a hundred thousand tenants is a few megabytes of JSON. */
+const MAX_ROUTE_BODY = 8 * 1024 * 1024;
+
+export function routeView(r: Route, tenants: string[] = r.tenants): RouteView {
+  return {
+    id: r.id,
+    service: r.service,
+    tenants,
+    targets: r.targets,
+    createdBy: r.tokenName,
+    createdAt: new Date(r.createdAt).toISOString(),
+    updatedAt: new Date(r.updatedAt).toISOString(),
+  };
+}
+
+export interface RouteApiDeps {
+  store: InterceptStore;
+  router: ServiceRouter;
+  policy: RouteTargetPolicy;
+  log: Logger;
+}
+
+export interface RouteApi {
+  /** The route as this token may see it: only its tenants; undefined when it names none of them. */
+  routeFor(p: Principal, r: Route): RouteView | undefined;
+  /** Serves the request if it is one of the routes API's; false when it is not. */
+  handle(req: IncomingMessage, res: ServerResponse, principal: Principal, url: URL): Promise<boolean>;
+}
+
+/** 404 for a service the server does not know, listing those it does. */
+export function sendUnknownService(res: ServerResponse, router: ServiceRouter, service: string): void {
+  sendError(
+    res,
+    404,
+    'unknown-service',
+    `unknown service "${service}"; known services: ${router.names.join(', ')}`,
+    {
+      services: router.names,
+    },
+  );
+}
+
+export function createRouteApi(deps: RouteApiDeps): RouteApi {
+  const { store, router, log } = deps;
+  /** A tenant-limited token sees the routes naming its tenants, and only its tenants in them. */
+  const routeFor = (p: Principal, r: Route): RouteView | undefined => {
+    if (p.unrestricted) return routeView(r);
+    const tenants = r.tenants.filter((t) => p.canUseTenant(t));
+    return tenants.length ? routeView(r, tenants) : undefined;
+  };
+  const forbiddenTenants = (p: Principal, tenants: string[]) => tenants.filter((t) => !p.canUseTenant(t));
+  const tenantsParam = (url: URL) =>
+    url.searchParams
+      .get('tenants')
+      ?.split(',')
+      .map((t) => t.trim())
+      .filter(Boolean);
+
+  /** Takes `tenants` (every tenant, when undefined) out of `matched`; routes left empty are deleted. */
+  const removeRoutes = async (
+    res: ServerResponse,
+    principal: Principal,
+    matched: Route[],
+    tenants: string[] | undefined,
+  ) => {
+    const forbidden = forbiddenTenants(principal, tenants ?? matched.flatMap((r) => r.tenants));
+    if (forbidden.length) {
+      sendError(
+        res,
+        403,
+        'tenant-forbidden',
+        `token "${principal.name}" may not change the routes of tenant${forbidden.length > 1 ? 's' : ''} ${forbidden.slice(0, 5).join(', ')}`,
+        { hint: 'name your own tenants with --tenants' },
+      );
+      return;
+    }
+    const removed: RouteView[] = [];
+    const updated: RouteView[] = [];
+    for (const route of matched) {
+      const result = await store.unroute(route.id, tenants);
+      for (const r of result.removed) removed.push(routeFor(principal, r) ?? routeView(r, []));
+      for (const r of result.updated) {
+        const v = routeFor(principal, r);
+        if (v) updated.push(v);
+      }
+    }
+    if (removed.length || updated.length)
+      log.info({ removed: removed.map((r) => r.id), updated: updated.map((r) => r.id) }, 'routes removed');
+    sendJson(res, 200, { removed, updated });
+  };
+
+  const handle = async (
+    req: IncomingMessage,
+    res: ServerResponse,
+    principal: Principal,
+    url: URL,
+  ): Promise<boolean> => {
+    const { pathname } = url;
+    if (pathname === '/v1/routes' && req.method === 'GET') {
+      const service = url.searchParams.get('service');
+      const views = store
+        .listRoutes()
+        .filter((r) => !service || r.service === service)
+        .map((r) => routeFor(principal, r))
+        .filter((v) => v !== undefined)
+        .sort((a, b) => a.service.localeCompare(b.service) || a.id.localeCompare(b.id));
+      sendJson(res, 200, views);
+      return true;
+    }
+    if (pathname === '/v1/routes' && req.method === 'PUT') {
+      const body = await parseBody(req, res, routeBody, 'route', MAX_ROUTE_BODY);
+      if (!body) return true;
+      if (!router.get(body.service)) {
+        sendUnknownService(res, router, body.service);
+        return true;
+      }
+      const refusal = deps.policy.refusal(principal, body.targets);
+      if (refusal) {
+        sendError(res, 403, 'route-target-forbidden', refusal, {
+          hint: 'route to a target the server allows (routeTargets in its config)',
+        });
+        return true;
+      }
+      const forbidden = forbiddenTenants(principal, body.tenants);
+      const sameTargets = [...body.targets].sort().join(' ');
+      const existing = store
+        .listRoutes()
+        .find((r) => r.service === body.service && [...r.targets].sort().join(' ') === sameTargets);
+      const wanted = new Set(body.tenants);
+      // Replacing a route's tenant list drops tenants: dropping those this token cannot use is not its call.
+      const dropped =
+        existing && body.replace
+          ? forbiddenTenants(
+              principal,
+              existing.tenants.filter((t) => !wanted.has(t)),
+            )
+          : [];
+      if (forbidden.length || dropped.length) {
+        sendError(
+          res,
+          403,
+          'tenant-forbidden',
+          forbidden.length
+            ? `token "${principal.name}" may not route tenant${forbidden.length > 1 ? 's' : ''} ${forbidden.slice(0, 5).join(', ')}`
+            : `route ${existing?.id} also names tenants token "${principal.name}" may not change; keep them in --tenants`,
+        );
+        return true;
+      }
+      const result = await store.setRoute({ ...body, tokenName: principal.name });
+      log.info(
+        {
+          route: result.route.id,
+          service: body.service,
+          tenants: body.tenants.length,
+          targets: body.targets,
+          moved: result.moved.length,
+        },
+        result.created ? 'route created' : 'route updated',
+      );
+      sendJson(res, result.created ? 201 : 200, {
+        route: routeFor(principal, result.route),
+        created: result.created,
+        moved: result.moved,
+        removed: result.removed.map((r) => r.id),
+      });
+      return true;
+    }
+    if (pathname === '/v1/routes' && req.method === 'DELETE') {
+      const service = url.searchParams.get('service');
+      if (!service) {
+        sendError(
+          res,
+          400,
+          'bad-request',
+          'say which routes to remove: /v1/routes/<id>, or ?service=[&target=][&tenants=]',
+        );
+        return true;
+      }
+      const target = url.searchParams.get('target');
+      let targetHref: string | undefined;
+      if (target) {
+        const parsed = targetUrl.safeParse(target);
+        if (!parsed.success) {
+          sendError(res, 400, 'bad-request', `target ${target}: ${parsed.error.issues[0]?.message}`);
+          return true;
+        }
+        targetHref = parsed.data;
+      }
+      const matched = store
+        .listRoutes()
+        .filter((r) => r.service === service && (!targetHref || r.targets.includes(targetHref)))
+        .filter((r) => routeFor(principal, r) !== undefined);
+      await removeRoutes(res, principal, matched, tenantsParam(url));
+      return true;
+    }
+    const routeById = /^\/v1\/routes\/([^/]+)$/.exec(pathname);
+    if (routeById && req.method === 'DELETE') {
+      const route = store.getRoute(routeById[1] as string);
+      if (!route || !routeFor(principal, route)) {
+        sendError(res, 404, 'unknown-route', `no route ${routeById[1]}`, {
+          hint: 'kelsingra route list shows the routes',
+        });
+        return true;
+      }
+      await removeRoutes(res, principal, [route], tenantsParam(url));
+      return true;
+    }
+    return false;
+  };
+  return { routeFor, handle };
+}
