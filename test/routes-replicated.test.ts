@@ -395,6 +395,23 @@ describe('the outbound gateway entry on the control port', () => {
     expect(base.seen.get('/x')?.['x-kelsingra-token']).toBeUndefined();
   });
 
+  it('a call through one replica reaches an intercept whose tunnel is on the other, with the dev host it named', async () => {
+    const { base, db } = await world(cleanups);
+    const local = await service('local', cleanups);
+    const [a, b] = await replicas(db, base.url);
+    await interceptDetached(clientEnv(a, TOKEN), 'billing', 't1', local.port, cleanups);
+    await waitFor(async () => (await who(b, 't1')) === 'local', 2_000, 'the intercept to route on B');
+    const res = await rawRequest(`${b.control}/v1/gateway/relayed`, {
+      headers: { 'x-kelsingra-token': TOKEN, 'x-kelsingra-host': 'billing.dev.test', 'x-tenant-id': 't1' },
+    });
+    expect(`${res.status} ${res.body}`).toBe('200 local GET /relayed');
+    const seen = local.seen.get('/relayed');
+    expect(seen?.host).toBe('billing.dev.test');
+    expect(seen?.['x-tenant-id']).toBe('t1');
+    expect(JSON.stringify(seen)).not.toContain(TOKEN);
+    expect(base.seen.has('/relayed')).toBe(false);
+  });
+
   it('refuses a wrong token (401), another tenant than the token’s (403) and a call without a key (400)', async () => {
     const { base, v2, gateway } = await setup();
     const call = { 'x-kelsingra-service': 'billing', 'x-tenant-id': 't1' };
