@@ -8,11 +8,12 @@
  */
 
 import { spawn, spawnSync } from 'node:child_process';
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync } from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
 import { resolve } from 'node:path';
 import { parseArgs } from 'node:util';
+import pg from 'pg';
 
 export const ROOT = resolve(import.meta.dirname, '../..');
 
@@ -257,10 +258,14 @@ export function toMs(value, unit) {
           : Number.NaN;
 }
 
-/** One wrk run (always -t1). Returns requests/s and latency percentiles in ms. */
-export function wrk(url, { conns, seconds, headers = {} }) {
+/**
+ * One wrk run (always -t1), with fixed headers or a Lua script (`script`: its path). Returns
+ * requests/s and latency percentiles in ms.
+ */
+export function wrk(url, { conns, seconds, headers = {}, script }) {
   const args = ['-t1', `-c${conns}`, `-d${seconds}s`, '--latency', '--timeout', '10s'];
   for (const [k, v] of Object.entries(headers)) args.push('-H', `${k}: ${v}`);
+  if (script) args.push('-s', script);
   args.push(url);
   return new Promise((res, rej) => {
     const child = spawn('wrk', args, { stdio: ['ignore', 'pipe', 'pipe'] });
@@ -359,4 +364,54 @@ export function reportFailure(err) {
   console.error(`\nbenchmark failed: ${err.stack ?? err}`);
   for (const p of children) console.error(`--- ${p.name} output (tail):\n${p.output().slice(-2000)}`);
   return 1;
+}
+
+/** PostgreSQL the benchmarks create their databases in (KELSINGRA_BENCH_PG to change it). */
+export const ADMIN_DB_URL = process.env.KELSINGRA_BENCH_PG ?? 'postgres://postgres@127.0.0.1:5432/postgres';
+
+/** A fresh database for this run, dropped (WITH (FORCE)) when the script ends. */
+export async function createDatabase(name, { hint = 'start it, or set KELSINGRA_BENCH_PG' } = {}) {
+  const admin = new pg.Client({ connectionString: ADMIN_DB_URL });
+  await admin.connect().catch((err) => {
+    throw new Error(`cannot reach PostgreSQL at ${ADMIN_DB_URL} (${err.message}): ${hint}`);
+  });
+  try {
+    await admin.query(`CREATE DATABASE ${name}`);
+  } finally {
+    await admin.end();
+  }
+  onCleanup(async () => {
+    const c = new pg.Client({ connectionString: ADMIN_DB_URL });
+    await c.connect();
+    try {
+      await c.query(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`);
+    } finally {
+      await c.end();
+    }
+  });
+  const url = new URL(ADMIN_DB_URL);
+  url.pathname = `/${name}`;
+  return { name, url: url.toString() };
+}
+
+/** An nginx config tuned for benchmarks (one worker, long keep-alive, temp files in `dir`) around `body`. */
+export function nginxConf(dir, body) {
+  mkdirSync(dir, { recursive: true });
+  return `worker_processes 1;
+daemon off;
+pid ${dir}/nginx.pid;
+error_log ${dir}/error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  keepalive_requests 1000000;
+  keepalive_timeout 65s;
+  client_body_temp_path ${dir}/client_body;
+  proxy_temp_path ${dir}/proxy;
+  fastcgi_temp_path ${dir}/fastcgi;
+  uwsgi_temp_path ${dir}/uwsgi;
+  scgi_temp_path ${dir}/scgi;
+${body}
+}
+`;
 }

@@ -35,10 +35,10 @@ import http from 'node:http';
 import os from 'node:os';
 import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
-import pg from 'pg';
 import { Client as HttpClient } from 'undici';
 import {
   cleanupAndExit,
+  createDatabase,
   ensureTools,
   fmt,
   freePort,
@@ -65,7 +65,6 @@ const NODE = process.execPath;
 const RUN_ID = randomBytes(4).toString('hex');
 const TOKEN = `bench-${randomBytes(8).toString('hex')}`;
 const HOLDER = `bench-${process.pid}@${os.hostname()}`;
-const ADMIN_DB_URL = process.env.KELSINGRA_BENCH_PG ?? 'postgres://postgres@127.0.0.1:5432/postgres';
 const REPLICAS = 3;
 const VIA = (tenant) => ({ 'x-kelsingra-service': 'billing', 'x-tenant-id': tenant });
 
@@ -132,30 +131,6 @@ async function request(origin, method, path, headers = {}, body) {
 }
 
 // ---------------------------------------------------------------- the pieces
-
-/** A fresh database for this run, dropped (WITH (FORCE)) when the script ends. */
-async function createDatabase() {
-  const name = `kelsingra_bench_${RUN_ID}`;
-  const admin = new pg.Client({ connectionString: ADMIN_DB_URL });
-  await admin.connect();
-  try {
-    await admin.query(`CREATE DATABASE ${name}`);
-  } finally {
-    await admin.end();
-  }
-  onCleanup(async () => {
-    const c = new pg.Client({ connectionString: ADMIN_DB_URL });
-    await c.connect();
-    try {
-      await c.query(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`);
-    } finally {
-      await c.end();
-    }
-  });
-  const url = new URL(ADMIN_DB_URL);
-  url.pathname = `/${name}`;
-  return { name, url: url.toString() };
-}
 
 async function startService(label) {
   const port = await freePort();
@@ -763,7 +738,7 @@ try {
   log(
     `Kelsingra replicas benchmark: ${REPLICAS} replicas on PostgreSQL (${os.cpus().length} cores, Node ${process.versions.node})`,
   );
-  const db = await createDatabase();
+  const db = await createDatabase(`kelsingra_bench_${RUN_ID}`);
   log(`  database ${db.name}`);
   const base = await startService('base');
   const local = await startService('local');

@@ -33,6 +33,7 @@ import {
   machineInfo,
   median,
   memOf,
+  nginxConf,
   onCleanup,
   orphanPids,
   parseOptions,
@@ -169,27 +170,6 @@ async function measure(targets) {
 }
 
 // ---------------------------------------------------------------- the pieces under test
-
-function nginxConf(dir, body) {
-  mkdirSync(dir, { recursive: true });
-  return `worker_processes 1;
-daemon off;
-pid ${dir}/nginx.pid;
-error_log ${dir}/error.log warn;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  keepalive_requests 1000000;
-  keepalive_timeout 65s;
-  client_body_temp_path ${dir}/client_body;
-  proxy_temp_path ${dir}/proxy;
-  fastcgi_temp_path ${dir}/fastcgi;
-  uwsgi_temp_path ${dir}/uwsgi;
-  scgi_temp_path ${dir}/scgi;
-${body}
-}
-`;
-}
 
 async function startNginx(name, port, body) {
   const dir = join(WORK, name);

@@ -44,7 +44,6 @@
  * KELSINGRA_BENCH_PG; databases kelsingra_bench_scale_<random>[_empty] are created and dropped.
  * Every process is stopped on exit, Ctrl-C or failure.
  */
-import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { chmodSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
@@ -56,6 +55,7 @@ import pg from 'pg';
 import {
   children,
   cleanupAndExit,
+  createDatabase,
   ensureTools,
   fmt,
   freePort,
@@ -63,6 +63,7 @@ import {
   machineInfo,
   median,
   memOf,
+  nginxConf,
   onCleanup,
   parseOptions,
   ROOT,
@@ -71,16 +72,15 @@ import {
   start,
   stopAll,
   table,
-  toMs,
   waitHttp,
   which,
+  wrk,
 } from './lib.mjs';
 
 const BIN = join(ROOT, 'bin', 'run.js');
 const NODE = process.execPath;
 const RUN_ID = randomBytes(4).toString('hex');
 const TOKEN = `bench-${randomBytes(8).toString('hex')}`;
-const ADMIN_DB_URL = process.env.KELSINGRA_BENCH_PG ?? 'postgres://postgres@127.0.0.1:5432/postgres';
 const SMALL_BODY = 'hello from upstream\n';
 
 // ---------------------------------------------------------------- options
@@ -472,32 +472,7 @@ async function benchLookup(ds) {
 
 // ---------------------------------------------------------------- 2. the server agent
 
-/** A fresh database for this run, dropped (WITH (FORCE)) when the script ends. */
-async function createDatabase(name) {
-  const admin = new pg.Client({ connectionString: ADMIN_DB_URL });
-  await admin.connect().catch((err) => {
-    throw new Error(
-      `cannot reach PostgreSQL at ${ADMIN_DB_URL} (${err.message}): start it, set KELSINGRA_BENCH_PG, or run with --skip-server`,
-    );
-  });
-  try {
-    await admin.query(`CREATE DATABASE ${name}`);
-  } finally {
-    await admin.end();
-  }
-  onCleanup(async () => {
-    const c = new pg.Client({ connectionString: ADMIN_DB_URL });
-    await c.connect();
-    try {
-      await c.query(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`);
-    } finally {
-      await c.end();
-    }
-  });
-  const url = new URL(ADMIN_DB_URL);
-  url.pathname = `/${name}`;
-  return { name, url: url.toString() };
-}
+const PG_HINT = 'start it, set KELSINGRA_BENCH_PG, or run with --skip-server';
 
 const silent = createLogger('silent');
 
@@ -625,30 +600,17 @@ async function startNginx(basePort, routePort) {
   const body = SMALL_BODY.replace('\n', '\\n');
   writeFileSync(
     conf,
-    `worker_processes 1;
-daemon off;
-pid ${dir}/nginx.pid;
-error_log ${dir}/error.log warn;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  keepalive_requests 1000000;
-  keepalive_timeout 65s;
-  client_body_temp_path ${dir}/client_body;
-  proxy_temp_path ${dir}/proxy;
-  fastcgi_temp_path ${dir}/fastcgi;
-  uwsgi_temp_path ${dir}/uwsgi;
-  scgi_temp_path ${dir}/scgi;
-  server {
+    nginxConf(
+      dir,
+      `  server {
     listen 127.0.0.1:${basePort};
     location / { default_type text/plain; add_header x-served-by base; return 200 "${body}"; }
   }
   server {
     listen 127.0.0.1:${routePort};
     location / { default_type text/plain; add_header x-served-by route; return 200 "${body}"; }
-  }
-}
-`,
+  }`,
+    ),
   );
   const proc = await start('nginx', which('nginx') || '/usr/sbin/nginx', [
     '-e',
@@ -722,37 +684,6 @@ end
 }
 
 /** One wrk run (-t1) with a Lua script; requests/s and latency percentiles in ms. */
-function wrk(url, script, { conns, seconds }) {
-  const args = ['-t1', `-c${conns}`, `-d${seconds}s`, '--latency', '--timeout', '10s', '-s', script, url];
-  return new Promise((res, rej) => {
-    const child = spawn('wrk', args, { stdio: ['ignore', 'pipe', 'pipe'] });
-    let out = '';
-    const proc = { name: 'wrk', child, pid: child.pid, output: () => out };
-    children.add(proc);
-    child.stdout.on('data', (c) => (out += c));
-    child.stderr.on('data', (c) => (out += c));
-    const timer = setTimeout(() => child.kill('SIGKILL'), (seconds + 30) * 1000);
-    child.once('exit', (code) => {
-      clearTimeout(timer);
-      children.delete(proc);
-      if (code !== 0) return rej(new Error(`wrk ${args.join(' ')} failed (${code}):\n${out}`));
-      const rps = Number(/Requests\/sec:\s+([\d.]+)/.exec(out)?.[1]);
-      const pct = (p) => {
-        const m = new RegExp(`^\\s+${p}%\\s+([\\d.]+)(us|ms|s|m)\\s*$`, 'm').exec(out);
-        return m ? toMs(m[1], m[2]) : Number.NaN;
-      };
-      const requests = Number(/(\d+) requests in/.exec(out)?.[1] ?? 0);
-      const non2xx = Number(/Non-2xx or 3xx responses: (\d+)/.exec(out)?.[1] ?? 0);
-      const sock = /Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)/.exec(out);
-      const errors = sock ? sock.slice(1).reduce((a, b) => a + Number(b), 0) : 0;
-      if (!Number.isFinite(rps) || requests === 0)
-        return rej(new Error(`could not read wrk output:\n${out}`));
-      if (non2xx > 0)
-        return rej(new Error(`${non2xx} of ${requests} responses were not 2xx from ${url}:\n${out}`));
-      res({ rps, p50: pct(50), p99: pct(99), requests, errors });
-    });
-  });
-}
 
 /**
  * Checks a sample of the data set on a server's data port: intercepted tenants answer 502
@@ -803,8 +734,8 @@ async function benchServer(ds, lookup) {
   await startNginx(basePort, routePort);
   const routeBase = `http://127.0.0.1:${routePort}`;
 
-  const full = await createDatabase(`kelsingra_bench_scale_${RUN_ID}`);
-  const empty = await createDatabase(`kelsingra_bench_scale_${RUN_ID}_empty`);
+  const full = await createDatabase(`kelsingra_bench_scale_${RUN_ID}`, { hint: PG_HINT });
+  const empty = await createDatabase(`kelsingra_bench_scale_${RUN_ID}_empty`, { hint: PG_HINT });
   let t0 = performance.now();
   const loaded = await loadDatabase(full, ds, routeBase);
   await loadDatabase(empty, undefined);
@@ -883,9 +814,9 @@ async function benchServer(ds, lookup) {
     for (const [mix, script] of Object.entries(mixes)) {
       for (const which of order) {
         const s = servers[which];
-        await wrk(`${s.data}/`, script, { conns: opts.conns, seconds: opts.warmup });
+        await wrk(`${s.data}/`, { script, conns: opts.conns, seconds: opts.warmup });
         const c0 = cpuSeconds(s.pid);
-        const r = await wrk(`${s.data}/`, script, { conns: opts.conns, seconds: opts.duration });
+        const r = await wrk(`${s.data}/`, { script, conns: opts.conns, seconds: opts.duration });
         r.cpuUsPerReq = ((cpuSeconds(s.pid) - c0) / r.requests) * 1e6;
         runs[which][mix].push(r);
         log(
