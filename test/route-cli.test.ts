@@ -46,6 +46,22 @@ async function setup(extraArgs: string[] | ((v2Url: string) => string[]) = ['--t
   return { server, base, v2: href(v2), v3: href(v3) };
 }
 
+/** A tokens file with an unlimited token (platform) and one limited to team-a-* tenants. */
+function teamTokens(): string {
+  const tokensFile = join(tempDir('kelsingra-tokens-'), 'tokens.yaml');
+  writeFileSync(
+    tokensFile,
+    `tokens:
+  - name: platform
+    token: platform-admin-secret-1
+  - name: team-a
+    token: team-a-secret-token-2
+    tenants: ['team-a-*']
+`,
+  );
+  return tokensFile;
+}
+
 /** Which upstream answered a request for `tenant` on the data port (the first word of its body). */
 async function who(server: ServerProcess, tenant: string, service = 'billing'): Promise<string> {
   const res = await viaProxy(server, service, tenant, '/invoices');
@@ -384,18 +400,7 @@ describe('precedence: intercept > tenant route > base', () => {
 
 describe('tokens limited to tenants', () => {
   it('a team token routes only its tenants, and sees only its tenants in list', async () => {
-    const dir = tempDir('kelsingra-tokens-');
-    const tokensFile = join(dir, 'tokens.yaml');
-    writeFileSync(
-      tokensFile,
-      `tokens:
-  - name: platform
-    token: platform-admin-secret-1
-  - name: team-a
-    token: team-a-secret-token-2
-    tenants: ['team-a-*']
-`,
-    );
+    const tokensFile = teamTokens();
     // Tenant-limited tokens route only to targets the operator allows.
     const { server, v2, v3 } = await setup([
       '--tokens-file',
@@ -473,23 +478,8 @@ describe('tokens limited to tenants', () => {
 });
 
 describe('route targets the server allows', () => {
-  const tokens = () => {
-    const tokensFile = join(tempDir('kelsingra-tokens-'), 'tokens.yaml');
-    writeFileSync(
-      tokensFile,
-      `tokens:
-  - name: platform
-    token: platform-admin-secret-1
-  - name: team-a
-    token: team-a-secret-token-2
-    tenants: ['team-a-*']
-`,
-    );
-    return tokensFile;
-  };
-
   it('without routeTargets only unlimited tokens set routes; a tenant-limited one is told why and routes nothing', async () => {
-    const { server, v2 } = await setup(['--tokens-file', tokens()]);
+    const { server, v2 } = await setup(['--tokens-file', teamTokens()]);
     const team = clientEnv(server, 'team-a-secret-token-2');
     const refused = await cli(['route', 'set', 'billing', '--tenants', 'team-a-1', '--to', v2.url], team);
     expect(refused.exitCode).toBe(EXIT.auth);
@@ -504,7 +494,7 @@ describe('route targets the server allows', () => {
   it('with routeTargets every token is held to them, and targets with credentials are refused', async () => {
     const { server, v2, v3 } = await setup((v2Url) => [
       '--tokens-file',
-      tokens(),
+      teamTokens(),
       '--route-target',
       `http://127.0.0.1:${new URL(v2Url).port}`,
     ]);
