@@ -79,7 +79,12 @@ export class RouteTable {
     return this.byId.size;
   }
 
-  /** Puts a route in (or replaces the one with its id), indexing each of its tenants. */
+  /**
+   * Puts a route in (or replaces the one with its id), indexing each of its tenants. A tenant
+   * indexed to another route with a newer change keeps that route: a replica can fetch an
+   * older copy of a route after the newer route that took the tenant from it (PostgreSQL
+   * change numbers are global, so newer is comparable across routes).
+   */
   put(route: Route): void {
     this.drop(route.id);
     this.byId.set(route.id, route);
@@ -88,7 +93,10 @@ export class RouteTable {
       tenants = new Map();
       this.byService.set(route.service, tenants);
     }
-    for (const tenant of route.tenants) tenants.set(tenant, route);
+    for (const tenant of route.tenants) {
+      const held = tenants.get(tenant);
+      if (!held || held.change <= route.change) tenants.set(tenant, route);
+    }
   }
 
   /** Takes a route out; returns it if it was here. */

@@ -124,6 +124,35 @@ describe('RouteTable.set', () => {
   });
 });
 
+describe('RouteTable.put (a replica applying rows as they arrive)', () => {
+  const row = (id: string, tenants: string[], targets: string[], change: number): Route => ({
+    id,
+    service: 'billing',
+    tenants,
+    targets,
+    tokenName: 'default',
+    createdAt: 0,
+    updatedAt: 0,
+    change,
+  });
+
+  it('an older copy of a route, fetched before the move that took a tenant from it, does not take the tenant back', () => {
+    const table = new RouteTable();
+    // Change 5 made A = {t1, t2}; change 6 shrank A to {t2} and change 7 made B = {t1}. This
+    // replica read B after the move but A before it, and applies them in that order.
+    table.put(row('A', ['t1', 't2'], [V2], 5));
+    table.put(row('B', ['t1'], [V3], 7));
+    expect(targetsOf(table, ['t1', 't2'])).toEqual({ t1: V3, t2: V2 });
+    const late = new RouteTable();
+    late.put(row('B', ['t1'], [V3], 7));
+    late.put(row('A', ['t1', 't2'], [V2], 5));
+    expect(targetsOf(late, ['t1', 't2'])).toEqual({ t1: V3, t2: V2 });
+    // The newer copy of A arrives: t1 stays with B, not lost to the base.
+    late.put(row('A', ['t2'], [V2], 6));
+    expect(targetsOf(late, ['t1', 't2'])).toEqual({ t1: V3, t2: V2 });
+  });
+});
+
 describe('RouteTable.unroute', () => {
   const setup = () => {
     const table = new RouteTable();
