@@ -1,8 +1,10 @@
+import { resolve } from 'node:path';
 import { Flags } from '@oclif/core';
 import { ApiClient } from '../src/api-client.js';
 import { BaseCommand } from '../src/cli/base-command.js';
 import { ExitCode, KelsingraError } from '../src/errors.js';
-import { normaliseServerUrl, saveSettings } from '../src/settings.js';
+import { loadSettings, normaliseServerUrl, saveSettings } from '../src/settings.js';
+import { principalLine } from '../src/token-summary.js';
 
 export default class Connect extends BaseCommand {
   static override summary = 'Save the server agent URL and token, after checking that they work.';
@@ -11,6 +13,7 @@ export default class Connect extends BaseCommand {
   static override examples = [
     '<%= config.bin %> connect --server http://kelsingra.dev.example.com:7700 --token $TOKEN',
     'KELSINGRA_TOKEN=$TOKEN <%= config.bin %> connect --server kelsingra.dev.example.com:7700 --json',
+    '<%= config.bin %> connect --server https://kelsingra.dev.example.com:7700 --token $TOKEN --ca ./dev-ca.pem',
   ];
 
   static override flags = {
@@ -24,15 +27,23 @@ export default class Connect extends BaseCommand {
       env: 'KELSINGRA_TOKEN',
       required: true,
     }),
+    ca: Flags.string({
+      description:
+        "PEM file of the CA that signed the server's certificate, when it is a private one (saved; '' forgets it)",
+      env: 'KELSINGRA_CA',
+    }),
   };
 
   async run(): Promise<void> {
     const { flags } = await this.parse(Connect);
     const server = normaliseServerUrl(flags.server);
+    // The CA is checked and trusted before the server is asked (a saved one too, when none is given).
+    const ca = flags.ca ? resolve(flags.ca) : flags.ca;
+    loadSettings({ server, token: flags.token, ...(ca !== undefined ? { ca } : {}) });
     const status = await this.spin(`Connecting to ${server}`, new ApiClient(server, flags.token).status());
     let path: string;
     try {
-      path = saveSettings({ server, token: flags.token });
+      path = saveSettings({ server, token: flags.token, ca });
     } catch (err) {
       throw new KelsingraError(
         `the server answered, but the settings could not be saved: ${(err as Error).message}`,
@@ -45,12 +56,13 @@ export default class Connect extends BaseCommand {
       serverId: status.serverId,
       version: status.version,
       services: status.services.map((s) => s.name),
+      ...(status.principal ? { principal: status.principal } : {}),
       savedTo: path,
     };
     if (flags.json) this.printJson(result);
     else
       this.log(
-        `Connected to ${server} (server ${status.serverId}, services: ${result.services.join(', ') || 'none'}). Saved to ${path}.`,
+        `Connected to ${server} (server ${status.serverId}, services: ${result.services.join(', ') || 'none'}). Saved to ${path}.${status.principal ? `\n${principalLine(status.principal)}` : ''}`,
       );
   }
 }

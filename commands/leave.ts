@@ -31,7 +31,7 @@ export default class Leave extends BaseCommand {
     if (!flags.all && !args.target)
       throw new KelsingraError('say which intercept to end', ExitCode.usage, usage);
     const settings = loadSettings();
-    const api = new ApiClient(settings.server, settings.token);
+    const api = new ApiClient(settings.server, settings.token, settings.holder);
     let result: { removed: { id: string; service: string; tenant: string }[] };
     if (flags.all) {
       result = await this.spin('Leaving', api.removeWhere({ holder: settings.holder }));

@@ -51,8 +51,42 @@ export default class Server extends BaseCommand {
     }),
     'route-target': Flags.string({
       description:
-        'URL pattern tenant routes may send to, e.g. http://*.svc.cluster.local:* (repeatable; default: only unlimited tokens set routes, to any URL)',
+        'URL pattern tenant routes may send to, e.g. http://*.svc.cluster.local:* (repeatable; default: only admin tokens set routes, to any URL)',
       multiple: true,
+    }),
+    'auth-failure-limit': Flags.integer({
+      description:
+        'wrong tokens from one client address before it gets 429 for a while (default 10; 0: no limit)',
+    }),
+    'auth-failure-window': Flags.integer({
+      description: 'seconds those wrong tokens are counted over, and how long the 429s last (default 60)',
+    }),
+    'trusted-proxy': Flags.string({
+      description:
+        'address or CIDR of a proxy in front of the control port whose X-Forwarded-For names the client (repeatable)',
+      multiple: true,
+    }),
+    'audit-log': Flags.string({
+      description: 'file to append the audit trail of intercept and route changes to (it is in the log too)',
+    }),
+    'tls-cert': Flags.string({
+      description: 'PEM certificate (chain) file: the ports serve HTTPS and the tunnel WSS (with --tls-key)',
+    }),
+    'tls-key': Flags.string({ description: 'PEM private key file of --tls-cert' }),
+    'tls-ca': Flags.string({
+      description:
+        'PEM CA file trusted besides the system CAs: other replicas (https advertise URLs), https upstreams',
+    }),
+    'tls-ports': Flags.string({
+      description: 'which ports serve TLS: control,data (default both)',
+    }),
+    'max-body-bytes': Flags.integer({
+      description:
+        'largest request body the data port passes on, in bytes (default 104857600 = 100 MiB; 0: no limit)',
+    }),
+    'drain-timeout': Flags.integer({
+      description:
+        'seconds a stopping server (SIGTERM) lets requests in flight finish and tunnels move to another replica (default 20; 0: stop at once)',
     }),
     config: Flags.string({ char: 'c', description: 'YAML or JSON config file' }),
   };
@@ -82,17 +116,58 @@ export default class Server extends BaseCommand {
         routingKeys: flags['routing-keys']?.split(',').map((k) => k.trim()),
         baggageKey: flags['baggage-key'],
         routeTargets: flags['route-target'],
+        authFailureLimit: flags['auth-failure-limit'],
+        authFailureWindow: flags['auth-failure-window'],
+        trustedProxies: flags['trusted-proxy'],
+        auditLog: flags['audit-log'],
+        tls: tlsLayer(flags),
+        maxBodyBytes: flags['max-body-bytes'],
+        drainTimeout: flags['drain-timeout'],
         services: flags.service ? servicesFromFlags(flags.service) : undefined,
       },
     });
     const server = await startServer(config);
     await new Promise<void>((resolve) => {
+      let drainingSince: number | undefined;
       const stop = (signal: string) => {
-        server.log.info({ signal }, 'shutting down');
-        server.close().then(resolve, resolve);
+        // signal-exit (loaded by dependencies) re-sends a signal it thinks nobody handles, so
+        // the first one may arrive twice at once; that echo is no second signal.
+        if (drainingSince !== undefined && Date.now() - drainingSince < SIGNAL_ECHO_MS) return;
+        // A second signal means "now": whoever sent it will not wait for the drain.
+        if (drainingSince !== undefined || config.drainTimeout === 0) {
+          server.log.info({ signal }, 'shutting down');
+          server.close().then(resolve, resolve);
+          return;
+        }
+        drainingSince = Date.now();
+        server.log.info({ signal, drainTimeout: config.drainTimeout }, 'shutting down gracefully');
+        server
+          .drain(config.drainTimeout * 1000)
+          .then(() => server.close())
+          .then(resolve, resolve);
       };
-      process.once('SIGINT', stop);
-      process.once('SIGTERM', stop);
+      process.on('SIGINT', stop);
+      process.on('SIGTERM', stop);
     });
   }
+}
+
+const SIGNAL_ECHO_MS = 1_000;
+
+/** The --tls-* flags as a `tls` layer, only the keys given, so the file's others stay. */
+function tlsLayer(flags: {
+  'tls-cert'?: string;
+  'tls-key'?: string;
+  'tls-ca'?: string;
+  'tls-ports'?: string;
+}): Record<string, unknown> | undefined {
+  const layer = Object.fromEntries(
+    Object.entries({
+      cert: flags['tls-cert'],
+      key: flags['tls-key'],
+      ca: flags['tls-ca'],
+      ports: flags['tls-ports']?.split(',').map((p) => p.trim()),
+    }).filter(([, v]) => v !== undefined),
+  );
+  return Object.keys(layer).length ? layer : undefined;
 }

@@ -4,6 +4,7 @@ import { formatUpstream, upstreamState } from '../src/dashboard-model.js';
 import { interceptTable } from '../src/intercept-table.js';
 import type { StoreHealth } from '../src/protocol.js';
 import { loadSettings } from '../src/settings.js';
+import { principalLine } from '../src/token-summary.js';
 
 export default class Status extends BaseCommand {
   static override summary = 'Show the server agent: services, upstreams, intercepts, connected clients.';
@@ -23,6 +24,7 @@ export default class Status extends BaseCommand {
     this.log(
       `Server ${settings.server} (${status.serverId}, version ${status.version}); tenant header ${status.tenantHeader}`,
     );
+    if (status.principal) this.log(principalLine(status.principal));
     this.log(storeLine(status.store));
     this.log('\nServices:');
     // One row per backend: a service with a pool of backends has several.

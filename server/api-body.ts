@@ -27,14 +27,31 @@ export function sendJson(res: ServerResponse, status: number, body: unknown): vo
   res.end(text);
 }
 
+/**
+ * The body, up to `max` bytes. Past that it fails with a 413 error, and the rest of the body is
+ * read and dropped rather than the connection destroyed: the caller still gets the answer.
+ */
 export async function readJson(req: IncomingMessage, max = MAX_BODY): Promise<unknown> {
+  const tooLarge = () =>
+    Object.assign(new Error(`request body over ${max} bytes`), { status: 413, code: 'body-too-large' });
+  if (Number(req.headers['content-length']) > max) throw tooLarge();
   const chunks: Buffer[] = [];
-  let size = 0;
-  for await (const chunk of req) {
-    size += (chunk as Buffer).length;
-    if (size > max) throw Object.assign(new Error(`request body over ${max} bytes`), { status: 413 });
-    chunks.push(chunk as Buffer);
-  }
+  await new Promise<void>((resolve, reject) => {
+    let size = 0;
+    const onData = (chunk: Buffer) => {
+      size += chunk.length;
+      if (size <= max) {
+        chunks.push(chunk);
+        return;
+      }
+      req.off('data', onData);
+      req.resume();
+      reject(tooLarge());
+    };
+    req.on('data', onData);
+    req.once('end', resolve);
+    req.once('error', reject);
+  });
   try {
     return JSON.parse(Buffer.concat(chunks).toString('utf8') || '{}');
   } catch {

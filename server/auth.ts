@@ -1,24 +1,35 @@
 /**
  * Bearer-token authentication for the control plane. A token may be limited to tenant
- * patterns (`team-a-*`); the raw secret is never kept after start-up, only its hash.
+ * patterns (`team-a-*`) and has a role; the raw secret is never kept after start-up (and need
+ * never be written down: a tokens file may hold only its SHA-256), only its digest.
  */
-import { createHash, timingSafeEqual } from 'node:crypto';
+import { timingSafeEqual } from 'node:crypto';
 import type { IncomingHttpHeaders } from 'node:http';
-import type { TokenConfig } from './config.js';
+import { type TokenRole, tokenDigest } from '../src/token-hash.js';
+
+export type { TokenRole } from '../src/token-hash.js';
 
 export interface Principal {
   /** Name for logs and for `list`; never the secret. */
   name: string;
+  /**
+   * admin: every tenant, and may end anyone's intercepts; developer: its tenants, and ends
+   * only the intercepts it made (on tenants it shares with other tokens).
+   */
+  role: TokenRole;
+  /** The tenant patterns, to show the token's holder what it may use. */
+  tenants: string[];
   canUseTenant(tenant: string): boolean;
   /** True when the token is not limited to particular tenants. */
   unrestricted: boolean;
 }
 
-/** A token as it is kept: its name, the sha256 of its secret, and the tenants it may use. */
+/** A token as it is kept: its name, the sha256 of its secret, its tenants and role. */
 export interface TokenRecord {
   name: string;
   digest: Buffer;
   tenants: string[];
+  role: TokenRole;
 }
 
 interface Entry {
@@ -26,13 +37,28 @@ interface Entry {
   principal: Principal;
 }
 
-const digest = (secret: string) => createHash('sha256').update(secret).digest();
+/** A token as configured: the secret itself, or (better) only its SHA-256 in hex. */
+export interface TokenEntry {
+  name: string;
+  token?: string;
+  tokenSha256?: string;
+  tenants: string[];
+  role?: TokenRole;
+}
 
-/** The tokens of a config (`--token` is the unrestricted `default`), secrets replaced by digests. */
-export function tokenRecords(token: string | undefined, tokens: TokenConfig[]): TokenRecord[] {
-  const all: TokenConfig[] = [...tokens];
-  if (token) all.unshift({ name: 'default', token, tenants: ['*'] });
-  return all.map((t) => ({ name: t.name, digest: digest(t.token), tenants: t.tenants }));
+/**
+ * The tokens of a config, secrets replaced by digests. `--token` is `default`: an admin, so a
+ * one-token setup can do everything, as it could before tokens had roles.
+ */
+export function tokenRecords(token: string | undefined, tokens: TokenEntry[]): TokenRecord[] {
+  const all: TokenEntry[] = [...tokens];
+  if (token) all.unshift({ name: 'default', token, tenants: ['*'], role: 'admin' });
+  return all.map((t) => ({
+    name: t.name,
+    digest: t.tokenSha256 !== undefined ? Buffer.from(t.tokenSha256, 'hex') : tokenDigest(t.token ?? ''),
+    tenants: t.tenants,
+    role: t.role ?? 'developer',
+  }));
 }
 
 /** `t1`, `team-a-*`, `*`: only `*` is special, and it matches any run of characters. */
@@ -43,6 +69,7 @@ export function tenantPattern(pattern: string): RegExp {
 
 export class TokenAuthority {
   private entries: Entry[] = [];
+  private byName = new Map<string, Principal>();
 
   constructor(records: TokenRecord[]) {
     this.replace(records);
@@ -61,11 +88,19 @@ export class TokenAuthority {
         digest: t.digest,
         principal: {
           name: t.name,
+          role: t.role,
+          tenants: t.tenants,
           unrestricted,
           canUseTenant: (tenant: string) => unrestricted || patterns.some((p) => p.test(tenant)),
         },
       };
     });
+    this.byName = new Map(this.entries.toReversed().map((e) => [e.principal.name, e.principal]));
+  }
+
+  /** The token of that name as configured now (intercepts and routes name the token that made them). */
+  named(name: string): Principal | undefined {
+    return this.byName.get(name);
   }
 
   /** Comparing fixed-length digests in constant time leaks neither the token nor its length. */
@@ -78,7 +113,7 @@ export class TokenAuthority {
 
   /** The principal a bare token belongs to (the gateway carries it in its own header). */
   verify(token: string): Principal | undefined {
-    const given = digest(token);
+    const given = tokenDigest(token);
     let found: Principal | undefined;
     for (const entry of this.entries) {
       if (timingSafeEqual(entry.digest, given)) found ??= entry.principal;

@@ -6,7 +6,10 @@ import { readFile } from 'node:fs/promises';
 import { parse as parseYaml } from 'yaml';
 import { z } from 'zod';
 import { ExitCode, KelsingraError } from '../src/errors.js';
+import { TOKEN_ROLES } from '../src/token-hash.js';
+import { proxyProblem } from './client-address.js';
 import { validPreviewTemplate } from './routing-keys.js';
+import { tlsConfigSchema, tlsFromEnv } from './tls.js';
 
 const SERVICE_NAME_RULE = 'service names are lowercase letters, digits and dashes (a DNS label)';
 const serviceName = z.string().regex(/^[a-z0-9]([a-z0-9-]*[a-z0-9])?$/, SERVICE_NAME_RULE);
@@ -78,13 +81,37 @@ const serviceSchema = z.preprocess(
     .strict(),
 );
 
+/**
+ * A token: its secret (`token`), or only the secret's SHA-256 (`tokenSha256`, from `kelsingra
+ * token hash`) so the file never holds a secret. An admin uses every tenant, so it takes no tenant list.
+ */
 const tokenSchema = z
   .object({
     name: z.string().min(1),
-    token: z.string().min(8, 'tokens must be at least 8 characters'),
+    token: z.string().min(8, 'tokens must be at least 8 characters').optional(),
+    tokenSha256: z
+      .string()
+      .regex(/^[0-9a-fA-F]{64}$/, 'must be 64 hex digits, the SHA-256 that kelsingra token hash prints')
+      .transform((h) => h.toLowerCase())
+      .optional(),
     tenants: z.array(z.string().min(1)).default(['*']),
+    role: z.enum(TOKEN_ROLES, { error: 'must be admin or developer' }).default('developer'),
   })
-  .strict();
+  .strict()
+  .superRefine((t, ctx) => {
+    if ((t.token === undefined) === (t.tokenSha256 === undefined))
+      ctx.addIssue({
+        code: 'custom',
+        path: ['tokenSha256'],
+        message: 'give the secret as tokenSha256 (kelsingra token hash prints it) or token, one of them',
+      });
+    if (t.role === 'admin' && !(t.tenants.length === 1 && t.tenants[0] === '*'))
+      ctx.addIssue({
+        code: 'custom',
+        path: ['tenants'],
+        message: "an admin token uses every tenant: leave tenants out (or ['*']), or make it role: developer",
+      });
+  });
 
 /** Kafka's own rule for topic names. */
 export const topicName = z
@@ -203,6 +230,33 @@ export const serverConfigSchema = z
     /** Topics whose tenants' messages can be intercepted (docs/kafka.md). */
     kafka: kafkaSchema.optional(),
     logLevel: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
+    /**
+     * Wrong tokens from one client address within `authFailureWindow` seconds before it gets
+     * 429 for that long (0: no limit).
+     */
+    authFailureLimit: z.coerce.number().int().min(0).default(10),
+    authFailureWindow: seconds.default(60),
+    /** Proxies (addresses or CIDR blocks) whose X-Forwarded-For names the client address. */
+    trustedProxies: z
+      .array(
+        z.string().superRefine((p, ctx) => {
+          const problem = proxyProblem(p);
+          if (problem) ctx.addIssue({ code: 'custom', message: problem });
+        }),
+      )
+      .default([]),
+    /** A file the audit trail of intercept and route changes is appended to (it is in the log too). */
+    auditLog: z.string().min(1).optional(),
+    /** TLS on the ports, from certificate files; a CA trusted for relays and upstreams (server/tls.ts). */
+    tls: tlsConfigSchema.optional(),
+    /** Largest request body the data port passes on, in bytes (0: no limit). */
+    maxBodyBytes: z.coerce
+      .number()
+      .int()
+      .min(0)
+      .default(100 * 1024 * 1024),
+    /** Seconds a stopping server lets requests in flight finish and tunnels move (0: stop at once). */
+    drainTimeout: z.coerce.number().min(0).default(20),
   })
   .strict();
 
@@ -319,6 +373,11 @@ export function configFromEnv(env: NodeJS.ProcessEnv): Record<string, unknown> {
     KELSINGRA_ADVERTISE_URL: 'advertiseUrl',
     KELSINGRA_BAGGAGE_KEY: 'baggageKey',
     KELSINGRA_PREVIEW_URL: 'previewUrl',
+    KELSINGRA_AUTH_FAILURE_LIMIT: 'authFailureLimit',
+    KELSINGRA_AUTH_FAILURE_WINDOW: 'authFailureWindow',
+    KELSINGRA_AUDIT_LOG: 'auditLog',
+    KELSINGRA_MAX_BODY_BYTES: 'maxBodyBytes',
+    KELSINGRA_DRAIN_TIMEOUT: 'drainTimeout',
   };
   for (const [envName, key] of Object.entries(map)) {
     const value = env[envName];
@@ -334,6 +393,13 @@ export function configFromEnv(env: NodeJS.ProcessEnv): Record<string, unknown> {
       .map((s) => s.trim())
       .filter(Boolean);
   }
+  if (env.KELSINGRA_TRUSTED_PROXIES) {
+    out.trustedProxies = env.KELSINGRA_TRUSTED_PROXIES.split(',')
+      .map((s) => s.trim())
+      .filter(Boolean);
+  }
+  const tls = tlsFromEnv(env);
+  if (tls) out.tls = tls;
   if (env.KELSINGRA_SERVICES) {
     out.services = servicesFromFlags(
       env.KELSINGRA_SERVICES.split(',')
@@ -344,7 +410,10 @@ export function configFromEnv(env: NodeJS.ProcessEnv): Record<string, unknown> {
   return out;
 }
 
-/** Shallow merge, except services, which merge per service so a flag can add one to a file's list. */
+/**
+ * Shallow merge, except services, which merge per service so a flag can add one to a file's
+ * list, and tls, which merges per key so a flag can replace the file's certificate alone.
+ */
 export function mergeLayers(...layers: Record<string, unknown>[]): Record<string, unknown> {
   // Maps, not objects: a `__proto__` key in a file must reach validation (which names it), not
   // become the prototype of the merged settings.
@@ -370,12 +439,19 @@ export function mergeLayers(...layers: Record<string, unknown>[]): Record<string
           );
         }
         out.set('services', Object.fromEntries(merged));
+      } else if (key === 'tls' && isObject(out.get('tls')) && isObject(value)) {
+        const defined = Object.entries(value).filter(([, v]) => v !== undefined);
+        out.set('tls', { ...(out.get('tls') as object), ...Object.fromEntries(defined) });
       } else {
         out.set(key, value);
       }
     }
   }
   return Object.fromEntries(out);
+}
+
+function isObject(v: unknown): v is Record<string, unknown> {
+  return typeof v === 'object' && v !== null && !Array.isArray(v);
 }
 
 export async function loadServerConfig(opts: {
@@ -406,6 +482,16 @@ export async function loadServerConfig(opts: {
     }
     config.tokens.push(...parsed.data.tokens);
   }
+  // Intercepts and routes name the token that made them, and a developer token ends its own
+  // intercepts by that name: two tokens of one name would be one another's.
+  const names = [...(config.token ? ['default'] : []), ...config.tokens.map((t) => t.name)];
+  const twice = names.filter((n, i) => names.indexOf(n) !== i);
+  if (twice.length)
+    throw new KelsingraError(
+      `token name${twice.length > 1 ? 's' : ''} ${[...new Set(twice)].join(', ')} ${twice.length > 1 ? 'are' : 'is'} used twice${twice.includes('default') && config.token ? ' ("default" is the name of --token)' : ''}`,
+      ExitCode.config,
+      'give every token its own name',
+    );
   // With a database, the tokens other replicas stored will do; that is checked once it is open.
   if (!config.token && config.tokens.length === 0 && !config.databaseUrl) {
     throw new KelsingraError(

@@ -18,11 +18,15 @@ import {
 } from '../src/protocol.js';
 import { VERSION } from '../src/version.js';
 import { parseBody, sendJson, tenantId } from './api-body.js';
+import { type Actor, type AuditLog, actorOf, interceptField } from './audit-log.js';
 import type { Principal, TokenAuthority } from './auth.js';
+import type { AuthFailureLimiter } from './auth-limiter.js';
+import type { ClientAddresses } from './client-address.js';
 import { topicName } from './config.js';
 import { sendError, writeRawError } from './error-response.js';
 import type { EventBus } from './event-bus.js';
 import { type EventStreamSource, serveEvents } from './event-stream.js';
+import { endReason, endRefusal } from './intercept-access.js';
 import {
   clientKeyOf,
   type Intercept,
@@ -30,6 +34,7 @@ import {
   StoreUnavailableError,
 } from './intercept-store.js';
 import { ForwardRefused, type KafkaAgent } from './kafka-agent.js';
+import type { ServerMetrics } from './metrics.js';
 import type { PassThrough, UpstreamTarget } from './pass-through.js';
 import { createRouteApi, sendUnknownService } from './route-api.js';
 import type { Route } from './route-table.js';
@@ -55,8 +60,17 @@ export interface ControlPlaneDeps {
   serveGateway: (req: IncomingMessage, res: ServerResponse, principal: Principal) => void;
   bus: EventBus;
   log: Logger;
+  /** Served at /metrics, with no token like /healthz: its labels carry no tenant or secret. */
+  metrics: ServerMetrics;
+  /** Intercept and route changes, who made them and how they ended. */
+  audit: AuditLog;
+  /** Turns away addresses that keep presenting wrong tokens. */
+  authLimiter: AuthFailureLimiter;
+  clientAddresses: ClientAddresses;
   /** The configured Kafka topics a service's tenants' messages can be intercepted on. */
   kafkaTopicsOf: (service: string) => string[];
+  /** True once a graceful stop began: /healthz says so, and new tunnels go elsewhere. */
+  draining?: () => boolean;
   kafka?: KafkaAgent;
 }
 
@@ -119,7 +133,17 @@ export function interceptView(i: Intercept, connected: boolean): InterceptView {
 export function createControlPlane(deps: ControlPlaneDeps): http.Server {
   const { auth, store, hub, router, passThrough, bus, log } = deps;
   const { serverId } = deps;
-  const routeApi = createRouteApi({ store, router, policy: deps.routeTargetPolicy, log });
+  const { audit } = deps;
+  /** The caller, for the audit trail; the holder is the client's own description of itself. */
+  const actor = (req: IncomingMessage, p: Principal): Actor => {
+    const holder = req.headers[HOLDER_HEADER];
+    return actorOf(
+      p,
+      deps.clientAddresses.of(req),
+      typeof holder === 'string' && holder ? holder.slice(0, 120) : undefined,
+    );
+  };
+  const routeApi = createRouteApi({ store, router, policy: deps.routeTargetPolicy, log, audit, actor });
   /** Connected here, or through a replica that is alive (it clears replicaId when the tunnel drops). */
   const connected = (i: Intercept) =>
     hub.get(i.clientKey) !== undefined ||
@@ -153,12 +177,49 @@ export function createControlPlane(deps: ControlPlaneDeps): http.Server {
     return { ...status, deliveries: status.deliveries.filter((d) => visibleIds.has(d.intercept)) };
   };
 
+  const refusalOf = (p: Principal, i: Intercept) => endRefusal(p, i, auth.named(i.tokenName));
+  const end = async (req: IncomingMessage, p: Principal, intercepts: Intercept[]) => {
+    for (const i of intercepts) {
+      const ended = await store.delete(i.id);
+      // Gone already (it lapsed, or another call ended it): not this caller's doing.
+      if (ended)
+        audit.record({
+          action: 'intercept.end',
+          outcome: 'ended',
+          reason: endReason(p, i),
+          actor: actor(req, p),
+          intercept: interceptField(ended),
+        });
+    }
+  };
+  const refuseEnd = (req: IncomingMessage, res: ServerResponse, p: Principal, refused: Intercept[]) => {
+    const [first, ...more] = refused as [Intercept, ...Intercept[]];
+    const refusal = refusalOf(p, first);
+    for (const i of refused)
+      audit.record({
+        action: 'intercept.end',
+        outcome: 'refused',
+        reason: 'held-by-another-token',
+        actor: actor(req, p),
+        intercept: interceptField(i),
+      });
+    sendError(
+      res,
+      403,
+      'intercept-forbidden',
+      `${refusal?.message}${more.length ? ` (and ${more.length} more held with other tokens)` : ''}; nothing was ended`,
+      { hint: refusal?.hint, holder: first.holder, intercept: first.id },
+    );
+  };
+
   const routes = async (req: IncomingMessage, res: ServerResponse, principal: Principal, url: URL) => {
     const { pathname } = url;
     if (pathname === '/status' && req.method === 'GET') {
       sendJson(res, 200, {
         serverId,
         version: VERSION,
+        // Who the caller is to this server: which token, its role and tenants (never the secret).
+        principal: { name: principal.name, role: principal.role, tenants: principal.tenants },
         store: store.health(),
         kafka: await kafkaStatusFor(principal),
         tenantHeader: deps.tenantHeader,
@@ -249,21 +310,33 @@ export function createControlPlane(deps: ControlPlaneDeps): http.Server {
           return;
         }
       }
+      const what = { service, tenant, localPort };
       if (!principal.canUseTenant(tenant)) {
+        audit.record({
+          action: 'intercept.create',
+          outcome: 'refused',
+          reason: 'tenant-forbidden',
+          actor: actor(req, principal),
+          intercept: what,
+        });
         sendError(
           res,
           403,
           'tenant-forbidden',
           `token "${principal.name}" may not intercept tenant "${tenant}"`,
+          {
+            hint: `its tenants: ${principal.tenants.join(', ')}; ask the platform team for a token that covers ${tenant}`,
+          },
         );
         return;
       }
       const clientKey = clientKeyOf(clientId);
       const local = hub.get(clientKey);
+      const here = local && { replicaId: serverId, holder: local.holder, tokenName: local.principal.name };
       // Behind a load balancer the tunnel may be open on another replica: the database knows where.
-      const tunnel = local
-        ? { replicaId: serverId, holder: local.holder, tokenName: local.principal.name }
-        : await store.findTunnel(clientKey);
+      // A draining replica asks it first: its own tunnels are moving away, and an intercept
+      // re-asserted here must follow the client's new tunnel, not come back to the old one.
+      const tunnel = here && !deps.draining?.() ? here : ((await store.findTunnel(clientKey)) ?? here);
       if (!tunnel) {
         sendError(
           res,
@@ -274,9 +347,18 @@ export function createControlPlane(deps: ControlPlaneDeps): http.Server {
         return;
       }
       if (tunnel.tokenName !== principal.name) {
+        audit.record({
+          action: 'intercept.create',
+          outcome: 'refused',
+          reason: 'tunnel-forbidden',
+          actor: actor(req, principal),
+          intercept: what,
+        });
         sendError(res, 403, 'tunnel-forbidden', 'that tunnel was opened with another token');
         return;
       }
+      // A lapsed lease someone else held is taken over; the trail says whose it was.
+      const before = store.find(service, tenant);
       const result = await store.create({
         service,
         tenant,
@@ -288,6 +370,13 @@ export function createControlPlane(deps: ControlPlaneDeps): http.Server {
         replicaId: tunnel.replicaId,
       });
       if (!result.ok) {
+        audit.record({
+          action: 'intercept.create',
+          outcome: 'conflict',
+          actor: { ...actor(req, principal), holder: tunnel.holder },
+          intercept: what,
+          heldBy: interceptField(result.holder),
+        });
         sendError(
           res,
           409,
@@ -300,6 +389,14 @@ export function createControlPlane(deps: ControlPlaneDeps): http.Server {
         );
         return;
       }
+      const replaced = before && before.id !== result.intercept.id ? interceptField(before) : undefined;
+      audit.record({
+        action: 'intercept.create',
+        outcome: result.renewed ? 'renewed' : 'created',
+        actor: { ...actor(req, principal), holder: tunnel.holder },
+        intercept: interceptField(result.intercept),
+        ...(replaced ? { replaced } : {}),
+      });
       if (!result.renewed) {
         log.info(
           { intercept: result.intercept.id, service, tenant, holder: tunnel.holder },
@@ -317,13 +414,22 @@ export function createControlPlane(deps: ControlPlaneDeps): http.Server {
         sendError(res, 400, 'bad-request', 'say which intercepts to remove: ?service=&tenant=, or ?holder=');
         return;
       }
-      const removed = visible(principal).filter(
+      const matched = visible(principal).filter(
         (i) =>
           (!service || i.service === service) &&
           (!tenant || i.tenant === tenant) &&
           (!holder || i.holder === holder),
       );
-      for (const i of removed) await store.delete(i.id);
+      const refused = matched.filter((i) => refusalOf(principal, i));
+      // `?holder=` is how `leave --all` ends the caller's own: anyone may call themselves by
+      // any holder name, so for a developer it means the ones its token made. Anything named
+      // more precisely that it may not end is refused, whole.
+      if (refused.length && !holder) {
+        refuseEnd(req, res, principal, refused);
+        return;
+      }
+      const removed = matched.filter((i) => !refused.includes(i));
+      await end(req, principal, removed);
       if (removed.length) log.info({ intercepts: removed.map((i) => i.id) }, 'intercepts removed');
       sendJson(res, 200, { removed: removed.map((i) => interceptView(i, false)) });
       return;
@@ -343,7 +449,11 @@ export function createControlPlane(deps: ControlPlaneDeps): http.Server {
         return;
       }
       if (req.method === 'DELETE') {
-        await store.delete(intercept.id);
+        if (refusalOf(principal, intercept)) {
+          refuseEnd(req, res, principal, [intercept]);
+          return;
+        }
+        await end(req, principal, [intercept]);
         log.info({ intercept: intercept.id }, 'intercept removed');
         sendJson(res, 200, { removed: [interceptView(intercept, false)] });
       } else {
@@ -354,19 +464,74 @@ export function createControlPlane(deps: ControlPlaneDeps): http.Server {
     sendError(res, 404, 'not-found', `no such endpoint: ${req.method} ${pathname}`);
   };
 
+  /**
+   * The caller's token, checked unless its address is being turned away for wrong ones. Only
+   * a wrong token counts against the address: a request without one guesses nothing.
+   */
+  const signIn = (
+    req: IncomingMessage,
+    gateway: boolean,
+  ): { principal: Principal | undefined } | { retryAfter: number; address: string } => {
+    const address = deps.clientAddresses.of(req);
+    const retryAfter = deps.authLimiter.retryAfter(address);
+    if (retryAfter > 0) return { retryAfter, address };
+    const presented = gateway ? req.headers[GATEWAY_TOKEN_HEADER] : req.headers.authorization;
+    let principal: Principal | undefined;
+    if (!gateway) principal = auth.authenticate(req.headers);
+    else if (typeof presented === 'string') principal = auth.verify(presented);
+    if (!principal && presented !== undefined) {
+      const block = deps.authLimiter.failed(address);
+      if (block)
+        log.warn(
+          { address, blocked: block.key, failures: block.failures, blockedForSeconds: block.seconds },
+          'too many wrong tokens from one client address: its token checks are refused with 429 for a while',
+        );
+    }
+    return { principal };
+  };
+  const turnedAway = ({ retryAfter, address }: { retryAfter: number; address: string }) => ({
+    message: `too many wrong tokens from ${address}; try again in ${retryAfter} s`,
+    extra: {
+      retryAfter,
+      hint: 'check the token (kelsingra connect --token <secret>, or KELSINGRA_TOKEN) before trying again',
+    },
+    headers: { 'retry-after': String(retryAfter) },
+  });
+
   const server = http.createServer({ headersTimeout: 10_000, requestTimeout: 30_000 }, (req, res) => {
     const url = new URL(req.url ?? '/', 'http://control');
+    if (url.pathname === '/healthz' && deps.draining?.()) {
+      // Stopping: the load balancer takes this replica out while its requests finish.
+      sendJson(res, 503, { ok: false, state: 'draining', version: VERSION, store: store.health().state });
+      return;
+    }
     if (url.pathname === '/healthz') {
       // Degraded still answers 200: a replica without its database routes from memory, and a
       // load balancer that took it out would cut traffic that still works.
       sendJson(res, 200, { ok: true, version: VERSION, store: store.health().state });
       return;
     }
+    if (url.pathname === '/metrics') {
+      deps.metrics.serve().then(
+        ({ contentType, body }) => {
+          res.writeHead(200, { 'content-type': contentType, 'content-length': Buffer.byteLength(body) });
+          res.end(body);
+        },
+        (err: Error) => {
+          log.error({ err }, 'collecting metrics failed');
+          sendError(res, 500, 'internal', `collecting metrics failed: ${err.message}`);
+        },
+      );
+      return;
+    }
     const gateway = url.pathname === GATEWAY_PATH || url.pathname.startsWith(`${GATEWAY_PATH}/`);
-    const gatewayToken = req.headers[GATEWAY_TOKEN_HEADER];
-    let principal: Principal | undefined;
-    if (!gateway) principal = auth.authenticate(req.headers);
-    else if (typeof gatewayToken === 'string') principal = auth.verify(gatewayToken);
+    const signed = signIn(req, gateway);
+    if ('retryAfter' in signed) {
+      const { message, extra, headers } = turnedAway(signed);
+      sendError(res, 429, 'too-many-auth-failures', message, extra, headers);
+      return;
+    }
+    const { principal } = signed;
     if (!principal) {
       const what = gateway ? `missing or wrong ${GATEWAY_TOKEN_HEADER} header` : 'missing or wrong token';
       sendError(res, 401, 'unauthorized', what, { hint: UNAUTHORIZED_HINT });
@@ -376,8 +541,8 @@ export function createControlPlane(deps: ControlPlaneDeps): http.Server {
       deps.serveGateway(req, res, principal);
       return;
     }
-    routes(req, res, principal, url).catch((err: Error & { status?: number }) => {
-      if (err.status) sendError(res, err.status, 'bad-request', err.message);
+    routes(req, res, principal, url).catch((err: Error & { status?: number; code?: string }) => {
+      if (err.status) sendError(res, err.status, err.code ?? 'bad-request', err.message);
       else if (err instanceof StoreUnavailableError) {
         log.warn({ err: err.message, path: url.pathname }, 'change refused: the store is unavailable');
         sendError(
@@ -400,7 +565,14 @@ export function createControlPlane(deps: ControlPlaneDeps): http.Server {
     const url = new URL(req.url ?? '/', 'http://control');
     if (url.pathname !== TUNNEL_PATH)
       return reject(404, `no WebSocket endpoint at ${url.pathname}; the tunnel is at ${TUNNEL_PATH}`);
-    const principal = auth.authenticate(req.headers);
+    if (deps.draining?.())
+      return reject(503, 'this server agent is shutting down; connect again to reach another replica');
+    const signed = signIn(req, false);
+    if ('retryAfter' in signed) {
+      const { message, extra, headers } = turnedAway(signed);
+      return writeRawError(socket, 429, 'too-many-auth-failures', message, extra, headers);
+    }
+    const { principal } = signed;
     if (!principal) return reject(401, `missing or wrong token; ${UNAUTHORIZED_HINT}`);
     const clientId = req.headers[CLIENT_ID_HEADER];
     if (typeof clientId !== 'string' || !/^[A-Za-z0-9_-]{8,64}$/.test(clientId)) {

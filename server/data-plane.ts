@@ -8,7 +8,7 @@ import { timingSafeEqual } from 'node:crypto';
 import http, { type IncomingMessage, type ServerResponse } from 'node:http';
 import type { Duplex } from 'node:stream';
 import type { Logger } from 'pino';
-import { appendForwarded, appendVia, forwardableRawHeaders } from '../src/http-headers.js';
+import { appendForwarded, appendVia, forwardableRawHeaders, maskSecretQuery } from '../src/http-headers.js';
 import {
   GATEWAY_HOST_HEADER,
   GATEWAY_PATH,
@@ -18,10 +18,13 @@ import {
 } from '../src/protocol.js';
 import { baggageEntry, baggageSetTo } from '../src/w3c-context.js';
 import type { Principal } from './auth.js';
-import { sendError, writeRawError } from './error-response.js';
+import { announcedTooLarge, refuseAnnouncedBody } from './body-limit.js';
+import { errorCodeOf, sendError, writeRawError } from './error-response.js';
 import type { EventBus, RequestRecord } from './event-bus.js';
 import type { Intercept, InterceptStore, Peer } from './intercept-store.js';
+import type { DecisionLabel, ServerMetrics } from './metrics.js';
 import type { PassThrough, UpstreamTarget } from './pass-through.js';
+import { REQUEST_ID_HEADER, requestIdOf } from './request-id.js';
 import type { Route } from './route-table.js';
 import type { RouteResult, ServiceRouter } from './routing.js';
 import { type RoutingKeyOptions, routingKeyOf, routingKeyProblem } from './routing-keys.js';
@@ -30,10 +33,11 @@ import type { ClientTunnel, TunnelHub } from './tunnel-hub.js';
 import { relayUpgrade } from './upgrade-relay.js';
 
 /**
- * Not forwarded as they came: this hop sets its own Forwarded/Via/loop guard, and Expect was
- * already answered here (Node sends 100 Continue), so repeating it upstream would only stall.
+ * Not forwarded as they came: this hop sets its own Forwarded/Via/loop guard and request id,
+ * and Expect was already answered here (Node sends 100 Continue), so repeating it upstream
+ * would only stall.
  */
-const REWRITTEN = new Set(['forwarded', 'via', 'expect', HOP_HEADER, RELAY_HEADER]);
+const REWRITTEN = new Set(['forwarded', 'via', 'expect', HOP_HEADER, RELAY_HEADER, REQUEST_ID_HEADER]);
 
 export interface DataPlaneDeps {
   router: ServiceRouter;
@@ -49,8 +53,11 @@ export interface DataPlaneDeps {
   timeoutMs: number;
   bus: EventBus;
   log: Logger;
+  metrics: ServerMetrics;
   /** This replica's relay secret, when it runs with others (PostgreSQL store). */
   relaySecret?: () => string | undefined;
+  /** Largest request body passed on, in bytes (0 or absent: no limit). */
+  maxBodyBytes?: number;
 }
 
 type Decision =
@@ -61,6 +68,8 @@ type Decision =
       message: string;
       extra?: Record<string, unknown>;
       key?: string;
+      /** Once routing found it: for metrics and logs. */
+      service?: string;
     }
   | {
       kind: 'tunnel';
@@ -77,6 +86,9 @@ type Decision =
 /** The request as routing sees it: a data-port request as it came, or a gateway request rewritten. */
 interface Inbound {
   url: string;
+  requestId: string;
+  /** performance.now() on arrival: the duration metric includes any wait before routing. */
+  receivedAt: number;
   headers: Record<string, string | string[] | undefined>;
   rawHeaders: string[];
   remoteAddress: string | undefined;
@@ -124,11 +136,20 @@ function gatewayInbound(req: IncomingMessage): Inbound {
       rawHeaders.push(req.rawHeaders[i] as string, req.rawHeaders[i + 1] as string);
   }
   if (typeof host === 'string' && host !== '') rawHeaders.push('host', host);
-  return { url, headers: headerObject(rawHeaders), rawHeaders, remoteAddress: req.socket.remoteAddress };
+  return {
+    url,
+    requestId: requestIdOf(req.headers[REQUEST_ID_HEADER]),
+    receivedAt: performance.now(),
+    headers: headerObject(rawHeaders),
+    rawHeaders,
+    remoteAddress: req.socket.remoteAddress,
+  };
 }
 
 const inboundOf = (req: IncomingMessage): Inbound => ({
   url: req.url ?? '/',
+  requestId: requestIdOf(req.headers[REQUEST_ID_HEADER]),
+  receivedAt: performance.now(),
   headers: req.headers,
   rawHeaders: req.rawHeaders,
   remoteAddress: req.socket.remoteAddress,
@@ -152,8 +173,9 @@ export function relayedIntercept(
 }
 
 export function createDataPlane(deps: DataPlaneDeps): DataPlane {
-  const { router, store, hub, passThrough, tenantHeader, serverId, timeoutMs, bus, log } = deps;
+  const { router, store, hub, passThrough, tenantHeader, serverId, timeoutMs, bus, log, metrics } = deps;
   const publish = (record: RequestRecord) => bus.publish(record);
+  const maxBodyBytes = deps.maxBodyBytes ?? 0;
 
   /** Where a request goes, the same for plain requests, upgrades and gateway calls. */
   const decide = (req: Inbound): Decision => {
@@ -185,6 +207,8 @@ export function createDataPlane(deps: DataPlaneDeps): DataPlane {
       ),
       'via',
       appendVia(req.headers.via as string | undefined),
+      REQUEST_ID_HEADER,
+      req.requestId,
     );
     const routing = routingKeyOf(req.headers, route.hostKey, deps.keys);
     const key = routing?.key;
@@ -194,6 +218,7 @@ export function createDataPlane(deps: DataPlaneDeps): DataPlane {
         kind: 'error',
         status: 400,
         code: 'bad-routing-key',
+        service: route.service.name,
         message: `the routing key from the ${routing?.source === 'header' ? `${tenantHeader} header` : routing?.source === 'baggage' ? `${deps.keys.baggageKey} baggage entry` : 'host'} ${problem}`,
         extra: { hint: `send exactly one ${tenantHeader} header naming one tenant` },
       };
@@ -230,6 +255,7 @@ export function createDataPlane(deps: DataPlaneDeps): DataPlane {
       return {
         kind: 'error',
         key: intercept.tenant,
+        service: route.service.name,
         status: 508,
         code: 'relay-misdirected',
         message: `a replica relayed this request here, but this is not the replica it meant (the secret does not match); check that each replica's --advertise-url reaches that replica and no other`,
@@ -241,6 +267,7 @@ export function createDataPlane(deps: DataPlaneDeps): DataPlane {
       return {
         kind: 'error',
         key: intercept.tenant,
+        service: route.service.name,
         status: 502,
         code: 'replica-down',
         message: `intercept ${intercept.id} (${intercept.service}, tenant ${intercept.tenant}) is held through replica ${intercept.replicaId}, which has stopped answering; ${intercept.holder}'s client moves to another replica within seconds`,
@@ -251,6 +278,7 @@ export function createDataPlane(deps: DataPlaneDeps): DataPlane {
     return {
       kind: 'error',
       key: intercept.tenant,
+      service: route.service.name,
       status: 502,
       code: 'tunnel-disconnected',
       message: `intercept ${intercept.id} (${intercept.service}, tenant ${intercept.tenant}) is held by ${intercept.holder}, whose tunnel is disconnected; traffic falls back to the base service if it does not reconnect within ${seconds} s`,
@@ -281,29 +309,75 @@ export function createDataPlane(deps: DataPlaneDeps): DataPlane {
   };
 
   const handle = (req: IncomingMessage, res: ServerResponse) => {
+    const inbound = inboundOf(req);
     // A peer relays as soon as its own copy knows the intercept; this copy may not have heard
     // yet. Asking the database once beats sending the tenant's request to the base service.
     const relayedId = relayedIntercept(req.headers[RELAY_HEADER], deps.relaySecret?.());
     if (relayedId && !store.get(relayedId)) {
       store.lookup(relayedId).then(
-        () => dispatch(req, res),
+        () => dispatch(req, res, inbound),
         (err: Error) =>
-          sendError(
-            res,
-            503,
-            'store-unavailable',
-            `cannot look up relayed intercept ${relayedId}: ${err.message}`,
-          ),
+          send(req, res, inbound, {
+            kind: 'error',
+            status: 503,
+            code: 'store-unavailable',
+            message: `cannot look up relayed intercept ${relayedId}: ${err.message}`,
+          }),
       );
       return;
     }
-    dispatch(req, res);
+    dispatch(req, res, inbound);
+  };
+
+  /** Counts the request and logs Kelsingra's own failures once the response is over; the caller gets the id back. */
+  const observe = (req: IncomingMessage, res: ServerResponse, inbound: Inbound, d: Decision) => {
+    res.setHeader(REQUEST_ID_HEADER, inbound.requestId);
+    res.once('close', () => {
+      const decision: DecisionLabel = d.kind === 'pass' ? 'base' : d.kind;
+      const service = d.kind === 'error' ? (d.service ?? '') : d.route.service.name;
+      const status = res.headersSent ? res.statusCode : undefined;
+      const code = errorCodeOf(res);
+      const durationMs = performance.now() - inbound.receivedAt;
+      metrics.request(decision, service, status, code, durationMs / 1000);
+      // An upstream's own 5xx is its service's news, and callers hang up on streams all the
+      // time: only Kelsingra's own 5xx answers are warnings.
+      const failed = code !== undefined && (status ?? 500) >= 500;
+      if (!failed && !log.isLevelEnabled('debug')) return;
+      const fields = {
+        requestId: inbound.requestId,
+        decision,
+        service,
+        key: d.key,
+        intercept: d.kind === 'tunnel' || d.kind === 'relay' ? d.intercept.id : undefined,
+        method: req.method,
+        path: maskSecretQuery(inbound.url),
+        status,
+        code,
+        durationMs: Math.round(durationMs * 10) / 10,
+        cut: !res.writableFinished || undefined,
+      };
+      if (failed) log.warn(fields, `request failed: ${code}`);
+      else log.debug(fields, 'request');
+    });
   };
 
   const send = (req: IncomingMessage, res: ServerResponse, inbound: Inbound, d: Decision) => {
+    observe(req, res, inbound, d);
+    if (d.kind !== 'error' && refuseAnnouncedBody(req, res, maxBodyBytes)) return;
     if (d.kind === 'error') sendError(res, d.status, d.code, d.message, d.extra);
     else if (d.kind === 'tunnel')
-      forwardThroughTunnel(req, res, d.tunnel, d.intercept, d.route.path, d.headers, timeoutMs, publish);
+      forwardThroughTunnel(
+        req,
+        res,
+        d.tunnel,
+        d.intercept,
+        d.route.path,
+        d.headers,
+        timeoutMs,
+        publish,
+        inbound.requestId,
+        maxBodyBytes,
+      );
     else if (d.kind === 'relay') relay(req, res, inbound.url, d);
     else if (d.kind === 'route') {
       const target = deps.routeTarget(d.tenantRoute);
@@ -315,34 +389,36 @@ export function createDataPlane(deps: DataPlaneDeps): DataPlane {
     } else passThrough.forward(req, res, d.route.service, d.route.path, d.headers);
   };
 
-  const dispatch = (req: IncomingMessage, res: ServerResponse) => {
-    const inbound = inboundOf(req);
+  const dispatch = (req: IncomingMessage, res: ServerResponse, inbound: Inbound) =>
     send(req, res, inbound, decide(inbound));
-  };
 
   const serveGateway = (req: IncomingMessage, res: ServerResponse, principal: Principal) => {
     const inbound = gatewayInbound(req);
     const d = decide(inbound);
     if (d.kind !== 'error' || d.key !== undefined) {
+      const service = d.kind === 'error' ? d.service : d.route.service.name;
       if (d.key === undefined) {
-        sendError(
-          res,
-          400,
-          'no-routing-key',
-          `this outbound call carries no routing key (no ${tenantHeader} header${deps.keys.order.includes('baggage') ? ` and no ${deps.keys.baggageKey} baggage entry` : ''})`,
-          {
+        send(req, res, inbound, {
+          kind: 'error',
+          service,
+          status: 400,
+          code: 'no-routing-key',
+          message: `this outbound call carries no routing key (no ${tenantHeader} header${deps.keys.order.includes('baggage') ? ` and no ${deps.keys.baggageKey} baggage entry` : ''})`,
+          extra: {
             hint: 'call through the gateway of kelsingra intercept or kelsingra gateway, which add the tenant header',
           },
-        );
+        });
         return;
       }
       if (!principal.canUseTenant(d.key)) {
-        sendError(
-          res,
-          403,
-          'tenant-forbidden',
-          `token "${principal.name}" may not call dev as tenant "${d.key}"`,
-        );
+        send(req, res, inbound, {
+          kind: 'error',
+          service,
+          key: d.key,
+          status: 403,
+          code: 'tenant-forbidden',
+          message: `token "${principal.name}" may not call dev as tenant "${d.key}"`,
+        });
         return;
       }
     }
@@ -354,7 +430,8 @@ export function createDataPlane(deps: DataPlaneDeps): DataPlane {
     handle,
   );
   server.on('upgrade', (req: IncomingMessage, socket: Duplex, head: Buffer) => {
-    const d = decide(inboundOf(req));
+    const inbound = inboundOf(req);
+    const d = decide(inbound);
     if (d.kind === 'error') writeRawError(socket, d.status, d.code, d.message, d.extra);
     else if (d.kind === 'tunnel' || d.kind === 'relay') {
       writeRawError(
@@ -378,17 +455,15 @@ export function createDataPlane(deps: DataPlaneDeps): DataPlane {
         return;
       }
       const service = { ...d.route.service, upstream, upstreams: [upstream] };
-      relayUpgrade(req, socket, head, { ...d.route, service }, d.headers, timeoutMs, log);
+      const upgradeLog = log.child({ requestId: inbound.requestId });
+      relayUpgrade(req, socket, head, { ...d.route, service }, d.headers, timeoutMs, upgradeLog);
     }
   });
-  server.on('clientError', (err: NodeJS.ErrnoException, socket) => {
-    const status = err.code === 'HPE_HEADER_OVERFLOW' ? 431 : 400;
-    writeRawError(
-      socket,
-      status,
-      status === 431 ? 'headers-too-large' : 'malformed-request',
-      `${status === 431 ? 'request headers too large' : 'malformed request'} (${err.code})`,
-    );
+  // Node would send 100 Continue before routing; held back, a body announced too large is
+  // refused without the client sending it.
+  server.on('checkContinue', (req: IncomingMessage, res: ServerResponse) => {
+    if (announcedTooLarge(req, maxBodyBytes) === undefined) res.writeContinue();
+    server.emit('request', req, res);
   });
   return { server, serveGateway };
 }

@@ -64,6 +64,11 @@ export interface Peer {
 export interface StoreEvents {
   created: [Intercept];
   ended: [Intercept, EndReason];
+  /**
+   * A lapsed lease this process ended: emitted once per intercept, by the replica whose sweep
+   * removed it (every replica emits `ended`), so the expiry is recorded once.
+   */
+  expired: [Intercept];
   /** A tenant route was created or changed (on any replica). */
   routeSet: [Route];
   routeRemoved: [Route];

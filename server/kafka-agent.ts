@@ -40,10 +40,19 @@ export interface KafkaStatus {
   deliveries: DeliveryLag[];
 }
 
+/** For metrics: lag by configured topic and by service, never by tenant (per-intercept topics name one). */
+export interface KafkaLag {
+  /** Per configured dev topic: messages the splitter has not handled yet. */
+  topics: { topic: string; service: string; lag: number }[];
+  /** Per delivery running on this replica: messages its developer's client has not taken yet. */
+  deliveries: { service: string; lag: number }[];
+}
+
 export interface KafkaAgent {
   /** Produces a developer's messages into a dev topic as the intercept's tenant. */
   forward(intercept: Intercept, topic: string, messages: WireMessage[]): Promise<number>;
   status(): Promise<KafkaStatus>;
+  lag(): Promise<KafkaLag>;
   close(): Promise<void>;
 }
 
@@ -146,6 +155,20 @@ export async function startKafka(
         deliveries: await delivery.lag(admin).catch((err: Error) => {
           log.warn({ err: err.message }, 'could not read Kafka delivery lag');
           return [];
+        }),
+      };
+    },
+    async lag() {
+      const [split, deliveries] = await Promise.all([splitter.lag(admin), delivery.lag(admin)]);
+      return {
+        topics: [...split].map(([topic, lag]) => ({
+          topic,
+          service: config.topics[topic]?.service ?? '',
+          lag,
+        })),
+        deliveries: deliveries.flatMap((d) => {
+          const service = deps.store.get(d.intercept)?.service;
+          return service === undefined ? [] : [{ service, lag: d.lag }];
         }),
       };
     },

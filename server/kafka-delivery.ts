@@ -17,6 +17,7 @@ import {
 } from '../src/kafka-wire.js';
 import { INTERCEPT_HEADER } from '../src/protocol.js';
 import type { Intercept, InterceptStore } from './intercept-store.js';
+import { consumerLag } from './kafka-lag.js';
 import { interceptTopic } from './kafka-topics.js';
 import type { ClientTunnel, TunnelHub } from './tunnel-hub.js';
 
@@ -70,17 +71,9 @@ export class KafkaDelivery {
   async lag(admin: Admin): Promise<DeliveryLag[]> {
     return Promise.all(
       [...this.running].map(async ([intercept, r]) => {
-        const [ends, committed] = await Promise.all([
-          admin.fetchTopicOffsets(r.topic),
-          admin.fetchOffsets({ groupId: this.groupOf(r.topic), topics: [r.topic] }),
-        ]);
-        let lag = 0;
-        for (const end of ends) {
-          const done = committed[0]?.partitions.find((p) => p.partition === end.partition)?.offset ?? '-1';
-          const low = Number(end.low);
-          lag += Number(end.high) - Math.max(low, Number(done));
-        }
-        return { intercept, topic: r.topic, delivered: r.delivered, lag };
+        // The delivery reads its topic from the beginning: before any commit, all of it waits.
+        const lag = await consumerLag(admin, this.groupOf(r.topic), [r.topic], true);
+        return { intercept, topic: r.topic, delivered: r.delivered, lag: lag.get(r.topic) ?? 0 };
       }),
     );
   }

@@ -4,7 +4,16 @@
  * message for an intercepted tenant goes to that intercept's topic; in split mode every
  * other message goes to the split topic the base service reads.
  */
-import type { Consumer, EachBatchPayload, IHeaders, Kafka, Message, Producer, TopicMessages } from 'kafkajs';
+import type {
+  Admin,
+  Consumer,
+  EachBatchPayload,
+  IHeaders,
+  Kafka,
+  Message,
+  Producer,
+  TopicMessages,
+} from 'kafkajs';
 import type { Logger } from 'pino';
 import type { TopicMaker } from '../src/kafka-topic-maker.js';
 import {
@@ -16,6 +25,7 @@ import {
 } from '../src/kafka-wire.js';
 import type { KafkaConfig, KafkaTopicConfig } from './config.js';
 import type { InterceptStore } from './intercept-store.js';
+import { consumerLag } from './kafka-lag.js';
 import { interceptTopic, splitTopicOf } from './kafka-topics.js';
 
 export interface SplitCounts {
@@ -44,7 +54,7 @@ export class KafkaSplitter {
     if (names.length === 0) return;
     // A dead replica's partitions move to the others once its session times out (10 s, not kafkajs's 30 s).
     this.consumer = this.kafka.consumer({
-      groupId: `${this.config.clientId}-splitter`,
+      groupId: this.groupId,
       sessionTimeout: 10_000,
       heartbeatInterval: 1_000,
     });
@@ -71,6 +81,16 @@ export class KafkaSplitter {
       }
     });
     await this.consumer.run({ eachBatchAutoResolve: false, eachBatch: (p) => this.split(p) });
+  }
+
+  /** Per configured topic, messages not split yet, by whichever replica holds each partition. */
+  async lag(admin: Admin): Promise<Map<string, number>> {
+    // The splitter starts at the latest offsets: before its first commit nothing counts as waiting.
+    return consumerLag(admin, this.groupId, Object.keys(this.config.topics), false);
+  }
+
+  private get groupId(): string {
+    return `${this.config.clientId}-splitter`;
   }
 
   async close(): Promise<void> {

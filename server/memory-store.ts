@@ -185,5 +185,6 @@ export class MemoryInterceptStore extends EventEmitter<StoreEvents> implements I
     this.byKey.delete(intercept);
     this.byId.delete(intercept.id);
     this.emit('ended', intercept, reason);
+    if (reason === 'expired') this.emit('expired', intercept);
   }
 }

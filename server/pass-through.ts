@@ -8,11 +8,13 @@
  * and closed once idle, so replicas that come and go do not each leave a pool behind.
  */
 import type { IncomingMessage, ServerResponse } from 'node:http';
-import { PassThrough as PassThroughStream } from 'node:stream';
+import type { Transform } from 'node:stream';
 import { Pool } from 'undici';
 import { forwardableResponseHeaders } from '../src/http-headers.js';
 import type { UpstreamHealth } from '../src/protocol.js';
+import { answerTooLarge, BodyTooLarge, limitedBody } from './body-limit.js';
 import { sendError } from './error-response.js';
+import { REQUEST_ID_HEADER } from './request-id.js';
 import { BODY_IDLE_MS } from './timeouts.js';
 import {
   type Backend,
@@ -74,6 +76,8 @@ interface PoolEntry {
 export interface PassThroughOptions {
   /** An unregistered target's pool is closed after this long without a request (default 5 min). */
   adHocIdleMs?: number;
+  /** Largest request body passed on, in bytes (0 or absent: no limit). */
+  maxBodyBytes?: number;
 }
 
 /** Long enough that a relay to a peer replica keeps its connections between bursts. */
@@ -97,6 +101,7 @@ export class PassThrough {
   private readonly connections = new Map<string, Pool>();
   private readonly pools = new Map<string, PoolEntry>();
   private readonly adHocIdleMs: number;
+  private readonly maxBodyBytes: number;
   private sweeper?: NodeJS.Timeout;
 
   constructor(
@@ -105,6 +110,7 @@ export class PassThrough {
     options: PassThroughOptions = {},
   ) {
     this.adHocIdleMs = options.adHocIdleMs ?? AD_HOC_IDLE_MS;
+    this.maxBodyBytes = options.maxBodyBytes ?? 0;
   }
 
   /**
@@ -171,9 +177,9 @@ export class PassThrough {
     // undici destroys the body it was given when the request fails; given `req` itself, that
     // would hang up on the caller before it hears why. A request with a body is never retried,
     // so one wrapper serves.
-    let body: PassThroughStream | null = null;
+    let body: Transform | null = null;
     if (hasBody) {
-      body = new PassThroughStream();
+      body = limitedBody(this.maxBodyBytes);
       req.pipe(body);
       req.once('error', (err) => body?.destroy(err));
     }
@@ -191,11 +197,19 @@ export class PassThrough {
         },
         ({ statusCode, headers: upstreamHeaders }) => {
           pool.answered(backend, statusCode);
-          res.writeHead(statusCode, forwardableResponseHeaders(upstreamHeaders));
+          const headers = forwardableResponseHeaders(upstreamHeaders);
+          // The caller gets the id Kelsingra logged, whatever the upstream answered (as Envoy does).
+          if (res.hasHeader(REQUEST_ID_HEADER)) delete headers[REQUEST_ID_HEADER];
+          res.writeHead(statusCode, headers);
           return res;
         },
         (err) => {
           if (!err) return;
+          // Past the limit undici has aborted the upload already; the caller hears why.
+          if (err instanceof BodyTooLarge) {
+            answerTooLarge(req, res, err);
+            return;
+          }
           const code = (err as NodeJS.ErrnoException).code ?? '';
           const message = describeError(err);
           const connectError = CONNECT_ERRORS.has(code) && !abort.signal.aborted;

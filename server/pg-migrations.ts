@@ -152,6 +152,13 @@ export const MIGRATIONS: Migration[] = [
       CREATE INDEX kelsingra_routes_change ON kelsingra_routes (change);
     `,
   },
+  {
+    version: 5,
+    name: 'token roles',
+    // Rows written before roles existed (or by an older replica) get the lesser role; every
+    // replica with tokens configured writes the real ones when it starts.
+    sql: `ALTER TABLE kelsingra_tokens ADD COLUMN role text NOT NULL DEFAULT 'developer'`,
+  },
 ];
 
 /** Any constant will do, as long as every replica uses the same one. */

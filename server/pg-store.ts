@@ -577,19 +577,21 @@ export class PgInterceptStore extends EventEmitter<StoreEvents> implements Inter
       ]);
       for (const t of tokens) {
         await client.query(
-          `INSERT INTO kelsingra_tokens (name, digest, tenants) VALUES ($1, $2, $3)
-           ON CONFLICT (name) DO UPDATE SET digest = EXCLUDED.digest, tenants = EXCLUDED.tenants, updated_at = now()`,
-          [t.name, t.digest, t.tenants],
+          `INSERT INTO kelsingra_tokens (name, digest, tenants, role) VALUES ($1, $2, $3, $4)
+           ON CONFLICT (name) DO UPDATE SET digest = EXCLUDED.digest, tenants = EXCLUDED.tenants,
+             role = EXCLUDED.role, updated_at = now()`,
+          [t.name, t.digest, t.tenants, t.role],
         );
       }
     });
   }
 
   async loadTokens(): Promise<TokenRecord[]> {
-    const { rows } = await this.query<{ name: string; digest: Buffer; tenants: string[] }>(
-      'SELECT name, digest, tenants FROM kelsingra_tokens ORDER BY name',
+    const { rows } = await this.query<{ name: string; digest: Buffer; tenants: string[]; role: string }>(
+      'SELECT name, digest, tenants, role FROM kelsingra_tokens ORDER BY name',
     );
-    return rows;
+    // A role this version does not know (written by a newer replica) gets the least rights.
+    return rows.map((r) => ({ ...r, role: r.role === 'admin' ? 'admin' : 'developer' }));
   }
 
   async close(): Promise<void> {
@@ -787,7 +789,7 @@ export class PgInterceptStore extends EventEmitter<StoreEvents> implements Inter
     const { rows } = await this.query<Row>(
       'DELETE FROM kelsingra_intercepts WHERE expires_at < now() RETURNING *',
     );
-    for (const row of rows) this.applyDelete(row, 'expired');
+    for (const row of rows) this.emit('expired', this.applyDelete(row, 'expired'));
     await this.query(
       `WITH dead AS (DELETE FROM kelsingra_replicas WHERE heartbeat_at < now() - interval '1 minute' RETURNING id)
        DELETE FROM kelsingra_tunnels t WHERE t.replica_id IN (SELECT id FROM dead)

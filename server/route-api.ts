@@ -8,6 +8,7 @@ import type { Logger } from 'pino';
 import { z } from 'zod';
 import type { RouteView } from '../src/protocol.js';
 import { parseBody, sendJson, tenantId } from './api-body.js';
+import { type Actor, type AuditLog, routeField, tenantsField } from './audit-log.js';
 import type { Principal } from './auth.js';
 import { sendError } from './error-response.js';
 import type { InterceptStore } from './intercept-store.js';
@@ -57,6 +58,9 @@ export interface RouteApiDeps {
   router: ServiceRouter;
   policy: RouteTargetPolicy;
   log: Logger;
+  audit: AuditLog;
+  /** The caller as the audit trail names it. */
+  actor: (req: IncomingMessage, principal: Principal) => Actor;
 }
 
 export interface RouteApi {
@@ -80,7 +84,7 @@ export function sendUnknownService(res: ServerResponse, router: ServiceRouter, s
 }
 
 export function createRouteApi(deps: RouteApiDeps): RouteApi {
-  const { store, router, log } = deps;
+  const { store, router, log, audit } = deps;
   /** A tenant-limited token sees the routes naming its tenants, and only its tenants in them. */
   const routeFor = (p: Principal, r: Route): RouteView | undefined => {
     if (p.unrestricted) return routeView(r);
@@ -97,6 +101,7 @@ export function createRouteApi(deps: RouteApiDeps): RouteApi {
 
   /** Takes `tenants` (every tenant, when undefined) out of `matched`; routes left empty are deleted. */
   const removeRoutes = async (
+    req: IncomingMessage,
     res: ServerResponse,
     principal: Principal,
     matched: Route[],
@@ -104,6 +109,15 @@ export function createRouteApi(deps: RouteApiDeps): RouteApi {
   ) => {
     const forbidden = forbiddenTenants(principal, tenants ?? matched.flatMap((r) => r.tenants));
     if (forbidden.length) {
+      audit.record({
+        action: 'route.delete',
+        outcome: 'refused',
+        reason: 'tenant-forbidden',
+        actor: deps.actor(req, principal),
+        routes: matched.map((r) => r.id),
+        ...(tenants ? tenantsField(tenants) : {}),
+        forbidden: forbidden.slice(0, 100),
+      });
       sendError(
         res,
         403,
@@ -115,14 +129,33 @@ export function createRouteApi(deps: RouteApiDeps): RouteApi {
     }
     const removed: RouteView[] = [];
     const updated: RouteView[] = [];
+    const trail: { deleted: unknown[]; updated: unknown[] } = { deleted: [], updated: [] };
     for (const route of matched) {
       const result = await store.unroute(route.id, tenants);
-      for (const r of result.removed) removed.push(routeFor(principal, r) ?? routeView(r, []));
+      for (const r of result.removed) {
+        removed.push(routeFor(principal, r) ?? routeView(r, []));
+        trail.deleted.push(routeField(r));
+      }
       for (const r of result.updated) {
         const v = routeFor(principal, r);
         if (v) updated.push(v);
+        // What was taken out of it: the tenants named, as far as it had them.
+        trail.updated.push(
+          routeField(
+            r,
+            tenants?.filter((t) => route.tenants.includes(t)),
+          ),
+        );
       }
     }
+    if (trail.deleted.length || trail.updated.length)
+      audit.record({
+        action: 'route.delete',
+        outcome: trail.deleted.length ? 'deleted' : 'updated',
+        actor: deps.actor(req, principal),
+        deleted: trail.deleted,
+        tenantsRemovedFrom: trail.updated,
+      });
     if (removed.length || updated.length)
       log.info({ removed: removed.map((r) => r.id), updated: updated.map((r) => r.id) }, 'routes removed');
     sendJson(res, 200, { removed, updated });
@@ -153,8 +186,21 @@ export function createRouteApi(deps: RouteApiDeps): RouteApi {
         sendUnknownService(res, router, body.service);
         return true;
       }
+      const asked = {
+        service: body.service,
+        targets: body.targets,
+        replace: body.replace,
+        ...tenantsField(body.tenants),
+      };
       const refusal = deps.policy.refusal(principal, body.targets);
       if (refusal) {
+        audit.record({
+          action: 'route.set',
+          outcome: 'refused',
+          reason: 'route-target-forbidden',
+          actor: deps.actor(req, principal),
+          route: asked,
+        });
         sendError(res, 403, 'route-target-forbidden', refusal, {
           hint: 'route to a target the server allows (routeTargets in its config)',
         });
@@ -175,6 +221,14 @@ export function createRouteApi(deps: RouteApiDeps): RouteApi {
             )
           : [];
       if (forbidden.length || dropped.length) {
+        audit.record({
+          action: 'route.set',
+          outcome: 'refused',
+          reason: 'tenant-forbidden',
+          actor: deps.actor(req, principal),
+          route: asked,
+          forbidden: [...forbidden, ...dropped].slice(0, 100),
+        });
         sendError(
           res,
           403,
@@ -186,6 +240,18 @@ export function createRouteApi(deps: RouteApiDeps): RouteApi {
         return true;
       }
       const result = await store.setRoute({ ...body, tokenName: principal.name });
+      audit.record({
+        action: 'route.set',
+        outcome: result.created ? 'created' : 'updated',
+        actor: deps.actor(req, principal),
+        // The route as the change left it, and what the caller named.
+        route: routeField(result.route),
+        requested: { ...tenantsField(body.tenants), replace: body.replace },
+        ...(result.moved.length
+          ? { moved: result.moved.slice(0, 1000), movedCount: result.moved.length }
+          : {}),
+        ...(result.removed.length ? { emptiedRoutes: result.removed.map((r) => r.id) } : {}),
+      });
       log.info(
         {
           route: result.route.id,
@@ -229,7 +295,7 @@ export function createRouteApi(deps: RouteApiDeps): RouteApi {
         .listRoutes()
         .filter((r) => r.service === service && (!targetHref || r.targets.includes(targetHref)))
         .filter((r) => routeFor(principal, r) !== undefined);
-      await removeRoutes(res, principal, matched, tenantsParam(url));
+      await removeRoutes(req, res, principal, matched, tenantsParam(url));
       return true;
     }
     const routeById = /^\/v1\/routes\/([^/]+)$/.exec(pathname);
@@ -241,7 +307,7 @@ export function createRouteApi(deps: RouteApiDeps): RouteApi {
         });
         return true;
       }
-      await removeRoutes(res, principal, [route], tenantsParam(url));
+      await removeRoutes(req, res, principal, [route], tenantsParam(url));
       return true;
     }
     return false;

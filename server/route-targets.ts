@@ -2,8 +2,8 @@
  * Which URLs a tenant route may send traffic to. A route target is a request the server agent
  * makes inside the dev environment on a token holder's say-so, so without a limit any token
  * could point tenants (and its own gateway calls) at any address the server can reach. The
- * operator lists the allowed targets as patterns (`routeTargets`); without a list only tokens
- * without a tenant limit may set routes, to any target.
+ * operator lists the allowed targets as patterns (`routeTargets`); without a list only admin
+ * tokens may set routes, to any target.
  */
 import type { Principal } from './auth.js';
 
@@ -68,9 +68,9 @@ export class RouteTargetPolicy {
   /** Why this token may not route to these targets; undefined when it may. */
   refusal(principal: Principal, targets: readonly string[]): string | undefined {
     if (!this.configured) {
-      return principal.unrestricted
+      return principal.role === 'admin'
         ? undefined
-        : `token "${principal.name}" is limited to tenants, and this server allows such tokens no route targets; the operator lists the allowed ones in routeTargets (server config or --route-target)`;
+        : `token "${principal.name}" is a developer token, and this server lets only admin tokens set routes until the operator lists the allowed targets in routeTargets (server config or --route-target)`;
     }
     const outside = this.outside(targets);
     if (outside.length === 0) return undefined;

@@ -8,20 +8,27 @@ import type { AddressInfo } from 'node:net';
 import os from 'node:os';
 import type { Logger } from 'pino';
 import { ExitCode, KelsingraError } from '../src/errors.js';
+import { AuditLog, interceptField } from './audit-log.js';
 import { TokenAuthority, tokenRecords } from './auth.js';
+import { AuthFailureLimiter } from './auth-limiter.js';
+import { ClientAddresses } from './client-address.js';
+import { answerClientErrors, ClientErrorLog } from './client-errors.js';
 import type { ServerConfig } from './config.js';
 import { createControlPlane, interceptView } from './control-plane.js';
 import { createDataPlane } from './data-plane.js';
+import { Drain, type DrainResult } from './drain.js';
 import { EventBus } from './event-bus.js';
 import type { InterceptStore } from './intercept-store.js';
 import { type KafkaAgent, startKafka } from './kafka-agent.js';
 import { createLogger } from './logger.js';
 import { MemoryInterceptStore } from './memory-store.js';
+import { ServerMetrics } from './metrics.js';
 import { PassThrough, type UpstreamTarget } from './pass-through.js';
 import { PgInterceptStore } from './pg-store.js';
 import type { Route } from './route-table.js';
 import { RouteTargetPolicy } from './route-targets.js';
 import { ServiceRouter } from './routing.js';
+import { loadTls, serveTls, type TlsPort } from './tls.js';
 import { TunnelHub } from './tunnel-hub.js';
 
 export interface RunningServer {
@@ -29,6 +36,12 @@ export interface RunningServer {
   proxyPort: number;
   serverId: string;
   log: Logger;
+  /**
+   * Leaves rotation, moves tunnel clients to other replicas and lets requests in flight
+   * finish, for up to `timeoutMs`; close() then ends what is left.
+   */
+  drain(timeoutMs: number): Promise<DrainResult>;
+  /** Stops at once, cutting what is in flight. Safe to call more than once. */
   close(): Promise<void>;
 }
 
@@ -53,8 +66,17 @@ export async function startServer(
   log: Logger = createLogger(config.logLevel),
 ): Promise<RunningServer> {
   const serverId = `ks-${randomBytes(4).toString('hex')}`;
+  // Before anything opens: a bad certificate is a configuration error, not a half-started server.
+  const tls = await loadTls(config.tls);
   const configured = tokenRecords(config.token, config.tokens);
   const auth = new TokenAuthority(configured);
+  const plainTokens = config.tokens.filter((t) => t.token !== undefined).map((t) => t.name);
+  if (plainTokens.length)
+    log.warn(
+      { tokenNames: plainTokens },
+      'tokens configured with their secrets (token:); keep only the SHA-256 instead (tokenSha256:, printed by kelsingra token hash) so the file gives nothing away',
+    );
+  const audit = AuditLog.open(log, config.auditLog, serverId);
   let store: InterceptStore;
   let pgStore: PgInterceptStore | undefined;
   if (config.databaseUrl) {
@@ -91,7 +113,9 @@ export async function startServer(
     }
   }
   const router = new ServiceRouter(config.services, config.previewUrl);
-  const passThrough = new PassThrough(config.upstreamTimeout * 1000, log);
+  const passThrough = new PassThrough(config.upstreamTimeout * 1000, log, {
+    maxBodyBytes: config.maxBodyBytes,
+  });
   for (const name of router.names) passThrough.register(router.get(name) as UpstreamTarget);
 
   // A route's targets never change (its id is derived from them): one pool per route, from
@@ -138,12 +162,38 @@ export async function startServer(
       at: Date.now(),
     });
   });
+  const metrics = new ServerMetrics({
+    services: router.names,
+    openTunnels: () => hub.list().filter((t) => t.open).length,
+    intercepts: () => store.list(),
+    routes: () => store.listRoutes(),
+    backends: function* () {
+      const services = router.names.map((n) => router.get(n)).filter((t) => t !== undefined);
+      for (const b of passThrough.upstreams(services))
+        yield { service: b.service, pool: 'base', state: b.state };
+      for (const route of store.listRoutes())
+        for (const b of passThrough.upstreams([routeTarget(route)]))
+          yield { service: route.service, pool: 'route', state: b.state };
+    },
+    kafka,
+  });
+  store.on('expired', (intercept) =>
+    audit.record({
+      action: 'intercept.end',
+      outcome: 'ended',
+      reason: 'expired',
+      actor: { system: true },
+      intercept: interceptField(intercept),
+    }),
+  );
   store.on('ended', (intercept, reason) => {
-    if (reason === 'expired')
+    if (reason === 'expired') {
+      metrics.leaseExpired(intercept.service);
       log.info(
         { intercept: intercept.id, service: intercept.service, tenant: intercept.tenant },
         'intercept lease expired',
       );
+    }
     bus.publish({
       type: 'intercept',
       action: 'ended',
@@ -165,7 +215,9 @@ export async function startServer(
     timeoutMs: config.upstreamTimeout * 1000,
     bus,
     log,
+    metrics,
     relaySecret: () => pgStore?.relaySecret,
+    maxBodyBytes: config.maxBodyBytes,
   });
   const control = createControlPlane({
     auth,
@@ -182,11 +234,32 @@ export async function startServer(
     routeTargetPolicy,
     bus,
     log,
+    metrics,
+    audit,
+    authLimiter: new AuthFailureLimiter({
+      failures: config.authFailureLimit,
+      windowMs: config.authFailureWindow * 1000,
+    }),
+    clientAddresses: new ClientAddresses(config.trustedProxies),
     kafka,
     kafkaTopicsOf: (service) =>
       Object.entries(config.kafka?.topics ?? {})
         .filter(([, t]) => t.service === service)
         .map(([name]) => name),
+    draining: () => drain.draining,
+  });
+  const clientErrors = new ClientErrorLog(log);
+  answerClientErrors(control, 'control', clientErrors);
+  answerClientErrors(data.server, 'data', clientErrors);
+  const tlsPorts: TlsPort[] = [];
+  if (tls?.ports.includes('control')) tlsPorts.push(serveTls(control, 'control', tls, clientErrors));
+  if (tls?.ports.includes('data')) tlsPorts.push(serveTls(data.server, 'data', tls, clientErrors));
+  const drain = new Drain({
+    control,
+    data: data.server,
+    hub,
+    peersAlive: () => store.health().replicas?.some((r) => !r.self && r.alive) ?? false,
+    log,
   });
   let controlPort: number;
   let proxyPort: number;
@@ -213,7 +286,8 @@ export async function startServer(
     throw err;
   }
   if (pgStore) {
-    const advertised = config.advertiseUrl ?? `http://${advertisedHost(config.host)}:${proxyPort}`;
+    const scheme = tls?.ports.includes('data') ? 'https' : 'http';
+    const advertised = config.advertiseUrl ?? `${scheme}://${advertisedHost(config.host)}:${proxyPort}`;
     await pgStore.announce(advertised);
   }
   log.info(
@@ -224,26 +298,36 @@ export async function startServer(
       tenantHeader: config.tenantHeader,
       serverId,
       store: store.health().kind,
+      tls: tls?.ports ?? [],
     },
     'server agent listening',
   );
 
+  // A second signal stops at once while a drain is still under way; the drain's own close follows.
+  let closing: Promise<void> | undefined;
   return {
     controlPort,
     proxyPort,
     serverId,
     log,
-    async close() {
-      hub.close();
-      await kafka?.close();
-      await store.close();
-      control.closeAllConnections();
-      data.server.closeAllConnections();
-      await Promise.all([
-        new Promise((r) => control.close(r)),
-        new Promise((r) => data.server.close(r)),
-        passThrough.close(),
-      ]);
+    drain: (timeoutMs) => drain.drain(timeoutMs),
+    close() {
+      closing ??= (async () => {
+        hub.close();
+        await kafka?.close();
+        await store.close();
+        control.closeAllConnections();
+        data.server.closeAllConnections();
+        for (const port of tlsPorts) port.closePending();
+        clientErrors.stop();
+        await Promise.all([
+          new Promise((r) => control.close(r)),
+          new Promise((r) => data.server.close(r)),
+          passThrough.close(),
+        ]);
+        audit.close();
+      })();
+      return closing;
     },
   };
 }

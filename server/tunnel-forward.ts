@@ -8,9 +8,11 @@ import type { OutgoingHttpHeaders } from 'node:http2';
 import { pipeUnlessReset } from '../src/h2-pipe.js';
 import { fromHttp2, maskSecretQuery, rawToObject } from '../src/http-headers.js';
 import { INTERCEPT_HEADER } from '../src/protocol.js';
+import { answerTooLarge, BodyTooLarge, limitedBody } from './body-limit.js';
 import { sendError } from './error-response.js';
 import type { RequestRecord } from './event-bus.js';
 import type { Intercept } from './intercept-store.js';
+import { REQUEST_ID_HEADER } from './request-id.js';
 import { BODY_IDLE_MS } from './timeouts.js';
 import type { ClientTunnel } from './tunnel-hub.js';
 
@@ -23,6 +25,9 @@ export function forwardThroughTunnel(
   headers: string[],
   timeoutMs: number,
   publish: (record: RequestRecord) => void,
+  requestId: string,
+  /** Largest request body passed on (0: no limit). */
+  maxBodyBytes = 0,
 ): void {
   const startedAt = Date.now();
   const t0 = performance.now();
@@ -79,7 +84,10 @@ export function forwardThroughTunnel(
     // From here the wait is for body bytes: bounded by the same idle limit as pass-through.
     stream.setTimeout(BODY_IDLE_MS, () => cancel.abort());
     const status = Number(responseHeaders[':status']);
-    res.writeHead(status, fromHttp2(responseHeaders));
+    const headers = fromHttp2(responseHeaders);
+    // The caller gets the id Kelsingra logged, whatever the local service answered (as Envoy does).
+    if (res.hasHeader(REQUEST_ID_HEADER)) delete headers[REQUEST_ID_HEADER];
+    res.writeHead(status, headers);
     stream.on('data', (chunk: Buffer) => {
       bytesOut += chunk.length;
     });
@@ -103,13 +111,22 @@ export function forwardThroughTunnel(
     // 'close' follows and answers the caller; the error itself carries nothing more for them.
   });
 
-  if (hasBody) req.pipe(stream);
+  if (hasBody && maxBodyBytes > 0) {
+    const body = limitedBody(maxBodyBytes);
+    // Past the limit the local service sees the stream reset, never a body that looks whole.
+    body.once('error', (err) => {
+      cancel.abort();
+      if (err instanceof BodyTooLarge) answerTooLarge(req, res, err);
+    });
+    req.pipe(body).pipe(stream);
+  } else if (hasBody) req.pipe(stream);
   res.on('close', () => {
     const complete = res.writableFinished;
     if (!complete && !stream.closed) cancel.abort();
     publish({
       type: 'request',
       interceptId: intercept.id,
+      requestId,
       service: intercept.service,
       tenant: intercept.tenant,
       holder: intercept.holder,

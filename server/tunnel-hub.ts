@@ -173,6 +173,14 @@ export class TunnelHub {
     });
   }
 
+  /**
+   * This replica is stopping: every client opens a tunnel to another replica, moves its
+   * intercepts there, and closes this tunnel once the requests on it are done.
+   */
+  drain(): void {
+    for (const tunnel of this.tunnels.values()) tunnel.send({ type: 'draining' });
+  }
+
   close(): void {
     clearInterval(this.heartbeat);
     for (const tunnel of this.tunnels.values()) tunnel.ws.terminate();

@@ -5,20 +5,24 @@
 import { request } from 'undici';
 import { ExitCode, KelsingraError } from './errors.js';
 import type { WireMessage } from './kafka-wire.js';
-import type {
-  InterceptView,
-  RemoveRoutesResult,
-  RouteView,
-  ServerInfo,
-  SetRouteResult,
-  StoreHealth,
+import {
+  HOLDER_HEADER,
+  type InterceptView,
+  type RemoveRoutesResult,
+  type RouteView,
+  type ServerInfo,
+  type SetRouteResult,
+  type StoreHealth,
 } from './protocol.js';
+import { tlsHint } from './tls-trust.js';
 
 const TIMEOUT_MS = 10_000;
 
 export interface ServerStatus {
   serverId: string;
   version: string;
+  /** The caller's token (missing from servers before token roles). */
+  principal?: { name: string; role: 'admin' | 'developer'; tenants: string[] };
   store: StoreHealth;
   /** Present when the server agent intercepts Kafka messages. */
   kafka?: {
@@ -36,6 +40,8 @@ export class ApiClient {
   constructor(
     readonly server: string,
     private readonly token: string,
+    /** Named in the server's audit trail for the changes this client makes. */
+    private readonly holder?: string,
   ) {}
 
   health(): Promise<{ ok: boolean; version: string }> {
@@ -123,6 +129,8 @@ export class ApiClient {
         method,
         headers: {
           authorization: `Bearer ${this.token}`,
+          // Only for the audit trail: a name a header cannot carry is left out rather than failing the call.
+          ...(this.holder && /^[\x20-\x7e]+$/.test(this.holder) ? { [HOLDER_HEADER]: this.holder } : {}),
           ...(body ? { 'content-type': 'application/json' } : {}),
         },
         body: body ? JSON.stringify(body) : undefined,
@@ -154,7 +162,8 @@ export function unreachable(server: string, err: Error): KelsingraError {
   return new KelsingraError(
     `cannot reach the Kelsingra server at ${server} (${code ?? err.message})`,
     ExitCode.unreachable,
-    'check that the server agent is running and that KELSINGRA_SERVER / kelsingra connect --server point at its control port',
+    tlsHint(code, server) ??
+      'check that the server agent is running and that KELSINGRA_SERVER / kelsingra connect --server point at its control port',
   );
 }
 
@@ -197,6 +206,9 @@ function apiError(status: number, data: Record<string, unknown>): KelsingraError
         data,
       );
     case 400:
+      // A plain-HTTP URL for a port that serves TLS: the server answers that much in plain HTTP.
+      if (data.code === 'https-required')
+        return new KelsingraError(message, ExitCode.unreachable, String(data.hint ?? ''), data);
       return new KelsingraError(
         `${message} (HTTP 400)`,
         ExitCode.usage,

@@ -53,7 +53,7 @@ export class InterceptSession extends EventEmitter<{ event: [SessionEvent] }> {
     super();
     this.settings = settings;
     this.clientId = claimClientId(settings.configDir, settings.server, want.service, want.tenant);
-    this.api = new ApiClient(settings.server, settings.token);
+    this.api = new ApiClient(settings.server, settings.token, settings.holder);
     this.ended = new Promise((resolve) => {
       this.resolveEnded = resolve;
     });

@@ -40,7 +40,12 @@ export const HOLDER_HEADER = 'x-kelsingra-holder';
 export type ServerControl =
   | { type: 'hello'; clientId: string; heartbeatMs: number; leaseTtlMs: number }
   | { type: 'renewed'; ids: string[]; missing: string[] }
-  | { type: 'intercept-ended'; id: string; reason: string };
+  | { type: 'intercept-ended'; id: string; reason: string }
+  /**
+   * The server agent is stopping: open a tunnel again (through the load balancer, to another
+   * replica), then close this one once its requests are done.
+   */
+  | { type: 'draining' };
 
 export type ClientControl = { type: 'renew'; ids: string[] };
 
@@ -103,6 +108,8 @@ export interface UpstreamHealth {
 export interface RequestRecord {
   type: 'request';
   interceptId: string;
+  /** The data plane's `x-request-id` of the request (older servers send none). */
+  requestId?: string;
   service: string;
   tenant: string;
   holder: string;

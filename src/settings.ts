@@ -6,10 +6,13 @@ import os from 'node:os';
 import { dirname } from 'node:path';
 import Conf from 'conf';
 import { ExitCode, KelsingraError } from './errors.js';
+import { trustCa } from './tls-trust.js';
 
 interface Saved {
   server?: string;
   token?: string;
+  /** PEM file of the CA that signed the server agent's certificate (a private CA). */
+  ca?: string;
 }
 
 export interface ClientSettings {
@@ -17,6 +20,8 @@ export interface ClientSettings {
   token: string;
   holder: string;
   configDir: string;
+  /** The CA file trusted for the server, when it has a private one. */
+  ca?: string;
 }
 
 function store(env: NodeJS.ProcessEnv): Conf<Saved> {
@@ -38,6 +43,9 @@ export function saveSettings(values: Saved, env: NodeJS.ProcessEnv = process.env
   const conf = store(env);
   if (values.server !== undefined) conf.set('server', values.server);
   if (values.token !== undefined) conf.set('token', values.token);
+  // An empty CA forgets the saved one (a server that moved to a public certificate).
+  if (values.ca === '') conf.delete('ca');
+  else if (values.ca !== undefined) conf.set('ca', values.ca);
   return conf.path;
 }
 
@@ -96,11 +104,16 @@ export function loadSettings(
       'run kelsingra connect --token <secret>, or set KELSINGRA_TOKEN',
     );
   }
+  // Trusted before any command connects: every connection to the server (API, tunnel, event
+  // stream, gateway) then accepts its certificate.
+  const ca = overrides.ca ?? (env.KELSINGRA_CA || conf.get('ca'));
+  if (ca) trustCa(ca);
   const path = conf.path;
   return {
     server: normaliseServerUrl(server),
     token,
     holder: holderName(env),
     configDir: dirname(path),
+    ca: ca || undefined,
   };
 }

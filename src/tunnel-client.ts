@@ -20,6 +20,9 @@ import {
 import { H2_SETTINGS, SESSION_WINDOW } from './tunnel-settings.js';
 import { webSocketDuplex } from './ws-duplex.js';
 
+/** How long a tunnel moved away from keeps taking new requests, while the other replicas hear of the move. */
+const RETIRE_GRACE_MS = 1_000;
+
 export type TunnelState = 'connecting' | 'connected' | 'reconnecting' | 'closed';
 
 export interface TunnelClientOptions {
@@ -45,6 +48,11 @@ export class TunnelClient extends EventEmitter<TunnelEvents> {
   private readonly h2 = http2.createServer({ settings: H2_SETTINGS, maxSessionMemory: 64 });
   private readonly abort = new AbortController();
   private watchdog?: NodeJS.Timeout;
+  /** The HTTP/2 session each WebSocket carries, to retire it gracefully after a move. */
+  private readonly sessions = new WeakMap<WebSocket, http2.ServerHttp2Session>();
+  /** Tunnels to a draining server, still serving the requests they carry while a new one opens. */
+  private readonly retiring = new Set<WebSocket>();
+  private reconnecting = false;
 
   constructor(private readonly opts: TunnelClientOptions) {
     super();
@@ -68,9 +76,12 @@ export class TunnelClient extends EventEmitter<TunnelEvents> {
     this.setState('closed');
     this.abort.abort();
     clearTimeout(this.watchdog);
-    this.ws?.close(1000, 'client leaving');
+    const sockets = [this.ws, ...this.retiring];
+    for (const ws of sockets) ws?.close(1000, 'client leaving');
     // Streams still open are the caller's in-flight requests; they end with the socket.
-    setTimeout(() => this.ws?.terminate(), 1000).unref();
+    setTimeout(() => {
+      for (const ws of sockets) ws?.terminate();
+    }, 1000).unref();
   }
 
   private setState(state: TunnelState, extra: { retryInMs?: number; error?: string } = {}): void {
@@ -140,11 +151,16 @@ export class TunnelClient extends EventEmitter<TunnelEvents> {
       });
       ws.on('open', () => {
         this.ws = ws;
-        const duplex = webSocketDuplex(ws, (text) => this.onControl(text));
+        const duplex = webSocketDuplex(ws, (text) => this.onControl(ws, text));
+        // The HTTP/2 server makes the session for this connection before emit() returns.
+        this.h2.once('session', (session) => this.sessions.set(ws, session));
         this.h2.emit('connection', duplex);
         this.armWatchdog();
       });
-      ws.on('ping', () => this.armWatchdog());
+      // A retiring tunnel's pings say nothing about the current one.
+      ws.on('ping', () => {
+        if (this.ws === ws) this.armWatchdog();
+      });
       const onHello = (message: ServerControl) => {
         if (message.type !== 'hello' || this.ws !== ws) return;
         this.off('control', onHello);
@@ -161,6 +177,10 @@ export class TunnelClient extends EventEmitter<TunnelEvents> {
         // Closed before hello: this attempt failed and its caller (start or the retry loop)
         // handles that; only a tunnel that was up starts a reconnect loop of its own.
         const wasUp = settled && this.ws === ws && this.state === 'connected';
+        // A tunnel retired by a move: the reconnect is under way already; only if that has not
+        // landed yet does its loss show, as the tunnel being down.
+        if (this.retiring.delete(ws) && this.reconnecting && !this.serving())
+          this.setState('reconnecting', { retryInMs: 0 });
         if (!settled) {
           settled = true;
           reject(
@@ -177,12 +197,46 @@ export class TunnelClient extends EventEmitter<TunnelEvents> {
     });
   }
 
-  private onControl(text: string): void {
+  private onControl(ws: WebSocket, text: string): void {
+    let message: ServerControl;
     try {
-      this.emit('control', JSON.parse(text) as ServerControl);
+      message = JSON.parse(text) as ServerControl;
     } catch {
       // The server only sends JSON; anything else is noise on a broken link, which the heartbeat catches.
+      return;
     }
+    if (message?.type === 'draining') this.move(ws);
+    else this.emit('control', message);
+  }
+
+  /**
+   * The server agent is stopping. A new tunnel is opened (through the load balancer: the
+   * stopping replica refuses it, so it lands on another) while this one goes on serving the
+   * requests it carries; once the new one is up, this one closes when they are done.
+   */
+  private move(ws: WebSocket): void {
+    if (this.ws !== ws || this.state === 'closed') return;
+    clearTimeout(this.watchdog);
+    this.retiring.add(ws);
+    this.ws = undefined;
+    this.reconnect(() => this.retire(ws));
+  }
+
+  /** Closes a tunnel that was moved away from, after its requests are done. */
+  private retire(ws: WebSocket): void {
+    // The other replicas hear of the move through the database within milliseconds; until they
+    // have, the old one may still route a request here, which this grace still serves.
+    setTimeout(() => {
+      const session = this.sessions.get(ws);
+      const done = () => ws.close(1000, 'moved to another replica');
+      if (session && !session.closed && !session.destroyed) session.close(done);
+      else done();
+    }, RETIRE_GRACE_MS).unref();
+  }
+
+  /** An older tunnel still carries traffic while the next one is being opened. */
+  private serving(): boolean {
+    return [...this.retiring].some((ws) => ws.readyState === WebSocket.OPEN);
   }
 
   /** No ping from the server for two intervals means the link is dead even if TCP has not noticed. */
@@ -197,6 +251,13 @@ export class TunnelClient extends EventEmitter<TunnelEvents> {
     this.ws = undefined;
     if (this.state === 'closed') return;
     this.setState('reconnecting', { retryInMs: 250 });
+    this.reconnect();
+  }
+
+  /** Connects again with backoff, then `onUp` and 'reconnected'; one loop at a time. */
+  private reconnect(onUp?: () => void): void {
+    if (this.reconnecting) return;
+    this.reconnecting = true;
     pRetry(
       () =>
         this.connectOnce().catch((err: KelsingraError) => {
@@ -212,12 +273,20 @@ export class TunnelClient extends EventEmitter<TunnelEvents> {
         onFailedAttempt: ({ error, attemptNumber }) => {
           // p-retry waits minTimeout × factor^(attempt − 1), times a random 1–2 with randomize.
           const retryInMs = Math.min(5_000, 250 * 2 ** (attemptNumber - 1));
-          this.setState('reconnecting', { retryInMs, error: error.message });
+          // Moving off a draining server: the old tunnel still serves, so nothing is down yet.
+          if (!this.serving()) this.setState('reconnecting', { retryInMs, error: error.message });
         },
       },
     ).then(
-      () => this.emit('reconnected'),
-      (err: Error) => this.setState('closed', { error: err.message }),
+      () => {
+        this.reconnecting = false;
+        onUp?.();
+        this.emit('reconnected');
+      },
+      (err: Error) => {
+        this.reconnecting = false;
+        this.setState('closed', { error: err.message });
+      },
     );
   }
 }

@@ -133,7 +133,76 @@ describe('validateConfig', () => {
 
   it('defaults a token to every tenant', () => {
     const c = validateConfig({ ...minimal, tokens: [{ name: 'ci', token: 'ci-token-123' }] }, 'test');
-    expect(c.tokens).toEqual([{ name: 'ci', token: 'ci-token-123', tenants: ['*'] }]);
+    expect(c.tokens).toEqual([{ name: 'ci', token: 'ci-token-123', tenants: ['*'], role: 'developer' }]);
+  });
+});
+
+describe('token entries: hashes, roles, security settings', () => {
+  const hash = 'AB'.repeat(32);
+
+  it('takes a SHA-256 instead of the secret (lower-cased), and a role', () => {
+    const c = validateConfig(
+      { ...minimal, tokens: [{ name: 'ops', tokenSha256: hash, role: 'admin' }] },
+      'test',
+    );
+    expect(c.tokens).toEqual([{ name: 'ops', tokenSha256: 'ab'.repeat(32), tenants: ['*'], role: 'admin' }]);
+  });
+
+  it.each([
+    ['neither token nor hash', { name: 'x' }, 'tokens.0.tokenSha256: give the secret as tokenSha256'],
+    ['both', { name: 'x', token: 'long-enough', tokenSha256: hash }, 'one of them'],
+    ['a short hash', { name: 'x', tokenSha256: 'abc' }, 'must be 64 hex digits'],
+    [
+      'an unknown role',
+      { name: 'x', token: 'long-enough', role: 'root' },
+      'tokens.0.role: must be admin or developer',
+    ],
+    [
+      'an admin limited to tenants',
+      { name: 'x', token: 'long-enough', role: 'admin', tenants: ['t1'] },
+      'tokens.0.tenants: an admin token uses every tenant',
+    ],
+  ])('refuses %s, naming the entry', async (_what, entry, message) => {
+    const err = await failure(() => validateConfig({ ...minimal, tokens: [entry] }, 'test'));
+    expect(err.exitCode).toBe(ExitCode.config);
+    expect(err.message).toContain(message);
+  });
+
+  it('refuses two tokens of one name, --token being "default"', async () => {
+    const tokens = file(
+      'tokens.yaml',
+      'tokens:\n  - { name: default, token: other-token-1 }\n  - { name: ci, token: ci-token-123 }\n',
+    );
+    const err = await failure(() => loadServerConfig({ env: {}, flags: { ...minimal, tokensFile: tokens } }));
+    expect(err.exitCode).toBe(ExitCode.config);
+    expect(err.message).toContain('token name default is used twice ("default" is the name of --token)');
+  });
+
+  it('reads the failure limit, trusted proxies and audit log from the environment', () => {
+    const c = validateConfig(
+      {
+        ...minimal,
+        ...configFromEnv({
+          KELSINGRA_AUTH_FAILURE_LIMIT: '3',
+          KELSINGRA_AUTH_FAILURE_WINDOW: '5',
+          KELSINGRA_TRUSTED_PROXIES: '10.0.0.0/8, 192.168.1.1',
+          KELSINGRA_AUDIT_LOG: '/var/log/kelsingra/audit.log',
+        }),
+      },
+      'test',
+    );
+    expect(c).toMatchObject({
+      authFailureLimit: 3,
+      authFailureWindow: 5,
+      trustedProxies: ['10.0.0.0/8', '192.168.1.1'],
+      auditLog: '/var/log/kelsingra/audit.log',
+    });
+    expect(validateConfig(minimal, 'test')).toMatchObject({ authFailureLimit: 10, authFailureWindow: 60 });
+  });
+
+  it('names a trusted proxy that is not an address or block', async () => {
+    const err = await failure(() => validateConfig({ ...minimal, trustedProxies: ['ingress'] }, 'test'));
+    expect(err.message).toContain('trustedProxies.0: must be an IP address or a CIDR block');
   });
 });
 
@@ -354,9 +423,9 @@ describe('loadServerConfig', () => {
     const c = await loadServerConfig({ configPath: cfg, env: { KELSINGRA_TOKENS_FILE: tokens } });
     expect(c.token).toBeUndefined();
     expect(c.tokens).toEqual([
-      { name: 'ci', token: 'ci-token-123', tenants: ['*'] },
-      { name: 'alice', token: 'alice-token-1', tenants: ['team-a-*'] },
-      { name: 'bob', token: 'bob-token-12', tenants: ['*'] },
+      { name: 'ci', token: 'ci-token-123', tenants: ['*'], role: 'developer' },
+      { name: 'alice', token: 'alice-token-1', tenants: ['team-a-*'], role: 'developer' },
+      { name: 'bob', token: 'bob-token-12', tenants: ['*'], role: 'developer' },
     ]);
   });
 

@@ -160,6 +160,21 @@ describe('deploy/k8s', () => {
     }
   });
 
+  it('the grace period outlasts the preStop sleep and the drain, so the kubelet does not kill the agent mid-drain', async () => {
+    const { config } = await podConfig();
+    const sleep = container.lifecycle?.preStop?.sleep?.seconds ?? 0;
+    expect(config.drainTimeout).toBeGreaterThan(0);
+    expect(podSpec.terminationGracePeriodSeconds).toBeGreaterThan(sleep + config.drainTimeout);
+  });
+
+  it('the Prometheus annotations point at /metrics on the control port', async () => {
+    const { config } = await podConfig();
+    const annotations: Record<string, string> = deployment.spec.template.metadata.annotations;
+    expect(annotations['prometheus.io/scrape']).toBe('true');
+    expect(annotations['prometheus.io/path']).toBe('/metrics');
+    expect(Number(annotations['prometheus.io/port'])).toBe(config.port);
+  });
+
   it("the ConfigMap's kelsingra.yaml loads with the real config loader, with the Secret's values stubbed", async () => {
     const { config } = await podConfig();
     expect(config.host).toBe('0.0.0.0');

@@ -153,6 +153,14 @@ describe('replicas on PostgreSQL', () => {
     }
     const { rows } = await query(db, 'SELECT id FROM kelsingra_intercepts');
     expect(rows).toEqual([]);
+    // Audited once, by the replica whose sweep removed it, not once per replica that heard of it.
+    const expiries = () =>
+      [r1, r2]
+        .flatMap((r) => r.logs().split('\n'))
+        .filter((l) => l.includes('"audit":true') && l.includes(held.id) && l.includes('"reason":"expired"'));
+    await waitFor(() => expiries().length > 0, 3_000, 'the expiry in the audit trail');
+    await sleep(1_000);
+    expect(expiries()).toHaveLength(1);
   });
 
   it('exactly one client holds a (service, tenant) when two race for it on two replicas', async () => {
@@ -421,11 +429,14 @@ describe('replicas on PostgreSQL', () => {
     const held = await interceptDetached(clientEnv(r2, TOKEN), 'billing', 't1', local.port, cleanups);
     expect(held.tenant).toBe('t1');
     expect((await run(['list'], clientEnv(r2, 'not-the-token'))).exitCode).toBe(3);
-    const { rows } = await query<{ name: string; digest: Buffer }>(
+    const { rows } = await query<{ name: string; digest: Buffer; role: string }>(
       db,
-      'SELECT name, digest FROM kelsingra_tokens',
+      'SELECT name, digest, role FROM kelsingra_tokens',
     );
-    expect(rows.map((r) => r.name)).toEqual(['default']);
+    expect(rows.map((r) => [r.name, r.role])).toEqual([['default', 'admin']]);
+    // The role travels with the digest: r2 knows the token only from the database.
+    const status = await run(['status', '--json'], clientEnv(r2, TOKEN));
+    expect(JSON.parse(status.stdout).principal).toEqual({ name: 'default', role: 'admin', tenants: ['*'] });
     expect(rows[0]?.digest.toString('hex')).toBe(createHash('sha256').update(TOKEN).digest('hex'));
     expect(JSON.stringify(rows)).not.toContain(TOKEN);
     void r1;

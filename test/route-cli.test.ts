@@ -46,7 +46,10 @@ async function setup(extraArgs: string[] | ((v2Url: string) => string[]) = ['--t
   return { server, base, v2: href(v2), v3: href(v3) };
 }
 
-/** A tokens file with an unlimited token (platform) and one limited to team-a-* tenants. */
+/**
+ * A tokens file with an admin token (platform), a developer token for every tenant
+ * (everyone) and one limited to team-a-* tenants.
+ */
 function teamTokens(): string {
   const tokensFile = join(tempDir('kelsingra-tokens-'), 'tokens.yaml');
   writeFileSync(
@@ -54,6 +57,9 @@ function teamTokens(): string {
     `tokens:
   - name: platform
     token: platform-admin-secret-1
+    role: admin
+  - name: everyone
+    token: every-tenant-developer-3
   - name: team-a
     token: team-a-secret-token-2
     tenants: ['team-a-*']
@@ -478,13 +484,15 @@ describe('tokens limited to tenants', () => {
 });
 
 describe('route targets the server allows', () => {
-  it('without routeTargets only unlimited tokens set routes; a tenant-limited one is told why and routes nothing', async () => {
+  it('without routeTargets only admin tokens set routes; a developer one, even for every tenant, is told why and routes nothing', async () => {
     const { server, v2 } = await setup(['--tokens-file', teamTokens()]);
-    const team = clientEnv(server, 'team-a-secret-token-2');
-    const refused = await cli(['route', 'set', 'billing', '--tenants', 'team-a-1', '--to', v2.url], team);
-    expect(refused.exitCode).toBe(EXIT.auth);
-    expect(refused.stderr).toContain('limited to tenants');
-    expect(refused.stderr).toContain('routeTargets');
+    for (const token of ['team-a-secret-token-2', 'every-tenant-developer-3']) {
+      const dev = clientEnv(server, token);
+      const refused = await cli(['route', 'set', 'billing', '--tenants', 'team-a-1', '--to', v2.url], dev);
+      expect(refused.exitCode, token).toBe(EXIT.auth);
+      expect(refused.stderr).toContain('is a developer token');
+      expect(refused.stderr).toContain('routeTargets');
+    }
     expect(await who(server, 'team-a-1')).toBe('base');
     const admin = clientEnv(server, 'platform-admin-secret-1');
     await setRoute(admin, 'billing', 'team-a-1', v2.url);

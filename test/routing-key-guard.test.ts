@@ -64,7 +64,7 @@ describe('one routing key per request', () => {
     const tokensFile = join(dir, 'tokens.yaml');
     writeFileSync(
       tokensFile,
-      `tokens:\n  - { name: admin, token: ${ADMIN} }\n  - { name: team-a, token: ${TEAM}, tenants: ['a-*'] }\n`,
+      `tokens:\n  - { name: admin, token: ${ADMIN}, role: admin }\n  - { name: team-a, token: ${TEAM}, tenants: ['a-*'] }\n`,
     );
     const config = join(dir, 'kelsingra.yaml');
     writeFileSync(

@@ -50,7 +50,7 @@ export default class RouteDelete extends BaseCommand {
       throw new KelsingraError('--tenants names no tenant', ExitCode.usage, USAGE);
     const target = flags.to === undefined ? undefined : parseTarget(flags.to, USAGE);
     const settings = loadSettings();
-    const api = new ApiClient(settings.server, settings.token);
+    const api = new ApiClient(settings.server, settings.token, settings.holder);
     const result: RemoveRoutesResult = await this.spin(
       'Deleting',
       byId ? api.removeRoute(args.target) : api.removeRoutesWhere({ service: args.target, target, tenants }),

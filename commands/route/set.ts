@@ -50,7 +50,7 @@ export default class RouteSet extends BaseCommand {
       throw new KelsingraError('--tenants names no tenant', ExitCode.usage, `usage: ${USAGE}`);
     const targets = parseTargets(flags.to, USAGE);
     const settings = loadSettings();
-    const api = new ApiClient(settings.server, settings.token);
+    const api = new ApiClient(settings.server, settings.token, settings.holder);
     const result = await this.spin(
       `Routing ${args.service}`,
       api.setRoute({ service: args.service, tenants, targets, replace: flags.replace }),
