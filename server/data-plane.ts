@@ -19,12 +19,13 @@ import {
 import { baggageEntry, baggageSetTo } from '../src/w3c-context.js';
 import type { Principal } from './auth.js';
 import { announcedTooLarge, refuseAnnouncedBody } from './body-limit.js';
+import { closeAfter, type InFlight } from './drain.js';
 import { errorCodeOf, sendError, writeRawError } from './error-response.js';
 import type { EventBus, RequestRecord } from './event-bus.js';
 import type { Intercept, InterceptStore, Peer } from './intercept-store.js';
 import type { DecisionLabel, ServerMetrics } from './metrics.js';
 import type { PassThrough, UpstreamTarget } from './pass-through.js';
-import { REQUEST_ID_HEADER, requestIdOf } from './request-id.js';
+import { REQUEST_ID_HEADER, requestIdOf, tagResponse } from './request-id.js';
 import type { Route } from './route-table.js';
 import type { RouteResult, ServiceRouter } from './routing.js';
 import { type RoutingKeyOptions, routingKeyOf, routingKeyProblem } from './routing-keys.js';
@@ -96,6 +97,8 @@ interface Inbound {
 
 export interface DataPlane {
   server: http.Server;
+  /** Requests not yet answered, for the drain. */
+  inFlight: InFlight;
   /**
    * A developer's outbound call through their client agent's gateway (`/v1/gateway/…` on the
    * control port): routed like a data-port request for its routing key, which the token must
@@ -176,6 +179,8 @@ export function createDataPlane(deps: DataPlaneDeps): DataPlane {
   const { router, store, hub, passThrough, tenantHeader, serverId, timeoutMs, bus, log, metrics } = deps;
   const publish = (record: RequestRecord) => bus.publish(record);
   const maxBodyBytes = deps.maxBodyBytes ?? 0;
+  const responses = new Set<ServerResponse>();
+  const inFlight: InFlight = { responses, closing: false };
 
   /** Where a request goes, the same for plain requests, upgrades and gateway calls. */
   const decide = (req: Inbound): Decision => {
@@ -331,8 +336,11 @@ export function createDataPlane(deps: DataPlaneDeps): DataPlane {
 
   /** Counts the request and logs Kelsingra's own failures once the response is over; the caller gets the id back. */
   const observe = (req: IncomingMessage, res: ServerResponse, inbound: Inbound, d: Decision) => {
-    res.setHeader(REQUEST_ID_HEADER, inbound.requestId);
+    tagResponse(res, inbound.requestId);
+    responses.add(res);
+    if (inFlight.closing) closeAfter(res);
     res.once('close', () => {
+      responses.delete(res);
       const decision: DecisionLabel = d.kind === 'pass' ? 'base' : d.kind;
       const service = d.kind === 'error' ? (d.service ?? '') : d.route.service.name;
       const status = res.headersSent ? res.statusCode : undefined;
@@ -465,5 +473,5 @@ export function createDataPlane(deps: DataPlaneDeps): DataPlane {
     if (announcedTooLarge(req, maxBodyBytes) === undefined) res.writeContinue();
     server.emit('request', req, res);
   });
-  return { server, serveGateway };
+  return { server, serveGateway, inFlight };
 }

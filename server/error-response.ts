@@ -5,6 +5,7 @@
 import http, { type OutgoingHttpHeaders, type ServerResponse } from 'node:http';
 import type { Duplex } from 'node:stream';
 import { ERROR_HEADER } from '../src/protocol.js';
+import { withRequestId } from './request-id.js';
 
 /**
  * The code of each answer Kelsingra made itself, for metrics and logs: once headers are
@@ -36,12 +37,15 @@ export function sendError(
   }
   const body = errorBody(code, message, extra);
   errorCodes.set(res, code);
-  res.writeHead(status, {
-    ...headers,
-    'content-type': 'application/json; charset=utf-8',
-    'content-length': Buffer.byteLength(body),
-    [ERROR_HEADER]: code,
-  });
+  res.writeHead(
+    status,
+    withRequestId(res, {
+      ...headers,
+      'content-type': 'application/json; charset=utf-8',
+      'content-length': Buffer.byteLength(body),
+      [ERROR_HEADER]: code,
+    }),
+  );
   res.end(body);
 }
 

@@ -14,7 +14,7 @@ import { forwardableResponseHeaders } from '../src/http-headers.js';
 import type { UpstreamHealth } from '../src/protocol.js';
 import { answerTooLarge, BodyTooLarge, limitedBody } from './body-limit.js';
 import { sendError } from './error-response.js';
-import { REQUEST_ID_HEADER } from './request-id.js';
+import { withRequestId } from './request-id.js';
 import { BODY_IDLE_MS } from './timeouts.js';
 import {
   type Backend,
@@ -197,10 +197,8 @@ export class PassThrough {
         },
         ({ statusCode, headers: upstreamHeaders }) => {
           pool.answered(backend, statusCode);
-          const headers = forwardableResponseHeaders(upstreamHeaders);
-          // The caller gets the id Kelsingra logged, whatever the upstream answered (as Envoy does).
-          if (res.hasHeader(REQUEST_ID_HEADER)) delete headers[REQUEST_ID_HEADER];
-          res.writeHead(statusCode, headers);
+          // The caller gets the id Kelsingra logged, whatever the upstream answered.
+          res.writeHead(statusCode, withRequestId(res, forwardableResponseHeaders(upstreamHeaders)));
           return res;
         },
         (err) => {

@@ -257,6 +257,7 @@ export async function startServer(
   const drain = new Drain({
     control,
     data: data.server,
+    dataInFlight: data.inFlight,
     hub,
     peersAlive: () => store.health().replicas?.some((r) => !r.self && r.alive) ?? false,
     log,

@@ -12,7 +12,7 @@ import { answerTooLarge, BodyTooLarge, limitedBody } from './body-limit.js';
 import { sendError } from './error-response.js';
 import type { RequestRecord } from './event-bus.js';
 import type { Intercept } from './intercept-store.js';
-import { REQUEST_ID_HEADER } from './request-id.js';
+import { withRequestId } from './request-id.js';
 import { BODY_IDLE_MS } from './timeouts.js';
 import type { ClientTunnel } from './tunnel-hub.js';
 
@@ -84,10 +84,8 @@ export function forwardThroughTunnel(
     // From here the wait is for body bytes: bounded by the same idle limit as pass-through.
     stream.setTimeout(BODY_IDLE_MS, () => cancel.abort());
     const status = Number(responseHeaders[':status']);
-    const headers = fromHttp2(responseHeaders);
-    // The caller gets the id Kelsingra logged, whatever the local service answered (as Envoy does).
-    if (res.hasHeader(REQUEST_ID_HEADER)) delete headers[REQUEST_ID_HEADER];
-    res.writeHead(status, headers);
+    // The caller gets the id Kelsingra logged, whatever the local service answered.
+    res.writeHead(status, withRequestId(res, fromHttp2(responseHeaders)));
     stream.on('data', (chunk: Buffer) => {
       bytesOut += chunk.length;
     });
