@@ -66,7 +66,7 @@
  */
 import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import http from 'node:http';
 import net from 'node:net';
 import os from 'node:os';
@@ -85,6 +85,7 @@ import {
   percentile,
   ROOT,
   reportFailure,
+  requireBuild,
   sleep,
   start,
   table,
@@ -230,14 +231,7 @@ async function main() {
     },
     'scripts/soak [--duration S] [--rate N] [--concurrency N] [--timeout S] [--lease-ttl S] [--restart-down S] [--crash] [--json FILE] [--logs DIR]',
   );
-  if (Number(process.versions.node.split('.')[0]) < 24) {
-    console.error(`Node ${process.versions.node}: run with Node 24 (scripts/soak or npm run soak)`);
-    process.exit(2);
-  }
-  if (!existsSync(join(ROOT, 'dist', 'commands', 'server.js'))) {
-    console.error('dist/ is missing: npm run build first (scripts/soak and npm run soak do)');
-    process.exit(2);
-  }
+  requireBuild('scripts/soak or npm run soak');
 
   const RUN_ID = randomBytes(4).toString('hex');
   const TOKEN = `soak-${randomBytes(12).toString('hex')}`;

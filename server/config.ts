@@ -355,57 +355,56 @@ export async function readConfigFile(path: string): Promise<Record<string, unkno
   return data as Record<string, unknown>;
 }
 
+/** Environment variables that carry one setting each, as text; names match the flags. */
+export const ENV_SETTINGS: Readonly<Record<string, string>> = {
+  KELSINGRA_PORT: 'port',
+  KELSINGRA_PROXY_PORT: 'proxyPort',
+  KELSINGRA_HOST: 'host',
+  KELSINGRA_TENANT_HEADER: 'tenantHeader',
+  KELSINGRA_LEASE_TTL: 'leaseTtl',
+  KELSINGRA_HEARTBEAT_INTERVAL: 'heartbeatInterval',
+  KELSINGRA_UPSTREAM_TIMEOUT: 'upstreamTimeout',
+  KELSINGRA_TOKEN: 'token',
+  KELSINGRA_TOKENS_FILE: 'tokensFile',
+  KELSINGRA_LOG_LEVEL: 'logLevel',
+  KELSINGRA_DATABASE_URL: 'databaseUrl',
+  KELSINGRA_ADVERTISE_URL: 'advertiseUrl',
+  KELSINGRA_BAGGAGE_KEY: 'baggageKey',
+  KELSINGRA_PREVIEW_URL: 'previewUrl',
+  KELSINGRA_AUTH_FAILURE_LIMIT: 'authFailureLimit',
+  KELSINGRA_AUTH_FAILURE_WINDOW: 'authFailureWindow',
+  KELSINGRA_AUDIT_LOG: 'auditLog',
+  KELSINGRA_MAX_BODY_BYTES: 'maxBodyBytes',
+  KELSINGRA_DRAIN_TIMEOUT: 'drainTimeout',
+};
+
+/** A comma-separated variable as a list, blanks dropped. */
+const commaList = (value: string) =>
+  value
+    .split(',')
+    .map((s) => s.trim())
+    .filter(Boolean);
+
 /** Settings a server takes from the environment; names match the flags. */
 export function configFromEnv(env: NodeJS.ProcessEnv): Record<string, unknown> {
   const out: Record<string, unknown> = {};
-  const map: Record<string, string> = {
-    KELSINGRA_PORT: 'port',
-    KELSINGRA_PROXY_PORT: 'proxyPort',
-    KELSINGRA_HOST: 'host',
-    KELSINGRA_TENANT_HEADER: 'tenantHeader',
-    KELSINGRA_LEASE_TTL: 'leaseTtl',
-    KELSINGRA_HEARTBEAT_INTERVAL: 'heartbeatInterval',
-    KELSINGRA_UPSTREAM_TIMEOUT: 'upstreamTimeout',
-    KELSINGRA_TOKEN: 'token',
-    KELSINGRA_TOKENS_FILE: 'tokensFile',
-    KELSINGRA_LOG_LEVEL: 'logLevel',
-    KELSINGRA_DATABASE_URL: 'databaseUrl',
-    KELSINGRA_ADVERTISE_URL: 'advertiseUrl',
-    KELSINGRA_BAGGAGE_KEY: 'baggageKey',
-    KELSINGRA_PREVIEW_URL: 'previewUrl',
-    KELSINGRA_AUTH_FAILURE_LIMIT: 'authFailureLimit',
-    KELSINGRA_AUTH_FAILURE_WINDOW: 'authFailureWindow',
-    KELSINGRA_AUDIT_LOG: 'auditLog',
-    KELSINGRA_MAX_BODY_BYTES: 'maxBodyBytes',
-    KELSINGRA_DRAIN_TIMEOUT: 'drainTimeout',
-  };
-  for (const [envName, key] of Object.entries(map)) {
+  for (const [envName, key] of Object.entries(ENV_SETTINGS)) {
     const value = env[envName];
     if (value !== undefined && value !== '') out[key] = value;
   }
   if (env.KELSINGRA_ROUTING_KEYS) {
-    out.routingKeys = env.KELSINGRA_ROUTING_KEYS.split(',')
-      .map((s) => s.trim())
-      .filter(Boolean);
+    out.routingKeys = commaList(env.KELSINGRA_ROUTING_KEYS);
   }
   if (env.KELSINGRA_ROUTE_TARGETS) {
-    out.routeTargets = env.KELSINGRA_ROUTE_TARGETS.split(',')
-      .map((s) => s.trim())
-      .filter(Boolean);
+    out.routeTargets = commaList(env.KELSINGRA_ROUTE_TARGETS);
   }
   if (env.KELSINGRA_TRUSTED_PROXIES) {
-    out.trustedProxies = env.KELSINGRA_TRUSTED_PROXIES.split(',')
-      .map((s) => s.trim())
-      .filter(Boolean);
+    out.trustedProxies = commaList(env.KELSINGRA_TRUSTED_PROXIES);
   }
   const tls = tlsFromEnv(env);
   if (tls) out.tls = tls;
   if (env.KELSINGRA_SERVICES) {
-    out.services = servicesFromFlags(
-      env.KELSINGRA_SERVICES.split(',')
-        .map((s) => s.trim())
-        .filter(Boolean),
-    );
+    out.services = servicesFromFlags(commaList(env.KELSINGRA_SERVICES));
   }
   return out;
 }

@@ -10,6 +10,7 @@ import { describe, expect, it } from 'vitest';
 import { stringify as toYaml } from 'yaml';
 import {
   configFromEnv,
+  ENV_SETTINGS,
   mergeLayers,
   parseServiceFlag,
   readConfigFile,
@@ -332,22 +333,8 @@ describe('service flags', () => {
   });
 });
 
-const ENV_KEYS: Record<string, string> = {
-  KELSINGRA_PORT: 'port',
-  KELSINGRA_PROXY_PORT: 'proxyPort',
-  KELSINGRA_HOST: 'host',
-  KELSINGRA_TENANT_HEADER: 'tenantHeader',
-  KELSINGRA_LEASE_TTL: 'leaseTtl',
-  KELSINGRA_HEARTBEAT_INTERVAL: 'heartbeatInterval',
-  KELSINGRA_UPSTREAM_TIMEOUT: 'upstreamTimeout',
-  KELSINGRA_TOKEN: 'token',
-  KELSINGRA_TOKENS_FILE: 'tokensFile',
-  KELSINGRA_LOG_LEVEL: 'logLevel',
-  KELSINGRA_DATABASE_URL: 'databaseUrl',
-  KELSINGRA_ADVERTISE_URL: 'advertiseUrl',
-  KELSINGRA_BAGGAGE_KEY: 'baggageKey',
-  KELSINGRA_PREVIEW_URL: 'previewUrl',
-};
+// The server's own table: every variable it names must land on its setting.
+const ENV_KEYS = ENV_SETTINGS;
 
 describe('configFromEnv', () => {
   it('any environment ends in settings (then a config or exit 7), or a usage error for a bad service entry', () => {

@@ -35,7 +35,7 @@
  */
 import { execFile, spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import http from 'node:http';
 import os from 'node:os';
 import { join } from 'node:path';
@@ -54,6 +54,7 @@ import {
   percentile,
   ROOT,
   reportFailure,
+  requireBuild,
   sleep,
   start,
   stop,
@@ -178,16 +179,7 @@ function options() {
 
 async function main() {
   const opts = options();
-  if (Number(process.versions.node.split('.')[0]) < 24) {
-    console.error(
-      `Node ${process.versions.node}: run with Node 24 (npm run bench:kafka, or node_modules/.bin/node scripts/bench/kafka.mjs)`,
-    );
-    process.exit(2);
-  }
-  if (!existsSync(join(ROOT, 'dist', 'commands', 'server.js'))) {
-    console.error('dist/commands/server.js is missing: npm run build first (npm run bench:kafka does)');
-    process.exit(2);
-  }
+  requireBuild('npm run bench:kafka');
 
   const RUN_ID = randomBytes(4).toString('hex');
   const P = `kbench-${RUN_ID}`;

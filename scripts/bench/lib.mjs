@@ -415,3 +415,20 @@ ${body}
 }
 `;
 }
+
+/**
+ * Exits 2 with a hint unless this runs on Node 24 and the build is there: `how` is the
+ * command that does both (`npm run bench:scale`), `files` what the script loads from dist/.
+ */
+export function requireBuild(how, files = ['commands/server.js']) {
+  if (Number(process.versions.node.split('.')[0]) < 24) {
+    console.error(`Node ${process.versions.node}: run with Node 24 (${how})`);
+    process.exit(2);
+  }
+  for (const f of files) {
+    if (!existsSync(resolve(ROOT, 'dist', f))) {
+      console.error(`dist/${f} is missing: npm run build first (${how} does)`);
+      process.exit(2);
+    }
+  }
+}

@@ -30,7 +30,7 @@
  */
 import { spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { existsSync, writeFileSync } from 'node:fs';
+import { writeFileSync } from 'node:fs';
 import http from 'node:http';
 import os from 'node:os';
 import { join } from 'node:path';
@@ -50,6 +50,7 @@ import {
   percentile,
   ROOT,
   reportFailure,
+  requireBuild,
   sleep,
   start,
   stopAll,
@@ -86,18 +87,11 @@ const opts = parseOptions(
   'replicas.mjs [--samples N] [--requests N] [--warmup N] [--rounds N] [--duration S] [--conns N] [--messages N] [--skip-kafka] [--json FILE]',
 );
 
-if (Number(process.versions.node.split('.')[0]) < 24) {
-  console.error(
-    `Node ${process.versions.node}: run with Node 24 (npm run bench:replicas, or node_modules/.bin/node scripts/bench/replicas.mjs)`,
-  );
-  process.exit(2);
-}
-for (const f of ['commands/server.js', 'src/tunnel-client.js', 'src/local-forwarder.js']) {
-  if (!existsSync(join(ROOT, 'dist', f))) {
-    console.error(`dist/${f} is missing: npm run build first (npm run bench:replicas does)`);
-    process.exit(2);
-  }
-}
+requireBuild('npm run bench:replicas', [
+  'commands/server.js',
+  'src/tunnel-client.js',
+  'src/local-forwarder.js',
+]);
 
 // kafkajs 2.2 schedules a timer with a negative delay on Node 24, which prints a
 // TimeoutNegativeWarning per consumer; it is harmless, and only that one is hidden.

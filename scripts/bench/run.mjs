@@ -18,7 +18,7 @@
  * generator competes with the proxy under test for them.
  */
 import { spawnSync } from 'node:child_process';
-import { chmodSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { chmodSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import http from 'node:http';
 import os from 'node:os';
 import { join, resolve } from 'node:path';
@@ -39,6 +39,7 @@ import {
   parseOptions,
   ROOT,
   reportFailure,
+  requireBuild,
   sleep,
   start,
   stop,
@@ -90,16 +91,7 @@ function usage(msg) {
   process.exit(2);
 }
 
-if (Number(process.versions.node.split('.')[0]) < 24) {
-  console.error(
-    `Node ${process.versions.node}: run with Node 24 (npm run bench, or node_modules/.bin/node scripts/bench/run.mjs)`,
-  );
-  process.exit(2);
-}
-if (!existsSync(join(ROOT, 'dist', 'commands', 'server.js'))) {
-  console.error('dist/ is missing: npm run build first (npm run bench does)');
-  process.exit(2);
-}
+requireBuild('npm run bench');
 
 // ---------------------------------------------------------------- process bookkeeping
 

@@ -45,7 +45,7 @@
  * Every process is stopped on exit, Ctrl-C or failure.
  */
 import { randomBytes } from 'node:crypto';
-import { chmodSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { chmodSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import { join, resolve } from 'node:path';
 import { pathToFileURL } from 'node:url';
@@ -68,6 +68,7 @@ import {
   parseOptions,
   ROOT,
   reportFailure,
+  requireBuild,
   sleep,
   start,
   stopAll,
@@ -117,18 +118,7 @@ if (opts.profile) {
   mkdirSync(opts.profile, { recursive: true });
 }
 
-if (Number(process.versions.node.split('.')[0]) < 24) {
-  console.error(
-    `Node ${process.versions.node}: run with Node 24 (npm run bench:scale, or node_modules/.bin/node scripts/bench/scale.mjs)`,
-  );
-  process.exit(2);
-}
-for (const f of ['commands/server.js', 'server/memory-store.js', 'server/pg-store.js']) {
-  if (!existsSync(join(ROOT, 'dist', f))) {
-    console.error(`dist/${f} is missing: npm run build first (npm run bench:scale does)`);
-    process.exit(2);
-  }
-}
+requireBuild('npm run bench:scale', ['commands/server.js', 'server/memory-store.js', 'server/pg-store.js']);
 
 const dist = (p) => import(pathToFileURL(join(ROOT, 'dist', p)).href);
 const { MemoryInterceptStore } = await dist('server/memory-store.js');
