@@ -219,6 +219,9 @@ async function startKelsingra(label, upstreamUrl) {
       `billing=${upstreamUrl}`,
       '--token',
       TOKEN,
+      // The transfers send more than the default limit (100 MiB) in one body.
+      '--max-body-bytes',
+      '0',
     ],
     { ready: /server agent listening/ },
   );
