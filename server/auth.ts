@@ -70,6 +70,8 @@ export function tenantPattern(pattern: string): RegExp {
 export class TokenAuthority {
   private entries: Entry[] = [];
   private byName = new Map<string, Principal>();
+  /** The secret's digest of every principal handed out (for successor). */
+  private readonly digests = new WeakMap<Principal, Buffer>();
 
   constructor(records: TokenRecord[]) {
     this.replace(records);
@@ -79,23 +81,48 @@ export class TokenAuthority {
     return this.entries.length;
   }
 
-  /** Takes a new set of tokens (replicas share theirs through the database). Principals are compared by name. */
+  /**
+   * Takes a new set of tokens (replicas share theirs through the database). A token that
+   * comes back unchanged (name, secret, role and tenants) keeps its principal, so what was
+   * authenticated with it before is still known to be good (see successor).
+   */
   replace(records: TokenRecord[]): void {
+    const previous = this.entries;
     this.entries = records.map((t) => {
+      const same = previous.find(
+        (e) =>
+          e.principal.name === t.name &&
+          e.principal.role === t.role &&
+          e.digest.equals(t.digest) &&
+          e.principal.tenants.join('\n') === t.tenants.join('\n'),
+      );
+      if (same) return same;
       const patterns = t.tenants.map(tenantPattern);
       const unrestricted = t.tenants.includes('*');
-      return {
-        digest: t.digest,
-        principal: {
-          name: t.name,
-          role: t.role,
-          tenants: t.tenants,
-          unrestricted,
-          canUseTenant: (tenant: string) => unrestricted || patterns.some((p) => p.test(tenant)),
-        },
+      const principal: Principal = {
+        name: t.name,
+        role: t.role,
+        tenants: t.tenants,
+        unrestricted,
+        canUseTenant: (tenant: string) => unrestricted || patterns.some((p) => p.test(tenant)),
       };
+      this.digests.set(principal, t.digest);
+      return { digest: t.digest, principal };
     });
     this.byName = new Map(this.entries.toReversed().map((e) => [e.principal.name, e.principal]));
+  }
+
+  /**
+   * What a connection authenticated as `principal` holds now: the same principal while its
+   * token is unchanged, the token's new principal when only its role or tenants changed, and
+   * nothing once the token was removed or given another secret (the connection's secret is
+   * no longer good).
+   */
+  successor(principal: Principal): Principal | undefined {
+    const now = this.byName.get(principal.name);
+    const before = this.digests.get(principal);
+    if (!now || !before) return undefined;
+    return this.digests.get(now)?.equals(before) ? now : undefined;
   }
 
   /** The token of that name as configured now (intercepts and routes name the token that made them). */

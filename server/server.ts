@@ -177,6 +177,19 @@ export async function startServer(
     },
     kafka,
   });
+  // After auth.replace (registered first): a token removed or narrowed in the shared set also
+  // stops the tunnels and intercepts it already opened, not only new calls.
+  store.on('tokens', () => {
+    for (const change of hub.tokensChanged((was) => auth.successor(was)))
+      for (const intercept of change.ended)
+        audit.record({
+          action: 'intercept.end',
+          outcome: 'ended',
+          reason: 'token-revoked',
+          actor: { system: true },
+          intercept: interceptField(intercept),
+        });
+  });
   store.on('expired', (intercept) =>
     audit.record({
       action: 'intercept.end',

@@ -12,7 +12,7 @@ import { type ClientControl, type ServerControl, TUNNEL_SUBPROTOCOL } from '../s
 import { H2_SETTINGS, SESSION_WINDOW } from '../src/tunnel-settings.js';
 import { webSocketDuplex } from '../src/ws-duplex.js';
 import type { Principal } from './auth.js';
-import { clientKeyOf, type InterceptStore } from './intercept-store.js';
+import { clientKeyOf, type Intercept, type InterceptStore } from './intercept-store.js';
 
 /**
  * The client id works like a bearer credential (a tunnel that presents it takes over the
@@ -34,7 +34,8 @@ export class ClientTunnel {
   constructor(
     readonly clientKey: string,
     readonly holder: string,
-    readonly principal: Principal,
+    /** The token it connected with, as the shared token set has it now (see tokensChanged). */
+    public principal: Principal,
     readonly ws: WebSocket,
     onControl: (tunnel: ClientTunnel, text: string) => void,
   ) {
@@ -63,6 +64,15 @@ export class ClientTunnel {
   get open(): boolean {
     return this.ws.readyState === WebSocket.OPEN && !this.session.closed && !this.session.destroyed;
   }
+}
+
+/** What tokensChanged did to one tunnel. */
+export interface TokenChange {
+  tunnel: ClientTunnel;
+  tokenName: string;
+  /** The token is gone (or has another secret): the tunnel was closed. */
+  closed: boolean;
+  ended: Intercept[];
 }
 
 export class TunnelHub {
@@ -181,6 +191,51 @@ export class TunnelHub {
     for (const tunnel of this.tunnels.values()) tunnel.send({ type: 'draining' });
   }
 
+  /**
+   * The shared token set changed. A tunnel whose token was removed or given another secret is
+   * closed (its client's reconnect then fails with 401) and all its client's intercepts end; a
+   * tunnel whose token only lost tenants keeps going, without the intercepts on those tenants.
+   * Either way the client hears `intercept-ended` with reason `token-revoked` first. Returns
+   * what it did, for the audit log.
+   */
+  tokensChanged(successor: (was: Principal) => Principal | undefined): TokenChange[] {
+    const changes: TokenChange[] = [];
+    for (const tunnel of this.tunnels.values()) {
+      const now = successor(tunnel.principal);
+      if (now === tunnel.principal) continue;
+      const ended = this.store
+        .list()
+        .filter((i) => i.clientKey === tunnel.clientKey && !now?.canUseTenant(i.tenant));
+      for (const intercept of ended) {
+        tunnel.send({ type: 'intercept-ended', id: intercept.id, reason: 'token-revoked' });
+        this.store
+          .delete(intercept.id)
+          .catch((err: Error) =>
+            this.log.error(
+              { intercept: intercept.id, err: err.message },
+              'could not end an intercept whose token was revoked; it ends when its lease lapses',
+            ),
+          );
+      }
+      const change = { tunnel, tokenName: tunnel.principal.name, closed: now === undefined, ended };
+      changes.push(change);
+      this.log.warn(
+        {
+          tunnel: tunnel.tunnelId,
+          holder: tunnel.holder,
+          tokenName: change.tokenName,
+          endedIntercepts: ended.map((i) => i.id),
+        },
+        now
+          ? "the tunnel's token changed: intercepts on tenants it no longer covers ended"
+          : "the tunnel's token was removed or its secret changed: closing the tunnel and ending its intercepts",
+      );
+      if (now) tunnel.principal = now;
+      else tunnel.ws.close(1008, 'token revoked');
+    }
+    return changes;
+  }
+
   close(): void {
     clearInterval(this.heartbeat);
     for (const tunnel of this.tunnels.values()) tunnel.ws.terminate();
@@ -198,15 +253,23 @@ export class TunnelHub {
       return;
     }
     if (message?.type === 'renew' && Array.isArray(message.ids)) {
+      // An intercept on a tenant the token no longer covers (it changed while this client was
+      // away) is not renewed: the client hears it is missing, and its lease lapses.
+      const ids = message.ids.filter((id) => typeof id === 'string');
+      const refused = ids.filter((id) => {
+        const intercept = this.store.get(id);
+        return intercept !== undefined && !tunnel.principal.canUseTenant(intercept.tenant);
+      });
       this.store
         .renew(
           tunnel.clientKey,
-          message.ids.filter((id) => typeof id === 'string'),
+          ids.filter((id) => !refused.includes(id)),
           this.replicaId,
           tunnel.principal.name,
         )
         .then(
-          (result) => tunnel.send({ type: 'renewed', ids: result.renewed, missing: result.missing }),
+          (result) =>
+            tunnel.send({ type: 'renewed', ids: result.renewed, missing: [...result.missing, ...refused] }),
           // Unanswered, the client renews again at its next interval; the lease outlives a few misses.
           (err: Error) =>
             this.log.error({ tunnel: tunnel.tunnelId, err: err.message }, 'renewing leases failed'),

@@ -85,7 +85,13 @@ export class InterceptSession extends EventEmitter<{ event: [SessionEvent] }> {
     });
     this.tunnel.on('control', (message) => {
       if (message.type === 'intercept-ended' && message.id === this.intercept?.id && !this.leaving) {
-        this.end(message.reason === 'left' ? 'left from another shell' : 'lease expired');
+        this.end(
+          message.reason === 'left'
+            ? 'left from another shell'
+            : message.reason === 'token-revoked'
+              ? 'its token was removed, or no longer covers this tenant (ask the platform team)'
+              : 'lease expired',
+        );
       } else if (message.type === 'renewed' && this.intercept) {
         if (message.missing.includes(this.intercept.id)) {
           if (!this.registering) this.end('lease lost: the server no longer has this intercept');

@@ -66,6 +66,37 @@ describe('TokenAuthority.authenticate', () => {
   });
 });
 
+describe('TokenAuthority.successor: what a connection holds after the shared set changes', () => {
+  const records = (aliceTenants: string[], aliceToken = 'alice-token-1') =>
+    tokenRecords(undefined, [
+      { name: 'alice', token: aliceToken, tenants: aliceTenants },
+      { name: 'bob', token: 'bob-token-123', tenants: ['t1'] },
+    ]);
+
+  it('keeps the principal of a token that came back unchanged', () => {
+    const authority = new TokenAuthority(records(['team-a-*']));
+    const alice = authority.verify('alice-token-1') as Principal;
+    authority.replace(records(['team-a-*']));
+    expect(authority.successor(alice)).toBe(alice);
+  });
+
+  it('gives the new principal when only the tenants changed, and nothing once the token is gone or has another secret', () => {
+    const authority = new TokenAuthority(records(['team-a-*']));
+    const alice = authority.verify('alice-token-1') as Principal;
+    const bob = authority.verify('bob-token-123') as Principal;
+    authority.replace(records(['team-a-1']));
+    const narrowed = authority.successor(alice);
+    expect(narrowed?.canUseTenant('team-a-1')).toBe(true);
+    expect(narrowed?.canUseTenant('team-a-2')).toBe(false);
+    expect(authority.successor(bob)).toBe(bob);
+    // Each step is judged from what the connection held last.
+    authority.replace(records(['team-a-1'], 'alice-rotated-2'));
+    expect(authority.successor(narrowed as Principal)).toBeUndefined();
+    authority.replace(tokenRecords(undefined, [{ name: 'alice', token: 'alice-rotated-2', tenants: ['*'] }]));
+    expect(authority.successor(bob)).toBeUndefined();
+  });
+});
+
 describe('tenant restrictions', () => {
   const authority = authorityOf(undefined, [
     { name: 'alice', token: 'alice-token-1', tenants: ['team-a-*'] },

@@ -4,6 +4,8 @@
  * and the database restarted under the replicas.
  */
 import { createHash, randomBytes } from 'node:crypto';
+import { readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { MIGRATIONS } from '../server/pg-migrations.js';
 import type { InterceptView, StoreHealth } from '../src/protocol.js';
@@ -440,6 +442,82 @@ describe('replicas on PostgreSQL', () => {
     expect(rows[0]?.digest.toString('hex')).toBe(createHash('sha256').update(TOKEN).digest('hex'));
     expect(JSON.stringify(rows)).not.toContain(TOKEN);
     void r1;
+  });
+
+  it('a token removed or narrowed in the shared set ends the tunnels and intercepts it already opened', async () => {
+    const { base, local, db } = await world(cleanups);
+    const dir = tempDir('kelsingra-tokens-');
+    const tokensFile = (name: string, entries: string) => {
+      const file = join(dir, name);
+      writeFileSync(file, `tokens:\n${entries}`);
+      return file;
+    };
+    const platform = `  - name: platform\n    token: ${TOKEN}\n    role: admin\n`;
+    const teamA = (tenants: string) =>
+      `  - name: team-a\n    token: team-a-secret-1\n    tenants: [${tenants}]\n`;
+    const teamB = "  - name: team-b\n    token: team-b-secret-2\n    tenants: ['b-*']\n";
+    const r1 = await startServerProcess([
+      '--service',
+      `billing=${base.url}`,
+      '--database-url',
+      db,
+      '--tokens-file',
+      tokensFile('before.yaml', platform + teamA("'a-*'") + teamB),
+    ]);
+    cleanups.push(() => r1.stop());
+    const agent = (token: string, tenant: string) =>
+      interceptDetached(clientEnv(r1, token), 'billing', tenant, local.port, cleanups);
+    const [a1, a2, b1] = [
+      await agent('team-a-secret-1', 'a-1'),
+      await agent('team-a-secret-1', 'a-2'),
+      await agent('team-b-secret-2', 'b-1'),
+    ];
+    for (const tenant of ['a-1', 'a-2', 'b-1'])
+      expect(await text(await viaProxy(r1, 'billing', tenant, '/x'))).toBe('200 local GET /x');
+
+    // The platform team rolls out a new set: team-b is gone, team-a keeps only a-1. The
+    // replica that starts with it stores it; r1 hears of it from the database.
+    const r2 = await startServerProcess([
+      '--service',
+      `billing=${base.url}`,
+      '--database-url',
+      db,
+      '--tokens-file',
+      tokensFile('after.yaml', `${platform}${teamA("'a-1'")}`),
+    ]);
+    cleanups.push(() => r2.stop());
+    for (const tenant of ['a-2', 'b-1'])
+      await waitFor(
+        async () => (await text(await viaProxy(r1, 'billing', tenant, '/y'))) === '200 base GET /y',
+        5_000,
+        `${tenant}'s intercept to end on r1 once its token no longer covers it`,
+      );
+    // Well within a lease: ended, not left to lapse.
+    expect(await text(await viaProxy(r2, 'billing', 'b-1', '/y'))).toBe('200 base GET /y');
+    expect(await text(await viaProxy(r1, 'billing', 'a-1', '/z'))).toBe('200 local GET /z');
+    expect(await text(await viaProxy(r2, 'billing', 'a-1', '/z'))).toBe('200 local GET /z');
+
+    // Their agents stop and say why; the agent whose tenant is still covered keeps going.
+    for (const ended of [a2, b1]) {
+      await waitFor(() => !alive(ended.agentPid), 10_000, `the agent of ${ended.tenant} to stop`);
+      expect(readFileSync(ended.logFile, 'utf8')).toMatch(
+        /token was removed, or no longer covers this tenant/,
+      );
+    }
+    expect(alive(a1.agentPid)).toBe(true);
+    await sleep(1_500);
+    expect(await text(await viaProxy(r1, 'billing', 'a-1', '/z'))).toBe('200 local GET /z');
+
+    const logs = r1.logs();
+    expect(logs).toMatch(/"tokenName":"team-b".*closing the tunnel and ending its intercepts/);
+    for (const ended of [a2, b1])
+      expect(logs).toMatch(
+        new RegExp(
+          `"reason":"token-revoked".*"id":"${ended.id}"|"id":"${ended.id}".*"reason":"token-revoked"`,
+        ),
+      );
+    expect(logs).not.toContain('team-b-secret-2');
+    expect(logs).not.toContain('team-a-secret-1');
   });
 
   it('refuses to start without a reachable database (exit 7), never printing its password', async () => {
