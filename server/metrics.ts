@@ -68,7 +68,7 @@ export class ServerMetrics {
     });
     this.expiries = new Counter({
       name: 'kelsingra_lease_expiries_total',
-      help: 'Intercepts ended because their lease expired (the client stopped renewing).',
+      help: 'Intercepts whose lease expired (the client stopped renewing), counted by the replica that ended them: sum over replicas.',
       labelNames: ['service'],
       registers,
     });

@@ -190,18 +190,20 @@ export async function startServer(
           intercept: interceptField(intercept),
         });
   });
-  store.on('expired', (intercept) =>
+  // Once per expiry across replicas (every replica hears `ended`): the audit line, and the
+  // counter, which a dashboard sums over replicas.
+  store.on('expired', (intercept) => {
+    metrics.leaseExpired(intercept.service);
     audit.record({
       action: 'intercept.end',
       outcome: 'ended',
       reason: 'expired',
       actor: { system: true },
       intercept: interceptField(intercept),
-    }),
-  );
+    });
+  });
   store.on('ended', (intercept, reason) => {
     if (reason === 'expired') {
-      metrics.leaseExpired(intercept.service);
       log.info(
         { intercept: intercept.id, service: intercept.service, tenant: intercept.tenant },
         'intercept lease expired',

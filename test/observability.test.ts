@@ -24,6 +24,7 @@ import {
   rawRequest,
   run,
   type ServerProcess,
+  sleep,
   startServerProcess,
   tempDir,
   viaProxy,
@@ -339,6 +340,49 @@ describe('metrics', () => {
       expect(value(now, 'kelsingra_intercepts', { service: 'billing' })).toBe(0);
       expect(value(now, 'kelsingra_tunnels_open')).toBe(0);
     });
+  });
+
+  it('counts each lease expiry once across replicas: on the replica that ended it', async () => {
+    const base = await recorder('base');
+    const local = await recorder('local');
+    const db = await freshDatabase(cleanups);
+    const args = [
+      '--service',
+      `billing=${base.url}`,
+      '--token',
+      TOKEN,
+      '--lease-ttl',
+      '2',
+      '--database-url',
+      db,
+    ];
+    const replicas = [await server(args), await server(args)];
+    let agent = 0;
+    await interceptDetached(
+      clientEnv(replicas[0] as ServerProcess, TOKEN),
+      'billing',
+      't1',
+      local.port,
+      (pid) => {
+        agent = pid;
+        cleanups.push(() => killQuietly(pid));
+      },
+    );
+    for (const r of replicas)
+      await untilScrape(r, (now) =>
+        expect(value(now, 'kelsingra_intercepts', { service: 'billing' })).toBe(1),
+      );
+    killQuietly(agent, 'SIGKILL');
+    for (const r of replicas)
+      await untilScrape(r, (now) =>
+        expect(value(now, 'kelsingra_intercepts', { service: 'billing' })).toBe(0),
+      );
+    // Every replica hears the intercept end; summed over them, as a dashboard does, it is one expiry.
+    await sleep(500);
+    let total = 0;
+    for (const r of replicas)
+      total += value(await scrape(r), 'kelsingra_lease_expiries_total', { service: 'billing' });
+    expect(total).toBe(1);
   });
 
   it('needs no token, and names no tenant, token, holder, path or URL; routes, backends and process metrics are there', async () => {
