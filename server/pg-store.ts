@@ -443,7 +443,7 @@ export class PgInterceptStore extends EventEmitter<StoreEvents> implements Inter
       const current = await client.query<RouteRow>('SELECT tenants FROM kelsingra_routes WHERE id = $1', [
         id,
       ]);
-      const tenants = mergedTenants(current.rows[0]?.tenants, input);
+      const tenants = mergedTenants(id, current.rows[0]?.tenants, input);
       const moved: { tenant: string; from: string }[] = [];
       const removed: RouteRow[] = [];
       const updated: RouteRow[] = [];

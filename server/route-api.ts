@@ -12,7 +12,7 @@ import { type Actor, type AuditLog, routeField, tenantsField } from './audit-log
 import type { Principal } from './auth.js';
 import { sendError } from './error-response.js';
 import type { InterceptStore } from './intercept-store.js';
-import type { Route } from './route-table.js';
+import { type Route, RouteDropRefused, type SetRouteResult } from './route-table.js';
 import { type RouteTargetPolicy, targetProblem } from './route-targets.js';
 import type { ServiceRouter } from './routing.js';
 
@@ -207,39 +207,40 @@ export function createRouteApi(deps: RouteApiDeps): RouteApi {
         return true;
       }
       const forbidden = forbiddenTenants(principal, body.tenants);
-      const sameTargets = [...body.targets].sort().join(' ');
-      const existing = store
-        .listRoutes()
-        .find((r) => r.service === body.service && [...r.targets].sort().join(' ') === sameTargets);
-      const wanted = new Set(body.tenants);
-      // Replacing a route's tenant list drops tenants: dropping those this token cannot use is not its call.
-      const dropped =
-        existing && body.replace
-          ? forbiddenTenants(
-              principal,
-              existing.tenants.filter((t) => !wanted.has(t)),
-            )
-          : [];
-      if (forbidden.length || dropped.length) {
+      const refuse = (tenants: string[], message: string) => {
         audit.record({
           action: 'route.set',
           outcome: 'refused',
           reason: 'tenant-forbidden',
           actor: deps.actor(req, principal),
           route: asked,
-          forbidden: [...forbidden, ...dropped].slice(0, 100),
+          forbidden: tenants.slice(0, 100),
         });
-        sendError(
-          res,
-          403,
-          'tenant-forbidden',
-          forbidden.length
-            ? `token "${principal.name}" may not route tenant${forbidden.length > 1 ? 's' : ''} ${forbidden.slice(0, 5).join(', ')}`
-            : `route ${existing?.id} also names tenants token "${principal.name}" may not change; keep them in --tenants`,
+        sendError(res, 403, 'tenant-forbidden', message);
+      };
+      if (forbidden.length) {
+        refuse(
+          forbidden,
+          `token "${principal.name}" may not route tenant${forbidden.length > 1 ? 's' : ''} ${forbidden.slice(0, 5).join(', ')}`,
         );
         return true;
       }
-      const result = await store.setRoute({ ...body, tokenName: principal.name });
+      let result: SetRouteResult;
+      try {
+        // Replacing a route's tenant list drops tenants: dropping those this token cannot use is not its call.
+        result = await store.setRoute({
+          ...body,
+          tokenName: principal.name,
+          mayDrop: (tenant) => principal.canUseTenant(tenant),
+        });
+      } catch (err) {
+        if (!(err instanceof RouteDropRefused)) throw err;
+        refuse(
+          err.tenants,
+          `route ${err.routeId} also names tenants token "${principal.name}" may not change; keep them in --tenants`,
+        );
+        return true;
+      }
       audit.record({
         action: 'route.set',
         outcome: result.created ? 'created' : 'updated',

@@ -27,10 +27,34 @@ export interface RouteInput {
   tokenName: string;
   /** Replace the route's tenant list rather than add to it. */
   replace?: boolean;
+  /**
+   * With replace: whether the caller may take `tenant` out of the route. Asked where the
+   * change is decided (inside the database's transaction), not of a copy that may be behind.
+   */
+  mayDrop?: (tenant: string) => boolean;
 }
 
-/** The tenant list a set leaves the route with: added to what it had, or replaced. */
-export function mergedTenants(previous: string[] | undefined, input: RouteInput): string[] {
+/** A replace would take tenants out of a route that the caller may not change. */
+export class RouteDropRefused extends Error {
+  override readonly name = 'RouteDropRefused';
+  constructor(
+    readonly routeId: string,
+    readonly tenants: string[],
+  ) {
+    super(`route ${routeId} also names tenants this token may not change: ${tenants.slice(0, 5).join(', ')}`);
+  }
+}
+
+/**
+ * The tenant list a set leaves route `id` with: added to what it had, or replaced. Throws
+ * RouteDropRefused when the replace would drop tenants `mayDrop` refuses.
+ */
+export function mergedTenants(id: string, previous: string[] | undefined, input: RouteInput): string[] {
+  if (input.replace && previous && input.mayDrop) {
+    const wanted = new Set(input.tenants);
+    const refused = previous.filter((t) => !wanted.has(t) && !input.mayDrop?.(t));
+    if (refused.length) throw new RouteDropRefused(id, refused);
+  }
   return [...new Set(input.replace || !previous ? input.tenants : [...previous, ...input.tenants])];
 }
 
@@ -124,7 +148,7 @@ export class RouteTable {
       route: {
         id,
         service: input.service,
-        tenants: mergedTenants(previous?.tenants, input),
+        tenants: mergedTenants(id, previous?.tenants, input),
         targets: input.targets,
         tokenName: previous?.tokenName ?? input.tokenName,
         createdAt: previous?.createdAt ?? now,

@@ -452,4 +452,53 @@ describe('the outbound gateway entry on the control port', () => {
     expect([...v2.seen.keys()]).toEqual(['/own']);
     expect(base.seen.size).toBe(0);
   });
+
+  it('a --replace is judged against the route as the database has it, not a copy that is behind', async () => {
+    const { base, v2, db } = await world(cleanups);
+    const tokens = join(tempDir('kelsingra-tokens-'), 'tokens.yaml');
+    writeFileSync(
+      tokens,
+      `tokens:\n  - name: platform\n    token: ${TOKEN}\n    role: admin\n  - name: team-a\n    token: team-a-secret-9\n    tenants: ['team-a-*']\n`,
+    );
+    const server = await startServerProcess([
+      '--service',
+      `billing=${base.url}`,
+      '--tokens-file',
+      tokens,
+      '--database-url',
+      db,
+      '--route-target',
+      new URL(v2.url).origin,
+    ]);
+    cleanups.push(() => server.stop());
+    const put = (tenants: string[], replace: boolean) =>
+      fetch(`${server.control}/v1/routes`, {
+        method: 'PUT',
+        headers: { authorization: 'Bearer team-a-secret-9', 'content-type': 'application/json' },
+        body: JSON.stringify({ service: 'billing', tenants, targets: [v2.url], replace }),
+      });
+    const created = await put(['team-a-1', 'team-a-2'], false);
+    expect(created.status).toBe(201);
+    const { id } = ((await created.json()) as RouteAnswer).route;
+    // Another replica's admin has just added t1 to the route; this replica has not heard yet
+    // (no trigger, no notification: as if the notification were still on its way).
+    await query(
+      db,
+      `SET session_replication_role = replica; UPDATE kelsingra_routes SET tenants = array_append(tenants, 't1') WHERE id = '${id}'`,
+    );
+    const replaced = await put(['team-a-1'], true);
+    const answer = (await replaced.json()) as { error: string; code: string };
+    expect(replaced.status, JSON.stringify(answer)).toBe(403);
+    expect(answer.error).toContain(`route ${id} also names tenants token "team-a" may not change`);
+    const { rows } = await query<{ tenants: string[] }>(
+      db,
+      'SELECT tenants FROM kelsingra_routes WHERE id = $1',
+      [id],
+    );
+    expect(rows[0]?.tenants.sort()).toEqual(['t1', 'team-a-1', 'team-a-2']);
+    // Its own tenants it may still drop.
+    const own = await put(['team-a-1', 't1'], true);
+    expect(own.status).toBe(403);
+    expect(((await own.json()) as { error: string }).error).toContain('may not route tenant t1');
+  });
 });
