@@ -17,6 +17,12 @@ import type { InterceptView } from './protocol.js';
 import type { ClientSettings } from './settings.js';
 import { TunnelClient } from './tunnel-client.js';
 
+/**
+ * On leaving, requests already on their way through the tunnel get this long to be answered
+ * (new ones go elsewhere at once); a second Ctrl-C does not wait.
+ */
+const LEAVE_GRACE_MS = 5_000;
+
 export type { SessionEvent } from './events.js';
 
 export interface InterceptRequest {
@@ -223,7 +229,7 @@ export class InterceptSession extends EventEmitter<{ event: [SessionEvent] }> {
 
   private async shutdown(): Promise<void> {
     clearInterval(this.renewTimer);
-    this.tunnel.close();
+    await this.tunnel.closeWhenIdle(LEAVE_GRACE_MS);
     await this.forwarder?.close();
     await this.kafka?.close();
   }

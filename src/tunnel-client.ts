@@ -38,6 +38,8 @@ interface TunnelEvents {
   control: [ServerControl];
   /** After a reconnect: intercepts must be re-asserted. */
   reconnected: [];
+  /** The last request in flight was answered. */
+  idle: [];
 }
 
 export class TunnelClient extends EventEmitter<TunnelEvents> {
@@ -53,10 +55,18 @@ export class TunnelClient extends EventEmitter<TunnelEvents> {
   /** Tunnels to a draining server, still serving the requests they carry while a new one opens. */
   private readonly retiring = new Set<WebSocket>();
   private reconnecting = false;
+  /** Requests the server has sent over the tunnel that are not answered yet. */
+  private inFlight = 0;
 
   constructor(private readonly opts: TunnelClientOptions) {
     super();
-    this.h2.on('stream', (stream, headers) => opts.onStream(stream, headers));
+    this.h2.on('stream', (stream, headers) => {
+      this.inFlight++;
+      stream.once('close', () => {
+        if (--this.inFlight === 0) this.emit('idle');
+      });
+      opts.onStream(stream, headers);
+    });
     this.h2.on('session', (session) => {
       session.setLocalWindowSize(SESSION_WINDOW);
       session.on('error', () => this.ws?.terminate());
@@ -70,6 +80,26 @@ export class TunnelClient extends EventEmitter<TunnelEvents> {
 
   send(message: ClientControl): void {
     if (this.ws?.readyState === WebSocket.OPEN) this.ws.send(JSON.stringify(message));
+  }
+
+  /**
+   * Closes once the requests already on the tunnel are answered, or after `graceMs`. For a
+   * leave: the server sends new requests elsewhere as soon as the intercept is gone, and the
+   * ones already on their way to this laptop should not be cut for it.
+   */
+  async closeWhenIdle(graceMs: number): Promise<void> {
+    if (this.inFlight > 0 && this.state !== 'closed') {
+      await new Promise<void>((resolve) => {
+        const done = () => {
+          clearTimeout(timer);
+          this.off('idle', done);
+          resolve();
+        };
+        const timer = setTimeout(done, graceMs);
+        this.once('idle', done);
+      });
+    }
+    this.close();
   }
 
   close(): void {

@@ -27,6 +27,7 @@ import {
   resetMidResponse,
   run,
   type ServerProcess,
+  sleep,
   startServerProcess,
   type UploadWatch,
   waitFor,
@@ -113,6 +114,8 @@ async function startUpstream() {
 /** What the local service observed, per test. */
 interface LocalState {
   sseGate?: () => void;
+  /** Answers the request held at /held. */
+  heldGate?: () => void;
   sseSecondSent: boolean;
   hangSeen: boolean;
   hangClosedEarly: boolean;
@@ -190,6 +193,14 @@ async function startLocal() {
       return;
     }
     if (path === '/upload-watch') return watchUpload(req, res, state.upload);
+    if (path === '/held') {
+      req.resume();
+      state.heldGate = () => {
+        res.writeHead(200, { 'content-type': 'text/plain' });
+        res.end('held, then answered');
+      };
+      return;
+    }
     if (path === '/hang') {
       state.hangSeen = true;
       res.on('close', () => {
@@ -321,6 +332,27 @@ describe('tunnel: routing and streaming through a detached intercept', () => {
       intercept: t1.id,
     });
 
+    await waitFor(() => !alive(icp.agentPid), 15_000, 'background agent to exit after leave');
+  });
+
+  it('lets a request already on its way to the laptop finish when the intercept is left', async () => {
+    const icp = await detach(env, 'billing', 't-inflight', local.port, pids);
+    const state: LocalState = local.state;
+    // A closure: TypeScript would keep `heldGate` narrowed to the undefined set below.
+    const answerHeld = () => state.heldGate?.();
+    state.heldGate = undefined;
+    const held = dataRequest(server, '/held', { tenant: 't-inflight' });
+    await waitFor(() => state.heldGate !== undefined, 5_000, 'the local service to get the request');
+    const left = await run(['leave', 'billing', '--tenant', 't-inflight'], env);
+    expect(left.exitCode, left.stderr).toBe(0);
+    expect(bodyJson(await dataRequest(server, '/x', { tenant: 't-inflight' }))).toMatchObject({
+      served: 'upstream',
+    });
+    // The agent is leaving, but not before its last request is answered.
+    await sleep(500);
+    answerHeld();
+    const res = await held;
+    expect(`${res.status} ${res.body}`).toBe('200 held, then answered');
     await waitFor(() => !alive(icp.agentPid), 15_000, 'background agent to exit after leave');
   });
 
