@@ -167,6 +167,7 @@ export function createControlPlane(deps: ControlPlaneDeps): http.Server {
     snapshot: (p) => ({ intercepts: visible(p).map(view), upstreams: passThrough.upstreams(services(p)) }),
     upstreams: (p) => ({ type: 'upstreams', upstreams: passThrough.upstreams(services(p)), at: Date.now() }),
     upstreamsEveryMs: 5_000,
+    successor: (p) => auth.successor(p),
   };
 
   /** Deliveries of intercepts this token may see, like the intercepts themselves. */

@@ -19,15 +19,18 @@ export interface EventStreamSource {
   };
   upstreamsEveryMs: number;
   upstreams: (principal: Principal) => ServerEvent;
+  /** The stream's token as the shared set has it now; undefined once removed (TokenAuthority.successor). */
+  successor: (principal: Principal) => Principal | undefined;
 }
 
 export function serveEvents(
   req: IncomingMessage,
   res: ServerResponse,
   url: URL,
-  principal: Principal,
+  opened: Principal,
   source: EventStreamSource,
 ): void {
+  let principal = opened;
   const interceptId = url.searchParams.get('intercept') ?? undefined;
   const holder = url.searchParams.get('holder') ?? undefined;
   const wants = (event: ServerEvent): boolean => {
@@ -65,17 +68,30 @@ export function serveEvents(
   }
   send({ type: 'live', at: Date.now() });
 
+  // A token taken out of the shared set (or narrowed) stops what its stream shows, too: the
+  // stream ends at its next event or tick, and the viewer's reconnect is refused.
+  const tokenStillGood = (): boolean => {
+    const now = source.successor(principal);
+    if (now) principal = now;
+    else res.end();
+    return now !== undefined;
+  };
   const onEvent = (event: ServerEvent) => {
-    if (wants(event)) send(event);
+    if (tokenStillGood() && wants(event)) send(event);
   };
   source.bus.on('event', onEvent);
-  const keepalive = setInterval(() => res.write(': keepalive\n\n'), KEEPALIVE_MS);
-  const health = setInterval(() => send(source.upstreams(principal)), source.upstreamsEveryMs);
+  const keepalive = setInterval(() => {
+    if (tokenStillGood()) res.write(': keepalive\n\n');
+  }, KEEPALIVE_MS);
+  const health = setInterval(() => {
+    if (tokenStillGood()) send(source.upstreams(principal));
+  }, source.upstreamsEveryMs);
   const stop = () => {
     source.bus.off('event', onEvent);
     clearInterval(keepalive);
     clearInterval(health);
   };
   req.on('close', stop);
+  res.on('close', stop);
   res.on('error', stop);
 }

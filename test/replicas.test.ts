@@ -475,6 +475,13 @@ describe('replicas on PostgreSQL', () => {
     for (const tenant of ['a-1', 'a-2', 'b-1'])
       expect(await text(await viaProxy(r1, 'billing', tenant, '/x'))).toBe('200 local GET /x');
 
+    // team-b is also watching its requests (logs -f, dashboard): an event stream.
+    const watching = await fetch(`${r1.control}/v1/events`, {
+      headers: { authorization: 'Bearer team-b-secret-2' },
+    });
+    expect(watching.status).toBe(200);
+    const streamEnded = watching.text();
+
     // The platform team rolls out a new set: team-b is gone, team-a keeps only a-1. The
     // replica that starts with it stores it; r1 hears of it from the database.
     const r2 = await startServerProcess([
@@ -507,6 +514,10 @@ describe('replicas on PostgreSQL', () => {
     expect(alive(a1.agentPid)).toBe(true);
     await sleep(1_500);
     expect(await text(await viaProxy(r1, 'billing', 'a-1', '/z'))).toBe('200 local GET /z');
+
+    // The stream ends too, within its next tick (5 s), rather than showing team-b's tenants on.
+    const shown = await Promise.race([streamEnded, sleep(10_000).then(() => 'still open')]);
+    expect(shown).not.toBe('still open');
 
     const logs = r1.logs();
     expect(logs).toMatch(/"tokenName":"team-b".*closing the tunnel and ending its intercepts/);
