@@ -67,18 +67,25 @@ function exitedWithin(server: ServerProcess, ms: number) {
   );
 }
 
+/** A server agent for billing on `upstream`, draining for up to `drainTimeoutS` on SIGTERM. */
+async function drainingServer(upstream: string, drainTimeoutS: number, extra: string[] = []) {
+  const server = await startServerProcess([
+    '--service',
+    `billing=${upstream}`,
+    '--token',
+    TOKEN,
+    '--drain-timeout',
+    String(drainTimeoutS),
+    ...extra,
+  ]);
+  cleanups.push(() => server.stop());
+  return server;
+}
+
 describe('graceful shutdown', () => {
   it('SIGTERM: a slow request in flight completes, /healthz is 503 and new data connections are refused meanwhile, exit 0', async () => {
     const upstream = await service('base', 2_500);
-    const server = await startServerProcess([
-      '--service',
-      `billing=${upstream.url}`,
-      '--token',
-      TOKEN,
-      '--drain-timeout',
-      '10',
-    ]);
-    cleanups.push(() => server.stop());
+    const server = await drainingServer(upstream.url, 10);
     expect((await fetch(`${server.control}/healthz`)).status).toBe(200);
 
     const inFlight = viaProxy(server, 'billing', 't1', '/slow');
@@ -105,15 +112,7 @@ describe('graceful shutdown', () => {
 
   it('a request still in flight when the drain timeout runs out is cut, and the server still exits 0', async () => {
     const upstream = await service('base', 0);
-    const server = await startServerProcess([
-      '--service',
-      `billing=${upstream.url}`,
-      '--token',
-      TOKEN,
-      '--drain-timeout',
-      '1',
-    ]);
-    cleanups.push(() => server.stop());
+    const server = await drainingServer(upstream.url, 1);
     const inFlight = viaProxy(server, 'billing', 't1', '/never').then(
       (res) => res.text().then(() => 'answered'),
       () => 'cut',
@@ -130,15 +129,7 @@ describe('graceful shutdown', () => {
 
   it('a second signal stops at once, without waiting for the drain', async () => {
     const upstream = await service('base', 0);
-    const server = await startServerProcess([
-      '--service',
-      `billing=${upstream.url}`,
-      '--token',
-      TOKEN,
-      '--drain-timeout',
-      '30',
-    ]);
-    cleanups.push(() => server.stop());
+    const server = await drainingServer(upstream.url, 30);
     void viaProxy(server, 'billing', 't1', '/never').catch(() => undefined);
     await waitFor(() => upstream.hits.includes('/never'), 5_000, 'the request to reach the upstream');
     server.child.kill('SIGTERM');
@@ -154,20 +145,7 @@ describe('graceful shutdown', () => {
     const db = await freshDatabase(cleanups);
     const base = await service('base', 0);
     const local = await service('local', 2_000);
-    const replica = async () => {
-      const server = await startServerProcess([
-        '--service',
-        `billing=${base.url}`,
-        '--token',
-        TOKEN,
-        '--database-url',
-        db,
-        '--drain-timeout',
-        '15',
-      ]);
-      cleanups.push(() => server.stop());
-      return server;
-    };
+    const replica = () => drainingServer(base.url, 15, ['--database-url', db]);
     const replicas = await Promise.all([replica(), replica()]);
     const up = new Set(replicas);
     const lb = await tcpBalancer(() => [...up].map((r) => r.controlPort), cleanups);

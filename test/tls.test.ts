@@ -50,12 +50,11 @@ function httpsRequest(url: string, headers: Record<string, string>): Promise<Raw
   });
 }
 
-async function tlsServer(args: string[] = []) {
-  const base = await textService('base', cleanups);
-  const local = await textService('local', cleanups);
+/** A server agent for billing on `base` with the test certificate on its ports. */
+async function startTlsServer(base: string, args: string[] = []): Promise<ServerProcess> {
   const server = await startServerProcess([
     '--service',
-    `billing=${base.url}`,
+    `billing=${base}`,
     '--token',
     TOKEN,
     '--tls-cert',
@@ -65,7 +64,33 @@ async function tlsServer(args: string[] = []) {
     ...args,
   ]);
   cleanups.push(() => server.stop());
+  return server;
+}
+
+async function tlsServer(args: string[] = []) {
+  const base = await textService('base', cleanups);
+  const local = await textService('local', cleanups);
+  const server = await startTlsServer(base.url, args);
   return { server, base, local, control: `https://127.0.0.1:${server.controlPort}` };
+}
+
+/** `kelsingra server` with TLS flags that must stop it before it starts. */
+function serverStart(tlsFlags: string[]) {
+  return run(
+    [
+      'server',
+      '--port',
+      '0',
+      '--proxy-port',
+      '0',
+      '--service',
+      'b=http://127.0.0.1:1',
+      '--token',
+      TOKEN,
+      ...tlsFlags,
+    ],
+    {},
+  );
 }
 
 const tenant = (t: string) => ({ 'x-kelsingra-service': 'billing', 'x-tenant-id': t });
@@ -160,42 +185,10 @@ describe('TLS on the ports', () => {
   });
 
   it('a certificate that cannot be read, or a key without its certificate, stops the start with exit 7', async () => {
-    const unreadable = await run(
-      [
-        'server',
-        '--port',
-        '0',
-        '--proxy-port',
-        '0',
-        '--service',
-        'b=http://127.0.0.1:1',
-        '--token',
-        TOKEN,
-        '--tls-cert',
-        `${pki.dir}/missing.pem`,
-        '--tls-key',
-        pki.key,
-      ],
-      {},
-    );
+    const unreadable = await serverStart(['--tls-cert', `${pki.dir}/missing.pem`, '--tls-key', pki.key]);
     expect(unreadable.exitCode).toBe(7);
     expect(unreadable.stderr).toMatch(/cannot read the TLS certificate .*missing\.pem/);
-    const half = await run(
-      [
-        'server',
-        '--port',
-        '0',
-        '--proxy-port',
-        '0',
-        '--service',
-        'b=http://127.0.0.1:1',
-        '--token',
-        TOKEN,
-        '--tls-key',
-        pki.key,
-      ],
-      {},
-    );
+    const half = await serverStart(['--tls-key', pki.key]);
     expect(half.exitCode).toBe(7);
     expect(half.stderr).toMatch(/tls\.cert: give the certificate and its key together/);
   });
@@ -204,24 +197,7 @@ describe('TLS on the ports', () => {
     const db = await freshDatabase(cleanups);
     const base = await textService('base', cleanups);
     const local = await textService('local', cleanups);
-    const replica = async () => {
-      const server = await startServerProcess([
-        '--service',
-        `billing=${base.url}`,
-        '--token',
-        TOKEN,
-        '--database-url',
-        db,
-        '--tls-cert',
-        pki.cert,
-        '--tls-key',
-        pki.key,
-        '--tls-ca',
-        pki.ca,
-      ]);
-      cleanups.push(() => server.stop());
-      return server;
-    };
+    const replica = () => startTlsServer(base.url, ['--database-url', db, '--tls-ca', pki.ca]);
     const [r1, r2] = (await Promise.all([replica(), replica()])) as [ServerProcess, ServerProcess];
     const env = {
       KELSINGRA_SERVER: `https://127.0.0.1:${r1.controlPort}`,
