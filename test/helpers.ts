@@ -6,6 +6,7 @@ import { type ChildProcess, spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { mkdtempSync } from 'node:fs';
 import http from 'node:http';
+import https from 'node:https';
 import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
@@ -344,15 +345,31 @@ export interface RawResponse {
   body: Buffer;
 }
 
-/** An HTTP/1.1 request with full control of the headers (fetch refuses hop-by-hop ones and Host). */
+/**
+ * An HTTP/1.1 request with full control of the headers (fetch refuses hop-by-hop ones and
+ * Host), from a chosen local address, and over https trusting `ca` when the URL says https.
+ */
 export function rawRequest(
   url: string,
-  opts: { method?: string; headers?: http.OutgoingHttpHeaders | string[]; body?: Buffer | string } = {},
+  opts: {
+    method?: string;
+    headers?: http.OutgoingHttpHeaders | string[];
+    body?: Buffer | string;
+    localAddress?: string;
+    ca?: Buffer;
+  } = {},
 ): Promise<RawResponse> {
   return new Promise((resolve, reject) => {
-    const req = http.request(
+    const request = url.startsWith('https:') ? https.request : http.request;
+    const req = request(
       url,
-      { method: opts.method ?? 'GET', headers: opts.headers, agent: false },
+      {
+        method: opts.method ?? 'GET',
+        headers: opts.headers,
+        agent: false,
+        localAddress: opts.localAddress,
+        ca: opts.ca,
+      },
       (res) => {
         const chunks: Buffer[] = [];
         res.on('data', (c: Buffer) => chunks.push(c));

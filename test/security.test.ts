@@ -4,7 +4,7 @@
  * clients use them.
  */
 import { readFileSync, writeFileSync } from 'node:fs';
-import http from 'node:http';
+import type http from 'node:http';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import WebSocket from 'ws';
@@ -15,6 +15,7 @@ import {
   clientEnv,
   interceptDetached,
   type RawResponse,
+  rawRequest,
   run,
   type ServerProcess,
   startServerProcess,
@@ -54,17 +55,7 @@ function requestFrom(
   url: string,
   headers: http.OutgoingHttpHeaders = {},
 ): Promise<RawResponse> {
-  return new Promise((resolve, reject) => {
-    const req = http.request(url, { headers, localAddress, agent: false }, (res) => {
-      const chunks: Buffer[] = [];
-      res.on('data', (c: Buffer) => chunks.push(c));
-      res.on('end', () =>
-        resolve({ status: res.statusCode ?? 0, headers: res.headers, body: Buffer.concat(chunks) }),
-      );
-    });
-    req.on('error', reject);
-    req.end();
-  });
+  return rawRequest(url, { headers, localAddress });
 }
 
 /** Opens the tunnel WebSocket; the status of a refused upgrade, with its Retry-After. */

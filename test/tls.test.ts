@@ -6,7 +6,6 @@
  */
 
 import { readFileSync, writeFileSync } from 'node:fs';
-import https from 'node:https';
 import { join } from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { loadServerConfig } from '../server/config.js';
@@ -37,17 +36,7 @@ beforeAll(() => {
 
 /** A request over https that trusts the test CA, as a reverse proxy configured with it would send. */
 function httpsRequest(url: string, headers: Record<string, string>): Promise<RawResponse> {
-  return new Promise((resolve, reject) => {
-    const req = https.request(url, { headers, ca: readFileSync(pki.ca), agent: false }, (res) => {
-      const chunks: Buffer[] = [];
-      res.on('data', (c: Buffer) => chunks.push(c));
-      res.on('end', () =>
-        resolve({ status: res.statusCode ?? 0, headers: res.headers, body: Buffer.concat(chunks) }),
-      );
-    });
-    req.on('error', reject);
-    req.end();
-  });
+  return rawRequest(url, { headers, ca: readFileSync(pki.ca) });
 }
 
 /** A server agent for billing on `base` with the test certificate on its ports. */
