@@ -19,7 +19,7 @@ import { TunnelClient } from './tunnel-client.js';
 
 /**
  * On leaving, requests already on their way through the tunnel get this long to be answered
- * (new ones go elsewhere at once); a second Ctrl-C does not wait.
+ * (new ones go elsewhere at once). Short: a developer pressing Ctrl-C is waiting for it.
  */
 const LEAVE_GRACE_MS = 5_000;
 
