@@ -89,7 +89,6 @@ export async function startServer(
     store = pgStore;
     await pgStore.syncTokens(configured);
     auth.replace(await pgStore.loadTokens());
-    pgStore.on('tokens', (tokens) => auth.replace(tokens));
     if (auth.size === 0) {
       await pgStore.close();
       throw new KelsingraError(
@@ -102,6 +101,19 @@ export async function startServer(
     store = new MemoryInterceptStore(config.leaseTtl * 1000);
   }
   const hub = new TunnelHub(store, serverId, config.heartbeatInterval * 1000, log);
+  // The shared token set changed (another replica started with a new one): a token removed or
+  // narrowed stops the tunnels and intercepts it already opened, not only new calls.
+  store.on('tokens', (tokens) => {
+    auth.replace(tokens);
+    for (const intercept of hub.tokensChanged((was) => auth.successor(was)))
+      audit.record({
+        action: 'intercept.end',
+        outcome: 'ended',
+        reason: 'token-revoked',
+        actor: { system: true },
+        intercept: interceptField(intercept),
+      });
+  });
   let kafka: KafkaAgent | undefined;
   if (config.kafka) {
     try {
@@ -176,19 +188,6 @@ export async function startServer(
           yield { service: route.service, pool: 'route', state: b.state };
     },
     kafka,
-  });
-  // After auth.replace (registered first): a token removed or narrowed in the shared set also
-  // stops the tunnels and intercepts it already opened, not only new calls.
-  store.on('tokens', () => {
-    for (const change of hub.tokensChanged((was) => auth.successor(was)))
-      for (const intercept of change.ended)
-        audit.record({
-          action: 'intercept.end',
-          outcome: 'ended',
-          reason: 'token-revoked',
-          actor: { system: true },
-          intercept: interceptField(intercept),
-        });
   });
   // Once per expiry across replicas (every replica hears `ended`): the audit line, and the
   // counter, which a dashboard sums over replicas.

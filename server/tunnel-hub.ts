@@ -66,15 +66,6 @@ export class ClientTunnel {
   }
 }
 
-/** What tokensChanged did to one tunnel. */
-export interface TokenChange {
-  tunnel: ClientTunnel;
-  tokenName: string;
-  /** The token is gone (or has another secret): the tunnel was closed. */
-  closed: boolean;
-  ended: Intercept[];
-}
-
 export class TunnelHub {
   private readonly tunnels = new Map<string, ClientTunnel>();
   private readonly wss = new WebSocketServer({
@@ -196,10 +187,10 @@ export class TunnelHub {
    * closed (its client's reconnect then fails with 401) and all its client's intercepts end; a
    * tunnel whose token only lost tenants keeps going, without the intercepts on those tenants.
    * Either way the client hears `intercept-ended` with reason `token-revoked` first. Returns
-   * what it did, for the audit log.
+   * the intercepts it ended, for the audit log.
    */
-  tokensChanged(successor: (was: Principal) => Principal | undefined): TokenChange[] {
-    const changes: TokenChange[] = [];
+  tokensChanged(successor: (was: Principal) => Principal | undefined): Intercept[] {
+    const revoked: Intercept[] = [];
     for (const tunnel of this.tunnels.values()) {
       const now = successor(tunnel.principal);
       if (now === tunnel.principal) continue;
@@ -217,13 +208,12 @@ export class TunnelHub {
             ),
           );
       }
-      const change = { tunnel, tokenName: tunnel.principal.name, closed: now === undefined, ended };
-      changes.push(change);
+      revoked.push(...ended);
       this.log.warn(
         {
           tunnel: tunnel.tunnelId,
           holder: tunnel.holder,
-          tokenName: change.tokenName,
+          tokenName: tunnel.principal.name,
           endedIntercepts: ended.map((i) => i.id),
         },
         now
@@ -233,7 +223,7 @@ export class TunnelHub {
       if (now) tunnel.principal = now;
       else tunnel.ws.close(1008, 'token revoked');
     }
-    return changes;
+    return revoked;
   }
 
   close(): void {

@@ -3,7 +3,7 @@
  * serves HTTP/2 streams the server opens on it, answers heartbeats, and reconnects with
  * backoff when the connection drops.
  */
-import { EventEmitter } from 'node:events';
+import { EventEmitter, once } from 'node:events';
 import http2, { type IncomingHttpHeaders, type ServerHttp2Stream } from 'node:http2';
 import pRetry, { AbortError } from 'p-retry';
 import WebSocket from 'ws';
@@ -89,14 +89,9 @@ export class TunnelClient extends EventEmitter<TunnelEvents> {
    */
   async closeWhenIdle(graceMs: number): Promise<void> {
     if (this.inFlight > 0 && this.state !== 'closed') {
-      await new Promise<void>((resolve) => {
-        const done = () => {
-          clearTimeout(timer);
-          this.off('idle', done);
-          resolve();
-        };
-        const timer = setTimeout(done, graceMs);
-        this.once('idle', done);
+      // Past the grace the requests still open are cut, as close() always did.
+      await once(this, 'idle', { signal: AbortSignal.timeout(graceMs) }).catch((err: Error) => {
+        if (err.name !== 'AbortError') throw err;
       });
     }
     this.close();
