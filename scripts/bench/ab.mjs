@@ -19,7 +19,7 @@
  * each agent's req/s is divided by the baseline's; the medians of those ratios are reported.
  * Even so, the same tree run twice differs by up to ±8 %: name it twice to see the spread.
  */
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
@@ -30,11 +30,13 @@ import {
   freePort,
   log,
   median,
-  nginxConf,
   onCleanup,
   reportFailure,
   requireBuild,
+  SMALL_BODY,
+  smallBodyServer,
   start,
+  startNginx,
   table,
   waitHttp,
   which,
@@ -63,7 +65,6 @@ if (variants.length < 2 || !(rounds > 0) || !(seconds > 0)) {
 requireBuild('npm run build, then node scripts/bench/ab.mjs …');
 ensureTools(['wrk', 'nginx']);
 
-const SMALL_BODY = 'hello from upstream\n';
 const HEADERS = { 'x-kelsingra-service': 'billing', 'x-tenant-id': 't2' };
 const pin = which('taskset')
   ? (cpu, cmd, args) => ['taskset', ['-c', String(cpu), cmd, ...args]]
@@ -73,16 +74,7 @@ async function main() {
   const work = mkdtempSync(join(tmpdir(), 'kelsingra-ab-'));
   onCleanup(() => rmSync(work, { recursive: true, force: true }));
   const upstream = await freePort();
-  const conf = join(work, 'nginx.conf');
-  writeFileSync(
-    conf,
-    nginxConf(
-      join(work, 'nginx'),
-      `  server { listen 127.0.0.1:${upstream}; location / { default_type text/plain; return 200 "${SMALL_BODY.replace('\n', '\\n')}"; } }`,
-    ),
-  );
-  await start('nginx', ...pin(0, 'nginx', ['-c', conf, '-e', join(work, 'nginx-error.log')]));
-  await waitHttp(`http://127.0.0.1:${upstream}/`, {}, (r) => r.status === 200, 'nginx upstream');
+  await startNginx(work, 'nginx', smallBodyServer(upstream), [`http://127.0.0.1:${upstream}/`], { cpu: 0 });
 
   for (const v of variants) {
     const control = await freePort();

@@ -8,10 +8,10 @@
  */
 
 import { spawn, spawnSync } from 'node:child_process';
-import { existsSync, mkdirSync, readFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
-import { resolve } from 'node:path';
+import { join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import pg from 'pg';
 
@@ -414,6 +414,36 @@ http {
 ${body}
 }
 `;
+}
+
+/** The body every pass-through benchmark's upstream answers with. */
+export const SMALL_BODY = 'hello from upstream\n';
+
+/** An nginx `server` on 127.0.0.1:`port` answering SMALL_BODY; `extra`: more directives for it. */
+export function smallBodyServer(port, extra = '') {
+  return `  server {
+    listen 127.0.0.1:${port};
+    location / { default_type text/plain; ${extra}return 200 "${SMALL_BODY.replace('\n', '\\n')}"; }
+  }`;
+}
+
+/**
+ * Starts nginx (one worker, see nginxConf) with `body` as its http block's content, its files
+ * under `workDir/name`, and waits until each of `readyUrls` answers 200. `cpu` pins it to
+ * that core where taskset exists.
+ */
+export async function startNginx(workDir, name, body, readyUrls, { cpu } = {}) {
+  const dir = join(workDir, name);
+  const conf = join(workDir, `${name}.conf`);
+  writeFileSync(conf, nginxConf(dir, body));
+  const nginx = which('nginx') || '/usr/sbin/nginx';
+  const args = ['-e', join(dir, 'startup.log'), '-p', dir, '-c', conf];
+  const proc =
+    cpu !== undefined && which('taskset')
+      ? await start(name, 'taskset', ['-c', String(cpu), nginx, ...args])
+      : await start(name, nginx, args);
+  for (const url of readyUrls) await waitHttp(url, {}, (r) => r.status === 200, name);
+  return proc;
 }
 
 /**

@@ -33,28 +33,28 @@ import {
   machineInfo,
   median,
   memOf,
-  nginxConf,
   onCleanup,
   orphanPids,
   parseOptions,
   ROOT,
   reportFailure,
   requireBuild,
+  SMALL_BODY,
   sleep,
+  smallBodyServer,
   start,
+  startNginx,
   stop,
   stopAll,
   stopPid,
   table,
   waitHttp,
-  which,
   wrk,
 } from './lib.mjs';
 
 const BIN = join(ROOT, 'bin', 'run.js');
 const SERVICES = join(import.meta.dirname, 'services.mjs');
 const NODE = process.execPath;
-const SMALL_BODY = 'hello from upstream\n';
 const TOKEN = `bench-${Math.random().toString(36).slice(2, 12)}`;
 const HOLDER = `bench-${process.pid}@${os.hostname()}`;
 
@@ -98,8 +98,6 @@ requireBuild('npm run bench');
 const WORK = mkdtempSync(join(os.tmpdir(), 'kelsingra-bench-'));
 chmodSync(WORK, 0o755); // nginx workers drop to an unprivileged user
 onCleanup(() => rmSync(WORK, { recursive: true, force: true }));
-
-const NGINX = () => which('nginx') || '/usr/sbin/nginx';
 
 // ---------------------------------------------------------------- wrk
 
@@ -163,32 +161,10 @@ async function measure(targets) {
 
 // ---------------------------------------------------------------- the pieces under test
 
-async function startNginx(name, port, body) {
-  const dir = join(WORK, name);
-  writeFileSync(join(WORK, `${name}.conf`), nginxConf(dir, body));
-  const proc = await start(name, NGINX(), [
-    '-e',
-    join(dir, 'startup.log'),
-    '-p',
-    dir,
-    '-c',
-    join(WORK, `${name}.conf`),
-  ]);
-  await waitHttp(`http://127.0.0.1:${port}/`, {}, (r) => r.status === 200, name);
-  return proc;
-}
-
 async function startUpstream() {
   const port = await freePort();
   if (opts.upstream === 'nginx') {
-    await startNginx(
-      'nginx-upstream',
-      port,
-      `  server {
-    listen 127.0.0.1:${port};
-    location / { default_type text/plain; return 200 "${SMALL_BODY.replace('\n', '\\n')}"; }
-  }`,
-    );
+    await startNginx(WORK, 'nginx-upstream', smallBodyServer(port), [`http://127.0.0.1:${port}/`]);
   } else {
     await start('node-upstream', NODE, [SERVICES, 'service', String(port), 'upstream'], { ready: /ready/ });
   }
@@ -297,8 +273,8 @@ async function benchPassthrough() {
   const up = await startUpstream();
   const nginxPort = await freePort();
   await startNginx(
+    WORK,
     'nginx-proxy',
-    nginxPort,
     `  upstream backend { server 127.0.0.1:${up.port}; keepalive 64; keepalive_requests 1000000; }
   server {
     listen 127.0.0.1:${nginxPort};
@@ -308,6 +284,7 @@ async function benchPassthrough() {
       proxy_set_header Connection "";
     }
   }`,
+    [`http://127.0.0.1:${nginxPort}/`],
   );
   const rfPort = await freePort();
   await start('reply-from', NODE, [SERVICES, 'reply-from', String(rfPort), up.url], { ready: /ready/ });

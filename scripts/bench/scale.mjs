@@ -63,18 +63,17 @@ import {
   machineInfo,
   median,
   memOf,
-  nginxConf,
   onCleanup,
   parseOptions,
   ROOT,
   reportFailure,
   requireBuild,
   sleep,
+  smallBodyServer,
   start,
+  startNginx,
   stopAll,
   table,
-  waitHttp,
-  which,
   wrk,
 } from './lib.mjs';
 
@@ -82,7 +81,6 @@ const BIN = join(ROOT, 'bin', 'run.js');
 const NODE = process.execPath;
 const RUN_ID = randomBytes(4).toString('hex');
 const TOKEN = `bench-${randomBytes(8).toString('hex')}`;
-const SMALL_BODY = 'hello from upstream\n';
 
 // ---------------------------------------------------------------- options
 
@@ -583,36 +581,14 @@ function cpuSeconds(pid) {
   return (Number(fields[11]) + Number(fields[12])) / 100;
 }
 
-async function startNginx(basePort, routePort) {
-  const dir = join(WORK, 'nginx');
-  mkdirSync(dir, { recursive: true });
-  const conf = join(WORK, 'nginx.conf');
-  const body = SMALL_BODY.replace('\n', '\\n');
-  writeFileSync(
-    conf,
-    nginxConf(
-      dir,
-      `  server {
-    listen 127.0.0.1:${basePort};
-    location / { default_type text/plain; add_header x-served-by base; return 200 "${body}"; }
-  }
-  server {
-    listen 127.0.0.1:${routePort};
-    location / { default_type text/plain; add_header x-served-by route; return 200 "${body}"; }
-  }`,
-    ),
+/** One nginx for the base service and the routes' target, each saying which it is. */
+function startUpstreams(basePort, routePort) {
+  return startNginx(
+    WORK,
+    'nginx',
+    `${smallBodyServer(basePort, 'add_header x-served-by base; ')}\n${smallBodyServer(routePort, 'add_header x-served-by route; ')}`,
+    [`http://127.0.0.1:${basePort}/`, `http://127.0.0.1:${routePort}/v2/`],
   );
-  const proc = await start('nginx', which('nginx') || '/usr/sbin/nginx', [
-    '-e',
-    join(dir, 'startup.log'),
-    '-p',
-    dir,
-    '-c',
-    conf,
-  ]);
-  await waitHttp(`http://127.0.0.1:${basePort}/`, {}, (r) => r.status === 200, 'nginx (base)');
-  await waitHttp(`http://127.0.0.1:${routePort}/v2/`, {}, (r) => r.status === 200, 'nginx (routes)');
-  return proc;
 }
 
 function profileArgs(name) {
@@ -721,7 +697,7 @@ async function benchServer(ds, lookup) {
   );
   const basePort = await freePort();
   const routePort = await freePort();
-  await startNginx(basePort, routePort);
+  await startUpstreams(basePort, routePort);
   const routeBase = `http://127.0.0.1:${routePort}`;
 
   const full = await createDatabase(`kelsingra_bench_scale_${RUN_ID}`, { hint: PG_HINT });
