@@ -55,6 +55,18 @@ function listen(server: Server, port: number, host: string): Promise<number> {
   });
 }
 
+/**
+ * Why a listen address fails, by error code: each is a mistake in the host setting, not in
+ * Kelsingra (a name that does not resolve, `999.999.999.999`, another machine's address).
+ */
+const HOST_PROBLEMS: Readonly<Record<string, string>> = {
+  ENOTFOUND: 'it is neither an IP address nor a host name that resolves',
+  EAI_AGAIN: 'the host name could not be resolved (DNS did not answer)',
+  EADDRNOTAVAIL: "it is not one of this machine's addresses",
+  EINVAL: 'it is not an address this machine can listen on (an IPv6 link-local address needs its %interface)',
+  EAFNOSUPPORT: 'this machine does not support that address family',
+};
+
 /** A wildcard address is no use to a peer: it gets this machine's name instead. */
 function advertisedHost(host: string): string {
   if (host === '0.0.0.0' || host === '::') return os.hostname();
@@ -287,6 +299,13 @@ export async function startServer(
     await kafka?.close();
     await store.close();
     const e = err as NodeJS.ErrnoException & { port?: number; address?: string };
+    const hostProblem = HOST_PROBLEMS[e.code ?? ''];
+    if (hostProblem)
+      throw new KelsingraError(
+        `cannot listen on ${config.host} (--host, KELSINGRA_HOST, host: in the config file): ${hostProblem} (${e.code})`,
+        ExitCode.config,
+        'set --host to an address of this machine: 127.0.0.1 (the default), 0.0.0.0 for every IPv4 interface, :: for every interface',
+      );
     if (e.code === 'EADDRINUSE' || e.code === 'EACCES') {
       const which =
         e.port === config.port

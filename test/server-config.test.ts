@@ -413,6 +413,31 @@ describe('a bad configuration stops the server with a message naming the problem
     expect(r.stderr).toMatch(/Hint: .*control port \(--port/);
     expect(r.stderr).not.toMatch(/\n\s+at /);
   });
+
+  // 10.255.255.1 is never connected to: binding an address this machine lacks fails at once.
+  it.each([
+    ['a name that does not resolve', 'no.such.host.invalid', /neither an IP address nor a host name/],
+    ['an IPv4 address out of range', '999.999.999.999', /neither an IP address nor a host name/],
+    ["another machine's address", '10.255.255.1', /not one of this machine's addresses/],
+  ])('a --host that cannot be listened on (%s) names the flag', async (_what, host, reason) => {
+    const r = await failingServer([
+      '--token',
+      TOKEN,
+      '--service',
+      'billing=http://127.0.0.1:9001',
+      '--host',
+      host,
+      '--port',
+      '0',
+      '--proxy-port',
+      '0',
+    ]);
+    expect(r.exitCode, r.stderr).toBe(EXIT_CONFIG);
+    expect(r.stderr).toContain(`cannot listen on ${host} (--host, KELSINGRA_HOST`);
+    expect(r.stderr).toMatch(reason);
+    expect(r.stderr).toMatch(/Hint: set --host to an address of this machine/);
+    expect(r.stderr).not.toMatch(/unexpected|report it|\n\s+at /);
+  });
 });
 
 describe('environment and flags', () => {
