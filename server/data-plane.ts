@@ -26,6 +26,7 @@ import type { Intercept, InterceptStore, Peer } from './intercept-store.js';
 import type { DecisionLabel, ServerMetrics } from './metrics.js';
 import type { PassThrough, UpstreamTarget } from './pass-through.js';
 import { REQUEST_ID_HEADER, requestIdOf, tagResponse } from './request-id.js';
+import { requestTarget } from './request-target.js';
 import type { Route } from './route-table.js';
 import type { RouteResult, ServiceRouter } from './routing.js';
 import { type RoutingKeyOptions, routingKeyOf, routingKeyProblem } from './routing-keys.js';
@@ -93,6 +94,8 @@ interface Inbound {
   headers: Record<string, string | string[] | undefined>;
   rawHeaders: string[];
   remoteAddress: string | undefined;
+  /** Why the request target is refused (server/request-target.ts), if it is. */
+  badTarget?: string;
 }
 
 export interface DataPlane {
@@ -106,6 +109,16 @@ export interface DataPlane {
    */
   serveGateway(req: IncomingMessage, res: ServerResponse, principal: Principal): void;
 }
+
+/** A flat header list without the `drop` lines (names in lowercase). */
+function rawHeadersWithout(raw: string[], drop: ReadonlySet<string>): string[] {
+  const out: string[] = [];
+  for (let i = 0; i < raw.length; i += 2)
+    if (!drop.has((raw[i] as string).toLowerCase())) out.push(raw[i] as string, raw[i + 1] as string);
+  return out;
+}
+
+const HOST = new Set(['host']);
 
 /** Kelsingra's own gateway headers, never sent on. */
 const GATEWAY_ONLY = new Set(['host', GATEWAY_TOKEN_HEADER, GATEWAY_HOST_HEADER, RELAY_HEADER, HOP_HEADER]);
@@ -133,11 +146,7 @@ function gatewayInbound(req: IncomingMessage): Inbound {
   const rest = parsed.pathname.slice(GATEWAY_PATH.length);
   const url = `${rest.startsWith('/') ? rest : `/${rest}`}${parsed.search}`;
   const host = req.headers[GATEWAY_HOST_HEADER];
-  const rawHeaders: string[] = [];
-  for (let i = 0; i < req.rawHeaders.length; i += 2) {
-    if (!GATEWAY_ONLY.has((req.rawHeaders[i] as string).toLowerCase()))
-      rawHeaders.push(req.rawHeaders[i] as string, req.rawHeaders[i + 1] as string);
-  }
+  const rawHeaders = rawHeadersWithout(req.rawHeaders, GATEWAY_ONLY);
   if (typeof host === 'string' && host !== '') rawHeaders.push('host', host);
   return {
     url,
@@ -149,14 +158,25 @@ function gatewayInbound(req: IncomingMessage): Inbound {
   };
 }
 
-const inboundOf = (req: IncomingMessage): Inbound => ({
-  url: req.url ?? '/',
-  requestId: requestIdOf(req.headers[REQUEST_ID_HEADER]),
-  receivedAt: performance.now(),
-  headers: req.headers,
-  rawHeaders: req.rawHeaders,
-  remoteAddress: req.socket.remoteAddress,
-});
+/** A data-port request by its merged path, and by the host of an absolute-form target. */
+function inboundOf(req: IncomingMessage): Inbound {
+  const inbound: Inbound = {
+    url: req.url ?? '/',
+    requestId: requestIdOf(req.headers[REQUEST_ID_HEADER]),
+    receivedAt: performance.now(),
+    headers: req.headers,
+    rawHeaders: req.rawHeaders,
+    remoteAddress: req.socket.remoteAddress,
+  };
+  const target = requestTarget(inbound.url);
+  if ('problem' in target) return { ...inbound, badTarget: target.problem };
+  inbound.url = target.path;
+  if (target.host !== undefined) {
+    inbound.headers = { ...req.headers, host: target.host };
+    inbound.rawHeaders = [...rawHeadersWithout(req.rawHeaders, HOST), 'host', target.host];
+  }
+  return inbound;
+}
 
 /**
  * The intercept a peer relayed this request for (`<secret> <intercept id>`), if the secret is
@@ -184,6 +204,14 @@ export function createDataPlane(deps: DataPlaneDeps): DataPlane {
 
   /** Where a request goes, the same for plain requests, upgrades and gateway calls. */
   const decide = (req: Inbound): Decision => {
+    if (req.badTarget !== undefined)
+      return {
+        kind: 'error',
+        status: 400,
+        code: 'bad-path',
+        message: req.badTarget,
+        extra: { hint: 'send a path such as /invoices/7, whose ".." segments stay below /' },
+      };
     if (req.headers[HOP_HEADER] !== undefined) {
       return {
         kind: 'error',

@@ -288,6 +288,54 @@ describe('data plane: pass-through to upstreams', () => {
     expectKelsingraError(notPrefix, 404, 'unknown-service');
   });
 
+  it('merges dot segments before routing: a path prefix cannot be escaped with "..", and the upstream gets the merged path', async () => {
+    const ledgerBefore = ledger.seen.length;
+    const cases = [
+      // Under /ledger-api by its prefix, but the path names another service's.
+      { target: '/ledger-api/../orders-api/x?q=1', upstream: 'orders', url: '/orders-api/x?q=1' },
+      { target: '/ledger-api/%2E%2e/orders-api/y', upstream: 'orders', url: '/orders-api/y' },
+      { target: '/ledger-api/a/./b/../c', upstream: 'ledger', url: '/base/a/c' },
+      { target: '/ledger-api/a/b/..', upstream: 'ledger', url: '/base/a/' },
+    ];
+    for (const c of cases) {
+      const res = await rawRequest(server.data, { target: c.target, headers: { host: 'gateway.test' } });
+      expect(res.status, c.target).toBe(200);
+      expect(bodyJson(res).upstream, c.target).toBe(c.upstream);
+      expect(bodyJson(res).url, c.target).toBe(c.url);
+    }
+    expect(ledger.seen.slice(ledgerBefore).map((s) => s.url)).toEqual(['/base/a/c', '/base/a/']);
+  });
+
+  it('refuses with 400 bad-path a path whose ".." climbs above the root, and a target that is no path, sending nothing on', async () => {
+    const before = { ledger: ledger.seen.length, orders: orders.seen.length };
+    for (const [method, target] of [
+      ['GET', '/ledger-api/../../etc/passwd'],
+      ['GET', '/..'],
+      ['GET', '/orders-api/%2e%2e/%2E./x'],
+      ['GET', 'http://api.shop.test/../x'],
+      ['OPTIONS', '*'],
+      ['GET', 'ftp://api.shop.test/orders-api/x'],
+    ] as const) {
+      const res = await rawRequest(server.data, { method, target, headers: { host: 'api.shop.test' } });
+      const body = expectKelsingraError(res, 400, 'bad-path');
+      expect(String(body.error), target).toMatch(/climbs above the root|neither a path/);
+    }
+    expect(ledger.seen.length).toBe(before.ledger);
+    expect(orders.seen.length).toBe(before.orders);
+  });
+
+  it('routes an absolute-form target (GET http://host/path) by its host and merged path, and sends its host as Host', async () => {
+    const res = await rawRequest(server.data, {
+      target: 'http://Billing.dev.example.com/invoices/../receipts?n=1',
+      headers: { host: 'api.shop.test' },
+    });
+    expect(res.status).toBe(200);
+    const body = bodyJson(res);
+    expect(body.upstream).toBe('billing');
+    expect(body.url).toBe('/receipts?n=1');
+    expect((body.headers as http.IncomingHttpHeaders).host).toBe('billing.dev.example.com');
+  });
+
   it('answers 502 from Kelsingra when the upstream refuses the connection', async () => {
     const res = await rawRequest(`${server.data}/anything`, {
       headers: { 'x-kelsingra-service': 'refused', 'x-tenant-id': 't1' },

@@ -357,6 +357,8 @@ export function rawRequest(
     body?: Buffer | string;
     localAddress?: string;
     ca?: Buffer;
+    /** The request target exactly as sent (`url` would merge `..` and never send absolute form). */
+    target?: string;
   } = {},
 ): Promise<RawResponse> {
   return new Promise((resolve, reject) => {
@@ -366,6 +368,7 @@ export function rawRequest(
       {
         method: opts.method ?? 'GET',
         headers: opts.headers,
+        ...(opts.target === undefined ? {} : { path: opts.target }),
         agent: false,
         localAddress: opts.localAddress,
         ca: opts.ca,
