@@ -88,6 +88,10 @@ export default class Server extends BaseCommand {
       description:
         'seconds a stopping server (SIGTERM) lets requests in flight finish and tunnels move to another replica (default 20; 0: stop at once)',
     }),
+    'max-tunnels-per-token': Flags.integer({
+      description:
+        'tunnels one token may hold open on this replica; one more is refused with 429 (default 100; 0: no limit)',
+    }),
     config: Flags.string({ char: 'c', description: 'YAML or JSON config file' }),
   };
 
@@ -123,6 +127,7 @@ export default class Server extends BaseCommand {
         tls: tlsLayer(flags),
         maxBodyBytes: flags['max-body-bytes'],
         drainTimeout: flags['drain-timeout'],
+        maxTunnelsPerToken: flags['max-tunnels-per-token'],
         services: flags.service ? servicesFromFlags(flags.service) : undefined,
       },
     });

@@ -257,6 +257,11 @@ export const serverConfigSchema = z
       .default(100 * 1024 * 1024),
     /** Seconds a stopping server lets requests in flight finish and tunnels move (0: stop at once). */
     drainTimeout: z.coerce.number().min(0).default(20),
+    /**
+     * Tunnels one token may hold open on one replica (0: no limit): each costs the replica
+     * memory, and a leaked or scripted token could otherwise open thousands.
+     */
+    maxTunnelsPerToken: z.coerce.number().int().min(0).default(100),
   })
   .strict();
 
@@ -376,6 +381,7 @@ export const ENV_SETTINGS: Readonly<Record<string, string>> = {
   KELSINGRA_AUDIT_LOG: 'auditLog',
   KELSINGRA_MAX_BODY_BYTES: 'maxBodyBytes',
   KELSINGRA_DRAIN_TIMEOUT: 'drainTimeout',
+  KELSINGRA_MAX_TUNNELS_PER_TOKEN: 'maxTunnelsPerToken',
 };
 
 /** A comma-separated variable as a list, blanks dropped. */

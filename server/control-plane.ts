@@ -588,17 +588,27 @@ export function createControlPlane(deps: ControlPlaneDeps): http.Server {
     if (!hub.mayReplace(clientKey, principal)) {
       return reject(409, 'a tunnel with this client id is open under another token');
     }
+    // Counted in the same turn as accept, whose handshake completes synchronously: tunnels
+    // opened at once cannot all slip under the limit.
+    const admit = () => {
+      const overLimit = hub.overLimit(clientKey, principal);
+      if (!overLimit) return hub.accept(req, socket, head, principal, clientId, holder);
+      log.warn({ tokenName: principal.name, holder }, 'tunnel refused: the token holds its limit of tunnels');
+      writeRawError(socket, 429, 'too-many-tunnels', overLimit, {
+        hint: 'stop kelsingra intercepts this token runs elsewhere (each holds one tunnel), or have the operator raise maxTunnelsPerToken',
+      });
+    };
     // The same check against tunnels open on other replicas.
     store.findTunnel(clientKey).then(
       (elsewhere) => {
         if (elsewhere && elsewhere.tokenName !== principal.name)
           reject(409, 'a tunnel with this client id is open under another token');
-        else hub.accept(req, socket, head, principal, clientId, holder);
+        else admit();
       },
       // Without the database the check cannot be made; the replica's own tunnels were checked above.
       (err: Error) => {
         if (!(err instanceof StoreUnavailableError)) log.error({ err }, 'looking up the tunnel failed');
-        hub.accept(req, socket, head, principal, clientId, holder);
+        admit();
       },
     );
   });

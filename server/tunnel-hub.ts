@@ -81,6 +81,8 @@ export class TunnelHub {
     private readonly replicaId: string,
     private readonly heartbeatMs: number,
     private readonly log: Logger,
+    /** Tunnels one token may hold open here (0: no limit). */
+    private readonly maxPerToken = 0,
   ) {
     this.heartbeat = setInterval(() => this.beat(), heartbeatMs);
     this.heartbeat.unref();
@@ -102,6 +104,19 @@ export class TunnelHub {
   mayReplace(clientKey: string, principal: Principal): boolean {
     const previous = this.get(clientKey);
     return !previous || previous.principal.name === principal.name;
+  }
+
+  /**
+   * Why `principal` may not open another tunnel here, if it may not. A reconnect that replaces
+   * this client's own tunnel opens none more, so it is not counted against the limit.
+   */
+  overLimit(clientKey: string, principal: Principal): string | undefined {
+    if (this.maxPerToken === 0) return undefined;
+    let open = 0;
+    for (const t of this.tunnels.values())
+      if (t.principal.name === principal.name && t.clientKey !== clientKey) open++;
+    if (open < this.maxPerToken) return undefined;
+    return `token "${principal.name}" already holds ${open} tunnels open on this server agent, its limit (maxTunnelsPerToken)`;
   }
 
   accept(

@@ -12,6 +12,7 @@ import { ExitCode, KelsingraError } from './errors.js';
 import {
   CLIENT_ID_HEADER,
   type ClientControl,
+  ERROR_HEADER,
   HOLDER_HEADER,
   type ServerControl,
   TUNNEL_PATH,
@@ -139,17 +140,27 @@ export class TunnelClient extends EventEmitter<TunnelEvents> {
         res.on('data', (c: Buffer) => chunks.push(c));
         res.on('end', () => {
           let message = `HTTP ${res.statusCode}`;
+          let hint: string | undefined;
           try {
-            message = String(JSON.parse(Buffer.concat(chunks).toString()).error ?? message).replace(
-              /^Kelsingra: /,
-              '',
-            );
+            const body = JSON.parse(Buffer.concat(chunks).toString()) as { error?: unknown; hint?: unknown };
+            message = String(body.error ?? message).replace(/^Kelsingra: /, '');
+            if (typeof body.hint === 'string') hint = body.hint;
           } catch {
             // Not Kelsingra's JSON: the status line is all there is to say.
           }
           settled = true;
           ws.terminate();
-          if (res.statusCode === 401) {
+          // Not a wrong server: this token's other clients hold every tunnel it may open there.
+          if (res.headers[ERROR_HEADER] === 'too-many-tunnels') {
+            reject(
+              new KelsingraError(
+                `the server refused the tunnel (HTTP ${res.statusCode}): ${message}`,
+                ExitCode.failure,
+                hint ?? 'stop kelsingra intercepts this token runs elsewhere, or ask for a token of your own',
+                { code: 'too-many-tunnels' },
+              ),
+            );
+          } else if (res.statusCode === 401) {
             reject(
               new KelsingraError(
                 `the server rejected the token (401): ${message}`,

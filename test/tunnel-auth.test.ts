@@ -7,10 +7,19 @@ import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import WebSocket from 'ws';
-import { type ServerProcess, startServerProcess, tempDir } from './helpers.js';
+import { clientEnv, run, type ServerProcess, startServerProcess, tempDir, waitFor } from './helpers.js';
 
 const ALICE = 'alice-token-123456';
 const MALLORY = 'mallory-token-123456';
+
+function tokensFile(): string {
+  const tokens = join(tempDir('kelsingra-tokens-'), 'tokens.yaml');
+  writeFileSync(
+    tokens,
+    `tokens:\n  - { name: alice, token: ${ALICE}, tenants: ['*'] }\n  - { name: mallory, token: ${MALLORY}, tenants: ['*'] }\n`,
+  );
+  return tokens;
+}
 
 function openTunnel(
   server: ServerProcess,
@@ -37,12 +46,12 @@ function openTunnel(
 describe('tunnel ownership', () => {
   let server: ServerProcess;
   beforeAll(async () => {
-    const tokens = join(tempDir('kelsingra-tokens-'), 'tokens.yaml');
-    writeFileSync(
-      tokens,
-      `tokens:\n  - { name: alice, token: ${ALICE}, tenants: ['*'] }\n  - { name: mallory, token: ${MALLORY}, tenants: ['*'] }\n`,
-    );
-    server = await startServerProcess(['--service', 'billing=http://127.0.0.1:1', '--tokens-file', tokens]);
+    server = await startServerProcess([
+      '--service',
+      'billing=http://127.0.0.1:1',
+      '--tokens-file',
+      tokensFile(),
+    ]);
   });
   afterAll(async () => {
     await server?.stop();
@@ -80,5 +89,55 @@ describe('tunnel ownership', () => {
     }
     expect(server.logs()).not.toContain(clientId);
     alice.ws?.close();
+  });
+});
+
+describe('the limit on tunnels per token', () => {
+  let server: ServerProcess;
+  beforeAll(async () => {
+    server = await startServerProcess([
+      '--service',
+      'billing=http://127.0.0.1:1',
+      '--tokens-file',
+      tokensFile(),
+      '--max-tunnels-per-token',
+      '2',
+    ]);
+  });
+  afterAll(async () => {
+    await server?.stop();
+  });
+
+  it('refuses one tunnel more than the limit with 429, which the CLI names; reconnects and other tokens are not held back', async () => {
+    const first = await openTunnel(server, ALICE, 'c_alice_limit_1');
+    const second = await openTunnel(server, ALICE, 'c_alice_limit_2');
+    expect(first.ws && second.ws, 'alice could not open her first two tunnels').toBeTruthy();
+
+    expect((await openTunnel(server, ALICE, 'c_alice_limit_3')).status).toBe(429);
+    const cli = await run(
+      ['intercept', 'billing', '--tenant', 't1', '--port', '3999'],
+      clientEnv(server, ALICE, { KELSINGRA_HOLDER: 'alice@laptop' }),
+    );
+    expect(cli.exitCode, cli.stderr).toBe(1);
+    expect(cli.stderr).toContain(
+      'the server refused the tunnel (HTTP 429): token "alice" already holds 2 tunnels open on this server agent, its limit (maxTunnelsPerToken)',
+    );
+    expect(cli.stderr).toMatch(/Hint: stop kelsingra intercepts this token runs elsewhere/);
+    expect(cli.stderr).not.toMatch(/unexpected|is --server the Kelsingra control port/);
+
+    // A client coming back replaces its own tunnel: no more are open, so it gets in.
+    const again = await openTunnel(server, ALICE, 'c_alice_limit_1');
+    expect(again.ws, 'a reconnect was refused').toBeDefined();
+    const mallory = await openTunnel(server, MALLORY, 'c_mallory_limit_1');
+    expect(mallory.ws, 'another token was held back by alice’s limit').toBeDefined();
+
+    // A tunnel closed frees its place.
+    second.ws?.close();
+    const third = await waitFor(
+      async () => (await openTunnel(server, ALICE, 'c_alice_limit_3')).ws,
+      10_000,
+      'a place freed by a closed tunnel',
+    );
+    for (const ws of [first.ws, again.ws, mallory.ws, third]) ws?.close();
   });
 });
