@@ -12,13 +12,14 @@ import { clientEnv, run, type ServerProcess, startServerProcess, tempDir, waitFo
 const ALICE = 'alice-token-123456';
 const MALLORY = 'mallory-token-123456';
 
-function tokensFile(): string {
+/** A server agent that knows the tokens alice and mallory. */
+function startServer(...extra: string[]): Promise<ServerProcess> {
   const tokens = join(tempDir('kelsingra-tokens-'), 'tokens.yaml');
   writeFileSync(
     tokens,
     `tokens:\n  - { name: alice, token: ${ALICE}, tenants: ['*'] }\n  - { name: mallory, token: ${MALLORY}, tenants: ['*'] }\n`,
   );
-  return tokens;
+  return startServerProcess(['--service', 'billing=http://127.0.0.1:1', '--tokens-file', tokens, ...extra]);
 }
 
 function openTunnel(
@@ -46,12 +47,7 @@ function openTunnel(
 describe('tunnel ownership', () => {
   let server: ServerProcess;
   beforeAll(async () => {
-    server = await startServerProcess([
-      '--service',
-      'billing=http://127.0.0.1:1',
-      '--tokens-file',
-      tokensFile(),
-    ]);
+    server = await startServer();
   });
   afterAll(async () => {
     await server?.stop();
@@ -95,14 +91,7 @@ describe('tunnel ownership', () => {
 describe('the limit on tunnels per token', () => {
   let server: ServerProcess;
   beforeAll(async () => {
-    server = await startServerProcess([
-      '--service',
-      'billing=http://127.0.0.1:1',
-      '--tokens-file',
-      tokensFile(),
-      '--max-tunnels-per-token',
-      '2',
-    ]);
+    server = await startServer('--max-tunnels-per-token', '2');
   });
   afterAll(async () => {
     await server?.stop();
