@@ -232,6 +232,7 @@ export async function startServer(
     metrics,
     relaySecret: () => pgStore?.relaySecret,
     maxBodyBytes: config.maxBodyBytes,
+    draining: () => drain.draining,
   });
   const control = createControlPlane({
     auth,
@@ -274,6 +275,7 @@ export async function startServer(
     dataInFlight: data.inFlight,
     hub,
     peersAlive: () => store.health().replicas?.some((r) => !r.self && r.alive) ?? false,
+    peerDiscoveryMs: pgStore ? 2 * pgStore.heartbeatMs : 0,
     log,
   });
   let controlPort: number;
