@@ -60,6 +60,8 @@ export interface DataPlaneDeps {
   relaySecret?: () => string | undefined;
   /** Largest request body passed on, in bytes (0 or absent: no limit). */
   maxBodyBytes?: number;
+  /** Whether this replica is draining (its tunnels are moving to another one). */
+  draining?: () => boolean;
 }
 
 type Decision =
@@ -178,21 +180,27 @@ function inboundOf(req: IncomingMessage): Inbound {
   return inbound;
 }
 
+/** What a peer's relay header says: the intercept, and the epoch of the peer's copy of it when it relayed. */
+export interface Relayed {
+  id: string;
+  /** NaN from a replica that does not send it: such a relay is never passed on. */
+  epoch: number;
+}
+
 /**
- * The intercept a peer relayed this request for (`<secret> <intercept id>`), if the secret is
- * this replica's own; anything else is an outsider's header and means nothing.
+ * The intercept a peer relayed this request for (`<secret> <intercept id> <epoch>`), if the
+ * secret is this replica's own; anything else is an outsider's header and means nothing.
  */
 export function relayedIntercept(
   header: string | string[] | undefined,
   secret: string | undefined,
-): string | undefined {
+): Relayed | undefined {
   if (typeof header !== 'string' || !secret) return undefined;
-  const space = header.indexOf(' ');
-  if (space < 0) return undefined;
-  const given = Buffer.from(header.slice(0, space));
+  const [given, id, epoch] = header.split(' ');
   const expected = Buffer.from(secret);
-  if (given.length !== expected.length || !timingSafeEqual(given, expected)) return undefined;
-  return header.slice(space + 1) || undefined;
+  const offered = Buffer.from(given ?? '');
+  if (offered.length !== expected.length || !timingSafeEqual(offered, expected)) return undefined;
+  return id ? { id, epoch: epoch === undefined ? Number.NaN : Number(epoch) } : undefined;
 }
 
 export function createDataPlane(deps: DataPlaneDeps): DataPlane {
@@ -274,16 +282,19 @@ export function createDataPlane(deps: DataPlaneDeps): DataPlane {
       if (tenantRoute) return { kind: 'route', route, headers, tenantRoute, key: key as string };
       return { kind: 'pass', route, headers, key };
     }
+    const relayed = relayedIntercept(req.headers[RELAY_HEADER], deps.relaySecret?.());
     // Only the tunnel the intercept routes to, opened with the token that made it: a tunnel
-    // left behind here after its client moved on (not yet noticed dead) takes nothing.
+    // left behind here after its client moved on (not yet noticed dead) takes nothing. Two
+    // exceptions, both for a relayed request that was sent here by a copy that said "here":
+    // while this replica drains, its tunnels are alive and still serve their clients until
+    // they close; and a peer whose copy is newer than this one's knows the tunnel is here.
     const tunnel = hub.get(intercept.clientKey);
     const routesHere = intercept.replicaId === serverId || intercept.replicaId === '';
-    if (tunnel && routesHere && tunnel.principal.name === intercept.tokenName)
+    const meantHere =
+      relayed !== undefined && (deps.draining?.() === true || relayed.epoch > intercept.epoch);
+    if (tunnel && (routesHere || meantHere) && tunnel.principal.name === intercept.tokenName)
       return { kind: 'tunnel', route, headers, intercept, tunnel, key: intercept.tenant };
-    // A request another replica relayed here is never relayed again: if the tunnel moved on,
-    // the answer is an error, not a ping-pong between replicas.
     const relayHeader = req.headers[RELAY_HEADER];
-    const relayed = relayedIntercept(relayHeader, deps.relaySecret?.()) !== undefined;
     if (relayHeader !== undefined && !relayed) {
       return {
         kind: 'error',
@@ -294,7 +305,11 @@ export function createDataPlane(deps: DataPlaneDeps): DataPlane {
         message: `a replica relayed this request here, but this is not the replica it meant (the secret does not match); check that each replica's --advertise-url reaches that replica and no other`,
       };
     }
-    if (!relayed && intercept.replicaId && intercept.replicaId !== serverId) {
+    // A relayed request is relayed again only to where a newer copy than the sender's points:
+    // each hop raises the epoch, which the database only ever raises, so no request bounces
+    // between replicas. A tunnel that moved during the hop is found at its new replica.
+    const passOn = relayed === undefined || intercept.epoch > relayed.epoch;
+    if (passOn && intercept.replicaId && intercept.replicaId !== serverId) {
       const peer = store.peer(intercept.replicaId);
       if (peer) return { kind: 'relay', route, headers, intercept, peer, key: intercept.tenant };
       return {
@@ -326,7 +341,7 @@ export function createDataPlane(deps: DataPlaneDeps): DataPlane {
     url: string,
     d: Extract<Decision, { kind: 'relay' }>,
   ) => {
-    d.headers.push(RELAY_HEADER, `${d.peer.secret} ${d.intercept.id}`);
+    d.headers.push(RELAY_HEADER, `${d.peer.secret} ${d.intercept.id} ${d.intercept.epoch}`);
     passThrough.forward(
       req,
       res,
@@ -345,7 +360,7 @@ export function createDataPlane(deps: DataPlaneDeps): DataPlane {
     const inbound = inboundOf(req);
     // A peer relays as soon as its own copy knows the intercept; this copy may not have heard
     // yet. Asking the database once beats sending the tenant's request to the base service.
-    const relayedId = relayedIntercept(req.headers[RELAY_HEADER], deps.relaySecret?.());
+    const relayedId = relayedIntercept(req.headers[RELAY_HEADER], deps.relaySecret?.())?.id;
     if (relayedId && !store.get(relayedId)) {
       store.lookup(relayedId).then(
         () => dispatch(req, res, inbound),

@@ -8,8 +8,9 @@
  *    the load balancer and land elsewhere), every tunnel client is told to move.
  * 2. While clients move, the data port still takes requests: other replicas relay a moving
  *    client's traffic here until they hear it has moved, and a refused relay would be a 502.
- *    This ends when every tunnel has closed, at once when no other replica is alive (there is
- *    nowhere to move to), and at the latest at half the drain timeout.
+ *    This ends when every tunnel has closed, when no other replica is alive (there is nowhere
+ *    to move to; a replica started a moment ago counts once a heartbeat has read it), and at
+ *    the latest at half the drain timeout.
  * 3. The data port stops accepting connections. Requests in flight on either port finish;
  *    each answer from now on closes its connection, and idle connections are closed.
  */
@@ -36,6 +37,12 @@ export interface DrainOptions {
   hub: TunnelHub;
   /** Whether another replica is alive to take the tunnels over. */
   peersAlive: () => boolean;
+  /**
+   * How long a replica started just before the signal may not be known yet (the store's
+   * heartbeat reads peers this often; 0 without replicas). Giving up on moves before then
+   * would close the data port while that replica still relays here.
+   */
+  peerDiscoveryMs: number;
   log: Logger;
 }
 
@@ -86,7 +93,9 @@ export class Drain {
     );
 
     const movesUntil = start + timeoutMs / 2;
-    while (hub.list().length > 0 && this.opts.peersAlive() && Date.now() < movesUntil) await sleep(POLL_MS);
+    const peersKnownAt = start + this.opts.peerDiscoveryMs;
+    const mayMove = () => Date.now() < peersKnownAt || this.opts.peersAlive();
+    while (hub.list().length > 0 && mayMove() && Date.now() < movesUntil) await sleep(POLL_MS);
     data.close();
     const inFlight = () => this.inFlight.size + this.opts.dataInFlight.responses.size;
     while (inFlight() > 0 && Date.now() < deadline) {

@@ -166,7 +166,8 @@ export class PgInterceptStore extends EventEmitter<StoreEvents> implements Inter
   /** Tunnels open on this replica, kept here too so they can be written again after an outage. */
   private readonly localTunnels = new Map<string, TunnelRecord>();
   private readonly timers: NodeJS.Timeout[] = [];
-  private readonly heartbeatMs: number;
+  /** How often this replica beats and reads everyone's beats: a peer started since is unseen for that long. */
+  readonly heartbeatMs: number;
   private readonly reconcileMs: number;
   private readonly log: Logger;
   private degradedSince?: number;

@@ -244,6 +244,7 @@ export async function startServer(
     metrics,
     relaySecret: () => pgStore?.relaySecret,
     maxBodyBytes: config.maxBodyBytes,
+    draining: () => drain.draining,
   });
   const control = createControlPlane({
     auth,
@@ -286,6 +287,7 @@ export async function startServer(
     dataInFlight: data.inFlight,
     hub,
     peersAlive: () => store.health().replicas?.some((r) => !r.self && r.alive) ?? false,
+    peerDiscoveryMs: pgStore ? 2 * pgStore.heartbeatMs : 0,
     log,
   });
   let controlPort: number;

@@ -23,6 +23,16 @@ import { webSocketDuplex } from './ws-duplex.js';
 
 /** How long a tunnel moved away from keeps taking new requests, while the other replicas hear of the move. */
 const RETIRE_GRACE_MS = 1_000;
+/**
+ * After a drop, attempts 50–100 ms apart for this long, then backoff. A server agent restarts in
+ * a few seconds, and until this client is back its tenant goes to the base service (a server
+ * without a database has forgotten the intercept), so it should find the server within 100 ms
+ * of it listening; a server that stays away longer is not hammered.
+ */
+const QUICK_RECONNECT_MS = 5_000;
+const QUICK_RETRY_MS = 50;
+const BACKOFF_MIN_MS = 250;
+const BACKOFF_MAX_MS = 5_000;
 
 export type TunnelState = 'connecting' | 'connected' | 'reconnecting' | 'closed';
 
@@ -286,43 +296,57 @@ export class TunnelClient extends EventEmitter<TunnelEvents> {
     clearTimeout(this.watchdog);
     this.ws = undefined;
     if (this.state === 'closed') return;
-    this.setState('reconnecting', { retryInMs: 250 });
+    this.setState('reconnecting', { retryInMs: 0 });
     this.reconnect();
   }
 
-  /** Connects again with backoff, then `onUp` and 'reconnected'; one loop at a time. */
+  /** Connects again, quickly at first then with backoff, then `onUp` and 'reconnected'; one loop at a time. */
   private reconnect(onUp?: () => void): void {
     if (this.reconnecting) return;
     this.reconnecting = true;
-    pRetry(
-      () =>
-        this.connectOnce().catch((err: KelsingraError) => {
-          throw err.exitCode === ExitCode.auth ? new AbortError(err) : err;
-        }),
-      {
-        retries: Number.POSITIVE_INFINITY,
-        minTimeout: 250,
-        maxTimeout: 5_000,
-        factor: 2,
-        randomize: true,
-        signal: this.abort.signal,
-        onFailedAttempt: ({ error, attemptNumber }) => {
+    const attempt = () =>
+      this.connectOnce().catch((err: KelsingraError) => {
+        throw err.exitCode === ExitCode.auth ? new AbortError(err) : err;
+      });
+    /** `retryInMs` is undefined for a failure not worth a line of its own (a quick retry after the first). */
+    const retrying = (retryInMs: (attemptNumber: number) => number | undefined) => ({
+      retries: Number.POSITIVE_INFINITY,
+      randomize: true,
+      signal: this.abort.signal,
+      onFailedAttempt: ({ error, attemptNumber }: { error: Error; attemptNumber: number }) => {
+        const wait = retryInMs(attemptNumber);
+        // Moving off a draining server: the old tunnel still serves, so nothing is down yet.
+        if (wait !== undefined && !this.serving())
+          this.setState('reconnecting', { retryInMs: wait, error: error.message });
+      },
+    });
+    pRetry(attempt, {
+      ...retrying((n) => (n === 1 ? QUICK_RETRY_MS : undefined)),
+      minTimeout: QUICK_RETRY_MS,
+      factor: 1,
+      maxRetryTime: QUICK_RECONNECT_MS,
+    })
+      .catch((err: Error) => {
+        if (this.abort.signal.aborted || (err instanceof KelsingraError && err.exitCode === ExitCode.auth))
+          throw err;
+        return pRetry(attempt, {
           // p-retry waits minTimeout × factor^(attempt − 1), times a random 1–2 with randomize.
-          const retryInMs = Math.min(5_000, 250 * 2 ** (attemptNumber - 1));
-          // Moving off a draining server: the old tunnel still serves, so nothing is down yet.
-          if (!this.serving()) this.setState('reconnecting', { retryInMs, error: error.message });
+          ...retrying((n) => Math.min(BACKOFF_MAX_MS, BACKOFF_MIN_MS * 2 ** (n - 1))),
+          minTimeout: BACKOFF_MIN_MS,
+          maxTimeout: BACKOFF_MAX_MS,
+          factor: 2,
+        });
+      })
+      .then(
+        () => {
+          this.reconnecting = false;
+          onUp?.();
+          this.emit('reconnected');
         },
-      },
-    ).then(
-      () => {
-        this.reconnecting = false;
-        onUp?.();
-        this.emit('reconnected');
-      },
-      (err: Error) => {
-        this.reconnecting = false;
-        this.setState('closed', { error: err.message });
-      },
-    );
+        (err: Error) => {
+          this.reconnecting = false;
+          this.setState('closed', { error: err.message });
+        },
+      );
   }
 }

@@ -27,6 +27,8 @@ import { freshDatabase } from './postgres.js';
 
 const TOKEN = 'drain-token-1';
 const cleanups = cleanupsAfterEach();
+/** Drains in a row in the load test; each costs a replica start and a drain (about 3 s). */
+const DRAIN_ROUNDS = Number(process.env.KELSINGRA_DRAIN_ROUNDS ?? 3);
 
 /** Whether a new TCP connection to `port` is refused. */
 function refused(port: number): Promise<boolean> {
@@ -80,6 +82,11 @@ async function drainingServer(upstream: string, drainTimeoutS: number, extra: st
   ]);
   cleanups.push(() => server.stop());
   return server;
+}
+
+async function serverIdOf(server: ServerProcess): Promise<string> {
+  const res = await fetch(`${server.control}/status`, { headers: { authorization: `Bearer ${TOKEN}` } });
+  return ((await res.json()) as { serverId: string }).serverId;
 }
 
 describe('graceful shutdown', () => {
@@ -208,4 +215,64 @@ describe('graceful shutdown', () => {
     expect(failed, `answers that did not reach the laptop: ${failed.join('; ')}`).toEqual([]);
     expect(holder.logs()).toMatch(/"msg":"drained"/);
   });
+
+  it(
+    `replicas under load: ${DRAIN_ROUNDS} drains in a row, each while another replica relays to the draining one, lose no request`,
+    async () => {
+      const db = await freshDatabase(cleanups);
+      const base = await service('base', 0);
+      const local = await service('local', 0);
+      const replica = () => drainingServer(base.url, 15, ['--database-url', db]);
+      const up = new Set(await Promise.all([replica(), replica()]));
+      const lb = await tcpBalancer(() => [...up].map((r) => r.controlPort), cleanups);
+      const env = clientEnv([...up][0] as ServerProcess, TOKEN, { KELSINGRA_SERVER: lb.url });
+      const held = await interceptDetached(env, 'billing', 't1', local.port, cleanups);
+      let holderId = held.replica ?? '';
+      const failed: string[] = [];
+      let answered = 0;
+
+      for (let round = 0; round < DRAIN_ROUNDS; round++) {
+        const ids = new Map(await Promise.all([...up].map(async (r) => [r, await serverIdOf(r)] as const)));
+        const holder = [...up].find((r) => ids.get(r) === holderId) as ServerProcess;
+        const other = [...up].find((r) => r !== holder) as ServerProcess;
+        const otherId = ids.get(other) as string;
+        expect(holder, `no replica holds the tunnel in round ${round}`).toBeDefined();
+
+        // Requests back to back on several connections through the replica that does not hold
+        // the tunnel: some are relayed to the holder at every moment of the move.
+        let loading = true;
+        const workers = Array.from({ length: 6 }, async (_, w) => {
+          for (let i = 0; loading; i++) {
+            const path = `/r${round}-w${w}-${i}`;
+            const answer = await viaProxy(other, 'billing', 't1', path).then(text, String);
+            answered++;
+            if (answer !== `200 local ${path}`) failed.push(`round ${round}: ${answer}`);
+          }
+        });
+        const before = answered;
+        await waitFor(() => answered >= before + 30, 10_000, 'traffic to flow');
+        holder.child.kill('SIGTERM');
+        await waitFor(
+          async () => {
+            const listed = await run(['list', '--json'], { ...env, KELSINGRA_SERVER: other.control });
+            const view = (JSON.parse(listed.stdout) as InterceptView[])[0];
+            return view && view.replica === otherId && view.connected;
+          },
+          10_000,
+          `the intercept to move in round ${round}`,
+        );
+        await exitedWithin(holder, 15_000);
+        expect(holder.child.exitCode).toBe(0);
+        up.delete(holder);
+        const afterExit = answered;
+        await waitFor(() => answered >= afterExit + 10, 10_000, 'traffic after the move');
+        loading = false;
+        await Promise.all(workers);
+        holderId = otherId;
+        up.add(await replica());
+      }
+      expect(failed, `${failed.length} of ${answered} requests did not reach the laptop`).toEqual([]);
+    },
+    60_000 + DRAIN_ROUNDS * 20_000,
+  );
 });
