@@ -713,7 +713,10 @@ async function main() {
      */
     const freeze = async (tenant) => {
       const s = active.get(tenant);
-      if (!s) return;
+      if (!s) {
+        event(`${tenant} is not intercepting (yet): its laptop's sleep is skipped`);
+        return;
+      }
       const f = {
         kind: `${tenant} asleep`,
         tenants: new Set([tenant]),
@@ -1052,6 +1055,10 @@ async function main() {
       };
     };
 
+    // A DOMException's code is a number (23 for AbortSignal.timeout's TimeoutError): its name says more.
+    const errorCode = (err) =>
+      (typeof err.code === 'string' ? err.code : undefined) ?? err.cause?.code ?? err.name ?? 'error';
+
     const sendOne = async (seq) => {
       const roll = Math.random();
       const tenant =
@@ -1102,7 +1109,7 @@ async function main() {
             judgeResponse(rec, res.headers, body);
             break;
           } catch (err) {
-            const code = err.code ?? err.cause?.code ?? err.name;
+            const code = errorCode(err);
             // The connection was refused: nothing reached that replica. A load balancer tries another.
             if (code === 'ECONNREFUSED' && rec.tries === 1) {
               rec.lbRetry = true;
@@ -1114,7 +1121,7 @@ async function main() {
         }
       } catch (err) {
         rec.t1 = now();
-        const code = err.code ?? err.cause?.code ?? err.name ?? 'error';
+        const code = errorCode(err);
         rec.outcome = 'unclean';
         rec.detail = /TIMEOUT|TimeoutError|AbortError|ABORT_ERR/i.test(code) ? `timeout (${code})` : code;
         rec.message = String(err.message ?? err).slice(0, 300);
@@ -1641,6 +1648,7 @@ async function main() {
       findings.push({ at: now(), what: `bookkeeping: ${sent} requests sent but ${accounted} classified` });
     }
     if (findings.length) {
+      findings.sort((a, b) => a.at - b.at);
       log('\nFindings:');
       for (const f of findings)
         log(`  ${fmtT(f.at)}  ${f.what}${f.detail ? `\n${f.detail.replace(/^/gm, '      ')}` : ''}`);
