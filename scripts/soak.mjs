@@ -1185,8 +1185,8 @@ async function main() {
         rec.message = `${by} served ${rec.tenant ?? '(none)'} as ${foreign.join(' and ')}`;
       } else if ((headers['x-soak-tenant'] ?? '') !== (rec.tenant ?? '')) {
         rec.outcome = 'misrouted';
-        rec.detail = `${party} saw no tenant header${smuggled}`;
-        rec.message = `${by} saw no x-tenant-id for ${rec.tenant}`;
+        rec.detail = `${party} saw the tenant header missing or altered${smuggled}`;
+        rec.message = `${by} saw x-tenant-id "${headers['x-soak-tenant'] ?? ''}" for ${rec.tenant}`;
       } else if (!whole) {
         rec.outcome = 'unclean';
         rec.detail = 'body of the wrong length';
