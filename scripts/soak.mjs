@@ -76,9 +76,10 @@
  * replica on a keep-alive connection not yet seen closed) are reported apart ("cut by the
  * crash": no software on that replica can answer them) and do not fail the run.
  *
- * KELSINGRA_SOAK_INJECT=hang,reset,plain500,wrong,cut,steal is a self-check of the classifier,
+ * KELSINGRA_SOAK_INJECT=hang,reset,plain500,wrong,foreign,cut,steal is a self-check of the classifier,
  * not a soak: laptop-t2 misbehaves on some GETs and t4's intercept is deleted behind its back;
- * each shows up in the report as what it is (504/502 clean, unclean, misrouted, a finding).
+ * each shows up in the report as what it is (504/502 clean, unclean, misrouted, cross-tenant, a
+ * finding).
  *
  * Options: --duration S (60), --rate N (150 requests/s at most), --concurrency N (32 in flight at
  * most), --timeout S (10, per request), --lease-ttl S (10), --restart-down S (3), --crash,
@@ -163,6 +164,12 @@ async function serviceMain(label, port) {
         const size = Number(new URL(req.url ?? '/', 'http://x').searchParams.get('size') ?? 0) || 0;
         res.writeHead(200, { ...head, 'x-served-by': 'laptop-t9', 'content-length': size });
         return void res.end(Buffer.alloc(size, 'w'));
+      }
+      if (what === 'foreign') {
+        // A whole, right-party answer, but the service believed it served someone else.
+        const size = Number(new URL(req.url ?? '/', 'http://x').searchParams.get('size') ?? 0) || 0;
+        res.writeHead(200, { ...head, 'x-soak-cgi-tenant': 't9', 'content-length': size });
+        return void res.end(Buffer.alloc(size, 'f'));
       }
       if (what === 'cut') {
         // Headers and half the body, then the connection dies: the caller must not see a whole body.
@@ -309,7 +316,7 @@ async function main() {
    */
   const SMUGGLES = ['twin', 'twin+connection', 'connection'];
   /**
-   * Self-check of the classifier, never for a real run: KELSINGRA_SOAK_INJECT=hang,reset,plain500,wrong,cut
+   * Self-check of the classifier, never for a real run: KELSINGRA_SOAK_INJECT=hang,reset,plain500,wrong,foreign,cut
    * makes laptop-t2 misbehave on one GET in 50 per fault listed; steal deletes t4's intercept
    * behind its client's back. Each must show up in the report as what it is.
    */
