@@ -1429,7 +1429,9 @@ async function main() {
           answeredP99MsBefore: p99In(before),
           answeredP99MsDuring: p99In(during),
         };
-        t.held = t.servedPerSecBefore ? t.servedPerSecDuring / t.servedPerSecBefore : undefined;
+        // Above --rate, the window before was catching up on a slow start: the rate is the mark then.
+        const mark = Math.min(t.servedPerSecBefore, opts.rate);
+        t.held = mark ? t.servedPerSecDuring / mark : undefined;
         phases.trickle = t;
         log(
           `\nTrickle: ${trickles.length} slow uploads for ${TRICKLE_TENANT} to replica ${tw.replica} (1 MiB announced, a byte every ${opts['trickle-interval']} s), ${fmtT(tw.start)} – ${fmtT(te)}:`,
