@@ -3,13 +3,14 @@
  * Kelsingra benchmarks, all in one run on one machine (see docs/BENCHMARKS.md).
  *
  *   npm run bench                                  all three benchmarks
- *   npm run bench -- passthrough intercept         a subset (passthrough, intercept, transfer)
+ *   npm run bench -- passthrough intercept         a subset (passthrough, intercept, transfer, liveview, trickle)
  *   node scripts/bench/run.mjs --rounds 1 --duration 10 --profile /tmp/prof --json out.json
  *
  * Options: --rounds N (3; medians are reported), --duration S (5; per wrk measurement),
  * --warmup S (2), --conns N (50), --bytes N (1 GiB per transfer direction),
  * --upstream nginx|node (nginx: the fast upstream for the pass-through benchmark),
  * --profile DIR (server and client agents run with --cpu-prof, profiles land in DIR),
+ * --trickles N (1000 slow uploads of one tenant in the trickle benchmark),
  * --json FILE (raw results).
  *
  * Every process it needs (nginx, upstream, proxies, server agent, client agent) is started
@@ -20,6 +21,7 @@
 import { spawnSync } from 'node:child_process';
 import { chmodSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import http from 'node:http';
+import net from 'node:net';
 import os from 'node:os';
 import { join, resolve } from 'node:path';
 import {
@@ -60,7 +62,9 @@ const HOLDER = `bench-${process.pid}@${os.hostname()}`;
 
 // ---------------------------------------------------------------- options
 
-const BENCHES = ['passthrough', 'intercept', 'transfer', 'liveview'];
+const USAGE =
+  'run.mjs [passthrough] [intercept] [transfer] [liveview] [trickle] [--rounds N] [--duration S] [--warmup S] [--conns N] [--bytes N] [--upstream nginx|node] [--trickles N] [--profile DIR] [--json FILE]';
+const BENCHES = ['passthrough', 'intercept', 'transfer', 'liveview', 'trickle'];
 const opts = parseOptions(
   process.argv.slice(2),
   {
@@ -70,10 +74,11 @@ const opts = parseOptions(
     conns: 50,
     bytes: 1024 ** 3,
     upstream: 'nginx',
+    trickles: 1000,
     profile: '',
     json: '',
   },
-  'run.mjs [passthrough] [intercept] [transfer] [liveview] [--rounds N] [--duration S] [--warmup S] [--conns N] [--bytes N] [--upstream nginx|node] [--profile DIR] [--json FILE]',
+  USAGE,
   BENCHES,
 );
 const benches = opts._;
@@ -85,9 +90,7 @@ if (opts.profile) {
 }
 
 function usage(msg) {
-  console.error(
-    `${msg}\nusage: run.mjs [passthrough] [intercept] [transfer] [liveview] [--rounds N] [--duration S] [--warmup S] [--conns N] [--bytes N] [--upstream nginx|node] [--profile DIR] [--json FILE]`,
-  );
+  console.error(`${msg}\nusage: ${USAGE}`);
   process.exit(2);
 }
 
@@ -534,6 +537,115 @@ async function benchLiveView() {
   };
 }
 
+// ---------------------------------------------------------------- 5. one tenant's slow uploads
+
+/**
+ * `n` uploads of `tenant` to `url` announcing 1 MB and sending a byte every 10 s, each on its
+ * own connection, opened in batches the listen backlog takes. Each records how it ended.
+ */
+async function trickles(url, tenant, n) {
+  const { hostname, port } = new URL(url);
+  const state = { answered: new Map(), ended: 0, list: [] };
+  for (let i = 0; i < n; i++) {
+    const socket = net.connect(Number(port), hostname);
+    let timer;
+    let head = '';
+    let ended = false;
+    const end = () => {
+      clearInterval(timer);
+      if (!ended) state.ended++;
+      ended = true;
+    };
+    socket.on('connect', () => {
+      socket.write(
+        `POST /upload HTTP/1.1\r\nhost: billing\r\nx-kelsingra-service: billing\r\nx-tenant-id: ${tenant}\r\ncontent-length: 1000000\r\n\r\nx`,
+      );
+      timer = setInterval(() => socket.write('x'), 10_000);
+    });
+    socket.on('data', (c) => {
+      if (head.includes('\r\n\r\n')) return;
+      head += c.toString('latin1');
+      if (!head.includes('\r\n\r\n')) return;
+      end();
+      const what =
+        `${head.split(' ')[1]} ${/^x-kelsingra-error: (.*)$/im.exec(head)?.[1]?.trim() ?? ''}`.trim();
+      state.answered.set(what, (state.answered.get(what) ?? 0) + 1);
+    });
+    socket.on('error', () => undefined);
+    socket.on('close', end);
+    state.list.push(socket);
+    if (i % 100 === 99) await sleep(50);
+  }
+  return {
+    state,
+    held: () => n - state.ended,
+    close: () => {
+      for (const s of state.list) s.destroy();
+    },
+  };
+}
+
+async function benchTrickle() {
+  log(
+    `\n== 5. Slow uploads: another tenant's req/s (wrk -t1 -c${opts.conns}, ${opts.duration} s) without and with ${opts.trickles} uploads of one tenant sending a byte every 10 s; ${opts.rounds} rounds (median)`,
+  );
+  // nginx holds an upload until it has the whole body (request buffering), as a service would.
+  const upPort = await freePort();
+  await startNginx(
+    WORK,
+    'nginx-upstream-trickle',
+    `  server {
+    listen 127.0.0.1:${upPort};
+    location / { default_type text/plain; return 200 "${SMALL_BODY.replace('\n', '\\n')}"; }
+    location /upload { proxy_pass http://127.0.0.1:${upPort}/; }
+  }`,
+    [`http://127.0.0.1:${upPort}/`],
+  );
+  const ks = await startKelsingra('trickle', `http://127.0.0.1:${upPort}`);
+  const headers = VIA('quiet');
+  const url = `${ks.data}/`;
+  await waitHttp(url, headers, (r) => r.status === 200 && r.text === SMALL_BODY, 'kelsingra (trickle)');
+  const rounds = [];
+  for (let round = 1; round <= opts.rounds; round++) {
+    await wrk(url, { conns: opts.conns, seconds: opts.warmup, headers });
+    const cpu0 = cpuSeconds(ks.proc.pid);
+    const alone = await wrk(url, { conns: opts.conns, seconds: opts.duration, headers });
+    const cpuAlone = (cpuSeconds(ks.proc.pid) - cpu0) / alone.requests;
+    const hog = await trickles(ks.data, 'hog', opts.trickles);
+    // Until each upload is either held (and has sent its first byte) or refused.
+    await sleep(2_000);
+    const cpu1 = cpuSeconds(ks.proc.pid);
+    const during = await wrk(url, { conns: opts.conns, seconds: opts.duration, headers });
+    const cpuDuring = (cpuSeconds(ks.proc.pid) - cpu1) / during.requests;
+    const held = hog.held();
+    const answered = Object.fromEntries(hog.state.answered);
+    hog.close();
+    await sleep(1_000);
+    const ratio = during.rps / alone.rps;
+    rounds.push({
+      alone: alone.rps,
+      during: during.rps,
+      ratio,
+      p99Alone: alone.p99,
+      p99During: during.p99,
+      held,
+      answered,
+    });
+    log(
+      `  round ${round} alone ${fmt(alone.rps, 0)} req/s  with trickle ${fmt(during.rps, 0)} req/s  ratio ${fmt(ratio, 3)}  p99 ${fmt(alone.p99, 2)} → ${fmt(during.p99, 2)} ms  server CPU/req ${fmt(cpuAlone * 1e6, 0)} → ${fmt(cpuDuring * 1e6, 0)} µs  slow uploads held ${held}, answered ${JSON.stringify(answered)}`,
+    );
+  }
+  const res = {
+    alone: median(rounds.map((r) => r.alone)),
+    during: median(rounds.map((r) => r.during)),
+    ratio: median(rounds.map((r) => r.ratio)),
+    cpuRatio: median(rounds.map((r) => r.cpuDuring / r.cpuAlone)),
+    rounds,
+  };
+  await stopAll();
+  return res;
+}
+
 // ---------------------------------------------------------------- report
 
 const ok = (pass) => (pass ? 'met' : 'MISSED');
@@ -649,6 +761,32 @@ function report(results) {
     rows.push(['4. live view req/s / --json req/s', fmt(ratio, 2), '≥ 0.90', ok(ratio >= 0.9)]);
     rows.push(['4. live view idle CPU (%)', fmt(v.idleCpu, 2), '≈ 0', ok(v.idleCpu < 1)]);
   }
+  const k = results.trickle;
+  if (k) {
+    log(
+      `\nSlow uploads (${opts.trickles} of one tenant; another tenant's req/s, wrk -t1 -c${opts.conns}, medians of ${opts.rounds}):`,
+    );
+    log(
+      table([
+        ['Another tenant', 'req/s'],
+        ['alone', fmt(k.alone, 0)],
+        [`with ${opts.trickles} slow uploads of one tenant`, fmt(k.during, 0)],
+      ]),
+    );
+    rows.push([
+      "5. another tenant's req/s with the slow uploads / without",
+      fmt(k.ratio, 2),
+      '≥ 0.95',
+      ok(k.ratio >= 0.95),
+    ]);
+    // On a loaded machine req/s drifts more than the slow uploads cost; CPU per request does not.
+    rows.push([
+      '5. server CPU per request with the slow uploads / without',
+      fmt(k.cpuRatio, 2),
+      '≤ 1.05',
+      ok(k.cpuRatio <= 1.05),
+    ]);
+  }
   log(
     `\nSummary (${os.cpus().length} cores, ${os.cpus()[0]?.model ?? 'unknown CPU'}, Node ${process.versions.node}; wrk -t1 competes with the proxy for the cores; load average at start ${results.loadStart}, at end ${os.loadavg()[0].toFixed(2)}):`,
   );
@@ -668,6 +806,7 @@ try {
   if (benches.includes('intercept')) results.intercept = await benchIntercept();
   if (benches.includes('transfer')) results.transfer = await benchTransfer();
   if (benches.includes('liveview')) results.liveview = await benchLiveView();
+  if (benches.includes('trickle')) results.trickle = await benchTrickle();
   report(results);
   if (opts.json) {
     for (const r of [results.passthrough, results.intercept])
