@@ -585,9 +585,15 @@ async function trickles(url, tenant, n) {
   };
 }
 
+/**
+ * Two identical server agents on one upstream, loaded at once by one wrk each as tenant
+ * "quiet"; in each round one of them (alternating) also has the slow uploads of tenant "hog".
+ * Loaded together, whatever else the machine does hits both alike: the ratio of their req/s is
+ * what the slow uploads cost, where two runs one after the other would differ by more.
+ */
 async function benchTrickle() {
   log(
-    `\n== 5. Slow uploads: another tenant's req/s (wrk -t1 -c${opts.conns}, ${opts.duration} s) without and with ${opts.trickles} uploads of one tenant sending a byte every 10 s; ${opts.rounds} rounds (median)`,
+    `\n== 5. Slow uploads: another tenant's req/s (wrk -t1 -c${opts.conns}, ${opts.duration} s) on two server agents loaded at once, one of them also with ${opts.trickles} uploads of one tenant sending a byte every 10 s; ${opts.rounds} rounds (median)`,
   );
   // nginx holds an upload until it has the whole body (request buffering), as a service would.
   const upPort = await freePort();
@@ -601,45 +607,54 @@ async function benchTrickle() {
   }`,
     [`http://127.0.0.1:${upPort}/`],
   );
-  const ks = await startKelsingra('trickle', `http://127.0.0.1:${upPort}`);
   const headers = VIA('quiet');
-  const url = `${ks.data}/`;
-  await waitHttp(url, headers, (r) => r.status === 200 && r.text === SMALL_BODY, 'kelsingra (trickle)');
+  const agents = [];
+  for (const name of ['a', 'b']) {
+    const ks = await startKelsingra(`trickle-${name}`, `http://127.0.0.1:${upPort}`);
+    await waitHttp(`${ks.data}/`, headers, (r) => r.status === 200 && r.text === SMALL_BODY, `agent ${name}`);
+    agents.push({ ks, url: `${ks.data}/` });
+  }
+  const load = (seconds) =>
+    Promise.all(
+      agents.map(async ({ ks, url }) => {
+        const cpu = cpuSeconds(ks.proc.pid);
+        const r = await wrk(url, { conns: opts.conns, seconds, headers });
+        return { ...r, cpuPerReq: (cpuSeconds(ks.proc.pid) - cpu) / r.requests };
+      }),
+    );
+  await load(opts.warmup);
   const rounds = [];
   for (let round = 1; round <= opts.rounds; round++) {
-    await wrk(url, { conns: opts.conns, seconds: opts.warmup, headers });
-    const cpu0 = cpuSeconds(ks.proc.pid);
-    const alone = await wrk(url, { conns: opts.conns, seconds: opts.duration, headers });
-    const cpuAlone = (cpuSeconds(ks.proc.pid) - cpu0) / alone.requests;
-    const hog = await trickles(ks.data, 'hog', opts.trickles);
+    const slow = round % 2;
+    const hog = await trickles(agents[slow].ks.data, 'hog', opts.trickles);
     // Until each upload is either held (and has sent its first byte) or refused.
     await sleep(2_000);
-    const cpu1 = cpuSeconds(ks.proc.pid);
-    const during = await wrk(url, { conns: opts.conns, seconds: opts.duration, headers });
-    const cpuDuring = (cpuSeconds(ks.proc.pid) - cpu1) / during.requests;
+    const results = await load(opts.duration);
     const held = hog.held();
     const answered = Object.fromEntries(hog.state.answered);
     hog.close();
     await sleep(1_000);
-    const ratio = during.rps / alone.rps;
-    rounds.push({
-      alone: alone.rps,
-      during: during.rps,
-      ratio,
-      p99Alone: alone.p99,
-      p99During: during.p99,
+    const [calm, trickled] = slow ? results : [results[1], results[0]];
+    const r = {
+      calm: calm.rps,
+      trickled: trickled.rps,
+      ratio: trickled.rps / calm.rps,
+      cpuRatio: trickled.cpuPerReq / calm.cpuPerReq,
+      p99Calm: calm.p99,
+      p99Trickled: trickled.p99,
       held,
       answered,
-    });
+    };
+    rounds.push(r);
     log(
-      `  round ${round} alone ${fmt(alone.rps, 0)} req/s  with trickle ${fmt(during.rps, 0)} req/s  ratio ${fmt(ratio, 3)}  p99 ${fmt(alone.p99, 2)} → ${fmt(during.p99, 2)} ms  server CPU/req ${fmt(cpuAlone * 1e6, 0)} → ${fmt(cpuDuring * 1e6, 0)} µs  slow uploads held ${held}, answered ${JSON.stringify(answered)}`,
+      `  round ${round} calm agent ${fmt(r.calm, 0)} req/s, agent with the slow uploads ${fmt(r.trickled, 0)} req/s: ratio ${fmt(r.ratio, 3)}  CPU/req ratio ${fmt(r.cpuRatio, 3)}  p99 ${fmt(r.p99Calm, 2)} / ${fmt(r.p99Trickled, 2)} ms  slow uploads held ${held}, answered ${JSON.stringify(answered)}`,
     );
   }
   const res = {
-    alone: median(rounds.map((r) => r.alone)),
-    during: median(rounds.map((r) => r.during)),
+    calm: median(rounds.map((r) => r.calm)),
+    trickled: median(rounds.map((r) => r.trickled)),
     ratio: median(rounds.map((r) => r.ratio)),
-    cpuRatio: median(rounds.map((r) => r.cpuDuring / r.cpuAlone)),
+    cpuRatio: median(rounds.map((r) => r.cpuRatio)),
     rounds,
   };
   await stopAll();
@@ -768,9 +783,9 @@ function report(results) {
     );
     log(
       table([
-        ['Another tenant', 'req/s'],
-        ['alone', fmt(k.alone, 0)],
-        [`with ${opts.trickles} slow uploads of one tenant`, fmt(k.during, 0)],
+        ['Tenant "quiet" on', 'req/s'],
+        ['the calm agent', fmt(k.calm, 0)],
+        [`the agent with ${opts.trickles} slow uploads of tenant "hog"`, fmt(k.trickled, 0)],
       ]),
     );
     rows.push([
