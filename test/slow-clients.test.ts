@@ -40,6 +40,13 @@ async function upstream() {
   return { ...up, state };
 }
 
+/** That upstream as service billing of a server agent started with `flags` besides. */
+async function startAgent(flags: string[] = []) {
+  const up = await upstream();
+  const server = await startServerProcess(['--service', `billing=${up.url}`, '--token', TOKEN, ...flags]);
+  return { up, server };
+}
+
 interface Trickle {
   /** Resolves with the status and error code of the answer, or `closed` if none came. */
   answer: Promise<{ status: number; code: string | undefined } | 'closed'>;
@@ -102,9 +109,8 @@ describe('one tenant of a service with a thousand slow uploads', () => {
   const trickles: Trickle[] = [];
 
   beforeAll(async () => {
-    up = await upstream();
     // The defaults: bodyIdleTimeout 30 s, tenantConcurrency 256.
-    server = await startServerProcess(['--service', `billing=${up.url}`, '--token', TOKEN]);
+    ({ up, server } = await startAgent());
   });
   afterAll(async () => {
     for (const t of trickles) t.close();
@@ -148,17 +154,7 @@ describe('slow bodies and the per-tenant share, with short limits', () => {
   let server: ServerProcess;
 
   beforeAll(async () => {
-    up = await upstream();
-    server = await startServerProcess([
-      '--service',
-      `billing=${up.url}`,
-      '--token',
-      TOKEN,
-      '--body-idle-timeout',
-      '1',
-      '--tenant-concurrency',
-      '3',
-    ]);
+    ({ up, server } = await startAgent(['--body-idle-timeout', '1', '--tenant-concurrency', '3']));
   });
   afterAll(async () => {
     await server?.stop();
