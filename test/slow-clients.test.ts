@@ -8,7 +8,10 @@ import net from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
   bodyJson,
+  clientEnv,
   closeServer,
+  interceptDetached,
+  killPid,
   listen,
   rawRequest,
   type ServerProcess,
@@ -152,26 +155,41 @@ describe('one tenant of a service with a thousand slow uploads', () => {
 describe('slow bodies and the per-tenant share, with short limits', () => {
   let up: Awaited<ReturnType<typeof upstream>>;
   let server: ServerProcess;
+  let local: Awaited<ReturnType<typeof listen>>;
+  const localWatch: UploadWatch = { bytes: 0, ended: false, aborted: false };
+  const agents: number[] = [];
 
   beforeAll(async () => {
     ({ up, server } = await startAgent(['--body-idle-timeout', '1', '--tenant-concurrency', '3']));
+    local = await listen((req, res) => watchUpload(req, res, localWatch));
+    await interceptDetached(clientEnv(server, TOKEN), 'billing', 'dev', local.port, (pid) =>
+      agents.push(pid),
+    );
   });
   afterAll(async () => {
+    for (const pid of agents) await killPid(pid);
     await server?.stop();
     await closeServer(up);
+    await closeServer(local);
   });
 
-  it('cuts a body that stops arriving with 408 body-timeout, and the upstream sees the upload aborted', async () => {
-    const started = performance.now();
-    const stalled = trickle(server.proxyPort, 't1', 60_000, 1_000, '/watched');
-    const answer = await Promise.race([stalled.answer, sleep(15_000).then(() => 'hung' as const)]);
-    stalled.close();
-    expect(answer).toEqual({ status: 408, code: 'body-timeout' });
-    // One second of silence, with room for a loaded machine, but not Node's 300 s.
-    expect(performance.now() - started).toBeGreaterThan(900);
-    await waitFor(() => up.state.watch.aborted, 10_000, 'the upstream to see the upload aborted');
-    expect(up.state.watch.ended).toBe(false);
-  });
+  it.each([
+    ['the upstream', 't1', () => up.state.watch],
+    ["the developer's local service (through the tunnel)", 'dev', () => localWatch],
+  ])(
+    'cuts a body that stops arriving with 408 body-timeout, and %s sees the upload aborted',
+    async (who, tenant, watch) => {
+      const started = performance.now();
+      const stalled = trickle(server.proxyPort, tenant, 60_000, 1_000, '/watched');
+      const answer = await Promise.race([stalled.answer, sleep(15_000).then(() => 'hung' as const)]);
+      stalled.close();
+      expect(answer).toEqual({ status: 408, code: 'body-timeout' });
+      // One second of silence, with room for a loaded machine, but not Node's 300 s.
+      expect(performance.now() - started).toBeGreaterThan(900);
+      await waitFor(() => watch().aborted, 10_000, `${who} to see the upload aborted`);
+      expect(watch().ended).toBe(false);
+    },
+  );
 
   it('lets a slow body through when it never pauses for the idle time', async () => {
     const slow = trickle(server.proxyPort, 't1', 250, 8);
