@@ -84,6 +84,14 @@ export default class Server extends BaseCommand {
       description:
         'largest request body the data port passes on, in bytes (default 104857600 = 100 MiB; 0: no limit)',
     }),
+    'body-idle-timeout': Flags.integer({
+      description:
+        'seconds the data port waits between request body bytes before it stops the upload with 408 (default 30; 0: no limit)',
+    }),
+    'tenant-concurrency': Flags.integer({
+      description:
+        'requests one routing key (tenant) may have in flight to one service; more get 429 (default 256; 0: no limit)',
+    }),
     'drain-timeout': Flags.integer({
       description:
         'seconds a stopping server (SIGTERM) lets requests in flight finish and tunnels move to another replica (default 20; 0: stop at once)',
@@ -128,6 +136,8 @@ export default class Server extends BaseCommand {
         maxBodyBytes: flags['max-body-bytes'],
         drainTimeout: flags['drain-timeout'],
         maxTunnelsPerToken: flags['max-tunnels-per-token'],
+        bodyIdleTimeout: flags['body-idle-timeout'],
+        tenantConcurrency: flags['tenant-concurrency'],
         services: flags.service ? servicesFromFlags(flags.service) : undefined,
       },
     });

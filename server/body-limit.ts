@@ -1,9 +1,11 @@
 /**
- * The data port's limit on request bodies (`maxBodyBytes`). Bodies stream, so memory is not
- * what it protects: it keeps accidental or hostile uploads from reaching services. A body
- * announced too large (Content-Length) is refused before a byte of it is read; one that
+ * The data port's limits on request bodies. Size (`maxBodyBytes`): bodies stream, so memory
+ * is not what it protects: it keeps accidental or hostile uploads from reaching services. A
+ * body announced too large (Content-Length) is refused before a byte of it is read; one that
  * streams (chunked) is counted as it flows, and the upstream sees the upload aborted, never
- * a truncated body that looks whole.
+ * a truncated body that looks whole. Silence (`bodyIdleTimeout`, nginx's client_body_timeout):
+ * a caller that stops sending mid-body would otherwise hold its upstream request for as long
+ * as it likes; past the idle time the upload is aborted the same way.
  */
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { PassThrough, Transform } from 'node:stream';
@@ -14,6 +16,20 @@ export class BodyTooLarge extends Error {
   constructor(readonly limit: number) {
     super(`request body over ${limit} bytes`);
   }
+}
+
+/** The caller sent nothing of its body for `idleMs` while Kelsingra was waiting for it. */
+export class BodyIdle extends Error {
+  override readonly name = 'BodyIdle';
+  constructor(readonly idleMs: number) {
+    super(`no request body bytes for ${idleMs} ms`);
+  }
+}
+
+/** What limitedBody enforces (0: that limit is off). */
+export interface BodyLimits {
+  maxBytes: number;
+  idleMs: number;
 }
 
 const HINT =
@@ -42,38 +58,75 @@ export function refuseAnnouncedBody(req: IncomingMessage, res: ServerResponse, m
   return true;
 }
 
-/** What the body is piped through on its way on: fails with BodyTooLarge at the first chunk past `max`. */
-export function limitedBody(max: number): Transform {
-  if (max <= 0) return new PassThrough();
+/**
+ * What the body is piped through on its way on: fails with BodyTooLarge at the first chunk
+ * past `maxBytes`, and with BodyIdle once the caller has sent nothing for `idleMs`.
+ */
+export function limitedBody({ maxBytes, idleMs }: BodyLimits): Transform {
+  if (maxBytes <= 0 && idleMs <= 0) return new PassThrough();
   let seen = 0;
-  return new Transform({
+  let timer: NodeJS.Timeout | undefined;
+  const body = new Transform({
     transform(chunk: Buffer, _encoding, done) {
+      timer?.refresh();
       seen += chunk.length;
-      if (seen > max) done(new BodyTooLarge(max));
+      if (maxBytes > 0 && seen > maxBytes) done(new BodyTooLarge(maxBytes));
       else done(null, chunk);
     },
+    flush(done) {
+      clearTimeout(timer);
+      done();
+    },
+    destroy(err, done) {
+      clearTimeout(timer);
+      done(err);
+    },
   });
+  if (idleMs > 0) {
+    timer = setTimeout(() => {
+      // Bytes still held here mean the upstream is not reading: the wait is its, not the caller's.
+      if (body.writableLength > 0 || body.readableLength > 0) timer?.refresh();
+      else body.destroy(new BodyIdle(idleMs));
+    }, idleMs);
+  }
+  return body;
 }
 
 /**
- * After the body went past the limit (the upstream's upload is already aborted): a 413 if the
- * caller has no answer yet, else the response is cut, as any failure mid-response is.
+ * After limitedBody failed (the upstream's upload is already aborted): a 413 or 408 if the
+ * caller has no answer yet, else the response is cut, as any failure mid-response is. False
+ * when `err` is not one of its errors.
  */
-export function answerTooLarge(req: IncomingMessage, res: ServerResponse, err: BodyTooLarge): void {
+export function answerBodyError(req: IncomingMessage, res: ServerResponse, err: unknown): boolean {
+  if (!(err instanceof BodyTooLarge) && !(err instanceof BodyIdle)) return false;
   // The rest of the upload goes nowhere; reading it while the answer goes out keeps the
   // connection from being reset under the answer.
   req.unpipe();
   req.resume();
   if (res.headersSent || res.destroyed) {
     res.destroy();
-    return;
+    return true;
   }
-  sendError(
-    res,
-    413,
-    'body-too-large',
-    `the request body went past ${err.limit} bytes, the most this server agent passes on; the upload was stopped`,
-    { limit: err.limit, hint: HINT },
-    { connection: 'close' },
-  );
+  if (err instanceof BodyTooLarge)
+    sendError(
+      res,
+      413,
+      'body-too-large',
+      `the request body went past ${err.limit} bytes, the most this server agent passes on; the upload was stopped`,
+      { limit: err.limit, hint: HINT },
+      { connection: 'close' },
+    );
+  else
+    sendError(
+      res,
+      408,
+      'body-timeout',
+      `the request body stopped arriving: nothing came for ${err.idleMs / 1000} s (bodyIdleTimeout), so the upload was stopped`,
+      {
+        limit: err.idleMs / 1000,
+        hint: 'the server agent waits up to bodyIdleTimeout (--body-idle-timeout) seconds between body bytes; send the body without pauses, or ask the platform team to raise it',
+      },
+      { connection: 'close' },
+    );
+  return true;
 }

@@ -255,6 +255,13 @@ export const serverConfigSchema = z
       .int()
       .min(0)
       .default(100 * 1024 * 1024),
+    /**
+     * Seconds the data port waits between request body bytes before it stops the upload and
+     * answers 408 (nginx's client_body_timeout; 0: no limit).
+     */
+    bodyIdleTimeout: z.coerce.number().min(0).default(30),
+    /** Requests one routing key may have in flight to one service; more get 429 (0: no limit). */
+    tenantConcurrency: z.coerce.number().int().min(0).default(256),
     /** Seconds a stopping server lets requests in flight finish and tunnels move (0: stop at once). */
     drainTimeout: z.coerce.number().min(0).default(20),
     /**
@@ -382,6 +389,8 @@ export const ENV_SETTINGS: Readonly<Record<string, string>> = {
   KELSINGRA_MAX_BODY_BYTES: 'maxBodyBytes',
   KELSINGRA_DRAIN_TIMEOUT: 'drainTimeout',
   KELSINGRA_MAX_TUNNELS_PER_TOKEN: 'maxTunnelsPerToken',
+  KELSINGRA_BODY_IDLE_TIMEOUT: 'bodyIdleTimeout',
+  KELSINGRA_TENANT_CONCURRENCY: 'tenantConcurrency',
 };
 
 /** A comma-separated variable as a list, blanks dropped. */

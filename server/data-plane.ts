@@ -30,6 +30,7 @@ import { requestTarget } from './request-target.js';
 import type { Route } from './route-table.js';
 import type { RouteResult, ServiceRouter } from './routing.js';
 import { type RoutingKeyOptions, routingKeyOf, routingKeyProblem } from './routing-keys.js';
+import { TenantShare } from './tenant-share.js';
 import { forwardThroughTunnel } from './tunnel-forward.js';
 import type { ClientTunnel, TunnelHub } from './tunnel-hub.js';
 import { relayUpgrade } from './upgrade-relay.js';
@@ -62,6 +63,10 @@ export interface DataPlaneDeps {
   maxBodyBytes?: number;
   /** Whether this replica is draining (its tunnels are moving to another one). */
   draining?: () => boolean;
+  /** Longest pause allowed between request body bytes, in ms (0 or absent: no limit). */
+  bodyIdleMs?: number;
+  /** Requests one routing key may have in flight to one service (0 or absent: no limit). */
+  tenantConcurrency?: number;
 }
 
 type Decision =
@@ -207,6 +212,8 @@ export function createDataPlane(deps: DataPlaneDeps): DataPlane {
   const { router, store, hub, passThrough, tenantHeader, serverId, timeoutMs, bus, log, metrics } = deps;
   const publish = (record: RequestRecord) => bus.publish(record);
   const maxBodyBytes = deps.maxBodyBytes ?? 0;
+  const bodyLimits = { maxBytes: maxBodyBytes, idleMs: deps.bodyIdleMs ?? 0 };
+  const share = new TenantShare(deps.tenantConcurrency ?? 0);
   const responses = new Set<ServerResponse>();
   const inFlight: InFlight = { responses, closing: false };
 
@@ -415,6 +422,12 @@ export function createDataPlane(deps: DataPlaneDeps): DataPlane {
   const send = (req: IncomingMessage, res: ServerResponse, inbound: Inbound, d: Decision) => {
     observe(req, res, inbound, d);
     if (d.kind !== 'error' && refuseAnnouncedBody(req, res, maxBodyBytes)) return;
+    // Requests without a routing key are the environment's own traffic, not one tenant's.
+    if (d.kind !== 'error' && d.key !== undefined) {
+      const hasBody =
+        req.headers['content-length'] !== undefined || req.headers['transfer-encoding'] !== undefined;
+      if (!share.admit(res, d.route.service.name, d.key, hasBody)) return;
+    }
     if (d.kind === 'error') sendError(res, d.status, d.code, d.message, d.extra);
     else if (d.kind === 'tunnel')
       forwardThroughTunnel(
@@ -427,7 +440,7 @@ export function createDataPlane(deps: DataPlaneDeps): DataPlane {
         timeoutMs,
         publish,
         inbound.requestId,
-        maxBodyBytes,
+        bodyLimits,
       );
     else if (d.kind === 'relay') relay(req, res, inbound.url, d);
     else if (d.kind === 'route') {
@@ -477,7 +490,17 @@ export function createDataPlane(deps: DataPlaneDeps): DataPlane {
   };
 
   const server = http.createServer(
-    { keepAliveTimeout: 65_000, headersTimeout: 30_000, maxHeaderSize: 32 * 1024 },
+    {
+      keepAliveTimeout: 65_000,
+      // Headers are small: a caller that has not sent them in 30 s is only holding a socket.
+      headersTimeout: 30_000,
+      // The whole request, body included (Node's own default, set here so it is a decision):
+      // a 100 MiB body (maxBodyBytes' default) at 1 MB/s fits. A caller that pauses mid-body
+      // is cut sooner by bodyIdleTimeout, and what a slow one holds meanwhile is its tenant's
+      // share only.
+      requestTimeout: 300_000,
+      maxHeaderSize: 32 * 1024,
+    },
     handle,
   );
   server.on('upgrade', (req: IncomingMessage, socket: Duplex, head: Buffer) => {

@@ -12,7 +12,7 @@ import type { Transform } from 'node:stream';
 import { Pool } from 'undici';
 import { forwardableResponseHeaders } from '../src/http-headers.js';
 import type { UpstreamHealth } from '../src/protocol.js';
-import { answerTooLarge, BodyTooLarge, limitedBody } from './body-limit.js';
+import { answerBodyError, type BodyLimits, limitedBody } from './body-limit.js';
 import { sendError } from './error-response.js';
 import { withRequestId } from './request-id.js';
 import { BODY_IDLE_MS } from './timeouts.js';
@@ -78,6 +78,8 @@ export interface PassThroughOptions {
   adHocIdleMs?: number;
   /** Largest request body passed on, in bytes (0 or absent: no limit). */
   maxBodyBytes?: number;
+  /** Longest pause allowed between request body bytes, in ms (0 or absent: no limit). */
+  bodyIdleMs?: number;
 }
 
 /** Long enough that a relay to a peer replica keeps its connections between bursts. */
@@ -101,7 +103,7 @@ export class PassThrough {
   private readonly connections = new Map<string, Pool>();
   private readonly pools = new Map<string, PoolEntry>();
   private readonly adHocIdleMs: number;
-  private readonly maxBodyBytes: number;
+  private readonly bodyLimits: BodyLimits;
   private sweeper?: NodeJS.Timeout;
 
   constructor(
@@ -110,7 +112,7 @@ export class PassThrough {
     options: PassThroughOptions = {},
   ) {
     this.adHocIdleMs = options.adHocIdleMs ?? AD_HOC_IDLE_MS;
-    this.maxBodyBytes = options.maxBodyBytes ?? 0;
+    this.bodyLimits = { maxBytes: options.maxBodyBytes ?? 0, idleMs: options.bodyIdleMs ?? 0 };
   }
 
   /**
@@ -179,7 +181,7 @@ export class PassThrough {
     // so one wrapper serves.
     let body: Transform | null = null;
     if (hasBody) {
-      body = limitedBody(this.maxBodyBytes);
+      body = limitedBody(this.bodyLimits);
       req.pipe(body);
       req.once('error', (err) => body?.destroy(err));
     }
@@ -203,11 +205,8 @@ export class PassThrough {
         },
         (err) => {
           if (!err) return;
-          // Past the limit undici has aborted the upload already; the caller hears why.
-          if (err instanceof BodyTooLarge) {
-            answerTooLarge(req, res, err);
-            return;
-          }
+          // Past a body limit undici has aborted the upload already; the caller hears why.
+          if (answerBodyError(req, res, err)) return;
           const code = (err as NodeJS.ErrnoException).code ?? '';
           const message = describeError(err);
           const connectError = CONNECT_ERRORS.has(code) && !abort.signal.aborted;
@@ -386,8 +385,11 @@ export class PassThrough {
   private connection(url: URL): Pool {
     let pool = this.connections.get(url.origin);
     if (!pool) {
+      // No cap on connections: with one, a tenant's held requests (slow uploads, long polls)
+      // queue every other tenant's behind them. What one caller may hold is the data port's
+      // per-tenant share (TenantShare) instead.
       pool = new Pool(url.origin, {
-        connections: 512,
+        connections: null,
         keepAliveTimeout: 30_000,
         headersTimeout: this.timeoutMs,
         bodyTimeout: BODY_IDLE_MS,

@@ -139,6 +139,7 @@ export async function startServer(
   const router = new ServiceRouter(config.services, config.previewUrl);
   const passThrough = new PassThrough(config.upstreamTimeout * 1000, log, {
     maxBodyBytes: config.maxBodyBytes,
+    bodyIdleMs: config.bodyIdleTimeout * 1000,
   });
   for (const name of router.names) passThrough.register(router.get(name) as UpstreamTarget);
 
@@ -245,6 +246,8 @@ export async function startServer(
     relaySecret: () => pgStore?.relaySecret,
     maxBodyBytes: config.maxBodyBytes,
     draining: () => drain.draining,
+    bodyIdleMs: config.bodyIdleTimeout * 1000,
+    tenantConcurrency: config.tenantConcurrency,
   });
   const control = createControlPlane({
     auth,

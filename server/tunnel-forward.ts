@@ -8,7 +8,7 @@ import type { OutgoingHttpHeaders } from 'node:http2';
 import { pipeUnlessReset } from '../src/h2-pipe.js';
 import { fromHttp2, maskSecretQuery, rawToObject } from '../src/http-headers.js';
 import { INTERCEPT_HEADER } from '../src/protocol.js';
-import { answerTooLarge, BodyTooLarge, limitedBody } from './body-limit.js';
+import { answerBodyError, type BodyLimits, limitedBody } from './body-limit.js';
 import { sendError } from './error-response.js';
 import type { RequestRecord } from './event-bus.js';
 import type { Intercept } from './intercept-store.js';
@@ -26,8 +26,8 @@ export function forwardThroughTunnel(
   timeoutMs: number,
   publish: (record: RequestRecord) => void,
   requestId: string,
-  /** Largest request body passed on (0: no limit). */
-  maxBodyBytes = 0,
+  /** Largest request body passed on, and longest pause in it (0: no limit). */
+  bodyLimits: BodyLimits = { maxBytes: 0, idleMs: 0 },
 ): void {
   const startedAt = Date.now();
   const t0 = performance.now();
@@ -109,12 +109,12 @@ export function forwardThroughTunnel(
     // 'close' follows and answers the caller; the error itself carries nothing more for them.
   });
 
-  if (hasBody && maxBodyBytes > 0) {
-    const body = limitedBody(maxBodyBytes);
-    // Past the limit the local service sees the stream reset, never a body that looks whole.
+  if (hasBody && (bodyLimits.maxBytes > 0 || bodyLimits.idleMs > 0)) {
+    const body = limitedBody(bodyLimits);
+    // Past a limit the local service sees the stream reset, never a body that looks whole.
     body.once('error', (err) => {
       cancel.abort();
-      if (err instanceof BodyTooLarge) answerTooLarge(req, res, err);
+      answerBodyError(req, res, err);
     });
     req.pipe(body).pipe(stream);
   } else if (hasBody) req.pipe(stream);
