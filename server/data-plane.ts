@@ -8,6 +8,7 @@ import { timingSafeEqual } from 'node:crypto';
 import http, { type IncomingMessage, type ServerResponse } from 'node:http';
 import type { Duplex } from 'node:stream';
 import type { Logger } from 'pino';
+import { AMBIGUOUS_HEADER, ambiguityRefusal, HeaderGuard, HTTP_GUARDED } from '../src/header-twins.js';
 import { appendForwarded, appendVia, forwardableRawHeaders, maskSecretQuery } from '../src/http-headers.js';
 import {
   GATEWAY_HOST_HEADER,
@@ -110,10 +111,10 @@ export interface DataPlane {
 /** Kelsingra's own gateway headers, never sent on. */
 const GATEWAY_ONLY = new Set(['host', GATEWAY_TOKEN_HEADER, GATEWAY_HOST_HEADER, RELAY_HEADER, HOP_HEADER]);
 
-/** Replaces every `name` line of a flat header list with one. */
-function setHeader(headers: string[], name: string, value: string): void {
+/** Replaces every `name` line of a flat header list with one (none when `value` is undefined). */
+function setHeader(headers: string[], name: string, value: string | undefined): void {
   for (let i = headers.length - 2; i >= 0; i -= 2) if (headers[i] === name) headers.splice(i, 2);
-  headers.push(name, value);
+  if (value !== undefined) headers.push(name, value);
 }
 
 function headerObject(raw: string[]): Record<string, string> {
@@ -181,6 +182,7 @@ export function createDataPlane(deps: DataPlaneDeps): DataPlane {
   const maxBodyBytes = deps.maxBodyBytes ?? 0;
   const responses = new Set<ServerResponse>();
   const inFlight: InFlight = { responses, closing: false };
+  const guard = new HeaderGuard([...HTTP_GUARDED, tenantHeader]);
 
   /** Where a request goes, the same for plain requests, upgrades and gateway calls. */
   const decide = (req: Inbound): Decision => {
@@ -192,6 +194,9 @@ export function createDataPlane(deps: DataPlaneDeps): DataPlane {
         message: `this request already passed through Kelsingra (${HOP_HEADER}: ${req.headers[HOP_HEADER]}); check that the reverse proxy rule skips requests carrying ${HOP_HEADER}`,
       };
     }
+    // Before anything reads a header: the service behind may read a twin Kelsingra would not.
+    const twin = guard.ambiguity(req.rawHeaders);
+    if (twin) return { kind: 'error', status: 400, code: AMBIGUOUS_HEADER, ...ambiguityRefusal(twin) };
     const route = router.route(req.headers, req.url);
     if (!route) {
       return {
@@ -202,7 +207,7 @@ export function createDataPlane(deps: DataPlaneDeps): DataPlane {
         extra: { services: router.names },
       };
     }
-    const headers = forwardableRawHeaders(req.rawHeaders, REWRITTEN);
+    const headers = forwardableRawHeaders(req.rawHeaders, REWRITTEN, guard);
     headers.push(
       'forwarded',
       appendForwarded(
@@ -228,12 +233,12 @@ export function createDataPlane(deps: DataPlaneDeps): DataPlane {
         extra: { hint: `send exactly one ${tenantHeader} header naming one tenant` },
       };
     }
-    // The key becomes the tenant header (and the baggage entry, when baggage is a source), so
-    // the services down the chain (and their calls through Kelsingra) carry that key on. A
+    // The key becomes the one tenant header (and the baggage entry, when baggage is a source),
+    // so the services down the chain (and their calls through Kelsingra) carry that key on. A
     // second key riding along would have them serve the request as another tenant than the
-    // one it was routed — and, through the gateway, authorised — for.
-    if (key !== undefined && routing?.source !== 'header' && req.headers[tenantHeader] !== key)
-      setHeader(headers, tenantHeader, key);
+    // one it was routed — and, through the gateway, authorised — for. Set here rather than
+    // kept as it came: whatever the caller's Connection line named, the target gets it.
+    setHeader(headers, tenantHeader, key);
     if (key !== undefined && deps.keys.order.includes('baggage')) {
       const carried = baggageEntry(req.headers.baggage, deps.keys.baggageKey);
       if (carried !== undefined && carried !== key)
