@@ -6,9 +6,12 @@
  * the tenant header does not take it away; the target sees one tenant header, the routed key.
  */
 import { writeFileSync } from 'node:fs';
+import http2 from 'node:http2';
+import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startClientGateway } from '../src/gateway-client.js';
+import { LocalForwarder } from '../src/local-forwarder.js';
 import {
   bodyJson,
   type Cleanup,
@@ -294,6 +297,44 @@ describe('header twins across replicas on PostgreSQL', () => {
     expectOneTenant(laptop.seen, 't1');
     expect(base.seen).toEqual([]);
   }, 60_000);
+});
+
+describe('the client agent before the local service', () => {
+  it('refuses a tunnelled request carrying two spellings of the tenant header, whatever a server let through', async () => {
+    const laptop = await recorder(cleanups);
+    const forwarder = new LocalForwarder(
+      { service: 'billing', tenant: 't1', port: laptop.port },
+      () => undefined,
+    );
+    cleanups.push(() => forwarder.close());
+    // The tunnel's HTTP/2 stream as the server agent opens it, from a server that did not check.
+    const tunnel = http2.createServer();
+    tunnel.on('stream', (stream, headers) => forwarder.serve(stream, headers));
+    await new Promise<void>((r) => tunnel.listen(0, '127.0.0.1', r));
+    cleanups.push(() => new Promise((r) => tunnel.close(r)));
+    const session = http2.connect(`http://127.0.0.1:${(tunnel.address() as AddressInfo).port}`);
+    cleanups.push(() => session.destroy());
+    const answer = (headers: http2.OutgoingHttpHeaders) =>
+      new Promise<{ status: number; code: unknown; body: string }>((resolve, reject) => {
+        const stream = session.request({ ':path': '/x', ...headers });
+        let body = '';
+        let status = 0;
+        let code: unknown;
+        stream.on('response', (h) => {
+          status = Number(h[':status']);
+          code = h['x-kelsingra-error'];
+        });
+        stream.on('data', (c: Buffer) => (body += c));
+        stream.on('end', () => resolve({ status, code, body }));
+        stream.on('error', reject);
+      });
+    const refused = await answer({ 'x-tenant-id': 't1', x_tenant_id: 'team-b-1' });
+    expect(refused).toMatchObject({ status: 400, code: 'ambiguous-header' });
+    expect(JSON.parse(refused.body)).toMatchObject({ header: 'x_tenant_id', twinOf: 'x-tenant-id' });
+    expect(laptop.seen).toEqual([]);
+    expect((await answer({ 'x-tenant-id': 't1' })).status).toBe(200);
+    expectOneTenant(laptop.seen, 't1');
+  });
 });
 
 // Node's own client must send the lines as given: the test relies on it.
