@@ -128,28 +128,17 @@ describe('header twins on one server: pass-through, route, tunnel, /v1/gateway, 
   };
 
   /** Each path: where to send, the header lines that pick it, and which target serves it. */
+  const dataPort = (name: string, key: string, target: typeof base) => ({
+    name,
+    url: `${server.data}/x`,
+    lines: ['x-kelsingra-service', 'billing'],
+    key,
+    target,
+  });
   const paths = () => [
-    {
-      name: 'pass-through',
-      url: `${server.data}/x`,
-      lines: ['x-kelsingra-service', 'billing'],
-      key: 'team-a-3',
-      target: base,
-    },
-    {
-      name: 'tenant route',
-      url: `${server.data}/x`,
-      lines: ['x-kelsingra-service', 'billing'],
-      key: 'team-a-9',
-      target: routed,
-    },
-    {
-      name: 'tunnel',
-      url: `${server.data}/x`,
-      lines: ['x-kelsingra-service', 'billing'],
-      key: 'team-a-7',
-      target: laptop,
-    },
+    dataPort('pass-through', 'team-a-3', base),
+    dataPort('tenant route', 'team-a-9', routed),
+    dataPort('tunnel', 'team-a-7', laptop),
     {
       name: '/v1/gateway',
       url: `${server.control}/v1/gateway/x`,
