@@ -111,10 +111,10 @@ export interface DataPlane {
 /** Kelsingra's own gateway headers, never sent on. */
 const GATEWAY_ONLY = new Set(['host', GATEWAY_TOKEN_HEADER, GATEWAY_HOST_HEADER, RELAY_HEADER, HOP_HEADER]);
 
-/** Replaces every `name` line of a flat header list with one (none when `value` is undefined). */
-function setHeader(headers: string[], name: string, value: string | undefined): void {
+/** Replaces every `name` line of a flat header list with one. */
+function setHeader(headers: string[], name: string, value: string): void {
   for (let i = headers.length - 2; i >= 0; i -= 2) if (headers[i] === name) headers.splice(i, 2);
-  if (value !== undefined) headers.push(name, value);
+  headers.push(name, value);
 }
 
 function headerObject(raw: string[]): Record<string, string> {
@@ -238,7 +238,7 @@ export function createDataPlane(deps: DataPlaneDeps): DataPlane {
     // second key riding along would have them serve the request as another tenant than the
     // one it was routed — and, through the gateway, authorised — for. Set here rather than
     // kept as it came: whatever the caller's Connection line named, the target gets it.
-    setHeader(headers, tenantHeader, key);
+    if (key !== undefined) setHeader(headers, tenantHeader, key);
     if (key !== undefined && deps.keys.order.includes('baggage')) {
       const carried = baggageEntry(req.headers.baggage, deps.keys.baggageKey);
       if (carried !== undefined && carried !== key)
