@@ -17,7 +17,7 @@ import {
   HOP_HEADER,
   RELAY_HEADER,
 } from '../src/protocol.js';
-import { baggageEntry, baggageSetTo } from '../src/w3c-context.js';
+import { baggageEntries, baggageEntry, baggageSetTo } from '../src/w3c-context.js';
 import type { Principal } from './auth.js';
 import { announcedTooLarge, refuseAnnouncedBody } from './body-limit.js';
 import { closeAfter, type InFlight } from './drain.js';
@@ -241,7 +241,11 @@ export function createDataPlane(deps: DataPlaneDeps): DataPlane {
     if (key !== undefined) setHeader(headers, tenantHeader, key);
     if (key !== undefined && deps.keys.order.includes('baggage')) {
       const carried = baggageEntry(req.headers.baggage, deps.keys.baggageKey);
-      if (carried !== undefined && carried !== key)
+      // A second member of that key rides along unseen: Kelsingra reads the first, others the last.
+      if (
+        carried !== undefined &&
+        (carried !== key || baggageEntries(req.headers.baggage, deps.keys.baggageKey) > 1)
+      )
         setHeader(headers, 'baggage', baggageSetTo(req.headers.baggage, deps.keys.baggageKey, key));
     }
     const intercept = key !== undefined ? store.find(route.service.name, key) : undefined;

@@ -235,6 +235,28 @@ describe('header twins on one server: pass-through, route, tunnel, /v1/gateway, 
     expectOneTenant(base.seen, 'team-a-3');
   });
 
+  it('a second tenant member in baggage does not go on: the target gets one, the routed key', async () => {
+    for (const p of paths()) {
+      clear();
+      const res = await send(p.url, [
+        ...p.lines,
+        'x-tenant-id',
+        p.key,
+        'baggage',
+        `tenant=${p.key},userId=42`,
+        'baggage',
+        'tenant=team-b-1',
+      ]);
+      expect(res.status, `${p.name}: ${res.body}`).toBe(200);
+      const members = cgiView(expectOneTenant(p.target.seen, p.key)).HTTP_BAGGAGE?.split(',');
+      expect(
+        members?.filter((m) => m.startsWith('tenant=')),
+        p.name,
+      ).toEqual([`tenant=${p.key}`]);
+      expect(members, p.name).toContain('userId=42');
+    }
+  });
+
   it('a duplicate tenant header line is refused as two keys; an upgrade with a twin is refused before it is relayed', async () => {
     clear();
     const dup = await send(`${server.data}/x`, [
