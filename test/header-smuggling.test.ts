@@ -127,6 +127,15 @@ describe('header twins on one server: pass-through, route, tunnel, /v1/gateway, 
     for (const r of [base, routed, laptop]) r.seen.length = 0;
   };
 
+  /** Sends path `p` its tenant and `extra`; served, its target saw one tenant header, the key: the CGI view of it. */
+  const served = async (p: ReturnType<typeof paths>[number], extra: string[]) => {
+    clear();
+    const res = await send(p.url, [...p.lines, 'x-tenant-id', p.key, ...extra]);
+    expect(res.status, `${p.name}: ${res.body}`).toBe(200);
+    expect(res.body.toString()).toBe('served');
+    return cgiView(expectOneTenant(p.target.seen, p.key));
+  };
+
   /** Each path: where to send, the header lines that pick it, and which target serves it. */
   const dataPort = (name: string, key: string, target: typeof base) => ({
     name,
@@ -199,11 +208,7 @@ describe('header twins on one server: pass-through, route, tunnel, /v1/gateway, 
 
   it('a Connection line naming the tenant header (and trace headers) does not take them away: one tenant header, the routed key', async () => {
     for (const p of paths()) {
-      clear();
-      const res = await send(p.url, [
-        ...p.lines,
-        'x-tenant-id',
-        p.key,
+      const cgi = await served(p, [
         'traceparent',
         '00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01',
         'baggage',
@@ -211,10 +216,6 @@ describe('header twins on one server: pass-through, route, tunnel, /v1/gateway, 
         'connection',
         'x-tenant-id, baggage, traceparent, x-request-id, x-kelsingra-service',
       ]);
-      expect(res.status, `${p.name}: ${res.body}`).toBe(200);
-      expect(res.body.toString()).toBe('served');
-      const raw = expectOneTenant(p.target.seen, p.key);
-      const cgi = cgiView(raw);
       expect(cgi.HTTP_TRACEPARENT, p.name).toMatch(/^00-4bf92f3577b34da6a3ce929d0e0e4736-/);
       expect(cgi.HTTP_BAGGAGE, p.name).toContain('team=blue');
       expect(cgi.HTTP_X_REQUEST_ID, p.name).toBeTruthy();
@@ -237,18 +238,8 @@ describe('header twins on one server: pass-through, route, tunnel, /v1/gateway, 
 
   it('a second tenant member in baggage does not go on: the target gets one, the routed key', async () => {
     for (const p of paths()) {
-      clear();
-      const res = await send(p.url, [
-        ...p.lines,
-        'x-tenant-id',
-        p.key,
-        'baggage',
-        `tenant=${p.key},userId=42`,
-        'baggage',
-        'tenant=team-b-1',
-      ]);
-      expect(res.status, `${p.name}: ${res.body}`).toBe(200);
-      const members = cgiView(expectOneTenant(p.target.seen, p.key)).HTTP_BAGGAGE?.split(',');
+      const cgi = await served(p, ['baggage', `tenant=${p.key},userId=42`, 'baggage', 'tenant=team-b-1']);
+      const members = cgi.HTTP_BAGGAGE?.split(',');
       expect(
         members?.filter((m) => m.startsWith('tenant=')),
         p.name,
