@@ -8,6 +8,7 @@ import { timingSafeEqual } from 'node:crypto';
 import http, { type IncomingMessage, type ServerResponse } from 'node:http';
 import type { Duplex } from 'node:stream';
 import type { Logger } from 'pino';
+import { AMBIGUOUS_HEADER, ambiguityRefusal, HeaderGuard, HTTP_GUARDED } from '../src/header-twins.js';
 import { appendForwarded, appendVia, forwardableRawHeaders, maskSecretQuery } from '../src/http-headers.js';
 import {
   GATEWAY_HOST_HEADER,
@@ -16,7 +17,7 @@ import {
   HOP_HEADER,
   RELAY_HEADER,
 } from '../src/protocol.js';
-import { baggageEntry, baggageSetTo } from '../src/w3c-context.js';
+import { baggageEntries, baggageEntry, baggageSetTo } from '../src/w3c-context.js';
 import type { Principal } from './auth.js';
 import { announcedTooLarge, refuseAnnouncedBody } from './body-limit.js';
 import { closeAfter, type InFlight } from './drain.js';
@@ -216,6 +217,7 @@ export function createDataPlane(deps: DataPlaneDeps): DataPlane {
   const share = new TenantShare(deps.tenantConcurrency ?? 0);
   const responses = new Set<ServerResponse>();
   const inFlight: InFlight = { responses, closing: false };
+  const guard = new HeaderGuard([...HTTP_GUARDED, tenantHeader]);
 
   /** Where a request goes, the same for plain requests, upgrades and gateway calls. */
   const decide = (req: Inbound): Decision => {
@@ -235,6 +237,9 @@ export function createDataPlane(deps: DataPlaneDeps): DataPlane {
         message: `this request already passed through Kelsingra (${HOP_HEADER}: ${req.headers[HOP_HEADER]}); check that the reverse proxy rule skips requests carrying ${HOP_HEADER}`,
       };
     }
+    // Before anything reads a header: the service behind may read a twin Kelsingra would not.
+    const twin = guard.ambiguity(req.rawHeaders);
+    if (twin) return { kind: 'error', status: 400, code: AMBIGUOUS_HEADER, ...ambiguityRefusal(twin) };
     const route = router.route(req.headers, req.url);
     if (!route) {
       return {
@@ -245,7 +250,7 @@ export function createDataPlane(deps: DataPlaneDeps): DataPlane {
         extra: { services: router.names },
       };
     }
-    const headers = forwardableRawHeaders(req.rawHeaders, REWRITTEN);
+    const headers = forwardableRawHeaders(req.rawHeaders, REWRITTEN, guard);
     headers.push(
       'forwarded',
       appendForwarded(
@@ -271,15 +276,19 @@ export function createDataPlane(deps: DataPlaneDeps): DataPlane {
         extra: { hint: `send exactly one ${tenantHeader} header naming one tenant` },
       };
     }
-    // The key becomes the tenant header (and the baggage entry, when baggage is a source), so
-    // the services down the chain (and their calls through Kelsingra) carry that key on. A
+    // The key becomes the one tenant header (and the baggage entry, when baggage is a source),
+    // so the services down the chain (and their calls through Kelsingra) carry that key on. A
     // second key riding along would have them serve the request as another tenant than the
-    // one it was routed — and, through the gateway, authorised — for.
-    if (key !== undefined && routing?.source !== 'header' && req.headers[tenantHeader] !== key)
-      setHeader(headers, tenantHeader, key);
+    // one it was routed — and, through the gateway, authorised — for. Set here rather than
+    // kept as it came: whatever the caller's Connection line named, the target gets it.
+    if (key !== undefined) setHeader(headers, tenantHeader, key);
     if (key !== undefined && deps.keys.order.includes('baggage')) {
       const carried = baggageEntry(req.headers.baggage, deps.keys.baggageKey);
-      if (carried !== undefined && carried !== key)
+      // A second member of that key rides along unseen: Kelsingra reads the first, others the last.
+      if (
+        carried !== undefined &&
+        (carried !== key || baggageEntries(req.headers.baggage, deps.keys.baggageKey) > 1)
+      )
         setHeader(headers, 'baggage', baggageSetTo(req.headers.baggage, deps.keys.baggageKey, key));
     }
     const intercept = key !== undefined ? store.find(route.service.name, key) : undefined;

@@ -5,6 +5,7 @@
  */
 import { Kafka, logLevel, Partitioners, type Producer } from 'kafkajs';
 import type { Logger } from 'pino';
+import { HeaderGuard } from '../src/header-twins.js';
 import { TopicMaker } from '../src/kafka-topic-maker.js';
 import {
   chunkBySize,
@@ -122,15 +123,13 @@ export async function startKafka(
           404,
         );
       const tenantHeader = config.topics[topic]?.tenantHeader ?? deps.tenantHeader;
+      const guard = new HeaderGuard([tenantHeader]);
       const all = messages.map((w) => {
         const m = fromWire(w);
-        // The developer's own copies of the tenant header and of Kelsingra's headers would let a
-        // message pose as another tenant or as already handled: only the ones set here count.
-        const headers = Object.fromEntries(
-          Object.entries(m.headers ?? {}).filter(
-            ([k]) => !k.toLowerCase().startsWith('x-kelsingra-') && k.toLowerCase() !== tenantHeader,
-          ),
-        );
+        // The developer's own copies of the tenant header and of Kelsingra's headers, in any
+        // spelling a consumer may fold into one (`x_tenant_id`), would let a message pose as
+        // another tenant or as already handled: only the ones set here count.
+        const headers = Object.fromEntries(Object.entries(m.headers ?? {}).filter(([k]) => !guard.covers(k)));
         m.headers = { ...headers, [tenantHeader]: intercept.tenant, [KAFKA_HOP_HEADER]: intercept.id };
         return m;
       });

@@ -3,6 +3,7 @@
  * are converted between HTTP/1.1 raw arrays and HTTP/2 header objects.
  */
 import type { IncomingHttpHeaders, OutgoingHttpHeaders } from 'node:http';
+import type { HeaderGuard } from './header-twins.js';
 
 /** RFC 9110 §7.6.1 connection-specific headers, plus the ones HTTP/2 forbids outright. */
 const HOP_BY_HOP = new Set([
@@ -35,8 +36,14 @@ function connectionTokens(value: string | undefined): Set<string> | undefined {
 /**
  * Filters Node's rawHeaders (`[name, value, name, value…]`, original case, duplicates kept)
  * into a flat list safe to forward. Keeps duplicates such as repeated Cookie lines intact.
+ * A Connection line never removes a header `guard` guards: the caller naming the tenant
+ * header there must not get it past routing, nor strip what Kelsingra reads.
  */
-export function forwardableRawHeaders(raw: string[], drop?: ReadonlySet<string>): string[] {
+export function forwardableRawHeaders(
+  raw: string[],
+  drop?: ReadonlySet<string>,
+  guard?: HeaderGuard,
+): string[] {
   let extra: Set<string> | undefined;
   // A request may carry several Connection lines; each one's names are hop-by-hop.
   for (let i = 0; i < raw.length; i += 2) {
@@ -48,7 +55,8 @@ export function forwardableRawHeaders(raw: string[], drop?: ReadonlySet<string>)
   const out: string[] = [];
   for (let i = 0; i < raw.length; i += 2) {
     const name = (raw[i] as string).toLowerCase();
-    if (HOP_BY_HOP.has(name) || extra?.has(name) || drop?.has(name)) continue;
+    if (HOP_BY_HOP.has(name) || drop?.has(name)) continue;
+    if (extra?.has(name) && !guard?.guards(name)) continue;
     out.push(name, raw[i + 1] as string);
   }
   return out;

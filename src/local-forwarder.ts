@@ -8,6 +8,7 @@ import { PassThrough } from 'node:stream';
 import { Pool } from 'undici';
 import type { HttpStartEvent, RequestEvent } from './events.js';
 import { pipeUnlessReset } from './h2-pipe.js';
+import { AMBIGUOUS_HEADER, ambiguityRefusal, HeaderGuard, HTTP_GUARDED } from './header-twins.js';
 import { forwardableResponseHeaders, fromHttp2, maskSecretHeaders, maskSecretQuery } from './http-headers.js';
 import { ERROR_HEADER, INTERCEPT_HEADER } from './protocol.js';
 
@@ -19,6 +20,13 @@ export interface LocalTarget {
   /** Put (masked) headers into request events; plain log lines do not show them. */
   withHeaders?: boolean;
 }
+
+/**
+ * The server refuses twins before a request enters the tunnel; the client checks again, as the
+ * local service is as likely as any to fold `x_tenant_id` into `x-tenant-id`. It does not know
+ * the tenant header's name, but the server always sets it, so a twin of it comes as a pair.
+ */
+const guard = new HeaderGuard(HTTP_GUARDED);
 
 export class LocalForwarder {
   private readonly pool: Pool;
@@ -91,6 +99,18 @@ export class LocalForwarder {
       });
     };
 
+    const twin = guard.ambiguity(Object.keys(headers).flatMap((name) => [name, '']));
+    if (twin) {
+      const { message, extra } = ambiguityRefusal(twin);
+      stream.on('error', () => {
+        // The refusal is all the caller gets; an upload it was still sending goes nowhere.
+      });
+      const answer = answerError(stream, 400, AMBIGUOUS_HEADER, message, extra);
+      bytesOut = answer.bytes;
+      finish(400, answer.headers, `ambiguous header ${twin.header}`);
+      return;
+    }
+
     // The caller hung up (the server reset the stream): stop the local request too.
     stream.on('close', () => {
       if (stream.rstCode !== http2.constants.NGHTTP2_NO_ERROR) abort.abort();
@@ -131,27 +151,36 @@ export class LocalForwarder {
         }
         const where = `127.0.0.1:${this.target.port}`;
         const reason = err.code === 'ECONNREFUSED' ? 'connection refused — is it running?' : err.message;
-        const body = JSON.stringify({
-          error: `Kelsingra: intercept ${interceptId} (${this.target.service}, tenant ${this.target.tenant}) could not reach the local service at ${where}: ${reason}`,
-          code: 'local-unreachable',
-          source: 'kelsingra',
-          intercept: interceptId,
-          localPort: this.target.port,
-        });
-        const responseHeaders = {
-          'content-type': 'application/json; charset=utf-8',
-          [ERROR_HEADER]: 'local-unreachable',
-        };
-        stream.respond({ ':status': 502, ...responseHeaders });
-        stream.end(body);
-        bytesOut = Buffer.byteLength(body);
-        finish(502, responseHeaders, reason);
+        const answer = answerError(
+          stream,
+          502,
+          'local-unreachable',
+          `intercept ${interceptId} (${this.target.service}, tenant ${this.target.tenant}) could not reach the local service at ${where}: ${reason}`,
+          { intercept: interceptId, localPort: this.target.port },
+        );
+        bytesOut = answer.bytes;
+        finish(502, answer.headers, reason);
       });
   }
 
   close(): Promise<void> {
     return this.pool.close();
   }
+}
+
+/** Kelsingra's own answer on a tunnelled stream, in the error envelope. */
+function answerError(
+  stream: ServerHttp2Stream,
+  status: number,
+  code: string,
+  message: string,
+  extra: Record<string, unknown>,
+): { headers: Record<string, string>; bytes: number } {
+  const body = JSON.stringify({ error: `Kelsingra: ${message}`, code, source: 'kelsingra', ...extra });
+  const headers = { 'content-type': 'application/json; charset=utf-8', [ERROR_HEADER]: code };
+  stream.respond({ ':status': status, ...headers });
+  stream.end(body);
+  return { headers, bytes: Buffer.byteLength(body) };
 }
 
 /**

@@ -23,6 +23,7 @@ import { acceptTunnels } from './gateway-connect.js';
 import { callerRefusal, corsHeaders, isPreflight, preflightHeaders, withCors } from './gateway-cors.js';
 import { sendJson, writeRaw } from './gateway-errors.js';
 import { type Target, targetOf, tunnelTarget } from './gateway-target.js';
+import { AMBIGUOUS_HEADER, ambiguityRefusal, HeaderGuard, HTTP_GUARDED } from './header-twins.js';
 import { forwardableRawHeaders, forwardableResponseHeaders, maskSecretQuery } from './http-headers.js';
 import { GATEWAY_HOST_HEADER, GATEWAY_PATH, GATEWAY_TOKEN_HEADER, SERVICE_HEADER } from './protocol.js';
 import { baggageEntry, newTraceparent, validTraceparent, withBaggage } from './w3c-context.js';
@@ -101,6 +102,7 @@ export async function startOutboundGateway(opts: GatewayOptions): Promise<Outbou
   });
   /** Known once listening, before any request can arrive. */
   let port = 0;
+  const guard = new HeaderGuard([...HTTP_GUARDED, opts.tenantHeader]);
 
   const handle = (req: IncomingMessage, res: ServerResponse) => {
     const startedAt = Date.now();
@@ -148,7 +150,18 @@ export async function startOutboundGateway(opts: GatewayOptions): Promise<Outbou
       record(400, sendJson(res, 400, 'no-target', target.reason, {}, corsOut), target.reason);
       return;
     }
-    forward(req, res, target, corsOut, record);
+    const twin = guard.ambiguity(req.rawHeaders);
+    if (twin) {
+      req.resume();
+      const { message, extra } = ambiguityRefusal(twin);
+      record(
+        400,
+        sendJson(res, 400, AMBIGUOUS_HEADER, message, extra, corsOut),
+        `ambiguous header ${twin.header}`,
+      );
+      return;
+    }
+    forward(req, res, target, corsOut, record, guard);
   };
 
   const forward = (
@@ -157,6 +170,7 @@ export async function startOutboundGateway(opts: GatewayOptions): Promise<Outbou
     target: Exclude<Target, { kind: 'none' }>,
     corsOut: Record<string, string> | undefined,
     record: Recorder,
+    guard: HeaderGuard,
   ) => {
     const hasBody =
       req.headers['content-length'] !== undefined || req.headers['transfer-encoding'] !== undefined;
@@ -168,7 +182,7 @@ export async function startOutboundGateway(opts: GatewayOptions): Promise<Outbou
       .request({
         method: req.method ?? 'GET',
         path: `${basePath}${GATEWAY_PATH}${target.path}`,
-        headers: routedHeaders(req, target, opts),
+        headers: routedHeaders(req, target, opts, guard),
         body: hasBody ? req : null,
         signal: abort.signal,
       })
@@ -270,17 +284,17 @@ function routedHeaders(
   req: IncomingMessage,
   target: Exclude<Target, { kind: 'none' }>,
   opts: GatewayOptions,
+  guard: HeaderGuard,
 ): string[] {
   const tenantHeader = opts.tenantHeader.toLowerCase();
-  const headers = forwardableRawHeaders(req.rawHeaders, DROPPED);
+  const headers = forwardableRawHeaders(req.rawHeaders, DROPPED, guard);
   const present = req.headers[tenantHeader];
   const hasHeader = typeof present === 'string' && present !== '';
   const tenant = (hasHeader ? present : baggageEntry(req.headers.baggage, opts.baggageKey)) || opts.tenant;
-  if (!hasHeader) {
-    // An empty one would shadow ours.
-    for (let i = headers.length - 2; i >= 0; i -= 2) if (headers[i] === tenantHeader) headers.splice(i, 2);
-    headers.push(tenantHeader, tenant);
-  }
+  // One line, set here: an empty one would shadow ours, and a caller's Connection line must
+  // not take it away (guarded above, and set again in any case).
+  for (let i = headers.length - 2; i >= 0; i -= 2) if (headers[i] === tenantHeader) headers.splice(i, 2);
+  headers.push(tenantHeader, tenant);
   if (validTraceparent(req.headers.traceparent)) {
     headers.push('traceparent', req.headers.traceparent.trim());
     const state = req.headers.tracestate;

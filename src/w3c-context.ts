@@ -65,6 +65,11 @@ export function baggageEntry(header: string | string[] | undefined, key: string)
   return undefined;
 }
 
+/** How many members are named `key`: readers disagree on which of several counts. */
+export function baggageEntries(header: string | string[] | undefined, key: string): number {
+  return baggageMembers(header).filter((m) => memberKey(m) === key).length;
+}
+
 /** W3C baggage values are percent-encoded outside baggage-octet, and `%` itself. */
 const encodeValue = (value: string) => encodeURIComponent(value);
 

@@ -522,8 +522,15 @@ describe('kafka intercepts', () => {
     const forwarded: Message[] = Array.from({ length: 50 }, (_, i) => ({
       key: `f${i % 5}`,
       value: `fwd:${i}`,
-      // Whatever tenant the local service wrote, dev gets the intercepted one.
-      headers: { 'x-origin': 'laptop', ...(i % 10 === 0 ? { [TENANT_HEADER]: 'someone-else' } : {}) },
+      // Whatever tenant the local service wrote, in any spelling a consumer folds into the
+      // tenant header (`x_tenant_id`), dev gets the intercepted one alone.
+      headers: {
+        'x-origin': 'laptop',
+        ...(i % 10 === 0 ? { [TENANT_HEADER]: 'someone-else' } : {}),
+        ...(i % 10 === 1
+          ? { [TENANT_HEADER.replaceAll('-', '_')]: 'someone-else', X_Kelsingra_Hop: 'x' }
+          : {}),
+      },
     }));
     await produce(out, forwarded);
     const isForwarded = (r: KafkaRecord) => r.value?.startsWith('fwd:');
@@ -546,6 +553,7 @@ describe('kafka intercepts', () => {
     expect(valuesOf(inDev)).toEqual(sortedValues(forwarded));
     for (const r of inDev) {
       expect(r.headers[TENANT_HEADER]).toBe('t5');
+      expect(Object.keys(r.headers).filter((k) => k.includes('_'))).toEqual([]);
       expect(r.headers['x-kelsingra-hop']).toBeTruthy();
       expect(r.headers['x-origin']).toBe('laptop');
       expect(r.key).toBe(`f${Number(r.value?.slice(4)) % 5}`);
