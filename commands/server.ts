@@ -84,6 +84,10 @@ export default class Server extends BaseCommand {
       description:
         'largest request body the data port passes on, in bytes (default 104857600 = 100 MiB; 0: no limit)',
     }),
+    'max-tunnel-streams': Flags.integer({
+      description:
+        'requests one developer tunnel carries at once; past it the data port answers 503 tunnel-streams-exhausted (default 10000)',
+    }),
     'drain-timeout': Flags.integer({
       description:
         'seconds a stopping server (SIGTERM) lets requests in flight finish and tunnels move to another replica (default 20; 0: stop at once)',
@@ -122,6 +126,7 @@ export default class Server extends BaseCommand {
         auditLog: flags['audit-log'],
         tls: tlsLayer(flags),
         maxBodyBytes: flags['max-body-bytes'],
+        maxTunnelStreams: flags['max-tunnel-streams'],
         drainTimeout: flags['drain-timeout'],
         services: flags.service ? servicesFromFlags(flags.service) : undefined,
       },

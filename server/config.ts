@@ -255,6 +255,8 @@ export const serverConfigSchema = z
       .int()
       .min(0)
       .default(100 * 1024 * 1024),
+    /** Requests one tunnel carries at once; past it the data port answers 503 tunnel-streams-exhausted. */
+    maxTunnelStreams: z.coerce.number().int().min(1).max(1_000_000).default(10_000),
     /** Seconds a stopping server lets requests in flight finish and tunnels move (0: stop at once). */
     drainTimeout: z.coerce.number().min(0).default(20),
   })
@@ -375,6 +377,7 @@ export const ENV_SETTINGS: Readonly<Record<string, string>> = {
   KELSINGRA_AUTH_FAILURE_WINDOW: 'authFailureWindow',
   KELSINGRA_AUDIT_LOG: 'auditLog',
   KELSINGRA_MAX_BODY_BYTES: 'maxBodyBytes',
+  KELSINGRA_MAX_TUNNEL_STREAMS: 'maxTunnelStreams',
   KELSINGRA_DRAIN_TIMEOUT: 'drainTimeout',
 };
 
