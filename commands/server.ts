@@ -92,6 +92,10 @@ export default class Server extends BaseCommand {
       description:
         'requests one routing key (tenant) may have in flight to one service; more get 429 (default 256; 0: no limit)',
     }),
+    'max-tunnel-streams': Flags.integer({
+      description:
+        'requests one developer tunnel carries at once; past it the data port answers 503 tunnel-streams-exhausted (default 10000)',
+    }),
     'drain-timeout': Flags.integer({
       description:
         'seconds a stopping server (SIGTERM) lets requests in flight finish and tunnels move to another replica (default 20; 0: stop at once)',
@@ -134,6 +138,7 @@ export default class Server extends BaseCommand {
         auditLog: flags['audit-log'],
         tls: tlsLayer(flags),
         maxBodyBytes: flags['max-body-bytes'],
+        maxTunnelStreams: flags['max-tunnel-streams'],
         drainTimeout: flags['drain-timeout'],
         maxTunnelsPerToken: flags['max-tunnels-per-token'],
         bodyIdleTimeout: flags['body-idle-timeout'],

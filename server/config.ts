@@ -262,6 +262,8 @@ export const serverConfigSchema = z
     bodyIdleTimeout: z.coerce.number().min(0).default(30),
     /** Requests one routing key may have in flight to one service; more get 429 (0: no limit). */
     tenantConcurrency: z.coerce.number().int().min(0).default(256),
+    /** Requests one tunnel carries at once; past it the data port answers 503 tunnel-streams-exhausted. */
+    maxTunnelStreams: z.coerce.number().int().min(1).max(1_000_000).default(10_000),
     /** Seconds a stopping server lets requests in flight finish and tunnels move (0: stop at once). */
     drainTimeout: z.coerce.number().min(0).default(20),
     /**
@@ -387,6 +389,7 @@ export const ENV_SETTINGS: Readonly<Record<string, string>> = {
   KELSINGRA_AUTH_FAILURE_WINDOW: 'authFailureWindow',
   KELSINGRA_AUDIT_LOG: 'auditLog',
   KELSINGRA_MAX_BODY_BYTES: 'maxBodyBytes',
+  KELSINGRA_MAX_TUNNEL_STREAMS: 'maxTunnelStreams',
   KELSINGRA_DRAIN_TIMEOUT: 'drainTimeout',
   KELSINGRA_MAX_TUNNELS_PER_TOKEN: 'maxTunnelsPerToken',
   KELSINGRA_BODY_IDLE_TIMEOUT: 'bodyIdleTimeout',

@@ -431,8 +431,10 @@ export function createDataPlane(deps: DataPlaneDeps): DataPlane {
   const send = (req: IncomingMessage, res: ServerResponse, inbound: Inbound, d: Decision) => {
     observe(req, res, inbound, d);
     if (d.kind !== 'error' && refuseAnnouncedBody(req, res, maxBodyBytes)) return;
-    // Requests without a routing key are the environment's own traffic, not one tenant's.
-    if (d.kind !== 'error' && d.key !== undefined) {
+    // The share guards what tenants have in common: the base upstream and a route's pool.
+    // A tunnel (or a relay to one) carries a single (service, tenant) and has its own limit,
+    // maxTunnelStreams. Requests without a routing key are the environment's own traffic.
+    if ((d.kind === 'pass' || d.kind === 'route') && d.key !== undefined) {
       const hasBody =
         req.headers['content-length'] !== undefined || req.headers['transfer-encoding'] !== undefined;
       if (!share.admit(res, d.route.service.name, d.key, hasBody)) return;

@@ -112,7 +112,14 @@ export async function startServer(
   } else {
     store = new MemoryInterceptStore(config.leaseTtl * 1000);
   }
-  const hub = new TunnelHub(store, serverId, config.heartbeatInterval * 1000, log, config.maxTunnelsPerToken);
+  const hub = new TunnelHub(
+    store,
+    serverId,
+    config.heartbeatInterval * 1000,
+    log,
+    config.maxTunnelStreams,
+    config.maxTunnelsPerToken,
+  );
   // The shared token set changed (another replica started with a new one): a token removed or
   // narrowed stops the tunnels and intercepts it already opened, not only new calls.
   store.on('tokens', (tokens) => {

@@ -45,12 +45,28 @@ export function forwardThroughTunnel(
   const hasBody =
     req.headers['content-length'] !== undefined || req.headers['transfer-encoding'] !== undefined;
   const name = `intercept ${intercept.id} (${intercept.service}, tenant ${intercept.tenant}, held by ${intercept.holder})`;
+  const limit = tunnel.streamLimitReached();
+  if (limit !== undefined) {
+    sendError(
+      res,
+      503,
+      'tunnel-streams-exhausted',
+      `${name}: its tunnel already carries ${limit} requests at once, the server agent's limit (maxTunnelStreams)`,
+      {
+        intercept: intercept.id,
+        maxTunnelStreams: limit,
+        hint: 'retry when some have finished, or raise --max-tunnel-streams on the server agent',
+      },
+      { 'retry-after': '1' },
+    );
+    return;
+  }
   let stream: http2.ClientHttp2Stream;
   // Aborting sends RST_STREAM(CANCEL) alone. stream.close(code) would first end the writable side,
   // so the local service could see END_STREAM (a truncated upload that looks whole) before the reset.
   const cancel = new AbortController();
   try {
-    stream = tunnel.session.request(h2headers, { endStream: !hasBody, signal: cancel.signal });
+    stream = tunnel.request(h2headers, { endStream: !hasBody, signal: cancel.signal });
   } catch (err) {
     sendError(
       res,
@@ -64,8 +80,12 @@ export function forwardThroughTunnel(
     return;
   }
 
+  // Our own timer rather than stream.setTimeout: when headers, body and END_STREAM arrive in one
+  // read, Node emits 'response' after the stream has closed, and a stream.setTimeout there re-arms
+  // a timer nothing clears, which held each request's stream, req and res for BODY_IDLE_MS.
+  // Activity either way keeps it from firing, as it did that one.
   // Waiting for the developer's service to answer is bounded like any upstream.
-  stream.setTimeout(timeoutMs, () => {
+  let idle = setTimeout(() => {
     if (!res.headersSent) {
       sendError(
         res,
@@ -78,22 +98,25 @@ export function forwardThroughTunnel(
       );
     }
     cancel.abort();
-  });
+  }, timeoutMs);
 
   stream.on('response', (responseHeaders) => {
     // From here the wait is for body bytes: bounded by the same idle limit as pass-through.
-    stream.setTimeout(BODY_IDLE_MS, () => cancel.abort());
+    clearTimeout(idle);
+    idle = setTimeout(() => cancel.abort(), BODY_IDLE_MS);
     const status = Number(responseHeaders[':status']);
     // The caller gets the id Kelsingra logged, whatever the local service answered.
     res.writeHead(status, withRequestId(res, fromHttp2(responseHeaders)));
     stream.on('data', (chunk: Buffer) => {
       bytesOut += chunk.length;
+      idle.refresh();
     });
     // A reset mid-body cuts the caller's connection: a truncated body must not look whole.
     pipeUnlessReset(stream, res);
   });
 
   stream.on('close', () => {
+    clearTimeout(idle);
     if (res.headersSent) return;
     sendError(
       res,
@@ -118,6 +141,7 @@ export function forwardThroughTunnel(
     });
     req.pipe(body).pipe(stream);
   } else if (hasBody) req.pipe(stream);
+  if (hasBody) req.on('data', () => idle.refresh());
   res.on('close', () => {
     const complete = res.writableFinished;
     if (!complete && !stream.closed) cancel.abort();

@@ -30,6 +30,8 @@ export class ClientTunnel {
   readonly session: ClientHttp2Session;
   /** Why the HTTP/2 session failed, if it did (bytes that are not HTTP/2, say): for the log. */
   failure?: Error;
+  /** Requests on the tunnel not yet closed. */
+  private streams = 0;
 
   constructor(
     readonly clientKey: string,
@@ -38,6 +40,8 @@ export class ClientTunnel {
     public principal: Principal,
     readonly ws: WebSocket,
     onControl: (tunnel: ClientTunnel, text: string) => void,
+    /** Requests the tunnel carries at once (the server's maxTunnelStreams). */
+    readonly maxStreams: number,
   ) {
     this.tunnelId = tunnelIdOf(clientKey);
     const duplex = webSocketDuplex(ws, (text) => onControl(this, text));
@@ -45,7 +49,7 @@ export class ClientTunnel {
       createConnection: () => duplex,
       settings: H2_SETTINGS,
       maxSessionMemory: 64,
-      peerMaxConcurrentStreams: 10_000,
+      peerMaxConcurrentStreams: maxStreams,
     });
     this.session.on('connect', () => this.session.setLocalWindowSize(SESSION_WINDOW));
     // A session error surfaces on every open stream; the session itself just closes. The
@@ -59,6 +63,26 @@ export class ClientTunnel {
 
   send(message: ServerControl): void {
     if (this.ws.readyState === WebSocket.OPEN) this.ws.send(JSON.stringify(message));
+  }
+
+  /**
+   * The limit on requests at once, if the tunnel is at it: the configured one, or a lower one
+   * an older client agent announced (10,000), past which HTTP/2 would queue streams unseen.
+   */
+  streamLimitReached(): number | undefined {
+    const limit = Math.min(this.maxStreams, this.session.remoteSettings?.maxConcurrentStreams ?? Infinity);
+    return this.streams >= limit ? limit : undefined;
+  }
+
+  /** Opens a stream, counted until it closes. */
+  request(
+    headers: http2.OutgoingHttpHeaders,
+    options: http2.ClientSessionRequestOptions,
+  ): http2.ClientHttp2Stream {
+    const stream = this.session.request(headers, options);
+    this.streams++;
+    stream.once('close', () => this.streams--);
+    return stream;
   }
 
   get open(): boolean {
@@ -81,6 +105,7 @@ export class TunnelHub {
     private readonly replicaId: string,
     private readonly heartbeatMs: number,
     private readonly log: Logger,
+    private readonly maxStreams: number,
     /** Tunnels one token may hold open here (0: no limit). */
     private readonly maxPerToken = 0,
   ) {
@@ -134,7 +159,14 @@ export class TunnelHub {
         this.log.info({ tunnel: previous.tunnelId }, 'client reconnected; closing its previous tunnel');
         previous.ws.terminate();
       }
-      const tunnel = new ClientTunnel(clientKey, holder, principal, ws, (t, text) => this.onControl(t, text));
+      const tunnel = new ClientTunnel(
+        clientKey,
+        holder,
+        principal,
+        ws,
+        (t, text) => this.onControl(t, text),
+        this.maxStreams,
+      );
       this.tunnels.set(clientKey, tunnel);
       ws.on('pong', () => {
         tunnel.alive = true;

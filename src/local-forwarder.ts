@@ -36,8 +36,10 @@ export class LocalForwarder {
     private readonly target: LocalTarget,
     private readonly onEvent: (event: HttpStartEvent | RequestEvent) => void,
   ) {
+    // No cap on connections: each tunnelled stream needs one while its response lasts (HTTP/1.1),
+    // and a capped pool made the rest wait past the server's timeout (a 504 naming no limit).
+    // The HTTP/2 windows already bound each stream's memory.
     this.pool = new Pool(`http://${target.host ?? '127.0.0.1'}:${target.port}`, {
-      connections: 256,
       keepAliveTimeout: 10_000,
       // The server agent bounds the wait for a response; this only stops a stuck socket living forever.
       headersTimeout: 10 * 60_000,

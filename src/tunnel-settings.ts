@@ -8,7 +8,10 @@ export const SESSION_WINDOW = 8 << 20;
 
 export const H2_SETTINGS = {
   initialWindowSize: STREAM_WINDOW,
-  maxConcurrentStreams: 10_000,
+  // The server agent opens every stream and enforces its own configured limit (maxTunnelStreams),
+  // answering a clear 503 past it; a lower one announced here would only queue streams inside
+  // HTTP/2 until the caller got a 504.
+  maxConcurrentStreams: 2 ** 32 - 1,
   maxFrameSize: 64 * 1024,
   enablePush: false,
 };
