@@ -138,8 +138,11 @@ export class InterceptSession extends EventEmitter<{ event: [SessionEvent] }> {
       }
       await session.tunnel.start();
       await session.register();
+      // Renewing starts as soon as the lease exists: nothing after this point may hold it up.
+      session.startRenewing();
       await session.kafka?.startForwarding(session.api, () => session.intercept.id);
     } catch (err) {
+      clearInterval(session.renewTimer);
       session.tunnel.close();
       await session.kafka?.close().catch(() => {
         // Failing to start is what the caller hears about; a failed disconnect adds nothing.
@@ -155,13 +158,16 @@ export class InterceptSession extends EventEmitter<{ event: [SessionEvent] }> {
       },
       (event) => session.emit('event', event),
     );
-    const renewEvery = Math.max(250, Math.floor(session.tunnel.leaseTtlMs / 3));
-    session.renewTimer = setInterval(() => {
+    return session;
+  }
+
+  private startRenewing(): void {
+    const renewEvery = Math.max(250, Math.floor(this.tunnel.leaseTtlMs / 3));
+    this.renewTimer = setInterval(() => {
       // While a reconnect re-registers, the old id may be unknown to the server: renewing it
       // then would read as a lost lease.
-      if (!session.registering) session.tunnel.send({ type: 'renew', ids: [session.intercept.id] });
+      if (!this.registering) this.tunnel.send({ type: 'renew', ids: [this.intercept.id] });
     }, renewEvery);
-    return session;
   }
 
   /** `reassert`: after a reconnect, when the lease is still ours and worth waiting for. */
