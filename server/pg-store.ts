@@ -289,11 +289,15 @@ export class PgInterceptStore extends EventEmitter<StoreEvents> implements Inter
           ? 'catching up with PostgreSQL after an outage'
           : `PostgreSQL is unreachable: ${this.degradedReason}`,
       );
-    const id = `icp_${randomBytes(6).toString('hex')}`;
+    const fresh = `icp_${randomBytes(6).toString('hex')}`;
+    // A client back after its lease lapsed asks for its old id; another intercept holding that
+    // id (it was never its to ask for, then) makes the insert fail on the primary key.
+    const id = input.id ?? fresh;
     // One statement decides: a new (service, tenant) is inserted; the same client re-asserting
-    // keeps its id; another client's lapsed lease is taken over under a new id; a live lease
-    // held by someone else is left alone and no row comes back.
-    const { rows } = await this.query<Row>(
+    // keeps its id (and its created_at, which is how `renewed` is told apart below); another
+    // client's lapsed lease is taken over under a new id; a live lease held by someone else is
+    // left alone and no row comes back.
+    const result = await this.query<Row & { renewed: boolean }>(
       `INSERT INTO kelsingra_intercepts AS i
          (id, service, tenant, holder, token_name, client_key, local_port, replica_id, expires_at, kafka_topics)
        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, now() + $9 * interval '1 millisecond', $10)
@@ -305,7 +309,7 @@ export class PgInterceptStore extends EventEmitter<StoreEvents> implements Inter
          local_port = EXCLUDED.local_port, replica_id = EXCLUDED.replica_id, expires_at = EXCLUDED.expires_at,
          kafka_topics = EXCLUDED.kafka_topics
        WHERE i.client_key = EXCLUDED.client_key OR i.expires_at <= now()
-       RETURNING *`,
+       RETURNING *, created_at < now() AS renewed`,
       [
         id,
         input.service,
@@ -318,11 +322,17 @@ export class PgInterceptStore extends EventEmitter<StoreEvents> implements Inter
         this.ttlMs,
         input.kafkaTopics,
       ],
-    );
-    const row = rows[0];
+    ).catch((err: { code?: string; constraint?: string }) => {
+      if (input.id && err.code === '23505' && err.constraint === 'kelsingra_intercepts_pkey')
+        return undefined;
+      throw err;
+    });
+    if (!result) return this.decideCreate({ ...input, id: undefined });
+    const row = result.rows[0];
     if (row) {
-      const intercept = this.applyUpsert(row);
-      return { ok: true, intercept, renewed: row.id !== id };
+      const { renewed, ...fields } = row;
+      const intercept = this.applyUpsert(fields);
+      return { ok: true, intercept, renewed };
     }
     const holder = await this.query<Row>(
       'SELECT * FROM kelsingra_intercepts WHERE service = $1 AND tenant = $2',

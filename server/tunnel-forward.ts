@@ -63,6 +63,7 @@ export function forwardThroughTunnel(
     );
     return;
   }
+  tunnel.probe();
 
   // Waiting for the developer's service to answer is bounded like any upstream.
   stream.setTimeout(timeoutMs, () => {
@@ -95,6 +96,16 @@ export function forwardThroughTunnel(
 
   stream.on('close', () => {
     if (res.headersSent) return;
+    if (tunnel.missedHeartbeat) {
+      sendError(
+        res,
+        502,
+        'tunnel-disconnected',
+        `${name}: the client stopped answering heartbeats (asleep, stopped or cut off) with this request in flight; traffic falls back to the base service if it does not reconnect within its lease`,
+        { intercept: intercept.id },
+      );
+      return;
+    }
     sendError(
       res,
       502,

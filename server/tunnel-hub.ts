@@ -30,6 +30,9 @@ export class ClientTunnel {
   readonly session: ClientHttp2Session;
   /** Why the HTTP/2 session failed, if it did (bytes that are not HTTP/2, say): for the log. */
   failure?: Error;
+  /** Set when it was closed for not answering a ping: requests cut by that say so. */
+  missedHeartbeat = false;
+  private probeTimer?: NodeJS.Timeout;
 
   constructor(
     readonly clientKey: string,
@@ -38,8 +41,15 @@ export class ClientTunnel {
     public principal: Principal,
     readonly ws: WebSocket,
     onControl: (tunnel: ClientTunnel, text: string) => void,
+    private readonly heartbeatMs: number,
   ) {
     this.tunnelId = tunnelIdOf(clientKey);
+    ws.on('pong', () => {
+      this.alive = true;
+      clearTimeout(this.probeTimer);
+      this.probeTimer = undefined;
+    });
+    ws.on('close', () => clearTimeout(this.probeTimer));
     const duplex = webSocketDuplex(ws, (text) => onControl(this, text));
     this.session = http2.connect('http://tunnel.kelsingra', {
       createConnection: () => duplex,
@@ -59,6 +69,24 @@ export class ClientTunnel {
 
   send(message: ServerControl): void {
     if (this.ws.readyState === WebSocket.OPEN) this.ws.send(JSON.stringify(message));
+  }
+
+  /**
+   * A request is going through: a client that does not answer a ping within one heartbeat
+   * (a laptop asleep, a process stopped) is closed then, so the request fails within the
+   * heartbeat rather than waiting for the next regular beat to notice.
+   */
+  probe(): void {
+    if (this.probeTimer || !this.open) return;
+    this.ws.ping();
+    this.probeTimer = setTimeout(() => this.missed(), this.heartbeatMs);
+    this.probeTimer.unref();
+  }
+
+  /** No pong since the last ping: the peer is gone even if TCP has not noticed. */
+  missed(): void {
+    this.missedHeartbeat = true;
+    this.ws.terminate();
   }
 
   get open(): boolean {
@@ -119,11 +147,15 @@ export class TunnelHub {
         this.log.info({ tunnel: previous.tunnelId }, 'client reconnected; closing its previous tunnel');
         previous.ws.terminate();
       }
-      const tunnel = new ClientTunnel(clientKey, holder, principal, ws, (t, text) => this.onControl(t, text));
+      const tunnel = new ClientTunnel(
+        clientKey,
+        holder,
+        principal,
+        ws,
+        (t, text) => this.onControl(t, text),
+        this.heartbeatMs,
+      );
       this.tunnels.set(clientKey, tunnel);
-      ws.on('pong', () => {
-        tunnel.alive = true;
-      });
       ws.on('close', () => {
         if (this.tunnels.get(clientKey) === tunnel) {
           this.tunnels.delete(clientKey);
@@ -141,6 +173,10 @@ export class TunnelHub {
         // With an error, open streams end with a reset code rather than NO_ERROR, so callers
         // mid-response get a cut connection instead of a body that looks complete.
         tunnel.session.destroy(new Error('tunnel closed'));
+        if (tunnel.missedHeartbeat) {
+          // Found by the regular beat or by a request's probe: either way, one line.
+          this.log.warn({ tunnel: tunnel.tunnelId, holder }, 'tunnel missed a heartbeat; closing it');
+        }
         if (failure) {
           this.log.warn(
             {
@@ -276,11 +312,7 @@ export class TunnelHub {
   private beat(): void {
     for (const tunnel of this.tunnels.values()) {
       if (!tunnel.alive) {
-        this.log.warn(
-          { tunnel: tunnel.tunnelId, holder: tunnel.holder },
-          'tunnel missed a heartbeat; closing it',
-        );
-        tunnel.ws.terminate();
+        tunnel.missed();
         continue;
       }
       tunnel.alive = false;

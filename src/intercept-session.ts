@@ -13,7 +13,7 @@ import { KafkaBridge } from './kafka-bridge.js';
 import type { KafkaOptions } from './kafka-options.js';
 import { KAFKA_DELIVER_PATH } from './kafka-wire.js';
 import { interceptIdOf, LocalForwarder } from './local-forwarder.js';
-import type { InterceptView } from './protocol.js';
+import type { InterceptView, LeaseLapse } from './protocol.js';
 import type { ClientSettings } from './settings.js';
 import { TunnelClient } from './tunnel-client.js';
 
@@ -47,6 +47,8 @@ export class InterceptSession extends EventEmitter<{ event: [SessionEvent] }> {
   private endedReason?: string;
   private leaving = false;
   private registering = false;
+  /** Until when the server has confirmed the lease, by this machine's clock. */
+  private leaseUntil = 0;
   readonly ended: Promise<string>;
   private resolveEnded!: (reason: string) => void;
 
@@ -103,6 +105,7 @@ export class InterceptSession extends EventEmitter<{ event: [SessionEvent] }> {
           if (!this.registering) this.end('lease lost: the server no longer has this intercept');
         } else if (message.ids.includes(this.intercept.id)) {
           const now = Date.now();
+          this.leaseUntil = now + this.tunnel.leaseTtlMs;
           this.emit('event', {
             kind: 'lease',
             interceptId: this.intercept.id,
@@ -173,11 +176,14 @@ export class InterceptSession extends EventEmitter<{ event: [SessionEvent] }> {
   /** `reassert`: after a reconnect, when the lease is still ours and worth waiting for. */
   private async register(reassert = false): Promise<void> {
     this.registering = true;
+    const previous = reassert ? this.intercept : undefined;
     try {
       const body = {
         service: this.want.service,
         tenant: this.want.tenant,
         clientId: this.clientId,
+        // Should the lease have lapsed meanwhile, the server brings it back under this id if it is free.
+        previousId: previous?.id,
         localPort: this.want.port,
         kafka: this.want.kafka
           ? {
@@ -189,7 +195,7 @@ export class InterceptSession extends EventEmitter<{ event: [SessionEvent] }> {
       };
       // While the server's database is away (or catching up) it cannot decide; the lease holds
       // meanwhile, so re-asserting is worth retrying for about that long.
-      this.intercept = await pRetry(() => this.api.create(body), {
+      const created = await pRetry(() => this.api.create(body), {
         retries: reassert ? 20 : 0,
         minTimeout: 500,
         maxTimeout: 3_000,
@@ -197,9 +203,33 @@ export class InterceptSession extends EventEmitter<{ event: [SessionEvent] }> {
         shouldRetry: ({ error }) =>
           error instanceof KelsingraError && error.details?.code === 'store-unavailable',
       });
+      const { lapse, ...intercept } = created;
+      this.intercept = intercept;
+      const now = Date.now();
+      if (previous) this.reportLapse(previous.id, lapse, now);
+      this.leaseUntil = now + this.tunnel.leaseTtlMs;
     } finally {
       this.registering = false;
     }
+  }
+
+  /**
+   * After a re-assert: says so if the lease had lapsed meanwhile, from the server's account
+   * when it gives one, else from when this client last heard its lease confirmed.
+   */
+  private reportLapse(previousId: string, lapse: LeaseLapse | undefined, now: number): void {
+    const idChanged = this.intercept.id !== previousId;
+    if (!lapse && !idChanged && now < this.leaseUntil) return;
+    const lapsedAt = lapse?.lapsedAt ?? this.leaseUntil;
+    this.emit('event', {
+      kind: 'lease-lapsed',
+      interceptId: this.intercept.id,
+      ...(idChanged ? { previousId } : {}),
+      lapsedAt,
+      fallback: lapse?.fallback,
+      fallbackMs: lapse?.fallbackMs ?? Math.max(0, now - lapsedAt),
+      at: now,
+    });
   }
 
   /** Removes the intercept on the server (traffic falls back at once) and closes the tunnel. */
