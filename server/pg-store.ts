@@ -161,7 +161,12 @@ export class PgInterceptStore extends EventEmitter<StoreEvents> implements Inter
   private reconciliations = 0;
   /** Per id: the row's change number (newest wins) and when this copy learnt of it. */
   private readonly seen = new Map<string, { change: number; at: number }>();
-  private readonly tombstones = new Map<string, number>();
+  /**
+   * Ids ended here, with the change number they ended at: a late notice of the old row must
+   * not revive it, while the same id created again (a client back after its lease lapsed)
+   * comes with a newer change number and must.
+   */
+  private readonly tombstones = new Map<string, { change: number; at: number }>();
   private readonly peers = new Map<string, { peer: Peer; ageMs: number; fetchedAt: number }>();
   /** Tunnels open on this replica, kept here too so they can be written again after an outage. */
   private readonly localTunnels = new Map<string, TunnelRecord>();
@@ -656,7 +661,9 @@ export class PgInterceptStore extends EventEmitter<StoreEvents> implements Inter
       }
       return current;
     }
-    if (this.tombstones.has(row.id)) return incoming;
+    const tombstone = this.tombstones.get(row.id);
+    if (tombstone && tombstone.change >= change) return incoming;
+    this.tombstones.delete(row.id);
     const previous = this.byKey.get(incoming.service, incoming.tenant);
     if (previous) {
       // Another id for the same (service, tenant): the newer row wins, the older lease lapsed.
@@ -676,15 +683,15 @@ export class PgInterceptStore extends EventEmitter<StoreEvents> implements Inter
       this.removeLocal(current, reason);
       return current;
     }
-    this.tombstones.set(row.id, Date.now());
+    this.tombstones.set(row.id, { change: Number(row.change), at: Date.now() });
     return toIntercept(row);
   }
 
   private removeLocal(intercept: Intercept, reason: EndReason): void {
     this.byKey.delete(intercept);
     this.byId.delete(intercept.id);
+    this.tombstones.set(intercept.id, { change: this.seen.get(intercept.id)?.change ?? 0, at: Date.now() });
     this.seen.delete(intercept.id);
-    this.tombstones.set(intercept.id, Date.now());
     this.emit('ended', intercept, reason);
   }
 
@@ -743,7 +750,7 @@ export class PgInterceptStore extends EventEmitter<StoreEvents> implements Inter
       if (present.has(intercept.id) || (this.seen.get(intercept.id)?.at ?? 0) >= startedAt) continue;
       this.removeLocal(intercept, intercept.expiresAt <= Date.now() ? 'expired' : 'left');
     }
-    for (const [id, at] of this.tombstones) if (startedAt - at > TOMBSTONE_MS) this.tombstones.delete(id);
+    for (const [id, { at }] of this.tombstones) if (startedAt - at > TOMBSTONE_MS) this.tombstones.delete(id);
     const { rows: routes } = await this.query<RouteRow>('SELECT * FROM kelsingra_routes');
     const routed = new Set<string>();
     for (const row of routes) {

@@ -18,14 +18,19 @@ import {
   viaProxy,
   waitFor,
 } from './helpers.js';
+import { freshDatabase } from './postgres.js';
 
 const TOKEN = 'lease-lapse-token-1';
 const HEARTBEAT_S = 1;
 const LEASE_S = 3;
 const cleanups = cleanupsAfterEach();
 
-describe('a client stopped for longer than its lease', () => {
+describe.each([
+  { store: 'memory', database: false },
+  { store: 'PostgreSQL', database: true },
+])('a client stopped for longer than its lease ($store store)', ({ database }) => {
   it('fails in-flight requests within the heartbeat, falls back, and comes back under the same id, saying so', async () => {
+    const databaseArgs = database ? ['--database-url', await freshDatabase(cleanups)] : [];
     const base = await textService('base', cleanups);
     const local = await textService('local', cleanups);
     const server = await startServerProcess([
@@ -37,6 +42,7 @@ describe('a client stopped for longer than its lease', () => {
       String(HEARTBEAT_S),
       '--lease-ttl',
       String(LEASE_S),
+      ...databaseArgs,
     ]);
     cleanups.push(() => server.stop());
     const env = clientEnv(server, TOKEN);
@@ -71,7 +77,9 @@ describe('a client stopped for longer than its lease', () => {
       async () => (await (await viaProxy(server, 'billing', 't1', '/x')).text()) === 'local GET /x',
       20_000,
       'the intercept to serve again after the agent continued',
-    );
+    ).catch((err: Error) => {
+      throw new Error(`${err.message}\nagent log:\n${readFileSync(icp.logFile, 'utf8').slice(-3_000)}`);
+    });
     const servedAgainAt = Date.now();
     const list = JSON.parse((await run(['list', '--json'], env)).stdout) as { id: string; tenant: string }[];
     expect(list.filter((i) => i.tenant === 't1').map((i) => i.id)).toEqual([icp.id]);
