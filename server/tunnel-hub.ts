@@ -42,6 +42,8 @@ export class ClientTunnel {
     readonly ws: WebSocket,
     onControl: (tunnel: ClientTunnel, text: string) => void,
     private readonly heartbeatMs: number,
+    /** Told before the tunnel is cut, so the log says why before the requests on it fail. */
+    private readonly onMissed: (tunnel: ClientTunnel) => void,
   ) {
     this.tunnelId = tunnelIdOf(clientKey);
     ws.on('pong', () => {
@@ -85,7 +87,9 @@ export class ClientTunnel {
 
   /** No pong since the last ping: the peer is gone even if TCP has not noticed. */
   missed(): void {
+    if (this.missedHeartbeat) return;
     this.missedHeartbeat = true;
+    this.onMissed(this);
     this.ws.terminate();
   }
 
@@ -154,6 +158,8 @@ export class TunnelHub {
         ws,
         (t, text) => this.onControl(t, text),
         this.heartbeatMs,
+        // Found by the regular beat or by a request's probe: either way, one line.
+        (t) => this.log.warn({ tunnel: t.tunnelId, holder }, 'tunnel missed a heartbeat; closing it'),
       );
       this.tunnels.set(clientKey, tunnel);
       ws.on('close', () => {
@@ -173,10 +179,6 @@ export class TunnelHub {
         // With an error, open streams end with a reset code rather than NO_ERROR, so callers
         // mid-response get a cut connection instead of a body that looks complete.
         tunnel.session.destroy(new Error('tunnel closed'));
-        if (tunnel.missedHeartbeat) {
-          // Found by the regular beat or by a request's probe: either way, one line.
-          this.log.warn({ tunnel: tunnel.tunnelId, holder }, 'tunnel missed a heartbeat; closing it');
-        }
         if (failure) {
           this.log.warn(
             {
