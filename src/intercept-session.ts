@@ -93,16 +93,20 @@ export class InterceptSession extends EventEmitter<{ event: [SessionEvent] }> {
     });
     this.tunnel.on('control', (message) => {
       if (message.type === 'intercept-ended' && message.id === this.intercept?.id && !this.leaving) {
-        this.end(
-          message.reason === 'left'
-            ? 'left from another shell'
-            : message.reason === 'token-revoked'
-              ? 'its token was removed, or no longer covers this tenant (ask the platform team)'
-              : 'lease expired',
-        );
+        // A lapse this client lived through (it was stopped, or its renewals did not get
+        // through): it takes the intercept back if nobody else has, as after a reconnect.
+        if (message.reason === 'expired') this.reassert('lease expired');
+        else
+          this.end(
+            message.reason === 'left'
+              ? 'left from another shell'
+              : message.reason === 'token-revoked'
+                ? 'its token was removed, or no longer covers this tenant (ask the platform team)'
+                : `ended by the server (${message.reason})`,
+          );
       } else if (message.type === 'renewed' && this.intercept) {
         if (message.missing.includes(this.intercept.id)) {
-          if (!this.registering) this.end('lease lost: the server no longer has this intercept');
+          this.reassert('lease lost: the server no longer has this intercept');
         } else if (message.ids.includes(this.intercept.id)) {
           const now = Date.now();
           this.leaseUntil = now + this.tunnel.leaseTtlMs;
@@ -120,6 +124,12 @@ export class InterceptSession extends EventEmitter<{ event: [SessionEvent] }> {
         this.end(`could not re-assert the intercept after reconnecting: ${err.message}`),
       );
     });
+  }
+
+  /** The server no longer holds the lease: asks for it again (a conflict, a refusal or an error ends the session). */
+  private reassert(why: string): void {
+    if (this.registering || this.endedReason !== undefined) return;
+    this.register(true).catch((err: Error) => this.end(`${why}; could not take it back: ${err.message}`));
   }
 
   static async start(settings: ClientSettings, want: InterceptRequest): Promise<InterceptSession> {

@@ -107,3 +107,52 @@ describe.each([
     );
   });
 });
+
+describe('a client stopped for longer than its lease but not long enough to lose its tunnel', () => {
+  it('takes the intercept back under the same id instead of exiting on "lease expired"', async () => {
+    const base = await textService('base', cleanups);
+    const local = await textService('local', cleanups);
+    // A heartbeat longer than the lease: the lease lapses while the tunnel is still up.
+    const server = await startServerProcess([
+      '--service',
+      `billing=${base.url}`,
+      '--token',
+      TOKEN,
+      '--heartbeat-interval',
+      '20',
+      '--lease-ttl',
+      '2',
+    ]);
+    cleanups.push(() => server.stop());
+    const env = clientEnv(server, TOKEN);
+    const icp = await interceptDetached(env, 'billing', 't1', local.port, cleanups);
+    cleanups.push(() => killQuietly(icp.agentPid, 'SIGCONT'));
+
+    process.kill(icp.agentPid, 'SIGSTOP');
+    // No requests meanwhile: one would probe the tunnel and cut it.
+    await waitFor(
+      () => server.logs().includes('intercept lease expired'),
+      15_000,
+      'the lease to lapse while the agent is stopped',
+    );
+    expect(await (await viaProxy(server, 'billing', 't1', '/x')).text()).toBe('base GET /x');
+    await sleep(500);
+    process.kill(icp.agentPid, 'SIGCONT');
+
+    await waitFor(
+      async () => (await (await viaProxy(server, 'billing', 't1', '/x')).text()) === 'local GET /x',
+      15_000,
+      'the intercept to serve again after the agent continued',
+    ).catch((err: Error) => {
+      throw new Error(`${err.message}\nagent log:\n${readFileSync(icp.logFile, 'utf8').slice(-3_000)}`);
+    });
+    const list = JSON.parse((await run(['list', '--json'], env)).stdout) as { id: string; tenant: string }[];
+    expect(list.filter((i) => i.tenant === 't1').map((i) => i.id)).toEqual([icp.id]);
+    const agentLog = await waitFor(() => {
+      const text = readFileSync(icp.logFile, 'utf8');
+      return text.includes('lease lapsed at') ? text : undefined;
+    }, 5_000);
+    expect(agentLog).toContain(`the intercept is back as ${icp.id} (same id)`);
+    expect(agentLog).not.toContain('intercept ended');
+  });
+});
