@@ -74,6 +74,9 @@ export class KafkaBridge {
     this.consumer = this.kafka.consumer({
       groupId: this.group,
       sessionTimeout: FORWARD_SESSION_TIMEOUT_MS,
+      // How long a rebalance waits for members to rejoin (kafkajs: 60 s): a killed member
+      // never does, and the restarted one waits on it that long.
+      rebalanceTimeout: FORWARD_SESSION_TIMEOUT_MS * 2,
       heartbeatInterval: FORWARD_SESSION_TIMEOUT_MS / 5,
     });
     this.consumer.on(this.consumer.events.CRASH, ({ payload }) =>
@@ -88,7 +91,9 @@ export class KafkaBridge {
     await this.consumer.subscribe({ topics, fromBeginning: false });
     const running = this.consumer.run({
       eachBatchAutoResolve: false,
-      eachBatch: async ({ batch, resolveOffset, heartbeat }) => {
+      // Every resolved offset is committed at the next commitOffsetsIfNecessary (after each post).
+      autoCommitThreshold: 1,
+      eachBatch: async ({ batch, resolveOffset, heartbeat, commitOffsetsIfNecessary }) => {
         const devTopic = this.options.forward[batch.topic] as string;
         const messages: WireMessage[] = batch.messages.map((m) => toWire(m));
         // Each post stays under the server's body limit (8 MiB, base64 included) and 500 messages.
@@ -98,9 +103,20 @@ export class KafkaBridge {
           4 * 1024 * 1024,
         );
         try {
+          let posted = 0;
           for (const post of posts) {
-            for (let i = 0; i < post.length; i += 500)
-              await api.forwardKafka(interceptId(), devTopic, post.slice(i, i + 500));
+            for (let i = 0; i < post.length; i += 500) {
+              const part = post.slice(i, i + 500);
+              await api.forwardKafka(interceptId(), devTopic, part);
+              posted += part.length;
+              // A big batch takes many posts: committing and heartbeating after each keeps the
+              // member in its group (10 s session), and a client killed mid-batch from leaving
+              // its group without an offset (a restart would then start at the latest, past
+              // what was never forwarded).
+              resolveOffset((batch.messages[posted - 1] as { offset: string }).offset);
+              await commitOffsetsIfNecessary();
+              await heartbeat();
+            }
           }
         } catch (err) {
           // Not committed: kafkajs retries the batch. The developer sees why it is stuck.

@@ -615,7 +615,8 @@ describe('kafka intercepts', () => {
       `${atKill} forwarded before the kill; all ${total} in dev ${((Date.now() - restartedAt) / 1000).toFixed(1)} s after the restart`,
     );
     expect(exists(again.agentPid)).toBe(true);
-  });
+    // Two leases of waiting, the dead member's 10 s session, then the rest of the stream.
+  }, 120_000);
 
   it('a replica killed under the tunnel mid-stream: the client moves to the other replica and nothing is lost', async ({
     annotate,
