@@ -33,6 +33,7 @@ export class ClientTunnel {
   /** Set when it was closed for not answering a ping: requests cut by that say so. */
   missedHeartbeat = false;
   private probeTimer?: NodeJS.Timeout;
+  private lastPongAt = Date.now();
 
   constructor(
     readonly clientKey: string,
@@ -48,6 +49,7 @@ export class ClientTunnel {
     this.tunnelId = tunnelIdOf(clientKey);
     ws.on('pong', () => {
       this.alive = true;
+      this.lastPongAt = Date.now();
       clearTimeout(this.probeTimer);
       this.probeTimer = undefined;
     });
@@ -80,6 +82,8 @@ export class ClientTunnel {
    */
   probe(): void {
     if (this.probeTimer || !this.open) return;
+    // Heard from just now: under load that is one ping a second at most, not one per request.
+    if (Date.now() - this.lastPongAt < Math.min(1_000, this.heartbeatMs / 4)) return;
     this.ws.ping();
     this.probeTimer = setTimeout(() => this.missed(), this.heartbeatMs);
     this.probeTimer.unref();
