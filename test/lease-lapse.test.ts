@@ -9,9 +9,11 @@ import { describe, expect, it } from 'vitest';
 import {
   cleanupsAfterEach,
   clientEnv,
+  type DetachedIntercept,
   interceptDetached,
   killQuietly,
   run,
+  type ServerProcess,
   sleep,
   startServerProcess,
   textService,
@@ -24,6 +26,31 @@ const TOKEN = 'lease-lapse-token-1';
 const HEARTBEAT_S = 1;
 const LEASE_S = 3;
 const cleanups = cleanupsAfterEach();
+
+/** After SIGCONT: t1 is served locally again, by the intercept of the same id and no other. */
+async function backUnderSameId(
+  server: ServerProcess,
+  env: Record<string, string>,
+  icp: DetachedIntercept,
+): Promise<void> {
+  await waitFor(
+    async () => (await (await viaProxy(server, 'billing', 't1', '/x')).text()) === 'local GET /x',
+    20_000,
+    'the intercept to serve again after the agent continued',
+  ).catch((err: Error) => {
+    throw new Error(`${err.message}\nagent log:\n${readFileSync(icp.logFile, 'utf8').slice(-3_000)}`);
+  });
+  const list = JSON.parse((await run(['list', '--json'], env)).stdout) as { id: string; tenant: string }[];
+  expect(list.filter((i) => i.tenant === 't1').map((i) => i.id)).toEqual([icp.id]);
+}
+
+/** The detached agent's log, once it has reported the lapse. */
+function lapseInAgentLog(icp: DetachedIntercept): Promise<string> {
+  return waitFor(() => {
+    const text = readFileSync(icp.logFile, 'utf8');
+    return text.includes('lease lapsed at') ? text : undefined;
+  }, 5_000);
+}
 
 describe.each([
   { store: 'memory', database: false },
@@ -73,16 +100,8 @@ describe.each([
     await sleep(1_500);
     process.kill(icp.agentPid, 'SIGCONT');
 
-    await waitFor(
-      async () => (await (await viaProxy(server, 'billing', 't1', '/x')).text()) === 'local GET /x',
-      20_000,
-      'the intercept to serve again after the agent continued',
-    ).catch((err: Error) => {
-      throw new Error(`${err.message}\nagent log:\n${readFileSync(icp.logFile, 'utf8').slice(-3_000)}`);
-    });
+    await backUnderSameId(server, env, icp);
     const servedAgainAt = Date.now();
-    const list = JSON.parse((await run(['list', '--json'], env)).stdout) as { id: string; tenant: string }[];
-    expect(list.filter((i) => i.tenant === 't1').map((i) => i.id)).toEqual([icp.id]);
 
     const logs = await run(['logs', icp.id, '--json'], env);
     expect(logs.exitCode, logs.stderr).toBe(0);
@@ -96,10 +115,7 @@ describe.each([
     expect(lapse?.fallbackMs as number).toBeGreaterThanOrEqual(1_500);
     expect(lapse?.fallbackMs as number).toBeLessThanOrEqual(servedAgainAt - sentAt);
 
-    const agentLog = await waitFor(() => {
-      const text = readFileSync(icp.logFile, 'utf8');
-      return text.includes('lease lapsed at') ? text : undefined;
-    }, 5_000);
+    const agentLog = await lapseInAgentLog(icp);
     expect(agentLog).toMatch(
       new RegExp(
         `lease lapsed at [\\d:.]+: the tenant's traffic went to the base service for [\\d.]+ s; the intercept is back as ${icp.id} \\(same id\\)`,
@@ -139,19 +155,8 @@ describe('a client stopped for longer than its lease but not long enough to lose
     await sleep(500);
     process.kill(icp.agentPid, 'SIGCONT');
 
-    await waitFor(
-      async () => (await (await viaProxy(server, 'billing', 't1', '/x')).text()) === 'local GET /x',
-      15_000,
-      'the intercept to serve again after the agent continued',
-    ).catch((err: Error) => {
-      throw new Error(`${err.message}\nagent log:\n${readFileSync(icp.logFile, 'utf8').slice(-3_000)}`);
-    });
-    const list = JSON.parse((await run(['list', '--json'], env)).stdout) as { id: string; tenant: string }[];
-    expect(list.filter((i) => i.tenant === 't1').map((i) => i.id)).toEqual([icp.id]);
-    const agentLog = await waitFor(() => {
-      const text = readFileSync(icp.logFile, 'utf8');
-      return text.includes('lease lapsed at') ? text : undefined;
-    }, 5_000);
+    await backUnderSameId(server, env, icp);
+    const agentLog = await lapseInAgentLog(icp);
     expect(agentLog).toContain(`the intercept is back as ${icp.id} (same id)`);
     expect(agentLog).not.toContain('intercept ended');
   });
