@@ -27,6 +27,29 @@ const HEARTBEAT_S = 1;
 const LEASE_S = 3;
 const cleanups = cleanupsAfterEach();
 
+/** A server agent with this heartbeat and lease, and a detached intercept of billing for t1. */
+async function intercepted(heartbeatS: number, leaseS: number, extra: string[] = []) {
+  const base = await textService('base', cleanups);
+  const local = await textService('local', cleanups);
+  const server = await startServerProcess([
+    '--service',
+    `billing=${base.url}`,
+    '--token',
+    TOKEN,
+    '--heartbeat-interval',
+    String(heartbeatS),
+    '--lease-ttl',
+    String(leaseS),
+    ...extra,
+  ]);
+  cleanups.push(() => server.stop());
+  const env = clientEnv(server, TOKEN);
+  const icp = await interceptDetached(env, 'billing', 't1', local.port, cleanups);
+  // Registered after the kill in interceptDetached, so it runs first: a stopped agent ignores SIGTERM.
+  cleanups.push(() => killQuietly(icp.agentPid, 'SIGCONT'));
+  return { server, env, icp };
+}
+
 /** After SIGCONT: t1 is served locally again, by the intercept of the same id and no other. */
 async function backUnderSameId(
   server: ServerProcess,
@@ -58,24 +81,7 @@ describe.each([
 ])('a client stopped for longer than its lease ($store store)', ({ database }) => {
   it('fails in-flight requests within the heartbeat, falls back, and comes back under the same id, saying so', async () => {
     const databaseArgs = database ? ['--database-url', await freshDatabase(cleanups)] : [];
-    const base = await textService('base', cleanups);
-    const local = await textService('local', cleanups);
-    const server = await startServerProcess([
-      '--service',
-      `billing=${base.url}`,
-      '--token',
-      TOKEN,
-      '--heartbeat-interval',
-      String(HEARTBEAT_S),
-      '--lease-ttl',
-      String(LEASE_S),
-      ...databaseArgs,
-    ]);
-    cleanups.push(() => server.stop());
-    const env = clientEnv(server, TOKEN);
-    const icp = await interceptDetached(env, 'billing', 't1', local.port, cleanups);
-    // Registered after the kill in interceptDetached, so it runs first: a stopped agent ignores SIGTERM.
-    cleanups.push(() => killQuietly(icp.agentPid, 'SIGCONT'));
+    const { server, env, icp } = await intercepted(HEARTBEAT_S, LEASE_S, databaseArgs);
     expect(await (await viaProxy(server, 'billing', 't1', '/x')).text()).toBe('local GET /x');
 
     process.kill(icp.agentPid, 'SIGSTOP');
@@ -126,23 +132,8 @@ describe.each([
 
 describe('a client stopped for longer than its lease but not long enough to lose its tunnel', () => {
   it('takes the intercept back under the same id instead of exiting on "lease expired"', async () => {
-    const base = await textService('base', cleanups);
-    const local = await textService('local', cleanups);
     // A heartbeat longer than the lease: the lease lapses while the tunnel is still up.
-    const server = await startServerProcess([
-      '--service',
-      `billing=${base.url}`,
-      '--token',
-      TOKEN,
-      '--heartbeat-interval',
-      '20',
-      '--lease-ttl',
-      '2',
-    ]);
-    cleanups.push(() => server.stop());
-    const env = clientEnv(server, TOKEN);
-    const icp = await interceptDetached(env, 'billing', 't1', local.port, cleanups);
-    cleanups.push(() => killQuietly(icp.agentPid, 'SIGCONT'));
+    const { server, env, icp } = await intercepted(20, 2);
 
     process.kill(icp.agentPid, 'SIGSTOP');
     // No requests meanwhile: one would probe the tunnel and cut it.
