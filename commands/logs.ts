@@ -4,14 +4,14 @@ import { BaseCommand } from '../src/cli/base-command.js';
 import { type Spinner, startSpinner } from '../src/cli/spinner.js';
 import { ExitCode, KelsingraError } from '../src/errors.js';
 import { findIntercept } from '../src/intercept-lookup.js';
-import { formatRequestLine } from '../src/request-log.js';
+import { formatLapseLine, formatRequestLine } from '../src/request-log.js';
 import { followEvents } from '../src/server-events.js';
 import { loadSettings } from '../src/settings.js';
 
 export default class Logs extends BaseCommand {
   static override summary = "Show an intercept's recent requests; --follow keeps streaming them.";
   static override description =
-    'Works from any shell for any intercept your token may see, including one started with --detach. The request lines come from the server agent, so they show what callers got. With --json, one JSON object per line (NDJSON): each request, then {"type":"intercept","action":"ended",…} if the intercept ends while you follow it.';
+    'Works from any shell for any intercept your token may see, including one started with --detach. The request lines come from the server agent, so they show what callers got. A lease that lapsed (the client asleep or cut off) and came back under the same id shows as a line saying when, and where the tenant traffic went meanwhile. With --json, one JSON object per line (NDJSON): each request, {"type":"intercept","action":"lapsed",…} for a lapse, then {"type":"intercept","action":"ended",…} if the intercept ends while you follow it.';
   static override examples = [
     '<%= config.bin %> logs billing --tenant t1 --follow',
     '<%= config.bin %> logs icp_3f9a1c0d2b7e',
@@ -69,6 +69,12 @@ export default class Logs extends BaseCommand {
           if (!event.intercepts.some((i) => i.id === intercept.id)) return ended();
         } else if (event.type === 'request')
           out(flags.json ? JSON.stringify(event) : formatRequestLine({ ...event, startedAt: event.at }));
+        else if (event.type === 'intercept' && event.action === 'lapsed')
+          out(
+            flags.json
+              ? JSON.stringify(event)
+              : formatLapseLine({ ...event, interceptId: event.intercept.id }),
+          );
         else if (event.type === 'live' && !flags.follow) return;
         else if (event.type === 'intercept' && event.action === 'ended') {
           if (flags.json) out(JSON.stringify(event));

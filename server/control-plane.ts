@@ -9,6 +9,7 @@ import type { Logger } from 'pino';
 import { z } from 'zod';
 import {
   CLIENT_ID_HEADER,
+  type CreatedIntercept,
   GATEWAY_PATH,
   GATEWAY_TOKEN_HEADER,
   HOLDER_HEADER,
@@ -34,6 +35,7 @@ import {
   StoreUnavailableError,
 } from './intercept-store.js';
 import { ForwardRefused, type KafkaAgent } from './kafka-agent.js';
+import type { LapsedLeases } from './lapsed-leases.js';
 import type { ServerMetrics } from './metrics.js';
 import type { PassThrough, UpstreamTarget } from './pass-through.js';
 import { createRouteApi, sendUnknownService } from './route-api.js';
@@ -59,6 +61,8 @@ export interface ControlPlaneDeps {
   /** Outbound calls from client agents' gateways, routed by the data plane. */
   serveGateway: (req: IncomingMessage, res: ServerResponse, principal: Principal) => void;
   bus: EventBus;
+  /** Intercepts whose lease lapsed: a client bringing one back under its id hears when and for how long. */
+  lapses: LapsedLeases;
   log: Logger;
   /** Served at /metrics, with no token like /healthz: its labels carry no tenant or secret. */
   metrics: ServerMetrics;
@@ -79,6 +83,14 @@ const createBody = z
     service: z.string().min(1),
     tenant: tenantId,
     clientId: z.string().min(1),
+    /**
+     * The id this client held before its lease lapsed: kept when nobody has it now, so logs,
+     * scripts and `leave <id>` keep working across a laptop's sleep.
+     */
+    previousId: z
+      .string()
+      .regex(/^icp_[0-9a-f]{12}$/)
+      .optional(),
     localPort: z.number().int().min(1).max(65535),
     /** Present when the developer takes Kafka messages too; no topics means every topic of the service. */
     kafka: z
@@ -288,7 +300,7 @@ export function createControlPlane(deps: ControlPlaneDeps): http.Server {
     if (pathname === '/v1/intercepts' && req.method === 'POST') {
       const body = await parseBody(req, res, createBody, 'intercept request');
       if (!body) return;
-      const { service, tenant, clientId, localPort, kafka } = body;
+      const { service, tenant, clientId, previousId, localPort, kafka } = body;
       if (!router.get(service)) {
         sendUnknownService(res, router, service);
         return;
@@ -361,6 +373,7 @@ export function createControlPlane(deps: ControlPlaneDeps): http.Server {
       // A lapsed lease someone else held is taken over; the trail says whose it was.
       const before = store.find(service, tenant);
       const result = await store.create({
+        ...(previousId ? { id: previousId } : {}),
         service,
         tenant,
         clientKey,
@@ -404,7 +417,9 @@ export function createControlPlane(deps: ControlPlaneDeps): http.Server {
           'intercept created',
         );
       }
-      sendJson(res, result.renewed ? 200 : 201, view(result.intercept));
+      const lapse = result.renewed ? undefined : deps.lapses.resumed(result.intercept);
+      const answer: CreatedIntercept = { ...view(result.intercept), ...(lapse ? { lapse } : {}) };
+      sendJson(res, result.renewed ? 200 : 201, answer);
       return;
     }
     if (pathname === '/v1/intercepts' && req.method === 'DELETE') {

@@ -4,14 +4,17 @@
  * requests of each live intercept so a view that attaches late has something to show.
  */
 import { EventEmitter } from 'node:events';
-import type { RequestRecord, ServerEvent } from '../src/protocol.js';
+import type { LeaseLapsedEvent, RequestRecord, ServerEvent } from '../src/protocol.js';
 
 export type { RequestRecord, ServerEvent } from '../src/protocol.js';
+
+/** What a view attaching late is shown of an intercept: its requests, and a lease that lapsed. */
+export type HistoryEvent = RequestRecord | LeaseLapsedEvent;
 
 const HISTORY = 200;
 
 export class EventBus extends EventEmitter<{ event: [ServerEvent] }> {
-  private readonly history = new Map<string, RequestRecord[]>();
+  private readonly history = new Map<string, HistoryEvent[]>();
 
   constructor() {
     super();
@@ -20,11 +23,12 @@ export class EventBus extends EventEmitter<{ event: [ServerEvent] }> {
   }
 
   publish(event: ServerEvent): void {
-    if (event.type === 'request') {
-      let list = this.history.get(event.interceptId);
+    if (event.type === 'request' || (event.type === 'intercept' && event.action === 'lapsed')) {
+      const id = event.type === 'request' ? event.interceptId : event.intercept.id;
+      let list = this.history.get(id);
       if (!list) {
         list = [];
-        this.history.set(event.interceptId, list);
+        this.history.set(id, list);
       }
       list.push(event);
       if (list.length > HISTORY) list.splice(0, list.length - HISTORY);
@@ -34,7 +38,7 @@ export class EventBus extends EventEmitter<{ event: [ServerEvent] }> {
     if (this.listenerCount('event') > 0) this.emit('event', event);
   }
 
-  recent(interceptId: string): RequestRecord[] {
+  recent(interceptId: string): HistoryEvent[] {
     return this.history.get(interceptId) ?? [];
   }
 

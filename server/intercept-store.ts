@@ -35,7 +35,10 @@ export interface Intercept {
 export type InterceptInput = Pick<
   Intercept,
   'service' | 'tenant' | 'holder' | 'tokenName' | 'clientKey' | 'localPort' | 'kafkaTopics' | 'replicaId'
->;
+> & {
+  /** The id to create it under, if no intercept has it now (a client back after its lease lapsed). */
+  id?: string;
+};
 
 export type CreateResult =
   | { ok: true; intercept: Intercept; renewed: boolean }

@@ -79,7 +79,7 @@ export class MemoryInterceptStore extends EventEmitter<StoreEvents> implements I
     }
     const intercept: Intercept = {
       ...input,
-      id: `icp_${randomBytes(6).toString('hex')}`,
+      id: input.id && !this.byId.has(input.id) ? input.id : `icp_${randomBytes(6).toString('hex')}`,
       epoch: 1,
       createdAt: now,
       expiresAt: now + this.leaseTtlMs,

@@ -161,7 +161,12 @@ export class PgInterceptStore extends EventEmitter<StoreEvents> implements Inter
   private reconciliations = 0;
   /** Per id: the row's change number (newest wins) and when this copy learnt of it. */
   private readonly seen = new Map<string, { change: number; at: number }>();
-  private readonly tombstones = new Map<string, number>();
+  /**
+   * Ids ended here, with the change number they ended at: a late notice of the old row must
+   * not revive it, while the same id created again (a client back after its lease lapsed)
+   * comes with a newer change number and must.
+   */
+  private readonly tombstones = new Map<string, { change: number; at: number }>();
   private readonly peers = new Map<string, { peer: Peer; ageMs: number; fetchedAt: number }>();
   /** Tunnels open on this replica, kept here too so they can be written again after an outage. */
   private readonly localTunnels = new Map<string, TunnelRecord>();
@@ -290,11 +295,15 @@ export class PgInterceptStore extends EventEmitter<StoreEvents> implements Inter
           ? 'catching up with PostgreSQL after an outage'
           : `PostgreSQL is unreachable: ${this.degradedReason}`,
       );
-    const id = `icp_${randomBytes(6).toString('hex')}`;
+    const fresh = `icp_${randomBytes(6).toString('hex')}`;
+    // A client back after its lease lapsed asks for its old id; another intercept holding that
+    // id (it was never its to ask for, then) makes the insert fail on the primary key.
+    const id = input.id ?? fresh;
     // One statement decides: a new (service, tenant) is inserted; the same client re-asserting
-    // keeps its id; another client's lapsed lease is taken over under a new id; a live lease
-    // held by someone else is left alone and no row comes back.
-    const { rows } = await this.query<Row>(
+    // keeps its id (and its created_at, which is how `renewed` is told apart below); another
+    // client's lapsed lease is taken over under a new id; a live lease held by someone else is
+    // left alone and no row comes back.
+    const result = await this.query<Row & { renewed: boolean }>(
       `INSERT INTO kelsingra_intercepts AS i
          (id, service, tenant, holder, token_name, client_key, local_port, replica_id, expires_at, kafka_topics)
        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, now() + $9 * interval '1 millisecond', $10)
@@ -306,7 +315,7 @@ export class PgInterceptStore extends EventEmitter<StoreEvents> implements Inter
          local_port = EXCLUDED.local_port, replica_id = EXCLUDED.replica_id, expires_at = EXCLUDED.expires_at,
          kafka_topics = EXCLUDED.kafka_topics
        WHERE i.client_key = EXCLUDED.client_key OR i.expires_at <= now()
-       RETURNING *`,
+       RETURNING *, created_at < now() AS renewed`,
       [
         id,
         input.service,
@@ -319,11 +328,17 @@ export class PgInterceptStore extends EventEmitter<StoreEvents> implements Inter
         this.ttlMs,
         input.kafkaTopics,
       ],
-    );
-    const row = rows[0];
+    ).catch((err: { code?: string; constraint?: string }) => {
+      if (input.id && err.code === '23505' && err.constraint === 'kelsingra_intercepts_pkey')
+        return undefined;
+      throw err;
+    });
+    if (!result) return this.decideCreate({ ...input, id: undefined });
+    const row = result.rows[0];
     if (row) {
-      const intercept = this.applyUpsert(row);
-      return { ok: true, intercept, renewed: row.id !== id };
+      const { renewed, ...fields } = row;
+      const intercept = this.applyUpsert(fields);
+      return { ok: true, intercept, renewed };
     }
     const holder = await this.query<Row>(
       'SELECT * FROM kelsingra_intercepts WHERE service = $1 AND tenant = $2',
@@ -647,7 +662,9 @@ export class PgInterceptStore extends EventEmitter<StoreEvents> implements Inter
       }
       return current;
     }
-    if (this.tombstones.has(row.id)) return incoming;
+    const tombstone = this.tombstones.get(row.id);
+    if (tombstone && tombstone.change >= change) return incoming;
+    this.tombstones.delete(row.id);
     const previous = this.byKey.get(incoming.service, incoming.tenant);
     if (previous) {
       // Another id for the same (service, tenant): the newer row wins, the older lease lapsed.
@@ -667,15 +684,15 @@ export class PgInterceptStore extends EventEmitter<StoreEvents> implements Inter
       this.removeLocal(current, reason);
       return current;
     }
-    this.tombstones.set(row.id, Date.now());
+    this.tombstones.set(row.id, { change: Number(row.change), at: Date.now() });
     return toIntercept(row);
   }
 
   private removeLocal(intercept: Intercept, reason: EndReason): void {
     this.byKey.delete(intercept);
     this.byId.delete(intercept.id);
+    this.tombstones.set(intercept.id, { change: this.seen.get(intercept.id)?.change ?? 0, at: Date.now() });
     this.seen.delete(intercept.id);
-    this.tombstones.set(intercept.id, Date.now());
     this.emit('ended', intercept, reason);
   }
 
@@ -734,7 +751,7 @@ export class PgInterceptStore extends EventEmitter<StoreEvents> implements Inter
       if (present.has(intercept.id) || (this.seen.get(intercept.id)?.at ?? 0) >= startedAt) continue;
       this.removeLocal(intercept, intercept.expiresAt <= Date.now() ? 'expired' : 'left');
     }
-    for (const [id, at] of this.tombstones) if (startedAt - at > TOMBSTONE_MS) this.tombstones.delete(id);
+    for (const [id, { at }] of this.tombstones) if (startedAt - at > TOMBSTONE_MS) this.tombstones.delete(id);
     const { rows: routes } = await this.query<RouteRow>('SELECT * FROM kelsingra_routes');
     const routed = new Set<string>();
     for (const row of routes) {

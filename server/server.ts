@@ -20,6 +20,7 @@ import { Drain, type DrainResult } from './drain.js';
 import { EventBus } from './event-bus.js';
 import type { InterceptStore } from './intercept-store.js';
 import { type KafkaAgent, startKafka } from './kafka-agent.js';
+import { LapsedLeases } from './lapsed-leases.js';
 import { createLogger } from './logger.js';
 import { MemoryInterceptStore } from './memory-store.js';
 import { ServerMetrics } from './metrics.js';
@@ -186,13 +187,25 @@ export async function startServer(
   });
 
   const bus = new EventBus();
+  const lapses = new LapsedLeases((i) => (store.findRoute(i.service, i.tenant) ? 'route' : 'base'));
   store.on('created', (intercept) => {
-    bus.publish({
-      type: 'intercept',
-      action: 'created',
-      intercept: interceptView(intercept, true),
-      at: Date.now(),
-    });
+    const view = interceptView(intercept, true);
+    bus.publish({ type: 'intercept', action: 'created', intercept: view, at: Date.now() });
+    const lapse = lapses.resumed(intercept);
+    if (!lapse) return;
+    log.info(
+      {
+        intercept: intercept.id,
+        service: intercept.service,
+        tenant: intercept.tenant,
+        holder: intercept.holder,
+        lapsedAt: new Date(lapse.lapsedAt).toISOString(),
+        fallback: lapse.fallback,
+        fallbackMs: lapse.fallbackMs,
+      },
+      'intercept resumed under its own id after its lease had lapsed',
+    );
+    bus.publish({ type: 'intercept', action: 'lapsed', intercept: view, ...lapse, at: Date.now() });
   });
   const metrics = new ServerMetrics({
     services: router.names,
@@ -222,6 +235,7 @@ export async function startServer(
     });
   });
   store.on('ended', (intercept, reason) => {
+    lapses.ended(intercept, reason);
     if (reason === 'expired') {
       log.info(
         { intercept: intercept.id, service: intercept.service, tenant: intercept.tenant },
@@ -270,6 +284,7 @@ export async function startServer(
     routeTarget,
     routeTargetPolicy,
     bus,
+    lapses,
     log,
     metrics,
     audit,

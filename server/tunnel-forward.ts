@@ -79,6 +79,7 @@ export function forwardThroughTunnel(
     );
     return;
   }
+  tunnel.probe();
 
   // Our own timer rather than stream.setTimeout: when headers, body and END_STREAM arrive in one
   // read, Node emits 'response' after the stream has closed, and a stream.setTimeout there re-arms
@@ -118,6 +119,16 @@ export function forwardThroughTunnel(
   stream.on('close', () => {
     clearTimeout(idle);
     if (res.headersSent) return;
+    if (tunnel.missedHeartbeat) {
+      sendError(
+        res,
+        502,
+        'tunnel-disconnected',
+        `${name}: the client stopped answering heartbeats (asleep, stopped or cut off) with this request in flight; traffic falls back to the base service if it does not reconnect within its lease`,
+        { intercept: intercept.id },
+      );
+      return;
+    }
     sendError(
       res,
       502,

@@ -32,6 +32,10 @@ export class ClientTunnel {
   failure?: Error;
   /** Requests on the tunnel not yet closed. */
   private streams = 0;
+  /** Set when it was closed for not answering a ping: requests cut by that say so. */
+  missedHeartbeat = false;
+  private probeTimer?: NodeJS.Timeout;
+  private lastPongAt = Date.now();
 
   constructor(
     readonly clientKey: string,
@@ -42,8 +46,18 @@ export class ClientTunnel {
     onControl: (tunnel: ClientTunnel, text: string) => void,
     /** Requests the tunnel carries at once (the server's maxTunnelStreams). */
     readonly maxStreams: number,
+    private readonly heartbeatMs: number,
+    /** Told before the tunnel is cut, so the log says why before the requests on it fail. */
+    private readonly onMissed: (tunnel: ClientTunnel) => void,
   ) {
     this.tunnelId = tunnelIdOf(clientKey);
+    ws.on('pong', () => {
+      this.alive = true;
+      this.lastPongAt = Date.now();
+      clearTimeout(this.probeTimer);
+      this.probeTimer = undefined;
+    });
+    ws.on('close', () => clearTimeout(this.probeTimer));
     const duplex = webSocketDuplex(ws, (text) => onControl(this, text));
     this.session = http2.connect('http://tunnel.kelsingra', {
       createConnection: () => duplex,
@@ -83,6 +97,28 @@ export class ClientTunnel {
     this.streams++;
     stream.once('close', () => this.streams--);
     return stream;
+  }
+
+  /**
+   * A request is going through: a client that does not answer a ping within one heartbeat
+   * (a laptop asleep, a process stopped) is closed then, so the request fails within the
+   * heartbeat rather than waiting for the next regular beat to notice.
+   */
+  probe(): void {
+    if (this.probeTimer || !this.open) return;
+    // Heard from just now: under load that is one ping a second at most, not one per request.
+    if (Date.now() - this.lastPongAt < Math.min(1_000, this.heartbeatMs / 4)) return;
+    this.ws.ping();
+    this.probeTimer = setTimeout(() => this.missed(), this.heartbeatMs);
+    this.probeTimer.unref();
+  }
+
+  /** No pong since the last ping: the peer is gone even if TCP has not noticed. */
+  missed(): void {
+    if (this.missedHeartbeat) return;
+    this.missedHeartbeat = true;
+    this.onMissed(this);
+    this.ws.terminate();
   }
 
   get open(): boolean {
@@ -166,11 +202,11 @@ export class TunnelHub {
         ws,
         (t, text) => this.onControl(t, text),
         this.maxStreams,
+        this.heartbeatMs,
+        // Found by the regular beat or by a request's probe: either way, one line.
+        (t) => this.log.warn({ tunnel: t.tunnelId, holder }, 'tunnel missed a heartbeat; closing it'),
       );
       this.tunnels.set(clientKey, tunnel);
-      ws.on('pong', () => {
-        tunnel.alive = true;
-      });
       ws.on('close', () => {
         if (this.tunnels.get(clientKey) === tunnel) {
           this.tunnels.delete(clientKey);
@@ -323,11 +359,7 @@ export class TunnelHub {
   private beat(): void {
     for (const tunnel of this.tunnels.values()) {
       if (!tunnel.alive) {
-        this.log.warn(
-          { tunnel: tunnel.tunnelId, holder: tunnel.holder },
-          'tunnel missed a heartbeat; closing it',
-        );
-        tunnel.ws.terminate();
+        tunnel.missed();
         continue;
       }
       tunnel.alive = false;

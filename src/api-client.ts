@@ -6,6 +6,7 @@ import { request } from 'undici';
 import { ExitCode, KelsingraError } from './errors.js';
 import type { WireMessage } from './kafka-wire.js';
 import {
+  type CreatedIntercept,
   HOLDER_HEADER,
   type InterceptView,
   type RemoveRoutesResult,
@@ -65,9 +66,10 @@ export class ApiClient {
     service: string;
     tenant: string;
     clientId: string;
+    previousId?: string;
     localPort: number;
     kafka?: { topics?: string[] };
-  }): Promise<InterceptView> {
+  }): Promise<CreatedIntercept> {
     return this.call('POST', '/v1/intercepts', body);
   }
 

@@ -192,7 +192,8 @@ export class DashboardModel extends EventEmitter<{ change: [] }> {
         this.changed();
         return true;
       case 'intercept':
-        if (event.action === 'created') this.upsert(event.intercept);
+        // A lapsed lease reported on resuming: the intercept is live again.
+        if (event.action === 'created' || event.action === 'lapsed') this.upsert(event.intercept);
         else if (!this.end(event.intercept.id, event.at, event.reason)) return false;
         this.changed();
         return true;

@@ -52,6 +52,22 @@ export interface LeaseEvent {
   at: number;
 }
 
+/**
+ * The lease lapsed while the client could not renew it (asleep, stopped, cut off) and the
+ * intercept is back: since `lapsedAt` the tenant's traffic went to the fallback instead.
+ */
+export interface LeaseLapsedEvent {
+  kind: 'lease-lapsed';
+  interceptId: string;
+  /** Set when it came back under another id (someone held the tenant meanwhile, or the server forgot the id). */
+  previousId?: string;
+  lapsedAt: number;
+  /** Where the traffic went, as the server says (undefined: a server that does not say). */
+  fallback?: 'base' | 'route';
+  fallbackMs: number;
+  at: number;
+}
+
 export interface EndedEvent {
   kind: 'ended';
   reason: string;
@@ -89,6 +105,7 @@ export type SessionEvent =
   | RequestEvent
   | TunnelEvent
   | LeaseEvent
+  | LeaseLapsedEvent
   | EndedEvent
   | KafkaEvent
   | OutboundEvent;

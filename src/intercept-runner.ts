@@ -12,7 +12,7 @@ import { gatewayEnv, outboundEvent, startClientGateway } from './gateway-client.
 import { type InterceptRequest, InterceptSession } from './intercept-session.js';
 import type { OutboundGateway } from './outbound-gateway.js';
 import type { InterceptView } from './protocol.js';
-import { formatKafkaLine, formatOutboundLine, formatRequestLine } from './request-log.js';
+import { formatKafkaLine, formatLapseLine, formatOutboundLine, formatRequestLine } from './request-log.js';
 import type { ClientSettings } from './settings.js';
 import type { LiveLogModel } from './ui/live-log-model.js';
 import type { LiveView } from './ui/live-view.js';
@@ -58,6 +58,8 @@ function describe(event: SessionEvent): string | undefined {
       if (event.state === 'connected') return 'tunnel connected';
       if (event.state === 'closed' && event.error) return `tunnel closed: ${event.error}`;
       return undefined;
+    case 'lease-lapsed':
+      return formatLapseLine(event);
     case 'ended':
       return `intercept ended: ${event.reason}`;
     case 'kafka':

@@ -13,7 +13,7 @@ import { KafkaBridge } from './kafka-bridge.js';
 import type { KafkaOptions } from './kafka-options.js';
 import { KAFKA_DELIVER_PATH } from './kafka-wire.js';
 import { interceptIdOf, LocalForwarder } from './local-forwarder.js';
-import type { InterceptView } from './protocol.js';
+import type { InterceptView, LeaseLapse } from './protocol.js';
 import type { ClientSettings } from './settings.js';
 import { TunnelClient } from './tunnel-client.js';
 
@@ -47,6 +47,8 @@ export class InterceptSession extends EventEmitter<{ event: [SessionEvent] }> {
   private endedReason?: string;
   private leaving = false;
   private registering = false;
+  /** Until when the server has confirmed the lease, by this machine's clock. */
+  private leaseUntil = 0;
   readonly ended: Promise<string>;
   private resolveEnded!: (reason: string) => void;
 
@@ -91,18 +93,23 @@ export class InterceptSession extends EventEmitter<{ event: [SessionEvent] }> {
     });
     this.tunnel.on('control', (message) => {
       if (message.type === 'intercept-ended' && message.id === this.intercept?.id && !this.leaving) {
-        this.end(
-          message.reason === 'left'
-            ? 'left from another shell'
-            : message.reason === 'token-revoked'
-              ? 'its token was removed, or no longer covers this tenant (ask the platform team)'
-              : 'lease expired',
-        );
+        // A lapse this client lived through (it was stopped, or its renewals did not get
+        // through): it takes the intercept back if nobody else has, as after a reconnect.
+        if (message.reason === 'expired') this.reassert('lease expired');
+        else
+          this.end(
+            message.reason === 'left'
+              ? 'left from another shell'
+              : message.reason === 'token-revoked'
+                ? 'its token was removed, or no longer covers this tenant (ask the platform team)'
+                : `ended by the server (${message.reason})`,
+          );
       } else if (message.type === 'renewed' && this.intercept) {
         if (message.missing.includes(this.intercept.id)) {
-          if (!this.registering) this.end('lease lost: the server no longer has this intercept');
+          this.reassert('lease lost: the server no longer has this intercept');
         } else if (message.ids.includes(this.intercept.id)) {
           const now = Date.now();
+          this.leaseUntil = now + this.tunnel.leaseTtlMs;
           this.emit('event', {
             kind: 'lease',
             interceptId: this.intercept.id,
@@ -117,6 +124,12 @@ export class InterceptSession extends EventEmitter<{ event: [SessionEvent] }> {
         this.end(`could not re-assert the intercept after reconnecting: ${err.message}`),
       );
     });
+  }
+
+  /** The server no longer holds the lease: asks for it again (a conflict, a refusal or an error ends the session). */
+  private reassert(why: string): void {
+    if (this.registering || this.endedReason !== undefined) return;
+    this.register(true).catch((err: Error) => this.end(`${why}; could not take it back: ${err.message}`));
   }
 
   static async start(settings: ClientSettings, want: InterceptRequest): Promise<InterceptSession> {
@@ -138,8 +151,11 @@ export class InterceptSession extends EventEmitter<{ event: [SessionEvent] }> {
       }
       await session.tunnel.start();
       await session.register();
+      // Renewing starts as soon as the lease exists: nothing after this point may hold it up.
+      session.startRenewing();
       await session.kafka?.startForwarding(session.api, () => session.intercept.id);
     } catch (err) {
+      clearInterval(session.renewTimer);
       session.tunnel.close();
       await session.kafka?.close().catch(() => {
         // Failing to start is what the caller hears about; a failed disconnect adds nothing.
@@ -155,23 +171,29 @@ export class InterceptSession extends EventEmitter<{ event: [SessionEvent] }> {
       },
       (event) => session.emit('event', event),
     );
-    const renewEvery = Math.max(250, Math.floor(session.tunnel.leaseTtlMs / 3));
-    session.renewTimer = setInterval(() => {
+    return session;
+  }
+
+  private startRenewing(): void {
+    const renewEvery = Math.max(250, Math.floor(this.tunnel.leaseTtlMs / 3));
+    this.renewTimer = setInterval(() => {
       // While a reconnect re-registers, the old id may be unknown to the server: renewing it
       // then would read as a lost lease.
-      if (!session.registering) session.tunnel.send({ type: 'renew', ids: [session.intercept.id] });
+      if (!this.registering) this.tunnel.send({ type: 'renew', ids: [this.intercept.id] });
     }, renewEvery);
-    return session;
   }
 
   /** `reassert`: after a reconnect, when the lease is still ours and worth waiting for. */
   private async register(reassert = false): Promise<void> {
     this.registering = true;
+    const previous = reassert ? this.intercept : undefined;
     try {
       const body = {
         service: this.want.service,
         tenant: this.want.tenant,
         clientId: this.clientId,
+        // Should the lease have lapsed meanwhile, the server brings it back under this id if it is free.
+        previousId: previous?.id,
         localPort: this.want.port,
         kafka: this.want.kafka
           ? {
@@ -183,7 +205,7 @@ export class InterceptSession extends EventEmitter<{ event: [SessionEvent] }> {
       };
       // While the server's database is away (or catching up) it cannot decide; the lease holds
       // meanwhile, so re-asserting is worth retrying for about that long.
-      this.intercept = await pRetry(() => this.api.create(body), {
+      const created = await pRetry(() => this.api.create(body), {
         retries: reassert ? 20 : 0,
         minTimeout: 500,
         maxTimeout: 3_000,
@@ -191,9 +213,33 @@ export class InterceptSession extends EventEmitter<{ event: [SessionEvent] }> {
         shouldRetry: ({ error }) =>
           error instanceof KelsingraError && error.details?.code === 'store-unavailable',
       });
+      const { lapse, ...intercept } = created;
+      this.intercept = intercept;
+      const now = Date.now();
+      if (previous) this.reportLapse(previous.id, lapse, now);
+      this.leaseUntil = now + this.tunnel.leaseTtlMs;
     } finally {
       this.registering = false;
     }
+  }
+
+  /**
+   * After a re-assert: says so if the lease had lapsed meanwhile, from the server's account
+   * when it gives one, else from when this client last heard its lease confirmed.
+   */
+  private reportLapse(previousId: string, lapse: LeaseLapse | undefined, now: number): void {
+    const idChanged = this.intercept.id !== previousId;
+    if (!lapse && !idChanged && now < this.leaseUntil) return;
+    const lapsedAt = lapse?.lapsedAt ?? this.leaseUntil;
+    this.emit('event', {
+      kind: 'lease-lapsed',
+      interceptId: this.intercept.id,
+      ...(idChanged ? { previousId } : {}),
+      lapsedAt,
+      fallback: lapse?.fallback,
+      fallbackMs: lapse?.fallbackMs ?? Math.max(0, now - lapsedAt),
+      at: now,
+    });
   }
 
   /** Removes the intercept on the server (traffic falls back at once) and closes the tunnel. */

@@ -12,6 +12,13 @@ import type { KafkaOptions } from './kafka-options.js';
 import { TopicMaker } from './kafka-topic-maker.js';
 import { chunkBySize, fromWire, KAFKA_META_HEADER, toWire, type WireMessage } from './kafka-wire.js';
 
+/** Within the broker's default group.min.session.timeout.ms (6 s) .. max (30 min). */
+const FORWARD_SESSION_TIMEOUT_MS = 10_000;
+
+function forwardError(topics: string[], error: string): KafkaEvent {
+  return { kind: 'kafka', direction: 'out', from: topics.join(','), to: '', bytes: 0, at: Date.now(), error };
+}
+
 interface DeliveryMeta {
   topic: string;
   key: string | null;
@@ -52,28 +59,41 @@ export class KafkaBridge {
     await this.topics.ensure([...Object.values(this.options.topics), ...Object.keys(this.options.forward)]);
   }
 
-  /** Starts sending local topics back to dev; needs the intercept (registered after start). */
+  /**
+   * Starts sending local topics back to dev; needs the intercept (registered after start).
+   * Resolves once subscribed, before the consumer has joined its group: after a kill -9 the
+   * join waits for the dead member's session to time out, and nothing else (the lease
+   * renewals above all) may wait for that. Forwarding starts when the join lands.
+   */
   async startForwarding(api: ApiClient, interceptId: () => string): Promise<void> {
     const topics = Object.keys(this.options.forward);
     if (topics.length === 0) return;
-    // One group per intercepted (service, tenant): a restarted client carries on where it stopped.
-    this.consumer = this.kafka.consumer({ groupId: this.group });
+    // One group per intercepted (service, tenant): a restarted client carries on where it
+    // stopped. A shorter session than kafkajs' 30 s lets a restart take over from a killed
+    // member sooner.
+    this.consumer = this.kafka.consumer({
+      groupId: this.group,
+      sessionTimeout: FORWARD_SESSION_TIMEOUT_MS,
+      // How long a rebalance waits for members to rejoin (kafkajs: 60 s): a killed member
+      // never does, and the restarted one waits on it that long.
+      rebalanceTimeout: FORWARD_SESSION_TIMEOUT_MS * 2,
+      heartbeatInterval: FORWARD_SESSION_TIMEOUT_MS / 5,
+    });
     this.consumer.on(this.consumer.events.CRASH, ({ payload }) =>
-      this.emit({
-        kind: 'kafka',
-        direction: 'out',
-        from: topics.join(','),
-        to: '',
-        bytes: 0,
-        at: Date.now(),
-        error: `forwarding ${payload.restart ? 'restarts' : 'stopped'}: ${payload.error.message}`,
-      }),
+      this.emit(
+        forwardError(
+          topics,
+          `forwarding ${payload.restart ? 'restarts' : 'stopped'}: ${payload.error.message}`,
+        ),
+      ),
     );
     await this.consumer.connect();
     await this.consumer.subscribe({ topics, fromBeginning: false });
-    await this.consumer.run({
+    const running = this.consumer.run({
       eachBatchAutoResolve: false,
-      eachBatch: async ({ batch, resolveOffset, heartbeat }) => {
+      // Every resolved offset is committed at the next commitOffsetsIfNecessary (after each post).
+      autoCommitThreshold: 1,
+      eachBatch: async ({ batch, resolveOffset, heartbeat, commitOffsetsIfNecessary }) => {
         const devTopic = this.options.forward[batch.topic] as string;
         const messages: WireMessage[] = batch.messages.map((m) => toWire(m));
         // Each post stays under the server's body limit (8 MiB, base64 included) and 500 messages.
@@ -83,9 +103,20 @@ export class KafkaBridge {
           4 * 1024 * 1024,
         );
         try {
+          let posted = 0;
           for (const post of posts) {
-            for (let i = 0; i < post.length; i += 500)
-              await api.forwardKafka(interceptId(), devTopic, post.slice(i, i + 500));
+            for (let i = 0; i < post.length; i += 500) {
+              const part = post.slice(i, i + 500);
+              await api.forwardKafka(interceptId(), devTopic, part);
+              posted += part.length;
+              // A big batch takes many posts: committing and heartbeating after each keeps the
+              // member in its group (10 s session), and a client killed mid-batch from leaving
+              // its group without an offset (a restart would then start at the latest, past
+              // what was never forwarded).
+              resolveOffset((batch.messages[posted - 1] as { offset: string }).offset);
+              await commitOffsetsIfNecessary();
+              await heartbeat();
+            }
           }
         } catch (err) {
           // Not committed: kafkajs retries the batch. The developer sees why it is stuck.
@@ -114,6 +145,8 @@ export class KafkaBridge {
           });
       },
     });
+    // A failed join is reported by kafkajs as a crash (the CRASH listener above says why).
+    running.catch((err: Error) => this.emit(forwardError(topics, `forwarding stopped: ${err.message}`)));
   }
 
   /** One delivered message: produce locally, then answer 200 (or 502 saying why). */

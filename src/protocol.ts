@@ -122,10 +122,32 @@ export interface RequestRecord {
   error?: string;
 }
 
+/**
+ * An intercept came back under its own id after its lease had lapsed (its client was asleep,
+ * stopped or cut off for longer than the lease): since `lapsedAt` the tenant's traffic went to
+ * `fallback` (its tenant route, or the base service), for `fallbackMs`.
+ */
+export interface LeaseLapse {
+  lapsedAt: number;
+  fallback: 'base' | 'route';
+  fallbackMs: number;
+}
+
+export type LeaseLapsedEvent = {
+  type: 'intercept';
+  action: 'lapsed';
+  intercept: InterceptView;
+  at: number;
+} & LeaseLapse;
+
+/** What `POST /v1/intercepts` answers: the intercept, and the lapse it resumed after, if any. */
+export type CreatedIntercept = InterceptView & { lapse?: LeaseLapse };
+
 /** Events on `GET /v1/events` (server-sent events, one JSON object per `data:` line). */
 export type ServerEvent =
   | RequestRecord
   | { type: 'intercept'; action: 'created' | 'ended'; reason?: string; intercept: InterceptView; at: number }
+  | LeaseLapsedEvent
   | { type: 'upstreams'; upstreams: UpstreamHealth[]; at: number };
 
 export type StreamEvent =

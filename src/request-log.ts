@@ -3,7 +3,7 @@
  * `14:03:07.218  GET  /invoices/42  200  12.4 ms  1.2 kB`.
  */
 import chalk from 'chalk';
-import type { KafkaEvent, OutboundEvent } from './events.js';
+import type { KafkaEvent, LeaseLapsedEvent, OutboundEvent } from './events.js';
 
 export function formatBytes(n: number): string {
   if (n < 1024) return `${n} B`;
@@ -96,4 +96,24 @@ export function formatOutboundLine(e: OutboundEvent): string {
   ];
   if (e.error) parts.push(chalk.red(`(${e.error})`));
   return parts.join('  ');
+}
+
+/**
+ * A lease that lapsed and came back, for every view (plain lines, the live view, `logs`):
+ * when, where the tenant's traffic went meanwhile and for how long, and under which id.
+ */
+export function formatLapseLine(
+  lapse: Pick<LeaseLapsedEvent, 'interceptId' | 'previousId' | 'lapsedAt' | 'fallback' | 'fallbackMs'>,
+): string {
+  const where =
+    lapse.fallback === 'route'
+      ? 'its tenant route'
+      : lapse.fallback === 'base'
+        ? 'the base service'
+        : 'the base service (or its tenant route)';
+  const back =
+    lapse.previousId && lapse.previousId !== lapse.interceptId
+      ? `the intercept is back under a new id, ${lapse.interceptId} (it was ${lapse.previousId})`
+      : `the intercept is back as ${lapse.interceptId} (same id)`;
+  return `lease lapsed at ${clockTime(lapse.lapsedAt)}: the tenant's traffic went to ${where} for ${formatDuration(lapse.fallbackMs)}; ${back}`;
 }

@@ -104,7 +104,8 @@ async function world(
     partitions = 3,
     replicas = 1,
     databaseUrl,
-  }: { partitions?: number; replicas?: number; databaseUrl?: string } = {},
+    leaseTtl,
+  }: { partitions?: number; replicas?: number; databaseUrl?: string; leaseTtl?: number } = {},
 ): Promise<World> {
   ensureKafka();
   const service = uniqueName('billing');
@@ -116,7 +117,12 @@ async function world(
   const base = await textService('base', cleanups);
   const local = await textService('local', cleanups);
   const file = configFile(service, base.url, { [topic]: { mode } });
-  const args = ['--config', file, ...(databaseUrl ? ['--database-url', databaseUrl] : [])];
+  const args = [
+    '--config',
+    file,
+    ...(databaseUrl ? ['--database-url', databaseUrl] : []),
+    ...(leaseTtl ? ['--lease-ttl', String(leaseTtl), '--heartbeat-interval', '1'] : []),
+  ];
   const servers = await Promise.all(Array.from({ length: replicas }, () => serverProcess(args)));
   for (const server of servers) {
     expect(server.logs()).toContain('kafka splitter ready');
@@ -562,6 +568,63 @@ describe('kafka intercepts', () => {
     expect(valuesOf(split.records.filter(isForwarded))).toEqual(sortedValues(forwarded));
     expect(local.records.filter(isForwarded)).toEqual([]);
   });
+
+  it('a forwarding client killed -9 mid-stream and restarted keeps its lease past two leases, and nothing is lost', async ({
+    annotate,
+  }) => {
+    const leaseS = 6;
+    const w = await world('split', { leaseTtl: leaseS });
+    const out = uniqueName('laptop-out');
+    cleanups.push(() => deleteTopics([out]));
+    await createTopic(out);
+    const env = clientEnv(w.server, TOKEN, { KELSINGRA_HOLDER: uniqueName('dev') });
+    const forward = ['--forward-topic', `${out}=${w.topic}`];
+    const first = await interceptKafka(w, 't1', env, forward);
+    const dev = await watched(w.topic);
+    const forwardedValues = () =>
+      new Set(dev.records.filter((r) => r.value?.startsWith('fwd:')).map((r) => r.value));
+
+    const total = 5_000;
+    await produce(
+      out,
+      Array.from({ length: total }, (_, i) => ({ key: `f${i % 7}`, value: `fwd:${i}` })),
+    );
+    await waitFor(() => forwardedValues().size >= 200, 30_000, 'the first forwarded messages in dev');
+    process.kill(first.agentPid, 'SIGKILL');
+    await waitFor(() => !exists(first.agentPid), 10_000, 'the agent to die and be reaped');
+    const atKill = forwardedValues().size;
+    expect(atKill).toBeLessThan(total);
+
+    const again = await interceptKafka(w, 't1', env, forward);
+    expect(again.id).toBe(first.id);
+    const restartedAt = Date.now();
+    // Two whole leases and then some: renewals must not have waited for the forward group.
+    await sleep(leaseS * 2 * 1000 + 2_000);
+    expect(exists(again.agentPid), readFileSync(again.logFile, 'utf8').slice(-2_000)).toBe(true);
+    const list = JSON.parse((await run(['list', '--json'], env)).stdout) as { id: string }[];
+    expect(list.map((i) => i.id)).toContain(first.id);
+    const audit = w.server
+      .logs()
+      .split('\n')
+      .filter((line) => line.includes('"audit":true') && line.includes(first.id));
+    expect(audit.some((line) => line.includes('"reason":"expired"'))).toBe(false);
+    expect(audit.filter((line) => line.includes('"outcome":"renewed"')).length).toBeGreaterThanOrEqual(1);
+
+    await waitFor(
+      () => forwardedValues().size >= total,
+      60_000,
+      'every forwarded message in dev after the restart',
+    ).catch((err: Error) => {
+      throw new Error(
+        `${err.message}: ${forwardedValues().size} of ${total}\nagent log:\n${readFileSync(again.logFile, 'utf8').slice(-3_000)}`,
+      );
+    });
+    await annotate(
+      `${atKill} forwarded before the kill; all ${total} in dev ${((Date.now() - restartedAt) / 1000).toFixed(1)} s after the restart`,
+    );
+    expect(exists(again.agentPid)).toBe(true);
+    // Two leases of waiting, the dead member's 10 s session, then the rest of the stream.
+  }, 120_000);
 
   it('a replica killed under the tunnel mid-stream: the client moves to the other replica and nothing is lost', async ({
     annotate,

@@ -235,6 +235,33 @@ describe('LiveLogModel', () => {
     expect(model.snapshot().ended).toBe('left');
   });
 
+  it('says when a lapsed lease came back, where the traffic went, and follows a new id', () => {
+    const c = clock();
+    const model = new LiveLogModel({ ...INFO, leaseTtlMs: 30_000 }, { now: c.now });
+    model.takePrintable();
+    c.advance(45_000);
+    expect(model.snapshot().leaseExpiresInSeconds).toBe(0);
+    model.apply({
+      kind: 'lease-lapsed',
+      interceptId: 'icp_2',
+      previousId: 'icp_1',
+      lapsedAt: c.now() - 15_000,
+      fallback: 'base',
+      fallbackMs: 15_000,
+      at: c.now(),
+    });
+    const notices = model.takePrintable().flatMap((p) => (p.kind === 'notice' ? [p] : []));
+    expect(notices).toHaveLength(1);
+    expect(notices[0]).toMatchObject({ tone: 'warn' });
+    expect(notices[0]?.text).toMatch(
+      /^lease lapsed at [\d:.]+: the tenant's traffic went to the base service for 15\.00 s; the intercept is back under a new id, icp_2 \(it was icp_1\)$/,
+    );
+    const snapshot = model.snapshot();
+    expect(snapshot.info.interceptId).toBe('icp_2');
+    // A whole new lease: no countdown until a renewal is overdue again.
+    expect(snapshot.leaseExpiresInSeconds).toBeUndefined();
+  });
+
   it('selects among recent requests with ↑/↓ and opens details; history is bounded', () => {
     const model = new LiveLogModel(INFO, { historySize: 100, selectWindow: 5 });
     const all = Array.from({ length: 300 }, (_, i) => request(model, `/r${i}`));

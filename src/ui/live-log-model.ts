@@ -9,7 +9,7 @@
  * timer, which is what keeps an idle CLI at ≈ 0 % CPU.
  */
 import type { HttpStartEvent, OutboundEvent, RequestEvent, SessionEvent } from '../events.js';
-import { formatKafkaLine, isFailure } from '../request-log.js';
+import { formatKafkaLine, formatLapseLine, isFailure } from '../request-log.js';
 import type { TunnelState } from '../tunnel-client.js';
 
 export interface LiveLogInfo {
@@ -108,7 +108,8 @@ export class LiveLogModel {
   private readonly listeners = new Set<() => void>();
 
   constructor(
-    readonly info: LiveLogInfo,
+    /** Changes only when the intercept comes back under another id after its lease lapsed. */
+    public info: LiveLogInfo,
     opts: LiveLogOptions = {},
   ) {
     this.now = opts.now ?? Date.now;
@@ -185,6 +186,14 @@ export class LiveLogModel {
         this.leaseRenewedAt = now;
         this.leaseTtlMs = Math.max(0, event.expiresAt - event.at);
         this.leaseExpiresAt = now + this.leaseTtlMs;
+        break;
+      case 'lease-lapsed':
+        // Back under another id: the banner and what `leave`/`logs` take must follow it.
+        this.info = { ...this.info, interceptId: event.interceptId };
+        // Created afresh: a whole lease from now.
+        this.leaseRenewedAt = now;
+        if (this.leaseTtlMs !== undefined) this.leaseExpiresAt = now + this.leaseTtlMs;
+        this.notice('warn', formatLapseLine(event));
         break;
       case 'outbound':
         // Calls the local service made into dev: printed among the requests, not counted with them.
