@@ -32,8 +32,12 @@ export class HeaderGuard {
   /** CGI name → the spelling Kelsingra reads. */
   private readonly spelling = new Map<string, string>();
 
+  /** Whether a name Kelsingra reads has an `_` itself: then a twin needs no `_` in the request. */
+  private readonly readsUnderscore: boolean;
+
   constructor(names: Iterable<string>) {
     for (const name of names) this.spelling.set(cgiName(name), name.toLowerCase());
+    this.readsUnderscore = [...this.spelling.values()].some((n) => n.includes('_'));
   }
 
   /** The spelling Kelsingra reads for this name's CGI variable, when it reads that variable at all. */
@@ -59,6 +63,9 @@ export class HeaderGuard {
    * refuses a doubled tenant header as a key holding a comma.
    */
   ambiguity(raw: readonly string[]): Ambiguity | undefined {
+    // Every request passes here: without an `_` in any name there is nothing to fold, and the
+    // common case costs one scan instead of a map and a case-fold per header.
+    if (!this.readsUnderscore && !hasUnderscoreName(raw)) return undefined;
     const seen = new Map<string, string>();
     for (let i = 0; i < raw.length; i += 2) {
       const name = (raw[i] as string).toLowerCase();
@@ -73,6 +80,11 @@ export class HeaderGuard {
     }
     return undefined;
   }
+}
+
+function hasUnderscoreName(raw: readonly string[]): boolean {
+  for (let i = 0; i < raw.length; i += 2) if ((raw[i] as string).includes('_')) return true;
+  return false;
 }
 
 export interface Ambiguity {
