@@ -37,6 +37,8 @@ function hostOf(url: string): string | undefined {
 function merged(target: string): RequestTarget {
   const q = target.indexOf('?');
   const path = q === -1 ? target : target.slice(0, q);
+  // A dot segment needs a `.` or a `%2e`: most paths have neither and are kept without a split.
+  if (!path.includes('.') && !path.includes('%')) return { path: target };
   const query = q === -1 ? '' : target.slice(q);
   const segments = path.slice(1).split('/');
   const out: string[] = [];
