@@ -42,7 +42,7 @@ import { createRouteApi, sendUnknownService } from './route-api.js';
 import type { Route } from './route-table.js';
 import type { RouteTargetPolicy } from './route-targets.js';
 import type { ServiceRouter } from './routing.js';
-import { type TunnelHub, tunnelIdOf } from './tunnel-hub.js';
+import { type TunnelHub, tunnelIdOf, tunnelVersionProblem } from './tunnel-hub.js';
 
 export interface ControlPlaneDeps {
   auth: TokenAuthority;
@@ -581,6 +581,8 @@ export function createControlPlane(deps: ControlPlaneDeps): http.Server {
     const url = new URL(req.url ?? '/', 'http://control');
     if (url.pathname !== TUNNEL_PATH)
       return reject(404, `no WebSocket endpoint at ${url.pathname}; the tunnel is at ${TUNNEL_PATH}`);
+    const version = tunnelVersionProblem(req);
+    if (version) return writeRawError(socket, 426, 'tunnel-version', version.message, { hint: version.hint });
     if (deps.draining?.())
       return reject(503, 'this server agent is shutting down; connect again to reach another replica');
     const signed = signIn(req, false);

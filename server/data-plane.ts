@@ -34,6 +34,7 @@ import { type RoutingKeyOptions, routingKeyOf, routingKeyProblem } from './routi
 import { TenantShare } from './tenant-share.js';
 import { forwardThroughTunnel } from './tunnel-forward.js';
 import type { ClientTunnel, TunnelHub } from './tunnel-hub.js';
+import { upgradeThroughTunnel } from './tunnel-upgrade.js';
 import { relayUpgrade } from './upgrade-relay.js';
 
 /**
@@ -518,13 +519,33 @@ export function createDataPlane(deps: DataPlaneDeps): DataPlane {
     const inbound = inboundOf(req);
     const d = decide(inbound);
     if (d.kind === 'error') writeRawError(socket, d.status, d.code, d.message, d.extra);
-    else if (d.kind === 'tunnel' || d.kind === 'relay') {
-      writeRawError(
+    else if (d.kind === 'tunnel')
+      upgradeThroughTunnel(
+        req,
         socket,
-        501,
-        'upgrade-not-tunnelled',
-        `intercept ${d.intercept.id} (${d.intercept.service}, tenant ${d.intercept.tenant}) cannot carry WebSocket or other upgrades yet; only plain HTTP requests reach the local service`,
-        { intercept: d.intercept.id },
+        head,
+        d.tunnel,
+        d.intercept,
+        d.route.path,
+        d.headers,
+        timeoutMs,
+        publish,
+        inbound.requestId,
+        log.child({ requestId: inbound.requestId }),
+      );
+    else if (d.kind === 'relay') {
+      // The replica holding the tunnel takes the upgrade as it takes any relayed request.
+      d.headers.push(RELAY_HEADER, `${d.peer.secret} ${d.intercept.id} ${d.intercept.epoch}`);
+      const peer = new URL(d.peer.url);
+      const service = { ...d.route.service, name: `replica:${d.peer.id}`, upstream: peer, upstreams: [peer] };
+      relayUpgrade(
+        req,
+        socket,
+        head,
+        { ...d.route, path: inbound.url, service },
+        d.headers,
+        timeoutMs,
+        log.child({ requestId: inbound.requestId }),
       );
     } else {
       // Upgrades are long-lived and not retried: each goes to the backend round robin picks.

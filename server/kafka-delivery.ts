@@ -15,7 +15,6 @@ import {
   KAFKA_SOURCE_HEADER,
   toWire,
 } from '../src/kafka-wire.js';
-import { INTERCEPT_HEADER } from '../src/protocol.js';
 import type { Intercept, InterceptStore } from './intercept-store.js';
 import { consumerLag } from './kafka-lag.js';
 import { interceptTopic } from './kafka-topics.js';
@@ -167,41 +166,50 @@ function deliver(
   const source = headerText(message.headers as Record<string, Buffer>, KAFKA_SOURCE_HEADER) ?? '';
   const wire = toWire({ key: message.key, headers, timestamp: message.timestamp });
   return new Promise((resolve, reject) => {
-    const stream = tunnel.session.request({
-      ':method': 'POST',
-      ':path': KAFKA_DELIVER_PATH,
-      [INTERCEPT_HEADER]: intercept.id,
-      [KAFKA_META_HEADER]: JSON.stringify({
-        topic: source,
-        key: wire.key,
-        headers: wire.headers,
-        timestamp: wire.timestamp,
-        // A null value (a tombstone) and an empty one mean different things to compacted topics.
-        nullValue: message.value === null,
-      }),
+    const value = message.value ?? Buffer.alloc(0);
+    const stream = tunnel.request({
+      kind: 'kafka',
+      method: 'POST',
+      path: KAFKA_DELIVER_PATH,
+      authority: intercept.service,
+      headers: [
+        KAFKA_META_HEADER,
+        JSON.stringify({
+          topic: source,
+          key: wire.key,
+          headers: wire.headers,
+          timestamp: wire.timestamp,
+          // A null value (a tombstone) and an empty one mean different things to compacted topics.
+          nullValue: message.value === null,
+        }),
+      ],
+      intercept: intercept.id,
+      http2: false,
+      upgrade: false,
+      body: true,
     });
-    stream.setTimeout(DELIVERY_TIMEOUT_MS, () => stream.close());
+    const timer = setTimeout(() => stream.reset('cancel', 'no answer in time'), DELIVERY_TIMEOUT_MS);
     let status = 0;
     let body = '';
-    stream.on('response', (h) => {
-      status = Number(h[':status']);
-    });
-    stream.setEncoding('utf8');
-    stream.on('data', (c: string) => {
-      body += c;
-    });
-    stream.on('close', () => {
-      if (status === 200) resolve();
+    stream.onHead = (head) => {
+      status = head.status;
+    };
+    stream.onData = (c) => {
+      body += c.toString('utf8');
+      stream.consumed(c.length);
+    };
+    stream.onClose = () => {
+      clearTimeout(timer);
+      if (status === 200 && !stream.reason) resolve();
       else
         reject(
           new Error(
             `the client agent did not take the message (${status ? `HTTP ${status}: ${body.slice(0, 200)}` : 'no answer'})`,
           ),
         );
-    });
-    stream.on('error', () => {
-      // 'close' follows and rejects with what is known.
-    });
-    stream.end(message.value ?? Buffer.alloc(0));
+    };
+    // A message is one broker record, far below the stream's window: it goes in one write.
+    stream.write(value);
+    stream.end();
   });
 }

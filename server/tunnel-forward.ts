@@ -1,24 +1,77 @@
 /**
- * Sends one data-plane request through a developer's tunnel as an HTTP/2 stream and relays
- * the response. Either side hanging up cancels the other.
+ * Sends one data-plane request through a developer's tunnel as a stream and relays the
+ * response, trailers included. Either side hanging up cancels the other.
  */
-import type { IncomingMessage, ServerResponse } from 'node:http';
-import type http2 from 'node:http2';
-import type { OutgoingHttpHeaders } from 'node:http2';
-import { pipeUnlessReset } from '../src/h2-pipe.js';
-import { fromHttp2, maskSecretQuery, rawToObject } from '../src/http-headers.js';
-import { INTERCEPT_HEADER } from '../src/protocol.js';
+import type { ServerResponse } from 'node:http';
+import { maskSecretQuery, rawToObject } from '../src/http-headers.js';
+import type { TunnelStream } from '../src/tunnel-mux.js';
+import { drainInto, pumpInto } from '../src/tunnel-mux.js';
 import { answerBodyError, type BodyLimits, limitedBody } from './body-limit.js';
 import { sendError } from './error-response.js';
 import type { RequestRecord } from './event-bus.js';
+import { type InboundRequest, isHttp2, type OutboundResponse } from './http-types.js';
 import type { Intercept } from './intercept-store.js';
 import { withRequestId } from './request-id.js';
 import { BODY_IDLE_MS } from './timeouts.js';
 import type { ClientTunnel } from './tunnel-hub.js';
 
+/** What a request through the tunnel is to the logs and errors: which intercept, whose. */
+export function interceptName(intercept: Intercept): string {
+  return `intercept ${intercept.id} (${intercept.service}, tenant ${intercept.tenant}, held by ${intercept.holder})`;
+}
+
+/** The tunnel's limit, if it is at it: answered at once, never queued. */
+export function refuseOverStreamLimit(
+  tunnel: ClientTunnel,
+  intercept: Intercept,
+  fail: (
+    status: number,
+    code: string,
+    message: string,
+    extra: Record<string, unknown>,
+    headers?: Record<string, string>,
+  ) => void,
+): boolean {
+  const limit = tunnel.streamLimitReached();
+  if (limit === undefined) return false;
+  fail(
+    503,
+    'tunnel-streams-exhausted',
+    `${interceptName(intercept)}: its tunnel already carries ${limit} requests at once, the server agent's limit (maxTunnelStreams)`,
+    {
+      intercept: intercept.id,
+      maxTunnelStreams: limit,
+      hint: 'retry when some have finished, or raise --max-tunnel-streams on the server agent',
+    },
+    { 'retry-after': '1' },
+  );
+  return true;
+}
+
+/** The header list without Host (sent as the authority) and without HTTP/2 pseudo-headers. */
+export function tunnelHeaders(
+  headers: string[],
+  fallbackHost: string,
+): { list: string[]; authority: string } {
+  const list: string[] = [];
+  let authority = '';
+  for (let i = 0; i < headers.length; i += 2) {
+    const name = headers[i] as string;
+    if (name === 'host') authority ||= headers[i + 1] as string;
+    else if (name.charCodeAt(0) !== 58 /* ':' */) list.push(name, headers[i + 1] as string);
+  }
+  return { list, authority: authority || fallbackHost };
+}
+
+/** A request's trailers as a flat list (HTTP/1 chunked or HTTP/2), if it had any. */
+function trailersOf(req: InboundRequest): string[] | undefined {
+  const raw = req.rawTrailers;
+  return raw && raw.length > 0 ? raw.map((v, i) => (i % 2 === 0 ? v.toLowerCase() : v)) : undefined;
+}
+
 export function forwardThroughTunnel(
-  req: IncomingMessage,
-  res: ServerResponse,
+  req: InboundRequest,
+  res: OutboundResponse,
   tunnel: ClientTunnel,
   intercept: Intercept,
   path: string,
@@ -32,44 +85,39 @@ export function forwardThroughTunnel(
   const startedAt = Date.now();
   const t0 = performance.now();
   let bytesOut = 0;
-  const h2headers: OutgoingHttpHeaders = rawToObject(headers);
-  // The Host routing saw (a gateway call's is the dev host it named, not the control port's).
-  const host = h2headers.host;
-  delete h2headers.host;
-  h2headers[':method'] = req.method;
-  h2headers[':path'] = path;
-  h2headers[':authority'] = typeof host === 'string' && host !== '' ? host : intercept.service;
-  h2headers[':scheme'] = 'http';
-  h2headers[INTERCEPT_HEADER] = intercept.id;
+  // Node's HTTP/1 and HTTP/2 compatibility responses share this API; the helpers are typed for HTTP/1.
+  const out = res as ServerResponse;
+  const fail = (
+    status: number,
+    code: string,
+    message: string,
+    extra: Record<string, unknown>,
+    more?: Record<string, string>,
+  ) => sendError(out, status, code, message, extra, more);
+  if (refuseOverStreamLimit(tunnel, intercept, fail)) return;
 
-  const hasBody =
-    req.headers['content-length'] !== undefined || req.headers['transfer-encoding'] !== undefined;
-  const name = `intercept ${intercept.id} (${intercept.service}, tenant ${intercept.tenant}, held by ${intercept.holder})`;
-  const limit = tunnel.streamLimitReached();
-  if (limit !== undefined) {
-    sendError(
-      res,
-      503,
-      'tunnel-streams-exhausted',
-      `${name}: its tunnel already carries ${limit} requests at once, the server agent's limit (maxTunnelStreams)`,
-      {
-        intercept: intercept.id,
-        maxTunnelStreams: limit,
-        hint: 'retry when some have finished, or raise --max-tunnel-streams on the server agent',
-      },
-      { 'retry-after': '1' },
-    );
-    return;
-  }
-  let stream: http2.ClientHttp2Stream;
-  // Aborting sends RST_STREAM(CANCEL) alone. stream.close(code) would first end the writable side,
-  // so the local service could see END_STREAM (a truncated upload that looks whole) before the reset.
-  const cancel = new AbortController();
+  const http2 = isHttp2(req);
+  // A gRPC call has no Content-Length; over HTTP/2 a body is whatever follows the headers.
+  const hasBody = http2
+    ? !req.stream.endAfterHeaders
+    : req.headers['content-length'] !== undefined || req.headers['transfer-encoding'] !== undefined;
+  const name = interceptName(intercept);
+  const { list, authority } = tunnelHeaders(headers, intercept.service);
+  let stream: TunnelStream;
   try {
-    stream = tunnel.request(h2headers, { endStream: !hasBody, signal: cancel.signal });
+    stream = tunnel.request({
+      kind: 'http',
+      method: req.method ?? 'GET',
+      path,
+      authority,
+      headers: list,
+      intercept: intercept.id,
+      http2,
+      upgrade: false,
+      body: hasBody,
+    });
   } catch (err) {
-    sendError(
-      res,
+    fail(
       502,
       'tunnel-unavailable',
       `${name}: the tunnel could not take the request: ${(err as Error).message}`,
@@ -81,47 +129,55 @@ export function forwardThroughTunnel(
   }
   tunnel.probe();
 
-  // Our own timer rather than stream.setTimeout: when headers, body and END_STREAM arrive in one
-  // read, Node emits 'response' after the stream has closed, and a stream.setTimeout there re-arms
-  // a timer nothing clears, which held each request's stream, req and res for BODY_IDLE_MS.
-  // Activity either way keeps it from firing, as it did that one.
-  // Waiting for the developer's service to answer is bounded like any upstream.
+  // Waiting for the developer's service to answer is bounded like any upstream; from the
+  // response head on, the wait is for body bytes, bounded like pass-through's. Activity either
+  // way (upload bytes too) keeps it from firing.
   let idle = setTimeout(() => {
-    if (!res.headersSent) {
-      sendError(
-        res,
-        504,
-        'local-timeout',
-        `${name}: the local service on port ${intercept.localPort} did not answer within ${timeoutMs} ms`,
-        {
-          intercept: intercept.id,
-        },
-      );
-    }
-    cancel.abort();
+    fail(
+      504,
+      'local-timeout',
+      `${name}: the local service on port ${intercept.localPort} did not answer within ${timeoutMs} ms`,
+      {
+        intercept: intercept.id,
+      },
+    );
+    stream.reset('cancel', 'no response in time');
   }, timeoutMs);
 
-  stream.on('response', (responseHeaders) => {
-    // From here the wait is for body bytes: bounded by the same idle limit as pass-through.
+  stream.onHead = (head) => {
     clearTimeout(idle);
-    idle = setTimeout(() => cancel.abort(), BODY_IDLE_MS);
-    const status = Number(responseHeaders[':status']);
+    idle = setTimeout(() => {
+      stream.reset('cancel', 'the response body stalled');
+      out.destroy();
+    }, BODY_IDLE_MS);
     // The caller gets the id Kelsingra logged, whatever the local service answered.
-    res.writeHead(status, withRequestId(res, fromHttp2(responseHeaders)));
-    stream.on('data', (chunk: Buffer) => {
+    const responseHeaders = withRequestId(out, rawToObject(head.headers));
+    if (http2 && !head.body) {
+      // Headers set this way and no writeHead: Node sends them with END_STREAM, which is what
+      // gRPC calls a trailers-only answer; after writeHead a client would wait for trailers.
+      out.statusCode = head.status;
+      for (const [n, v] of Object.entries(responseHeaders)) if (v !== undefined) out.setHeader(n, v);
+      return;
+    }
+    out.writeHead(head.status, responseHeaders);
+    drainInto(stream, out, (chunk) => {
       bytesOut += chunk.length;
       idle.refresh();
     });
-    // A reset mid-body cuts the caller's connection: a truncated body must not look whole.
-    pipeUnlessReset(stream, res);
-  });
-
-  stream.on('close', () => {
+  };
+  stream.onEnd = (trailers) => {
+    if (trailers) out.addTrailers(rawToObject(trailers) as Record<string, string>);
+    out.end();
+  };
+  stream.onReset = (reason) => {
     clearTimeout(idle);
-    if (res.headersSent) return;
+    // A reset mid-body cuts the caller's connection (or HTTP/2 stream): a truncated body must not look whole.
+    if (out.headersSent) {
+      out.destroy();
+      return;
+    }
     if (tunnel.missedHeartbeat) {
-      sendError(
-        res,
+      fail(
         502,
         'tunnel-disconnected',
         `${name}: the client stopped answering heartbeats (asleep, stopped or cut off) with this request in flight; traffic falls back to the base service if it does not reconnect within its lease`,
@@ -129,33 +185,34 @@ export function forwardThroughTunnel(
       );
       return;
     }
-    sendError(
-      res,
+    fail(
       502,
       'tunnel-reset',
-      `${name}: the tunnel stream was reset before a response (code ${stream.rstCode})`,
+      `${name}: the tunnel stream was reset before a response (${reason.message ?? reason.code})`,
       {
         intercept: intercept.id,
       },
     );
-  });
-  stream.on('error', () => {
-    // 'close' follows and answers the caller; the error itself carries nothing more for them.
-  });
+  };
+  stream.onClose = () => clearTimeout(idle);
 
-  if (hasBody && (bodyLimits.maxBytes > 0 || bodyLimits.idleMs > 0)) {
-    const body = limitedBody(bodyLimits);
-    // Past a limit the local service sees the stream reset, never a body that looks whole.
-    body.once('error', (err) => {
-      cancel.abort();
-      answerBodyError(req, res, err);
-    });
-    req.pipe(body).pipe(stream);
-  } else if (hasBody) req.pipe(stream);
-  if (hasBody) req.on('data', () => idle.refresh());
-  res.on('close', () => {
-    const complete = res.writableFinished;
-    if (!complete && !stream.closed) cancel.abort();
+  if (hasBody) {
+    const onUpload = () => idle.refresh();
+    if (bodyLimits.maxBytes > 0 || bodyLimits.idleMs > 0) {
+      const body = limitedBody(bodyLimits);
+      // Past a limit the local service sees the stream reset, never a body that looks whole.
+      body.once('error', (err) => {
+        stream.reset('cancel', err.message);
+        answerBodyError(req as never, out, err);
+      });
+      req.pipe(body);
+      pumpInto(body, stream, () => trailersOf(req), onUpload);
+    } else pumpInto(req, stream, () => trailersOf(req), onUpload);
+  }
+  out.on('close', () => {
+    const complete = out.writableFinished;
+    // Also an upload still going after the response ended: the local service has answered it.
+    if (!stream.closed) stream.reset('cancel', complete ? undefined : 'the caller went away');
     publish({
       type: 'request',
       interceptId: intercept.id,
@@ -165,7 +222,7 @@ export function forwardThroughTunnel(
       holder: intercept.holder,
       method: req.method ?? 'GET',
       path: maskSecretQuery(path),
-      status: res.statusCode,
+      status: out.statusCode,
       durationMs: performance.now() - t0,
       bytesOut,
       at: startedAt,

@@ -1,16 +1,16 @@
 /**
- * The server end of client tunnels: one WebSocket per client agent, HTTP/2 running over
- * its binary frames (this side is the HTTP/2 client: it opens a stream per intercepted
- * request), JSON control messages in text frames, and ping/pong heartbeats.
+ * The server end of client tunnels: one WebSocket per client agent, carrying a stream per
+ * intercepted request in binary frames (this side opens them), JSON control messages in
+ * text frames, and ping/pong heartbeats.
  */
 import type { IncomingMessage } from 'node:http';
-import http2, { type ClientHttp2Session } from 'node:http2';
 import type { Duplex } from 'node:stream';
 import type { Logger } from 'pino';
 import { WebSocket, WebSocketServer } from 'ws';
-import { type ClientControl, type ServerControl, TUNNEL_SUBPROTOCOL } from '../src/protocol.js';
-import { H2_SETTINGS, SESSION_WINDOW } from '../src/tunnel-settings.js';
-import { webSocketDuplex } from '../src/ws-duplex.js';
+import { ClientControlSchema, type ServerControl, VERSION_HEADER } from '../src/protocol.js';
+import { TunnelMux, type TunnelStream } from '../src/tunnel-mux.js';
+import { LEGACY_SUBPROTOCOL, type OpenHead, TUNNEL_SUBPROTOCOL } from '../src/tunnel-wire.js';
+import { VERSION } from '../src/version.js';
 import type { Principal } from './auth.js';
 import { clientKeyOf, type Intercept, type InterceptStore } from './intercept-store.js';
 
@@ -23,15 +23,35 @@ export function tunnelIdOf(clientKey: string): string {
   return `t_${clientKey.slice(0, 12)}`;
 }
 
+/**
+ * Why a client's tunnel cannot be accepted for its protocol version, if it cannot: a client
+ * of another Kelsingra version hears which side to upgrade instead of a failed handshake.
+ */
+export function tunnelVersionProblem(req: IncomingMessage): { message: string; hint: string } | undefined {
+  const offered = String(req.headers['sec-websocket-protocol'] ?? '')
+    .split(',')
+    .map((p) => p.trim())
+    .filter(Boolean);
+  if (offered.includes(TUNNEL_SUBPROTOCOL)) return undefined;
+  const clientVersion = req.headers[VERSION_HEADER];
+  const client =
+    typeof clientVersion === 'string' ? `Kelsingra ${clientVersion.slice(0, 40)}` : 'an older Kelsingra';
+  const older = offered.includes(LEGACY_SUBPROTOCOL) || offered.length === 0;
+  return {
+    message: `this server agent (Kelsingra ${VERSION}) speaks tunnel protocol ${TUNNEL_SUBPROTOCOL}; the client (${client}) offered ${offered.join(', ') || 'none'}`,
+    hint: older
+      ? `upgrade the kelsingra CLI to ${VERSION} (npm install -g kelsingra@${VERSION})`
+      : `this server agent is older than the client: upgrade the server agent, or use a kelsingra CLI of version ${VERSION}`,
+  };
+}
+
 export class ClientTunnel {
   readonly connectedAt = Date.now();
   readonly tunnelId: string;
   alive = true;
-  readonly session: ClientHttp2Session;
-  /** Why the HTTP/2 session failed, if it did (bytes that are not HTTP/2, say): for the log. */
+  readonly mux: TunnelMux;
+  /** How the client broke the tunnel protocol, if it did: for the log. */
   failure?: Error;
-  /** Requests on the tunnel not yet closed. */
-  private streams = 0;
   /** Set when it was closed for not answering a ping: requests cut by that say so. */
   missedHeartbeat = false;
   private probeTimer?: NodeJS.Timeout;
@@ -58,45 +78,27 @@ export class ClientTunnel {
       this.probeTimer = undefined;
     });
     ws.on('close', () => clearTimeout(this.probeTimer));
-    const duplex = webSocketDuplex(ws, (text) => onControl(this, text));
-    this.session = http2.connect('http://tunnel.kelsingra', {
-      createConnection: () => duplex,
-      settings: H2_SETTINGS,
-      maxSessionMemory: 64,
-      peerMaxConcurrentStreams: maxStreams,
+    this.mux = new TunnelMux(ws, {
+      onControl: (text) => onControl(this, text),
+      // The first is kept, for the log line that says why the tunnel closed.
+      onProtocolError: (err) => {
+        this.failure ??= err;
+      },
     });
-    this.session.on('connect', () => this.session.setLocalWindowSize(SESSION_WINDOW));
-    // A session error surfaces on every open stream; the session itself just closes. The
-    // first is kept, for the log line that says why the tunnel closed.
-    this.session.on('error', (err) => {
-      this.failure ??= err;
-      ws.terminate();
-    });
-    this.session.unref?.();
   }
 
   send(message: ServerControl): void {
     if (this.ws.readyState === WebSocket.OPEN) this.ws.send(JSON.stringify(message));
   }
 
-  /**
-   * The limit on requests at once, if the tunnel is at it: the configured one, or a lower one
-   * an older client agent announced (10,000), past which HTTP/2 would queue streams unseen.
-   */
+  /** The limit on requests at once (maxTunnelStreams), if the tunnel is at it. */
   streamLimitReached(): number | undefined {
-    const limit = Math.min(this.maxStreams, this.session.remoteSettings?.maxConcurrentStreams ?? Infinity);
-    return this.streams >= limit ? limit : undefined;
+    return this.mux.size >= this.maxStreams ? this.maxStreams : undefined;
   }
 
   /** Opens a stream, counted until it closes. */
-  request(
-    headers: http2.OutgoingHttpHeaders,
-    options: http2.ClientSessionRequestOptions,
-  ): http2.ClientHttp2Stream {
-    const stream = this.session.request(headers, options);
-    this.streams++;
-    stream.once('close', () => this.streams--);
-    return stream;
+  request(head: OpenHead): TunnelStream {
+    return this.mux.open(head);
   }
 
   /**
@@ -122,7 +124,7 @@ export class ClientTunnel {
   }
 
   get open(): boolean {
-    return this.ws.readyState === WebSocket.OPEN && !this.session.closed && !this.session.destroyed;
+    return this.ws.readyState === WebSocket.OPEN;
   }
 }
 
@@ -132,7 +134,8 @@ export class TunnelHub {
     noServer: true,
     perMessageDeflate: false,
     maxPayload: 8 * 1024 * 1024,
-    handleProtocols: (protocols) => (protocols.has(TUNNEL_SUBPROTOCOL) ? TUNNEL_SUBPROTOCOL : false),
+    // The control port refused any other offer before the upgrade (tunnelVersionProblem).
+    handleProtocols: () => TUNNEL_SUBPROTOCOL,
   });
   private readonly heartbeat: NodeJS.Timeout;
 
@@ -219,11 +222,9 @@ export class TunnelHub {
               ),
             );
         }
-        // Read before the destroy below, whose own error is no reason.
+        // Streams still open were reset by the mux: callers mid-response get a cut connection
+        // instead of a body that looks complete.
         const failure = tunnel.failure;
-        // With an error, open streams end with a reset code rather than NO_ERROR, so callers
-        // mid-response get a cut connection instead of a body that looks complete.
-        tunnel.session.destroy(new Error('tunnel closed'));
         if (failure) {
           this.log.warn(
             {
@@ -232,7 +233,7 @@ export class TunnelHub {
               err: failure.message,
               code: (failure as NodeJS.ErrnoException).code,
             },
-            'tunnel protocol error (frames that are not HTTP/2 or not WebSocket); closing it',
+            'tunnel protocol error (frames that are not Kelsingra tunnel frames or not WebSocket); closing it',
           );
         }
         this.log.info({ tunnel: tunnel.tunnelId, holder }, 'tunnel closed');
@@ -316,19 +317,20 @@ export class TunnelHub {
   }
 
   private onControl(tunnel: ClientTunnel, text: string): void {
-    // `null` is JSON too: a message with no type, like a number or a list, is ignored below.
-    let message: ClientControl | null;
+    let value: unknown;
     try {
-      message = JSON.parse(text) as ClientControl | null;
+      value = JSON.parse(text);
     } catch {
       this.log.warn({ tunnel: tunnel.tunnelId }, 'malformed control frame; closing tunnel');
       tunnel.ws.close(1007, 'malformed control frame');
       return;
     }
-    if (message?.type === 'renew' && Array.isArray(message.ids)) {
+    const parsed = ClientControlSchema.safeParse(value);
+    if (parsed.success) {
+      const message = parsed.data;
       // An intercept on a tenant the token no longer covers (it changed while this client was
       // away) is not renewed: the client hears it is missing, and its lease lapses.
-      const ids = message.ids.filter((id) => typeof id === 'string');
+      const ids = message.ids;
       const refused = ids.filter((id) => {
         const intercept = this.store.get(id);
         return intercept !== undefined && !tunnel.principal.canUseTenant(intercept.tenant);
@@ -348,9 +350,10 @@ export class TunnelHub {
             this.log.error({ tunnel: tunnel.tunnelId, err: err.message }, 'renewing leases failed'),
         );
     } else {
+      // Either side may add messages without breaking the other.
       this.log.warn(
-        { tunnel: tunnel.tunnelId, type: (message as { type?: unknown } | null)?.type },
-        'unknown control message ignored',
+        { tunnel: tunnel.tunnelId, type: (value as { type?: unknown } | null)?.type },
+        'unknown or malformed control message ignored',
       );
     }
   }

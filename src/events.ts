@@ -36,6 +36,35 @@ export interface RequestEvent {
   responseHeaders?: Record<string, string>;
 }
 
+/**
+ * An upgraded connection (a WebSocket) through the tunnel has closed: one event for its
+ * whole life, after the http-start of its request.
+ */
+export interface WebSocketEvent {
+  kind: 'websocket';
+  requestId: string;
+  interceptId: string;
+  startedAt: number;
+  path: string;
+  /** websocket, or upgrade for another protocol (its frames are not followed). */
+  protocol: 'websocket' | 'upgrade';
+  /** 101 when it was upgraded; the local service's answer when it refused; 0 when it was not reached. */
+  status: number;
+  durationMs: number;
+  /** Bytes from the caller, and from the local service. */
+  bytesIn: number;
+  bytesOut: number;
+  messagesIn?: number;
+  messagesOut?: number;
+  /** Whose end went first; `leave`: closed by leaving the intercept. */
+  closedBy?: 'caller' | 'local' | 'leave';
+  /** The first close frame (WebSocket), and which side sent it. */
+  closeFrom?: 'caller' | 'local';
+  code?: number;
+  reason?: string;
+  error?: string;
+}
+
 export interface TunnelEvent {
   kind: 'tunnel';
   state: TunnelState;
@@ -103,6 +132,7 @@ export interface OutboundEvent {
 export type SessionEvent =
   | HttpStartEvent
   | RequestEvent
+  | WebSocketEvent
   | TunnelEvent
   | LeaseEvent
   | LeaseLapsedEvent

@@ -107,6 +107,18 @@ export function rawToObject(raw: string[]): OutgoingHttpHeaders {
   return out;
 }
 
+/** Header object → flat list `[name, value…]`; an array value becomes repeated lines. */
+export function objectToRaw(headers: Record<string, unknown>): string[] {
+  const out: string[] = [];
+  for (const name in headers) {
+    const value = headers[name];
+    if (value === undefined) continue;
+    if (Array.isArray(value)) for (const v of value) out.push(name, String(v));
+    else out.push(name, String(value));
+  }
+  return out;
+}
+
 /** HTTP/2 incoming headers → plain headers: pseudo-headers removed, `:authority` restored as Host. */
 export function fromHttp2(headers: IncomingHttpHeaders): Record<string, string | string[]> {
   const out: Record<string, string | string[]> = {};

@@ -11,8 +11,7 @@ import { ExitCode, KelsingraError } from './errors.js';
 import type { SessionEvent } from './events.js';
 import { KafkaBridge } from './kafka-bridge.js';
 import type { KafkaOptions } from './kafka-options.js';
-import { KAFKA_DELIVER_PATH } from './kafka-wire.js';
-import { interceptIdOf, LocalForwarder } from './local-forwarder.js';
+import { LocalForwarder } from './local-forwarder.js';
 import type { InterceptView, LeaseLapse } from './protocol.js';
 import type { ClientSettings } from './settings.js';
 import { TunnelClient } from './tunnel-client.js';
@@ -70,19 +69,16 @@ export class InterceptSession extends EventEmitter<{ event: [SessionEvent] }> {
       token: settings.token,
       clientId: this.clientId,
       holder: settings.holder,
-      onStream: (stream, headers) => {
-        if (
-          headers[':path'] === KAFKA_DELIVER_PATH &&
-          this.kafka &&
-          interceptIdOf(headers) === this.intercept?.id
-        ) {
-          this.kafka.deliver(stream, headers);
-        } else if (this.forwarder && interceptIdOf(headers) === this.intercept.id) {
-          this.forwarder.serve(stream, headers);
+      onStream: (stream, head) => {
+        if (head.kind === 'kafka' && this.kafka && head.intercept === this.intercept?.id) {
+          this.kafka.deliver(stream, head);
+        } else if (head.kind === 'http' && this.forwarder && head.intercept === this.intercept?.id) {
+          this.forwarder.serve(stream, head);
         } else {
           // Only this session's intercept is served; anything else is a stale route.
-          stream.respond({ ':status': 421, 'content-type': 'text/plain' });
-          stream.end('Kelsingra: this client does not hold that intercept any more\n');
+          stream.respond({ status: 421, headers: ['content-type', 'text/plain'], body: true });
+          stream.write(Buffer.from('Kelsingra: this client does not hold that intercept any more\n'));
+          stream.end();
         }
       },
     });
@@ -275,7 +271,11 @@ export class InterceptSession extends EventEmitter<{ event: [SessionEvent] }> {
 
   private async shutdown(): Promise<void> {
     clearInterval(this.renewTimer);
-    await this.tunnel.closeWhenIdle(LEAVE_GRACE_MS);
+    // WebSockets still open are closed cleanly (1001) once the plain requests are answered.
+    await this.tunnel.closeWhenIdle(
+      LEAVE_GRACE_MS,
+      () => this.forwarder?.closeUpgrades() ?? Promise.resolve(),
+    );
     await this.forwarder?.close();
     await this.kafka?.close();
   }

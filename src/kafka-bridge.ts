@@ -4,27 +4,27 @@
  * moves its offset on only for what is safely local). Local topics named with
  * --forward-topic are consumed and sent back to dev as the intercepted tenant.
  */
-import type { IncomingHttpHeaders, ServerHttp2Stream } from 'node:http2';
 import { type Admin, type Consumer, Kafka, logLevel, Partitioners, type Producer } from 'kafkajs';
 import type { ApiClient } from './api-client.js';
 import type { KafkaEvent } from './events.js';
 import type { KafkaOptions } from './kafka-options.js';
 import { TopicMaker } from './kafka-topic-maker.js';
-import { chunkBySize, fromWire, KAFKA_META_HEADER, toWire, type WireMessage } from './kafka-wire.js';
+import {
+  chunkBySize,
+  DeliveryMetaSchema,
+  fromWire,
+  KAFKA_META_HEADER,
+  toWire,
+  type WireMessage,
+} from './kafka-wire.js';
+import type { TunnelStream } from './tunnel-mux.js';
+import type { OpenHead } from './tunnel-wire.js';
 
 /** Within the broker's default group.min.session.timeout.ms (6 s) .. max (30 min). */
 const FORWARD_SESSION_TIMEOUT_MS = 10_000;
 
 function forwardError(topics: string[], error: string): KafkaEvent {
   return { kind: 'kafka', direction: 'out', from: topics.join(','), to: '', bytes: 0, at: Date.now(), error };
-}
-
-interface DeliveryMeta {
-  topic: string;
-  key: string | null;
-  headers: Record<string, string>;
-  timestamp?: string;
-  nullValue?: boolean;
 }
 
 export class KafkaBridge {
@@ -150,25 +150,29 @@ export class KafkaBridge {
   }
 
   /** One delivered message: produce locally, then answer 200 (or 502 saying why). */
-  deliver(stream: ServerHttp2Stream, headers: IncomingHttpHeaders): void {
+  deliver(stream: TunnelStream, head: OpenHead): void {
     const chunks: Buffer[] = [];
-    stream.on('data', (c: Buffer) => chunks.push(c));
-    stream.on('end', () => {
-      this.produce(headers, Buffer.concat(chunks)).then(
+    // A message is at most the broker's message size: taken whole, then credited.
+    stream.onData = (c) => {
+      chunks.push(c);
+      stream.consumed(c.length);
+    };
+    // The server gave up on this delivery (timeout, tunnel closing); it sends the message again.
+    stream.onReset = () => undefined;
+    stream.onEnd = () => {
+      this.produce(head, Buffer.concat(chunks)).then(
         (event) => {
           // The tunnel may have dropped while the local broker answered: the message is local
           // now, and the server, never told, sends it again (a duplicate, not a loss).
-          if (!stream.destroyed && !stream.closed) {
-            stream.respond({ ':status': 200 });
-            stream.end();
-          }
+          stream.respond({ status: 200, headers: [], body: false });
           this.emit(event);
         },
         (err: Error) => {
-          if (!stream.destroyed && !stream.closed) {
-            stream.respond({ ':status': 502, 'content-type': 'text/plain' });
-            stream.end(`local Kafka at ${this.options.local} did not take the message: ${err.message}`);
-          }
+          stream.respond({ status: 502, headers: ['content-type', 'text/plain'], body: true });
+          stream.write(
+            Buffer.from(`local Kafka at ${this.options.local} did not take the message: ${err.message}`),
+          );
+          stream.end();
           this.emit({
             kind: 'kafka',
             direction: 'in',
@@ -180,10 +184,7 @@ export class KafkaBridge {
           });
         },
       );
-    });
-    stream.on('error', () => {
-      // The server gave up on this delivery (timeout, tunnel closing); it sends the message again.
-    });
+    };
   }
 
   async close(): Promise<void> {
@@ -191,8 +192,11 @@ export class KafkaBridge {
     await Promise.all([this.producer.disconnect(), this.admin.disconnect()]);
   }
 
-  private async produce(headers: IncomingHttpHeaders, value: Buffer): Promise<KafkaEvent> {
-    const meta = JSON.parse(String(headers[KAFKA_META_HEADER] ?? '{}')) as DeliveryMeta;
+  private async produce(head: OpenHead, value: Buffer): Promise<KafkaEvent> {
+    const at = head.headers.indexOf(KAFKA_META_HEADER);
+    const meta = DeliveryMetaSchema.parse(
+      JSON.parse(at >= 0 && at % 2 === 0 ? (head.headers[at + 1] ?? '{}') : '{}'),
+    );
     const localTopic = this.options.topics[meta.topic] ?? meta.topic;
     await this.topics.ensure([localTopic]);
     const wire: WireMessage = {

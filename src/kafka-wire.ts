@@ -3,11 +3,23 @@
  * are bytes, so they travel base64-encoded in JSON. Shared by both agents.
  */
 import type { IHeaders, Message } from 'kafkajs';
+import { z } from 'zod';
 
-/** Tunnel path on which the server delivers one Kafka message to the client agent. */
+/** The path of a Kafka delivery's stream (kind `kafka`): for logs only, routing is by kind. */
 export const KAFKA_DELIVER_PATH = '/.kelsingra/kafka';
 /** Describes the delivered message (topic, key, headers); the stream body is its value. */
 export const KAFKA_META_HEADER = 'x-kelsingra-kafka';
+
+/** What KAFKA_META_HEADER carries, checked on arrival. */
+export const DeliveryMetaSchema = z.object({
+  topic: z.string(),
+  key: z.string().nullable(),
+  headers: z.record(z.string(), z.string()).optional(),
+  timestamp: z.string().optional(),
+  // A null value (a tombstone) and an empty one mean different things to compacted topics.
+  nullValue: z.boolean().optional(),
+});
+export type DeliveryMeta = z.infer<typeof DeliveryMetaSchema>;
 /** On messages Kelsingra forwarded from a developer: never intercepted again, so nothing loops. */
 export const KAFKA_HOP_HEADER = 'x-kelsingra-hop';
 /** On messages in a per-intercept topic: the dev topic they came from. */

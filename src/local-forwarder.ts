@@ -1,16 +1,27 @@
 /**
- * Serves one tunnelled request from the developer's local service: the HTTP/2 stream the
- * server opened becomes an HTTP/1.1 request to 127.0.0.1:<port>, and the response streams
- * back. Reports each finished request as an event for the request log.
+ * Serves tunnelled requests from the developer's local service: each stream the server
+ * opened becomes a request to 127.0.0.1:<port> — HTTP/1.1 on a keep-alive pool, HTTP/2 (h2c)
+ * when the caller spoke HTTP/2 (gRPC), an upgraded connection for an Upgrade (WebSocket) —
+ * and the response streams back, trailers included. Reports each request as an event.
  */
-import http2, { type IncomingHttpHeaders, type ServerHttp2Stream } from 'node:http2';
+import http from 'node:http';
+import http2, { type ClientHttp2Session, type IncomingHttpHeaders } from 'node:http2';
 import { PassThrough } from 'node:stream';
-import { Pool } from 'undici';
-import type { HttpStartEvent, RequestEvent } from './events.js';
-import { pipeUnlessReset } from './h2-pipe.js';
+import { type Dispatcher, Pool } from 'undici';
+import type { HttpStartEvent, RequestEvent, WebSocketEvent } from './events.js';
+import { grpcErrorHeaders, isGrpc } from './grpc-status.js';
 import { AMBIGUOUS_HEADER, ambiguityRefusal, HeaderGuard, HTTP_GUARDED } from './header-twins.js';
-import { forwardableResponseHeaders, fromHttp2, maskSecretHeaders, maskSecretQuery } from './http-headers.js';
+import {
+  forwardableResponseHeaders,
+  maskSecretHeaders,
+  maskSecretQuery,
+  objectToRaw,
+  rawToObject,
+} from './http-headers.js';
+import { LocalUpgrade } from './local-upgrade.js';
 import { ERROR_HEADER, INTERCEPT_HEADER } from './protocol.js';
+import { drainInto, type TunnelStream } from './tunnel-mux.js';
+import type { OpenHead } from './tunnel-wire.js';
 
 export interface LocalTarget {
   service: string;
@@ -28,18 +39,32 @@ export interface LocalTarget {
  */
 const guard = new HeaderGuard(HTTP_GUARDED);
 
+type Headers = Record<string, string | string[] | undefined>;
+
+/** What one request reports when it is over. */
+interface Outcome {
+  status: number;
+  headers: Headers;
+  error?: string;
+}
+
 export class LocalForwarder {
   private readonly pool: Pool;
+  private readonly origin: string;
+  /** One HTTP/2 connection to the local service for every HTTP/2 call; made again if it closes. */
+  private h2?: ClientHttp2Session;
+  private readonly upgrades = new Set<LocalUpgrade>();
   private nextRequest = 1;
 
   constructor(
     private readonly target: LocalTarget,
-    private readonly onEvent: (event: HttpStartEvent | RequestEvent) => void,
+    private readonly onEvent: (event: HttpStartEvent | RequestEvent | WebSocketEvent) => void,
   ) {
+    this.origin = `http://${target.host ?? '127.0.0.1'}:${target.port}`;
     // No cap on connections: each tunnelled stream needs one while its response lasts (HTTP/1.1),
     // and a capped pool made the rest wait past the server's timeout (a 504 naming no limit).
-    // The HTTP/2 windows already bound each stream's memory.
-    this.pool = new Pool(`http://${target.host ?? '127.0.0.1'}:${target.port}`, {
+    // The tunnel's credit already bounds each stream's memory.
+    this.pool = new Pool(this.origin, {
       keepAliveTimeout: 10_000,
       // The server agent bounds the wait for a response; this only stops a stuck socket living forever.
       headersTimeout: 10 * 60_000,
@@ -47,44 +72,37 @@ export class LocalForwarder {
     });
   }
 
-  serve(stream: ServerHttp2Stream, h2headers: IncomingHttpHeaders): void {
+  serve(stream: TunnelStream, head: OpenHead): void {
     const startedAt = Date.now();
     const t0 = performance.now();
     const requestId = String(this.nextRequest++);
-    // Stamped by the server on every stream; the session only hands over streams for its own
-    // intercept, whose id changes if a restarted server makes it re-register.
-    const interceptId = interceptIdOf(h2headers) ?? 'unknown';
-    const method = String(h2headers[':method']);
-    const path = String(h2headers[':path']);
+    const interceptId = head.intercept;
     // Events reach logs and views: credentials in the query string are masked there.
-    const shownPath = maskSecretQuery(path);
+    const shownPath = maskSecretQuery(head.path);
+    // The local service (and its logs) can tell which intercept brought the request; a caller's
+    // own header of that name does not pass.
+    for (let i = head.headers.length - 2; i >= 0; i -= 2)
+      if (head.headers[i] === INTERCEPT_HEADER) head.headers.splice(i, 2);
+    head.headers.push(INTERCEPT_HEADER, head.intercept);
+    const requestHeaders = rawToObject(head.headers) as Headers;
     let headersMs: number | undefined;
+    let bytesIn = 0;
+    let bytesOut = 0;
     this.onEvent({
       kind: 'http-start',
       requestId,
       interceptId,
       startedAt,
-      method,
+      method: head.method,
       path: shownPath,
     });
-    const headers = fromHttp2(h2headers);
-    const hasBody = !stream.readableEnded && !stream.endAfterHeaders;
-    const abort = new AbortController();
-    let bytesIn = 0;
-    let bytesOut = 0;
-    if (hasBody) stream.on('data', (c: Buffer) => (bytesIn += c.length));
-
-    const finish = (
-      status: number,
-      responseHeaders: Record<string, string | string[] | undefined>,
-      error?: string,
-    ) => {
+    const report = ({ status, headers, error }: Outcome) =>
       this.onEvent({
         kind: 'http',
         requestId,
         interceptId,
         startedAt,
-        method,
+        method: head.method,
         path: shownPath,
         status,
         durationMs: performance.now() - t0,
@@ -93,111 +111,332 @@ export class LocalForwarder {
         bytesOut,
         error,
         ...(this.target.withHeaders
-          ? {
-              requestHeaders: maskSecretHeaders(headers),
-              responseHeaders: maskSecretHeaders(responseHeaders),
-            }
+          ? { requestHeaders: maskSecretHeaders(requestHeaders), responseHeaders: maskSecretHeaders(headers) }
           : {}),
       });
+    const grpc = head.http2 && isGrpc(requestHeaders['content-type']);
+    const refuse = (
+      status: number,
+      code: string,
+      message: string,
+      extra: Record<string, unknown>,
+      error: string,
+    ) => {
+      const answer = answerError(stream, grpc, status, code, message, extra);
+      bytesOut = answer.bytes;
+      report({ status: answer.status, headers: answer.headers, error });
     };
 
-    const twin = guard.ambiguity(Object.keys(headers).flatMap((name) => [name, '']));
+    const twin = guard.ambiguity(head.headers.flatMap((name, i) => (i % 2 === 0 ? [name, ''] : [])));
     if (twin) {
       const { message, extra } = ambiguityRefusal(twin);
-      stream.on('error', () => {
-        // The refusal is all the caller gets; an upload it was still sending goes nowhere.
-      });
-      const answer = answerError(stream, 400, AMBIGUOUS_HEADER, message, extra);
-      bytesOut = answer.bytes;
-      finish(400, answer.headers, `ambiguous header ${twin.header}`);
+      refuse(400, AMBIGUOUS_HEADER, message, extra, `ambiguous header ${twin.header}`);
       return;
     }
-
-    // The caller hung up (the server reset the stream): stop the local request too.
-    stream.on('close', () => {
-      if (stream.rstCode !== http2.constants.NGHTTP2_NO_ERROR) abort.abort();
-    });
-    stream.on('error', () => {
-      // Surfaces as the 'close' above with a reset code; the local request is aborted there.
-    });
-
-    this.pool
-      .request({ method, path, headers, body: hasBody ? uploadBody(stream) : null, signal: abort.signal })
-      .then(({ statusCode, headers: resHeaders, body }) => {
-        if (stream.destroyed) {
-          body.destroy();
-          finish(499, resHeaders, 'caller went away');
-          return;
-        }
+    const unreachable = (err: Error & { code?: string }) => {
+      const where = `127.0.0.1:${this.target.port}`;
+      const reason = err.code === 'ECONNREFUSED' ? 'connection refused — is it running?' : err.message;
+      refuse(
+        502,
+        'local-unreachable',
+        `intercept ${interceptId} (${this.target.service}, tenant ${this.target.tenant}) could not reach the local service at ${where}: ${reason}`,
+        { intercept: interceptId, localPort: this.target.port },
+        reason,
+      );
+    };
+    const counted = {
+      in: (n: number) => {
+        bytesIn += n;
+      },
+      out: (n: number) => {
+        bytesOut += n;
+      },
+      headers: () => {
         headersMs = performance.now() - t0;
-        stream.respond({ ':status': statusCode, ...forwardableResponseHeaders(resHeaders) });
-        body.on('data', (c: Buffer) => (bytesOut += c.length));
-        body.pipe(stream);
-        // destroy, not close(code): close() ends the writable side first, so the peer would see
-        // END_STREAM (a clean, truncated body) before the RST_STREAM.
-        body.on('error', (err) => stream.destroy(err));
-        // Logged when the response is fully sent, even if the caller's upload is still unread.
-        let reported = false;
-        const report = (error?: string) => {
-          if (reported) return;
-          reported = true;
-          finish(statusCode, resHeaders, error);
-        };
-        stream.once('finish', () => report());
-        stream.once('close', () => report('stream reset before the response ended'));
-      })
-      .catch((err: Error & { code?: string }) => {
-        if (abort.signal.aborted || stream.destroyed) {
-          finish(499, {}, 'caller went away');
-          return;
-        }
-        const where = `127.0.0.1:${this.target.port}`;
-        const reason = err.code === 'ECONNREFUSED' ? 'connection refused — is it running?' : err.message;
-        const answer = answerError(
-          stream,
-          502,
-          'local-unreachable',
-          `intercept ${interceptId} (${this.target.service}, tenant ${this.target.tenant}) could not reach the local service at ${where}: ${reason}`,
-          { intercept: interceptId, localPort: this.target.port },
-        );
-        bytesOut = answer.bytes;
-        finish(502, answer.headers, reason);
+      },
+    };
+
+    if (head.upgrade) {
+      const upgrade = new LocalUpgrade(this.target, stream, head, (event) => {
+        this.upgrades.delete(upgrade);
+        this.onEvent({ ...event, requestId, interceptId, startedAt, path: shownPath });
       });
+      this.upgrades.add(upgrade);
+      upgrade.start(unreachable);
+      return;
+    }
+    if (head.http2) this.serveHttp2(stream, head, counted, report, unreachable);
+    else if (requestHeaders.trailer !== undefined)
+      this.serveWithTrailers(stream, head, counted, report, unreachable);
+    else this.serveHttp1(stream, head, counted, report, unreachable);
   }
 
-  close(): Promise<void> {
-    return this.pool.close();
+  /** HTTP/1.1 on the keep-alive pool, driven by callbacks: no stream objects per request. */
+  private serveHttp1(
+    stream: TunnelStream,
+    head: OpenHead,
+    counted: Counters,
+    report: (outcome: Outcome) => void,
+    unreachable: (err: Error) => void,
+  ): void {
+    const body = head.body ? uploadBody(stream, counted.in) : null;
+    let controller: Dispatcher.DispatchController | undefined;
+    let status = 0;
+    let responseHeaders: Headers = {};
+    stream.onReset = () => {
+      // The caller hung up: stop the local request too.
+      controller?.abort(new Error('the caller went away'));
+      body?.destroy();
+    };
+    this.pool.dispatch(
+      { method: head.method, path: head.path, headers: [...head.headers, 'host', head.authority], body },
+      {
+        onRequestStart: (c) => {
+          controller = c;
+          if (stream.closed) c.abort(new Error('the caller went away'));
+        },
+        onResponseStart: (c, statusCode, headers) => {
+          if (statusCode < 200) return;
+          counted.headers();
+          status = statusCode;
+          responseHeaders = headers as Headers;
+          stream.respond({ status, headers: objectToRaw(forwardableResponseHeaders(headers)), body: true });
+          stream.onDrain = () => c.resume();
+        },
+        onResponseData: (c, chunk) => {
+          counted.out(chunk.length);
+          if (!stream.write(chunk)) c.pause();
+        },
+        onResponseEnd: (_c, trailers) => {
+          stream.end(objectToRaw(trailers as Headers));
+          report({ status, headers: responseHeaders });
+        },
+        onResponseError: (_c, err) => {
+          body?.destroy();
+          if (stream.closed) report({ status: 499, headers: responseHeaders, error: 'caller went away' });
+          else if (status === 0) unreachable(err);
+          else {
+            // Mid-body: the caller's connection is cut, so a truncated body is never taken for a whole one.
+            stream.reset('error', `the local service failed mid-response: ${err.message}`);
+            report({ status, headers: responseHeaders, error: err.message });
+          }
+        },
+      },
+    );
+  }
+
+  /**
+   * A request that announces trailers (a `Trailer` header): undici cannot send request
+   * trailers, Node's HTTP client can. Rare enough that its slower path costs nothing overall.
+   */
+  private serveWithTrailers(
+    stream: TunnelStream,
+    head: OpenHead,
+    counted: Counters,
+    report: (outcome: Outcome) => void,
+    unreachable: (err: Error) => void,
+  ): void {
+    const url = new URL(this.origin);
+    const req = http.request({
+      host: url.hostname,
+      port: url.port,
+      method: head.method,
+      path: head.path,
+      headers: [...head.headers, 'host', head.authority],
+    });
+    req.on('error', (err) => {
+      if (!stream.closed) unreachable(err);
+      else report({ status: 499, headers: {}, error: 'caller went away' });
+    });
+    stream.onReset = () => req.destroy();
+    req.on('response', (res) => {
+      counted.headers();
+      stream.respond({
+        status: res.statusCode ?? 502,
+        headers: objectToRaw(forwardableResponseHeaders(res.headers)),
+        body: true,
+      });
+      pumpResponse(res, stream, counted.out, () => res.rawTrailers);
+      res.once('end', () => report({ status: res.statusCode ?? 502, headers: res.headers }));
+      stream.onReset = () => res.destroy();
+    });
+    drainInto(stream, req, (chunk) => counted.in(chunk.length));
+    stream.onEnd = (trailers) => {
+      if (trailers) req.addTrailers(rawToObject(trailers) as Record<string, string>);
+      req.end();
+    };
+  }
+
+  /** HTTP/2 to the local service, for callers that spoke it (gRPC needs it: trailers, streaming both ways). */
+  private serveHttp2(
+    stream: TunnelStream,
+    head: OpenHead,
+    counted: Counters,
+    report: (outcome: Outcome) => void,
+    unreachable: (err: Error) => void,
+  ): void {
+    const session = this.http2Session();
+    const headers: http2.OutgoingHttpHeaders = {
+      ...rawToObject(head.headers),
+      ':method': head.method,
+      ':path': head.path,
+      ':authority': head.authority,
+      ':scheme': 'http',
+    };
+    // Hop-by-hop on HTTP/1, yet gRPC servers may insist on it; it is the one TE value HTTP/2 allows.
+    if (isGrpc(headers['content-type'] as string | undefined)) headers.te = 'trailers';
+    let req: http2.ClientHttp2Stream;
+    try {
+      req = session.request(headers, { endStream: !head.body, waitForTrailers: head.body });
+    } catch (err) {
+      unreachable(err as Error);
+      return;
+    }
+    let trailersToSend: string[] | undefined;
+    let status = 0;
+    let responseHeaders: Headers = {};
+    let answered = false;
+    req.on('wantTrailers', () => req.sendTrailers(trailersToSend ? rawToObject(trailersToSend) : {}));
+    if (head.body) {
+      drainInto(stream, req, (chunk) => counted.in(chunk.length));
+      stream.onEnd = (trailers) => {
+        trailersToSend = trailers;
+        req.end();
+      };
+    }
+    // The caller hung up (a deadline, a cancel): the local call is cancelled too.
+    stream.onReset = () => req.close(http2.constants.NGHTTP2_CANCEL);
+    req.on('response', (h, flags) => {
+      counted.headers();
+      status = Number(h[':status']);
+      responseHeaders = withoutPseudo(h);
+      // A gRPC error often comes as headers alone with END_STREAM (trailers-only): passed on as such.
+      const endsHere = (flags & http2.constants.NGHTTP2_FLAG_END_STREAM) !== 0;
+      stream.respond({ status, headers: objectToRaw(responseHeaders), body: !endsHere });
+      answered = true;
+    });
+    let trailers: string[] | undefined;
+    req.on('trailers', (t) => {
+      trailers = objectToRaw(withoutPseudo(t));
+    });
+    req.on('data', (chunk: Buffer) => {
+      counted.out(chunk.length);
+      if (!stream.write(chunk)) req.pause();
+    });
+    stream.onDrain = () => req.resume();
+    req.on('end', () => {
+      if (!stream.sentEnd) stream.end(trailers);
+    });
+    req.on('error', (err) => {
+      if (!answered && !stream.closed) unreachable(err);
+    });
+    req.on('close', () => {
+      const code = req.rstCode ?? http2.constants.NGHTTP2_NO_ERROR;
+      if (stream.closed) {
+        if (!answered) report({ status: 499, headers: {}, error: 'caller went away' });
+        else report({ status, headers: responseHeaders });
+        return;
+      }
+      if (!answered) return; // 'error' answered the caller
+      if (code !== http2.constants.NGHTTP2_NO_ERROR || !stream.sentEnd) {
+        stream.reset('error', `the local service reset the HTTP/2 stream (code ${code})`);
+        report({ status, headers: responseHeaders, error: `reset by the local service (code ${code})` });
+      } else report({ status, headers: responseHeaders });
+    });
+  }
+
+  private http2Session(): ClientHttp2Session {
+    if (this.h2 && !this.h2.closed && !this.h2.destroyed) return this.h2;
+    const session = http2.connect(this.origin);
+    // Each call's stream hears of a failed connection; the session itself is just made again.
+    session.on('error', () => undefined);
+    session.on('close', () => {
+      if (this.h2 === session) this.h2 = undefined;
+    });
+    session.on('goaway', () => {
+      if (this.h2 === session) this.h2 = undefined;
+    });
+    session.unref();
+    this.h2 = session;
+    return session;
+  }
+
+  /**
+   * Leaving: every WebSocket still open is closed cleanly, with 1001 (going away) to both its
+   * caller and the local service, and the connections end once both have answered (at most a second).
+   */
+  async closeUpgrades(): Promise<void> {
+    await Promise.all([...this.upgrades].map((u) => u.goAway()));
+  }
+
+  async close(): Promise<void> {
+    for (const upgrade of this.upgrades) upgrade.destroy();
+    this.h2?.close();
+    await this.pool.close();
   }
 }
 
-/** Kelsingra's own answer on a tunnelled stream, in the error envelope. */
+interface Counters {
+  in: (bytes: number) => void;
+  out: (bytes: number) => void;
+  headers: () => void;
+}
+
+/** Kelsingra's own answer on a tunnelled stream: the error envelope, or a gRPC status to a gRPC caller. */
 function answerError(
-  stream: ServerHttp2Stream,
+  stream: TunnelStream,
+  grpc: boolean,
   status: number,
   code: string,
   message: string,
   extra: Record<string, unknown>,
-): { headers: Record<string, string>; bytes: number } {
+): { status: number; headers: Record<string, string>; bytes: number } {
+  if (grpc) {
+    const headers = { ...grpcErrorHeaders(status, `Kelsingra: ${message}`), [ERROR_HEADER]: code };
+    stream.respond({ status: 200, headers: objectToRaw(headers), body: false });
+    return { status: 200, headers, bytes: 0 };
+  }
   const body = JSON.stringify({ error: `Kelsingra: ${message}`, code, source: 'kelsingra', ...extra });
   const headers = { 'content-type': 'application/json; charset=utf-8', [ERROR_HEADER]: code };
-  stream.respond({ ':status': status, ...headers });
-  stream.end(body);
-  return { headers, bytes: Buffer.byteLength(body) };
+  stream.respond({ status, headers: objectToRaw(headers), body: true });
+  stream.write(Buffer.from(body));
+  stream.end();
+  return { status, headers, bytes: Buffer.byteLength(body) };
 }
 
 /**
- * undici destroys a body stream once it has read it; handing it the HTTP/2 stream itself would
- * reset the stream before the response could be written back on it. A reset upload must also
- * reach the local service as an error, never as a shorter body that ends cleanly.
+ * The upload as undici reads it: a body stream fed from the tunnel, crediting the server as
+ * undici takes it. A reset upload reaches the local service as an error, never as a shorter
+ * body that ends cleanly.
  */
-function uploadBody(stream: ServerHttp2Stream): PassThrough {
+function uploadBody(stream: TunnelStream, onBytes: (bytes: number) => void): PassThrough {
   const body = new PassThrough();
-  pipeUnlessReset(stream, body);
+  drainInto(stream, body, (chunk) => onBytes(chunk.length));
+  stream.onEnd = () => body.end();
   return body;
 }
 
-/** The intercept id the server stamped on a tunnelled request. */
-export function interceptIdOf(headers: IncomingHttpHeaders): string | undefined {
-  const id = headers[INTERCEPT_HEADER];
-  return typeof id === 'string' ? id : undefined;
+/** A Node response's body onto the stream, paused while the server has given no credit. */
+function pumpResponse(
+  res: http.IncomingMessage,
+  stream: TunnelStream,
+  onBytes: (bytes: number) => void,
+  trailers: () => string[],
+): void {
+  res.on('data', (chunk: Buffer) => {
+    onBytes(chunk.length);
+    if (!stream.write(chunk)) res.pause();
+  });
+  stream.onDrain = () => res.resume();
+  res.once('end', () => {
+    const raw = trailers();
+    stream.end(raw.length > 0 ? raw.map((v, i) => (i % 2 === 0 ? v.toLowerCase() : v)) : undefined);
+  });
+  res.once('error', (err) => stream.reset('error', err.message));
+}
+
+function withoutPseudo(headers: IncomingHttpHeaders): Headers {
+  const out: Headers = {};
+  for (const name in headers) if (name.charCodeAt(0) !== 58 /* ':' */) out[name] = headers[name];
+  return out;
 }

@@ -1,12 +1,11 @@
 /**
  * Names shared by the server agent and the client agent. The wire protocol itself is
- * described in docs/protocol.md; keep the two in step.
+ * described in docs/protocol.md (frames: src/tunnel-wire.ts); keep them in step.
  */
+import { z } from 'zod';
 
 /** WebSocket path of the tunnel on the control port. */
 export const TUNNEL_PATH = '/v1/tunnel';
-/** Subprotocol offered by clients; lets a future protocol change be refused cleanly. */
-export const TUNNEL_SUBPROTOCOL = 'kelsingra.h2.v1';
 
 /** Set on every request Kelsingra forwards, so reverse-proxy rules can skip it and loops are caught. */
 export const HOP_HEADER = 'x-kelsingra-hop';
@@ -35,19 +34,34 @@ export const GATEWAY_HOST_HEADER = 'x-kelsingra-host';
 /** Sent by the client in the WebSocket upgrade. */
 export const CLIENT_ID_HEADER = 'x-kelsingra-client';
 export const HOLDER_HEADER = 'x-kelsingra-holder';
+/** The client's Kelsingra version, so a server that cannot talk to it can say which to upgrade. */
+export const VERSION_HEADER = 'x-kelsingra-version';
 
-/** Text frames on the tunnel WebSocket carry these JSON control messages; binary frames carry HTTP/2. */
-export type ServerControl =
-  | { type: 'hello'; clientId: string; heartbeatMs: number; leaseTtlMs: number }
-  | { type: 'renewed'; ids: string[]; missing: string[] }
-  | { type: 'intercept-ended'; id: string; reason: string }
+/**
+ * Text frames on the tunnel WebSocket carry these JSON control messages (binary frames carry
+ * the streams). Checked on arrival: a message of an unknown type, or one that does not fit its
+ * schema, is ignored, so either side can add messages without breaking the other.
+ */
+const ids = z.array(z.string().max(200)).max(10_000);
+export const ServerControlSchema = z.discriminatedUnion('type', [
+  z.object({
+    type: z.literal('hello'),
+    clientId: z.string(),
+    heartbeatMs: z.number().positive(),
+    leaseTtlMs: z.number().positive(),
+  }),
+  z.object({ type: z.literal('renewed'), ids, missing: ids }),
+  z.object({ type: z.literal('intercept-ended'), id: z.string(), reason: z.string() }),
   /**
    * The server agent is stopping: open a tunnel again (through the load balancer, to another
    * replica), then close this one once its requests are done.
    */
-  | { type: 'draining' };
+  z.object({ type: z.literal('draining') }),
+]);
+export type ServerControl = z.infer<typeof ServerControlSchema>;
 
-export type ClientControl = { type: 'renew'; ids: string[] };
+export const ClientControlSchema = z.object({ type: z.literal('renew'), ids });
+export type ClientControl = z.infer<typeof ClientControlSchema>;
 
 export interface InterceptView {
   id: string;
@@ -120,6 +134,25 @@ export interface RequestRecord {
   bytesOut: number;
   at: number;
   error?: string;
+  /** An upgraded connection (a WebSocket): the record is written when it closes. */
+  upgrade?: UpgradeInfo;
+}
+
+/** One upgraded connection through the tunnel, as a whole (status 101 when it was upgraded). */
+export interface UpgradeInfo {
+  /** The Upgrade token: websocket, mostly. */
+  protocol: string;
+  /** Bytes from the caller (bytesOut of the record: from the local service). */
+  bytesIn: number;
+  /** Whose end went first: the caller's, the local service's, the tunnel's, or nobody answered in time. */
+  closedBy?: 'caller' | 'local' | 'tunnel' | 'timeout';
+  /** WebSocket only: the first close frame, and which side sent it. */
+  code?: number;
+  reason?: string;
+  closeFrom?: 'caller' | 'local';
+  /** WebSocket only: data messages each way. */
+  messagesIn?: number;
+  messagesOut?: number;
 }
 
 /**

@@ -1,10 +1,9 @@
 /**
  * The client agent's end of the tunnel: keeps one WebSocket to the server agent open,
- * serves HTTP/2 streams the server opens on it, answers heartbeats, and reconnects with
+ * serves the streams the server opens on it, answers heartbeats, and reconnects with
  * backoff when the connection drops.
  */
 import { EventEmitter, once } from 'node:events';
-import http2, { type IncomingHttpHeaders, type ServerHttp2Stream } from 'node:http2';
 import pRetry, { AbortError } from 'p-retry';
 import WebSocket from 'ws';
 import { unreachable } from './api-client.js';
@@ -15,11 +14,13 @@ import {
   ERROR_HEADER,
   HOLDER_HEADER,
   type ServerControl,
+  ServerControlSchema,
   TUNNEL_PATH,
-  TUNNEL_SUBPROTOCOL,
+  VERSION_HEADER,
 } from './protocol.js';
-import { H2_SETTINGS, SESSION_WINDOW } from './tunnel-settings.js';
-import { webSocketDuplex } from './ws-duplex.js';
+import { TunnelMux, type TunnelStream } from './tunnel-mux.js';
+import { type OpenHead, TUNNEL_SUBPROTOCOL } from './tunnel-wire.js';
+import { VERSION } from './version.js';
 
 /** How long a tunnel moved away from keeps taking new requests, while the other replicas hear of the move. */
 const RETIRE_GRACE_MS = 1_000;
@@ -41,7 +42,7 @@ export interface TunnelClientOptions {
   token: string;
   clientId: string;
   holder: string;
-  onStream: (stream: ServerHttp2Stream, headers: IncomingHttpHeaders) => void;
+  onStream: (stream: TunnelStream, head: OpenHead) => void;
 }
 
 interface TunnelEvents {
@@ -49,7 +50,7 @@ interface TunnelEvents {
   control: [ServerControl];
   /** After a reconnect: intercepts must be re-asserted. */
   reconnected: [];
-  /** The last request in flight was answered. */
+  /** The last request in flight was answered (upgraded connections are not counted). */
   idle: [];
 }
 
@@ -58,29 +59,39 @@ export class TunnelClient extends EventEmitter<TunnelEvents> {
   heartbeatMs = 10_000;
   leaseTtlMs = 30_000;
   private ws?: WebSocket;
-  private readonly h2 = http2.createServer({ settings: H2_SETTINGS, maxSessionMemory: 64 });
   private readonly abort = new AbortController();
   private watchdog?: NodeJS.Timeout;
-  /** The HTTP/2 session each WebSocket carries, to retire it gracefully after a move. */
-  private readonly sessions = new WeakMap<WebSocket, http2.ServerHttp2Session>();
+  /** The streams each WebSocket carries, to retire it once they are done after a move. */
+  private readonly muxes = new WeakMap<WebSocket, TunnelMux>();
   /** Tunnels to a draining server, still serving the requests they carry while a new one opens. */
   private readonly retiring = new Set<WebSocket>();
   private reconnecting = false;
-  /** Requests the server has sent over the tunnel that are not answered yet. */
+  /** Requests the server has sent over the tunnel that are not answered yet (not upgrades: those last). */
   private inFlight = 0;
+  private readonly upgrades = new WeakSet<TunnelStream>();
+  /** Retired tunnels that close as soon as their last stream does. */
+  private readonly retireWhenIdle = new WeakSet<WebSocket>();
 
   constructor(private readonly opts: TunnelClientOptions) {
     super();
-    this.h2.on('stream', (stream, headers) => {
-      this.inFlight++;
-      stream.once('close', () => {
-        if (--this.inFlight === 0) this.emit('idle');
-      });
-      opts.onStream(stream, headers);
-    });
-    this.h2.on('session', (session) => {
-      session.setLocalWindowSize(SESSION_WINDOW);
-      session.on('error', () => this.ws?.terminate());
+  }
+
+  private mux(ws: WebSocket): TunnelMux {
+    return new TunnelMux(ws, {
+      onControl: (text) => this.onControl(ws, text),
+      onOpen: (stream, head) => {
+        if (head.upgrade) this.upgrades.add(stream);
+        else this.inFlight++;
+        this.opts.onStream(stream, head);
+      },
+      onStreamClosed: (stream) => {
+        if (!this.upgrades.has(stream) && --this.inFlight === 0) this.emit('idle');
+        const mux = this.muxes.get(ws);
+        if (mux?.size === 0 && this.retiring.has(ws) && this.retireWhenIdle.has(ws))
+          ws.close(1000, 'moved to another replica');
+      },
+      // The server only sends frames of the protocol it accepted; anything else is a broken link.
+      onProtocolError: () => undefined,
     });
   }
 
@@ -98,13 +109,15 @@ export class TunnelClient extends EventEmitter<TunnelEvents> {
    * leave: the server sends new requests elsewhere as soon as the intercept is gone, and the
    * ones already on their way to this laptop should not be cut for it.
    */
-  async closeWhenIdle(graceMs: number): Promise<void> {
+  async closeWhenIdle(graceMs: number, beforeClose?: () => Promise<void>): Promise<void> {
     if (this.inFlight > 0 && this.state !== 'closed') {
       // Past the grace the requests still open are cut, as close() always did.
       await once(this, 'idle', { signal: AbortSignal.timeout(graceMs) }).catch((err: Error) => {
         if (err.name !== 'AbortError') throw err;
       });
     }
+    // Upgraded connections (WebSockets) are closed by their owner, cleanly, before the tunnel goes.
+    await beforeClose?.();
     this.close();
   }
 
@@ -134,6 +147,7 @@ export class TunnelClient extends EventEmitter<TunnelEvents> {
           authorization: `Bearer ${this.opts.token}`,
           [CLIENT_ID_HEADER]: this.opts.clientId,
           [HOLDER_HEADER]: this.opts.holder,
+          [VERSION_HEADER]: VERSION,
         },
         perMessageDeflate: false,
         // Masking only protects browsers' traffic from cache poisoning; this client is never a
@@ -161,7 +175,16 @@ export class TunnelClient extends EventEmitter<TunnelEvents> {
           settled = true;
           ws.terminate();
           // Not a wrong server: this token's other clients hold every tunnel it may open there.
-          if (res.headers[ERROR_HEADER] === 'too-many-tunnels') {
+          if (res.headers[ERROR_HEADER] === 'tunnel-version') {
+            reject(
+              new KelsingraError(
+                `the server agent cannot talk to this client: ${message}`,
+                ExitCode.failure,
+                hint ?? `upgrade the kelsingra CLI or the server agent so both are ${VERSION}`,
+                { code: 'tunnel-version' },
+              ),
+            );
+          } else if (res.headers[ERROR_HEADER] === 'too-many-tunnels') {
             reject(
               new KelsingraError(
                 `the server refused the tunnel (HTTP ${res.statusCode}): ${message}`,
@@ -190,17 +213,23 @@ export class TunnelClient extends EventEmitter<TunnelEvents> {
         });
       });
       ws.on('error', (err) => {
-        if (!settled) {
-          settled = true;
-          reject(unreachable(this.opts.server, err));
-        }
+        if (settled) return;
+        settled = true;
+        // A server agent from before this protocol accepts the upgrade without choosing it.
+        if (/no subprotocol/i.test(err.message))
+          reject(
+            new KelsingraError(
+              `the server agent speaks an older tunnel protocol than this client (${TUNNEL_SUBPROTOCOL}, Kelsingra ${VERSION})`,
+              ExitCode.failure,
+              `upgrade the server agent to Kelsingra ${VERSION}, or use the kelsingra CLI of the server's version (kelsingra status shows it)`,
+              { code: 'tunnel-version' },
+            ),
+          );
+        else reject(unreachable(this.opts.server, err));
       });
       ws.on('open', () => {
         this.ws = ws;
-        const duplex = webSocketDuplex(ws, (text) => this.onControl(ws, text));
-        // The HTTP/2 server makes the session for this connection before emit() returns.
-        this.h2.once('session', (session) => this.sessions.set(ws, session));
-        this.h2.emit('connection', duplex);
+        this.muxes.set(ws, this.mux(ws));
         this.armWatchdog();
       });
       // A retiring tunnel's pings say nothing about the current one.
@@ -244,15 +273,18 @@ export class TunnelClient extends EventEmitter<TunnelEvents> {
   }
 
   private onControl(ws: WebSocket, text: string): void {
-    let message: ServerControl;
+    let value: unknown;
     try {
-      message = JSON.parse(text) as ServerControl;
+      value = JSON.parse(text);
     } catch {
       // The server only sends JSON; anything else is noise on a broken link, which the heartbeat catches.
       return;
     }
-    if (message?.type === 'draining') this.move(ws);
-    else this.emit('control', message);
+    // A message this client does not know (from a newer server) is ignored.
+    const parsed = ServerControlSchema.safeParse(value);
+    if (!parsed.success) return;
+    if (parsed.data.type === 'draining') this.move(ws);
+    else this.emit('control', parsed.data);
   }
 
   /**
@@ -273,10 +305,9 @@ export class TunnelClient extends EventEmitter<TunnelEvents> {
     // The other replicas hear of the move through the database within milliseconds; until they
     // have, the old one may still route a request here, which this grace still serves.
     setTimeout(() => {
-      const session = this.sessions.get(ws);
-      const done = () => ws.close(1000, 'moved to another replica');
-      if (session && !session.closed && !session.destroyed) session.close(done);
-      else done();
+      if ((this.muxes.get(ws)?.size ?? 0) === 0) ws.close(1000, 'moved to another replica');
+      // Closed by the last of its streams to close (see mux()); the draining server cuts the rest.
+      else this.retireWhenIdle.add(ws);
     }, RETIRE_GRACE_MS).unref();
   }
 
@@ -306,7 +337,10 @@ export class TunnelClient extends EventEmitter<TunnelEvents> {
     this.reconnecting = true;
     const attempt = () =>
       this.connectOnce().catch((err: KelsingraError) => {
-        throw err.exitCode === ExitCode.auth ? new AbortError(err) : err;
+        // A wrong token or a server of another protocol version does not get better by retrying.
+        throw err.exitCode === ExitCode.auth || err.details?.code === 'tunnel-version'
+          ? new AbortError(err)
+          : err;
       });
     /** `retryInMs` is undefined for a failure not worth a line of its own (a quick retry after the first). */
     const retrying = (retryInMs: (attemptNumber: number) => number | undefined) => ({
@@ -327,7 +361,11 @@ export class TunnelClient extends EventEmitter<TunnelEvents> {
       maxRetryTime: QUICK_RECONNECT_MS,
     })
       .catch((err: Error) => {
-        if (this.abort.signal.aborted || (err instanceof KelsingraError && err.exitCode === ExitCode.auth))
+        if (
+          this.abort.signal.aborted ||
+          (err instanceof KelsingraError &&
+            (err.exitCode === ExitCode.auth || err.details?.code === 'tunnel-version'))
+        )
           throw err;
         return pRetry(attempt, {
           // p-retry waits minTimeout × factor^(attempt − 1), times a random 1–2 with randomize.
