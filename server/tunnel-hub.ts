@@ -78,6 +78,11 @@ export class ClientTunnel {
       this.probeTimer = undefined;
     });
     ws.on('close', () => clearTimeout(this.probeTimer));
+    // ws closes the socket itself after an error (a text frame that is not UTF-8, a frame too
+    // large); the first is kept for the log line that says why the tunnel closed.
+    ws.on('error', (err) => {
+      this.failure ??= err;
+    });
     this.mux = new TunnelMux(ws, {
       onControl: (text) => onControl(this, text),
       // The first is kept, for the log line that says why the tunnel closed.

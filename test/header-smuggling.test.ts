@@ -6,8 +6,6 @@
  * the tenant header does not take it away; the target sees one tenant header, the routed key.
  */
 import { writeFileSync } from 'node:fs';
-import http2 from 'node:http2';
-import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startClientGateway } from '../src/gateway-client.js';
@@ -29,6 +27,7 @@ import {
   tempDir,
 } from './helpers.js';
 import { freshDatabase } from './postgres.js';
+import { exchange, requestHead, tunnelPair } from './tunnel-pair.js';
 
 const TEAM_A = 'team-a-smuggling-token-41c2';
 const cleanups = cleanupsAfterEach();
@@ -309,27 +308,13 @@ describe('the client agent before the local service', () => {
       () => undefined,
     );
     cleanups.push(() => forwarder.close());
-    // The tunnel's HTTP/2 stream as the server agent opens it, from a server that did not check.
-    const tunnel = http2.createServer();
-    tunnel.on('stream', (stream, headers) => forwarder.serve(stream, headers));
-    await new Promise<void>((r) => tunnel.listen(0, '127.0.0.1', r));
-    cleanups.push(() => new Promise((r) => tunnel.close(r)));
-    const session = http2.connect(`http://127.0.0.1:${(tunnel.address() as AddressInfo).port}`);
-    cleanups.push(() => session.destroy());
-    const answer = (headers: http2.OutgoingHttpHeaders) =>
-      new Promise<{ status: number; code: unknown; body: string }>((resolve, reject) => {
-        const stream = session.request({ ':path': '/x', ...headers });
-        let body = '';
-        let status = 0;
-        let code: unknown;
-        stream.on('response', (h) => {
-          status = Number(h[':status']);
-          code = h['x-kelsingra-error'];
-        });
-        stream.on('data', (c: Buffer) => (body += c));
-        stream.on('end', () => resolve({ status, code, body }));
-        stream.on('error', reject);
-      });
+    // The tunnel's stream as the server agent opens it, from a server that did not check.
+    const { hub } = await tunnelPair((stream, head) => forwarder.serve(stream, head), cleanups);
+    const answer = async (headers: Record<string, string>) => {
+      const r = await exchange(hub, requestHead({ headers: Object.entries(headers).flat() }));
+      const at = r.headers.indexOf('x-kelsingra-error');
+      return { status: r.status, code: at >= 0 ? r.headers[at + 1] : undefined, body: r.body.toString() };
+    };
     const refused = await answer({ 'x-tenant-id': 't1', x_tenant_id: 'team-b-1' });
     expect(refused).toMatchObject({ status: 400, code: 'ambiguous-header' });
     expect(JSON.parse(refused.body)).toMatchObject({ header: 'x_tenant_id', twinOf: 'x-tenant-id' });

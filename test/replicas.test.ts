@@ -215,7 +215,7 @@ describe('replicas on PostgreSQL', () => {
           token: TOKEN,
           clientId,
           holder: `dev-${n}`,
-          onStream: (stream) => stream.respond({ ':status': 204 }, { endStream: true }),
+          onStream: (stream) => stream.respond({ status: 204, headers: [], body: false }),
         });
         await tunnel.start();
         cleanups.push(() => tunnel.close());
@@ -406,6 +406,15 @@ describe('replicas on PostgreSQL', () => {
     const r2 = await replica(db, base.url);
     const held = await interceptDetached(clientEnv(r1, TOKEN), 'billing', 't1', local.port, cleanups);
     expect(await text(await viaProxy(r2, 'billing', 't1', '/x'))).toBe('200 local GET /x');
+    // Right after one of r2's periodic syncs, so the next (5 s on) cannot be what repairs it here.
+    const lastSync = async () =>
+      (
+        JSON.parse((await run(['status', '--json'], clientEnv(r2, TOKEN))).stdout) as {
+          store: { lastSyncAt?: string };
+        }
+      ).store.lastSyncAt;
+    const before = await lastSync();
+    await waitFor(async () => (await lastSync()) !== before, 8_000, 'a periodic sync of r2');
     // With replication role "replica" no trigger fires: no replica hears of this delete.
     await query(
       db,

@@ -40,7 +40,12 @@ async function echoService(name: string, cleanups: Cleanup[]) {
     });
     ws.on('message', (data, isBinary) => {
       if (!isBinary && data.toString() === 'close-me') ws.close(4002, 'asked to');
-      else if (isBinary) ws.send(createHash('sha256').update(data as Buffer).digest('hex'));
+      else if (isBinary)
+        ws.send(
+          createHash('sha256')
+            .update(data as Buffer)
+            .digest('hex'),
+        );
       else ws.send(`${name}:${data}`);
     });
     ws.on('close', (code, reason) => {
@@ -58,7 +63,10 @@ async function echoService(name: string, cleanups: Cleanup[]) {
 
 /** Opens a WebSocket through the data port as a tenant; rejects with the refusal status. */
 async function connect(server: ServerProcess, headers: Record<string, string>, path = '/chat?room=1') {
-  const ws = new WebSocket(`${server.data.replace('http', 'ws')}${path}`, { headers, perMessageDeflate: false });
+  const ws = new WebSocket(`${server.data.replace('http', 'ws')}${path}`, {
+    headers,
+    perMessageDeflate: false,
+  });
   const refused = new Promise<never>((_, reject) =>
     ws.once('unexpected-response', (_req, res) => {
       res.resume();
@@ -163,13 +171,13 @@ describe('WebSockets on the data port', () => {
     await waitFor(
       async () => {
         const r = await cli(['logs', interceptId, '--json'], admin);
-        return r.stdout.includes('/logged');
+        return String(r.stdout).includes('/logged');
       },
       15_000,
       'the WebSocket in kelsingra logs',
     );
     const r = await cli(['logs', interceptId, '--json'], admin);
-    const records = r.stdout
+    const records = String(r.stdout)
       .split('\n')
       .filter(Boolean)
       .map((l) => JSON.parse(l) as Record<string, unknown>)
@@ -177,15 +185,25 @@ describe('WebSockets on the data port', () => {
     expect(records).toHaveLength(1);
     expect(records[0]).toMatchObject({
       status: 101,
-      upgrade: { protocol: 'websocket', code: 1000, reason: 'bye', closeFrom: 'caller', messagesIn: 1, messagesOut: 1 },
+      upgrade: {
+        protocol: 'websocket',
+        code: 1000,
+        reason: 'bye',
+        closeFrom: 'caller',
+        messagesIn: 1,
+        messagesOut: 1,
+      },
     });
-    expect((records[0]?.upgrade as { bytesIn: number }).bytesIn).toBeGreaterThan(6);
-    expect(records[0]?.bytesOut as number).toBeGreaterThan(7);
+    const [record] = records as [{ upgrade: { bytesIn: number }; bytesOut: number }];
+    expect(record.upgrade.bytesIn).toBeGreaterThan(6);
+    expect(record.bytesOut).toBeGreaterThan(7);
   });
 
   it('answers unknown services and loops as it does for plain requests', async () => {
     expect(await refusal(connect(server, { 'x-kelsingra-service': 'nope' }))).toBe(404);
-    expect(await refusal(connect(server, { 'x-kelsingra-service': 'chat', 'x-kelsingra-hop': 'ks-x' }))).toBe(508);
+    expect(await refusal(connect(server, { 'x-kelsingra-service': 'chat', 'x-kelsingra-hop': 'ks-x' }))).toBe(
+      508,
+    );
   });
 
   it('a local service that refuses the upgrade: its answer reaches the caller', async () => {
@@ -206,7 +224,7 @@ describe('WebSockets on the data port', () => {
     expect(await c.next()).toBe('local:before leave');
     const localCloses = local.closes.length;
     const left = await cli(['leave', 'chat', '--tenant', 't1'], env);
-    expect(left.exitCode, left.stderr).toBe(0);
+    expect(left.exitCode, String(left.stderr)).toBe(0);
     const closed = await c.closed;
     expect(closed.code).toBe(1001);
     await waitFor(() => local.closes.length > localCloses, 10_000, 'the local side to be closed');
