@@ -9,6 +9,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import WebSocket from 'ws';
 import type { InterceptView } from '../src/protocol.js';
+import { TUNNEL_SUBPROTOCOL } from '../src/tunnel-wire.js';
 import {
   cleanupsAfterEach,
   cli,
@@ -65,7 +66,7 @@ function openTunnel(
   clientId: string,
 ): Promise<{ ws?: WebSocket; status?: number; retryAfter?: string }> {
   return new Promise((resolve) => {
-    const ws = new WebSocket(`${server.control.replace('http', 'ws')}/v1/tunnel`, 'kelsingra.h2.v1', {
+    const ws = new WebSocket(`${server.control.replace('http', 'ws')}/v1/tunnel`, TUNNEL_SUBPROTOCOL, {
       headers: {
         authorization: `Bearer ${token}`,
         'x-kelsingra-client': clientId,

@@ -3,10 +3,15 @@
  * traffic. These check that it is never handed out and that another token cannot take an
  * open tunnel over with it.
  */
+import { once } from 'node:events';
 import { writeFileSync } from 'node:fs';
+import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import WebSocket from 'ws';
+import WebSocket, { WebSocketServer } from 'ws';
+import { KelsingraError } from '../src/errors.js';
+import { TunnelClient } from '../src/tunnel-client.js';
+import { TUNNEL_SUBPROTOCOL } from '../src/tunnel-wire.js';
 import { clientEnv, run, type ServerProcess, startServerProcess, tempDir, waitFor } from './helpers.js';
 
 const ALICE = 'alice-token-123456';
@@ -28,7 +33,7 @@ function openTunnel(
   clientId: string,
 ): Promise<{ ws?: WebSocket; status?: number }> {
   return new Promise((resolve) => {
-    const ws = new WebSocket(`${server.control.replace('http', 'ws')}/v1/tunnel`, 'kelsingra.h2.v1', {
+    const ws = new WebSocket(`${server.control.replace('http', 'ws')}/v1/tunnel`, TUNNEL_SUBPROTOCOL, {
       headers: {
         authorization: `Bearer ${token}`,
         'x-kelsingra-client': clientId,
@@ -128,5 +133,74 @@ describe('the limit on tunnels per token', () => {
       'a place freed by a closed tunnel',
     );
     for (const ws of [first.ws, again.ws, mallory.ws, third]) ws?.close();
+  });
+});
+
+describe('tunnel protocol versions', () => {
+  let server: ServerProcess;
+  beforeAll(async () => {
+    server = await startServer();
+  });
+  afterAll(async () => {
+    await server?.stop();
+  });
+
+  it('a client of the old protocol (Kelsingra 0.1) is refused with 426, naming both protocols and what to upgrade', async () => {
+    const refused = await new Promise<{ status?: number; body: string; code?: string }>((resolve) => {
+      const ws = new WebSocket(`${server.control.replace('http', 'ws')}/v1/tunnel`, 'kelsingra.h2.v1', {
+        headers: {
+          authorization: `Bearer ${ALICE}`,
+          'x-kelsingra-client': 'c_old_client_1',
+          'x-kelsingra-version': '0.1.0',
+        },
+      });
+      ws.once('unexpected-response', (_req, res) => {
+        let body = '';
+        res.on('data', (c: Buffer) => (body += c));
+        res.on('end', () =>
+          resolve({ status: res.statusCode, body, code: res.headers['x-kelsingra-error'] as string }),
+        );
+      });
+      ws.once('open', () => resolve({ body: 'opened' }));
+    });
+    expect(refused.status).toBe(426);
+    expect(refused.code).toBe('tunnel-version');
+    const body = JSON.parse(refused.body) as { error: string; hint: string };
+    expect(body.error).toMatch(
+      /speaks tunnel protocol kelsingra\.tunnel\.v2; the client \(Kelsingra 0\.1\.0\) offered kelsingra\.h2\.v1/,
+    );
+    expect(body.hint).toMatch(/upgrade the kelsingra CLI/);
+  });
+
+  it('the client agent meeting a server agent of the old protocol fails at once, saying to upgrade the server', async () => {
+    // The 0.1 server agent's tunnel endpoint as far as a handshake goes: it accepted only its own
+    // subprotocol, and upgraded without one for any other offer.
+    const old = new WebSocketServer({
+      host: '127.0.0.1',
+      port: 0,
+      handleProtocols: (protocols) => (protocols.has('kelsingra.h2.v1') ? 'kelsingra.h2.v1' : false),
+    });
+    await once(old, 'listening');
+    try {
+      const client = new TunnelClient({
+        server: `http://127.0.0.1:${(old.address() as AddressInfo).port}`,
+        token: ALICE,
+        clientId: 'c_new_client_1',
+        holder: 'test',
+        onStream: () => undefined,
+      });
+      const started = Date.now();
+      const err = (await client.start().then(
+        () => undefined,
+        (e: unknown) => e,
+      )) as KelsingraError;
+      client.close();
+      expect(err).toBeInstanceOf(KelsingraError);
+      expect(err.message).toMatch(/older tunnel protocol than this client \(kelsingra\.tunnel\.v2/);
+      expect(err.hint).toMatch(/upgrade the server agent/);
+      expect(Date.now() - started).toBeLessThan(5_000);
+    } finally {
+      old.close();
+    }
   });
 });
