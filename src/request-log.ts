@@ -154,23 +154,22 @@ export function formatBytesEachWay(u: Pick<UpgradeLine, 'bytesIn' | 'bytesOut'>)
   return `↑${formatBytes(u.bytesIn)} ↓${formatBytes(u.bytesOut)}`;
 }
 
-const WHO: Record<string, string> = { caller: 'caller', local: 'local service' };
-
 /**
- * How it ended, in a few words: `closed by caller 1000`, `closed by local service 1011 "boom"`,
+ * How it ended, in a few words: `closed by caller 1000`, `closed by local 1011 "boom"` (the
+ * local service),
  * `closed on leave 1001`, `dropped by caller (no close frame)`, `refused`. The close frame
  * names who meant to close (the other end then drops the connection); without one, whose
  * end went first.
  */
 export function describeClose(u: UpgradeLine): string {
-  if (u.status !== 101) return u.status === 0 ? 'not answered' : 'refused by local service';
+  if (u.status !== 101) return u.status === 0 ? 'not answered' : 'refused by local';
   const frame = u.code === undefined ? '' : ` ${u.code}${u.reason ? ` "${u.reason}"` : ''}`;
   // Kelsingra's own doing first: those are what a user would not expect.
   if (u.closedBy === 'leave') return `closed on leave${frame}`;
   if (u.closedBy === 'timeout') return `timed out${frame}`;
   if (u.closedBy === 'tunnel' && u.closeFrom === undefined) return 'cut by the tunnel';
-  if (u.closeFrom) return `closed by ${WHO[u.closeFrom]}${frame}`;
-  const by = u.closedBy ? (WHO[u.closedBy] ?? u.closedBy) : undefined;
+  if (u.closeFrom) return `closed by ${u.closeFrom}${frame}`;
+  const by = u.closedBy;
   if (!isWebSocket(u.protocol)) return by ? `closed by ${by}` : 'closed';
   return by ? `dropped by ${by} (no close frame)` : 'dropped (no close frame)';
 }

@@ -343,7 +343,7 @@ describe('DashboardModel', () => {
       line({ durationMs: 245_000 }, { closedBy: 'tunnel', closeFrom: undefined, code: undefined }),
     ).toMatch(/101 {2}4m 05s {2}.* cut by the tunnel$/);
     expect(line({}, { closeFrom: 'local', code: 1001, reason: 'restarting' })).toMatch(
-      /closed by local service 1001 "restarting"$/,
+      /closed by local 1001 "restarting"$/,
     );
     expect(
       line(

@@ -384,7 +384,7 @@ describe('WebSockets in the live log', () => {
       return plain(model.takePrintable()[0] as Printable);
     };
     expect(line({ closeFrom: 'local', closedBy: 'caller', code: 1011, reason: 'boom' })).toContain(
-      '↑1.2 kB ↓3.4 kB  closed by local service 1011 "boom"',
+      '↑1.2 kB ↓3.4 kB  closed by local 1011 "boom"',
     );
     expect(line({ closedBy: 'leave', closeFrom: undefined, code: 1001 })).toMatch(/closed on leave 1001$/);
     expect(line({ closedBy: 'caller', closeFrom: undefined, code: undefined })).toMatch(
@@ -392,7 +392,7 @@ describe('WebSockets in the live log', () => {
     );
     expect(line({ durationMs: 3_725_000 })).toMatch(/101 {2}1h 02m {2}/);
     expect(line({ status: 403, durationMs: 4.5, bytesOut: 120, code: undefined })).toMatch(
-      /WS {6}\/chat {2}403 {2}4\.5 ms {2}↑1\.2 kB ↓120 B {2}refused by local service$/,
+      /WS {6}\/chat {2}403 {2}4\.5 ms {2}↑1\.2 kB ↓120 B {2}refused by local$/,
     );
     expect(
       line({
@@ -404,7 +404,7 @@ describe('WebSockets in the live log', () => {
       }),
     ).toMatch(/\/chat {2}0 {2}.*not answered {2}\(connect ECONNREFUSED 127\.0\.0\.1:3000\)$/);
     expect(line({ protocol: 'upgrade', closeFrom: undefined, code: undefined }, '/tcp')).toMatch(
-      /UPGRADE {2}\/tcp {2}101 .* closed by local service$/,
+      /UPGRADE {2}\/tcp {2}101 .* closed by local$/,
     );
     // Not reached is a failure; refused (4xx) and closed are not.
     expect(model.snapshot().errors).toBe(1);
