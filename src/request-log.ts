@@ -4,7 +4,7 @@
  * closed: `14:03:07.218  WS  /chat  101  12.3 s  ↑1.2 kB ↓3.4 kB  closed by caller 1000`.
  */
 import chalk from 'chalk';
-import type { KafkaEvent, LeaseLapsedEvent, OutboundEvent, WebSocketEvent } from './events.js';
+import type { KafkaEvent, LeaseLapsedEvent, OutboundEvent } from './events.js';
 import type { RequestRecord } from './protocol.js';
 
 export function formatBytes(n: number): string {
@@ -89,8 +89,8 @@ export function formatRequestLine(e: RequestLine): string {
 }
 
 /**
- * One upgraded connection (a WebSocket) as a whole; the client's events and the server's
- * records both give one (`upgradeLineOf`, `recordUpgradeLine`).
+ * One upgraded connection (a WebSocket) as a whole: a client `WebSocketEvent` is one as it
+ * is; a server record gives one through `recordUpgradeLine`.
  */
 export interface UpgradeLine {
   startedAt: number;
@@ -121,10 +121,6 @@ export function isWebSocket(protocol: string | undefined): boolean {
 /** The method column of an upgraded connection: `WS`, or `UPGRADE` for another protocol. */
 export function upgradeLabel(protocol: string | undefined): string {
   return isWebSocket(protocol) ? 'WS' : 'UPGRADE';
-}
-
-export function upgradeLineOf(e: WebSocketEvent): UpgradeLine {
-  return e;
 }
 
 /** The server's record of an upgraded connection; undefined for a plain request. */
