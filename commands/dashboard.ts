@@ -19,7 +19,7 @@ export default class Dashboard extends BaseCommand {
 
 In a terminal: a live table. Keys: ↑/↓ select an intercept, enter opens its live request log, esc goes back, ? shows the keys, q (or ctrl-c) quits.
 
-Without a TTY (CI, pipes) it prints a plain table every --interval seconds until interrupted; with --json, one JSON object per line (NDJSON) instead: {at, connection, windowSeconds, scope, intercepts: [{id, service, tenant, holder, requests, errors, windowRequests, rate, errorRate, p50Ms, p99Ms, lastRequest}], upstreams: [{service, url, state: ok|error|idle, lastOkAt, lastError, lastErrorAt}]}. The first line comes as soon as the stream is live. With --once it watches for one --interval, prints one table (or one JSON line) and exits.
+Without a TTY (CI, pipes) it prints a plain table every --interval seconds until interrupted; with --json, one JSON object per line (NDJSON) instead: {at, connection, windowSeconds, scope, intercepts: [{id, service, tenant, holder, requests, errors, windowRequests, rate, errorRate, p50Ms, p99Ms, lastRequest (with upgrade and close for a WebSocket)}], upstreams: [{service, url, state: ok|error|idle, lastOkAt, lastError, lastErrorAt}]}. The first line comes as soon as the stream is live. With --once it watches for one --interval, prints one table (or one JSON line) and exits.
 
 Ctrl-C exits 0. A rejected token exits 3, an unreachable server 6. If the stream breaks after it was live, the dashboard reconnects on its own.`;
   static override examples = [

@@ -4,14 +4,14 @@ import { BaseCommand } from '../src/cli/base-command.js';
 import { type Spinner, startSpinner } from '../src/cli/spinner.js';
 import { ExitCode, KelsingraError } from '../src/errors.js';
 import { findIntercept } from '../src/intercept-lookup.js';
-import { formatLapseLine, formatRequestLine } from '../src/request-log.js';
+import { formatLapseLine, formatRecordLine } from '../src/request-log.js';
 import { followEvents } from '../src/server-events.js';
 import { loadSettings } from '../src/settings.js';
 
 export default class Logs extends BaseCommand {
   static override summary = "Show an intercept's recent requests; --follow keeps streaming them.";
   static override description =
-    'Works from any shell for any intercept your token may see, including one started with --detach. The request lines come from the server agent, so they show what callers got. A lease that lapsed (the client asleep or cut off) and came back under the same id shows as a line saying when, and where the tenant traffic went meanwhile. With --json, one JSON object per line (NDJSON): each request, {"type":"intercept","action":"lapsed",…} for a lapse, then {"type":"intercept","action":"ended",…} if the intercept ends while you follow it.';
+    'Works from any shell for any intercept your token may see, including one started with --detach. The request lines come from the server agent, so they show what callers got; a WebSocket is one line once it closed (WS, 101, how long it was open, bytes from the caller ↑ and from the local service ↓, and how it closed, e.g. closed by caller 1000). A lease that lapsed (the client asleep or cut off) and came back under the same id shows as a line saying when, and where the tenant traffic went meanwhile. With --json, one JSON object per line (NDJSON): each request, {"type":"intercept","action":"lapsed",…} for a lapse, then {"type":"intercept","action":"ended",…} if the intercept ends while you follow it.';
   static override examples = [
     '<%= config.bin %> logs billing --tenant t1 --follow',
     '<%= config.bin %> logs icp_3f9a1c0d2b7e',
@@ -68,7 +68,7 @@ export default class Logs extends BaseCommand {
           // It ended between the lookup and the stream: nothing more will come.
           if (!event.intercepts.some((i) => i.id === intercept.id)) return ended();
         } else if (event.type === 'request')
-          out(flags.json ? JSON.stringify(event) : formatRequestLine({ ...event, startedAt: event.at }));
+          out(flags.json ? JSON.stringify(event) : formatRecordLine(event));
         else if (event.type === 'intercept' && event.action === 'lapsed')
           out(
             flags.json

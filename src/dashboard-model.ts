@@ -10,7 +10,7 @@
  */
 import { EventEmitter } from 'node:events';
 import type { InterceptView, RequestRecord, StreamEvent, UpstreamHealth } from './protocol.js';
-import { formatRate, isFailure } from './request-log.js';
+import { describeClose, formatRate, isFailure, recordUpgradeLine, upgradeLabel } from './request-log.js';
 
 export const DEFAULT_WINDOW_MS = 10_000;
 /** Request lines kept per intercept for the live log view. */
@@ -28,6 +28,9 @@ export interface LastRequest {
   status: number;
   durationMs: number;
   error?: string;
+  /** An upgraded connection (its Upgrade token, `websocket`), and how it closed in words. */
+  upgrade?: string;
+  close?: string;
 }
 
 export interface InterceptStats {
@@ -46,7 +49,10 @@ export interface InterceptStats {
   rate: number;
   /** Share (0…1) of the window's requests that failed; null without requests in the window. */
   errorRate: number | null;
-  /** Latency percentiles over the window's requests; null without requests in the window. */
+  /**
+   * Latency percentiles over the window's requests (not WebSockets: their duration is how
+   * long they stayed open); null without such requests in the window.
+   */
   p50Ms: number | null;
   p99Ms: number | null;
   lastRequest: LastRequest | null;
@@ -87,7 +93,8 @@ export interface DashboardModelOptions {
 
 interface Sample {
   at: number;
-  durationMs: number;
+  /** Undefined for an upgraded connection: its lifetime is no latency. */
+  durationMs?: number;
   failed: boolean;
 }
 
@@ -122,6 +129,11 @@ export function upstreamState(u: UpstreamHealth): UpstreamState {
   if (err > ok) return 'unhealthy';
   if (ok > 0) return 'healthy';
   return 'unknown';
+}
+
+function upgradeOf(r: RequestRecord): Pick<LastRequest, 'upgrade' | 'close'> {
+  const line = recordUpgradeLine(r);
+  return line ? { upgrade: line.protocol, close: describeClose(line) } : {};
 }
 
 function recordKey(r: RequestRecord): string {
@@ -343,7 +355,7 @@ export class DashboardModel extends EventEmitter<{ change: [] }> {
     // The window runs on this machine's clock (when the record arrived), so a server whose
     // clock is off does not skew the rate.
     const now = this.now();
-    entry.samples.push({ at: now, durationMs: r.durationMs, failed });
+    entry.samples.push({ at: now, durationMs: r.upgrade ? undefined : r.durationMs, failed });
     this.prune(entry, now);
     const last = entry.lastRequest;
     if (!last || r.at >= last.at) {
@@ -354,6 +366,7 @@ export class DashboardModel extends EventEmitter<{ change: [] }> {
         status: r.status,
         durationMs: r.durationMs,
         ...(r.error ? { error: r.error } : {}),
+        ...upgradeOf(r),
       };
     }
     this.appendLog(entry, r);
@@ -389,16 +402,17 @@ export class DashboardModel extends EventEmitter<{ change: [] }> {
     const since = now - this.windowMs;
     const durations: number[] = [];
     let failures = 0;
+    let n = 0;
     for (let i = entry.head; i < entry.samples.length; i++) {
       const s = entry.samples[i] as Sample;
       if (s.at <= since || s.at > now) continue;
-      durations.push(s.durationMs);
+      n++;
+      if (s.durationMs !== undefined) durations.push(s.durationMs);
       if (s.failed) failures++;
     }
     durations.sort((a, b) => a - b);
     // Until a whole window has passed, the rate is over the time actually watched (≥ 1 s).
     const spanMs = Math.max(1000, Math.min(this.windowMs, now - this.startedAt));
-    const n = durations.length;
     return {
       ...entry.info,
       requests: entry.requests,
@@ -454,9 +468,12 @@ export function formatClock(at: number): string {
   return `${pad(d.getHours())}:${pad(d.getMinutes())}:${pad(d.getSeconds())}`;
 }
 
+/** `14:03:07 GET /invoices 200`; a WebSocket: `14:03:07 WS /chat 101 closed by caller 1000`. */
 export function formatLastRequest(last: LastRequest | null): string {
   if (!last) return DASH;
-  return `${formatClock(last.at)} ${last.method} ${last.path} ${last.error ? `${last.status} (${last.error})` : last.status}`;
+  const method = last.upgrade ? upgradeLabel(last.upgrade) : last.method;
+  const status = last.error ? `${last.status} (${last.error})` : String(last.status);
+  return `${formatClock(last.at)} ${method} ${last.path} ${status}${last.close ? ` ${last.close}` : ''}`;
 }
 
 export function formatUpstream(u: UpstreamStatus): string {

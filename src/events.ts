@@ -14,6 +14,8 @@ export interface HttpStartEvent {
   startedAt: number;
   method: string;
   path: string;
+  /** Set for an Upgrade request: while it is open the views show it as an open WebSocket. */
+  upgrade?: 'websocket' | 'upgrade';
 }
 
 /** A tunnelled request has been answered (or failed). Header values are already masked. */

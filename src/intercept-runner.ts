@@ -12,7 +12,13 @@ import { gatewayEnv, outboundEvent, startClientGateway } from './gateway-client.
 import { type InterceptRequest, InterceptSession } from './intercept-session.js';
 import type { OutboundGateway } from './outbound-gateway.js';
 import type { InterceptView } from './protocol.js';
-import { formatKafkaLine, formatLapseLine, formatOutboundLine, formatRequestLine } from './request-log.js';
+import {
+  formatKafkaLine,
+  formatLapseLine,
+  formatOutboundLine,
+  formatRequestLine,
+  formatUpgradeLine,
+} from './request-log.js';
 import type { ClientSettings } from './settings.js';
 import type { LiveLogModel } from './ui/live-log-model.js';
 import type { LiveView } from './ui/live-view.js';
@@ -52,6 +58,9 @@ function describe(event: SessionEvent): string | undefined {
   switch (event.kind) {
     case 'http':
       return formatRequestLine(event);
+    case 'websocket':
+      // One line per WebSocket, once it closed: the http-start of its request printed nothing.
+      return formatUpgradeLine(event);
     case 'tunnel':
       if (event.state === 'reconnecting')
         return `tunnel lost; reconnecting${event.retryInMs ? ` in ${(event.retryInMs / 1000).toFixed(1)} s` : ''}${event.error ? ` (${event.error})` : ''}`;

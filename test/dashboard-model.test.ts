@@ -14,7 +14,8 @@ import {
   upstreamState,
 } from '../src/dashboard-model.js';
 import type { InterceptView, RequestRecord, UpstreamHealth } from '../src/protocol.js';
-import { interceptView, requestRecord } from './fixtures.js';
+import { formatRecordLine } from '../src/request-log.js';
+import { interceptView, requestRecord, webSocketRecord } from './fixtures.js';
 
 const T0 = Date.UTC(2025, 0, 2, 10, 0, 0);
 
@@ -303,6 +304,60 @@ describe('DashboardModel', () => {
     model.apply(req('i1', c.now()));
     model.apply({ type: 'live', at: c.now() }); // already live
     expect(changes).toBe(1);
+  });
+
+  it('shows a WebSocket as one entry: counted, in the log and the last request, but not in the latency', () => {
+    const { model, c } = start();
+    model.apply(req('i1', c.now(), { durationMs: 20 }));
+    c.advance(1_000);
+    model.apply(webSocketRecord('i1', { at: c.now() }));
+    const s = model.snapshot().intercepts[0];
+    expect(s).toMatchObject({ requests: 2, errors: 0, windowRequests: 2, errorRate: 0 });
+    // Open for 12.3 s is no latency: the percentiles are the plain request's.
+    expect([s?.p50Ms, s?.p99Ms]).toEqual([20, 20]);
+    expect(s?.lastRequest).toMatchObject({ path: '/chat', status: 101, upgrade: 'websocket' });
+    const text = formatDashboardTable(model.snapshot());
+    expect(text).toMatch(/20 ms\s+20 ms\s+\d\d:\d\d:\d\d WS \/chat 101 closed by caller 1000$/m);
+    expect(model.log('i1').map((r) => r.path)).toEqual(['/invoices/1', '/chat']);
+
+    // A window of WebSockets only has a rate and no latency.
+    c.advance(20_000);
+    model.apply(
+      webSocketRecord('i1', { at: c.now() }, { closeFrom: undefined, code: undefined, closedBy: 'caller' }),
+    );
+    const only = model.snapshot().intercepts[0];
+    expect(only).toMatchObject({ windowRequests: 1, p50Ms: null, p99Ms: null });
+    expect(formatDashboardTable(model.snapshot())).toMatch(
+      /WS \/chat 101 dropped by caller \(no close frame\)$/m,
+    );
+  });
+
+  it('prints a WebSocket record as one line: lifetime, bytes each way, how it closed', () => {
+    const line = (over: Partial<RequestRecord>, upgrade = {}) =>
+      // biome-ignore lint/suspicious/noControlCharactersInRegex: stripping ANSI colours
+      formatRecordLine(webSocketRecord('i1', over, upgrade)).replace(/\u001b\[[0-9;]*m/g, '');
+    expect(line({})).toMatch(
+      /^\d\d:\d\d:\d\d\.\d{3} {2}WS {6}\/chat {2}101 {2}12\.3 s {2}↑1\.2 kB ↓3\.4 kB {2}closed by caller 1000$/,
+    );
+    expect(
+      line({ durationMs: 245_000 }, { closedBy: 'tunnel', closeFrom: undefined, code: undefined }),
+    ).toMatch(/101 {2}4m 05s {2}.* cut by the tunnel$/);
+    expect(line({}, { closeFrom: 'local', code: 1001, reason: 'restarting' })).toMatch(
+      /closed by local 1001 "restarting"$/,
+    );
+    expect(
+      line(
+        { status: 0, durationMs: 30_000, bytesOut: 0, error: 'no answer to the upgrade' },
+        { closedBy: 'timeout' },
+      ),
+    ).toMatch(
+      /WS {6}\/chat {2}0 {2}30\.0 s {2}↑1\.2 kB ↓0 B {2}not answered {2}\(no answer to the upgrade\)$/,
+    );
+    expect(line({}, { protocol: 'h2c', closeFrom: undefined, code: undefined, closedBy: 'caller' })).toMatch(
+      /UPGRADE {2}\/chat {2}101 .* closed by caller$/,
+    );
+    // A plain request keeps its own line.
+    expect(formatRecordLine(requestRecord('i1'))).toMatch(/GET {3}\s*\/invoices\/1 {2}\S*200/);
   });
 
   it('prints a plain table without colours', () => {

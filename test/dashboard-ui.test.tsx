@@ -7,7 +7,7 @@ import { afterEach, describe, expect, it, vi } from 'vitest';
 import { DashboardModel } from '../src/dashboard-model.js';
 import type { InterceptView } from '../src/protocol.js';
 import { Dashboard } from '../src/ui/Dashboard.js';
-import { interceptView, requestRecord as req } from './fixtures.js';
+import { interceptView, requestRecord as req, webSocketRecord } from './fixtures.js';
 
 const T0 = Date.now();
 const KEY = { up: '\u001B[A', down: '\u001B[B', enter: '\r', esc: '\u001B' };
@@ -177,6 +177,23 @@ describe('Dashboard (Ink)', () => {
     app.stdin.write(KEY.esc);
     f = await frameMatching(frame, (x) => x.includes('SERVICE'), 'the table again');
     expect(f).toContain('/still-not-this-one');
+  });
+
+  it('shows a WebSocket as one entry in the table and the live log: lifetime, bytes each way, how it closed', async () => {
+    const { app, model, frame } = setup();
+    unmount = app.unmount;
+    model.apply(req('icp_a', { path: '/invoices/9', durationMs: 40 }));
+    model.apply(webSocketRecord('icp_a', {}, { closeFrom: 'local', code: 1011 }));
+    let f = await frameMatching(frame, (x) => x.includes('/chat'), 'the WebSocket in the table');
+    expect(f).toMatch(
+      /billing\s+t1\s+alice\s+\S+\s+0%\s+40 ms\s+40 ms\s+\d\d:\d\d:\d\d WS \/chat 101 closed by local 1011/,
+    );
+
+    app.stdin.write(KEY.enter);
+    f = await frameMatching(frame, (x) => x.includes('↑1.2 kB'), 'the WebSocket in the live log');
+    expect(f).toMatch(/GET\s+\/invoices\/9\s+200\s+40\.0 ms/);
+    expect(f).toMatch(/WS\s+\/chat\s+101\s+12\.3 s\s+↑1\.2 kB ↓3\.4 kB\s+closed by local 1011/);
+    expect(f).toMatch(/2 requests, 0 errors/);
   });
 
   it('? shows the keys and q quits', async () => {

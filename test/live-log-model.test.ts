@@ -2,9 +2,12 @@
  * The live log's state without a terminal: rate, errors, in-flight requests, pause
  * buffering, tunnel and lease state, selection.
  */
+
+import chalk from 'chalk';
 import { describe, expect, it } from 'vitest';
-import type { HttpStartEvent, RequestEvent } from '../src/events.js';
-import { LiveLogModel, type Printable } from '../src/ui/live-log-model.js';
+import type { HttpStartEvent, RequestEvent, WebSocketEvent } from '../src/events.js';
+import { formatPrintable } from '../src/ui/live-log-lines.js';
+import { LiveLogModel, type Printable, pendingParts } from '../src/ui/live-log-model.js';
 
 const INFO = {
   service: 'billing',
@@ -59,6 +62,40 @@ function request(
   model.apply(e);
   return e;
 }
+function wsStart(path = '/chat', at = 0): HttpStartEvent {
+  return { ...start(path, at), upgrade: 'websocket' };
+}
+function wsClosed(s: HttpStartEvent, extra: Partial<WebSocketEvent> = {}): WebSocketEvent {
+  return {
+    kind: 'websocket',
+    requestId: s.requestId,
+    interceptId: s.interceptId,
+    startedAt: s.startedAt,
+    path: s.path,
+    protocol: 'websocket',
+    status: 101,
+    durationMs: 12_300,
+    bytesIn: 1200,
+    bytesOut: 3500,
+    messagesIn: 3,
+    messagesOut: 5,
+    closedBy: 'local',
+    closeFrom: 'caller',
+    code: 1000,
+    ...extra,
+  };
+}
+/** A printed line as a terminal without colours shows it. */
+function plain(p: Printable): string {
+  const level = chalk.level;
+  chalk.level = 0;
+  try {
+    return formatPrintable(p);
+  } finally {
+    chalk.level = level;
+  }
+}
+
 const paths = (items: Printable[]) => items.flatMap((p) => (p.kind === 'request' ? [p.request.path] : []));
 
 describe('LiveLogModel', () => {
@@ -300,6 +337,78 @@ describe('LiveLogModel', () => {
     model.flushOutput();
     const out = model.takePrintable().map((p) => (p.kind === 'output' ? `${p.stream}:${p.text}` : p.kind));
     expect(out).toEqual(['stdout:listening on 3000\nready', 'stderr:warn: x', 'stdout:part']);
+  });
+});
+
+describe('WebSockets in the live log', () => {
+  it('shows an open WebSocket as open (ticking, no spinner), then one line when it closes', () => {
+    const c = clock();
+    const model = new LiveLogModel(INFO, { now: c.now });
+    model.takePrintable();
+    const ws = wsStart('/chat', c.now());
+    model.apply(ws);
+    const open = model.snapshot();
+    expect(open.inFlight.map((r) => r.path)).toEqual(['/chat']);
+    expect(open.openUpgrades).toBe(1);
+    c.advance(12_400);
+    expect(pendingParts(ws, c.now())).toEqual({ label: 'WS    ', path: '/chat', elapsed: 'open 12 s' });
+    expect(pendingParts(ws, c.now() + 245_000).elapsed).toBe('open 4m 17s');
+    // Long-lived by nature: its time ticks once a second, but it turns no spinner.
+    expect(model.hasRecentInFlight(c.now() - 12_000)).toBe(false);
+    expect(model.nextChangeAt()).toBe(c.now() + 1000);
+
+    model.apply(wsClosed(ws));
+    const closed = model.snapshot();
+    expect(closed.inFlight).toEqual([]);
+    expect(closed.openUpgrades).toBe(0);
+    expect(closed.total).toBe(1);
+    expect(closed.errors).toBe(0);
+    const printed = model.takePrintable();
+    expect(printed).toHaveLength(1);
+    expect(plain(printed[0] as Printable)).toMatch(
+      /^\d\d:\d\d:\d\d\.\d{3} {2}WS {6}\/chat {2}101 {2}12\.3 s {2}↑1\.2 kB ↓3\.4 kB {2}closed by caller 1000$/,
+    );
+    // It is one of the recent entries ↑ selects, like any request.
+    model.selectPrevious();
+    expect(model.snapshot().recent.map((r) => r.kind)).toEqual(['websocket']);
+  });
+
+  it('says how each WebSocket closed, and marks failures', () => {
+    const c = clock();
+    const model = new LiveLogModel(INFO, { now: c.now });
+    model.takePrintable();
+    const line = (extra: Partial<WebSocketEvent>, path = '/chat') => {
+      const s = wsStart(path, c.now());
+      model.apply(s);
+      model.apply(wsClosed(s, extra));
+      return plain(model.takePrintable()[0] as Printable);
+    };
+    expect(line({ closeFrom: 'local', closedBy: 'caller', code: 1011, reason: 'boom' })).toContain(
+      '↑1.2 kB ↓3.4 kB  closed by local 1011 "boom"',
+    );
+    expect(line({ closedBy: 'leave', closeFrom: undefined, code: 1001 })).toMatch(/closed on leave 1001$/);
+    expect(line({ closedBy: 'caller', closeFrom: undefined, code: undefined })).toMatch(
+      /dropped by caller \(no close frame\)$/,
+    );
+    expect(line({ durationMs: 3_725_000 })).toMatch(/101 {2}1h 02m {2}/);
+    expect(line({ status: 403, durationMs: 4.5, bytesOut: 120, code: undefined })).toMatch(
+      /WS {6}\/chat {2}403 {2}4\.5 ms {2}↑1\.2 kB ↓120 B {2}refused by local$/,
+    );
+    expect(
+      line({
+        status: 0,
+        bytesIn: 0,
+        bytesOut: 0,
+        code: undefined,
+        error: 'connect ECONNREFUSED 127.0.0.1:3000',
+      }),
+    ).toMatch(/\/chat {2}0 {2}.*not answered {2}\(connect ECONNREFUSED 127\.0\.0\.1:3000\)$/);
+    expect(line({ protocol: 'upgrade', closeFrom: undefined, code: undefined }, '/tcp')).toMatch(
+      /UPGRADE {2}\/tcp {2}101 .* closed by local$/,
+    );
+    // Not reached is a failure; refused (4xx) and closed are not.
+    expect(model.snapshot().errors).toBe(1);
+    expect(model.snapshot().total).toBe(7);
   });
 });
 

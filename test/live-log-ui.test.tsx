@@ -6,7 +6,7 @@ import { stripVTControlCharacters } from 'node:util';
 import chalk from 'chalk';
 import { render } from 'ink-testing-library';
 import { afterEach, describe, expect, it, vi } from 'vitest';
-import type { RequestEvent } from '../src/events.js';
+import type { RequestEvent, WebSocketEvent } from '../src/events.js';
 import { LiveLog } from '../src/ui/LiveLog.js';
 import { LiveLogModel } from '../src/ui/live-log-model.js';
 
@@ -152,6 +152,90 @@ describe('LiveLog', () => {
       (live, all) => !live.includes('in flight') && /POST\s+\/slow\s+201/.test(all),
       'the completed line',
     );
+  });
+
+  it('shows an open WebSocket as open, then one line with its life; enter shows every field', async () => {
+    const ui = mount();
+    request(ui.model, '/before');
+    const startedAt = Date.now() - 12_000;
+    ui.model.apply({
+      kind: 'http-start',
+      requestId: 'ws1',
+      interceptId: 'icp_abc',
+      startedAt,
+      method: 'GET',
+      path: '/chat',
+      upgrade: 'websocket',
+    });
+    await ui.until((s) => /WS\s+\/chat\s+open 1[23] s/.test(s), 'the open WebSocket');
+    // Open for a while, not a request in flight.
+    expect(ui.screen()).toContain('1 WebSocket open');
+    expect(ui.screen()).not.toContain('in flight');
+    await ui.until((s) => /WS\s+\/chat\s+open 1[34] s/.test(s), 'its time ticking');
+
+    const closed: WebSocketEvent = {
+      kind: 'websocket',
+      requestId: 'ws1',
+      interceptId: 'icp_abc',
+      startedAt,
+      path: '/chat',
+      protocol: 'websocket',
+      status: 101,
+      durationMs: 12_300,
+      bytesIn: 1200,
+      bytesOut: 3500,
+      messagesIn: 3,
+      messagesOut: 1,
+      closedBy: 'local',
+      closeFrom: 'caller',
+      code: 1000,
+      reason: 'bye',
+    };
+    ui.model.apply(closed);
+    await ui.until(
+      (live, all) => !live.includes('open') && all.includes('closed by caller'),
+      'the closed WebSocket line',
+    );
+    expect(ui.all()).toMatch(/WS\s+\/chat\s+101\s+12\.3 s\s+↑1\.2 kB ↓3\.4 kB\s+closed by caller 1000 "bye"/);
+    expect(ui.screen()).toMatch(/2 requests · 0 errors/);
+
+    await ui.press(KEY.up);
+    await ui.until((s) => /› \S+\s+WS\s+\/chat\s+101\s+12\.3 s/.test(s), 'the WebSocket selected');
+    await ui.press(KEY.enter);
+    await ui.until((s) => s.includes('from the caller'), 'its details');
+    const details = ui.screen();
+    expect(details).toContain('WS /chat → 101');
+    expect(details).toMatch(/open for 12\.3 s · WebSocket/);
+    expect(details).toContain('from the caller: 1.2 kB in 3 messages');
+    expect(details).toContain('from the local service: 3.4 kB in 1 message');
+    expect(details).toContain('closed by caller 1000 "bye"');
+    expect(details).toContain('connection ended first by the local service');
+    await ui.press(KEY.up);
+    await ui.until((s) => s.includes('GET /before → 200'), 'the request before it, in the details');
+  });
+
+  it('shows a WebSocket that closed abnormally in yellow', async () => {
+    const level = chalk.level;
+    chalk.level = 1;
+    const ui = mount();
+    ui.model.apply({
+      kind: 'websocket',
+      requestId: 'ws2',
+      interceptId: 'icp_abc',
+      startedAt: Date.now(),
+      path: '/feed',
+      protocol: 'websocket',
+      status: 101,
+      durationMs: 800,
+      bytesIn: 10,
+      bytesOut: 20,
+      closedBy: 'caller',
+    });
+    await ui.until((_, all) => all.includes('/feed'), 'the line');
+    const raw = ui.r.frames.join('');
+    chalk.level = level;
+    expect(raw).toContain('\u001B[32m101');
+    expect(raw).toContain('\u001B[33mdropped by caller (no close frame)');
   });
 
   it('p pauses the view (lines wait, counters go on) and resumes it', async () => {

@@ -2,9 +2,10 @@
  * `kelsingra logs`: an intercept started with --detach, watched from another shell through
  * the server agent's event stream. Real server, real detached agents, real CLIs.
  */
-import { writeFileSync } from 'node:fs';
+import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { beforeEach, describe, expect, it } from 'vitest';
+import WebSocket, { WebSocketServer } from 'ws';
 import {
   background,
   CLOSED_PORT,
@@ -104,6 +105,77 @@ describe('kelsingra logs', () => {
       ['request', 'POST', '/orders', 201, held.id],
       ['request', 'GET', '/missing/7', 404, held.id],
     ]);
+  });
+
+  it('shows a WebSocket as one line once it closed: 101, lifetime, bytes each way, who closed it', async () => {
+    // A "laptop" service that speaks WebSocket: it echoes every message.
+    const chat = await listen((_req, res) => res.end('plain'));
+    cleanups.push(() => closeServer(chat.server));
+    const wss = new WebSocketServer({ server: chat.server });
+    wss.on('connection', (ws) => ws.on('message', (data) => ws.send(`echo:${data}`)));
+    cleanups.push(() => new Promise((res) => wss.close(() => res(undefined))));
+    const held = await interceptDetached(admin, 'billing', 't1', chat.port, cleanups);
+
+    const ws = new WebSocket(`${server.data.replace('http', 'ws')}/chat?room=1`, {
+      headers: { 'x-kelsingra-service': 'billing', 'x-tenant-id': 't1' },
+    });
+    const echoes: string[] = [];
+    await new Promise<void>((resolve, reject) => {
+      ws.once('error', reject);
+      ws.once('open', () => {
+        ws.send('hello');
+        ws.send('again');
+      });
+      ws.on('message', (data) => {
+        echoes.push(String(data));
+        if (echoes.length === 2) ws.close(1000, 'bye');
+      });
+      ws.once('close', () => resolve());
+    });
+    expect(echoes).toEqual(['echo:hello', 'echo:again']);
+
+    const line = /\bWS\s+\/chat\?room=1\s+101\s+[\d.]+ m?s\s+↑\d+ B ↓\d+ B\s+closed by caller 1000 "bye"$/m;
+    const r = await waitFor(
+      async () => {
+        const run = await cli(['logs', 'billing', '--tenant', 't1'], admin);
+        expect(run.exitCode, String(run.stderr)).toBe(0);
+        return String(run.stdout).includes('/chat') ? run : undefined;
+      },
+      20_000,
+      'the WebSocket in kelsingra logs',
+    );
+    const lines = String(r.stdout).trim().split('\n');
+    // One entry for the whole connection, not a request with a strange status.
+    expect(lines.slice(1), String(r.stdout)).toHaveLength(1);
+    expect(lines[1]).toMatch(line);
+
+    const json = await cli(['logs', held.id, '--json'], admin);
+    const [record] = String(json.stdout)
+      .trim()
+      .split('\n')
+      .map((l) => JSON.parse(l));
+    expect(record).toMatchObject({
+      type: 'request',
+      status: 101,
+      upgrade: {
+        protocol: 'websocket',
+        closeFrom: 'caller',
+        code: 1000,
+        reason: 'bye',
+        messagesIn: 2,
+        messagesOut: 2,
+      },
+    });
+    expect(record.upgrade.bytesIn).toBeGreaterThan(0);
+    expect(record.bytesOut).toBeGreaterThan(0);
+
+    // The detached agent's log file tells the same from the laptop's side.
+    const logged = await waitFor(
+      () => (line.test(readFileSync(held.logFile, 'utf8')) ? true : undefined),
+      20_000,
+      `the WebSocket line in the agent's log:\n${readFileSync(held.logFile, 'utf8')}`,
+    );
+    expect(logged).toBe(true);
   });
 
   it('--follow --json streams new requests as NDJSON and exits 0 when the intercept is left from another shell', async () => {

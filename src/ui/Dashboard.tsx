@@ -21,7 +21,7 @@ import {
   upstreamColour,
 } from '../dashboard-model.js';
 import type { RequestRecord } from '../protocol.js';
-import { formatRequestLine, statusColour } from '../request-log.js';
+import { formatRecordLine, statusColour } from '../request-log.js';
 
 export interface DashboardProps {
   model: DashboardModel;
@@ -372,7 +372,7 @@ function LogView({
         // Lines only ever append (or get trimmed at the top): position from the end is stable enough.
         // biome-ignore lint/suspicious/noArrayIndexKey: request records have no id of their own
         <Text key={`${r.at}-${i}`} wrap="truncate-end">
-          {formatRequestLine({ ...r, startedAt: r.at })}
+          {formatRecordLine(r)}
         </Text>
       ))}
       {stats?.ended ? (

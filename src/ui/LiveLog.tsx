@@ -10,11 +10,22 @@
  */
 import { Box, Text, useInput, useStdin, useStdout } from 'ink';
 import { type ReactElement, useEffect, useState } from 'react';
-import type { RequestEvent } from '../events.js';
+import type { RequestEvent, WebSocketEvent } from '../events.js';
 import { maskSecretHeaders } from '../http-headers.js';
-import { clockTime, formatBytes, formatCount, formatDuration, formatRate, statusColour } from './format.js';
+import {
+  clockTime,
+  type DetailLine,
+  formatBytes,
+  formatCount,
+  formatDuration,
+  formatRate,
+  isAbnormalClose,
+  statusColour,
+  upgradeDetailLines,
+  upgradeLineParts,
+} from './format.js';
 import { formatBatch } from './live-log-lines.js';
-import type { LiveLogModel, LiveLogSnapshot } from './live-log-model.js';
+import { type LiveLogModel, type LiveLogSnapshot, type LogEntry, pendingParts } from './live-log-model.js';
 
 export interface LiveLogProps {
   model: LiveLogModel;
@@ -112,10 +123,11 @@ export function RequestLine({
   selected = false,
   marker,
 }: {
-  request: RequestEvent;
+  request: LogEntry;
   selected?: boolean;
   marker?: boolean;
 }) {
+  if (r.kind === 'websocket') return <WebSocketLine socket={r} selected={selected} marker={marker} />;
   return (
     <Text wrap="truncate-end" inverse={selected}>
       {marker === undefined ? null : marker ? '› ' : '  '}
@@ -135,6 +147,37 @@ export function RequestLine({
   );
 }
 
+function WebSocketLine({
+  socket: w,
+  selected,
+  marker,
+}: {
+  socket: WebSocketEvent;
+  selected: boolean;
+  marker?: boolean;
+}) {
+  const p = upgradeLineParts(w);
+  return (
+    <Text wrap="truncate-end" inverse={selected}>
+      {marker === undefined ? null : marker ? '› ' : '  '}
+      <Text dimColor={!selected}>{clockTime(w.startedAt)}</Text>
+      {'  '}
+      {p.label}
+      {'  '}
+      {w.path}
+      {'  '}
+      <Text color={statusColour(w.status, w.error)}>{p.status}</Text>
+      {'  '}
+      {p.lifetime}
+      {'  '}
+      {p.bytes}
+      {'  '}
+      <Text color={isAbnormalClose(w) ? 'yellow' : undefined}>{p.close}</Text>
+      {w.error ? <Text color="red"> ({w.error})</Text> : null}
+    </Text>
+  );
+}
+
 const SPINNER = ['⠋', '⠙', '⠹', '⠸', '⠼', '⠴', '⠦', '⠧', '⠇', '⠏'];
 
 function InFlight({ snap, now, spinner }: { snap: LiveLogSnapshot; now: number; spinner: string }) {
@@ -143,17 +186,21 @@ function InFlight({ snap, now, spinner }: { snap: LiveLogSnapshot; now: number; 
   const more = snap.inFlight.length - shown.length;
   return (
     <Box flexDirection="column">
-      {shown.map((r) => (
-        <Text key={r.requestId} wrap="truncate-end">
-          <Text color="cyan">{spinner}</Text> <Text dimColor>{clockTime(r.startedAt)}</Text>
-          {'  '}
-          {r.method.padEnd(6)}
-          {'  '}
-          {r.path}
-          {'  '}
-          <Text dimColor>{((now - r.startedAt) / 1000).toFixed(0)} s</Text>
-        </Text>
-      ))}
+      {shown.map((r) => {
+        const p = pendingParts(r, now);
+        return (
+          <Text key={r.requestId} wrap="truncate-end">
+            <Text color="cyan">{r.upgrade ? '⇅' : spinner}</Text>{' '}
+            <Text dimColor>{clockTime(r.startedAt)}</Text>
+            {'  '}
+            {p.label}
+            {'  '}
+            {p.path}
+            {'  '}
+            <Text dimColor>{p.elapsed}</Text>
+          </Text>
+        );
+      })}
       {more > 0 && <Text dimColor> … {formatCount(more)} more in flight</Text>}
     </Box>
   );
@@ -179,11 +226,16 @@ function Selection({ snap, maxRows }: { snap: LiveLogSnapshot; maxRows: number }
   );
 }
 
-/** Request and response headers, masked again here: the view never trusts its input to be. */
-export function detailLines(
-  r: RequestEvent,
-): { text: string; tone?: 'title' | 'section' | 'dim' | 'error' }[] {
-  const lines: { text: string; tone?: 'title' | 'section' | 'dim' | 'error' }[] = [
+/**
+ * Request and response headers, masked again here: the view never trusts its input to be.
+ * A WebSocket shows its whole life instead: bytes and messages each way, how it closed.
+ */
+export function detailLines(r: LogEntry): DetailLine[] {
+  return r.kind === 'websocket' ? upgradeDetailLines(r) : requestDetailLines(r);
+}
+
+function requestDetailLines(r: RequestEvent): DetailLine[] {
+  const lines: DetailLine[] = [
     { text: `${r.method} ${r.path} → ${r.status}`, tone: 'title' },
     {
       text: `started ${clockTime(r.startedAt)} · headers ${r.headersMs === undefined ? '–' : formatDuration(r.headersMs)} · total ${formatDuration(r.durationMs)} · sent ${formatBytes(r.bytesIn)} · received ${formatBytes(r.bytesOut)}`,
@@ -204,7 +256,7 @@ export function detailLines(
   return lines;
 }
 
-function Details({ request, maxRows }: { request: RequestEvent; maxRows: number }) {
+function Details({ request, maxRows }: { request: LogEntry; maxRows: number }) {
   const all = detailLines(request);
   // Two rows of border, one for the hint.
   const room = Math.max(1, maxRows - 3);
@@ -294,7 +346,10 @@ function StatusBar({ snap }: { snap: LiveLogSnapshot }) {
       → :{i.localPort} · <TunnelState snap={snap} /> · {formatRate(snap.ratePerSecond)} req/s ·{' '}
       {plural(snap.total, 'request')} ·{' '}
       <Text color={snap.errors > 0 ? 'red' : undefined}>{plural(snap.errors, 'error')}</Text>
-      {snap.inFlight.length > 0 ? ` · ${formatCount(snap.inFlight.length)} in flight` : ''}
+      {snap.inFlight.length > snap.openUpgrades
+        ? ` · ${formatCount(snap.inFlight.length - snap.openUpgrades)} in flight`
+        : ''}
+      {snap.openUpgrades > 0 ? ` · ${plural(snap.openUpgrades, 'WebSocket')} open` : ''}
       {snap.paused ? (
         <Text color="yellow" bold>
           {' '}

@@ -1,11 +1,12 @@
 /**
  * The lines the live log prints once, above its redrawn part: the banner, one line per
- * completed request (the same format as the plain view), notices, the local command's output.
+ * completed request or closed WebSocket (the same format as the plain view), notices, the
+ * local command's output.
  * Plain strings coloured with chalk (which honours NO_COLOR / FORCE_COLOR): a batch of them
  * is one write, with no React element, layout or ANSI re-parsing per line.
  */
 import chalk from 'chalk';
-import { formatOutboundLine, formatRequestLine } from '../request-log.js';
+import { formatOutboundLine, formatRequestLine, formatUpgradeLine } from '../request-log.js';
 import { clockTime } from './format.js';
 import type { Printable } from './live-log-model.js';
 
@@ -20,7 +21,9 @@ export function formatPrintable(item: Printable): string {
       return text;
     }
     case 'request':
-      return formatRequestLine(item.request);
+      return item.request.kind === 'websocket'
+        ? formatUpgradeLine(item.request)
+        : formatRequestLine(item.request);
     case 'outbound':
       return formatOutboundLine(item.call);
     case 'notice': {

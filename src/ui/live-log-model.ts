@@ -8,8 +8,8 @@
  * by time alone (a countdown, the rate window); when it returns undefined nothing needs a
  * timer, which is what keeps an idle CLI at ≈ 0 % CPU.
  */
-import type { HttpStartEvent, OutboundEvent, RequestEvent, SessionEvent } from '../events.js';
-import { formatKafkaLine, formatLapseLine, isFailure } from '../request-log.js';
+import type { HttpStartEvent, OutboundEvent, RequestEvent, SessionEvent, WebSocketEvent } from '../events.js';
+import { formatKafkaLine, formatLapseLine, formatLifetime, isFailure, upgradeLabel } from '../request-log.js';
 import type { TunnelState } from '../tunnel-client.js';
 
 export interface LiveLogInfo {
@@ -26,9 +26,12 @@ export interface LiveLogInfo {
   previewUrl?: string;
 }
 
+/** A finished entry of the log: a request, or a WebSocket (an upgraded connection) as a whole. */
+export type LogEntry = RequestEvent | WebSocketEvent;
+
 export type Printable =
   | { kind: 'banner'; seq: number; info: LiveLogInfo }
-  | { kind: 'request'; seq: number; request: RequestEvent }
+  | { kind: 'request'; seq: number; request: LogEntry }
   | { kind: 'outbound'; seq: number; call: OutboundEvent }
   | { kind: 'notice'; seq: number; tone: 'info' | 'warn' | 'error'; text: string; at: number }
   | { kind: 'output'; seq: number; stream: 'stdout' | 'stderr'; text: string };
@@ -50,8 +53,10 @@ export interface LiveLogSnapshot {
   ratePerSecond: number;
   total: number;
   errors: number;
-  /** Oldest first. */
+  /** Oldest first; open WebSockets among them. */
   inFlight: HttpStartEvent[];
+  /** How many of `inFlight` are open WebSockets (or other upgraded connections). */
+  openUpgrades: number;
   paused: boolean;
   /** Lines held back while paused (printed on resume). */
   buffered: number;
@@ -59,10 +64,10 @@ export interface LiveLogSnapshot {
   dropped: number;
   panel: Panel;
   /** While selecting: a window of recent requests (oldest first) and which one is selected. */
-  recent: RequestEvent[];
+  recent: LogEntry[];
   selectedIndex: number;
   /** The request whose details are open. */
-  details?: RequestEvent;
+  details?: LogEntry;
 }
 
 export interface LiveLogOptions {
@@ -90,7 +95,7 @@ export class LiveLogModel {
   private seq = 0;
   private queue: Printable[] = [];
   private dropped = 0;
-  private history: RequestEvent[] = [];
+  private history: LogEntry[] = [];
   private readonly inFlight = new Map<string, HttpStartEvent>();
   private total = 0;
   private errors = 0;
@@ -103,7 +108,7 @@ export class LiveLogModel {
   private ended?: string;
   private paused = false;
   private panel: Panel = 'none';
-  private selected?: RequestEvent;
+  private selected?: LogEntry;
   private readonly partial = { stdout: '', stderr: '' };
   private readonly listeners = new Set<() => void>();
 
@@ -155,7 +160,9 @@ export class LiveLogModel {
       case 'http-start':
         this.inFlight.set(event.requestId, event);
         break;
-      case 'http': {
+      case 'http':
+      case 'websocket': {
+        // A WebSocket is one entry, printed when it closes: its request was in flight until then.
         this.inFlight.delete(event.requestId);
         this.total++;
         if (isFailure(event)) this.errors++;
@@ -262,8 +269,15 @@ export class LiveLogModel {
    * redrawing ten times a second; its elapsed time still ticks once a second.
    */
   hasRecentInFlight(now: number, withinMs = 5_000): boolean {
-    for (const r of this.inFlight.values()) if (now - r.startedAt < withinMs) return true;
+    // An open WebSocket is long-lived by nature: it shows as open, without a spinner.
+    for (const r of this.inFlight.values()) if (!r.upgrade && now - r.startedAt < withinMs) return true;
     return false;
+  }
+
+  private openUpgrades(): number {
+    let n = 0;
+    for (const r of this.inFlight.values()) if (r.upgrade) n++;
+    return n;
   }
 
   get inFlightCount(): number {
@@ -371,7 +385,7 @@ export class LiveLogModel {
 
   snapshot(now = this.now()): LiveLogSnapshot {
     const warnAt = this.leaseWarnAt();
-    let recent: RequestEvent[] = [];
+    let recent: LogEntry[] = [];
     let selectedIndex = -1;
     if (this.selected && this.panel !== 'none') {
       const at = this.history.lastIndexOf(this.selected);
@@ -400,6 +414,7 @@ export class LiveLogModel {
       total: this.total,
       errors: this.errors,
       inFlight: [...this.inFlight.values()],
+      openUpgrades: this.openUpgrades(),
       paused: this.paused,
       buffered: this.paused ? this.queue.length : 0,
       dropped: this.dropped,
@@ -433,4 +448,21 @@ export class LiveLogModel {
     }
     return Number.isFinite(next) ? next : undefined;
   }
+}
+
+/**
+ * A line of the in-flight part: `GET     /slow  3 s`, or for an open WebSocket
+ * `WS      /chat  open 12 s` (its time ticks once a second, as a pending request's does).
+ */
+export function pendingParts(
+  r: HttpStartEvent,
+  now: number,
+): { label: string; path: string; elapsed: string } {
+  const ms = Math.max(0, now - r.startedAt);
+  if (!r.upgrade) return { label: r.method.padEnd(6), path: r.path, elapsed: `${(ms / 1000).toFixed(0)} s` };
+  return {
+    label: upgradeLabel(r.upgrade).padEnd(6),
+    path: r.path,
+    elapsed: `open ${ms < 60_000 ? `${Math.floor(ms / 1000)} s` : formatLifetime(ms)}`,
+  };
 }
