@@ -22,6 +22,7 @@ import { LocalUpgrade } from './local-upgrade.js';
 import { ERROR_HEADER, INTERCEPT_HEADER } from './protocol.js';
 import { drainInto, type TunnelStream } from './tunnel-mux.js';
 import type { OpenHead } from './tunnel-wire.js';
+import { isWebSocketUpgrade } from './ws-frames.js';
 
 export interface LocalTarget {
   service: string;
@@ -95,6 +96,14 @@ export class LocalForwarder {
       startedAt,
       method: head.method,
       path: shownPath,
+      // Views show an upgraded connection as open rather than as a request waiting for its answer.
+      ...(head.upgrade
+        ? {
+            upgrade: isWebSocketUpgrade(requestHeaders.upgrade as string | undefined)
+              ? 'websocket'
+              : 'upgrade',
+          }
+        : {}),
     });
     const report = ({ status, headers, error }: Outcome) =>
       this.onEvent({
