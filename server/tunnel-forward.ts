@@ -115,6 +115,7 @@ export function forwardThroughTunnel(
       http2,
       upgrade: false,
       body: hasBody,
+      trailers: !http2 && hasBody && req.headers.trailer !== undefined,
     });
   } catch (err) {
     fail(

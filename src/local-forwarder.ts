@@ -175,8 +175,7 @@ export class LocalForwarder {
       return;
     }
     if (head.http2) this.serveHttp2(stream, head, counted, report, unreachable);
-    else if (requestHeaders.trailer !== undefined)
-      this.serveWithTrailers(stream, head, counted, report, unreachable);
+    else if (head.trailers) this.serveWithTrailers(stream, head, counted, report, unreachable);
     else this.serveHttp1(stream, head, counted, report, unreachable);
   }
 
@@ -235,7 +234,7 @@ export class LocalForwarder {
   }
 
   /**
-   * A request that announces trailers (a `Trailer` header): undici cannot send request
+   * A request that announced trailers (a `Trailer` header): undici cannot send request
    * trailers, Node's HTTP client can. Rare enough that its slower path costs nothing overall.
    */
   private serveWithTrailers(

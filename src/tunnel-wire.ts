@@ -55,6 +55,8 @@ export const OpenHeadSchema = z.object({
   upgrade: z.boolean(),
   /** Body frames follow (Data…, End); false: the request ends with its head. */
   body: z.boolean(),
+  /** The request announced trailers (HTTP/1.1 `Trailer`): the local request must be able to send them. */
+  trailers: z.boolean().optional(),
 });
 export type OpenHead = z.infer<typeof OpenHeadSchema>;
 
