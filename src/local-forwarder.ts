@@ -85,7 +85,8 @@ export class LocalForwarder {
     for (let i = head.headers.length - 2; i >= 0; i -= 2)
       if (head.headers[i] === INTERCEPT_HEADER) head.headers.splice(i, 2);
     head.headers.push(INTERCEPT_HEADER, head.intercept);
-    const requestHeaders = rawToObject(head.headers) as Headers;
+    // As an object only for what needs one (details in views, the gRPC and upgrade checks): not per plain request.
+    const requestHeaders = () => rawToObject(head.headers) as Headers;
     let headersMs: number | undefined;
     let bytesIn = 0;
     let bytesOut = 0;
@@ -99,7 +100,7 @@ export class LocalForwarder {
       // Views show an upgraded connection as open rather than as a request waiting for its answer.
       ...(head.upgrade
         ? {
-            upgrade: isWebSocketUpgrade(requestHeaders.upgrade as string | undefined)
+            upgrade: isWebSocketUpgrade(requestHeaders().upgrade as string | undefined)
               ? 'websocket'
               : 'upgrade',
           }
@@ -120,10 +121,13 @@ export class LocalForwarder {
         bytesOut,
         error,
         ...(this.target.withHeaders
-          ? { requestHeaders: maskSecretHeaders(requestHeaders), responseHeaders: maskSecretHeaders(headers) }
+          ? {
+              requestHeaders: maskSecretHeaders(requestHeaders()),
+              responseHeaders: maskSecretHeaders(headers),
+            }
           : {}),
       });
-    const grpc = head.http2 && isGrpc(requestHeaders['content-type']);
+    const grpc = head.http2 && isGrpc(requestHeaders()['content-type']);
     const refuse = (
       status: number,
       code: string,
@@ -136,7 +140,7 @@ export class LocalForwarder {
       report({ status: answer.status, headers: answer.headers, error });
     };
 
-    const twin = guard.ambiguity(head.headers.flatMap((name, i) => (i % 2 === 0 ? [name, ''] : [])));
+    const twin = guard.ambiguity(head.headers);
     if (twin) {
       const { message, extra } = ambiguityRefusal(twin);
       refuse(400, AMBIGUOUS_HEADER, message, extra, `ambiguous header ${twin.header}`);
