@@ -189,13 +189,17 @@ export class TunnelMux {
   private lastId = 0;
   private corked = false;
   private readonly socket?: { cork(): void; uncork(): void };
+  private readonly uncork = () => {
+    this.corked = false;
+    this.socket?.uncork();
+  };
 
   constructor(
     private readonly ws: WebSocket,
     private readonly handlers: MuxHandlers,
   ) {
-    // The frames of one tick (a response's head, body and end; many small requests) leave in one
-    // write: without this each is a syscall of its own. ws keeps its socket private; without it
+    // The frames of one round of I/O (a response's head, body and end; many small requests)
+    // leave in one write: without this each is a syscall of its own. ws keeps its socket private; without it
     // frames go out one by one, which is only slower.
     this.socket = (ws as unknown as { _socket?: { cork(): void; uncork(): void } })._socket;
     ws.on('message', (data: Buffer, isBinary: boolean) => {
@@ -241,10 +245,9 @@ export class TunnelMux {
     if (!this.corked && this.socket) {
       this.corked = true;
       this.socket.cork();
-      process.nextTick(() => {
-        this.corked = false;
-        this.socket?.uncork();
-      });
+      // After the poll phase: frames for every request whose data arrived in this round of
+      // I/O leave together, one write for many requests under load, as HTTP/2 coalesces them.
+      setImmediate(this.uncork);
     }
     this.ws.send(frame, { binary: true });
   }
