@@ -83,13 +83,17 @@ export class ClientTunnel {
     ws.on('error', (err) => {
       this.failure ??= err;
     });
-    this.mux = new TunnelMux(ws, {
-      onControl: (text) => onControl(this, text),
-      // The first is kept, for the log line that says why the tunnel closed.
-      onProtocolError: (err) => {
-        this.failure ??= err;
+    this.mux = new TunnelMux(
+      ws,
+      {
+        onControl: (text) => onControl(this, text),
+        // The first is kept, for the log line that says why the tunnel closed.
+        onProtocolError: (err) => {
+          this.failure ??= err;
+        },
       },
-    });
+      false,
+    );
   }
 
   send(message: ServerControl): void {

@@ -77,22 +77,26 @@ export class TunnelClient extends EventEmitter<TunnelEvents> {
   }
 
   private mux(ws: WebSocket): TunnelMux {
-    return new TunnelMux(ws, {
-      onControl: (text) => this.onControl(ws, text),
-      onOpen: (stream, head) => {
-        if (head.upgrade) this.upgrades.add(stream);
-        else this.inFlight++;
-        this.opts.onStream(stream, head);
+    return new TunnelMux(
+      ws,
+      {
+        onControl: (text) => this.onControl(ws, text),
+        onOpen: (stream, head) => {
+          if (head.upgrade) this.upgrades.add(stream);
+          else this.inFlight++;
+          this.opts.onStream(stream, head);
+        },
+        onStreamClosed: (stream) => {
+          if (!this.upgrades.has(stream) && --this.inFlight === 0) this.emit('idle');
+          const mux = this.muxes.get(ws);
+          if (mux?.size === 0 && this.retiring.has(ws) && this.retireWhenIdle.has(ws))
+            ws.close(1000, 'moved to another replica');
+        },
+        // The server only sends frames of the protocol it accepted; anything else is a broken link.
+        onProtocolError: () => undefined,
       },
-      onStreamClosed: (stream) => {
-        if (!this.upgrades.has(stream) && --this.inFlight === 0) this.emit('idle');
-        const mux = this.muxes.get(ws);
-        if (mux?.size === 0 && this.retiring.has(ws) && this.retireWhenIdle.has(ws))
-          ws.close(1000, 'moved to another replica');
-      },
-      // The server only sends frames of the protocol it accepted; anything else is a broken link.
-      onProtocolError: () => undefined,
-    });
+      true,
+    );
   }
 
   /** Resolves once the first connection is up; fails fast on a wrong token or an unreachable server. */

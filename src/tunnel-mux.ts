@@ -13,6 +13,7 @@ import {
   encodeCredit,
   encodeFrame,
   encodeJson,
+  FRAME_HEAD_BYTES,
   type Frame,
   FrameType,
   MAX_DATA_FRAME,
@@ -65,10 +66,10 @@ export class TunnelStream {
   /** Sends body bytes; false once the peer's credit is used up (wait for onDrain). */
   write(chunk: Buffer): boolean {
     if (this.closed || this.sentEnd) return false;
-    if (chunk.length <= MAX_DATA_FRAME) this.mux.send(encodeFrame(FrameType.Data, this.id, chunk));
+    if (chunk.length <= MAX_DATA_FRAME) this.mux.sendData(this.id, chunk);
     else
       for (let at = 0; at < chunk.length; at += MAX_DATA_FRAME)
-        this.mux.send(encodeFrame(FrameType.Data, this.id, chunk.subarray(at, at + MAX_DATA_FRAME)));
+        this.mux.sendData(this.id, chunk.subarray(at, at + MAX_DATA_FRAME));
     this.credit -= chunk.length;
     return this.credit > 0;
   }
@@ -188,7 +189,7 @@ export class TunnelMux {
   private readonly streams = new Map<number, TunnelStream>();
   private lastId = 0;
   private corked = false;
-  private readonly socket?: { cork(): void; uncork(): void };
+  private readonly socket?: { cork(): void; uncork(): void; write(data: Buffer): boolean };
   private readonly uncork = () => {
     this.corked = false;
     this.socket?.uncork();
@@ -197,11 +198,13 @@ export class TunnelMux {
   constructor(
     private readonly ws: WebSocket,
     private readonly handlers: MuxHandlers,
+    /** The WebSocket client's end (the client agent): frames it sends must be masked. */
+    private readonly masked: boolean,
   ) {
-    // The frames of one round of I/O (a response's head, body and end; many small requests)
-    // leave in one write: without this each is a syscall of its own. ws keeps its socket private; without it
-    // frames go out one by one, which is only slower.
-    this.socket = (ws as unknown as { _socket?: { cork(): void; uncork(): void } })._socket;
+    // ws keeps its socket private. Through it the frames of one round of I/O leave in one
+    // write, and body bytes leave without being copied into a frame (see sendData); without
+    // it frames go out one by one through ws, which is only slower.
+    this.socket = (ws as unknown as { _socket?: TunnelMux['socket'] })._socket;
     ws.on('message', (data: Buffer, isBinary: boolean) => {
       if (!isBinary) {
         handlers.onControl(data.toString('utf8'));
@@ -242,14 +245,52 @@ export class TunnelMux {
   /** @internal */
   send(frame: Buffer): void {
     if (this.ws.readyState !== WebSocket.OPEN) return;
-    if (!this.corked && this.socket) {
-      this.corked = true;
-      this.socket.cork();
-      // After the poll phase: frames for every request whose data arrived in this round of
-      // I/O leave together, one write for many requests under load, as HTTP/2 coalesces them.
-      setImmediate(this.uncork);
-    }
+    this.corkUntilIdle();
     this.ws.send(frame, { binary: true });
+  }
+
+  /**
+   * A Data frame written as a WebSocket message of its own, head and payload side by side in
+   * the (corked) socket, so body bytes are never copied on the way out. Safe beside ws's own
+   * writes: without compression ws writes each message to the socket at once, whole, so
+   * messages never interleave. A mask of zeros (client side) leaves the payload as it is.
+   */
+  sendData(id: number, chunk: Buffer): void {
+    if (!this.socket) {
+      this.send(encodeFrame(FrameType.Data, id, chunk));
+      return;
+    }
+    if (this.ws.readyState !== WebSocket.OPEN) return;
+    const length = FRAME_HEAD_BYTES + chunk.length;
+    const extended = length < 126 ? 0 : length < 0x10000 ? 2 : 8;
+    const head = Buffer.allocUnsafe(2 + extended + (this.masked ? 4 : 0) + FRAME_HEAD_BYTES);
+    head[0] = 0x82; // FIN, binary
+    head[1] = (this.masked ? 0x80 : 0) | (extended === 0 ? length : extended === 2 ? 126 : 127);
+    let at = 2;
+    if (extended === 2) head.writeUInt16BE(length, at);
+    else if (extended === 8) {
+      head.writeUInt32BE(0, at);
+      head.writeUInt32BE(length, at + 4);
+    }
+    at += extended;
+    if (this.masked) {
+      head.writeUInt32BE(0, at);
+      at += 4;
+    }
+    head[at] = FrameType.Data;
+    head.writeUInt32BE(id, at + 1);
+    this.corkUntilIdle();
+    this.socket.write(head);
+    this.socket.write(chunk);
+  }
+
+  private corkUntilIdle(): void {
+    if (this.corked || !this.socket) return;
+    this.corked = true;
+    this.socket.cork();
+    // After the poll phase: frames for every request whose data arrived in this round of
+    // I/O leave together, one write for many requests under load, as HTTP/2 coalesces them.
+    setImmediate(this.uncork);
   }
 
   /** @internal */

@@ -31,7 +31,7 @@ export type FrameType = (typeof FrameType)[keyof typeof FrameType];
 
 export const FRAME_HEAD_BYTES = 5;
 /** Body bytes one side may send on a stream before the other credits them back. */
-export const STREAM_WINDOW = 1 << 20;
+export const STREAM_WINDOW = 256 * 1024;
 /** Larger writes go as several frames, so one stream's burst does not hold up the others' frames long. */
 export const MAX_DATA_FRAME = 256 * 1024;
 

@@ -62,21 +62,29 @@ describe('tunnel streams', () => {
     url = `ws://127.0.0.1:${(wss.address() as AddressInfo).port}`;
     // The client agent's end: echoes each stream's body back as its response, trailers included.
     wss.on('connection', (ws) => {
-      new TunnelMux(ws, {
-        onControl: () => undefined,
-        onProtocolError: (err) => {
-          throw err;
+      new TunnelMux(
+        ws,
+        {
+          onControl: () => undefined,
+          onProtocolError: (err) => {
+            throw err;
+          },
+          onOpen: (stream) => {
+            stream.respond({
+              status: 200,
+              headers: ['content-type', 'application/octet-stream'],
+              body: true,
+            });
+            stream.onData = (chunk) => {
+              // Echoed at the pace the other end credits it.
+              stream.write(chunk);
+              stream.consumed(chunk.length);
+            };
+            stream.onEnd = (trailers) => stream.end(trailers);
+          },
         },
-        onOpen: (stream) => {
-          stream.respond({ status: 200, headers: ['content-type', 'application/octet-stream'], body: true });
-          stream.onData = (chunk) => {
-            // Echoed at the pace the other end credits it.
-            stream.write(chunk);
-            stream.consumed(chunk.length);
-          };
-          stream.onEnd = (trailers) => stream.end(trailers);
-        },
-      });
+        false,
+      );
     });
   });
   afterAll(() => new Promise((r) => wss.close(r)));
@@ -88,12 +96,16 @@ describe('tunnel streams', () => {
         async (bodies) => {
           const ws = new WebSocket(url, { perMessageDeflate: false, maxPayload: 8 << 20 });
           await once(ws, 'open');
-          const mux = new TunnelMux(ws, {
-            onControl: () => undefined,
-            onProtocolError: (err) => {
-              throw err;
+          const mux = new TunnelMux(
+            ws,
+            {
+              onControl: () => undefined,
+              onProtocolError: (err) => {
+                throw err;
+              },
             },
-          });
+            true,
+          );
           const results = await Promise.all(
             bodies.map(
               ([chunks, trailers]) =>

@@ -45,15 +45,23 @@ export async function tunnelPair(
   const errors: Error[] = [];
   const hubTexts: string[] = [];
   const agentTexts: string[] = [];
-  const hub = new TunnelMux(hubWs, {
-    onControl: (t) => hubTexts.push(t),
-    onProtocolError: (e) => errors.push(e),
-  });
-  const agent = new TunnelMux(agentWs, {
-    onControl: (t) => agentTexts.push(t),
-    onProtocolError: (e) => errors.push(e),
-    onOpen,
-  });
+  const hub = new TunnelMux(
+    hubWs,
+    {
+      onControl: (t) => hubTexts.push(t),
+      onProtocolError: (e) => errors.push(e),
+    },
+    false,
+  );
+  const agent = new TunnelMux(
+    agentWs,
+    {
+      onControl: (t) => agentTexts.push(t),
+      onProtocolError: (e) => errors.push(e),
+      onOpen,
+    },
+    true,
+  );
   cleanups.push(() => {
     agentWs.terminate();
     hubWs.terminate();

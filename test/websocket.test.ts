@@ -19,6 +19,7 @@ import {
   startServerProcess,
   waitFor,
 } from './helpers.js';
+import { freshDatabase } from './postgres.js';
 
 const TOKEN = 'websocket-test-token-1';
 
@@ -234,4 +235,45 @@ describe('WebSockets on the data port', () => {
     expect(await d.next()).toBe('upstream:after leave');
     d.ws.close();
   });
+});
+
+describe('a WebSocket relayed between replicas on PostgreSQL', () => {
+  const cleanups: Cleanup[] = [];
+  afterAll(async () => {
+    for (const cleanup of cleanups.reverse()) await cleanup();
+  });
+
+  it('reaches the local service through the replica that holds the tunnel, and closes cleanly there', async () => {
+    const upstream = await echoService('upstream', cleanups);
+    const local = await echoService('local', cleanups);
+    const db = await freshDatabase(cleanups);
+    const [r1, r2] = (await Promise.all(
+      [1, 2].map(() =>
+        startServerProcess(['--service', `chat=${upstream.url}`, '--token', TOKEN, '--database-url', db]),
+      ),
+    )) as [ServerProcess, ServerProcess];
+    cleanups.push(
+      () => r1.stop(),
+      () => r2.stop(),
+    );
+    const held = await interceptDetached(clientEnv(r1, TOKEN), 'chat', 't1', local.port, cleanups);
+    // r2 has no tunnel for t1: it hears of the intercept through the database and relays.
+    await waitFor(
+      async () =>
+        (await fetch(`${r2.data}/`, { headers: headers('t1') }).then((r) => r.text())) === 'local plain',
+      10_000,
+      'r2 to route t1 to the tunnel on r1',
+    );
+    const c = await connect(r2, headers('t1'));
+    expect(local.seen.at(-1)).toMatchObject({ tenant: 't1', intercept: held.id });
+    c.ws.send('across replicas');
+    expect(await c.next()).toBe('local:across replicas');
+    const blob = randomBytes(3 << 20);
+    c.ws.send(blob);
+    expect(await c.next()).toBe(createHash('sha256').update(blob).digest('hex'));
+    c.ws.close(4003, 'relayed');
+    expect(await c.closed).toEqual({ code: 4003, reason: 'relayed' });
+    await waitFor(() => local.closes.some((x) => x.code === 4003), 10_000, 'the local side to see 4003');
+    expect(upstream.seen.filter((s) => s.tenant === 't1')).toEqual([]);
+  }, 60_000);
 });
