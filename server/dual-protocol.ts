@@ -114,7 +114,11 @@ export function serveHttp2(
       // Put back, the chosen server parses the connection from its first byte.
       socket.unshift(seen);
       if (preface) toHttp2(socket);
-      else toHttp1(socket);
+      else {
+        toHttp1(socket);
+        // Paused, the socket would not flow into the data listener the HTTP/1 server adds.
+        socket.resume();
+      }
     };
     socket.on('data', onData);
   };

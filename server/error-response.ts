@@ -56,19 +56,22 @@ export function sendError(
   }
   // Read before anything else on the response: the caller decides how it reads errors.
   if (isGrpc(res.req?.headers['content-type'])) {
-    writeHead(res, 
-      200,
-      withRequestId(res, {
-        ...headers,
-        ...grpcErrorHeaders(status, `Kelsingra: ${message}`),
-        [ERROR_HEADER]: code,
-      }),
-    );
+    const grpc = withRequestId(res, {
+      ...headers,
+      ...grpcErrorHeaders(status, `Kelsingra: ${message}`),
+      [ERROR_HEADER]: code,
+    });
+    // Headers set, not written: end() then sends them alone with END_STREAM, the trailers-only
+    // answer gRPC clients read a status from (after writeHead, an empty DATA frame would end
+    // the stream instead, and grpc-js reports INTERNAL for want of trailers).
+    res.statusCode = 200;
+    for (const [name, value] of Object.entries(grpc)) if (value !== undefined) res.setHeader(name, value);
     res.end();
     return;
   }
   const body = errorBody(code, message, extra);
-  writeHead(res, 
+  writeHead(
+    res,
     status,
     withRequestId(res, {
       ...headers,

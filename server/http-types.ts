@@ -24,7 +24,9 @@ export function hasRequestBody(req: InboundRequest): boolean {
 }
 
 /** Header fields of an HTTP/2 header block without its pseudo-headers (`:status`, `:path`…). */
-export function withoutPseudo(headers: Record<string, string | string[] | number | undefined>): Record<string, string | string[]> {
+export function withoutPseudo(
+  headers: Record<string, string | string[] | number | undefined>,
+): Record<string, string | string[]> {
   const out: Record<string, string | string[]> = {};
   for (const name in headers) {
     if (name.charCodeAt(0) === 58 /* ':' */) continue;

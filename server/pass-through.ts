@@ -14,10 +14,16 @@ import type { UpstreamHealth } from '../src/protocol.js';
 import { answerBodyError, type BodyLimits, limitedBody } from './body-limit.js';
 import { cutResponse, sendError } from './error-response.js';
 import { Http2Sessions } from './h2-sessions.js';
-import { hasRequestBody, type InboundRequest, isHttp2, type OutboundResponse, writeHead } from './http-types.js';
+import {
+  hasRequestBody,
+  type InboundRequest,
+  isHttp2,
+  type OutboundResponse,
+  writeHead,
+} from './http-types.js';
 import { withRequestId } from './request-id.js';
-import { HeldEnd, sendOverHttp2, sendWithTrailers, type UpstreamCall } from './upstream-call.js';
 import { BODY_IDLE_MS } from './timeouts.js';
+import { HeldEnd, sendOverHttp2, sendWithTrailers, type UpstreamCall } from './upstream-call.js';
 import {
   type Backend,
   type BackendState,
@@ -282,7 +288,7 @@ export class PassThrough {
         // over after the body); an HTTP/1.0 caller cannot take them.
         const announced = upstreamHeaders.trailer;
         if (announced !== undefined && (isHttp2(req) || req.httpVersion === '1.1')) {
-          out.trailer = Array.isArray(announced) ? announced.join(", ") : announced;
+          out.trailer = Array.isArray(announced) ? announced.join(', ') : announced;
           // The caller gets the id Kelsingra logged, whatever the upstream answered.
           writeHead(res, statusCode, withRequestId(res, out));
           held = new HeldEnd(res);

@@ -310,7 +310,8 @@ export async function startServer(
   const tlsPorts: TlsPort[] = [];
   if (tls?.ports.includes('control'))
     tlsPorts.push(serveTls(control, 'control', tls, clientErrors, controlHttp2));
-  if (tls?.ports.includes('data')) tlsPorts.push(serveTls(data.server, 'data', tls, clientErrors, data.http2));
+  if (tls?.ports.includes('data'))
+    tlsPorts.push(serveTls(data.server, 'data', tls, clientErrors, data.http2));
   const drain = new Drain({
     control,
     data: data.server,

@@ -4,8 +4,9 @@
  * long polls, a runaway load test) take the connections and sockets every other tenant of the
  * service needs; with it, the one over its share is refused and the others go on.
  */
-import type { OutboundResponse } from './http-types.js';
+
 import { sendError } from './error-response.js';
+import type { OutboundResponse } from './http-types.js';
 
 /** Whole seconds a refused caller is asked to wait: a slot frees as soon as one of its requests ends. */
 const RETRY_AFTER_SECONDS = 1;

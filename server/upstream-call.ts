@@ -5,17 +5,23 @@
  * ways, and turn either side hanging up into the other's cancel.
  */
 import http, { type OutgoingHttpHeaders } from 'node:http';
-import http2, { constants } from 'node:http2';
+import type http2 from 'node:http2';
+import { constants } from 'node:http2';
 import https from 'node:https';
 import { Writable } from 'node:stream';
-import { rawToObject } from '../src/http-headers.js';
+import { forwardableResponseHeaders, rawToObject } from '../src/http-headers.js';
 import { cutResponse } from './error-response.js';
 import { track } from './h2-sessions.js';
-import { type InboundRequest, isHttp2, type OutboundResponse, withoutPseudo, writeHead } from './http-types.js';
+import {
+  type InboundRequest,
+  isHttp2,
+  type OutboundResponse,
+  withoutPseudo,
+  writeHead,
+} from './http-types.js';
 import { withRequestId } from './request-id.js';
 import { BODY_IDLE_MS } from './timeouts.js';
 import type { Backend } from './upstream-pool.js';
-import { forwardableResponseHeaders } from '../src/http-headers.js';
 
 /** One forwarded call, as pass-through prepared it. */
 export interface UpstreamCall {
@@ -44,7 +50,9 @@ function basePath(url: URL): string {
 }
 
 /** Trailer fields as they may be passed on: none of HTTP/2's pseudo-headers. */
-function trailerFields(trailers: Record<string, string | string[] | undefined>): Record<string, string | string[]> {
+function trailerFields(
+  trailers: Record<string, string | string[] | undefined>,
+): Record<string, string | string[]> {
   return withoutPseudo(trailers);
 }
 
@@ -85,7 +93,11 @@ export function sendOverHttp2(
   if (typeof req.headers.te === 'string' && req.headers.te.includes('trailers')) h.te = 'trailers';
   let stream: http2.ClientHttp2Stream;
   try {
-    stream = session.request(h, { endStream: body === null, waitForTrailers: body !== null, signal: call.signal });
+    stream = session.request(h, {
+      endStream: body === null,
+      waitForTrailers: body !== null,
+      signal: call.signal,
+    });
   } catch (err) {
     call.failed(backend, err as Error, retried);
     return;
@@ -108,12 +120,21 @@ export function sendOverHttp2(
     body.once('error', (err: Error) => fail(err));
     body.pipe(stream);
   }
-  stream.on('response', (headers) => {
+  stream.on('response', (headers, flags) => {
     answered = true;
     clearTimeout(timer);
     const status = Number(headers[':status']);
     call.answered(backend, status);
-    writeHead(res, status, withRequestId(res, forwardableResponseHeaders(withoutPseudo(headers))));
+    const out = withRequestId(res, forwardableResponseHeaders(withoutPseudo(headers)));
+    if (flags & constants.NGHTTP2_FLAG_END_STREAM) {
+      // Trailers-only (a gRPC status with no message): passed on as one header block that
+      // ends the stream, which is where gRPC clients read the status from then.
+      res.statusCode = status;
+      for (const [name, value] of Object.entries(out)) if (value !== undefined) res.setHeader(name, value);
+      res.end();
+      return;
+    }
+    writeHead(res, status, out);
     // Silence inside the response is cut as undici's bodyTimeout cuts it on HTTP/1.
     stream.setTimeout(BODY_IDLE_MS, () => stream.close(constants.NGHTTP2_CANCEL));
     stream.on('trailers', (trailers) => res.addTrailers(trailerFields(trailers)));
@@ -133,9 +154,14 @@ export function sendOverHttp2(
       return;
     }
     if (!answered)
-      fail(Object.assign(new Error(`the upstream reset the stream (HTTP/2 error ${code})`), { code: 'ECONNRESET' }));
+      fail(
+        Object.assign(new Error(`the upstream reset the stream (HTTP/2 error ${code})`), {
+          code: 'ECONNRESET',
+        }),
+      );
     // The caller sees the upstream's own reset, with its code (a gRPC client reads CANCEL, REFUSED_STREAM…).
-    else if (!res.writableFinished) cutResponse(res, code === constants.NGHTTP2_NO_ERROR ? constants.NGHTTP2_INTERNAL_ERROR : code);
+    else if (!res.writableFinished)
+      cutResponse(res, code === constants.NGHTTP2_NO_ERROR ? constants.NGHTTP2_INTERNAL_ERROR : code);
   });
 }
 

@@ -200,7 +200,11 @@ export function echoClient(address: string, authority?: string): EchoClient {
     serverStream: (req, o) =>
       new Promise((resolve, reject) => {
         const out: EchoReply[] = [];
-        const call = method('ServerStream')(req, meta(o), callOptions(o)) as grpc.ClientReadableStream<EchoReply>;
+        const call = method('ServerStream')(
+          req,
+          meta(o),
+          callOptions(o),
+        ) as grpc.ClientReadableStream<EchoReply>;
         onTrailers(call, o);
         call.on('data', (r: EchoReply) => out.push(r));
         call.on('error', reject);
@@ -218,7 +222,10 @@ export function echoClient(address: string, authority?: string): EchoClient {
     bidi: (reqs, o) =>
       new Promise((resolve, reject) => {
         const out: EchoReply[] = [];
-        const call = method('Bidi')(meta(o), callOptions(o)) as grpc.ClientDuplexStream<EchoRequest, EchoReply>;
+        const call = method('Bidi')(meta(o), callOptions(o)) as grpc.ClientDuplexStream<
+          EchoRequest,
+          EchoReply
+        >;
         onTrailers(call, o);
         // One at a time: each reply comes back before the next request goes, so the stream
         // is really carried both ways at once rather than buffered to the end.
