@@ -30,7 +30,13 @@ import { closeAfter, type InFlight } from './drain.js';
 import { type DualProtocol, serveHttp2 } from './dual-protocol.js';
 import { errorCodeOf, sendError, writeRawError } from './error-response.js';
 import type { EventBus, RequestRecord } from './event-bus.js';
-import { hasRequestBody, type InboundRequest, isHttp2, type OutboundResponse } from './http-types.js';
+import {
+  hasRequestBody,
+  type InboundRequest,
+  isHttp2,
+  type OutboundResponse,
+  responseComplete,
+} from './http-types.js';
 import type { Intercept, InterceptStore, Peer } from './intercept-store.js';
 import type { DecisionLabel, ServerMetrics } from './metrics.js';
 import type { PassThrough, UpstreamTarget } from './pass-through.js';
@@ -452,7 +458,7 @@ export function createDataPlane(deps: DataPlaneDeps): DataPlane {
         status,
         code,
         durationMs: Math.round(durationMs * 10) / 10,
-        cut: !res.writableFinished || undefined,
+        cut: !responseComplete(res) || undefined,
       };
       if (failed) log.warn(fields, `request failed: ${code}`);
       else log.debug(fields, 'request');

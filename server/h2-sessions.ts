@@ -44,13 +44,19 @@ export class Http2Sessions {
 
   /** A ready session to `url`'s origin (synchronously when one is open), or why there is none. */
   acquire(url: URL, done: (r: SessionResult) => void): void {
-    if (this.http1Only(url)) return done({ kind: 'http1' });
+    if (this.http1Only(url)) {
+      done({ kind: 'http1' });
+      return;
+    }
     let entry = this.sessions.get(url.origin);
     if (entry && (entry.session.closed || entry.session.destroyed)) {
       this.sessions.delete(url.origin);
       entry = undefined;
     }
-    if (entry?.ready) return done({ kind: 'h2', session: entry.session });
+    if (entry?.ready) {
+      done({ kind: 'h2', session: entry.session });
+      return;
+    }
     if (!entry) entry = this.open(url);
     entry.waiting.push(done);
   }

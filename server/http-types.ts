@@ -43,3 +43,11 @@ export function withoutPseudo(
 export function writeHead(res: OutboundResponse, status: number, headers: OutgoingHttpHeaders): void {
   (res as ServerResponse).writeHead(status, headers);
 }
+
+/**
+ * Whether the whole response was handed over. Not `writableFinished` alone: the HTTP/2
+ * compatibility response reports that true once its stream closes, reset by the caller or not.
+ */
+export function responseComplete(res: OutboundResponse): boolean {
+  return 'stream' in res ? res.writableEnded : res.writableFinished;
+}

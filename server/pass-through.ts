@@ -19,6 +19,7 @@ import {
   type InboundRequest,
   isHttp2,
   type OutboundResponse,
+  responseComplete,
   writeHead,
 } from './http-types.js';
 import { withRequestId } from './request-id.js';
@@ -185,7 +186,7 @@ export class PassThrough {
     res.once('close', () => {
       entry.active--;
       entry.lastUsedAt = Date.now();
-      if (!res.writableFinished) abort.abort();
+      if (!responseComplete(res)) abort.abort();
     });
 
     // undici destroys the body it was given when the request fails; given `req` itself, that

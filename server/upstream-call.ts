@@ -16,6 +16,7 @@ import {
   type InboundRequest,
   isHttp2,
   type OutboundResponse,
+  responseComplete,
   withoutPseudo,
   writeHead,
 } from './http-types.js';
@@ -160,7 +161,7 @@ export function sendOverHttp2(
         }),
       );
     // The caller sees the upstream's own reset, with its code (a gRPC client reads CANCEL, REFUSED_STREAM…).
-    else if (!res.writableFinished)
+    else if (!responseComplete(res))
       cutResponse(res, code === constants.NGHTTP2_NO_ERROR ? constants.NGHTTP2_INTERNAL_ERROR : code);
   });
 }

@@ -125,7 +125,9 @@ describe('gRPC pass-through', () => {
       expect(err.code).toBe(GrpcStatus.UNAVAILABLE);
       // Refused at once, or once its health checks have failed (any order of the tests).
       expect(err.details).toMatch(/^Kelsingra: (could not reach|no healthy backend for) the down upstream/);
-      expect(String(err.metadata.get('x-kelsingra-error')[0])).toMatch(/^(upstream-unreachable|no-healthy-backend)$/);
+      expect(String(err.metadata.get('x-kelsingra-error')[0])).toMatch(
+        /^(upstream-unreachable|no-healthy-backend)$/,
+      );
     } finally {
       c.close();
     }
