@@ -10,7 +10,7 @@ import type http from 'node:http';
 import http2 from 'node:http2';
 import type net from 'node:net';
 import type tls from 'node:tls';
-import type { InboundRequest, OutboundResponse } from './http-types.js';
+import { type InboundRequest, isHttp2, type OutboundResponse } from './http-types.js';
 
 /** What every HTTP/2 connection starts with (RFC 9113 §3.4). */
 const PREFACE = Buffer.from('PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n', 'latin1');
@@ -43,6 +43,11 @@ export interface DualProtocol {
   closeAll(): void;
   /** Open HTTP/2 connections, for tests and the drain. */
   sessions(): number;
+  /**
+   * The connection a request came on, as the listener got it (`req.socket` of an HTTP/2
+   * request is a proxy of it, so it cannot key a map the way an HTTP/1 one's can).
+   */
+  connectionOf(req: InboundRequest): object;
 }
 
 /**
@@ -70,8 +75,12 @@ export function serveHttp2(
     handler,
   );
   const sessions = new Set<http2.ServerHttp2Session>();
+  const connections = new WeakMap<http2.Http2Session, object>();
+  // Node makes the session of a connection synchronously inside its `connection` event.
+  let arriving: net.Socket | undefined;
   h2.on('session', (session: http2.ServerHttp2Session) => {
     sessions.add(session);
+    if (arriving) connections.set(session, arriving);
     let open = 0;
     session.on('stream', (stream: http2.ServerHttp2Stream) => {
       open++;
@@ -88,7 +97,14 @@ export function serveHttp2(
 
   const pending = new Set<net.Socket>();
   const toHttp1 = (socket: net.Socket) => httpListener.call(server, socket);
-  const toHttp2 = (socket: net.Socket) => h2.emit('connection', socket);
+  const toHttp2 = (socket: net.Socket) => {
+    arriving = socket;
+    try {
+      h2.emit('connection', socket);
+    } finally {
+      arriving = undefined;
+    }
+  };
 
   const sniffer = function sniffProtocol(socket: net.Socket) {
     pending.add(socket);
@@ -142,5 +158,9 @@ export function serveHttp2(
       pending.clear();
     },
     sessions: () => sessions.size,
+    connectionOf(req) {
+      if (!isHttp2(req)) return req.socket;
+      return connections.get(req.stream.session as http2.Http2Session) ?? req.socket;
+    },
   };
 }

@@ -7,7 +7,7 @@
  * are made on first use (a relay to another replica, a route forwarded to after its release)
  * and closed once idle, so replicas that come and go do not each leave a pool behind.
  */
-import type { Readable, Transform, Writable } from 'node:stream';
+import type { Transform, Writable } from 'node:stream';
 import { Pool } from 'undici';
 import { forwardableResponseHeaders } from '../src/http-headers.js';
 import type { UpstreamHealth } from '../src/protocol.js';
@@ -279,7 +279,7 @@ export class PassThrough {
         method: req.method as string,
         path: basePath(backend.url) + call.path,
         headers: call.headers,
-        body: call.body as Readable | null,
+        body: call.body,
         signal: call.signal,
       },
       ({ statusCode, headers: upstreamHeaders }) => {

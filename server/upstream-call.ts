@@ -8,7 +8,7 @@ import http, { type OutgoingHttpHeaders } from 'node:http';
 import type http2 from 'node:http2';
 import { constants } from 'node:http2';
 import https from 'node:https';
-import { Writable } from 'node:stream';
+import { type Readable, Writable } from 'node:stream';
 import { forwardableResponseHeaders, rawToObject } from '../src/http-headers.js';
 import { cutResponse } from './error-response.js';
 import { track } from './h2-sessions.js';
@@ -32,7 +32,7 @@ export interface UpstreamCall {
   /** Forwardable request headers, flat, names in lowercase. */
   headers: string[];
   /** The request body (through the body limits), or null when there is none. */
-  body: NodeJS.ReadableStream | null;
+  body: Readable | null;
   /** Aborted when the caller hangs up. */
   signal: AbortSignal;
   timeoutMs: number;
