@@ -28,7 +28,7 @@ import type { Principal } from './auth.js';
 import { announcedTooLarge, refuseAnnouncedBody } from './body-limit.js';
 import { closeAfter, type InFlight } from './drain.js';
 import { type DualProtocol, serveHttp2 } from './dual-protocol.js';
-import { errorCodeOf, sendError, writeRawError } from './error-response.js';
+import { answeredStatusOf, errorCodeOf, sendError, writeRawError } from './error-response.js';
 import type { EventBus, RequestRecord } from './event-bus.js';
 import {
   hasRequestBody,
@@ -439,7 +439,7 @@ export function createDataPlane(deps: DataPlaneDeps): DataPlane {
       responses.delete(res);
       const decision: DecisionLabel = d.kind === 'pass' ? 'base' : d.kind;
       const service = d.kind === 'error' ? (d.service ?? '') : d.route.service.name;
-      const status = res.headersSent ? res.statusCode : undefined;
+      const status = res.headersSent ? answeredStatusOf(res) : undefined;
       const code = errorCodeOf(res);
       const durationMs = performance.now() - inbound.receivedAt;
       metrics.request(decision, service, status, code, durationMs / 1000);

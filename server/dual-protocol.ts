@@ -108,7 +108,9 @@ export function serveHttp2(
 
   const sniffer = function sniffProtocol(socket: net.Socket) {
     pending.add(socket);
-    socket.setTimeout(FIRST_BYTES_TIMEOUT_MS, () => socket.destroy());
+    // A connection may be a stream pair rather than a socket (the gateway's CONNECT tunnels).
+    const timed = typeof socket.setTimeout === 'function';
+    if (timed) socket.setTimeout(FIRST_BYTES_TIMEOUT_MS, () => socket.destroy());
     const failed = () => {
       pending.delete(socket);
       socket.destroy();
@@ -125,7 +127,7 @@ export function serveHttp2(
       socket.removeListener('data', onData);
       socket.removeListener('error', failed);
       pending.delete(socket);
-      socket.setTimeout(0);
+      if (timed) socket.setTimeout(0);
       socket.pause();
       // Put back, the chosen server parses the connection from its first byte.
       socket.unshift(seen);

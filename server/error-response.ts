@@ -21,6 +21,17 @@ export function errorCodeOf(res: OutboundResponse): string | undefined {
   return errorCodes.get(res);
 }
 
+/** The HTTP status Kelsingra meant for gRPC callers, whose answers are all HTTP 200. */
+const grpcStatuses = new WeakMap<OutboundResponse, number>();
+
+/**
+ * The status of Kelsingra's answer as metrics and logs count it: for a gRPC caller the HTTP
+ * status it stands for (its answer says 200, with the gRPC status in grpc-status).
+ */
+export function answeredStatusOf(res: OutboundResponse): number {
+  return grpcStatuses.get(res) ?? res.statusCode;
+}
+
 function errorBody(code: string, message: string, extra: Record<string, unknown>): string {
   return JSON.stringify({ error: `Kelsingra: ${message}`, code, source: 'kelsingra', ...extra });
 }
@@ -64,6 +75,7 @@ export function sendError(
     // Headers set, not written: end() then sends them alone with END_STREAM, the trailers-only
     // answer gRPC clients read a status from (after writeHead, an empty DATA frame would end
     // the stream instead, and grpc-js reports INTERNAL for want of trailers).
+    grpcStatuses.set(res, status);
     res.statusCode = 200;
     for (const [name, value] of Object.entries(grpc)) if (value !== undefined) res.setHeader(name, value);
     res.end();
