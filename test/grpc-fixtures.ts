@@ -231,7 +231,7 @@ export function echoClient(address: string, authority?: string): EchoClient {
         // is really carried both ways at once rather than buffered to the end.
         let i = 0;
         const next = () => {
-          if (i < reqs.length) call.write(reqs[i++]);
+          if (i < reqs.length) call.write(reqs[i++] as EchoRequest);
           else call.end();
         };
         call.on('data', (r: EchoReply) => {

@@ -29,7 +29,7 @@ async function setUp() {
     holder: 'grpc-gw',
     configDir: tempDir('kelsingra-gw-'),
   };
-  const { gateway } = await startClientGateway(settings, 't1', { port: 0 });
+  const { gateway } = await startClientGateway(settings, 't1', { port: 0, cors: false });
   cleanups.push(() => gateway.close());
   return { echo, gateway };
 }
