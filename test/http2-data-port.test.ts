@@ -7,6 +7,7 @@
  */
 import { readFileSync, writeFileSync } from 'node:fs';
 import http2 from 'node:http2';
+import https from 'node:https';
 import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -78,10 +79,10 @@ interface Seen {
  * An h2c upstream: /echo answers what it saw with a trailer; /hang never answers (and counts
  * the streams cancelled under it); /reset resets its stream with ENHANCE_YOUR_CALM after the head.
  */
-async function h2Upstream() {
+async function h2Upstream(tls?: TestPki) {
   const seen: Seen[] = [];
   const cancelled: string[] = [];
-  const server = http2.createServer((req, res) => {
+  const handler = (req: http2.Http2ServerRequest, res: http2.Http2ServerResponse) => {
     if (req.url === '/hang') {
       req.stream.once('close', () => {
         if (!res.writableEnded) cancelled.push(req.url);
@@ -109,10 +110,14 @@ async function h2Upstream() {
       res.addTrailers({ 'x-upstream-trailer': 'done' });
       res.end(JSON.stringify(s));
     });
-  });
+  };
+  // Over TLS it offers h2 only, as gRPC servers do.
+  const server = tls
+    ? http2.createSecureServer({ cert: readFileSync(tls.cert), key: readFileSync(tls.key) }, handler)
+    : http2.createServer(handler);
   await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
   const port = (server.address() as AddressInfo).port;
-  return { server, seen, cancelled, url: `http://127.0.0.1:${port}` };
+  return { server, seen, cancelled, url: `${tls ? 'https' : 'http'}://127.0.0.1:${port}` };
 }
 
 /** An HTTP/1-only upstream that also counts what it could not parse (an HTTP/2 preface). */
@@ -295,30 +300,79 @@ describe('HTTP/2 on a TLS data port (ALPN)', () => {
   let pki: TestPki;
   let server: ServerProcess;
   let up: Awaited<ReturnType<typeof h2Upstream>>;
+  let secureUp: Awaited<ReturnType<typeof h2Upstream>>;
   let h1up: Awaited<ReturnType<typeof h1Upstream>>;
+  let secureH1: https.Server;
 
   beforeAll(async () => {
     pki = makePki();
     up = await h2Upstream();
+    secureUp = await h2Upstream(pki);
     h1up = await h1Upstream();
+    secureH1 = https.createServer(
+      { cert: readFileSync(pki.cert), key: readFileSync(pki.key) },
+      (req, res) => {
+        req.resume();
+        res.end(`https http/${req.httpVersion}`);
+      },
+    );
+    await new Promise<void>((r) => secureH1.listen(0, '127.0.0.1', r));
     server = await startServerProcess([
       '--service',
       `h2svc=${up.url}`,
       '--service',
       `h1svc=${h1up.url}`,
+      '--service',
+      `secure=${secureUp.url}`,
+      '--service',
+      `secureh1=https://127.0.0.1:${(secureH1.address() as AddressInfo).port}`,
       '--token',
       TOKEN,
       '--tls-cert',
       pki.cert,
       '--tls-key',
       pki.key,
+      '--tls-ca',
+      pki.ca,
     ]);
   }, 60_000);
 
   afterAll(async () => {
     await server?.stop();
     await new Promise((r) => up?.server.close(r));
+    await new Promise((r) => secureUp?.server.close(r));
+    await new Promise((r) => secureH1?.close(r));
     await closeServer(h1up);
+  });
+
+  it('speaks h2 to an https upstream by ALPN, and HTTP/1.1 to one that picks it', async () => {
+    const res = await h2request(
+      server.data.replace('http:', 'https:'),
+      { ':path': '/echo', ':authority': 'secure' },
+      {
+        ca: readFileSync(pki.ca),
+      },
+    );
+    expect(res.status).toBe(200);
+    expect((bodyJson(res) as unknown as Seen).version).toBe('2.0');
+    expect(res.trailers['x-upstream-trailer']).toBe('done');
+    const h1 = await h2request(
+      server.data.replace('http:', 'https:'),
+      { ':path': '/', ':authority': 'localhost', 'x-kelsingra-service': 'secureh1' },
+      {
+        ca: readFileSync(pki.ca),
+      },
+    );
+    expect(h1.body.toString(), h1.body.toString()).toBe('https http/1.1');
+    // The health checks reach the h2-only upstream too (over ALPN): it is healthy, not taken out.
+    await waitFor(async () => {
+      const status = await rawRequest(`https://127.0.0.1:${server.controlPort}/status`, {
+        headers: { authorization: `Bearer ${TOKEN}` },
+        ca: readFileSync(pki.ca),
+      });
+      const rows = bodyJson(status).upstreams as { service: string; state: string }[];
+      return rows.find((r) => r.service === 'secure')?.state === 'healthy';
+    });
   });
 
   it('negotiates h2 by ALPN and still serves HTTP/1.1 over TLS', async () => {
