@@ -13,6 +13,8 @@ import tls from 'node:tls';
 
 /** How long an origin found to speak HTTP/1.1 only is not asked again. */
 const HTTP1_MEMORY_MS = 5 * 60_000;
+/** How long an h2c origin that closed the connection on the preface is taken to speak HTTP/1.1. */
+const HTTP1_GUESS_MS = 10_000;
 /** A session with no stream open is closed after this long, as the HTTP/1 pool's keep-alive. */
 const IDLE_MS = 30_000;
 
@@ -113,11 +115,16 @@ export class Http2Sessions {
       if (this.sessions.get(origin) === entry) this.sessions.delete(origin);
       if (entry.ready) return;
       // Connected (TCP, and TLS with no h2 chosen) but no HTTP/2 came back: the origin speaks HTTP/1.1.
+      // Over h2c: a protocol error is an HTTP/1 answer to the preface. A connection closed
+      // without a word is most likely an HTTP/1 server refusing it too, but might be an h2c
+      // server restarting: that guess is kept only briefly.
+      const protocolError = (err as NodeJS.ErrnoException | undefined)?.code === 'ERR_HTTP2_ERROR';
       const spokeOther =
         (url.protocol === 'https:' && negotiated !== undefined && negotiated !== 'h2') ||
         (url.protocol === 'http:' && connected);
       if (spokeOther) {
-        this.http1Until.set(origin, Date.now() + HTTP1_MEMORY_MS);
+        const sure = url.protocol === 'https:' || protocolError;
+        this.http1Until.set(origin, Date.now() + (sure ? HTTP1_MEMORY_MS : HTTP1_GUESS_MS));
         settle({ kind: 'http1' });
       } else settle({ kind: 'error', error: err ?? new Error('the HTTP/2 connection closed') });
     };
