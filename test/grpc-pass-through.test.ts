@@ -27,6 +27,8 @@ describe('gRPC pass-through', () => {
       TOKEN,
       '--upstream-timeout',
       '3',
+      '--max-body-bytes',
+      '4096',
     ]);
   }, 60_000);
 
@@ -128,6 +130,21 @@ describe('gRPC pass-through', () => {
       expect(String(err.metadata.get('x-kelsingra-error')[0])).toMatch(
         /^(upstream-unreachable|no-healthy-backend)$/,
       );
+    } finally {
+      c.close();
+    }
+  });
+
+  it('stops a call whose messages go past --max-body-bytes with RESOURCE_EXHAUSTED, the upstream seeing it cancelled', async () => {
+    const c = client();
+    try {
+      const small = await c.unary({ message: 'a'.repeat(1000) });
+      expect(small.message).toHaveLength(1000);
+      const err = (await c
+        .clientStream(Array.from({ length: 8 }, () => ({ message: 'b'.repeat(1000) })))
+        .catch((e) => e)) as GrpcError;
+      expect(err.code).toBe(GrpcStatus.RESOURCE_EXHAUSTED);
+      expect(err.details).toMatch(/^Kelsingra: the request body went past 4096 bytes/);
     } finally {
       c.close();
     }

@@ -5,10 +5,12 @@
  * (or HTTP/1.1 to one that speaks nothing else, or when upstreamHttp2 is false), trailers,
  * resets and timeouts each way.
  */
+
+import { once } from 'node:events';
 import { readFileSync, writeFileSync } from 'node:fs';
 import http2 from 'node:http2';
 import https from 'node:https';
-import type { AddressInfo } from 'node:net';
+import net, { type AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
@@ -205,6 +207,22 @@ describe('HTTP/2 on the data port (h2c)', () => {
     const res = await rawRequest(`${server.data}/plain`, { headers: { host: 'h1svc' } });
     expect(res.status).toBe(200);
     expect(res.body.toString()).toBe('http/1.1');
+  });
+
+  it('tells HTTP/1.1 from the HTTP/2 preface however the first bytes are split ("P" of POST, then the rest)', async () => {
+    const socket = net.connect(server.proxyPort, '127.0.0.1');
+    await once(socket, 'connect');
+    let answer = '';
+    socket.setEncoding('latin1');
+    socket.on('data', (c: string) => {
+      answer += c;
+    });
+    socket.write('P');
+    await new Promise((r) => setTimeout(r, 100));
+    socket.write('OST /split HTTP/1.1\r\nHost: h1svc\r\nContent-Length: 2\r\nConnection: close\r\n\r\nhi');
+    await once(socket, 'end');
+    expect(answer).toMatch(/^HTTP\/1\.1 200 /);
+    expect(answer).toContain('http/1.1');
   });
 
   it('speaks HTTP/1.1 to an upstream that answers the h2c preface with anything but HTTP/2', async () => {
