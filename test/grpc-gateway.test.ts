@@ -57,6 +57,25 @@ describe('gRPC through the outbound gateway', () => {
     expect(echo.calls).toEqual(['Unary', 'Unary', 'Bidi', 'ServerStream']);
   });
 
+  it('carries a gRPC client that uses the gateway as its proxy (grpc_proxy: a CONNECT tunnel with h2c inside)', async () => {
+    const { gateway } = await setUp();
+    // grpc-js reads the proxy from the environment when the channel first connects.
+    const saved = process.env.grpc_proxy;
+    process.env.grpc_proxy = gateway.url;
+    try {
+      const c = echoClient('echo.dev.example.test:80');
+      cleanups.push(() => c.close());
+      const r = await c.unary({ message: 'proxied' });
+      expect(r.servedBy).toBe('dev-echo');
+      expect(r.metadata['x-tenant-id']).toBe('t1');
+      const streamed = await c.bidi([{ message: 'p' }]);
+      expect(streamed.map((x) => x.message)).toEqual(['echo:p']);
+    } finally {
+      if (saved === undefined) delete process.env.grpc_proxy;
+      else process.env.grpc_proxy = saved;
+    }
+  });
+
   it("passes Kelsingra's gRPC status back from dev (an upstream that is down is UNAVAILABLE)", async () => {
     const { gateway } = await setUp();
     const c = echoClient(`127.0.0.1:${gateway.port}`, 'down');
