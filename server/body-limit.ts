@@ -7,9 +7,9 @@
  * a caller that stops sending mid-body would otherwise hold its upstream request for as long
  * as it likes; past the idle time the upload is aborted the same way.
  */
-import type { IncomingMessage, ServerResponse } from 'node:http';
 import { PassThrough, Transform } from 'node:stream';
-import { sendError } from './error-response.js';
+import { cutResponse, sendError } from './error-response.js';
+import type { InboundRequest, OutboundResponse } from './http-types.js';
 
 export class BodyTooLarge extends Error {
   override readonly name = 'BodyTooLarge';
@@ -36,13 +36,13 @@ const HINT =
   'the server agent passes on request bodies up to maxBodyBytes (--max-body-bytes); send less, or ask the platform team to raise it';
 
 /** The size Content-Length announces, when it is more than `max` (0: no limit). */
-export function announcedTooLarge(req: IncomingMessage, max: number): number | undefined {
+export function announcedTooLarge(req: InboundRequest, max: number): number | undefined {
   const length = Number(req.headers['content-length']);
   return max > 0 && Number.isFinite(length) && length > max ? length : undefined;
 }
 
 /** Answers 413 when Content-Length announces more than `max`; true when it did. */
-export function refuseAnnouncedBody(req: IncomingMessage, res: ServerResponse, max: number): boolean {
+export function refuseAnnouncedBody(req: InboundRequest, res: OutboundResponse, max: number): boolean {
   const length = announcedTooLarge(req, max);
   if (length === undefined) return false;
   // The body was never read (with Expect: 100-continue, never even sent): the connection
@@ -97,14 +97,14 @@ export function limitedBody({ maxBytes, idleMs }: BodyLimits): Transform {
  * caller has no answer yet, else the response is cut, as any failure mid-response is. False
  * when `err` is not one of its errors.
  */
-export function answerBodyError(req: IncomingMessage, res: ServerResponse, err: unknown): boolean {
+export function answerBodyError(req: InboundRequest, res: OutboundResponse, err: unknown): boolean {
   if (!(err instanceof BodyTooLarge) && !(err instanceof BodyIdle)) return false;
   // The rest of the upload goes nowhere; reading it while the answer goes out keeps the
   // connection from being reset under the answer.
   req.unpipe();
   req.resume();
   if (res.headersSent || res.destroyed) {
-    res.destroy();
+    cutResponse(res);
     return true;
   }
   if (err instanceof BodyTooLarge)

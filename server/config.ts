@@ -77,6 +77,16 @@ const serviceSchema = z.preprocess(
       hosts: z.array(z.string().min(1)).default([]),
       pathPrefix: z.string().startsWith('/', 'must start with /').optional(),
       stripPrefix: z.boolean().default(false),
+      /**
+       * A call that arrived over HTTP/2 (gRPC) goes on to this service over HTTP/2 (h2c for an
+       * http:// upstream, ALPN for https://); false sends every call on over HTTP/1.1.
+       */
+      upstreamHttp2: z
+        .boolean({
+          error:
+            'must be true (calls that arrive over HTTP/2 go on over HTTP/2, the default) or false (always HTTP/1.1 to this upstream)',
+        })
+        .default(true),
     })
     .strict(),
 );

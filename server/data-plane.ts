@@ -9,7 +9,13 @@ import http, { type IncomingMessage, type ServerResponse } from 'node:http';
 import type { Duplex } from 'node:stream';
 import type { Logger } from 'pino';
 import { AMBIGUOUS_HEADER, ambiguityRefusal, HeaderGuard, HTTP_GUARDED } from '../src/header-twins.js';
-import { appendForwarded, appendVia, forwardableRawHeaders, maskSecretQuery } from '../src/http-headers.js';
+import {
+  appendForwarded,
+  appendVia,
+  forwardableRawHeaders,
+  fromHttp2,
+  maskSecretQuery,
+} from '../src/http-headers.js';
 import {
   GATEWAY_HOST_HEADER,
   GATEWAY_PATH,
@@ -21,8 +27,16 @@ import { baggageEntries, baggageEntry, baggageSetTo } from '../src/w3c-context.j
 import type { Principal } from './auth.js';
 import { announcedTooLarge, refuseAnnouncedBody } from './body-limit.js';
 import { closeAfter, type InFlight } from './drain.js';
-import { errorCodeOf, sendError, writeRawError } from './error-response.js';
+import { type DualProtocol, serveHttp2 } from './dual-protocol.js';
+import { answeredStatusOf, errorCodeOf, sendError, writeRawError } from './error-response.js';
 import type { EventBus, RequestRecord } from './event-bus.js';
+import {
+  hasRequestBody,
+  type InboundRequest,
+  isHttp2,
+  type OutboundResponse,
+  responseComplete,
+} from './http-types.js';
 import type { Intercept, InterceptStore, Peer } from './intercept-store.js';
 import type { DecisionLabel, ServerMetrics } from './metrics.js';
 import type { PassThrough, UpstreamTarget } from './pass-through.js';
@@ -109,6 +123,8 @@ interface Inbound {
 
 export interface DataPlane {
   server: http.Server;
+  /** The same port's HTTP/2 side (h2c, and ALPN h2 once serveTls runs it). */
+  http2: DualProtocol;
   /** Requests not yet answered, for the drain. */
   inFlight: InFlight;
   /**
@@ -116,7 +132,27 @@ export interface DataPlane {
    * control port): routed like a data-port request for its routing key, which the token must
    * be allowed to use.
    */
-  serveGateway(req: IncomingMessage, res: ServerResponse, principal: Principal): void;
+  serveGateway(req: InboundRequest, res: OutboundResponse, principal: Principal): void;
+}
+
+/**
+ * An HTTP/2 request's headers as an HTTP/1 one's: no pseudo-headers, `:authority` as Host.
+ * Routing, the header guard and forwarding then read both alike.
+ */
+function plainHeaders(req: InboundRequest): Pick<Inbound, 'headers' | 'rawHeaders'> {
+  if (!isHttp2(req)) return { headers: req.headers, rawHeaders: req.rawHeaders };
+  const rawHeaders: string[] = [];
+  const raw = req.rawHeaders;
+  let host = false;
+  for (let i = 0; i < raw.length; i += 2) {
+    const name = raw[i] as string;
+    if (name.charCodeAt(0) === 58 /* ':' */) continue;
+    if (name === 'host') host = true;
+    rawHeaders.push(name, raw[i + 1] as string);
+  }
+  const authority = req.headers[':authority'];
+  if (!host && typeof authority === 'string') rawHeaders.push('host', authority);
+  return { headers: fromHttp2(req.headers), rawHeaders };
 }
 
 /** A flat header list without the `drop` lines (names in lowercase). */
@@ -149,13 +185,13 @@ function headerObject(raw: string[]): Record<string, string> {
 }
 
 /** The gateway request as the dev environment should see it: its own path and Host, no Kelsingra credentials. */
-function gatewayInbound(req: IncomingMessage): Inbound {
+function gatewayInbound(req: InboundRequest): Inbound {
   // The path the control port matched on (dot segments resolved), so both read the same one.
   const parsed = new URL(req.url ?? '/', 'http://gateway.invalid');
   const rest = parsed.pathname.slice(GATEWAY_PATH.length);
   const url = `${rest.startsWith('/') ? rest : `/${rest}`}${parsed.search}`;
   const host = req.headers[GATEWAY_HOST_HEADER];
-  const rawHeaders = rawHeadersWithout(req.rawHeaders, GATEWAY_ONLY);
+  const rawHeaders = rawHeadersWithout(plainHeaders(req).rawHeaders, GATEWAY_ONLY);
   if (typeof host === 'string' && host !== '') rawHeaders.push('host', host);
   return {
     url,
@@ -168,21 +204,25 @@ function gatewayInbound(req: IncomingMessage): Inbound {
 }
 
 /** A data-port request by its merged path, and by the host of an absolute-form target. */
-function inboundOf(req: IncomingMessage): Inbound {
+function inboundOf(req: InboundRequest): Inbound {
+  // HTTP/1 requests (the hot path) take their own headers as they are, without a copy.
+  const plain = isHttp2(req) ? plainHeaders(req) : undefined;
+  const headers = plain ? plain.headers : req.headers;
+  const rawHeaders = plain ? plain.rawHeaders : req.rawHeaders;
   const inbound: Inbound = {
     url: req.url ?? '/',
-    requestId: requestIdOf(req.headers[REQUEST_ID_HEADER]),
+    requestId: requestIdOf(headers[REQUEST_ID_HEADER]),
     receivedAt: performance.now(),
-    headers: req.headers,
-    rawHeaders: req.rawHeaders,
+    headers,
+    rawHeaders,
     remoteAddress: req.socket.remoteAddress,
   };
   const target = requestTarget(inbound.url);
   if ('problem' in target) return { ...inbound, badTarget: target.problem };
   inbound.url = target.path;
   if (target.host !== undefined) {
-    inbound.headers = { ...req.headers, host: target.host };
-    inbound.rawHeaders = [...rawHeadersWithout(req.rawHeaders, HOST), 'host', target.host];
+    inbound.headers = { ...headers, host: target.host };
+    inbound.rawHeaders = [...rawHeadersWithout(rawHeaders, HOST), 'host', target.host];
   }
   return inbound;
 }
@@ -216,7 +256,7 @@ export function createDataPlane(deps: DataPlaneDeps): DataPlane {
   const maxBodyBytes = deps.maxBodyBytes ?? 0;
   const bodyLimits = { maxBytes: maxBodyBytes, idleMs: deps.bodyIdleMs ?? 0 };
   const share = new TenantShare(deps.tenantConcurrency ?? 0);
-  const responses = new Set<ServerResponse>();
+  const responses = new Set<OutboundResponse>();
   const inFlight: InFlight = { responses, closing: false };
   const guard = new HeaderGuard([...HTTP_GUARDED, tenantHeader]);
 
@@ -353,8 +393,8 @@ export function createDataPlane(deps: DataPlaneDeps): DataPlane {
 
   /** The tunnel is on another replica: one streaming hop to it, which delivers through the tunnel. */
   const relay = (
-    req: IncomingMessage,
-    res: ServerResponse,
+    req: InboundRequest,
+    res: OutboundResponse,
     url: string,
     d: Extract<Decision, { kind: 'relay' }>,
   ) => {
@@ -373,7 +413,7 @@ export function createDataPlane(deps: DataPlaneDeps): DataPlane {
     );
   };
 
-  const handle = (req: IncomingMessage, res: ServerResponse) => {
+  const handle = (req: InboundRequest, res: OutboundResponse) => {
     const inbound = inboundOf(req);
     // A peer relays as soon as its own copy knows the intercept; this copy may not have heard
     // yet. Asking the database once beats sending the tenant's request to the base service.
@@ -395,7 +435,7 @@ export function createDataPlane(deps: DataPlaneDeps): DataPlane {
   };
 
   /** Counts the request and logs Kelsingra's own failures once the response is over; the caller gets the id back. */
-  const observe = (req: IncomingMessage, res: ServerResponse, inbound: Inbound, d: Decision) => {
+  const observe = (req: InboundRequest, res: OutboundResponse, inbound: Inbound, d: Decision) => {
     tagResponse(res, inbound.requestId);
     responses.add(res);
     if (inFlight.closing) closeAfter(res);
@@ -403,7 +443,7 @@ export function createDataPlane(deps: DataPlaneDeps): DataPlane {
       responses.delete(res);
       const decision: DecisionLabel = d.kind === 'pass' ? 'base' : d.kind;
       const service = d.kind === 'error' ? (d.service ?? '') : d.route.service.name;
-      const status = res.headersSent ? res.statusCode : undefined;
+      const status = res.headersSent ? answeredStatusOf(res) : undefined;
       const code = errorCodeOf(res);
       const durationMs = performance.now() - inbound.receivedAt;
       metrics.request(decision, service, status, code, durationMs / 1000);
@@ -422,29 +462,29 @@ export function createDataPlane(deps: DataPlaneDeps): DataPlane {
         status,
         code,
         durationMs: Math.round(durationMs * 10) / 10,
-        cut: !res.writableFinished || undefined,
+        cut: !responseComplete(res) || undefined,
       };
       if (failed) log.warn(fields, `request failed: ${code}`);
       else log.debug(fields, 'request');
     });
   };
 
-  const send = (req: IncomingMessage, res: ServerResponse, inbound: Inbound, d: Decision) => {
+  const send = (req: InboundRequest, res: OutboundResponse, inbound: Inbound, d: Decision) => {
     observe(req, res, inbound, d);
     if (d.kind !== 'error' && refuseAnnouncedBody(req, res, maxBodyBytes)) return;
     // The share guards what tenants have in common: the base upstream and a route's pool.
     // A tunnel (or a relay to one) carries a single (service, tenant) and has its own limit,
     // maxTunnelStreams. Requests without a routing key are the environment's own traffic.
     if ((d.kind === 'pass' || d.kind === 'route') && d.key !== undefined) {
-      const hasBody =
-        req.headers['content-length'] !== undefined || req.headers['transfer-encoding'] !== undefined;
-      if (!share.admit(res, d.route.service.name, d.key, hasBody)) return;
+      if (!share.admit(res, d.route.service.name, d.key, hasRequestBody(req))) return;
     }
     if (d.kind === 'error') sendError(res, d.status, d.code, d.message, d.extra);
     else if (d.kind === 'tunnel')
+      // The tunnel takes HTTP/1 and HTTP/2 calls alike (their APIs agree on what it uses); its
+      // signature still names the HTTP/1 types.
       forwardThroughTunnel(
-        req,
-        res,
+        req as IncomingMessage,
+        res as ServerResponse,
         d.tunnel,
         d.intercept,
         d.route.path,
@@ -465,10 +505,10 @@ export function createDataPlane(deps: DataPlaneDeps): DataPlane {
     } else passThrough.forward(req, res, d.route.service, d.route.path, d.headers);
   };
 
-  const dispatch = (req: IncomingMessage, res: ServerResponse, inbound: Inbound) =>
+  const dispatch = (req: InboundRequest, res: OutboundResponse, inbound: Inbound) =>
     send(req, res, inbound, decide(inbound));
 
-  const serveGateway = (req: IncomingMessage, res: ServerResponse, principal: Principal) => {
+  const serveGateway = (req: InboundRequest, res: OutboundResponse, principal: Principal) => {
     const inbound = gatewayInbound(req);
     const d = decide(inbound);
     if (d.kind !== 'error' || d.key !== undefined) {
@@ -571,5 +611,10 @@ export function createDataPlane(deps: DataPlaneDeps): DataPlane {
     if (announcedTooLarge(req, maxBodyBytes) === undefined) res.writeContinue();
     server.emit('request', req, res);
   });
-  return { server, serveGateway, inFlight };
+  const dual = serveHttp2(server, handle, { maxHeaderSize: 32 * 1024 });
+  dual.h2.on('checkContinue', (req: InboundRequest, res: OutboundResponse) => {
+    if (announcedTooLarge(req, maxBodyBytes) === undefined) res.writeContinue();
+    dual.h2.emit('request', req, res);
+  });
+  return { server, http2: dual, serveGateway, inFlight };
 }

@@ -16,6 +16,7 @@
  */
 import type http from 'node:http';
 import type { Logger } from 'pino';
+import type { OutboundResponse } from './http-types.js';
 import type { TunnelHub } from './tunnel-hub.js';
 
 /**
@@ -35,6 +36,8 @@ export interface DrainOptions {
    */
   dataInFlight: InFlight;
   hub: TunnelHub;
+  /** The HTTP/2 connections of the data port and the control port: told to go away (GOAWAY) once the data port closes. */
+  http2?: { closeIdle(): void }[];
   /** Whether another replica is alive to take the tunnels over. */
   peersAlive: () => boolean;
   /**
@@ -48,7 +51,7 @@ export interface DrainOptions {
 
 /** Responses not yet closed; `closing` says to close each connection after its answer. */
 export interface InFlight {
-  readonly responses: ReadonlySet<http.ServerResponse>;
+  readonly responses: ReadonlySet<OutboundResponse>;
   closing: boolean;
 }
 
@@ -97,6 +100,8 @@ export class Drain {
     const mayMove = () => Date.now() < peersKnownAt || this.opts.peersAlive();
     while (hub.list().length > 0 && mayMove() && Date.now() < movesUntil) await sleep(POLL_MS);
     data.close();
+    // An HTTP/2 connection has no Connection: close; GOAWAY lets its streams finish and takes no new ones.
+    for (const h2 of this.opts.http2 ?? []) h2.closeIdle();
     const inFlight = () => this.inFlight.size + this.opts.dataInFlight.responses.size;
     while (inFlight() > 0 && Date.now() < deadline) {
       // Connections become idle as their last answers finish; nothing else will close them.
@@ -118,6 +123,6 @@ export class Drain {
 }
 
 /** The client reconnects for its next request, elsewhere. */
-export function closeAfter(res: http.ServerResponse): void {
-  if (!res.headersSent) res.setHeader('connection', 'close');
+export function closeAfter(res: OutboundResponse): void {
+  if (!res.headersSent && !('stream' in res)) res.setHeader('connection', 'close');
 }

@@ -7,15 +7,24 @@
  * are made on first use (a relay to another replica, a route forwarded to after its release)
  * and closed once idle, so replicas that come and go do not each leave a pool behind.
  */
-import type { IncomingMessage, ServerResponse } from 'node:http';
-import type { Transform } from 'node:stream';
+import type { Transform, Writable } from 'node:stream';
 import { Pool } from 'undici';
 import { forwardableResponseHeaders } from '../src/http-headers.js';
 import type { UpstreamHealth } from '../src/protocol.js';
 import { answerBodyError, type BodyLimits, limitedBody } from './body-limit.js';
-import { sendError } from './error-response.js';
+import { cutResponse, sendError } from './error-response.js';
+import { Http2Sessions } from './h2-sessions.js';
+import {
+  hasRequestBody,
+  type InboundRequest,
+  isHttp2,
+  type OutboundResponse,
+  responseComplete,
+  writeHead,
+} from './http-types.js';
 import { withRequestId } from './request-id.js';
 import { BODY_IDLE_MS } from './timeouts.js';
+import { HeldEnd, sendOverHttp2, sendWithTrailers, type UpstreamCall } from './upstream-call.js';
 import {
   type Backend,
   type BackendState,
@@ -35,6 +44,8 @@ export interface UpstreamTarget {
   upstreams: URL[];
   /** false: no checks and no ejection (a relay to one peer replica); failures are plain 502/504. */
   healthCheck: HealthCheckSettings | false;
+  /** false: calls that arrived over HTTP/2 still go on over HTTP/1.1 (default: HTTP/2 goes on as HTTP/2). */
+  http2?: boolean;
 }
 
 /** How failures name the target: a service's upstream, or another replica. */
@@ -104,6 +115,8 @@ export class PassThrough {
   private readonly pools = new Map<string, PoolEntry>();
   private readonly adHocIdleMs: number;
   private readonly bodyLimits: BodyLimits;
+  /** HTTP/2 connections to backends, for calls that arrived over HTTP/2. */
+  private readonly h2: Http2Sessions;
   private sweeper?: NodeJS.Timeout;
 
   constructor(
@@ -113,6 +126,7 @@ export class PassThrough {
   ) {
     this.adHocIdleMs = options.adHocIdleMs ?? AD_HOC_IDLE_MS;
     this.bodyLimits = { maxBytes: options.maxBodyBytes ?? 0, idleMs: options.bodyIdleMs ?? 0 };
+    this.h2 = new Http2Sessions(Math.min(timeoutMs, 10_000));
   }
 
   /**
@@ -143,8 +157,8 @@ export class PassThrough {
   }
 
   forward(
-    req: IncomingMessage,
-    res: ServerResponse,
+    req: InboundRequest,
+    res: OutboundResponse,
     target: UpstreamTarget,
     path: string,
     headers: string[],
@@ -154,8 +168,7 @@ export class PassThrough {
       extra: { service: target.name },
     },
   ): void {
-    const hasBody =
-      req.headers['content-length'] !== undefined || req.headers['transfer-encoding'] !== undefined;
+    const hasBody = hasRequestBody(req);
     const retrySafe = !hasBody && RETRY_SAFE_METHODS.has(req.method ?? '');
     const entry = this.entry(target);
     const { pool } = entry;
@@ -173,7 +186,7 @@ export class PassThrough {
     res.once('close', () => {
       entry.active--;
       entry.lastUsedAt = Date.now();
-      if (!res.writableFinished) abort.abort();
+      if (!responseComplete(res)) abort.abort();
     });
 
     // undici destroys the body it was given when the request fails; given `req` itself, that
@@ -185,73 +198,118 @@ export class PassThrough {
       req.pipe(body);
       req.once('error', (err) => body?.destroy(err));
     }
+    const http2 = isHttp2(req) && target.http2 !== false;
+    // undici cannot send request trailers: a request that announces them goes by node:http.
+    const trailers = !http2 && hasBody && req.headers.trailer !== undefined;
 
-    const attempt = (backend: Backend, retried: boolean) => {
+    const failed = (backend: Backend, err: Error, retried: boolean) => {
+      // Past a body limit the upload is aborted already; the caller hears why.
+      if (answerBodyError(req, res, err)) return;
       const origin = backend.url.origin;
       const where = label.what.includes(origin) ? label.what : `${label.what} (${origin})`;
-      this.connection(backend.url).stream(
-        {
-          method: req.method as string,
-          path: basePath(backend.url) + path,
-          headers,
-          body,
-          signal: abort.signal,
-        },
-        ({ statusCode, headers: upstreamHeaders }) => {
-          pool.answered(backend, statusCode);
-          // The caller gets the id Kelsingra logged, whatever the upstream answered.
-          res.writeHead(statusCode, withRequestId(res, forwardableResponseHeaders(upstreamHeaders)));
-          return res;
-        },
-        (err) => {
-          if (!err) return;
-          // Past a body limit undici has aborted the upload already; the caller hears why.
-          if (answerBodyError(req, res, err)) return;
-          const code = (err as NodeJS.ErrnoException).code ?? '';
-          const message = describeError(err);
-          const connectError = CONNECT_ERRORS.has(code) && !abort.signal.aborted;
-          const timedOut = code === 'UND_ERR_HEADERS_TIMEOUT' || code === 'UND_ERR_CONNECT_TIMEOUT';
-          if (connectError) pool.unreachable(backend, message);
-          else if (timedOut && !abort.signal.aborted)
-            pool.timedOut(backend, `no answer within ${this.timeoutMs} ms`);
-          if (res.headersSent || res.destroyed || abort.signal.aborted) {
-            res.destroy();
-            return;
-          }
-          if (body) {
-            // The rest of the upload goes nowhere; read it so the connection stays usable.
-            req.unpipe(body);
-            req.resume();
-          }
-          if (connectError) {
-            const other = retrySafe && !retried ? pool.pick(backend) : undefined;
-            if (other) {
-              attempt(other, true);
-              return;
-            }
-          }
-          if (timedOut) {
-            sendError(
-              res,
-              504,
-              `${label.code}-timeout`,
-              `${where} did not answer within ${this.timeoutMs} ms`,
-              {
-                ...label.extra,
-                backend: backend.url.href,
-              },
-            );
-          } else {
-            sendError(res, 502, `${label.code}-unreachable`, `could not reach ${where}: ${message}`, {
-              ...label.extra,
-              backend: backend.url.href,
-            });
-          }
-        },
-      );
+      const code = (err as NodeJS.ErrnoException).code ?? '';
+      const message = describeError(err);
+      const connectError = CONNECT_ERRORS.has(code) && !abort.signal.aborted;
+      const timedOut = code === 'UND_ERR_HEADERS_TIMEOUT' || code === 'UND_ERR_CONNECT_TIMEOUT';
+      if (connectError) pool.unreachable(backend, message);
+      else if (timedOut && !abort.signal.aborted)
+        pool.timedOut(backend, `no answer within ${this.timeoutMs} ms`);
+      if (res.headersSent || res.destroyed || abort.signal.aborted) {
+        cutResponse(res);
+        return;
+      }
+      if (body) {
+        // The rest of the upload goes nowhere; read it so the connection stays usable.
+        req.unpipe(body);
+        req.resume();
+      }
+      if (connectError) {
+        const other = retrySafe && !retried ? pool.pick(backend) : undefined;
+        if (other) {
+          attempt(other, true);
+          return;
+        }
+      }
+      if (timedOut) {
+        sendError(res, 504, `${label.code}-timeout`, `${where} did not answer within ${this.timeoutMs} ms`, {
+          ...label.extra,
+          backend: backend.url.href,
+        });
+      } else {
+        sendError(res, 502, `${label.code}-unreachable`, `could not reach ${where}: ${message}`, {
+          ...label.extra,
+          backend: backend.url.href,
+        });
+      }
+    };
+
+    const call: UpstreamCall = {
+      req,
+      res,
+      path,
+      headers,
+      body,
+      signal: abort.signal,
+      timeoutMs: this.timeoutMs,
+      answered: (backend, status) => pool.answered(backend, status),
+      failed,
+    };
+    const viaHttp1 = (backend: Backend, retried: boolean) => {
+      if (trailers) sendWithTrailers(call, backend, retried);
+      else this.viaUndici(call, backend, retried);
+    };
+    const attempt = (backend: Backend, retried: boolean) => {
+      if (!http2) return viaHttp1(backend, retried);
+      this.h2.acquire(backend.url, (r) => {
+        if (abort.signal.aborted) return;
+        if (r.kind === 'h2') sendOverHttp2(call, r.session, backend, retried);
+        else if (r.kind === 'http1') viaHttp1(backend, retried);
+        else failed(backend, r.error, retried);
+      });
     };
 
     attempt(first, false);
+  }
+
+  private viaUndici(call: UpstreamCall, backend: Backend, retried: boolean): void {
+    const { req, res } = call;
+    let held: HeldEnd | undefined;
+    this.connection(backend.url).stream(
+      {
+        method: req.method as string,
+        path: basePath(backend.url) + call.path,
+        headers: call.headers,
+        body: call.body,
+        signal: call.signal,
+      },
+      ({ statusCode, headers: upstreamHeaders }) => {
+        call.answered(backend, statusCode);
+        const out = forwardableResponseHeaders(upstreamHeaders);
+        // A response that announces trailers ends only once they are added (undici hands them
+        // over after the body); an HTTP/1.0 caller cannot take them.
+        const announced = upstreamHeaders.trailer;
+        if (announced !== undefined && (isHttp2(req) || req.httpVersion === '1.1')) {
+          out.trailer = Array.isArray(announced) ? announced.join(', ') : announced;
+          // The caller gets the id Kelsingra logged, whatever the upstream answered.
+          writeHead(res, statusCode, withRequestId(res, out));
+          held = new HeldEnd(res);
+          return held;
+        }
+        writeHead(res, statusCode, withRequestId(res, out));
+        return res as Writable;
+      },
+      (err, data) => {
+        if (err) {
+          call.failed(backend, err, retried);
+          return;
+        }
+        if (held) {
+          const trailers = data.trailers as Record<string, string> | null;
+          if (trailers) res.addTrailers(trailers);
+          res.end();
+        }
+      },
+    );
   }
 
   /**
@@ -284,12 +342,13 @@ export class PassThrough {
     const connections = [...this.connections.values()].map((p) => p.close());
     this.pools.clear();
     this.connections.clear();
+    this.h2.close();
     await Promise.all([...pools, ...connections]);
   }
 
   private noneUp(
-    req: IncomingMessage,
-    res: ServerResponse,
+    req: InboundRequest,
+    res: OutboundResponse,
     target: UpstreamTarget,
     pool: UpstreamPool,
     label: TargetLabel,

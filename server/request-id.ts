@@ -4,7 +4,8 @@
  * further up (an ingress, another Kelsingra hop) stays one id end to end.
  */
 import { randomUUID } from 'node:crypto';
-import type { OutgoingHttpHeaders, ServerResponse } from 'node:http';
+import type { OutgoingHttpHeaders } from 'node:http';
+import type { OutboundResponse } from './http-types.js';
 
 export const REQUEST_ID_HEADER = 'x-request-id';
 
@@ -21,14 +22,14 @@ export function requestIdOf(header: string | string[] | undefined): string {
  * up front: a header set before writeHead(status, headers) sends Node down its slow path,
  * which checks every upstream header again (about 8 % of the data port's throughput).
  */
-const ids = new WeakMap<ServerResponse, string>();
+const ids = new WeakMap<OutboundResponse, string>();
 
-export function tagResponse(res: ServerResponse, id: string): void {
+export function tagResponse(res: OutboundResponse, id: string): void {
   ids.set(res, id);
 }
 
 /** `headers` with the response's id in place of any the upstream sent (as Envoy does). */
-export function withRequestId(res: ServerResponse, headers: OutgoingHttpHeaders): OutgoingHttpHeaders {
+export function withRequestId(res: OutboundResponse, headers: OutgoingHttpHeaders): OutgoingHttpHeaders {
   const id = ids.get(res);
   if (id !== undefined) headers[REQUEST_ID_HEADER] = id;
   return headers;

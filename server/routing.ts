@@ -14,6 +14,8 @@ export interface RoutedService {
   upstream: URL;
   upstreams: URL[];
   healthCheck: HealthCheckSettings | false;
+  /** false: calls that arrived over HTTP/2 go on over HTTP/1.1 (the service's upstreamHttp2). */
+  http2: boolean;
   pathPrefix?: string;
   stripPrefix: boolean;
 }
@@ -43,6 +45,7 @@ export class ServiceRouter {
         upstream: upstreams[0] as URL,
         upstreams,
         healthCheck: healthCheckFromConfig(cfg.healthCheck ?? false),
+        http2: cfg.upstreamHttp2 ?? true,
         pathPrefix: cfg.pathPrefix?.replace(/\/+$/, '') || undefined,
         stripPrefix: cfg.stripPrefix,
       };

@@ -17,6 +17,7 @@ import type { ServerConfig } from './config.js';
 import { createControlPlane, interceptView } from './control-plane.js';
 import { createDataPlane } from './data-plane.js';
 import { Drain, type DrainResult } from './drain.js';
+import { serveHttp2 } from './dual-protocol.js';
 import { EventBus } from './event-bus.js';
 import type { InterceptStore } from './intercept-store.js';
 import { type KafkaAgent, startKafka } from './kafka-agent.js';
@@ -161,6 +162,7 @@ export async function startServer(
         name: `${route.service} route ${route.id}`,
         upstreams: route.targets.map((u) => new URL(u)),
         healthCheck: router.get(route.service)?.healthCheck ?? false,
+        http2: router.get(route.service)?.http2 ?? true,
       };
       routeTargets.set(route.id, target);
       passThrough.register(target);
@@ -303,14 +305,19 @@ export async function startServer(
   const clientErrors = new ClientErrorLog(log);
   answerClientErrors(control, 'control', clientErrors);
   answerClientErrors(data.server, 'data', clientErrors);
+  // The control port's HTTP/2 side is for the gateway's gRPC calls; every endpoint answers there alike.
+  const controlHttp2 = serveHttp2(control, (req, res) => control.emit('request', req, res));
   const tlsPorts: TlsPort[] = [];
-  if (tls?.ports.includes('control')) tlsPorts.push(serveTls(control, 'control', tls, clientErrors));
-  if (tls?.ports.includes('data')) tlsPorts.push(serveTls(data.server, 'data', tls, clientErrors));
+  if (tls?.ports.includes('control'))
+    tlsPorts.push(serveTls(control, 'control', tls, clientErrors, controlHttp2));
+  if (tls?.ports.includes('data'))
+    tlsPorts.push(serveTls(data.server, 'data', tls, clientErrors, data.http2));
   const drain = new Drain({
     control,
     data: data.server,
     dataInFlight: data.inFlight,
     hub,
+    http2: [data.http2, controlHttp2],
     peersAlive: () => store.health().replicas?.some((r) => !r.self && r.alive) ?? false,
     peerDiscoveryMs: pgStore ? 2 * pgStore.heartbeatMs : 0,
     log,
@@ -379,6 +386,8 @@ export async function startServer(
         await store.close();
         control.closeAllConnections();
         data.server.closeAllConnections();
+        data.http2.closeAll();
+        controlHttp2.closeAll();
         for (const port of tlsPorts) port.closePending();
         clientErrors.stop();
         await Promise.all([

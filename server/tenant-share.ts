@@ -4,8 +4,9 @@
  * long polls, a runaway load test) take the connections and sockets every other tenant of the
  * service needs; with it, the one over its share is refused and the others go on.
  */
-import type { ServerResponse } from 'node:http';
+
 import { sendError } from './error-response.js';
+import type { OutboundResponse } from './http-types.js';
 
 /** Whole seconds a refused caller is asked to wait: a slot frees as soon as one of its requests ends. */
 const RETRY_AFTER_SECONDS = 1;
@@ -20,7 +21,7 @@ export class TenantShare {
    * Counts one more request of `key` on `service` until `res` closes; when the key already
    * holds its share, answers 429 instead and returns false.
    */
-  admit(res: ServerResponse, service: string, key: string, hasBody: boolean): boolean {
+  admit(res: OutboundResponse, service: string, key: string, hasBody: boolean): boolean {
     if (this.limit <= 0) return true;
     const slot = `${service}\n${key}`;
     const held = this.inFlight.get(slot) ?? 0;
@@ -37,7 +38,7 @@ export class TenantShare {
     return true;
   }
 
-  private refuse(res: ServerResponse, service: string, key: string, hasBody: boolean): void {
+  private refuse(res: OutboundResponse, service: string, key: string, hasBody: boolean): void {
     sendError(
       res,
       429,

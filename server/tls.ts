@@ -12,6 +12,7 @@ import tls from 'node:tls';
 import { z } from 'zod';
 import { ExitCode, KelsingraError } from '../src/errors.js';
 import type { ClientErrorLog, PortName } from './client-errors.js';
+import type { DualProtocol } from './dual-protocol.js';
 import { writeRawError } from './error-response.js';
 
 export const tlsConfigSchema = z
@@ -129,14 +130,22 @@ export function serveTls(
   port: PortName,
   material: TlsMaterial,
   errors: ClientErrorLog,
+  /** The port also serves HTTP/2: offered by ALPN, and chosen connections go to its server. */
+  dual?: DualProtocol,
 ): TlsPort {
-  const httpListener = server.listeners('connection').find((l) => l.name === 'connectionListener') as
-    | ((this: http.Server, socket: net.Socket) => void)
-    | undefined;
+  const httpListener = dual
+    ? dual.sniffer
+    : (server.listeners('connection').find((l) => l.name === 'connectionListener') as
+        | ((this: http.Server, socket: net.Socket) => void)
+        | undefined);
   if (!httpListener) throw new Error("the HTTP server's connection listener is not where Node keeps it");
   const engine = tls.createServer(
-    { ...material.context, ALPNProtocols: ['http/1.1'], handshakeTimeout: HANDSHAKE_TIMEOUT_MS },
-    (secure) => httpListener.call(server, secure),
+    {
+      ...material.context,
+      ALPNProtocols: dual ? ['h2', 'http/1.1'] : ['http/1.1'],
+      handshakeTimeout: HANDSHAKE_TIMEOUT_MS,
+    },
+    (secure) => (dual ? dual.secure(secure) : httpListener.call(server, secure)),
   );
   engine.on('tlsClientError', (err: NodeJS.ErrnoException, socket: tls.TLSSocket) => {
     // A client that gives up (often right after distrusting the certificate) resets; its own

@@ -14,6 +14,7 @@
  * guess about a backend's health; a health check is a verdict. So the pool answers "none up"
  * only when every backend failed its checks.
  */
+import http2 from 'node:http2';
 import { Agent, request } from 'undici';
 
 /** Active health checks of a pool's backends (durations in ms). */
@@ -68,6 +69,8 @@ interface BackendEntry extends Backend {
   failures: number;
   ejectedUntil: number;
   checking: boolean;
+  /** Answered an HTTP/1 check with HTTP/2 (a gRPC server): checked over h2c from then on. */
+  h2c?: boolean;
   lastOkAt?: number;
   lastError?: string;
   lastErrorAt?: number;
@@ -122,6 +125,8 @@ export class UpstreamPool {
     if (!hc || this.timer || this.closed) return;
     this.agent = new Agent({
       connections: 1,
+      // An https backend that speaks only HTTP/2 (a gRPC server) is checked over it, by ALPN.
+      allowH2: true,
       connectTimeout: hc.timeoutMs,
       headersTimeout: hc.timeoutMs,
       bodyTimeout: hc.timeoutMs,
@@ -241,13 +246,27 @@ export class UpstreamPool {
     let error: string | undefined;
     try {
       const base = b.url.pathname.replace(/\/$/, '');
-      const { statusCode, body } = await request(new URL(base + hc.path, b.url.origin), {
-        dispatcher: this.agent,
-        method: 'GET',
-        headers: { 'user-agent': 'kelsingra-health-check' },
-        signal: AbortSignal.timeout(hc.timeoutMs),
-      });
-      await body.dump();
+      const url = new URL(base + hc.path, b.url.origin);
+      let statusCode: number;
+      if (b.h2c) statusCode = await h2cCheck(url, hc.timeoutMs);
+      else {
+        try {
+          const answer = await request(url, {
+            dispatcher: this.agent,
+            method: 'GET',
+            headers: { 'user-agent': 'kelsingra-health-check' },
+            signal: AbortSignal.timeout(hc.timeoutMs),
+          });
+          await answer.body.dump();
+          statusCode = answer.statusCode;
+        } catch (err) {
+          // An HTTP/2-only server (grpc-js, h2c) answers HTTP/1 with HTTP/2 frames: asked over
+          // h2c instead, it is healthy if it answers (a gRPC server answers a GET with 200 or 4xx).
+          if ((err as Error).name !== 'HTTPParserError' || b.url.protocol !== 'http:') throw err;
+          statusCode = await h2cCheck(url, hc.timeoutMs);
+          b.h2c = true;
+        }
+      }
       if (statusCode >= 500) error = `health check ${hc.path} answered ${statusCode}`;
     } catch (err) {
       const e = err as Error & { code?: string };
@@ -303,6 +322,34 @@ export class UpstreamPool {
       lastCheckAt: b.lastCheckAt,
     };
   }
+}
+
+/** A GET over prior-knowledge h2c on its own short connection: the answer's status. */
+function h2cCheck(url: URL, timeoutMs: number): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const session = http2.connect(url.origin);
+    const timer = setTimeout(() => {
+      session.destroy();
+      reject(Object.assign(new Error('no answer'), { name: 'TimeoutError' }));
+    }, timeoutMs);
+    const done = (err: Error | undefined, status?: number) => {
+      clearTimeout(timer);
+      session.close();
+      if (err) reject(err);
+      else resolve(status as number);
+    };
+    session.on('error', (err) => done(err));
+    const stream = session.request({
+      ':method': 'GET',
+      ':path': `${url.pathname}${url.search}`,
+      'user-agent': 'kelsingra-health-check',
+    });
+    stream.on('response', (h) => {
+      stream.resume();
+      done(undefined, Number(h[':status']));
+    });
+    stream.on('error', (err) => done(err));
+  });
 }
 
 /** An error's message, with the code when the message does not say it (undici's often do not). */

@@ -3,13 +3,15 @@
  * body `{ error, code, source: 'kelsingra', … }` and the `x-kelsingra-error` header.
  */
 import http, { type ServerResponse } from 'node:http';
+import type { Http2ServerResponse } from 'node:http2';
 import type { Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
+import { grpcErrorHeaders, isGrpc } from './grpc-status.js';
 import { ERROR_HEADER } from './protocol.js';
 
 /** Answers `res` with a Kelsingra error; returns the body size (0 when only a reset was left). */
 export function sendJson(
-  res: ServerResponse,
+  res: ServerResponse | Http2ServerResponse,
   status: number,
   code: string,
   message: string,
@@ -22,7 +24,16 @@ export function sendJson(
     res.destroy();
     return 0;
   }
-  res.writeHead(status, {
+  // A gRPC caller reads a status, not a page: a trailers-only answer (headers set, then end()
+  // sends them alone, ending the stream).
+  if (isGrpc(res.req?.headers['content-type'])) {
+    const grpc = { ...headers, ...grpcErrorHeaders(status, `Kelsingra: ${message}`), [ERROR_HEADER]: code };
+    res.statusCode = 200;
+    for (const [name, value] of Object.entries(grpc)) res.setHeader(name, value);
+    res.end();
+    return 0;
+  }
+  (res as ServerResponse).writeHead(status, {
     ...headers,
     'content-type': 'application/json; charset=utf-8',
     'content-length': Buffer.byteLength(body),

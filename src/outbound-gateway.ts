@@ -16,15 +16,37 @@
  * (gateway-cors.ts) before anything is forwarded.
  */
 import http, { type IncomingMessage, type ServerResponse } from 'node:http';
+import type { Http2ServerRequest, Http2ServerResponse } from 'node:http2';
 import type { AddressInfo } from 'node:net';
 import type { Duplex } from 'node:stream';
 import { Pool } from 'undici';
+import { serveHttp2 } from '../server/dual-protocol.js';
+import { Http2Sessions } from '../server/h2-sessions.js';
+import {
+  type InboundRequest,
+  isHttp2,
+  type OutboundResponse,
+  responseComplete,
+} from '../server/http-types.js';
+import { sendOverHttp2, type UpstreamCall } from '../server/upstream-call.js';
 import { acceptTunnels } from './gateway-connect.js';
-import { callerRefusal, corsHeaders, isPreflight, preflightHeaders, withCors } from './gateway-cors.js';
+import {
+  addressedToGateway,
+  callerRefusal,
+  corsHeaders,
+  isPreflight,
+  preflightHeaders,
+  withCors,
+} from './gateway-cors.js';
 import { sendJson, writeRaw } from './gateway-errors.js';
 import { type Target, targetOf, tunnelTarget } from './gateway-target.js';
 import { AMBIGUOUS_HEADER, ambiguityRefusal, HeaderGuard, HTTP_GUARDED } from './header-twins.js';
-import { forwardableRawHeaders, forwardableResponseHeaders, maskSecretQuery } from './http-headers.js';
+import {
+  forwardableRawHeaders,
+  forwardableResponseHeaders,
+  fromHttp2,
+  maskSecretQuery,
+} from './http-headers.js';
 import { GATEWAY_HOST_HEADER, GATEWAY_PATH, GATEWAY_TOKEN_HEADER, SERVICE_HEADER } from './protocol.js';
 import { baggageEntry, newTraceparent, validTraceparent, withBaggage } from './w3c-context.js';
 
@@ -89,6 +111,24 @@ const DROPPED = new Set([
 
 type Recorder = (status: number, bytesOut: number, error?: string) => void;
 
+/**
+ * An HTTP/2 request as the HTTP/1 rules read it: `:authority` as Host, no pseudo-headers in
+ * its raw headers. The CORS and Host checks, the header guard and routedHeaders then hold for
+ * both alike.
+ */
+function asHttp1(req: Http2ServerRequest): IncomingMessage {
+  const rawHeaders: string[] = [];
+  for (let i = 0; i < req.rawHeaders.length; i += 2)
+    if ((req.rawHeaders[i] as string).charCodeAt(0) !== 58)
+      rawHeaders.push(req.rawHeaders[i] as string, req.rawHeaders[i + 1] as string);
+  return {
+    method: req.method,
+    url: req.url,
+    headers: fromHttp2(req.headers),
+    rawHeaders,
+  } as unknown as IncomingMessage;
+}
+
 export async function startOutboundGateway(opts: GatewayOptions): Promise<OutboundGateway> {
   const serverUrl = new URL(opts.server);
   const basePath = serverUrl.pathname.replace(/\/+$/, '');
@@ -104,12 +144,20 @@ export async function startOutboundGateway(opts: GatewayOptions): Promise<Outbou
   let port = 0;
   const guard = new HeaderGuard([...HTTP_GUARDED, opts.tenantHeader]);
 
-  const handle = (req: IncomingMessage, res: ServerResponse) => {
+  const handle = (inbound: InboundRequest, res: OutboundResponse) => {
     const startedAt = Date.now();
     const t0 = performance.now();
+    const req = isHttp2(inbound) ? asHttp1(inbound) : inbound;
     const url = req.url ?? '/';
-    const tunnelHost = tunnels.hostOf(req.socket);
-    const target = tunnelHost ? tunnelTarget(url, req.headers.host, tunnelHost) : targetOf(url);
+    const tunnelHost = tunnels.hostOf(dual.connectionOf(inbound));
+    // An HTTP/2 call (gRPC) has no absolute form: one whose :authority names another host than
+    // the gateway (a client dialling the gateway for a dev host) goes to that host.
+    const authority = isHttp2(inbound) ? req.headers.host : undefined;
+    const target = tunnelHost
+      ? tunnelTarget(url, req.headers.host, tunnelHost)
+      : authority && url.startsWith('/') && !addressedToGateway(authority, port)
+        ? ({ kind: 'host', host: authority, path: url } as const)
+        : targetOf(url);
     let recorded = false;
     const record: Recorder = (status, bytesOut, error) => {
       // Once per request, however it ends (finished, body error, caller gone).
@@ -130,29 +178,33 @@ export async function startOutboundGateway(opts: GatewayOptions): Promise<Outbou
 
     // First of all, preflights included: a page that may not call with the token may not
     // learn what it could send either.
-    const refused = callerRefusal(req, { cors, port, originForm: !tunnelHost && url.startsWith('/') });
+    const refused = callerRefusal(req, {
+      cors,
+      port,
+      originForm: !tunnelHost && target.kind !== 'host' && url.startsWith('/'),
+    });
     if (refused) {
-      req.resume();
+      inbound.resume();
       const { code, message, hint, extra, reason } = refused;
       record(403, sendJson(res, 403, code, message, { hint, ...extra }), reason);
       return;
     }
     if (isPreflight(req, cors)) {
-      req.resume();
-      res.writeHead(204, preflightHeaders(req.headers));
+      inbound.resume();
+      (res as ServerResponse).writeHead(204, preflightHeaders(req.headers));
       res.end();
       record(204, 0);
       return;
     }
     const corsOut = corsHeaders(req.headers.origin, cors);
     if (target.kind === 'none') {
-      req.resume();
+      inbound.resume();
       record(400, sendJson(res, 400, 'no-target', target.reason, {}, corsOut), target.reason);
       return;
     }
     const twin = guard.ambiguity(req.rawHeaders);
     if (twin) {
-      req.resume();
+      inbound.resume();
       const { message, extra } = ambiguityRefusal(twin);
       record(
         400,
@@ -161,7 +213,80 @@ export async function startOutboundGateway(opts: GatewayOptions): Promise<Outbou
       );
       return;
     }
-    forward(req, res, target, corsOut, record, guard);
+    if (isHttp2(inbound))
+      forwardHttp2(
+        inbound,
+        res as Http2ServerResponse,
+        target,
+        record,
+        routedHeaders(req, target, opts, guard),
+      );
+    else forward(inbound, res as ServerResponse, target, corsOut, record, guard);
+  };
+
+  /**
+   * An HTTP/2 call goes on over HTTP/2 to the control port (one connection, many streams),
+   * trailers and resets included: gRPC from the laptop reaches dev as gRPC.
+   */
+  const sessions = new Http2Sessions(CONNECT_TIMEOUT_MS);
+  const controlOrigin = new URL(serverUrl.origin);
+  const forwardHttp2 = (
+    req: Http2ServerRequest,
+    res: Http2ServerResponse,
+    target: Exclude<Target, { kind: 'none' }>,
+    record: Recorder,
+    headers: string[],
+  ) => {
+    const abort = new AbortController();
+    let status = 0;
+    res.once('close', () => {
+      if (!responseComplete(res)) abort.abort();
+      record(status || 499, 0, responseComplete(res) ? undefined : 'the call was cut before it ended');
+    });
+    const unreachable = (message: string, timedOut: boolean) => {
+      status = timedOut ? 504 : 502;
+      sendJson(res, status, timedOut ? 'server-timeout' : 'server-unreachable', message, {
+        server: opts.server,
+        hint: 'check that the server agent is running and that KELSINGRA_SERVER / kelsingra connect --server point at its control port',
+      });
+    };
+    const call: UpstreamCall = {
+      req,
+      res,
+      path: `${basePath}${GATEWAY_PATH}${target.path}`,
+      headers,
+      body: req.stream.endAfterHeaders ? null : req,
+      signal: abort.signal,
+      timeoutMs: HEADERS_TIMEOUT_MS,
+      answered: (_backend, answeredStatus) => {
+        status = answeredStatus;
+      },
+      failed: (_backend, err) => {
+        if (abort.signal.aborted) return;
+        if (res.headersSent) {
+          res.stream.close(0x2 /* INTERNAL_ERROR */);
+          return;
+        }
+        const code = (err as NodeJS.ErrnoException).code;
+        const timedOut = code === 'UND_ERR_HEADERS_TIMEOUT' || code === 'UND_ERR_CONNECT_TIMEOUT';
+        unreachable(
+          timedOut
+            ? `the Kelsingra server at ${opts.server} did not answer the gateway in time (${code})`
+            : `the gateway could not reach the Kelsingra server at ${opts.server} (${code ?? err.message})`,
+          timedOut,
+        );
+      },
+    };
+    sessions.acquire(controlOrigin, (r) => {
+      if (abort.signal.aborted) return;
+      if (r.kind === 'h2') sendOverHttp2(call, r.session, { url: controlOrigin }, false);
+      else if (r.kind === 'error') call.failed({ url: controlOrigin }, r.error, false);
+      else
+        unreachable(
+          `the Kelsingra server at ${opts.server} does not speak HTTP/2, so HTTP/2 calls (gRPC) cannot go through the gateway; upgrade the server agent`,
+          false,
+        );
+    });
   };
 
   const forward = (
@@ -230,6 +355,8 @@ export async function startOutboundGateway(opts: GatewayOptions): Promise<Outbou
   };
 
   const server = http.createServer({ keepAliveTimeout: 5_000, headersTimeout: 30_000 }, handle);
+  // h2c besides HTTP/1.1 on the same port, for gRPC clients (and inside CONNECT tunnels too).
+  const dual = serveHttp2(server, handle);
   const tunnels = acceptTunnels(server, {
     idleMs: opts.tunnelIdleMs ?? BODY_IDLE_MS,
     onRequest: opts.onRequest,
@@ -266,7 +393,9 @@ export async function startOutboundGateway(opts: GatewayOptions): Promise<Outbou
       closed ??= (async () => {
         const done = new Promise<void>((r) => server.close(() => r()));
         server.closeAllConnections();
+        dual.closeAll();
         tunnels.destroyAll();
+        sessions.close();
         await done;
         await pool.destroy();
       })();

@@ -53,7 +53,25 @@ describe('validateConfig', () => {
       healthCheck: { path: '/', interval: 5, timeout: 2, unhealthyAfter: 2, healthyAfter: 1 },
       hosts: [],
       stripPrefix: false,
+      upstreamHttp2: true,
     });
+  });
+
+  it('upstreamHttp2 is true or false, and anything else says what each means', async () => {
+    const off = validateConfig(
+      { services: { grpc: { upstream: 'http://h:1', upstreamHttp2: false } } },
+      'test',
+    );
+    expect(off.services.grpc?.upstreamHttp2).toBe(false);
+    const err = await failure(() =>
+      validateConfig(
+        { services: { grpc: { upstream: 'http://h:1', upstreamHttp2: 'http1' } } },
+        'kelsingra.yaml',
+      ),
+    );
+    expect(err.exitCode).toBe(ExitCode.config);
+    expect(err.message).toContain('services.grpc.upstreamHttp2: must be true (calls that arrive over HTTP/2');
+    expect(err.message).toContain('false (always HTTP/1.1 to this upstream)');
   });
 
   it('coerces numeric strings (as env gives them) and lowercases the tenant header', () => {

@@ -7,6 +7,7 @@ const svc = (upstream: string, extra: Partial<ServiceConfig> = {}): ServiceConfi
   healthCheck: false,
   hosts: [],
   stripPrefix: false,
+  upstreamHttp2: true,
   ...extra,
 });
 
