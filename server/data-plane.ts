@@ -480,11 +480,9 @@ export function createDataPlane(deps: DataPlaneDeps): DataPlane {
     }
     if (d.kind === 'error') sendError(res, d.status, d.code, d.message, d.extra);
     else if (d.kind === 'tunnel')
-      // The tunnel takes HTTP/1 and HTTP/2 calls alike (their APIs agree on what it uses); its
-      // signature still names the HTTP/1 types.
       forwardThroughTunnel(
-        req as IncomingMessage,
-        res as ServerResponse,
+        req,
+        res,
         d.tunnel,
         d.intercept,
         d.route.path,

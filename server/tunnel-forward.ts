@@ -2,14 +2,20 @@
  * Sends one data-plane request through a developer's tunnel as a stream and relays the
  * response, trailers included. Either side hanging up cancels the other.
  */
-import type { ServerResponse } from 'node:http';
 import { maskSecretQuery, rawToObject } from '../src/http-headers.js';
 import type { TunnelStream } from '../src/tunnel-mux.js';
 import { drainInto, pumpInto } from '../src/tunnel-mux.js';
 import { answerBodyError, type BodyLimits, limitedBody } from './body-limit.js';
-import { sendError } from './error-response.js';
+import { cutResponse, sendError } from './error-response.js';
 import type { RequestRecord } from './event-bus.js';
-import { type InboundRequest, isHttp2, type OutboundResponse } from './http-types.js';
+import {
+  hasRequestBody,
+  type InboundRequest,
+  isHttp2,
+  type OutboundResponse,
+  responseComplete,
+  writeHead,
+} from './http-types.js';
 import type { Intercept } from './intercept-store.js';
 import { withRequestId } from './request-id.js';
 import { BODY_IDLE_MS } from './timeouts.js';
@@ -85,8 +91,7 @@ export function forwardThroughTunnel(
   const startedAt = Date.now();
   const t0 = performance.now();
   let bytesOut = 0;
-  // Node's HTTP/1 and HTTP/2 compatibility responses share this API; the helpers are typed for HTTP/1.
-  const out = res as ServerResponse;
+  const out = res;
   const fail = (
     status: number,
     code: string,
@@ -98,11 +103,11 @@ export function forwardThroughTunnel(
 
   const http2 = isHttp2(req);
   // A gRPC call has no Content-Length; over HTTP/2 a body is whatever follows the headers.
-  const hasBody = http2
-    ? !req.stream.endAfterHeaders
-    : req.headers['content-length'] !== undefined || req.headers['transfer-encoding'] !== undefined;
+  const hasBody = hasRequestBody(req);
   const name = interceptName(intercept);
   const { list, authority } = tunnelHeaders(headers, intercept.service);
+  // Hop-by-hop on HTTP/1, yet the one TE value HTTP/2 allows, and gRPC servers may insist on it.
+  if (http2 && req.headers.te?.includes('trailers')) list.push('te', 'trailers');
   let stream: TunnelStream;
   try {
     stream = tunnel.request({
@@ -149,7 +154,7 @@ export function forwardThroughTunnel(
     clearTimeout(idle);
     idle = setTimeout(() => {
       stream.reset('cancel', 'the response body stalled');
-      out.destroy();
+      cutResponse(out);
     }, BODY_IDLE_MS);
     // The caller gets the id Kelsingra logged, whatever the local service answered.
     const responseHeaders = withRequestId(out, rawToObject(head.headers));
@@ -160,7 +165,7 @@ export function forwardThroughTunnel(
       for (const [n, v] of Object.entries(responseHeaders)) if (v !== undefined) out.setHeader(n, v);
       return;
     }
-    out.writeHead(head.status, responseHeaders);
+    writeHead(out, head.status, responseHeaders);
     drainInto(stream, out, (chunk) => {
       bytesOut += chunk.length;
       idle.refresh();
@@ -174,7 +179,7 @@ export function forwardThroughTunnel(
     clearTimeout(idle);
     // A reset mid-body cuts the caller's connection (or HTTP/2 stream): a truncated body must not look whole.
     if (out.headersSent) {
-      out.destroy();
+      cutResponse(out);
       return;
     }
     if (tunnel.missedHeartbeat) {
@@ -204,14 +209,14 @@ export function forwardThroughTunnel(
       // Past a limit the local service sees the stream reset, never a body that looks whole.
       body.once('error', (err) => {
         stream.reset('cancel', err.message);
-        answerBodyError(req as never, out, err);
+        answerBodyError(req, out, err);
       });
       req.pipe(body);
       pumpInto(body, stream, () => trailersOf(req), onUpload);
     } else pumpInto(req, stream, () => trailersOf(req), onUpload);
   }
   out.on('close', () => {
-    const complete = out.writableFinished;
+    const complete = responseComplete(out);
     // Also an upload still going after the response ended: the local service has answered it.
     if (!stream.closed) stream.reset('cancel', complete ? undefined : 'the caller went away');
     publish({

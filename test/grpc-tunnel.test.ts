@@ -8,8 +8,8 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { type EchoServer, echoClient, type GrpcError, GrpcStatus, startEchoServer } from './grpc-fixtures.js';
 import {
-  type Cleanup,
   CLOSED_PORT,
+  type Cleanup,
   clientEnv,
   interceptDetached,
   type ServerProcess,
@@ -31,7 +31,14 @@ describe('gRPC through an intercept', () => {
   beforeAll(async () => {
     base = await startEchoServer('base');
     local = await startEchoServer('local');
-    server = await startServerProcess(['--service', `echo=${base.url}`, '--token', TOKEN, '--upstream-timeout', '5']);
+    server = await startServerProcess([
+      '--service',
+      `echo=${base.url}`,
+      '--token',
+      TOKEN,
+      '--upstream-timeout',
+      '5',
+    ]);
     const env = clientEnv(server, TOKEN);
     interceptId = (await interceptDetached(env, 'echo', 't1', local.port, cleanups)).id;
     // Nothing listens on the laptop for this one.
@@ -51,15 +58,27 @@ describe('gRPC through an intercept', () => {
     const c = client();
     try {
       const trailers: Record<string, string> = {};
-      const one = await c.unary({ message: 'hi' }, { metadata: { 'x-tenant-id': 't1', 'x-extra': 'v' }, trailers });
+      const one = await c.unary(
+        { message: 'hi' },
+        { metadata: { 'x-tenant-id': 't1', 'x-extra': 'v' }, trailers },
+      );
       expect(one).toMatchObject({ message: 'hi', servedBy: 'local' });
-      expect(one.metadata).toMatchObject({ 'x-tenant-id': 't1', 'x-extra': 'v', 'x-kelsingra-intercept': interceptId });
+      expect(one.metadata).toMatchObject({
+        'x-tenant-id': 't1',
+        'x-extra': 'v',
+        'x-kelsingra-intercept': interceptId,
+      });
       expect(trailers['x-served-by']).toBe('local');
 
       const many = await c.serverStream({ message: 's', count: 5 }, tenant('t1'));
-      expect(many.map((r) => `${r.servedBy}:${r.message}`)).toEqual([0, 1, 2, 3, 4].map((i) => `local:s#${i}`));
+      expect(many.map((r) => `${r.servedBy}:${r.message}`)).toEqual(
+        [0, 1, 2, 3, 4].map((i) => `local:s#${i}`),
+      );
 
-      const joined = await c.clientStream([{ message: 'a' }, { message: 'b' }, { message: 'c' }], tenant('t1'));
+      const joined = await c.clientStream(
+        [{ message: 'a' }, { message: 'b' }, { message: 'c' }],
+        tenant('t1'),
+      );
       expect(joined).toMatchObject({ servedBy: 'local' });
       expect(joined.message).toContain('a');
       expect(joined.message).toContain('c');
@@ -68,7 +87,7 @@ describe('gRPC through an intercept', () => {
         Array.from({ length: 20 }, (_, i) => ({ message: `m${i}` })),
         tenant('t1'),
       );
-      expect(talk.map((r) => r.message)).toEqual(Array.from({ length: 20 }, (_, i) => `m${i}`));
+      expect(talk.map((r) => r.message)).toEqual(Array.from({ length: 20 }, (_, i) => `echo:m${i}`));
       expect(new Set(talk.map((r) => r.servedBy))).toEqual(new Set(['local']));
 
       expect((await c.unary({ message: 'other' }, tenant('t2'))).servedBy).toBe('base');
@@ -81,7 +100,9 @@ describe('gRPC through an intercept', () => {
   it('passes the local service’s own error status and message on untouched', async () => {
     const c = client();
     try {
-      const err = (await c.unary({ message: 'x', failWith: GrpcStatus.NOT_FOUND }, tenant('t1')).catch((e) => e)) as GrpcError;
+      const err = (await c
+        .unary({ message: 'x', failWith: GrpcStatus.NOT_FOUND }, tenant('t1'))
+        .catch((e) => e)) as GrpcError;
       expect(err.code).toBe(GrpcStatus.NOT_FOUND);
       expect(err.details).not.toMatch(/Kelsingra/);
     } finally {
@@ -110,7 +131,9 @@ describe('gRPC through an intercept', () => {
     try {
       const err = (await c.unary({ message: 'x' }, tenant('t-down')).catch((e) => e)) as GrpcError;
       expect(err.code).toBe(GrpcStatus.UNAVAILABLE);
-      expect(err.details).toMatch(/^Kelsingra: intercept icp_\w+ \(echo, tenant t-down\) could not reach the local service/);
+      expect(err.details).toMatch(
+        /^Kelsingra: intercept icp_\w+ \(echo, tenant t-down\) could not reach the local service/,
+      );
       // The base service was not asked instead.
       expect(base.calls.length).toBe(baseCalls);
     } finally {
@@ -134,7 +157,9 @@ describe('gRPC relayed between replicas on PostgreSQL', () => {
     );
     const db = await freshDatabase(cleanups);
     const [r1, r2] = (await Promise.all(
-      [1, 2].map(() => startServerProcess(['--service', `echo=${base.url}`, '--token', TOKEN, '--database-url', db])),
+      [1, 2].map(() =>
+        startServerProcess(['--service', `echo=${base.url}`, '--token', TOKEN, '--database-url', db]),
+      ),
     )) as [ServerProcess, ServerProcess];
     cleanups.push(
       () => r1.stop(),
@@ -153,7 +178,7 @@ describe('gRPC relayed between replicas on PostgreSQL', () => {
         tenant('t1'),
       );
       expect(talk.map((r) => `${r.servedBy}:${r.message}`)).toEqual(
-        Array.from({ length: 10 }, (_, i) => `local:r${i}`),
+        Array.from({ length: 10 }, (_, i) => `local:echo:r${i}`),
       );
       const many = await c.serverStream({ message: 's', count: 3 }, tenant('t1'));
       expect(many.map((r) => r.servedBy)).toEqual(['local', 'local', 'local']);

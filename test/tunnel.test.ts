@@ -720,7 +720,8 @@ describe('tunnel: heartbeat and reconnect', () => {
       detectedAfter = Date.now() - stoppedAt;
       expect(res.status).toBe(502);
       expect(bodyJson(res)).toMatchObject({ source: 'kelsingra', intercept: icp.id });
-      expect(server.logs()).toContain('missed a heartbeat');
+      // The server's log reaches this test a little after the answer does.
+      await waitFor(() => server.logs().includes('missed a heartbeat'), 5_000, 'the log line');
       // Well inside the 60 s lease: the heartbeat, not the lease, caught it.
       expect(detectedAfter).toBeLessThan(15_000);
     } finally {
