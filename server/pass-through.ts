@@ -9,11 +9,11 @@
  */
 import type { Transform, Writable } from 'node:stream';
 import { Pool } from 'undici';
+import { Http2Sessions } from '../src/h2-sessions.js';
 import { forwardableResponseHeaders } from '../src/http-headers.js';
 import type { UpstreamHealth } from '../src/protocol.js';
 import { answerBodyError, type BodyLimits, limitedBody } from './body-limit.js';
 import { cutResponse, sendError } from './error-response.js';
-import { Http2Sessions } from './h2-sessions.js';
 import {
   hasRequestBody,
   type InboundRequest,

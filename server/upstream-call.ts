@@ -9,9 +9,9 @@ import type http2 from 'node:http2';
 import { constants } from 'node:http2';
 import https from 'node:https';
 import { type Readable, Writable } from 'node:stream';
+import { track } from '../src/h2-sessions.js';
 import { forwardableResponseHeaders, rawToObject } from '../src/http-headers.js';
 import { cutResponse } from './error-response.js';
-import { track } from './h2-sessions.js';
 import {
   type InboundRequest,
   isHttp2,

@@ -10,6 +10,7 @@ import { PassThrough } from 'node:stream';
 import { type Dispatcher, Pool } from 'undici';
 import type { HttpStartEvent, RequestEvent, WebSocketEvent } from './events.js';
 import { grpcErrorHeaders, isGrpc } from './grpc-status.js';
+import { Http2Sessions, track } from './h2-sessions.js';
 import { AMBIGUOUS_HEADER, ambiguityRefusal, HeaderGuard, HTTP_GUARDED } from './header-twins.js';
 import {
   forwardableResponseHeaders,
@@ -53,7 +54,8 @@ export class LocalForwarder {
   private readonly pool: Pool;
   private readonly origin: string;
   /** One HTTP/2 connection to the local service for every HTTP/2 call; made again if it closes. */
-  private h2?: ClientHttp2Session;
+  private readonly h2 = new Http2Sessions(10_000);
+  private readonly url: URL;
   private readonly upgrades = new Set<LocalUpgrade>();
   private nextRequest = 1;
 
@@ -62,6 +64,7 @@ export class LocalForwarder {
     private readonly onEvent: (event: HttpStartEvent | RequestEvent | WebSocketEvent) => void,
   ) {
     this.origin = `http://${target.host ?? '127.0.0.1'}:${target.port}`;
+    this.url = new URL(this.origin);
     // No cap on connections: each tunnelled stream needs one while its response lasts (HTTP/1.1),
     // and a capped pool made the rest wait past the server's timeout (a 504 naming no limit).
     // The tunnel's credit already bounds each stream's memory.
@@ -178,8 +181,18 @@ export class LocalForwarder {
       upgrade.start(unreachable);
       return;
     }
-    if (head.http2) this.serveHttp2(stream, head, counted, report, unreachable);
-    else if (head.trailers) this.serveWithTrailers(stream, head, counted, report, unreachable);
+    if (head.http2 && !this.h2.http1Only(this.url)) {
+      // Taken from the tunnel at once, while the connection to the local service is made.
+      const trailers: { list?: string[] } = {};
+      const body = head.body ? uploadBody(stream, counted.in, (t) => (trailers.list = t)) : null;
+      this.h2.acquire(this.url, (r) => {
+        if (r.kind === 'h2')
+          this.serveHttp2(stream, head, r.session, body, trailers, counted, report, unreachable);
+        // A local service that speaks HTTP/1.1 only still serves HTTP/2 callers (not gRPC ones).
+        else if (r.kind === 'http1') this.serveHttp1(stream, head, counted, report, unreachable, body);
+        else unreachable(r.error);
+      });
+    } else if (head.trailers) this.serveWithTrailers(stream, head, counted, report, unreachable);
     else this.serveHttp1(stream, head, counted, report, unreachable);
   }
 
@@ -190,8 +203,9 @@ export class LocalForwarder {
     counted: Counters,
     report: (outcome: Outcome) => void,
     unreachable: (err: Error) => void,
+    taken?: PassThrough | null,
   ): void {
-    const body = head.body ? uploadBody(stream, counted.in) : null;
+    const body = taken !== undefined ? taken : head.body ? uploadBody(stream, counted.in) : null;
     let controller: Dispatcher.DispatchController | undefined;
     let status = 0;
     let responseHeaders: Headers = {};
@@ -283,11 +297,18 @@ export class LocalForwarder {
   private serveHttp2(
     stream: TunnelStream,
     head: OpenHead,
+    session: ClientHttp2Session,
+    body: PassThrough | null,
+    upload: { list?: string[] },
     counted: Counters,
     report: (outcome: Outcome) => void,
     unreachable: (err: Error) => void,
   ): void {
-    const session = this.http2Session();
+    if (stream.closed) {
+      body?.destroy();
+      report({ status: 499, headers: {}, error: 'caller went away' });
+      return;
+    }
     const headers: http2.OutgoingHttpHeaders = {
       ...rawToObject(head.headers),
       ':method': head.method,
@@ -295,29 +316,24 @@ export class LocalForwarder {
       ':authority': head.authority,
       ':scheme': 'http',
     };
-    // Hop-by-hop on HTTP/1, yet gRPC servers may insist on it; it is the one TE value HTTP/2 allows.
-    if (isGrpc(headers['content-type'] as string | undefined)) headers.te = 'trailers';
     let req: http2.ClientHttp2Stream;
     try {
-      req = session.request(headers, { endStream: !head.body, waitForTrailers: head.body });
+      req = session.request(headers, { endStream: !body, waitForTrailers: body !== null });
     } catch (err) {
       unreachable(err as Error);
       return;
     }
-    let trailersToSend: string[] | undefined;
+    track(session, req);
     let status = 0;
     let responseHeaders: Headers = {};
     let answered = false;
-    req.on('wantTrailers', () => req.sendTrailers(trailersToSend ? rawToObject(trailersToSend) : {}));
-    if (head.body) {
-      drainInto(stream, req, (chunk) => counted.in(chunk.length));
-      stream.onEnd = (trailers) => {
-        trailersToSend = trailers;
-        req.end();
-      };
-    }
+    req.on('wantTrailers', () => req.sendTrailers(upload.list ? rawToObject(upload.list) : {}));
+    body?.pipe(req);
     // The caller hung up (a deadline, a cancel): the local call is cancelled too.
-    stream.onReset = () => req.close(http2.constants.NGHTTP2_CANCEL);
+    stream.onReset = () => {
+      body?.destroy();
+      req.close(http2.constants.NGHTTP2_CANCEL);
+    };
     req.on('response', (h, flags) => {
       counted.headers();
       status = Number(h[':status']);
@@ -357,22 +373,6 @@ export class LocalForwarder {
     });
   }
 
-  private http2Session(): ClientHttp2Session {
-    if (this.h2 && !this.h2.closed && !this.h2.destroyed) return this.h2;
-    const session = http2.connect(this.origin);
-    // Each call's stream hears of a failed connection; the session itself is just made again.
-    session.on('error', () => undefined);
-    session.on('close', () => {
-      if (this.h2 === session) this.h2 = undefined;
-    });
-    session.on('goaway', () => {
-      if (this.h2 === session) this.h2 = undefined;
-    });
-    session.unref();
-    this.h2 = session;
-    return session;
-  }
-
   /**
    * Leaving: every WebSocket still open is closed cleanly, with 1001 (going away) to both its
    * caller and the local service, and the connections end once both have answered (at most a second).
@@ -383,7 +383,7 @@ export class LocalForwarder {
 
   async close(): Promise<void> {
     for (const upgrade of this.upgrades) upgrade.destroy();
-    this.h2?.close();
+    this.h2.close();
     await this.pool.close();
   }
 }
@@ -421,10 +421,17 @@ function answerError(
  * undici takes it. A reset upload reaches the local service as an error, never as a shorter
  * body that ends cleanly.
  */
-function uploadBody(stream: TunnelStream, onBytes: (bytes: number) => void): PassThrough {
+function uploadBody(
+  stream: TunnelStream,
+  onBytes: (bytes: number) => void,
+  onTrailers?: (trailers: string[] | undefined) => void,
+): PassThrough {
   const body = new PassThrough();
   drainInto(stream, body, (chunk) => onBytes(chunk.length));
-  stream.onEnd = () => body.end();
+  stream.onEnd = (trailers) => {
+    onTrailers?.(trailers);
+    body.end();
+  };
   return body;
 }
 

@@ -21,7 +21,6 @@ import type { AddressInfo } from 'node:net';
 import type { Duplex } from 'node:stream';
 import { Pool } from 'undici';
 import { serveHttp2 } from '../server/dual-protocol.js';
-import { Http2Sessions } from '../server/h2-sessions.js';
 import {
   type InboundRequest,
   isHttp2,
@@ -40,6 +39,7 @@ import {
 } from './gateway-cors.js';
 import { sendJson, writeRaw } from './gateway-errors.js';
 import { type Target, targetOf, tunnelTarget } from './gateway-target.js';
+import { Http2Sessions } from './h2-sessions.js';
 import { AMBIGUOUS_HEADER, ambiguityRefusal, HeaderGuard, HTTP_GUARDED } from './header-twins.js';
 import {
   forwardableRawHeaders,

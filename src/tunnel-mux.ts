@@ -48,6 +48,10 @@ export class TunnelStream {
   onClose: () => void = noop;
 
   private credit = STREAM_WINDOW;
+  /** Bytes written past the credit, sent as credit comes back. */
+  private readonly queued: Buffer[] = [];
+  /** end() was called with bytes still queued: it happens once they are out. */
+  private endWith?: { trailers?: string[] };
   /** Bytes passed on and not yet credited back to the peer. */
   private owed = 0;
   /** Bytes received and not yet passed on. */
@@ -63,20 +67,41 @@ export class TunnelStream {
     readonly id: number,
   ) {}
 
-  /** Sends body bytes; false once the peer's credit is used up (wait for onDrain). */
+  /**
+   * Sends body bytes; false once the peer's credit is used up (wait for onDrain). What a large
+   * write has past the credit waits here, so the peer never has more than a window and a frame
+   * in flight, however large the writes.
+   */
   write(chunk: Buffer): boolean {
     if (this.closed || this.sentEnd) return false;
-    if (chunk.length <= MAX_DATA_FRAME) this.mux.sendData(this.id, chunk);
-    else
-      for (let at = 0; at < chunk.length; at += MAX_DATA_FRAME)
-        this.mux.sendData(this.id, chunk.subarray(at, at + MAX_DATA_FRAME));
-    this.credit -= chunk.length;
-    return this.credit > 0;
+    if (this.queued.length > 0) this.queued.push(chunk);
+    else {
+      const rest = this.sendWithin(chunk);
+      if (rest) this.queued.push(rest);
+    }
+    return this.credit > 0 && this.queued.length === 0;
   }
 
-  /** No more body from this side, with trailers if there are any. */
+  /** Sends what the credit allows, in frames of at most MAX_DATA_FRAME; returns the rest. */
+  private sendWithin(chunk: Buffer): Buffer | undefined {
+    let at = 0;
+    while (at < chunk.length && this.credit > 0) {
+      const part =
+        at === 0 && chunk.length <= MAX_DATA_FRAME ? chunk : chunk.subarray(at, at + MAX_DATA_FRAME);
+      this.mux.sendData(this.id, part);
+      this.credit -= part.length;
+      at += part.length;
+    }
+    return at < chunk.length ? chunk.subarray(at) : undefined;
+  }
+
+  /** No more body from this side, with trailers if there are any (after what is queued). */
   end(trailers?: string[]): void {
     if (this.closed || this.sentEnd) return;
+    if (this.queued.length > 0) {
+      this.endWith = { trailers };
+      return;
+    }
     this.sentEnd = true;
     this.mux.send(
       trailers && trailers.length > 0
@@ -136,8 +161,19 @@ export class TunnelStream {
         this.receiveReset(decodeJson(ResetSchema, frame));
         return;
       case FrameType.Credit: {
-        const wasBlocked = this.credit <= 0;
+        const wasBlocked = this.credit <= 0 || this.queued.length > 0;
         this.credit += decodeCredit(frame);
+        while (this.queued.length > 0 && this.credit > 0) {
+          const rest = this.sendWithin(this.queued.shift() as Buffer);
+          if (rest) this.queued.unshift(rest);
+        }
+        if (this.queued.length > 0) return;
+        if (this.endWith) {
+          const { trailers } = this.endWith;
+          this.endWith = undefined;
+          this.end(trailers);
+          return;
+        }
         if (wasBlocked && this.credit > 0) this.onDrain();
         return;
       }
