@@ -26,18 +26,42 @@ export function interceptName(intercept: Intercept): string {
   return `intercept ${intercept.id} (${intercept.service}, tenant ${intercept.tenant}, held by ${intercept.holder})`;
 }
 
-/** The tunnel's limit, if it is at it: answered at once, never queued. */
-export function refuseOverStreamLimit(
-  tunnel: ClientTunnel,
+/** How a tunnelled request is answered when Kelsingra answers it itself (a response, or a raw socket). */
+export type Refuse = (
+  status: number,
+  code: string,
+  message: string,
+  extra: Record<string, unknown>,
+  headers?: Record<string, string>,
+) => void;
+
+/** What a tunnelled request (or upgraded connection) reports to logs and views when it ends. */
+export function tunnelRecord(
   intercept: Intercept,
-  fail: (
-    status: number,
-    code: string,
-    message: string,
-    extra: Record<string, unknown>,
-    headers?: Record<string, string>,
-  ) => void,
-): boolean {
+  requestId: string,
+  method: string | undefined,
+  path: string,
+  startedAt: number,
+  t0: number,
+  outcome: Pick<RequestRecord, 'status' | 'bytesOut' | 'error' | 'upgrade'>,
+): RequestRecord {
+  return {
+    type: 'request',
+    interceptId: intercept.id,
+    requestId,
+    service: intercept.service,
+    tenant: intercept.tenant,
+    holder: intercept.holder,
+    method: method ?? 'GET',
+    path: maskSecretQuery(path),
+    durationMs: performance.now() - t0,
+    at: startedAt,
+    ...outcome,
+  };
+}
+
+/** The tunnel's limit, if it is at it: answered at once, never queued. */
+export function refuseOverStreamLimit(tunnel: ClientTunnel, intercept: Intercept, fail: Refuse): boolean {
   const limit = tunnel.streamLimitReached();
   if (limit === undefined) return false;
   fail(
@@ -92,13 +116,7 @@ export function forwardThroughTunnel(
   const t0 = performance.now();
   let bytesOut = 0;
   const out = res;
-  const fail = (
-    status: number,
-    code: string,
-    message: string,
-    extra: Record<string, unknown>,
-    more?: Record<string, string>,
-  ) => sendError(out, status, code, message, extra, more);
+  const fail: Refuse = (...refusal) => sendError(out, ...refusal);
   if (refuseOverStreamLimit(tunnel, intercept, fail)) return;
 
   const http2 = isHttp2(req);
@@ -219,20 +237,12 @@ export function forwardThroughTunnel(
     const complete = responseComplete(out);
     // Also an upload still going after the response ended: the local service has answered it.
     if (!stream.closed) stream.reset('cancel', complete ? undefined : 'the caller went away');
-    publish({
-      type: 'request',
-      interceptId: intercept.id,
-      requestId,
-      service: intercept.service,
-      tenant: intercept.tenant,
-      holder: intercept.holder,
-      method: req.method ?? 'GET',
-      path: maskSecretQuery(path),
-      status: out.statusCode,
-      durationMs: performance.now() - t0,
-      bytesOut,
-      at: startedAt,
-      error: complete ? undefined : 'connection closed before the response ended',
-    });
+    publish(
+      tunnelRecord(intercept, requestId, req.method, path, startedAt, t0, {
+        status: out.statusCode,
+        bytesOut,
+        error: complete ? undefined : 'connection closed before the response ended',
+      }),
+    );
   });
 }

@@ -7,14 +7,19 @@
 import { type IncomingMessage, STATUS_CODES } from 'node:http';
 import type { Duplex } from 'node:stream';
 import type { Logger } from 'pino';
-import { maskSecretQuery } from '../src/http-headers.js';
 import type { UpgradeInfo } from '../src/protocol.js';
 import { drainInto, pumpInto } from '../src/tunnel-mux.js';
 import { isWebSocketUpgrade, WebSocketFrameTracker } from '../src/ws-frames.js';
 import { writeRawError } from './error-response.js';
 import type { RequestRecord } from './event-bus.js';
 import type { Intercept } from './intercept-store.js';
-import { interceptName, refuseOverStreamLimit, tunnelHeaders } from './tunnel-forward.js';
+import {
+  interceptName,
+  type Refuse,
+  refuseOverStreamLimit,
+  tunnelHeaders,
+  tunnelRecord,
+} from './tunnel-forward.js';
 import type { ClientTunnel } from './tunnel-hub.js';
 
 export function upgradeThroughTunnel(
@@ -32,13 +37,7 @@ export function upgradeThroughTunnel(
 ): void {
   const startedAt = Date.now();
   const t0 = performance.now();
-  const fail = (
-    status: number,
-    code: string,
-    message: string,
-    extra: Record<string, unknown>,
-    more?: Record<string, string>,
-  ) => writeRawError(socket, status, code, message, extra, more);
+  const fail: Refuse = (...refusal) => writeRawError(socket, ...refusal);
   if (refuseOverStreamLimit(tunnel, intercept, fail)) return;
   const name = interceptName(intercept);
   const protocol = String(req.headers.upgrade ?? '');
@@ -143,30 +142,22 @@ export function upgradeThroughTunnel(
     clearTimeout(timer);
     closedBy ??= 'caller';
     if (!stream.closed) stream.reset('cancel', 'the caller went away');
-    publish({
-      type: 'request',
-      interceptId: intercept.id,
-      requestId,
-      service: intercept.service,
-      tenant: intercept.tenant,
-      holder: intercept.holder,
-      method: req.method ?? 'GET',
-      path: maskSecretQuery(path),
-      status,
-      durationMs: performance.now() - t0,
-      bytesOut,
-      at: startedAt,
-      upgrade: {
-        protocol,
-        bytesIn,
-        closedBy,
-        code: closeFrom === 'caller' ? fromCaller?.closeCode : fromLocal?.closeCode,
-        reason: closeFrom === 'caller' ? fromCaller?.closeReason : fromLocal?.closeReason,
-        closeFrom,
-        messagesIn: fromCaller?.messages,
-        messagesOut: fromLocal?.messages,
-      },
-      error: status === 0 ? 'no answer to the upgrade' : undefined,
-    });
+    publish(
+      tunnelRecord(intercept, requestId, req.method, path, startedAt, t0, {
+        status,
+        bytesOut,
+        error: status === 0 ? 'no answer to the upgrade' : undefined,
+        upgrade: {
+          protocol,
+          bytesIn,
+          closedBy,
+          code: closeFrom === 'caller' ? fromCaller?.closeCode : fromLocal?.closeCode,
+          reason: closeFrom === 'caller' ? fromCaller?.closeReason : fromLocal?.closeReason,
+          closeFrom,
+          messagesIn: fromCaller?.messages,
+          messagesOut: fromLocal?.messages,
+        },
+      }),
+    );
   });
 }
