@@ -53,6 +53,7 @@ import {
   waitHttp,
   wrk,
 } from './lib.mjs';
+import { requireSsh, startSshReverse } from './ssh.mjs';
 
 const BIN = join(ROOT, 'bin', 'run.js');
 const SERVICES = join(import.meta.dirname, 'services.mjs');
@@ -113,7 +114,9 @@ async function measure(targets) {
   for (let round = 1; round <= opts.rounds; round++) {
     for (const t of targets) {
       await wrk(t.url, { conns: opts.conns, seconds: opts.warmup, headers: t.headers });
-      const before = Object.fromEntries(Object.entries(t.pids ?? {}).map(([k, pid]) => [k, ioOf(pid)]));
+      const before = Object.fromEntries(
+        Object.entries(t.pids ?? {}).map(([k, pid]) => [k, { ...ioOf(pid), cpu: cpuSeconds(pid) }]),
+      );
       const load = await wrk(t.url, { conns: opts.conns, seconds: opts.duration, headers: t.headers });
       // Syscalls per request in each process under test (from /proc/<pid>/io): on a VM where
       // a syscall is expensive, this is what most of the proxy's CPU time goes to.
@@ -125,6 +128,7 @@ async function measure(targets) {
             {
               reads: (now.syscr - before[k].syscr) / load.requests,
               writes: (now.syscw - before[k].syscw) / load.requests,
+              cpuUs: ((cpuSeconds(pid) - before[k].cpu) / load.requests) * 1e6,
             },
           ];
         }),
@@ -140,7 +144,10 @@ async function measure(targets) {
         syscalls,
       });
       const sys = Object.entries(syscalls)
-        .map(([k, v]) => `  ${k} syscalls/req r ${fmt(v.reads, 1)} w ${fmt(v.writes, 1)}`)
+        .map(
+          ([k, v]) =>
+            `  ${k} CPU ${fmt(v.cpuUs, 1)} µs/req syscalls/req r ${fmt(v.reads, 1)} w ${fmt(v.writes, 1)}`,
+        )
         .join('');
       log(
         `  round ${round} ${t.label.padEnd(34)} ${fmt(load.rps, 0).padStart(7)} req/s @${opts.conns}  p50@1 ${fmt(one.p50, 3)} ms  p99@1 ${fmt(one.p99, 3)} ms${load.errors + one.errors ? `  socket errors ${load.errors + one.errors}` : ''}${sys}`,
@@ -156,6 +163,9 @@ async function measure(targets) {
       p99: median(r.map((x) => x.p99)),
       p50c1: median(r.map((x) => x.p50c1)),
       p99c1: median(r.map((x) => x.p99c1)),
+      cpuUs: Object.fromEntries(
+        Object.keys(t.pids ?? {}).map((k) => [k, median(r.map((x) => x.syscalls[k].cpuUs))]),
+      ),
       rounds: r,
     };
   }
@@ -256,6 +266,8 @@ async function startInterceptSetup(label) {
   return { localPort, ks };
 }
 
+const servedByLocal = (r) => r.status === 200 && r.headers.get('x-served-by') === 'local';
+
 /** Waits until tenant t1's requests reach the local service through `ks`. */
 function waitIntercepted(ks, what, timeoutMs) {
   return waitHttp(
@@ -324,8 +336,10 @@ async function benchIntercept() {
   const agent = await startIntercept(ks, localPort, 'intercept benchmark');
   const headers = VIA('t1');
   await waitIntercepted(ks, 'intercepted route');
+  const ssh = await startSshReverse(WORK, localPort, { check: servedByLocal });
   const res = await measure([
     { key: 'direct', label: 'local service direct', url: `http://127.0.0.1:${localPort}/`, headers },
+    { key: 'ssh', label: 'ssh -R (loopback) → local', url: `${ssh.url}/`, headers, pids: ssh.pids },
     {
       key: 'intercepted',
       label: 'kelsingra data port → tunnel → local',
@@ -663,6 +677,35 @@ async function benchTrickle() {
 
 // ---------------------------------------------------------------- report
 
+/** One row per tunnel target: req/s and its ratio to direct, latency, CPU per request on each side. */
+function tunnelTable(res, keys) {
+  const d = res.direct;
+  return table([
+    [
+      'Target',
+      `req/s @${opts.conns} conns`,
+      '÷ direct',
+      `p99 @${opts.conns} (ms)`,
+      'p50 @1 conn (ms)',
+      'p50 added (ms)',
+      'server side CPU/req (µs)',
+      'client side CPU/req (µs)',
+    ],
+    ...keys
+      .filter((k) => res[k])
+      .map((k) => [
+        res[k].label,
+        fmt(res[k].rps, 0),
+        fmt(res[k].rps / d.rps, 2),
+        fmt(res[k].p99, 2),
+        fmt(res[k].p50c1, 3),
+        k === 'direct' ? '—' : fmt(res[k].p50c1 - d.p50c1, 3),
+        k === 'direct' ? '—' : fmt(res[k].cpuUs.server, 1),
+        k === 'direct' ? '—' : fmt(res[k].cpuUs.client, 1),
+      ]),
+  ]);
+}
+
 const ok = (pass) => (pass ? 'met' : 'MISSED');
 
 function report(results) {
@@ -698,19 +741,14 @@ function report(results) {
   const i = results.intercept;
   if (i) {
     log(`\nIntercepted (wrk -t1, medians of ${opts.rounds}):`);
-    log(
-      table([
-        ['Target', `req/s @${opts.conns} conns`, `p99 @${opts.conns} (ms)`, 'p50 @1 conn (ms)'],
-        ...['direct', 'intercepted'].map((k) => [
-          i[k].label,
-          fmt(i[k].rps, 0),
-          fmt(i[k].p99, 2),
-          fmt(i[k].p50c1, 3),
-        ]),
-      ]),
-    );
+    log(tunnelTable(i, ['direct', 'ssh', 'intercepted']));
     const ratio = i.intercepted.rps / i.direct.rps;
+    const vsSsh = i.intercepted.rps / i.ssh.rps;
+    const added = i.intercepted.p50c1 - i.direct.p50c1;
+    rows.push(['2. ssh -R req/s / direct (baseline)', fmt(i.ssh.rps / i.direct.rps, 2), '—', '—']);
     rows.push(['2. intercepted req/s / direct', fmt(ratio, 2), '≥ 0.35', ok(ratio >= 0.35)]);
+    rows.push(['2. intercepted req/s / ssh -R', fmt(vsSsh, 2), '≥ 0.80', ok(vsSsh >= 0.8)]);
+    rows.push(['2. intercepted p50 added at 1 connection (ms)', fmt(added, 3), '≤ 0.250', ok(added <= 0.25)]);
   }
   const t = results.transfer;
   if (t) {
@@ -811,6 +849,7 @@ function report(results) {
 // ---------------------------------------------------------------- main
 
 ensureTools(['wrk', 'nginx', 'tmux']);
+if (benches.some((b) => ['intercept', 'proto'].includes(b))) requireSsh();
 const results = { opts, ...machineInfo() };
 let exitCode = 0;
 try {
