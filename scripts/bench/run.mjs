@@ -23,7 +23,7 @@ import { chmodSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync 
 import http from 'node:http';
 import net from 'node:net';
 import os from 'node:os';
-import { join, resolve } from 'node:path';
+import { basename, join, resolve } from 'node:path';
 import {
   alive,
   cleanupAndExit,
@@ -57,6 +57,7 @@ import { requireSsh, startSshReverse } from './ssh.mjs';
 
 const BIN = join(ROOT, 'bin', 'run.js');
 const SERVICES = join(import.meta.dirname, 'services.mjs');
+const PROTO = join(import.meta.dirname, 'proto');
 const NODE = process.execPath;
 const TOKEN = `bench-${Math.random().toString(36).slice(2, 12)}`;
 const HOLDER = `bench-${process.pid}@${os.hostname()}`;
@@ -64,8 +65,10 @@ const HOLDER = `bench-${process.pid}@${os.hostname()}`;
 // ---------------------------------------------------------------- options
 
 const USAGE =
-  'run.mjs [passthrough] [intercept] [transfer] [liveview] [trickle] [--rounds N] [--duration S] [--warmup S] [--conns N] [--bytes N] [--upstream nginx|node] [--trickles N] [--profile DIR] [--json FILE]';
-const BENCHES = ['passthrough', 'intercept', 'transfer', 'liveview', 'trickle'];
+  'run.mjs [passthrough] [intercept] [grpc] [transfer] [retained] [liveview] [trickle] [proto] [--rounds N] [--duration S] [--warmup S] [--conns N] [--bytes N] [--upstream nginx|node] [--trickles N] [--requests N] [--old DIR] [--profile DIR] [--json FILE]';
+const BENCHES = ['passthrough', 'intercept', 'transfer', 'liveview', 'trickle', 'grpc', 'retained', 'proto'];
+/** What `npm run bench` runs when no benchmark is named (proto compares prototypes: on request). */
+const DEFAULT_BENCHES = ['passthrough', 'intercept', 'grpc', 'transfer', 'retained', 'liveview', 'trickle'];
 const opts = parseOptions(
   process.argv.slice(2),
   {
@@ -78,12 +81,14 @@ const opts = parseOptions(
     trickles: 1000,
     profile: '',
     json: '',
+    old: '',
+    requests: 50_000,
   },
   USAGE,
   BENCHES,
 );
 const benches = opts._;
-if (benches.length === 0) benches.push(...BENCHES);
+if (benches.length === 0) benches.push(...DEFAULT_BENCHES);
 if (!['nginx', 'node'].includes(opts.upstream)) usage('--upstream is nginx or node');
 if (opts.profile) {
   opts.profile = resolve(opts.profile);
@@ -190,7 +195,8 @@ function profileArgs(name) {
     : [];
 }
 
-async function startKelsingra(label, upstreamUrl) {
+/** A server agent; `bin`: another checkout's bin/run.js (built), to compare commits in one run. */
+async function startKelsingra(label, upstreamUrl, { bin = BIN } = {}) {
   const controlPort = await freePort();
   const proxyPort = await freePort();
   const proc = await start(
@@ -198,7 +204,7 @@ async function startKelsingra(label, upstreamUrl) {
     NODE,
     [
       ...profileArgs(`server-${label}`),
-      BIN,
+      bin,
       'server',
       '--port',
       String(controlPort),
@@ -214,7 +220,7 @@ async function startKelsingra(label, upstreamUrl) {
     ],
     { ready: /server agent listening/ },
   );
-  return { proc, control: `http://127.0.0.1:${controlPort}`, data: `http://127.0.0.1:${proxyPort}` };
+  return { proc, bin, control: `http://127.0.0.1:${controlPort}`, data: `http://127.0.0.1:${proxyPort}` };
 }
 
 /** `kelsingra intercept --detach` as a user would run it; returns the background agent's pid. */
@@ -232,7 +238,7 @@ async function startIntercept(server, localPort, label) {
     env.NODE_OPTIONS = `${process.env.NODE_OPTIONS ?? ''} --cpu-prof --cpu-prof-dir=${opts.profile}`.trim();
   const r = spawnSync(
     NODE,
-    [BIN, 'intercept', 'billing', '--tenant', 't1', '--port', String(localPort), '--detach', '--json'],
+    [server.bin, 'intercept', 'billing', '--tenant', 't1', '--port', String(localPort), '--detach', '--json'],
     {
       cwd: ROOT,
       env,
@@ -244,7 +250,7 @@ async function startIntercept(server, localPort, label) {
   const ready = JSON.parse(r.stdout.slice(r.stdout.indexOf('{')));
   orphanPids.add(ready.agentPid);
   const leave = async () => {
-    spawnSync(NODE, [BIN, 'leave', '--all'], { cwd: ROOT, env, encoding: 'utf8', timeout: 30_000 });
+    spawnSync(NODE, [server.bin, 'leave', '--all'], { cwd: ROOT, env, encoding: 'utf8', timeout: 30_000 });
     const deadline = Date.now() + 10_000;
     while (alive(ready.agentPid) && Date.now() < deadline) await sleep(50);
     await stopPid(ready.agentPid);
@@ -351,6 +357,82 @@ async function benchIntercept() {
   res.serverMem = memOf(ks.proc.pid);
   res.agentMem = memOf(agent.pid);
   await agent.leave();
+  await stopAll();
+  return res;
+}
+
+// ---------------------------------------------------------------- tunnel protocols side by side
+
+/**
+ * The tunnel protocol chosen by measurement (issue 15): the same local service direct, through
+ * `ssh -R`, through the product's tunnel (this build, and with --old DIR another checkout's),
+ * and through the HTTP/2-over-the-raw-socket prototype (proto/h2raw-*.mjs), in one
+ * interleaved run.
+ */
+async function benchProto() {
+  log(
+    `\n== Tunnel protocols: direct, ssh -R, product, HTTP/2 over the raw socket; wrk -t1 -c${opts.conns} / -c1, ${opts.duration} s, ${opts.rounds} rounds (median)`,
+  );
+  const { localPort, ks } = await startInterceptSetup('proto');
+  const agent = await startIntercept(ks, localPort, 'protocol benchmark');
+  const headers = VIA('t1');
+  await waitIntercepted(ks, 'intercepted route');
+  const ssh = await startSshReverse(WORK, localPort, { check: servedByLocal });
+  const tunnelPort = await freePort();
+  const h2Port = await freePort();
+  const h2s = await start(
+    'h2raw server',
+    NODE,
+    [join(PROTO, 'h2raw-server.mjs'), String(tunnelPort), String(h2Port)],
+    {
+      ready: /ready/,
+    },
+  );
+  const h2c = await start(
+    'h2raw client',
+    NODE,
+    [join(PROTO, 'h2raw-client.mjs'), `http://127.0.0.1:${tunnelPort}`, String(localPort)],
+    {
+      ready: /ready/,
+    },
+  );
+  const h2url = `http://127.0.0.1:${h2Port}/`;
+  await waitHttp(h2url, headers, servedByLocal, 'HTTP/2-over-raw-socket prototype');
+  const targets = [
+    { key: 'direct', label: 'local service direct', url: `http://127.0.0.1:${localPort}/`, headers },
+    { key: 'ssh', label: 'ssh -R (loopback) → local', url: `${ssh.url}/`, headers, pids: ssh.pids },
+    {
+      key: 'intercepted',
+      label: 'kelsingra (this build)',
+      url: `${ks.data}/`,
+      headers,
+      pids: { server: ks.proc.pid, client: agent.pid },
+    },
+    {
+      key: 'h2raw',
+      label: 'prototype: HTTP/2 over raw socket',
+      url: h2url,
+      headers,
+      pids: { server: h2s.pid, client: h2c.pid },
+    },
+  ];
+  let old;
+  if (opts.old) {
+    const bin = join(resolve(opts.old), 'bin', 'run.js');
+    const oks = await startKelsingra('proto-old', `http://127.0.0.1:${localPort}`, { bin });
+    old = await startIntercept(oks, localPort, `--old ${opts.old}`);
+    await waitIntercepted(oks, 'intercepted route (--old)');
+    targets.push({
+      key: 'old',
+      label: `kelsingra --old (${basename(resolve(opts.old))})`,
+      url: `${oks.data}/`,
+      headers,
+      pids: { server: oks.proc.pid, client: old.pid },
+    });
+  }
+  const res = await measure(targets);
+  await agent.leave();
+  if (old) await old.leave();
   await stopAll();
   return res;
 }
@@ -750,6 +832,25 @@ function report(results) {
     rows.push(['2. intercepted req/s / ssh -R', fmt(vsSsh, 2), '≥ 0.80', ok(vsSsh >= 0.8)]);
     rows.push(['2. intercepted p50 added at 1 connection (ms)', fmt(added, 3), '≤ 0.250', ok(added <= 0.25)]);
   }
+  const pr = results.proto;
+  if (pr) {
+    log(`\nTunnel protocols (wrk -t1, medians of ${opts.rounds}):`);
+    log(tunnelTable(pr, ['direct', 'ssh', 'intercepted', 'h2raw', 'old']));
+    for (const k of ['intercepted', 'h2raw', 'old'].filter((x) => pr[x])) {
+      rows.push([
+        `P. ${pr[k].label} req/s / direct`,
+        fmt(pr[k].rps / pr.direct.rps, 2),
+        '≥ 0.35',
+        ok(pr[k].rps / pr.direct.rps >= 0.35),
+      ]);
+      rows.push([
+        `P. ${pr[k].label} req/s / ssh -R`,
+        fmt(pr[k].rps / pr.ssh.rps, 2),
+        '≥ 0.80',
+        ok(pr[k].rps / pr.ssh.rps >= 0.8),
+      ]);
+    }
+  }
   const t = results.transfer;
   if (t) {
     const gib = fmt(t.bytes / 1024 ** 3, 2);
@@ -859,6 +960,7 @@ try {
   if (benches.includes('passthrough')) results.passthrough = await benchPassthrough();
   if (benches.includes('intercept')) results.intercept = await benchIntercept();
   if (benches.includes('transfer')) results.transfer = await benchTransfer();
+  if (benches.includes('proto')) results.proto = await benchProto();
   if (benches.includes('liveview')) results.liveview = await benchLiveView();
   if (benches.includes('trickle')) results.trickle = await benchTrickle();
   report(results);
