@@ -24,6 +24,7 @@ import http from 'node:http';
 import net from 'node:net';
 import os from 'node:os';
 import { basename, join, resolve } from 'node:path';
+import { checkGrpc, h2load, requireH2load, writeRequestBody } from './grpc.mjs';
 import {
   alive,
   cleanupAndExit,
@@ -58,6 +59,7 @@ import { requireSsh, startSshReverse } from './ssh.mjs';
 const BIN = join(ROOT, 'bin', 'run.js');
 const SERVICES = join(import.meta.dirname, 'services.mjs');
 const PROTO = join(import.meta.dirname, 'proto');
+const GRPC = join(import.meta.dirname, 'grpc.mjs');
 const NODE = process.execPath;
 const TOKEN = `bench-${Math.random().toString(36).slice(2, 12)}`;
 const HOLDER = `bench-${process.pid}@${os.hostname()}`;
@@ -356,6 +358,92 @@ async function benchIntercept() {
   ]);
   res.serverMem = memOf(ks.proc.pid);
   res.agentMem = memOf(agent.pid);
+  await agent.leave();
+  await stopAll();
+  return res;
+}
+
+// ---------------------------------------------------------------- gRPC unary
+
+const GRPC_CLIENTS = 5;
+const GRPC_STREAMS = 10;
+
+/**
+ * gRPC unary calls/s with h2load (h2c, prior knowledge): a grpc-js service directly, through
+ * the data port as a base tenant (pass-through), and as an intercepted tenant (tunnel). A
+ * target that does not answer one checked call first is reported as not available, with what
+ * it answered, instead of failing the run.
+ */
+async function benchGrpc() {
+  log(
+    `\n== gRPC unary: h2load -t1 -c${GRPC_CLIENTS} -m${GRPC_STREAMS} (${GRPC_CLIENTS * GRPC_STREAMS} calls in flight), ${opts.duration} s, ${opts.rounds} rounds (median)`,
+  );
+  const localPort = await freePort();
+  const basePort = await freePort();
+  await start('local gRPC service', NODE, [GRPC, 'serve', String(localPort), 'local'], { ready: /ready/ });
+  await start('base gRPC service', NODE, [GRPC, 'serve', String(basePort), 'base'], { ready: /ready/ });
+  const ks = await startKelsingra('grpc', `http://127.0.0.1:${basePort}`);
+  const agent = await startIntercept(ks, localPort, 'gRPC benchmark');
+  const bodyFile = writeRequestBody(WORK);
+  const targets = [
+    {
+      key: 'direct',
+      label: 'local gRPC service direct',
+      url: `http://127.0.0.1:${localPort}`,
+      servedBy: 'local',
+    },
+    {
+      key: 'passthrough',
+      label: 'data port, base tenant (pass-through)',
+      url: ks.data,
+      headers: VIA('t2'),
+      servedBy: 'base',
+      pids: { server: ks.proc.pid },
+    },
+    {
+      key: 'intercepted',
+      label: 'data port → tunnel → local',
+      url: ks.data,
+      headers: VIA('t1'),
+      servedBy: 'local',
+      pids: { server: ks.proc.pid, client: agent.pid },
+    },
+  ];
+  const res = {};
+  const live = [];
+  for (const t of targets) {
+    const check = await checkGrpc(t.url, t.headers ?? {}, t.servedBy);
+    if (check.ok) {
+      live.push(t);
+      res[t.key] = { label: t.label, runs: [] };
+    } else {
+      res[t.key] = { label: t.label, unavailable: check.why };
+      log(`  ${t.label}: not available: ${check.why}`);
+    }
+  }
+  for (let round = 1; round <= opts.rounds; round++) {
+    for (const t of live) {
+      const cpu0 = Object.fromEntries(Object.entries(t.pids ?? {}).map(([k, pid]) => [k, cpuSeconds(pid)]));
+      const r = await h2load(t.url, {
+        clients: GRPC_CLIENTS,
+        streams: GRPC_STREAMS,
+        seconds: opts.duration,
+        warmup: opts.warmup,
+        bodyFile,
+        headers: t.headers,
+      });
+      // Includes the warm-up's calls too: CPU is read around the whole h2load run.
+      const cpuUs = Object.fromEntries(
+        Object.entries(t.pids ?? {}).map(([k, pid]) => [
+          k,
+          ((cpuSeconds(pid) - cpu0[k]) / (r.calls * (1 + opts.warmup / opts.duration))) * 1e6,
+        ]),
+      );
+      res[t.key].runs.push({ rps: r.rps, cpuUs });
+      log(`  round ${round} ${t.label.padEnd(40)} ${fmt(r.rps, 0).padStart(7)} calls/s`);
+    }
+  }
+  for (const t of live) res[t.key].rps = median(res[t.key].runs.map((x) => x.rps));
   await agent.leave();
   await stopAll();
   return res;
@@ -832,6 +920,33 @@ function report(results) {
     rows.push(['2. intercepted req/s / ssh -R', fmt(vsSsh, 2), '≥ 0.80', ok(vsSsh >= 0.8)]);
     rows.push(['2. intercepted p50 added at 1 connection (ms)', fmt(added, 3), '≤ 0.250', ok(added <= 0.25)]);
   }
+  const g = results.grpc;
+  if (g) {
+    log(`\ngRPC unary (h2load -t1 -c${GRPC_CLIENTS} -m${GRPC_STREAMS}, medians of ${opts.rounds}):`);
+    const d = g.direct.rps;
+    log(
+      table([
+        ['Target', 'calls/s', '÷ direct'],
+        ...['direct', 'passthrough', 'intercepted'].map((k) =>
+          g[k].unavailable
+            ? [g[k].label, `not available: ${g[k].unavailable}`, '—']
+            : [g[k].label, fmt(g[k].rps, 0), fmt(g[k].rps / d, 2)],
+        ),
+      ]),
+    );
+    for (const [k, what] of [
+      ['passthrough', 'pass-through'],
+      ['intercepted', 'intercepted'],
+    ]) {
+      const ratio = g[k].rps / d;
+      rows.push([
+        `G. gRPC unary ${what} calls/s / direct`,
+        g[k].unavailable ? 'not available' : fmt(ratio, 2),
+        k === 'intercepted' ? '≥ 0.35' : '—',
+        g[k].unavailable ? 'MISSED' : k === 'intercepted' ? ok(ratio >= 0.35) : '—',
+      ]);
+    }
+  }
   const pr = results.proto;
   if (pr) {
     log(`\nTunnel protocols (wrk -t1, medians of ${opts.rounds}):`);
@@ -951,6 +1066,7 @@ function report(results) {
 
 ensureTools(['wrk', 'nginx', 'tmux']);
 if (benches.some((b) => ['intercept', 'proto'].includes(b))) requireSsh();
+if (benches.includes('grpc')) requireH2load();
 const results = { opts, ...machineInfo() };
 let exitCode = 0;
 try {
@@ -959,6 +1075,7 @@ try {
   );
   if (benches.includes('passthrough')) results.passthrough = await benchPassthrough();
   if (benches.includes('intercept')) results.intercept = await benchIntercept();
+  if (benches.includes('grpc')) results.grpc = await benchGrpc();
   if (benches.includes('transfer')) results.transfer = await benchTransfer();
   if (benches.includes('proto')) results.proto = await benchProto();
   if (benches.includes('liveview')) results.liveview = await benchLiveView();
