@@ -102,7 +102,7 @@ export async function checkGrpc(url, metadata, expectServedBy) {
     const answer = await prefaceAnswer(hostname, port);
     return {
       ok: false,
-      why: `data port answered ${JSON.stringify(answer)} to HTTP/2 (grpc-js: ${err.message})`,
+      why: `data port answered ${JSON.stringify(answer)} to HTTP/2 (grpc-js: ${err.message.replace(/\s*\(\d{4}-[^)]*\).*$/s, '')})`,
     };
   } finally {
     client.close();

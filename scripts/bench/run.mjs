@@ -443,7 +443,13 @@ async function benchGrpc() {
       log(`  round ${round} ${t.label.padEnd(40)} ${fmt(r.rps, 0).padStart(7)} calls/s`);
     }
   }
-  for (const t of live) res[t.key].rps = median(res[t.key].runs.map((x) => x.rps));
+  for (const t of live) {
+    const runs = res[t.key].runs;
+    res[t.key].rps = median(runs.map((x) => x.rps));
+    res[t.key].cpuUs = Object.fromEntries(
+      Object.keys(t.pids ?? {}).map((k) => [k, median(runs.map((x) => x.cpuUs[k]))]),
+    );
+  }
   await agent.leave();
   await stopAll();
   return res;
@@ -926,11 +932,17 @@ function report(results) {
     const d = g.direct.rps;
     log(
       table([
-        ['Target', 'calls/s', '÷ direct'],
+        ['Target', 'calls/s', '÷ direct', 'server agent CPU/call (µs)', 'client agent CPU/call (µs)'],
         ...['direct', 'passthrough', 'intercepted'].map((k) =>
           g[k].unavailable
-            ? [g[k].label, `not available: ${g[k].unavailable}`, '—']
-            : [g[k].label, fmt(g[k].rps, 0), fmt(g[k].rps / d, 2)],
+            ? [g[k].label, `not available: ${g[k].unavailable}`, '—', '—', '—']
+            : [
+                g[k].label,
+                fmt(g[k].rps, 0),
+                fmt(g[k].rps / d, 2),
+                g[k].cpuUs.server === undefined ? '—' : fmt(g[k].cpuUs.server, 1),
+                g[k].cpuUs.client === undefined ? '—' : fmt(g[k].cpuUs.client, 1),
+              ],
         ),
       ]),
     );
