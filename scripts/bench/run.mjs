@@ -198,7 +198,7 @@ function profileArgs(name) {
 }
 
 /** A server agent; `bin`: another checkout's bin/run.js (built), to compare commits in one run. */
-async function startKelsingra(label, upstreamUrl, { bin = BIN } = {}) {
+async function startKelsingra(label, upstreamUrl, { bin = BIN, env = {} } = {}) {
   const controlPort = await freePort();
   const proxyPort = await freePort();
   const proc = await start(
@@ -220,7 +220,7 @@ async function startKelsingra(label, upstreamUrl, { bin = BIN } = {}) {
       '--max-body-bytes',
       '0',
     ],
-    { ready: /server agent listening/ },
+    { ready: /server agent listening/, env },
   );
   return { proc, bin, control: `http://127.0.0.1:${controlPort}`, data: `http://127.0.0.1:${proxyPort}` };
 }
@@ -625,6 +625,98 @@ async function benchTransfer() {
   return res;
 }
 
+// ---------------------------------------------------------------- memory kept per request
+
+/**
+ * wrk as tenant t1 for about `n` requests at the rate `rps` measured just before (wrk stops on
+ * time, not on a count; the figures divide by the requests it reports).
+ */
+function wrkRequests(ks, n, rps) {
+  const seconds = Math.min(300, Math.max(3, Math.ceil(n / rps)));
+  return wrk(`${ks.data}/`, { conns: 20, seconds, headers: VIA('t1') });
+}
+
+/** Each agent opens an inspector on a port of its choosing and names it on stderr. */
+const INSPECT = { NODE_OPTIONS: '--inspect=127.0.0.1:0' };
+
+/** The inspector a process announced last (bin/run.js re-executes itself: the first one is gone). */
+function inspectorUrl(output) {
+  return [...output.matchAll(/Debugger listening on (ws:\/\/\S+)/g)].at(-1)?.[1];
+}
+
+/** Live heap of the process behind inspector `url` after a full collection, in bytes. */
+async function heapAfterGc(url) {
+  const ws = new WebSocket(url);
+  await new Promise((res, rej) => {
+    ws.addEventListener('open', res, { once: true });
+    ws.addEventListener('error', () => rej(new Error(`inspector ${url} refused`)), { once: true });
+  });
+  let nextId = 1;
+  const call = (method) =>
+    new Promise((res, rej) => {
+      const id = nextId++;
+      const onMessage = (ev) => {
+        const m = JSON.parse(String(ev.data));
+        if (m.id !== id) return;
+        ws.removeEventListener('message', onMessage);
+        m.result ? res(m.result) : rej(new Error(`${method} failed: ${ev.data}`));
+      };
+      ws.addEventListener('message', onMessage);
+      ws.send(JSON.stringify({ id, method }));
+    });
+  try {
+    await call('HeapProfiler.collectGarbage');
+    return (await call('Runtime.getHeapUsage')).usedSize;
+  } finally {
+    ws.close();
+  }
+}
+
+/**
+ * What each agent keeps per intercepted request: the live heap after a full collection (through
+ * each agent's inspector) and RSS (VmRSS), of the server agent and of a foreground intercept
+ * (the client agent), after a warm-up and again after `--requests` more.
+ */
+async function benchRetained() {
+  const warmupRequests = Math.max(10_000, Math.round(opts.requests / 5));
+  log(
+    `\n== Memory kept per request: ${warmupRequests} intercepted requests of warm-up, then ${opts.requests} more (wrk -t1 -c20)`,
+  );
+  const localPort = await freePort();
+  const basePort = await freePort();
+  await start('local service', NODE, [SERVICES, 'service', String(localPort), 'local'], { ready: /ready/ });
+  await start('base service', NODE, [SERVICES, 'service', String(basePort), 'base'], { ready: /ready/ });
+  const ks = await startKelsingra('retained', `http://127.0.0.1:${basePort}`, { env: INSPECT });
+  const fg = await startForeground(ks, localPort, 'json', INSPECT);
+  const agents = [
+    { what: 'server agent', pid: ks.proc.pid, inspector: inspectorUrl(ks.proc.output()) },
+    { what: 'client agent', pid: fg.pid, inspector: inspectorUrl(fg.output()) },
+  ];
+  for (const a of agents) if (!a.inspector) throw new Error(`${a.what} announced no inspector`);
+  const sample = async () =>
+    Promise.all(
+      agents.map(async (a) => ({ heap: await heapAfterGc(a.inspector), rss: memOf(a.pid).rssMiB * 2 ** 20 })),
+    );
+  const rate = await wrk(`${ks.data}/`, { conns: 20, seconds: 3, headers: VIA('t1') });
+  await wrkRequests(ks, warmupRequests, rate.rps);
+  const before = await sample();
+  const load = await wrkRequests(ks, opts.requests, rate.rps);
+  const after = await sample();
+  const figures = agents.flatMap((a, i) => [
+    { what: `${a.what} heap after a full GC`, before: before[i].heap, after: after[i].heap, goal: true },
+    { what: `${a.what} RSS`, before: before[i].rss, after: after[i].rss },
+  ]);
+  for (const f of figures) {
+    f.perRequest = (f.after - f.before) / load.requests;
+    log(
+      `  ${f.what}: ${fmt(f.before / 2 ** 20, 1)} → ${fmt(f.after / 2 ** 20, 1)} MiB, ${fmt(f.perRequest, 0)} B/request`,
+    );
+  }
+  await fg.leave();
+  await stopAll();
+  return { requests: load.requests, warmupRequests, rps: load.rps, figures };
+}
+
 // ---------------------------------------------------------------- 4. live view
 
 /** CPU seconds (user + system) a process has used so far, from /proc/<pid>/stat. */
@@ -638,9 +730,10 @@ function cpuSeconds(pid) {
  * (tmux), or with --json into /dev/null. Resolves once the route is live, with the CLI's pid
  * and a function that leaves (q in the terminal, SIGINT otherwise).
  */
-async function startForeground(server, localPort, mode) {
+async function startForeground(server, localPort, mode, extraEnv = {}) {
   const configDir = mkdtempSync(join(WORK, 'client-'));
   const env = {
+    ...extraEnv,
     KELSINGRA_SERVER: server.control,
     KELSINGRA_TOKEN: TOKEN,
     KELSINGRA_CONFIG_DIR: configDir,
@@ -649,6 +742,7 @@ async function startForeground(server, localPort, mode) {
   const args = [BIN, 'intercept', 'billing', '--tenant', 't1', '--port', String(localPort)];
   let leave;
   let pid;
+  let output;
   if (mode === 'live') {
     const socket = `kelsingra-bench-${process.pid}`;
     const envArgs = Object.entries({ ...env, CI: '0', TERM: 'xterm-256color' }).map(([k, v]) => `${k}=${v}`);
@@ -676,6 +770,7 @@ async function startForeground(server, localPort, mode) {
     orphanPids.add(pid);
   } else {
     const proc = await start('intercept --json', NODE, [...args, '--json'], { env });
+    output = proc.output;
     // stdout is read and dropped here: the same as `> /dev/null`, without a shell in between.
     pid = proc.pid;
     leave = async () => {
@@ -684,7 +779,7 @@ async function startForeground(server, localPort, mode) {
     };
   }
   await waitIntercepted(server, `intercepted route (${mode})`, 30_000);
-  return { pid, leave };
+  return { pid, leave, output: () => output?.() ?? '' };
 }
 
 async function benchLiveView() {
@@ -1008,25 +1103,52 @@ function report(results) {
         ],
       ]),
     );
-    rows.push([`3. upload ${gib} GiB (MB/s)`, fmt(t.upload.mbps, 0), '≥ 200', ok(t.upload.mbps >= 200)]);
-    rows.push([
-      `3. download ${gib} GiB (MB/s)`,
-      fmt(t.download.mbps, 0),
-      '≥ 200',
-      ok(t.download.mbps >= 200),
-    ]);
-    rows.push([
-      '3. server agent peak RSS (MiB)',
-      fmt(t.afterDownload.server.hwmMiB, 0),
-      '≤ 150 MB',
-      ok(t.afterDownload.server.hwmMiB * 1.048576 <= 150),
-    ]);
-    rows.push([
-      '3. client agent peak RSS (MiB)',
-      fmt(t.afterDownload.agent.hwmMiB, 0),
-      '≤ 150 MB',
-      ok(t.afterDownload.agent.hwmMiB * 1.048576 <= 150),
-    ]);
+    for (const [dir, r] of [
+      ['upload', t.upload],
+      ['download', t.download],
+    ])
+      rows.push([
+        `3. ${dir} ${gib} GiB through the tunnel (MB/s)`,
+        fmt(r.mbps, 0),
+        '≥ 300',
+        ok(r.mbps >= 300),
+      ]);
+    for (const [who, k] of [
+      ['server', 'server'],
+      ['client', 'agent'],
+    ]) {
+      const peak = Math.max(t.afterUpload[k].hwmMiB, t.afterDownload[k].hwmMiB);
+      rows.push([
+        `3. ${who} agent peak RSS over both transfers (MiB)`,
+        fmt(peak, 0),
+        '≤ 150 MiB',
+        ok(peak <= 150),
+      ]);
+    }
+  }
+  const rt = results.retained;
+  if (rt) {
+    log(
+      `\nBytes retained per intercepted request (${rt.requests} requests after ${rt.warmupRequests} of warm-up, wrk -t1 -c20):`,
+    );
+    log(
+      table([
+        ['Agent', 'after warm-up', 'at the end', 'bytes per request'],
+        ...rt.figures.map((f) => [
+          f.what,
+          `${fmt(f.before / 2 ** 20, 1)} MiB`,
+          `${fmt(f.after / 2 ** 20, 1)} MiB`,
+          fmt(f.perRequest, 0),
+        ]),
+      ]),
+    );
+    for (const f of rt.figures.filter((x) => x.goal))
+      rows.push([
+        `R. ${f.what}: bytes retained per request`,
+        fmt(f.perRequest, 0),
+        '≈ 0 (≤ 200)',
+        ok(f.perRequest <= 200),
+      ]);
   }
   const v = results.liveview;
   if (v) {
@@ -1089,6 +1211,7 @@ try {
   if (benches.includes('intercept')) results.intercept = await benchIntercept();
   if (benches.includes('grpc')) results.grpc = await benchGrpc();
   if (benches.includes('transfer')) results.transfer = await benchTransfer();
+  if (benches.includes('retained')) results.retained = await benchRetained();
   if (benches.includes('proto')) results.proto = await benchProto();
   if (benches.includes('liveview')) results.liveview = await benchLiveView();
   if (benches.includes('trickle')) results.trickle = await benchTrickle();
