@@ -518,7 +518,7 @@ async function benchProto() {
     await waitIntercepted(oks, 'intercepted route (--old)');
     targets.push({
       key: 'old',
-      label: `kelsingra --old (${basename(resolve(opts.old))})`,
+      label: `kelsingra ${basename(resolve(opts.old))} (--old)`,
       url: `${oks.data}/`,
       headers,
       pids: { server: oks.proc.pid, client: old.pid },
