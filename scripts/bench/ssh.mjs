@@ -8,7 +8,15 @@
  * install and the benchmark stops.
  */
 import { spawnSync } from 'node:child_process';
-import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import {
+  existsSync,
+  mkdirSync,
+  mkdtempSync,
+  readdirSync,
+  readFileSync,
+  rmSync,
+  writeFileSync,
+} from 'node:fs';
 import os from 'node:os';
 import { join } from 'node:path';
 import { freePort, log, onCleanup, start, waitHttp, which } from './lib.mjs';
@@ -55,8 +63,8 @@ function childPids(pid) {
  * process, `client` the ssh client.
  */
 export async function startSshReverse(workDir, localPort, { path = '/', headers = {}, check } = {}) {
-  const dir = join(workDir, 'ssh');
-  mkdirSync(dir, { mode: 0o700, recursive: true });
+  // A directory of its own: a run may start several (one per benchmark).
+  const dir = mkdtempSync(join(workDir, 'ssh-'));
   keygen(join(dir, 'host_key'));
   keygen(join(dir, 'user_key'));
   writeFileSync(join(dir, 'authorized_keys'), readFileSync(join(dir, 'user_key.pub')));
