@@ -137,8 +137,15 @@ export async function cleanupAndExit(code) {
   process.exit(code);
 }
 
-process.on('SIGINT', () => cleanupAndExit(130));
-process.on('SIGTERM', () => cleanupAndExit(143));
+// Said out loud: on a shared machine a run stopped by someone else's clean-up otherwise just ends.
+process.on('SIGINT', () => {
+  console.error('stopped by SIGINT: cleaning up');
+  cleanupAndExit(130);
+});
+process.on('SIGTERM', () => {
+  console.error('stopped by SIGTERM: cleaning up');
+  cleanupAndExit(143);
+});
 process.on('exit', () => {
   // Last resort if something threw past the handlers: nothing may outlive the run.
   for (const p of children) p.child.kill('SIGKILL');

@@ -23,7 +23,8 @@ import { chmodSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync 
 import http from 'node:http';
 import net from 'node:net';
 import os from 'node:os';
-import { join, resolve } from 'node:path';
+import { basename, join, resolve } from 'node:path';
+import { checkGrpc, h2load, requireH2load, writeRequestBody } from './grpc.mjs';
 import {
   alive,
   cleanupAndExit,
@@ -53,9 +54,12 @@ import {
   waitHttp,
   wrk,
 } from './lib.mjs';
+import { requireSsh, startSshReverse } from './ssh.mjs';
 
 const BIN = join(ROOT, 'bin', 'run.js');
 const SERVICES = join(import.meta.dirname, 'services.mjs');
+const PROTO = join(import.meta.dirname, 'proto');
+const GRPC = join(import.meta.dirname, 'grpc.mjs');
 const NODE = process.execPath;
 const TOKEN = `bench-${Math.random().toString(36).slice(2, 12)}`;
 const HOLDER = `bench-${process.pid}@${os.hostname()}`;
@@ -63,8 +67,10 @@ const HOLDER = `bench-${process.pid}@${os.hostname()}`;
 // ---------------------------------------------------------------- options
 
 const USAGE =
-  'run.mjs [passthrough] [intercept] [transfer] [liveview] [trickle] [--rounds N] [--duration S] [--warmup S] [--conns N] [--bytes N] [--upstream nginx|node] [--trickles N] [--profile DIR] [--json FILE]';
-const BENCHES = ['passthrough', 'intercept', 'transfer', 'liveview', 'trickle'];
+  'run.mjs [passthrough] [intercept] [grpc] [transfer] [retained] [liveview] [trickle] [proto] [--rounds N] [--duration S] [--warmup S] [--conns N] [--bytes N] [--upstream nginx|node] [--trickles N] [--requests N] [--old DIR] [--profile DIR] [--json FILE]';
+const BENCHES = ['passthrough', 'intercept', 'transfer', 'liveview', 'trickle', 'grpc', 'retained', 'proto'];
+/** What `npm run bench` runs when no benchmark is named (proto compares prototypes: on request). */
+const DEFAULT_BENCHES = ['passthrough', 'intercept', 'grpc', 'transfer', 'retained', 'liveview', 'trickle'];
 const opts = parseOptions(
   process.argv.slice(2),
   {
@@ -77,12 +83,14 @@ const opts = parseOptions(
     trickles: 1000,
     profile: '',
     json: '',
+    old: '',
+    requests: 50_000,
   },
   USAGE,
   BENCHES,
 );
 const benches = opts._;
-if (benches.length === 0) benches.push(...BENCHES);
+if (benches.length === 0) benches.push(...DEFAULT_BENCHES);
 if (!['nginx', 'node'].includes(opts.upstream)) usage('--upstream is nginx or node');
 if (opts.profile) {
   opts.profile = resolve(opts.profile);
@@ -113,7 +121,9 @@ async function measure(targets) {
   for (let round = 1; round <= opts.rounds; round++) {
     for (const t of targets) {
       await wrk(t.url, { conns: opts.conns, seconds: opts.warmup, headers: t.headers });
-      const before = Object.fromEntries(Object.entries(t.pids ?? {}).map(([k, pid]) => [k, ioOf(pid)]));
+      const before = Object.fromEntries(
+        Object.entries(t.pids ?? {}).map(([k, pid]) => [k, { ...ioOf(pid), cpu: cpuSeconds(pid) }]),
+      );
       const load = await wrk(t.url, { conns: opts.conns, seconds: opts.duration, headers: t.headers });
       // Syscalls per request in each process under test (from /proc/<pid>/io): on a VM where
       // a syscall is expensive, this is what most of the proxy's CPU time goes to.
@@ -125,6 +135,7 @@ async function measure(targets) {
             {
               reads: (now.syscr - before[k].syscr) / load.requests,
               writes: (now.syscw - before[k].syscw) / load.requests,
+              cpuUs: ((cpuSeconds(pid) - before[k].cpu) / load.requests) * 1e6,
             },
           ];
         }),
@@ -140,7 +151,10 @@ async function measure(targets) {
         syscalls,
       });
       const sys = Object.entries(syscalls)
-        .map(([k, v]) => `  ${k} syscalls/req r ${fmt(v.reads, 1)} w ${fmt(v.writes, 1)}`)
+        .map(
+          ([k, v]) =>
+            `  ${k} CPU ${fmt(v.cpuUs, 1)} µs/req syscalls/req r ${fmt(v.reads, 1)} w ${fmt(v.writes, 1)}`,
+        )
         .join('');
       log(
         `  round ${round} ${t.label.padEnd(34)} ${fmt(load.rps, 0).padStart(7)} req/s @${opts.conns}  p50@1 ${fmt(one.p50, 3)} ms  p99@1 ${fmt(one.p99, 3)} ms${load.errors + one.errors ? `  socket errors ${load.errors + one.errors}` : ''}${sys}`,
@@ -156,6 +170,9 @@ async function measure(targets) {
       p99: median(r.map((x) => x.p99)),
       p50c1: median(r.map((x) => x.p50c1)),
       p99c1: median(r.map((x) => x.p99c1)),
+      cpuUs: Object.fromEntries(
+        Object.keys(t.pids ?? {}).map((k) => [k, median(r.map((x) => x.syscalls[k].cpuUs))]),
+      ),
       rounds: r,
     };
   }
@@ -180,7 +197,8 @@ function profileArgs(name) {
     : [];
 }
 
-async function startKelsingra(label, upstreamUrl) {
+/** A server agent; `bin`: another checkout's bin/run.js (built), to compare commits in one run. */
+async function startKelsingra(label, upstreamUrl, { bin = BIN, env = {} } = {}) {
   const controlPort = await freePort();
   const proxyPort = await freePort();
   const proc = await start(
@@ -188,7 +206,7 @@ async function startKelsingra(label, upstreamUrl) {
     NODE,
     [
       ...profileArgs(`server-${label}`),
-      BIN,
+      bin,
       'server',
       '--port',
       String(controlPort),
@@ -202,9 +220,9 @@ async function startKelsingra(label, upstreamUrl) {
       '--max-body-bytes',
       '0',
     ],
-    { ready: /server agent listening/ },
+    { ready: /server agent listening/, env },
   );
-  return { proc, control: `http://127.0.0.1:${controlPort}`, data: `http://127.0.0.1:${proxyPort}` };
+  return { proc, bin, control: `http://127.0.0.1:${controlPort}`, data: `http://127.0.0.1:${proxyPort}` };
 }
 
 /** `kelsingra intercept --detach` as a user would run it; returns the background agent's pid. */
@@ -222,7 +240,7 @@ async function startIntercept(server, localPort, label) {
     env.NODE_OPTIONS = `${process.env.NODE_OPTIONS ?? ''} --cpu-prof --cpu-prof-dir=${opts.profile}`.trim();
   const r = spawnSync(
     NODE,
-    [BIN, 'intercept', 'billing', '--tenant', 't1', '--port', String(localPort), '--detach', '--json'],
+    [server.bin, 'intercept', 'billing', '--tenant', 't1', '--port', String(localPort), '--detach', '--json'],
     {
       cwd: ROOT,
       env,
@@ -234,7 +252,7 @@ async function startIntercept(server, localPort, label) {
   const ready = JSON.parse(r.stdout.slice(r.stdout.indexOf('{')));
   orphanPids.add(ready.agentPid);
   const leave = async () => {
-    spawnSync(NODE, [BIN, 'leave', '--all'], { cwd: ROOT, env, encoding: 'utf8', timeout: 30_000 });
+    spawnSync(NODE, [server.bin, 'leave', '--all'], { cwd: ROOT, env, encoding: 'utf8', timeout: 30_000 });
     const deadline = Date.now() + 10_000;
     while (alive(ready.agentPid) && Date.now() < deadline) await sleep(50);
     await stopPid(ready.agentPid);
@@ -255,6 +273,8 @@ async function startInterceptSetup(label) {
   const ks = await startKelsingra(label, `http://127.0.0.1:${basePort}`);
   return { localPort, ks };
 }
+
+const servedByLocal = (r) => r.status === 200 && r.headers.get('x-served-by') === 'local';
 
 /** Waits until tenant t1's requests reach the local service through `ks`. */
 function waitIntercepted(ks, what, timeoutMs) {
@@ -324,8 +344,10 @@ async function benchIntercept() {
   const agent = await startIntercept(ks, localPort, 'intercept benchmark');
   const headers = VIA('t1');
   await waitIntercepted(ks, 'intercepted route');
+  const ssh = await startSshReverse(WORK, localPort, { check: servedByLocal });
   const res = await measure([
     { key: 'direct', label: 'local service direct', url: `http://127.0.0.1:${localPort}/`, headers },
+    { key: 'ssh', label: 'ssh -R (loopback) → local', url: `${ssh.url}/`, headers, pids: ssh.pids },
     {
       key: 'intercepted',
       label: 'kelsingra data port → tunnel → local',
@@ -337,6 +359,174 @@ async function benchIntercept() {
   res.serverMem = memOf(ks.proc.pid);
   res.agentMem = memOf(agent.pid);
   await agent.leave();
+  await stopAll();
+  return res;
+}
+
+// ---------------------------------------------------------------- gRPC unary
+
+const GRPC_CLIENTS = 5;
+const GRPC_STREAMS = 10;
+
+/**
+ * gRPC unary calls/s with h2load (h2c, prior knowledge): a grpc-js service directly, through
+ * the data port as a base tenant (pass-through), and as an intercepted tenant (tunnel). A
+ * target that does not answer one checked call first is reported as not available, with what
+ * it answered, instead of failing the run.
+ */
+async function benchGrpc() {
+  log(
+    `\n== gRPC unary: h2load -t1 -c${GRPC_CLIENTS} -m${GRPC_STREAMS} (${GRPC_CLIENTS * GRPC_STREAMS} calls in flight), ${opts.duration} s, ${opts.rounds} rounds (median)`,
+  );
+  const localPort = await freePort();
+  const basePort = await freePort();
+  await start('local gRPC service', NODE, [GRPC, 'serve', String(localPort), 'local'], { ready: /ready/ });
+  await start('base gRPC service', NODE, [GRPC, 'serve', String(basePort), 'base'], { ready: /ready/ });
+  const ks = await startKelsingra('grpc', `http://127.0.0.1:${basePort}`);
+  const agent = await startIntercept(ks, localPort, 'gRPC benchmark');
+  const bodyFile = writeRequestBody(WORK);
+  const targets = [
+    {
+      key: 'direct',
+      label: 'local gRPC service direct',
+      url: `http://127.0.0.1:${localPort}`,
+      servedBy: 'local',
+    },
+    {
+      key: 'passthrough',
+      label: 'data port, base tenant (pass-through)',
+      url: ks.data,
+      headers: VIA('t2'),
+      servedBy: 'base',
+      pids: { server: ks.proc.pid },
+    },
+    {
+      key: 'intercepted',
+      label: 'data port → tunnel → local',
+      url: ks.data,
+      headers: VIA('t1'),
+      servedBy: 'local',
+      pids: { server: ks.proc.pid, client: agent.pid },
+    },
+  ];
+  const res = {};
+  const live = [];
+  for (const t of targets) {
+    const check = await checkGrpc(t.url, t.headers ?? {}, t.servedBy);
+    if (check.ok) {
+      live.push(t);
+      res[t.key] = { label: t.label, runs: [] };
+    } else {
+      res[t.key] = { label: t.label, unavailable: check.why };
+      log(`  ${t.label}: not available: ${check.why}`);
+    }
+  }
+  for (let round = 1; round <= opts.rounds; round++) {
+    for (const t of live) {
+      const cpu0 = Object.fromEntries(Object.entries(t.pids ?? {}).map(([k, pid]) => [k, cpuSeconds(pid)]));
+      const r = await h2load(t.url, {
+        clients: GRPC_CLIENTS,
+        streams: GRPC_STREAMS,
+        seconds: opts.duration,
+        warmup: opts.warmup,
+        bodyFile,
+        headers: t.headers,
+      });
+      // Includes the warm-up's calls too: CPU is read around the whole h2load run.
+      const cpuUs = Object.fromEntries(
+        Object.entries(t.pids ?? {}).map(([k, pid]) => [
+          k,
+          ((cpuSeconds(pid) - cpu0[k]) / (r.calls * (1 + opts.warmup / opts.duration))) * 1e6,
+        ]),
+      );
+      res[t.key].runs.push({ rps: r.rps, cpuUs });
+      log(`  round ${round} ${t.label.padEnd(40)} ${fmt(r.rps, 0).padStart(7)} calls/s`);
+    }
+  }
+  for (const t of live) {
+    const runs = res[t.key].runs;
+    res[t.key].rps = median(runs.map((x) => x.rps));
+    res[t.key].cpuUs = Object.fromEntries(
+      Object.keys(t.pids ?? {}).map((k) => [k, median(runs.map((x) => x.cpuUs[k]))]),
+    );
+  }
+  await agent.leave();
+  await stopAll();
+  return res;
+}
+
+// ---------------------------------------------------------------- tunnel protocols side by side
+
+/**
+ * The tunnel protocol chosen by measurement (issue 15): the same local service direct, through
+ * `ssh -R`, through the product's tunnel (this build, and with --old DIR another checkout's),
+ * and through the HTTP/2-over-the-raw-socket prototype (proto/h2raw-*.mjs), in one
+ * interleaved run.
+ */
+async function benchProto() {
+  log(
+    `\n== Tunnel protocols: direct, ssh -R, product, HTTP/2 over the raw socket; wrk -t1 -c${opts.conns} / -c1, ${opts.duration} s, ${opts.rounds} rounds (median)`,
+  );
+  const { localPort, ks } = await startInterceptSetup('proto');
+  const agent = await startIntercept(ks, localPort, 'protocol benchmark');
+  const headers = VIA('t1');
+  await waitIntercepted(ks, 'intercepted route');
+  const ssh = await startSshReverse(WORK, localPort, { check: servedByLocal });
+  const tunnelPort = await freePort();
+  const h2Port = await freePort();
+  const h2s = await start(
+    'h2raw server',
+    NODE,
+    [join(PROTO, 'h2raw-server.mjs'), String(tunnelPort), String(h2Port)],
+    {
+      ready: /ready/,
+    },
+  );
+  const h2c = await start(
+    'h2raw client',
+    NODE,
+    [join(PROTO, 'h2raw-client.mjs'), `http://127.0.0.1:${tunnelPort}`, String(localPort)],
+    {
+      ready: /ready/,
+    },
+  );
+  const h2url = `http://127.0.0.1:${h2Port}/`;
+  await waitHttp(h2url, headers, servedByLocal, 'HTTP/2-over-raw-socket prototype');
+  const targets = [
+    { key: 'direct', label: 'local service direct', url: `http://127.0.0.1:${localPort}/`, headers },
+    { key: 'ssh', label: 'ssh -R (loopback) → local', url: `${ssh.url}/`, headers, pids: ssh.pids },
+    {
+      key: 'intercepted',
+      label: 'kelsingra (this build)',
+      url: `${ks.data}/`,
+      headers,
+      pids: { server: ks.proc.pid, client: agent.pid },
+    },
+    {
+      key: 'h2raw',
+      label: 'prototype: HTTP/2 over raw socket',
+      url: h2url,
+      headers,
+      pids: { server: h2s.pid, client: h2c.pid },
+    },
+  ];
+  let old;
+  if (opts.old) {
+    const bin = join(resolve(opts.old), 'bin', 'run.js');
+    const oks = await startKelsingra('proto-old', `http://127.0.0.1:${localPort}`, { bin });
+    old = await startIntercept(oks, localPort, `--old ${opts.old}`);
+    await waitIntercepted(oks, 'intercepted route (--old)');
+    targets.push({
+      key: 'old',
+      label: `kelsingra ${basename(resolve(opts.old))} (--old)`,
+      url: `${oks.data}/`,
+      headers,
+      pids: { server: oks.proc.pid, client: old.pid },
+    });
+  }
+  const res = await measure(targets);
+  await agent.leave();
+  if (old) await old.leave();
   await stopAll();
   return res;
 }
@@ -435,6 +625,98 @@ async function benchTransfer() {
   return res;
 }
 
+// ---------------------------------------------------------------- memory kept per request
+
+/**
+ * wrk as tenant t1 for about `n` requests at the rate `rps` measured just before (wrk stops on
+ * time, not on a count; the figures divide by the requests it reports).
+ */
+function wrkRequests(ks, n, rps) {
+  const seconds = Math.min(300, Math.max(3, Math.ceil(n / rps)));
+  return wrk(`${ks.data}/`, { conns: 20, seconds, headers: VIA('t1') });
+}
+
+/** Each agent opens an inspector on a port of its choosing and names it on stderr. */
+const INSPECT = { NODE_OPTIONS: '--inspect=127.0.0.1:0' };
+
+/** The inspector a process announced last (bin/run.js re-executes itself: the first one is gone). */
+function inspectorUrl(output) {
+  return [...output.matchAll(/Debugger listening on (ws:\/\/\S+)/g)].at(-1)?.[1];
+}
+
+/** Live heap of the process behind inspector `url` after a full collection, in bytes. */
+async function heapAfterGc(url) {
+  const ws = new WebSocket(url);
+  await new Promise((res, rej) => {
+    ws.addEventListener('open', res, { once: true });
+    ws.addEventListener('error', () => rej(new Error(`inspector ${url} refused`)), { once: true });
+  });
+  let nextId = 1;
+  const call = (method) =>
+    new Promise((res, rej) => {
+      const id = nextId++;
+      const onMessage = (ev) => {
+        const m = JSON.parse(String(ev.data));
+        if (m.id !== id) return;
+        ws.removeEventListener('message', onMessage);
+        m.result ? res(m.result) : rej(new Error(`${method} failed: ${ev.data}`));
+      };
+      ws.addEventListener('message', onMessage);
+      ws.send(JSON.stringify({ id, method }));
+    });
+  try {
+    await call('HeapProfiler.collectGarbage');
+    return (await call('Runtime.getHeapUsage')).usedSize;
+  } finally {
+    ws.close();
+  }
+}
+
+/**
+ * What each agent keeps per intercepted request: the live heap after a full collection (through
+ * each agent's inspector) and RSS (VmRSS), of the server agent and of a foreground intercept
+ * (the client agent), after a warm-up and again after `--requests` more.
+ */
+async function benchRetained() {
+  const warmupRequests = Math.max(10_000, Math.round(opts.requests / 5));
+  log(
+    `\n== Memory kept per request: ${warmupRequests} intercepted requests of warm-up, then ${opts.requests} more (wrk -t1 -c20)`,
+  );
+  const localPort = await freePort();
+  const basePort = await freePort();
+  await start('local service', NODE, [SERVICES, 'service', String(localPort), 'local'], { ready: /ready/ });
+  await start('base service', NODE, [SERVICES, 'service', String(basePort), 'base'], { ready: /ready/ });
+  const ks = await startKelsingra('retained', `http://127.0.0.1:${basePort}`, { env: INSPECT });
+  const fg = await startForeground(ks, localPort, 'json', INSPECT);
+  const agents = [
+    { what: 'server agent', pid: ks.proc.pid, inspector: inspectorUrl(ks.proc.output()) },
+    { what: 'client agent', pid: fg.pid, inspector: inspectorUrl(fg.output()) },
+  ];
+  for (const a of agents) if (!a.inspector) throw new Error(`${a.what} announced no inspector`);
+  const sample = async () =>
+    Promise.all(
+      agents.map(async (a) => ({ heap: await heapAfterGc(a.inspector), rss: memOf(a.pid).rssMiB * 2 ** 20 })),
+    );
+  const rate = await wrk(`${ks.data}/`, { conns: 20, seconds: 3, headers: VIA('t1') });
+  await wrkRequests(ks, warmupRequests, rate.rps);
+  const before = await sample();
+  const load = await wrkRequests(ks, opts.requests, rate.rps);
+  const after = await sample();
+  const figures = agents.flatMap((a, i) => [
+    { what: `${a.what} heap after a full GC`, before: before[i].heap, after: after[i].heap, goal: true },
+    { what: `${a.what} RSS`, before: before[i].rss, after: after[i].rss },
+  ]);
+  for (const f of figures) {
+    f.perRequest = (f.after - f.before) / load.requests;
+    log(
+      `  ${f.what}: ${fmt(f.before / 2 ** 20, 1)} → ${fmt(f.after / 2 ** 20, 1)} MiB, ${fmt(f.perRequest, 0)} B/request`,
+    );
+  }
+  await fg.leave();
+  await stopAll();
+  return { requests: load.requests, warmupRequests, rps: load.rps, figures };
+}
+
 // ---------------------------------------------------------------- 4. live view
 
 /** CPU seconds (user + system) a process has used so far, from /proc/<pid>/stat. */
@@ -448,9 +730,10 @@ function cpuSeconds(pid) {
  * (tmux), or with --json into /dev/null. Resolves once the route is live, with the CLI's pid
  * and a function that leaves (q in the terminal, SIGINT otherwise).
  */
-async function startForeground(server, localPort, mode) {
+async function startForeground(server, localPort, mode, extraEnv = {}) {
   const configDir = mkdtempSync(join(WORK, 'client-'));
   const env = {
+    ...extraEnv,
     KELSINGRA_SERVER: server.control,
     KELSINGRA_TOKEN: TOKEN,
     KELSINGRA_CONFIG_DIR: configDir,
@@ -459,6 +742,7 @@ async function startForeground(server, localPort, mode) {
   const args = [BIN, 'intercept', 'billing', '--tenant', 't1', '--port', String(localPort)];
   let leave;
   let pid;
+  let output;
   if (mode === 'live') {
     const socket = `kelsingra-bench-${process.pid}`;
     const envArgs = Object.entries({ ...env, CI: '0', TERM: 'xterm-256color' }).map(([k, v]) => `${k}=${v}`);
@@ -486,6 +770,7 @@ async function startForeground(server, localPort, mode) {
     orphanPids.add(pid);
   } else {
     const proc = await start('intercept --json', NODE, [...args, '--json'], { env });
+    output = proc.output;
     // stdout is read and dropped here: the same as `> /dev/null`, without a shell in between.
     pid = proc.pid;
     leave = async () => {
@@ -494,7 +779,7 @@ async function startForeground(server, localPort, mode) {
     };
   }
   await waitIntercepted(server, `intercepted route (${mode})`, 30_000);
-  return { pid, leave };
+  return { pid, leave, output: () => output?.() ?? '' };
 }
 
 async function benchLiveView() {
@@ -663,6 +948,35 @@ async function benchTrickle() {
 
 // ---------------------------------------------------------------- report
 
+/** One row per tunnel target: req/s and its ratio to direct, latency, CPU per request on each side. */
+function tunnelTable(res, keys) {
+  const d = res.direct;
+  return table([
+    [
+      'Target',
+      `req/s @${opts.conns} conns`,
+      '÷ direct',
+      `p99 @${opts.conns} (ms)`,
+      'p50 @1 conn (ms)',
+      'p50 added (ms)',
+      'server side CPU/req (µs)',
+      'client side CPU/req (µs)',
+    ],
+    ...keys
+      .filter((k) => res[k])
+      .map((k) => [
+        res[k].label,
+        fmt(res[k].rps, 0),
+        fmt(res[k].rps / d.rps, 2),
+        fmt(res[k].p99, 2),
+        fmt(res[k].p50c1, 3),
+        k === 'direct' ? '—' : fmt(res[k].p50c1 - d.p50c1, 3),
+        k === 'direct' ? '—' : fmt(res[k].cpuUs.server, 1),
+        k === 'direct' ? '—' : fmt(res[k].cpuUs.client, 1),
+      ]),
+  ]);
+}
+
 const ok = (pass) => (pass ? 'met' : 'MISSED');
 
 function report(results) {
@@ -698,19 +1012,66 @@ function report(results) {
   const i = results.intercept;
   if (i) {
     log(`\nIntercepted (wrk -t1, medians of ${opts.rounds}):`);
+    log(tunnelTable(i, ['direct', 'ssh', 'intercepted']));
+    const ratio = i.intercepted.rps / i.direct.rps;
+    const vsSsh = i.intercepted.rps / i.ssh.rps;
+    const added = i.intercepted.p50c1 - i.direct.p50c1;
+    rows.push(['2. ssh -R req/s / direct (baseline)', fmt(i.ssh.rps / i.direct.rps, 2), '—', '—']);
+    rows.push(['2. intercepted req/s / direct', fmt(ratio, 2), '≥ 0.35', ok(ratio >= 0.35)]);
+    rows.push(['2. intercepted req/s / ssh -R', fmt(vsSsh, 2), '≥ 0.80', ok(vsSsh >= 0.8)]);
+    rows.push(['2. intercepted p50 added at 1 connection (ms)', fmt(added, 3), '≤ 0.250', ok(added <= 0.25)]);
+  }
+  const g = results.grpc;
+  if (g) {
+    log(`\ngRPC unary (h2load -t1 -c${GRPC_CLIENTS} -m${GRPC_STREAMS}, medians of ${opts.rounds}):`);
+    const d = g.direct.rps;
     log(
       table([
-        ['Target', `req/s @${opts.conns} conns`, `p99 @${opts.conns} (ms)`, 'p50 @1 conn (ms)'],
-        ...['direct', 'intercepted'].map((k) => [
-          i[k].label,
-          fmt(i[k].rps, 0),
-          fmt(i[k].p99, 2),
-          fmt(i[k].p50c1, 3),
-        ]),
+        ['Target', 'calls/s', '÷ direct', 'server agent CPU/call (µs)', 'client agent CPU/call (µs)'],
+        ...['direct', 'passthrough', 'intercepted'].map((k) =>
+          g[k].unavailable
+            ? [g[k].label, `not available: ${g[k].unavailable}`, '—', '—', '—']
+            : [
+                g[k].label,
+                fmt(g[k].rps, 0),
+                fmt(g[k].rps / d, 2),
+                g[k].cpuUs.server === undefined ? '—' : fmt(g[k].cpuUs.server, 1),
+                g[k].cpuUs.client === undefined ? '—' : fmt(g[k].cpuUs.client, 1),
+              ],
+        ),
       ]),
     );
-    const ratio = i.intercepted.rps / i.direct.rps;
-    rows.push(['2. intercepted req/s / direct', fmt(ratio, 2), '≥ 0.35', ok(ratio >= 0.35)]);
+    for (const [k, what] of [
+      ['passthrough', 'pass-through'],
+      ['intercepted', 'intercepted'],
+    ]) {
+      const ratio = g[k].rps / d;
+      rows.push([
+        `G. gRPC unary ${what} calls/s / direct`,
+        g[k].unavailable ? 'not available' : fmt(ratio, 2),
+        k === 'intercepted' ? '≥ 0.35' : '—',
+        g[k].unavailable ? 'MISSED' : k === 'intercepted' ? ok(ratio >= 0.35) : '—',
+      ]);
+    }
+  }
+  const pr = results.proto;
+  if (pr) {
+    log(`\nTunnel protocols (wrk -t1, medians of ${opts.rounds}):`);
+    log(tunnelTable(pr, ['direct', 'ssh', 'intercepted', 'h2raw', 'old']));
+    for (const k of ['intercepted', 'h2raw', 'old'].filter((x) => pr[x])) {
+      rows.push([
+        `P. ${pr[k].label} req/s / direct`,
+        fmt(pr[k].rps / pr.direct.rps, 2),
+        '≥ 0.35',
+        ok(pr[k].rps / pr.direct.rps >= 0.35),
+      ]);
+      rows.push([
+        `P. ${pr[k].label} req/s / ssh -R`,
+        fmt(pr[k].rps / pr.ssh.rps, 2),
+        '≥ 0.80',
+        ok(pr[k].rps / pr.ssh.rps >= 0.8),
+      ]);
+    }
   }
   const t = results.transfer;
   if (t) {
@@ -742,25 +1103,52 @@ function report(results) {
         ],
       ]),
     );
-    rows.push([`3. upload ${gib} GiB (MB/s)`, fmt(t.upload.mbps, 0), '≥ 200', ok(t.upload.mbps >= 200)]);
-    rows.push([
-      `3. download ${gib} GiB (MB/s)`,
-      fmt(t.download.mbps, 0),
-      '≥ 200',
-      ok(t.download.mbps >= 200),
-    ]);
-    rows.push([
-      '3. server agent peak RSS (MiB)',
-      fmt(t.afterDownload.server.hwmMiB, 0),
-      '≤ 150 MB',
-      ok(t.afterDownload.server.hwmMiB * 1.048576 <= 150),
-    ]);
-    rows.push([
-      '3. client agent peak RSS (MiB)',
-      fmt(t.afterDownload.agent.hwmMiB, 0),
-      '≤ 150 MB',
-      ok(t.afterDownload.agent.hwmMiB * 1.048576 <= 150),
-    ]);
+    for (const [dir, r] of [
+      ['upload', t.upload],
+      ['download', t.download],
+    ])
+      rows.push([
+        `3. ${dir} ${gib} GiB through the tunnel (MB/s)`,
+        fmt(r.mbps, 0),
+        '≥ 300',
+        ok(r.mbps >= 300),
+      ]);
+    for (const [who, k] of [
+      ['server', 'server'],
+      ['client', 'agent'],
+    ]) {
+      const peak = Math.max(t.afterUpload[k].hwmMiB, t.afterDownload[k].hwmMiB);
+      rows.push([
+        `3. ${who} agent peak RSS over both transfers (MiB)`,
+        fmt(peak, 0),
+        '≤ 150 MiB',
+        ok(peak <= 150),
+      ]);
+    }
+  }
+  const rt = results.retained;
+  if (rt) {
+    log(
+      `\nBytes retained per intercepted request (${rt.requests} requests after ${rt.warmupRequests} of warm-up, wrk -t1 -c20):`,
+    );
+    log(
+      table([
+        ['Agent', 'after warm-up', 'at the end', 'bytes per request'],
+        ...rt.figures.map((f) => [
+          f.what,
+          `${fmt(f.before / 2 ** 20, 1)} MiB`,
+          `${fmt(f.after / 2 ** 20, 1)} MiB`,
+          fmt(f.perRequest, 0),
+        ]),
+      ]),
+    );
+    for (const f of rt.figures.filter((x) => x.goal))
+      rows.push([
+        `R. ${f.what}: bytes retained per request`,
+        fmt(f.perRequest, 0),
+        '≈ 0 (≤ 200)',
+        ok(f.perRequest <= 200),
+      ]);
   }
   const v = results.liveview;
   if (v) {
@@ -811,6 +1199,8 @@ function report(results) {
 // ---------------------------------------------------------------- main
 
 ensureTools(['wrk', 'nginx', 'tmux']);
+if (benches.some((b) => ['intercept', 'proto'].includes(b))) requireSsh();
+if (benches.includes('grpc')) requireH2load();
 const results = { opts, ...machineInfo() };
 let exitCode = 0;
 try {
@@ -819,7 +1209,10 @@ try {
   );
   if (benches.includes('passthrough')) results.passthrough = await benchPassthrough();
   if (benches.includes('intercept')) results.intercept = await benchIntercept();
+  if (benches.includes('grpc')) results.grpc = await benchGrpc();
   if (benches.includes('transfer')) results.transfer = await benchTransfer();
+  if (benches.includes('retained')) results.retained = await benchRetained();
+  if (benches.includes('proto')) results.proto = await benchProto();
   if (benches.includes('liveview')) results.liveview = await benchLiveView();
   if (benches.includes('trickle')) results.trickle = await benchTrickle();
   report(results);
