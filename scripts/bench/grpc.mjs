@@ -11,7 +11,7 @@ import { spawn } from 'node:child_process';
 import { writeFileSync } from 'node:fs';
 import net from 'node:net';
 import { join } from 'node:path';
-import { children, which } from './lib.mjs';
+import { children } from './lib.mjs';
 
 const PROTO_FILE = join(import.meta.dirname, 'echo.proto');
 export const GRPC_PATH = '/bench.Echo/Say';
@@ -22,13 +22,6 @@ async function loadEcho() {
   const loader = await import('@grpc/proto-loader');
   const def = loader.loadSync(PROTO_FILE, { keepCase: true });
   return { grpc, Echo: grpc.loadPackageDefinition(def).bench.Echo };
-}
-
-/** Exits 2 with the package to install if h2load is missing. */
-export function requireH2load() {
-  if (which('h2load')) return;
-  console.error('the gRPC benchmark needs h2load: install it (Debian: apt-get install nghttp2-client)');
-  process.exit(2);
 }
 
 /** The request body h2load sends: one gRPC message (5-byte prefix + protobuf `Msg{text}`). */

@@ -181,16 +181,25 @@ export function which(cmd) {
  * Installs missing command-line tools with apt-get when running as root on Debian. With
  * `required`, exits (2) if any is still missing; otherwise returns the ones still missing.
  */
+/** Debian packages of the tools whose package is named otherwise. */
+const PACKAGES = {
+  sshd: 'openssh-server',
+  ssh: 'openssh-client',
+  'ssh-keygen': 'openssh-client',
+  h2load: 'nghttp2-client',
+};
+
 export function ensureTools(tools, { required = true } = {}) {
   const missing = tools.filter((t) => !which(t) && !existsSync(`/usr/sbin/${t}`));
   if (missing.length === 0) return [];
+  const packages = [...new Set(missing.map((t) => PACKAGES[t] ?? t))];
   if (process.getuid?.() === 0 && which('apt-get')) {
-    log(`installing ${missing.join(', ')} (apt-get)…`);
+    log(`installing ${packages.join(', ')} (apt-get)…`);
     const r = spawnSync(
       'sh',
       [
         '-c',
-        `apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq ${missing.join(' ')}`,
+        `apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq ${packages.join(' ')}`,
       ],
       { stdio: 'inherit' },
     );
@@ -198,7 +207,7 @@ export function ensureTools(tools, { required = true } = {}) {
   }
   if (!required) return missing;
   console.error(
-    `missing ${missing.join(', ')}: install them (Debian: apt-get install -y ${tools.join(' ')})`,
+    `missing ${missing.join(', ')}: install them (Debian: apt-get install -y ${packages.join(' ')})`,
   );
   process.exit(2);
 }

@@ -24,7 +24,7 @@ import http from 'node:http';
 import net from 'node:net';
 import os from 'node:os';
 import { basename, join, resolve } from 'node:path';
-import { checkGrpc, h2load, requireH2load, writeRequestBody } from './grpc.mjs';
+import { checkGrpc, h2load, writeRequestBody } from './grpc.mjs';
 import {
   alive,
   cleanupAndExit,
@@ -54,7 +54,7 @@ import {
   waitHttp,
   wrk,
 } from './lib.mjs';
-import { requireSsh, startSshReverse } from './ssh.mjs';
+import { startSshReverse } from './ssh.mjs';
 
 const BIN = join(ROOT, 'bin', 'run.js');
 const SERVICES = join(import.meta.dirname, 'services.mjs');
@@ -1199,8 +1199,9 @@ function report(results) {
 // ---------------------------------------------------------------- main
 
 ensureTools(['wrk', 'nginx', 'tmux']);
-if (benches.some((b) => ['intercept', 'proto'].includes(b))) requireSsh();
-if (benches.includes('grpc')) requireH2load();
+// Installed as the other tools are (root with apt-get), else named with their package.
+if (benches.some((b) => ['intercept', 'proto'].includes(b))) ensureTools(['sshd', 'ssh', 'ssh-keygen']);
+if (benches.includes('grpc')) ensureTools(['h2load']);
 const results = { opts, ...machineInfo() };
 let exitCode = 0;
 try {

@@ -4,8 +4,7 @@
  * forwarding a port on the sshd side to a local service. It is what a developer without
  * Kelsingra would reach for, and the tunnel's speed goals are stated against it.
  *
- * Nothing is installed: if sshd, ssh or ssh-keygen is missing, this says which package to
- * install and the benchmark stops.
+ * run.mjs installs sshd, ssh and ssh-keygen (openssh-server, openssh-client) as it installs wrk.
  */
 import { spawnSync } from 'node:child_process';
 import {
@@ -22,19 +21,6 @@ import { join } from 'node:path';
 import { freePort, log, onCleanup, start, waitHttp, which } from './lib.mjs';
 
 const SSHD = ['/usr/sbin/sshd', '/usr/local/sbin/sshd'].find((p) => existsSync(p)) ?? which('sshd');
-
-/** Exits 2 with the package to install if the ssh tools are not there. */
-export function requireSsh() {
-  const missing = [];
-  if (!SSHD) missing.push('sshd (Debian: apt-get install openssh-server)');
-  if (!which('ssh')) missing.push('ssh (Debian: apt-get install openssh-client)');
-  if (!which('ssh-keygen')) missing.push('ssh-keygen (Debian: apt-get install openssh-client)');
-  if (missing.length === 0) return;
-  console.error(
-    `the ssh -R baseline needs ${missing.join(', ')}; install it, or leave out the benchmarks that compare with ssh -R`,
-  );
-  process.exit(2);
-}
 
 function keygen(file) {
   const r = spawnSync('ssh-keygen', ['-q', '-t', 'ed25519', '-N', '', '-C', 'kelsingra-bench', '-f', file], {
