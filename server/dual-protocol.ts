@@ -116,6 +116,9 @@ export function serveHttp2(
       socket.destroy();
     };
     socket.once('error', failed);
+    // The peer ended before its first bytes said which protocol ("P", then nothing): neither
+    // server could read a request from it, and this end would otherwise wait for the timeout.
+    socket.once('end', failed);
     socket.once('close', () => pending.delete(socket));
     let seen: Buffer | undefined;
     const onData = (chunk: Buffer) => {
@@ -126,6 +129,7 @@ export function serveHttp2(
       if (preface && n < PREFACE.length) return;
       socket.removeListener('data', onData);
       socket.removeListener('error', failed);
+      socket.removeListener('end', failed);
       pending.delete(socket);
       if (timed) socket.setTimeout(0);
       socket.pause();
