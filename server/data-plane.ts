@@ -227,6 +227,11 @@ function inboundOf(req: InboundRequest): Inbound {
   return inbound;
 }
 
+/** The relay header a request carries to the peer holding the tunnel (read by relayedIntercept). */
+function relayHeaderOf(d: { peer: Peer; intercept: Intercept }): string {
+  return `${d.peer.secret} ${d.intercept.id} ${d.intercept.epoch}`;
+}
+
 /** What a peer's relay header says: the intercept, and the epoch of the peer's copy of it when it relayed. */
 export interface Relayed {
   id: string;
@@ -398,7 +403,7 @@ export function createDataPlane(deps: DataPlaneDeps): DataPlane {
     url: string,
     d: Extract<Decision, { kind: 'relay' }>,
   ) => {
-    d.headers.push(RELAY_HEADER, `${d.peer.secret} ${d.intercept.id} ${d.intercept.epoch}`);
+    d.headers.push(RELAY_HEADER, relayHeaderOf(d));
     passThrough.forward(
       req,
       res,
@@ -573,7 +578,7 @@ export function createDataPlane(deps: DataPlaneDeps): DataPlane {
       );
     else if (d.kind === 'relay') {
       // The replica holding the tunnel takes the upgrade as it takes any relayed request.
-      d.headers.push(RELAY_HEADER, `${d.peer.secret} ${d.intercept.id} ${d.intercept.epoch}`);
+      d.headers.push(RELAY_HEADER, relayHeaderOf(d));
       const peer = new URL(d.peer.url);
       const service = { ...d.route.service, name: `replica:${d.peer.id}`, upstream: peer, upstreams: [peer] };
       relayUpgrade(
