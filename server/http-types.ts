@@ -23,18 +23,7 @@ export function hasRequestBody(req: InboundRequest): boolean {
   return req.headers['content-length'] !== undefined || req.headers['transfer-encoding'] !== undefined;
 }
 
-/** Header fields of an HTTP/2 header block without its pseudo-headers (`:status`, `:path`…). */
-export function withoutPseudo(
-  headers: Record<string, string | string[] | number | undefined>,
-): Record<string, string | string[]> {
-  const out: Record<string, string | string[]> = {};
-  for (const name in headers) {
-    if (name.charCodeAt(0) === 58 /* ':' */) continue;
-    const value = headers[name];
-    if (value !== undefined) out[name] = typeof value === 'number' ? String(value) : value;
-  }
-  return out;
-}
+export { withoutPseudo } from '../src/http-headers.js';
 
 /**
  * `res.writeHead(status, headers)` for either kind of response: TypeScript cannot call a method

@@ -2,7 +2,7 @@
  * Sends one data-plane request through a developer's tunnel as a stream and relays the
  * response, trailers included. Either side hanging up cancels the other.
  */
-import { maskSecretQuery, rawToObject } from '../src/http-headers.js';
+import { lowerCaseNames, maskSecretQuery, rawToObject } from '../src/http-headers.js';
 import type { TunnelStream } from '../src/tunnel-mux.js';
 import { drainInto, pumpInto } from '../src/tunnel-mux.js';
 import { answerBodyError, type BodyLimits, limitedBody } from './body-limit.js';
@@ -78,7 +78,7 @@ export function refuseOverStreamLimit(tunnel: ClientTunnel, intercept: Intercept
   return true;
 }
 
-/** The header list without Host (sent as the authority) and without HTTP/2 pseudo-headers. */
+/** The header list without Host, which goes as the authority (the data plane already took out HTTP/2's pseudo-headers). */
 export function tunnelHeaders(
   headers: string[],
   fallbackHost: string,
@@ -88,7 +88,7 @@ export function tunnelHeaders(
   for (let i = 0; i < headers.length; i += 2) {
     const name = headers[i] as string;
     if (name === 'host') authority ||= headers[i + 1] as string;
-    else if (name.charCodeAt(0) !== 58 /* ':' */) list.push(name, headers[i + 1] as string);
+    else list.push(name, headers[i + 1] as string);
   }
   return { list, authority: authority || fallbackHost };
 }
@@ -96,7 +96,7 @@ export function tunnelHeaders(
 /** A request's trailers as a flat list (HTTP/1 chunked or HTTP/2), if it had any. */
 function trailersOf(req: InboundRequest): string[] | undefined {
   const raw = req.rawTrailers;
-  return raw && raw.length > 0 ? raw.map((v, i) => (i % 2 === 0 ? v.toLowerCase() : v)) : undefined;
+  return raw && raw.length > 0 ? lowerCaseNames(raw) : undefined;
 }
 
 export function forwardThroughTunnel(
@@ -115,8 +115,7 @@ export function forwardThroughTunnel(
   const startedAt = Date.now();
   const t0 = performance.now();
   let bytesOut = 0;
-  const out = res;
-  const fail: Refuse = (...refusal) => sendError(out, ...refusal);
+  const fail: Refuse = (...refusal) => sendError(res, ...refusal);
   if (refuseOverStreamLimit(tunnel, intercept, fail)) return;
 
   const http2 = isHttp2(req);
@@ -172,32 +171,32 @@ export function forwardThroughTunnel(
     clearTimeout(idle);
     idle = setTimeout(() => {
       stream.reset('cancel', 'the response body stalled');
-      cutResponse(out);
+      cutResponse(res);
     }, BODY_IDLE_MS);
     // The caller gets the id Kelsingra logged, whatever the local service answered.
-    const responseHeaders = withRequestId(out, rawToObject(head.headers));
+    const responseHeaders = withRequestId(res, rawToObject(head.headers));
     if (http2 && !head.body) {
       // Headers set this way and no writeHead: Node sends them with END_STREAM, which is what
       // gRPC calls a trailers-only answer; after writeHead a client would wait for trailers.
-      out.statusCode = head.status;
-      for (const [n, v] of Object.entries(responseHeaders)) if (v !== undefined) out.setHeader(n, v);
+      res.statusCode = head.status;
+      for (const [n, v] of Object.entries(responseHeaders)) if (v !== undefined) res.setHeader(n, v);
       return;
     }
-    writeHead(out, head.status, responseHeaders);
-    drainInto(stream, out, (chunk) => {
+    writeHead(res, head.status, responseHeaders);
+    drainInto(stream, res, (chunk) => {
       bytesOut += chunk.length;
       idle.refresh();
     });
   };
   stream.onEnd = (trailers) => {
-    if (trailers) out.addTrailers(rawToObject(trailers) as Record<string, string>);
-    out.end();
+    if (trailers) res.addTrailers(rawToObject(trailers) as Record<string, string>);
+    res.end();
   };
   stream.onReset = (reason) => {
     clearTimeout(idle);
     // A reset mid-body cuts the caller's connection (or HTTP/2 stream): a truncated body must not look whole.
-    if (out.headersSent) {
-      cutResponse(out);
+    if (res.headersSent) {
+      cutResponse(res);
       return;
     }
     if (tunnel.missedHeartbeat) {
@@ -227,19 +226,19 @@ export function forwardThroughTunnel(
       // Past a limit the local service sees the stream reset, never a body that looks whole.
       body.once('error', (err) => {
         stream.reset('cancel', err.message);
-        answerBodyError(req, out, err);
+        answerBodyError(req, res, err);
       });
       req.pipe(body);
       pumpInto(body, stream, () => trailersOf(req), onUpload);
     } else pumpInto(req, stream, () => trailersOf(req), onUpload);
   }
-  out.on('close', () => {
-    const complete = responseComplete(out);
+  res.on('close', () => {
+    const complete = responseComplete(res);
     // Also an upload still going after the response ended: the local service has answered it.
     if (!stream.closed) stream.reset('cancel', complete ? undefined : 'the caller went away');
     publish(
       tunnelRecord(intercept, requestId, req.method, path, startedAt, t0, {
-        status: out.statusCode,
+        status: res.statusCode,
         bytesOut,
         error: complete ? undefined : 'connection closed before the response ended',
       }),

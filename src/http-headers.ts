@@ -107,6 +107,24 @@ export function rawToObject(raw: string[]): OutgoingHttpHeaders {
   return out;
 }
 
+/** Header fields of an HTTP/2 header block without its pseudo-headers (`:status`, `:path`…). */
+export function withoutPseudo(
+  headers: Record<string, string | string[] | number | undefined>,
+): Record<string, string | string[]> {
+  const out: Record<string, string | string[]> = {};
+  for (const name in headers) {
+    if (name.charCodeAt(0) === 58 /* ':' */) continue;
+    const value = headers[name];
+    if (value !== undefined) out[name] = typeof value === 'number' ? String(value) : value;
+  }
+  return out;
+}
+
+/** Node's rawHeaders/rawTrailers (names as sent) with names in lowercase, as the tunnel carries them. */
+export function lowerCaseNames(raw: readonly string[]): string[] {
+  return raw.map((v, i) => (i % 2 === 0 ? v.toLowerCase() : v));
+}
+
 /** Header object → flat list `[name, value…]`; an array value becomes repeated lines. */
 export function objectToRaw(headers: Record<string, unknown>): string[] {
   const out: string[] = [];

@@ -5,7 +5,7 @@
  * and the response streams back, trailers included. Reports each request as an event.
  */
 import http from 'node:http';
-import http2, { type ClientHttp2Session, type IncomingHttpHeaders } from 'node:http2';
+import http2, { type ClientHttp2Session } from 'node:http2';
 import { PassThrough } from 'node:stream';
 import { type Dispatcher, Pool } from 'undici';
 import type { HttpStartEvent, RequestEvent, WebSocketEvent } from './events.js';
@@ -14,10 +14,12 @@ import { Http2Sessions, track } from './h2-sessions.js';
 import { AMBIGUOUS_HEADER, ambiguityRefusal, HeaderGuard, HTTP_GUARDED } from './header-twins.js';
 import {
   forwardableResponseHeaders,
+  lowerCaseNames,
   maskSecretHeaders,
   maskSecretQuery,
   objectToRaw,
   rawToObject,
+  withoutPseudo,
 } from './http-headers.js';
 import { LocalUpgrade } from './local-upgrade.js';
 import { ERROR_HEADER, INTERCEPT_HEADER } from './protocol.js';
@@ -449,13 +451,7 @@ function pumpResponse(
   stream.onDrain = () => res.resume();
   res.once('end', () => {
     const raw = trailers();
-    stream.end(raw.length > 0 ? raw.map((v, i) => (i % 2 === 0 ? v.toLowerCase() : v)) : undefined);
+    stream.end(raw.length > 0 ? lowerCaseNames(raw) : undefined);
   });
   res.once('error', (err) => stream.reset('error', err.message));
-}
-
-function withoutPseudo(headers: IncomingHttpHeaders): Headers {
-  const out: Headers = {};
-  for (const name in headers) if (name.charCodeAt(0) !== 58 /* ':' */) out[name] = headers[name];
-  return out;
 }

@@ -8,7 +8,7 @@
 import http from 'node:http';
 import type { Socket } from 'node:net';
 import type { WebSocketEvent } from './events.js';
-import { forwardableResponseHeaders, objectToRaw } from './http-headers.js';
+import { forwardableResponseHeaders, lowerCaseNames, objectToRaw } from './http-headers.js';
 import { drainInto, type TunnelStream } from './tunnel-mux.js';
 import type { OpenHead } from './tunnel-wire.js';
 import { closeFrame, isWebSocketUpgrade, WebSocketFrameTracker } from './ws-frames.js';
@@ -146,7 +146,7 @@ export class LocalUpgrade {
       // Connection and Upgrade are hop-by-hop, yet exactly what the 101 must carry.
       stream.respond({
         status: 101,
-        headers: res.rawHeaders.map((v, i) => (i % 2 === 0 ? v.toLowerCase() : v)),
+        headers: lowerCaseNames(res.rawHeaders),
         body: true,
       });
       const fromCaller = this.websocket ? new WebSocketFrameTracker() : undefined;
