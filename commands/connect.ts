@@ -1,10 +1,10 @@
 import { resolve } from 'node:path';
 import { Flags } from '@oclif/core';
-import { ApiClient } from '../src/api-client.js';
 import { BaseCommand } from '../src/cli/base-command.js';
-import { ExitCode, KelsingraError } from '../src/errors.js';
-import { loadSettings, normaliseServerUrl, saveSettings } from '../src/settings.js';
-import { principalLine } from '../src/token-summary.js';
+import { principalLine } from '../src/cli/token-summary.js';
+import { ApiClient } from '../src/client/api/api-client.js';
+import { loadSettings, normaliseServerUrl, saveSettings } from '../src/client/api/settings.js';
+import { ExitCode, KelsingraError } from '../src/shared/errors.js';
 
 export default class Connect extends BaseCommand {
   static override summary = 'Save the server agent URL and token, after checking that they work.';

@@ -1,11 +1,11 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import { Flags } from '@oclif/core';
 import { BaseCommand } from '../src/cli/base-command.js';
-import { DashboardModel, formatDashboardTable } from '../src/dashboard-model.js';
-import { ExitCode, KelsingraError } from '../src/errors.js';
-import type { RequestRecord } from '../src/protocol.js';
-import { type EventQuery, followEvents } from '../src/server-events.js';
-import { type ClientSettings, loadSettings } from '../src/settings.js';
+import { type EventQuery, followEvents } from '../src/client/api/server-events.js';
+import { type ClientSettings, loadSettings } from '../src/client/api/settings.js';
+import { DashboardModel, formatDashboardTable } from '../src/client/dashboard/dashboard-model.js';
+import { ExitCode, KelsingraError } from '../src/shared/errors.js';
+import type { RequestRecord } from '../src/shared/protocol.js';
 
 /** First retry after a broken stream; doubles up to the maximum. */
 const RETRY_MS = 500;

@@ -1,5 +1,5 @@
 import { BaseCommand } from '../src/cli/base-command.js';
-import { ExitCode, KelsingraError } from '../src/errors.js';
+import { ExitCode, KelsingraError } from '../src/shared/errors.js';
 
 export default class Demo extends BaseCommand {
   static override summary =
@@ -13,7 +13,7 @@ export default class Demo extends BaseCommand {
 
   async run(): Promise<void> {
     const { flags } = await this.parse(Demo);
-    const { runDemo } = await import('../src/demo.js');
+    const { runDemo } = await import('../src/demo/demo.js');
     const summary = flags.json
       ? await runDemo(() => undefined, 'silent')
       : await runDemo((line) => this.log(line));

@@ -1,8 +1,8 @@
 import { Flags } from '@oclif/core';
 import { BaseCommand } from '../src/cli/base-command.js';
 import { routingKeyFlags, routingKeyFrom } from '../src/cli/routing-key.js';
-import { runGateway } from '../src/gateway-runner.js';
-import { loadSettings } from '../src/settings.js';
+import { loadSettings } from '../src/client/api/settings.js';
+import { runGateway } from '../src/client/gateway/gateway-runner.js';
 
 export default class Gateway extends BaseCommand {
   static override summary = 'Call the dev environment from this machine as one tenant, without an intercept.';

@@ -2,12 +2,12 @@ import { fileURLToPath } from 'node:url';
 import { Args, Flags } from '@oclif/core';
 import { BaseCommand } from '../src/cli/base-command.js';
 import { routingKeyFlags, routingKeyFrom } from '../src/cli/routing-key.js';
-import { type AgentMessage, agentLogFile, startDetachedAgent } from '../src/detach.js';
-import { ExitCode, KelsingraError } from '../src/errors.js';
-import { type RunOptions, runIntercept } from '../src/intercept-runner.js';
-import type { InterceptRequest } from '../src/intercept-session.js';
-import { kafkaFlags, parseKafkaOptions } from '../src/kafka-options.js';
-import { loadSettings } from '../src/settings.js';
+import { loadSettings } from '../src/client/api/settings.js';
+import { type AgentMessage, agentLogFile, startDetachedAgent } from '../src/client/intercept/detach.js';
+import { type RunOptions, runIntercept } from '../src/client/intercept/intercept-runner.js';
+import type { InterceptRequest } from '../src/client/intercept/intercept-session.js';
+import { kafkaFlags, parseKafkaOptions } from '../src/client/kafka/kafka-options.js';
+import { ExitCode, KelsingraError } from '../src/shared/errors.js';
 
 export default class Intercept extends BaseCommand {
   static override summary = "Send one tenant's traffic for a service to a port on this machine.";

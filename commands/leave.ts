@@ -1,8 +1,8 @@
 import { Args, Flags } from '@oclif/core';
-import { ApiClient } from '../src/api-client.js';
 import { BaseCommand } from '../src/cli/base-command.js';
-import { ExitCode, KelsingraError } from '../src/errors.js';
-import { loadSettings } from '../src/settings.js';
+import { ApiClient } from '../src/client/api/api-client.js';
+import { loadSettings } from '../src/client/api/settings.js';
+import { ExitCode, KelsingraError } from '../src/shared/errors.js';
 
 export default class Leave extends BaseCommand {
   static override summary = 'End intercepts: by service and tenant, by id, or all of yours.';

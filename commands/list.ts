@@ -1,7 +1,7 @@
-import { ApiClient } from '../src/api-client.js';
 import { BaseCommand } from '../src/cli/base-command.js';
-import { interceptTable } from '../src/intercept-table.js';
-import { loadSettings } from '../src/settings.js';
+import { ApiClient } from '../src/client/api/api-client.js';
+import { loadSettings } from '../src/client/api/settings.js';
+import { interceptTable } from '../src/client/intercept/intercept-table.js';
 
 export default class List extends BaseCommand {
   static override summary = 'List live intercepts (those your token may see).';

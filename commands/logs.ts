@@ -1,12 +1,12 @@
 import { Args, Flags } from '@oclif/core';
-import { ApiClient } from '../src/api-client.js';
 import { BaseCommand } from '../src/cli/base-command.js';
 import { type Spinner, startSpinner } from '../src/cli/spinner.js';
-import { ExitCode, KelsingraError } from '../src/errors.js';
-import { findIntercept } from '../src/intercept-lookup.js';
-import { formatLapseLine, formatRecordLine } from '../src/request-log.js';
-import { followEvents } from '../src/server-events.js';
-import { loadSettings } from '../src/settings.js';
+import { ApiClient } from '../src/client/api/api-client.js';
+import { followEvents } from '../src/client/api/server-events.js';
+import { loadSettings } from '../src/client/api/settings.js';
+import { findIntercept } from '../src/client/intercept/intercept-lookup.js';
+import { formatLapseLine, formatRecordLine } from '../src/client/intercept/request-log.js';
+import { ExitCode, KelsingraError } from '../src/shared/errors.js';
 
 export default class Logs extends BaseCommand {
   static override summary = "Show an intercept's recent requests; --follow keeps streaming them.";

@@ -111,7 +111,7 @@ export default class Server extends BaseCommand {
     const { flags } = await this.parse(Server);
     // Imported here, not at the top: oclif loads every command module to list commands, and
     // the client agent should not carry the server's dependencies in its memory.
-    const { loadServerConfig, servicesFromFlags } = await import('../server/config.js');
+    const { loadServerConfig, servicesFromFlags } = await import('../server/config/config.js');
     const { startServer } = await import('../server/server.js');
     const config = await loadServerConfig({
       configPath: flags.config,

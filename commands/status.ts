@@ -1,10 +1,10 @@
-import { ApiClient } from '../src/api-client.js';
 import { BaseCommand } from '../src/cli/base-command.js';
-import { formatUpstream, upstreamState } from '../src/dashboard-model.js';
-import { interceptTable } from '../src/intercept-table.js';
-import type { StoreHealth } from '../src/protocol.js';
-import { loadSettings } from '../src/settings.js';
-import { principalLine } from '../src/token-summary.js';
+import { principalLine } from '../src/cli/token-summary.js';
+import { ApiClient } from '../src/client/api/api-client.js';
+import { loadSettings } from '../src/client/api/settings.js';
+import { formatUpstream, upstreamState } from '../src/client/dashboard/dashboard-model.js';
+import { interceptTable } from '../src/client/intercept/intercept-table.js';
+import type { StoreHealth } from '../src/shared/protocol.js';
 
 export default class Status extends BaseCommand {
   static override summary = 'Show the server agent: services, upstreams, intercepts, connected clients.';

@@ -1,10 +1,10 @@
 import { Args, Flags } from '@oclif/core';
-import { ApiClient } from '../../src/api-client.js';
 import { BaseCommand } from '../../src/cli/base-command.js';
-import { ExitCode, KelsingraError } from '../../src/errors.js';
-import type { RemoveRoutesResult } from '../../src/protocol.js';
-import { parseTarget, parseTenants, removeRouteLines } from '../../src/route-format.js';
-import { loadSettings } from '../../src/settings.js';
+import { parseTarget, parseTenants, removeRouteLines } from '../../src/cli/route-format.js';
+import { ApiClient } from '../../src/client/api/api-client.js';
+import { loadSettings } from '../../src/client/api/settings.js';
+import { ExitCode, KelsingraError } from '../../src/shared/errors.js';
+import type { RemoveRoutesResult } from '../../src/shared/protocol.js';
 
 const USAGE =
   'kelsingra route delete <id>, or kelsingra route delete <service> [--to <url>] [--tenants t1,t2]';

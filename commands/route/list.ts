@@ -1,8 +1,8 @@
 import { Flags } from '@oclif/core';
-import { ApiClient } from '../../src/api-client.js';
 import { BaseCommand } from '../../src/cli/base-command.js';
-import { routeTable } from '../../src/route-format.js';
-import { loadSettings } from '../../src/settings.js';
+import { routeTable } from '../../src/cli/route-format.js';
+import { ApiClient } from '../../src/client/api/api-client.js';
+import { loadSettings } from '../../src/client/api/settings.js';
 
 export default class RouteList extends BaseCommand {
   static override summary = 'List tenant routes (those naming tenants your token may see).';

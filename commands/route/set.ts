@@ -1,9 +1,9 @@
 import { Args, Flags } from '@oclif/core';
-import { ApiClient } from '../../src/api-client.js';
 import { BaseCommand } from '../../src/cli/base-command.js';
-import { ExitCode, KelsingraError } from '../../src/errors.js';
-import { parseTargets, parseTenants, setRouteLines } from '../../src/route-format.js';
-import { loadSettings } from '../../src/settings.js';
+import { parseTargets, parseTenants, setRouteLines } from '../../src/cli/route-format.js';
+import { ApiClient } from '../../src/client/api/api-client.js';
+import { loadSettings } from '../../src/client/api/settings.js';
+import { ExitCode, KelsingraError } from '../../src/shared/errors.js';
 
 const USAGE = 'kelsingra route set <service> --tenants t1,t2 --to <url>';
 

@@ -1,8 +1,8 @@
 import { Flags } from '@oclif/core';
 import { BaseCommand } from '../../src/cli/base-command.js';
-import { ExitCode, KelsingraError } from '../../src/errors.js';
-import { parseTenants } from '../../src/route-format.js';
-import { hashToken, TOKEN_ROLES, type TokenRole, tokenEntryYaml } from '../../src/token-hash.js';
+import { parseTenants } from '../../src/cli/route-format.js';
+import { ExitCode, KelsingraError } from '../../src/shared/errors.js';
+import { hashToken, TOKEN_ROLES, type TokenRole, tokenEntryYaml } from '../../src/shared/token-hash.js';
 
 export default class TokenHash extends BaseCommand {
   static override summary = 'Hash a token secret for the tokens file, so the file never holds the secret.';

@@ -80,7 +80,7 @@ process.on('warning', (w) => {
 
 // ---------------------------------------------------------------- the plain loop (child process)
 
-/** The splitter's produce size limit and size estimate (src/kafka-wire.ts), for the same requests. */
+/** The splitter's produce size limit and size estimate (src/shared/kafka-wire.ts), for the same requests. */
 const MAX_PRODUCE_BYTES = 512 * 1024;
 const messageBytes = (m) => {
   let size = 64 + (m.key?.length ?? 0) + (m.value?.length ?? 0);

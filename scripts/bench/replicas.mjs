@@ -24,7 +24,7 @@
  * KELSINGRA_BENCH_PG; a database kelsingra_bench_<random> is created and dropped.
  *
  * The client side (one tunnel, many intercepts) runs in this process, from the built client
- * library (dist/src/tunnel-client.js, dist/src/local-forwarder.js). The base and local services
+ * library (dist/src/client/tunnel/tunnel-client.js, dist/src/client/tunnel/local-forwarder.js). The base and local services
  * (services.mjs) and the replicas are separate processes, all on 127.0.0.1, stopped on exit,
  * Ctrl-C or failure; the database is dropped and a broker this script started is stopped.
  */
@@ -89,8 +89,8 @@ const opts = parseOptions(
 
 requireBuild('npm run bench:replicas', [
   'commands/server.js',
-  'src/tunnel-client.js',
-  'src/local-forwarder.js',
+  'src/client/tunnel/tunnel-client.js',
+  'src/client/tunnel/local-forwarder.js',
 ]);
 
 // kafkajs 2.2 schedules a timer with a negative delay on Node 24, which prints a
@@ -101,8 +101,12 @@ process.on('warning', (w) => {
   if (w.name !== 'TimeoutNegativeWarning') printWarning?.(w);
 });
 
-const { TunnelClient } = await import(pathToFileURL(join(ROOT, 'dist', 'src', 'tunnel-client.js')).href);
-const { LocalForwarder } = await import(pathToFileURL(join(ROOT, 'dist', 'src', 'local-forwarder.js')).href);
+const { TunnelClient } = await import(
+  pathToFileURL(join(ROOT, 'dist', 'src', 'client', 'tunnel', 'tunnel-client.js')).href
+);
+const { LocalForwarder } = await import(
+  pathToFileURL(join(ROOT, 'dist', 'src', 'client', 'tunnel', 'local-forwarder.js')).href
+);
 
 // ---------------------------------------------------------------- HTTP with keep-alive
 

@@ -116,16 +116,20 @@ if (opts.profile) {
   mkdirSync(opts.profile, { recursive: true });
 }
 
-requireBuild('npm run bench:scale', ['commands/server.js', 'server/memory-store.js', 'server/pg-store.js']);
+requireBuild('npm run bench:scale', [
+  'commands/server.js',
+  'server/store/memory-store.js',
+  'server/store/pg-store.js',
+]);
 
 const dist = (p) => import(pathToFileURL(join(ROOT, 'dist', p)).href);
-const { MemoryInterceptStore } = await dist('server/memory-store.js');
-const { PgInterceptStore } = await dist('server/pg-store.js');
-const { migrate } = await dist('server/pg-migrations.js');
-const { routeIdOf } = await dist('server/route-table.js');
+const { MemoryInterceptStore } = await dist('server/store/memory-store.js');
+const { PgInterceptStore } = await dist('server/store/pg-store.js');
+const { migrate } = await dist('server/store/pg-migrations.js');
+const { routeIdOf } = await dist('server/routing/route-table.js');
 /** The baseline's key: one string per (service, tenant), as a single flat Map would need. */
 const interceptKey = (service, tenant) => `${service}\u0000${tenant}`;
-const { createLogger } = await dist('server/logger.js');
+const { createLogger } = await dist('server/observability/logger.js');
 
 v8.setFlagsFromString('--expose-gc');
 const gc = vm.runInNewContext('gc');

@@ -1,9 +1,9 @@
 /**
  * What every command shares: `--json`, and turning errors into a clear message with a hint
- * on stderr and the documented exit code (src/errors.ts, README "Exit codes").
+ * on stderr and the documented exit code (src/shared/errors.ts, README "Exit codes").
  */
 import { Command, Errors, Flags } from '@oclif/core';
-import { ExitCode, KelsingraError } from '../errors.js';
+import { ExitCode, KelsingraError } from '../shared/errors.js';
 import { printError, wantsJson } from './print-error.js';
 import { type Spinner, startSpinner } from './spinner.js';
 

@@ -7,7 +7,7 @@
 import { Errors, type Hook, type Interfaces, loadHelpClass, toConfiguredId } from '@oclif/core';
 import pluginNotFound from '@oclif/plugin-not-found';
 import { distance } from 'fastest-levenshtein';
-import { ExitCode } from '../errors.js';
+import { ExitCode } from '../shared/errors.js';
 import { printError, wantsJson } from './print-error.js';
 
 export function closestCommand(id: string, candidates: string[]): string | undefined {

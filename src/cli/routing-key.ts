@@ -3,7 +3,7 @@
  * or a feature label such as `feature1`. Exactly one is given; the server API calls it `tenant`.
  */
 import { Flags } from '@oclif/core';
-import { ExitCode, KelsingraError } from '../errors.js';
+import { ExitCode, KelsingraError } from '../shared/errors.js';
 
 export const routingKeyFlags = {
   tenant: Flags.string({

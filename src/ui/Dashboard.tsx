@@ -19,9 +19,9 @@ import {
   TABLE_COLUMNS,
   type UpstreamStatus,
   upstreamColour,
-} from '../dashboard-model.js';
-import type { RequestRecord } from '../protocol.js';
-import { formatRecordLine, statusColour } from '../request-log.js';
+} from '../client/dashboard/dashboard-model.js';
+import { formatRecordLine, statusColour } from '../client/intercept/request-log.js';
+import type { RequestRecord } from '../shared/protocol.js';
 
 export interface DashboardProps {
   model: DashboardModel;

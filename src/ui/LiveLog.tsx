@@ -10,8 +10,8 @@
  */
 import { Box, Text, useInput, useStdin, useStdout } from 'ink';
 import { type ReactElement, useEffect, useState } from 'react';
-import type { RequestEvent, WebSocketEvent } from '../events.js';
-import { maskSecretHeaders } from '../http-headers.js';
+import type { RequestEvent, WebSocketEvent } from '../client/intercept/events.js';
+import { maskSecretHeaders } from '../shared/http/http-headers.js';
 import {
   clockTime,
   type DetailLine,

@@ -12,7 +12,7 @@ import {
   isWebSocket,
   type UpgradeLine,
   upgradeLabel,
-} from '../request-log.js';
+} from '../client/intercept/request-log.js';
 
 export {
   clockTime,
@@ -25,7 +25,7 @@ export {
   type StatusColour,
   statusColour,
   upgradeLineParts,
-} from '../request-log.js';
+} from '../client/intercept/request-log.js';
 
 /** Counts with thousands separators, locale-independent: `12,345`. */
 export function formatCount(n: number): string {

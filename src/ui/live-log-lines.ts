@@ -6,7 +6,7 @@
  * is one write, with no React element, layout or ANSI re-parsing per line.
  */
 import chalk from 'chalk';
-import { formatOutboundLine, formatRequestLine, formatUpgradeLine } from '../request-log.js';
+import { formatOutboundLine, formatRequestLine, formatUpgradeLine } from '../client/intercept/request-log.js';
 import { clockTime } from './format.js';
 import type { Printable } from './live-log-model.js';
 

@@ -8,9 +8,21 @@
  * by time alone (a countdown, the rate window); when it returns undefined nothing needs a
  * timer, which is what keeps an idle CLI at ≈ 0 % CPU.
  */
-import type { HttpStartEvent, OutboundEvent, RequestEvent, SessionEvent, WebSocketEvent } from '../events.js';
-import { formatKafkaLine, formatLapseLine, formatLifetime, isFailure, upgradeLabel } from '../request-log.js';
-import type { TunnelState } from '../tunnel-client.js';
+import type {
+  HttpStartEvent,
+  OutboundEvent,
+  RequestEvent,
+  SessionEvent,
+  WebSocketEvent,
+} from '../client/intercept/events.js';
+import {
+  formatKafkaLine,
+  formatLapseLine,
+  formatLifetime,
+  isFailure,
+  upgradeLabel,
+} from '../client/intercept/request-log.js';
+import type { TunnelState } from '../client/tunnel/tunnel-client.js';
 
 export interface LiveLogInfo {
   service: string;

@@ -1,0 +1,940 @@
+/**
+ * The intercept store for several replicas: PostgreSQL decides every change (one holder
+ * per service and tenant by a unique constraint), and each replica routes from its own
+ * copy in memory, kept current by LISTEN/NOTIFY and repaired by a periodic full reload.
+ * While the database is away the copy keeps routing and the store reports itself degraded.
+ */
+import { randomBytes } from 'node:crypto';
+import { EventEmitter } from 'node:events';
+import pg from 'pg';
+import type { Logger } from 'pino';
+import { ExitCode, KelsingraError } from '../../src/shared/errors.js';
+import { VERSION } from '../../src/shared/version.js';
+import type { TokenRecord } from '../auth/auth.js';
+import {
+  mergedTenants,
+  type Route,
+  type RouteInput,
+  RouteTable,
+  routeIdOf,
+  type SetRouteResult,
+  type UnrouteResult,
+} from '../routing/route-table.js';
+import {
+  type CreateResult,
+  type EndReason,
+  type Intercept,
+  InterceptIndex,
+  type InterceptInput,
+  type InterceptStore,
+  type Peer,
+  type StoreEvents,
+  type StoreHealth,
+  StoreUnavailableError,
+  type TunnelRecord,
+} from './intercept-store.js';
+import { lockedTransaction, migrate } from './pg-migrations.js';
+
+export interface PgStoreOptions {
+  databaseUrl: string;
+  replicaId: string;
+  ttlMs: number;
+  log: Logger;
+  /** How often this replica proves it is alive and refreshes its list of peers. */
+  heartbeatMs?: number;
+  /** How often the whole table is reloaded, to repair anything a lost notification missed. */
+  reconcileMs?: number;
+}
+
+/** A row as a query returns it (timestamps as Date, bigint as string) or as a notification carries it (strings, numbers). */
+interface Row {
+  id: string;
+  service: string;
+  tenant: string;
+  holder: string;
+  token_name: string;
+  client_key: string;
+  local_port: number;
+  kafka_topics: string[];
+  replica_id: string;
+  epoch: string | number;
+  created_at: Date | string;
+  expires_at: Date | string;
+  change: string | number;
+}
+
+interface RouteRow {
+  id: string;
+  service: string;
+  tenants: string[];
+  targets: string[];
+  token_name: string;
+  created_at: Date | string;
+  updated_at: Date | string;
+  change: string | number;
+}
+
+type Notification =
+  | { op: 'upsert'; row: Row }
+  | { op: 'delete'; reason: EndReason; row: Row }
+  | { op: 'route'; id: string; change: number; deleted: boolean }
+  | { op: 'tokens' };
+
+const CHANNEL = 'kelsingra';
+/** A peer that has not beaten for this long is taken for dead: requests for it fail fast. */
+const PEER_STALE_MS = 5_000;
+/** Deleted ids are remembered this long, so a reload that started before the delete cannot revive them. */
+const TOMBSTONE_MS = 5 * 60_000;
+/** Advisory lock taken while a replica replaces the shared token set. */
+const TOKENS_LOCK = 7_700_417_002;
+/** Advisory lock every route change takes, so a tenant is never put in two routes of a service at once. */
+const ROUTES_LOCK = 7_700_417_003;
+/** Every this many reconciliations, the whole intercepts table is compared, not just what changed. */
+const FULL_RELOAD_EVERY = 12;
+
+function toRoute(row: RouteRow): Route {
+  return {
+    id: row.id,
+    service: row.service,
+    tenants: row.tenants,
+    targets: row.targets,
+    tokenName: row.token_name,
+    createdAt: new Date(row.created_at).getTime(),
+    updatedAt: new Date(row.updated_at).getTime(),
+    change: Number(row.change),
+  };
+}
+
+/** Whether a peer's last heartbeat (its age when read, and when it was read) is recent enough. */
+function beating(p: { ageMs: number; fetchedAt: number }, now = Date.now()): boolean {
+  return p.ageMs + (now - p.fetchedAt) <= PEER_STALE_MS;
+}
+
+function toIntercept(row: Row): Intercept {
+  return {
+    id: row.id,
+    service: row.service,
+    tenant: row.tenant,
+    holder: row.holder,
+    tokenName: row.token_name,
+    clientKey: row.client_key,
+    localPort: row.local_port,
+    kafkaTopics: row.kafka_topics ?? [],
+    replicaId: row.replica_id,
+    epoch: Number(row.epoch),
+    createdAt: new Date(row.created_at).getTime(),
+    expiresAt: new Date(row.expires_at).getTime(),
+  };
+}
+
+/** Errors that mean "the database is not there right now", as opposed to a mistake in a query. */
+export function isConnectionError(err: unknown): boolean {
+  const e = err as { code?: string; message?: string };
+  if (typeof e.code === 'string' && (/^(08|57P)/.test(e.code) || /^E[A-Z]+$/.test(e.code))) return true;
+  return /timeout|terminated|not queryable|Connection/i.test(e.message ?? '');
+}
+
+/** The database URL without its password, for logs and error messages. */
+export function redactDatabaseUrl(url: string): string {
+  try {
+    const u = new URL(url);
+    if (u.password) u.password = '***';
+    return u.toString();
+  } catch {
+    return '(a database URL that does not parse)';
+  }
+}
+
+/** How many change numbers below the watermark each incremental repair reads again. */
+const RECONCILE_OVERLAP = 200;
+
+export class PgInterceptStore extends EventEmitter<StoreEvents> implements InterceptStore {
+  private readonly pool: pg.Pool;
+  private listener?: pg.Client;
+  private readonly byKey = new InterceptIndex();
+  private readonly byId = new Map<string, Intercept>();
+  private readonly routes = new RouteTable();
+  /** Change numbers of routes, kept for deleted ones too, so an old notice cannot revive or drop a newer row. */
+  private readonly routeSeen = new Map<string, { change: number; at: number }>();
+  /** The highest change number applied: incremental reloads read only rows above it. */
+  private watermark = 0;
+  private reconciliations = 0;
+  /** Per id: the row's change number (newest wins) and when this copy learnt of it. */
+  private readonly seen = new Map<string, { change: number; at: number }>();
+  /**
+   * Ids ended here, with the change number they ended at: a late notice of the old row must
+   * not revive it, while the same id created again (a client back after its lease lapsed)
+   * comes with a newer change number and must.
+   */
+  private readonly tombstones = new Map<string, { change: number; at: number }>();
+  private readonly peers = new Map<string, { peer: Peer; ageMs: number; fetchedAt: number }>();
+  /** Tunnels open on this replica, kept here too so they can be written again after an outage. */
+  private readonly localTunnels = new Map<string, TunnelRecord>();
+  private readonly timers: NodeJS.Timeout[] = [];
+  /** How often this replica beats and reads everyone's beats: a peer started since is unseen for that long. */
+  readonly heartbeatMs: number;
+  private readonly reconcileMs: number;
+  private readonly log: Logger;
+  private degradedSince?: number;
+  private degradedReason?: string;
+  private listenerUp = false;
+  /** False from losing the notification connection until the reload after it is back. */
+  private caughtUp = true;
+  private lastSyncAt?: number;
+  /** No sweeping of lapsed leases until clients had a chance to renew after a (re)connection. */
+  private sweepAfter = 0;
+  private announced?: { url: string; secret: string };
+  private closed = false;
+
+  private constructor(private readonly opts: PgStoreOptions) {
+    super();
+    this.log = opts.log;
+    this.heartbeatMs = opts.heartbeatMs ?? 1_000;
+    this.reconcileMs = opts.reconcileMs ?? 5_000;
+    this.pool = new pg.Pool({
+      connectionString: opts.databaseUrl,
+      max: 4,
+      connectionTimeoutMillis: 2_000,
+      query_timeout: 5_000,
+      idleTimeoutMillis: 30_000,
+      keepAlive: true,
+    });
+    // An idle connection dropped by a database restart is reported here; the next query reconnects.
+    this.pool.on('error', (err) => this.degrade(err));
+  }
+
+  /** Connects, migrates, loads the table and starts listening. Fails with exit 7 if the database is unreachable. */
+  static async open(opts: PgStoreOptions): Promise<PgInterceptStore> {
+    const store = new PgInterceptStore(opts);
+    try {
+      await migrate(store.pool, opts.log);
+      await store.connectListener();
+      await store.reload();
+    } catch (err) {
+      await store.close();
+      throw new KelsingraError(
+        `cannot use the PostgreSQL database at ${redactDatabaseUrl(opts.databaseUrl)}: ${(err as Error).message}`,
+        ExitCode.config,
+        'check --database-url (KELSINGRA_DATABASE_URL), that PostgreSQL is running, and that this user may create tables',
+      );
+    }
+    return store;
+  }
+
+  get ttlMs(): number {
+    return this.opts.ttlMs;
+  }
+
+  /**
+   * Makes this replica known to the others (its data-port URL and the secret they relay
+   * with) and starts its heartbeats, lease sweeping and reconciliation.
+   */
+  async announce(url: string): Promise<void> {
+    this.announced = { url, secret: randomBytes(24).toString('base64url') };
+    await this.heartbeat();
+    this.sweepAfter = Date.now() + this.ttlMs / 2;
+    const every = (ms: number, fn: () => Promise<void>) => {
+      const timer = setInterval(() => {
+        fn().catch((err) => this.failed(err));
+      }, ms);
+      timer.unref();
+      this.timers.push(timer);
+    };
+    every(this.heartbeatMs, () => this.heartbeat());
+    every(Math.min(1_000, this.ttlMs / 4), () => this.sweep());
+    every(this.reconcileMs, () => this.reconcile());
+  }
+
+  /** The secret peers must present when they relay a request to this replica. */
+  get relaySecret(): string | undefined {
+    return this.announced?.secret;
+  }
+
+  find(service: string, tenant: string): Intercept | undefined {
+    return this.byKey.get(service, tenant);
+  }
+
+  get(id: string): Intercept | undefined {
+    return this.byId.get(id);
+  }
+
+  async lookup(id: string): Promise<Intercept | undefined> {
+    const known = this.byId.get(id);
+    if (known) return known;
+    const { rows } = await this.query<Row>('SELECT * FROM kelsingra_intercepts WHERE id = $1', [id]);
+    return rows[0] ? this.applyUpsert(rows[0]) : undefined;
+  }
+
+  list(): Intercept[] {
+    return [...this.byId.values()];
+  }
+
+  async create(input: InterceptInput): Promise<CreateResult> {
+    try {
+      return await this.decideCreate(input);
+    } catch (err) {
+      if (!(err instanceof StoreUnavailableError)) throw err;
+      // A client re-asserting what this copy knows it holds (it reconnected during an outage)
+      // is confirmed from memory, as renewals are; the database hears of it when it is back.
+      const held = this.find(input.service, input.tenant);
+      if (held && held.clientKey === input.clientKey && held.tokenName === input.tokenName) {
+        held.replicaId = input.replicaId;
+        held.localPort = input.localPort;
+        return { ok: true, intercept: held, renewed: true };
+      }
+      throw err;
+    }
+  }
+
+  private async decideCreate(input: InterceptInput): Promise<CreateResult> {
+    // Just back from an outage, leases in the database may look lapsed until the catch-up
+    // has given them their extra term: no lease is handed to someone else before that.
+    if (!this.caughtUp)
+      throw new StoreUnavailableError(
+        this.degradedSince === undefined
+          ? 'catching up with PostgreSQL after an outage'
+          : `PostgreSQL is unreachable: ${this.degradedReason}`,
+      );
+    const fresh = `icp_${randomBytes(6).toString('hex')}`;
+    // A client back after its lease lapsed asks for its old id; another intercept holding that
+    // id (it was never its to ask for, then) makes the insert fail on the primary key.
+    const id = input.id ?? fresh;
+    // One statement decides: a new (service, tenant) is inserted; the same client re-asserting
+    // keeps its id (and its created_at, which is how `renewed` is told apart below); another
+    // client's lapsed lease is taken over under a new id; a live lease held by someone else is
+    // left alone and no row comes back.
+    const result = await this.query<Row & { renewed: boolean }>(
+      `INSERT INTO kelsingra_intercepts AS i
+         (id, service, tenant, holder, token_name, client_key, local_port, replica_id, expires_at, kafka_topics)
+       VALUES ($1, $2, $3, $4, $5, $6, $7, $8, now() + $9 * interval '1 millisecond', $10)
+       ON CONFLICT (service, tenant) DO UPDATE SET
+         id = CASE WHEN i.client_key = EXCLUDED.client_key THEN i.id ELSE EXCLUDED.id END,
+         created_at = CASE WHEN i.client_key = EXCLUDED.client_key THEN i.created_at ELSE now() END,
+         epoch = i.epoch + CASE WHEN i.replica_id = EXCLUDED.replica_id THEN 0 ELSE 1 END,
+         holder = EXCLUDED.holder, token_name = EXCLUDED.token_name, client_key = EXCLUDED.client_key,
+         local_port = EXCLUDED.local_port, replica_id = EXCLUDED.replica_id, expires_at = EXCLUDED.expires_at,
+         kafka_topics = EXCLUDED.kafka_topics
+       WHERE i.client_key = EXCLUDED.client_key OR i.expires_at <= now()
+       RETURNING *, created_at < now() AS renewed`,
+      [
+        id,
+        input.service,
+        input.tenant,
+        input.holder,
+        input.tokenName,
+        input.clientKey,
+        input.localPort,
+        input.replicaId,
+        this.ttlMs,
+        input.kafkaTopics,
+      ],
+    ).catch((err: { code?: string; constraint?: string }) => {
+      if (input.id && err.code === '23505' && err.constraint === 'kelsingra_intercepts_pkey')
+        return undefined;
+      throw err;
+    });
+    if (!result) return this.decideCreate({ ...input, id: undefined });
+    const row = result.rows[0];
+    if (row) {
+      const { renewed, ...fields } = row;
+      const intercept = this.applyUpsert(fields);
+      return { ok: true, intercept, renewed };
+    }
+    const holder = await this.query<Row>(
+      'SELECT * FROM kelsingra_intercepts WHERE service = $1 AND tenant = $2',
+      [input.service, input.tenant],
+    );
+    const held = holder.rows[0];
+    // Gone between the two statements (left or swept): the way is free now.
+    if (!held) return this.decideCreate(input);
+    return { ok: false, holder: toIntercept(held) };
+  }
+
+  async renew(
+    clientKey: string,
+    ids: string[],
+    replicaId: string,
+    tokenName: string,
+  ): Promise<{ renewed: string[]; missing: string[] }> {
+    let renewedIds: string[];
+    try {
+      const { rows } = await this.query<Row>(
+        `UPDATE kelsingra_intercepts SET
+           expires_at = now() + $3 * interval '1 millisecond',
+           epoch = epoch + CASE WHEN replica_id = $4 THEN 0 ELSE 1 END,
+           replica_id = $4
+         WHERE id = ANY($1) AND client_key = $2 AND token_name = $5
+         RETURNING *`,
+        [ids, clientKey, this.ttlMs, replicaId, tokenName],
+      );
+      renewedIds = rows.map((r) => this.applyUpsert(r).id);
+    } catch (err) {
+      if (!(err instanceof StoreUnavailableError)) throw err;
+      // Without the database nothing can expire either: what this copy holds stays held, and
+      // the client is not told its lease is lost because of an outage it did not cause.
+      renewedIds = ids.filter((id) => {
+        const i = this.byId.get(id);
+        return i?.clientKey === clientKey && i.tokenName === tokenName;
+      });
+      const expiresAt = Date.now() + this.ttlMs;
+      for (const id of renewedIds) (this.byId.get(id) as Intercept).expiresAt = expiresAt;
+    }
+    const renewed = new Set(renewedIds);
+    return { renewed: [...renewed], missing: ids.filter((id) => !renewed.has(id)) };
+  }
+
+  async delete(id: string): Promise<Intercept | undefined> {
+    const { rows } = await this.query<Row>('DELETE FROM kelsingra_intercepts WHERE id = $1 RETURNING *', [
+      id,
+    ]);
+    const row = rows[0];
+    return row ? this.applyDelete(row, 'left') : undefined;
+  }
+
+  async tunnelOpened(tunnel: TunnelRecord): Promise<void> {
+    this.localTunnels.set(tunnel.clientKey, tunnel);
+    await this.writeTunnel(tunnel);
+  }
+
+  async tunnelClosed(clientKey: string, replicaId: string): Promise<void> {
+    this.localTunnels.delete(clientKey);
+    // Only if no other replica has taken the tunnel over in the meantime.
+    const { rows } = await this.query<Row>(
+      `WITH gone AS (DELETE FROM kelsingra_tunnels WHERE client_key = $1 AND replica_id = $2)
+       UPDATE kelsingra_intercepts SET replica_id = '' WHERE client_key = $1 AND replica_id = $2 RETURNING *`,
+      [clientKey, replicaId],
+    );
+    for (const row of rows) this.applyUpsert(row);
+  }
+
+  async findTunnel(clientKey: string): Promise<TunnelRecord | undefined> {
+    const { rows } = await this.query<{
+      client_key: string;
+      replica_id: string;
+      holder: string;
+      token_name: string;
+    }>(
+      `SELECT t.* FROM kelsingra_tunnels t JOIN kelsingra_replicas r ON r.id = t.replica_id
+       WHERE t.client_key = $1 AND r.heartbeat_at > now() - $2 * interval '1 millisecond'`,
+      [clientKey, PEER_STALE_MS],
+    );
+    const row = rows[0];
+    return row
+      ? {
+          clientKey: row.client_key,
+          replicaId: row.replica_id,
+          holder: row.holder,
+          tokenName: row.token_name,
+        }
+      : undefined;
+  }
+
+  /**
+   * A live peer; undefined when it is unknown or has stopped beating. While the database is
+   * away nobody's heartbeat can be read, so every known peer counts as alive: a dead one
+   * still fails fast, on connect.
+   */
+  peer(replicaId: string): Peer | undefined {
+    const found = this.peers.get(replicaId);
+    if (!found) return undefined;
+    if (this.degradedSince === undefined && !beating(found)) return undefined;
+    return found.peer;
+  }
+
+  findRoute(service: string, tenant: string): Route | undefined {
+    return this.routes.find(service, tenant);
+  }
+
+  getRoute(id: string): Route | undefined {
+    return this.routes.get(id);
+  }
+
+  listRoutes(): Route[] {
+    return this.routes.list();
+  }
+
+  async setRoute(input: RouteInput): Promise<SetRouteResult> {
+    const id = routeIdOf(input.service, input.targets);
+    const result = await this.routeTransaction(async (client) => {
+      const current = await client.query<RouteRow>('SELECT tenants FROM kelsingra_routes WHERE id = $1', [
+        id,
+      ]);
+      const tenants = mergedTenants(id, current.rows[0]?.tenants, input);
+      const moved: { tenant: string; from: string }[] = [];
+      const removed: RouteRow[] = [];
+      const updated: RouteRow[] = [];
+      const others = await client.query<RouteRow>(
+        'SELECT * FROM kelsingra_routes WHERE service = $1 AND id <> $2 AND tenants && $3::text[]',
+        [input.service, id, input.tenants],
+      );
+      const taken = new Set(input.tenants);
+      for (const other of others.rows) {
+        for (const tenant of other.tenants) if (taken.has(tenant)) moved.push({ tenant, from: other.id });
+        const left = other.tenants.filter((t) => !taken.has(t));
+        if (left.length === 0) {
+          await client.query('DELETE FROM kelsingra_routes WHERE id = $1', [other.id]);
+          removed.push(other);
+        } else {
+          const { rows } = await client.query<RouteRow>(
+            'UPDATE kelsingra_routes SET tenants = $2, updated_at = now() WHERE id = $1 RETURNING *',
+            [other.id, left],
+          );
+          updated.push(...rows);
+        }
+      }
+      const { rows } = await client.query<RouteRow & { inserted: boolean }>(
+        `INSERT INTO kelsingra_routes (id, service, tenants, targets, token_name) VALUES ($1, $2, $3, $4, $5)
+         ON CONFLICT (id) DO UPDATE SET tenants = EXCLUDED.tenants, updated_at = now()
+         RETURNING *, (xmax = 0) AS inserted`,
+        [id, input.service, tenants, input.targets, input.tokenName],
+      );
+      return { row: rows[0] as RouteRow & { inserted: boolean }, moved, removed, updated };
+    });
+    for (const row of result.removed) this.applyRouteGone(row.id, Number(row.change));
+    return {
+      route: this.applyRoute(result.row),
+      created: result.row.inserted,
+      moved: result.moved,
+      removed: result.removed.map(toRoute),
+      updated: result.updated.map((row) => this.applyRoute(row)),
+    };
+  }
+
+  async unroute(id: string, tenants?: string[]): Promise<UnrouteResult> {
+    const result = await this.routeTransaction(async (client) => {
+      const { rows } = await client.query<RouteRow>('SELECT * FROM kelsingra_routes WHERE id = $1', [id]);
+      const route = rows[0];
+      if (!route) return { removed: [], updated: [] };
+      const gone = new Set(tenants);
+      const left = tenants ? route.tenants.filter((t) => !gone.has(t)) : [];
+      if (left.length === route.tenants.length) return { removed: [], updated: [] };
+      if (left.length === 0) {
+        await client.query('DELETE FROM kelsingra_routes WHERE id = $1', [id]);
+        return { removed: [route], updated: [] };
+      }
+      const changed = await client.query<RouteRow>(
+        'UPDATE kelsingra_routes SET tenants = $2, updated_at = now() WHERE id = $1 RETURNING *',
+        [id, left],
+      );
+      return { removed: [], updated: changed.rows };
+    });
+    for (const row of result.removed) this.applyRouteGone(row.id, Number(row.change));
+    return {
+      removed: result.removed.map(toRoute),
+      updated: result.updated.map((row) => this.applyRoute(row)),
+    };
+  }
+
+  /** A route change, decided under the routes lock; an unreachable database is a StoreUnavailableError. */
+  private async routeTransaction<T>(fn: (client: pg.PoolClient) => Promise<T>): Promise<T> {
+    try {
+      return await lockedTransaction(this.pool, ROUTES_LOCK, fn);
+    } catch (err) {
+      if (!isConnectionError(err)) throw err;
+      this.degrade(err);
+      throw new StoreUnavailableError(`PostgreSQL is unreachable: ${(err as Error).message}`);
+    }
+  }
+
+  private applyRoute(row: RouteRow): Route {
+    const change = Number(row.change);
+    const seen = this.routeSeen.get(row.id);
+    const known = this.routes.get(row.id);
+    if (seen && seen.change >= change) return known ?? toRoute(row);
+    const route = toRoute(row);
+    this.routeSeen.set(row.id, { change, at: Date.now() });
+    this.watermark = Math.max(this.watermark, change);
+    this.routes.put(route);
+    this.emit('routeSet', route);
+    return route;
+  }
+
+  private applyRouteGone(id: string, change: number): void {
+    const seen = this.routeSeen.get(id);
+    if (seen && seen.change > change) return;
+    this.routeSeen.set(id, { change, at: Date.now() });
+    const route = this.routes.drop(id);
+    if (route) this.emit('routeRemoved', route);
+  }
+
+  private async fetchRoute(id: string): Promise<void> {
+    const { rows } = await this.query<RouteRow>('SELECT * FROM kelsingra_routes WHERE id = $1', [id]);
+    if (rows[0]) this.applyRoute(rows[0]);
+  }
+
+  health(): StoreHealth {
+    const now = Date.now();
+    return {
+      kind: 'postgres',
+      state: this.degradedSince === undefined ? 'ok' : 'degraded',
+      error: this.degradedReason,
+      since: this.degradedSince === undefined ? undefined : new Date(this.degradedSince).toISOString(),
+      lastSyncAt: this.lastSyncAt === undefined ? undefined : new Date(this.lastSyncAt).toISOString(),
+      replicas: [...this.peers.values()].map(({ peer, ageMs, fetchedAt }) => ({
+        id: peer.id,
+        url: peer.url,
+        heartbeatAt: new Date(fetchedAt - ageMs).toISOString(),
+        self: peer.id === this.opts.replicaId,
+        alive: beating({ ageMs, fetchedAt }, now),
+      })),
+    };
+  }
+
+  /**
+   * Makes the configured tokens the shared set (stored as sha256 digests only). A replica
+   * started without tokens uses the set the others stored.
+   */
+  async syncTokens(tokens: TokenRecord[]): Promise<void> {
+    if (tokens.length === 0) return;
+    // Replicas starting together would otherwise interleave their replacements.
+    await lockedTransaction(this.pool, TOKENS_LOCK, async (client) => {
+      await client.query('DELETE FROM kelsingra_tokens WHERE NOT (name = ANY($1))', [
+        tokens.map((t) => t.name),
+      ]);
+      for (const t of tokens) {
+        await client.query(
+          `INSERT INTO kelsingra_tokens (name, digest, tenants, role) VALUES ($1, $2, $3, $4)
+           ON CONFLICT (name) DO UPDATE SET digest = EXCLUDED.digest, tenants = EXCLUDED.tenants,
+             role = EXCLUDED.role, updated_at = now()`,
+          [t.name, t.digest, t.tenants, t.role],
+        );
+      }
+    });
+  }
+
+  async loadTokens(): Promise<TokenRecord[]> {
+    const { rows } = await this.query<{ name: string; digest: Buffer; tenants: string[]; role: string }>(
+      'SELECT name, digest, tenants, role FROM kelsingra_tokens ORDER BY name',
+    );
+    // A role this version does not know (written by a newer replica) gets the least rights.
+    return rows.map((r) => ({ ...r, role: r.role === 'admin' ? 'admin' : 'developer' }));
+  }
+
+  async close(): Promise<void> {
+    this.closed = true;
+    for (const timer of this.timers) clearInterval(timer);
+    if (this.announced) {
+      // A clean stop tells the others at once; a crash is noticed by the missing heartbeat.
+      await this.query('DELETE FROM kelsingra_replicas WHERE id = $1', [this.opts.replicaId]).catch((err) =>
+        this.log.warn({ err: (err as Error).message }, 'could not remove this replica from the database'),
+      );
+    }
+    await this.listener?.end().catch(() => {
+      // Already broken: there is nothing left to close.
+    });
+    await this.pool.end();
+  }
+
+  private async query<R extends pg.QueryResultRow>(text: string, values: unknown[] = []) {
+    try {
+      return await this.pool.query<R>(text, values);
+    } catch (err) {
+      if (!isConnectionError(err)) throw err;
+      this.degrade(err);
+      throw new StoreUnavailableError(`PostgreSQL is unreachable: ${(err as Error).message}`);
+    }
+  }
+
+  private async writeTunnel(tunnel: TunnelRecord): Promise<void> {
+    const { rows } = await this.query<Row>(
+      `WITH t AS (
+         INSERT INTO kelsingra_tunnels (client_key, replica_id, holder, token_name) VALUES ($1, $2, $3, $4)
+         ON CONFLICT (client_key) DO UPDATE SET replica_id = EXCLUDED.replica_id, holder = EXCLUDED.holder,
+           connected_at = now()
+         WHERE kelsingra_tunnels.token_name = EXCLUDED.token_name)
+       UPDATE kelsingra_intercepts SET replica_id = $2, epoch = epoch + 1
+       WHERE client_key = $1 AND replica_id <> $2 AND token_name = $4 RETURNING *`,
+      [tunnel.clientKey, tunnel.replicaId, tunnel.holder, tunnel.tokenName],
+    );
+    for (const row of rows) this.applyUpsert(row);
+  }
+
+  private applyUpsert(row: Row): Intercept {
+    const change = Number(row.change);
+    this.watermark = Math.max(this.watermark, change);
+    const incoming = toIntercept(row);
+    const current = this.byId.get(row.id);
+    if (current) {
+      const seen = this.seen.get(row.id);
+      if (!seen || seen.change < change) {
+        Object.assign(current, incoming);
+        this.seen.set(row.id, { change, at: seen?.at ?? Date.now() });
+      }
+      return current;
+    }
+    const tombstone = this.tombstones.get(row.id);
+    if (tombstone && tombstone.change >= change) return incoming;
+    this.tombstones.delete(row.id);
+    const previous = this.byKey.get(incoming.service, incoming.tenant);
+    if (previous) {
+      // Another id for the same (service, tenant): the newer row wins, the older lease lapsed.
+      if ((this.seen.get(previous.id)?.change ?? 0) > change) return incoming;
+      this.removeLocal(previous, 'expired');
+    }
+    this.byKey.set(incoming);
+    this.byId.set(incoming.id, incoming);
+    this.seen.set(incoming.id, { change, at: Date.now() });
+    this.emit('created', incoming);
+    return incoming;
+  }
+
+  private applyDelete(row: Row, reason: EndReason): Intercept {
+    const current = this.byId.get(row.id);
+    if (current) {
+      this.removeLocal(current, reason);
+      return current;
+    }
+    this.tombstones.set(row.id, { change: Number(row.change), at: Date.now() });
+    return toIntercept(row);
+  }
+
+  private removeLocal(intercept: Intercept, reason: EndReason): void {
+    this.byKey.delete(intercept);
+    this.byId.delete(intercept.id);
+    this.tombstones.set(intercept.id, { change: this.seen.get(intercept.id)?.change ?? 0, at: Date.now() });
+    this.seen.delete(intercept.id);
+    this.emit('ended', intercept, reason);
+  }
+
+  /**
+   * The periodic repair, in case a notification was lost: rows changed since the highest
+   * change applied, every time; the whole table (ids and change numbers, then the rows that
+   * differ) when the row counts disagree with the copy, and every FULL_RELOAD_EVERY times. Notifications are not lost while the listening
+   * connection stays up, and losing it triggers a full reload, so this is a safety net that
+   * must stay cheap with a hundred thousand intercepts.
+   */
+  private async reconcile(): Promise<void> {
+    this.reconciliations += 1;
+    // A row deleted without a notice shows as a count that differs from the copy's: counting
+    // is cheap for the database and costs this process nothing, unlike reading every id.
+    const { rows: counts } = await this.query<{ intercepts: string; routes: string }>(
+      `SELECT (SELECT count(*) FROM kelsingra_intercepts) AS intercepts,
+              (SELECT count(*) FROM kelsingra_routes) AS routes`,
+    );
+    const missed =
+      Number(counts[0]?.intercepts) !== this.byId.size || Number(counts[0]?.routes) !== this.routes.size;
+    if (missed || this.reconciliations % FULL_RELOAD_EVERY === 0) {
+      await this.reload();
+      return;
+    }
+    // Change numbers are taken when a row is written, not when its transaction commits: a
+    // write that committed late can sit below the watermark. Looking back a window of changes
+    // catches those (rows already applied are skipped by their change number).
+    const since = Math.max(0, this.watermark - RECONCILE_OVERLAP);
+    const { rows } = await this.query<Row>('SELECT * FROM kelsingra_intercepts WHERE change > $1', [since]);
+    for (const row of rows) this.applyUpsert(row);
+    const routes = await this.query<RouteRow>('SELECT * FROM kelsingra_routes WHERE change > $1', [since]);
+    for (const row of routes.rows) this.applyRoute(row);
+    this.lastSyncAt = Date.now();
+  }
+
+  /** The whole tables, compared with the copy: repairs whatever notifications were lost. */
+  private async reload(): Promise<void> {
+    const startedAt = Date.now();
+    const { rows: versions } = await this.query<{ id: string; change: string }>(
+      'SELECT id, change FROM kelsingra_intercepts',
+    );
+    const present = new Set<string>();
+    const stale: string[] = [];
+    for (const v of versions) {
+      present.add(v.id);
+      if ((this.seen.get(v.id)?.change ?? -1) < Number(v.change)) stale.push(v.id);
+    }
+    for (let i = 0; i < stale.length; i += 5_000) {
+      const { rows } = await this.query<Row>('SELECT * FROM kelsingra_intercepts WHERE id = ANY($1)', [
+        stale.slice(i, i + 5_000),
+      ]);
+      for (const row of rows) this.applyUpsert(row);
+    }
+    for (const intercept of [...this.byId.values()]) {
+      // Learnt of after the snapshot was taken: the snapshot cannot speak for it.
+      if (present.has(intercept.id) || (this.seen.get(intercept.id)?.at ?? 0) >= startedAt) continue;
+      this.removeLocal(intercept, intercept.expiresAt <= Date.now() ? 'expired' : 'left');
+    }
+    for (const [id, { at }] of this.tombstones) if (startedAt - at > TOMBSTONE_MS) this.tombstones.delete(id);
+    const { rows: routes } = await this.query<RouteRow>('SELECT * FROM kelsingra_routes');
+    const routed = new Set<string>();
+    for (const row of routes) {
+      routed.add(row.id);
+      this.applyRoute(row);
+    }
+    for (const route of this.routes.list()) {
+      if (routed.has(route.id) || (this.routeSeen.get(route.id)?.at ?? 0) >= startedAt) continue;
+      this.applyRouteGone(route.id, route.change);
+    }
+    for (const [id, seen] of this.routeSeen)
+      if (!this.routes.get(id) && startedAt - seen.at > TOMBSTONE_MS) this.routeSeen.delete(id);
+    this.emit('tokens', await this.loadTokens());
+    this.lastSyncAt = Date.now();
+  }
+
+  private async heartbeat(): Promise<void> {
+    if (!this.announced) return;
+    const { rows } = await this.query<{ id: string; url: string; secret: string; age_ms: number }>(
+      `WITH me AS (
+         INSERT INTO kelsingra_replicas (id, url, secret, version) VALUES ($1, $2, $3, $4)
+         ON CONFLICT (id) DO UPDATE SET heartbeat_at = now(), url = EXCLUDED.url, secret = EXCLUDED.secret)
+       SELECT id, url, secret, (extract(epoch FROM now() - heartbeat_at) * 1000)::int AS age_ms
+       FROM kelsingra_replicas`,
+      [this.opts.replicaId, this.announced.url, this.announced.secret, VERSION],
+    );
+    const fetchedAt = Date.now();
+    this.peers.clear();
+    // The CTE's write is not visible to its own SELECT: this replica is added as just beaten.
+    this.peers.set(this.opts.replicaId, {
+      peer: {
+        id: this.opts.replicaId,
+        url: this.announced.url,
+        secret: this.announced.secret,
+        heartbeatAt: fetchedAt,
+      },
+      ageMs: 0,
+      fetchedAt,
+    });
+    for (const r of rows) {
+      if (r.id === this.opts.replicaId) continue;
+      this.peers.set(r.id, {
+        peer: { id: r.id, url: r.url, secret: r.secret, heartbeatAt: fetchedAt - r.age_ms },
+        ageMs: r.age_ms,
+        fetchedAt,
+      });
+    }
+    if (this.listenerUp && this.caughtUp) this.recover();
+  }
+
+  private async sweep(): Promise<void> {
+    if (this.degradedSince !== undefined || Date.now() < this.sweepAfter) return;
+    const { rows } = await this.query<Row>(
+      'DELETE FROM kelsingra_intercepts WHERE expires_at < now() RETURNING *',
+    );
+    for (const row of rows) this.emit('expired', this.applyDelete(row, 'expired'));
+    await this.query(
+      `WITH dead AS (DELETE FROM kelsingra_replicas WHERE heartbeat_at < now() - interval '1 minute' RETURNING id)
+       DELETE FROM kelsingra_tunnels t WHERE t.replica_id IN (SELECT id FROM dead)
+         OR NOT EXISTS (SELECT 1 FROM kelsingra_replicas r WHERE r.id = t.replica_id)`,
+    );
+  }
+
+  private async connectListener(): Promise<void> {
+    const client = new pg.Client({
+      connectionString: this.opts.databaseUrl,
+      connectionTimeoutMillis: 2_000,
+      keepAlive: true,
+    });
+    client.on('notification', (msg) => {
+      if (msg.channel !== CHANNEL || !msg.payload) return;
+      this.onNotification(msg.payload);
+    });
+    const lost = (err?: Error) => {
+      if (this.listener !== client) return;
+      this.listener = undefined;
+      this.listenerUp = false;
+      this.caughtUp = false;
+      if (this.closed) return;
+      this.degrade(err ?? new Error('the notification connection closed'));
+      this.scheduleListener();
+    };
+    client.on('error', lost);
+    client.on('end', () => lost());
+    this.listener = client;
+    try {
+      await client.connect();
+      await client.query(`LISTEN ${CHANNEL}`);
+    } catch (err) {
+      this.listener = undefined;
+      await client.end().catch(() => {
+        // It never connected: nothing to end.
+      });
+      throw err;
+    }
+    this.listenerUp = true;
+  }
+
+  /** Every second until both are done: listening again, then caught up. */
+  private scheduleListener(): void {
+    const timer = setTimeout(async () => {
+      if (this.closed) return;
+      try {
+        if (!this.listener) await this.connectListener();
+        await this.resync();
+      } catch (err) {
+        this.degrade(err);
+        this.scheduleListener();
+      }
+    }, 1_000);
+    timer.unref();
+  }
+
+  /**
+   * After the database comes back: renew what this replica's tunnels hold (leases could not
+   * be renewed while it was away), then reload everything, and only then sweep again.
+   */
+  private async resync(): Promise<void> {
+    const listener = this.listener;
+    this.sweepAfter = Date.now() + this.ttlMs / 2;
+    // Nobody could renew while the database was away: every lease gets one more term, so
+    // no client loses its intercept (to the sweep, or to another client's create) for an
+    // outage it did not cause. A client that vanished meanwhile lapses one lease later.
+    await this.query(
+      `UPDATE kelsingra_intercepts SET expires_at = greatest(expires_at, now() + $1 * interval '1 millisecond')`,
+      [this.ttlMs],
+    );
+    await this.rewriteTunnels();
+    await this.reload();
+    // A listener lost again meanwhile has its own catch-up to do.
+    if (this.listener === listener) this.caughtUp = true;
+    await this.heartbeat();
+    this.log.info({ intercepts: this.byId.size }, 'resynchronised with PostgreSQL');
+  }
+
+  private onNotification(payload: string): void {
+    let message: Notification;
+    try {
+      message = JSON.parse(payload) as Notification;
+    } catch {
+      this.log.warn({ payload: payload.slice(0, 200) }, 'unreadable notification ignored');
+      return;
+    }
+    if (message.op === 'upsert') this.applyUpsert(message.row);
+    else if (message.op === 'delete') this.applyDelete(message.row, message.reason);
+    else if (message.op === 'route') {
+      if (message.deleted) this.applyRouteGone(message.id, message.change);
+      else if ((this.routeSeen.get(message.id)?.change ?? -1) < message.change)
+        this.fetchRoute(message.id).catch((err) => this.failed(err));
+    } else if (message.op === 'tokens') {
+      this.loadTokens().then(
+        (tokens) => this.emit('tokens', tokens),
+        (err) => this.failed(err),
+      );
+    }
+  }
+
+  /** This replica's tunnels written again (after an outage, or after a failed write). */
+  private async rewriteTunnels(): Promise<void> {
+    for (const tunnel of this.localTunnels.values()) await this.writeTunnel(tunnel);
+  }
+
+  /** A background step failed: an outage is already marked degraded; anything else is a bug to log each time. */
+  private failed(err: unknown): void {
+    if (err instanceof StoreUnavailableError) return;
+    this.log.error({ err }, 'intercept store background step failed');
+  }
+
+  private degrade(err: unknown): void {
+    const reason = (err as Error).message ?? String(err);
+    if (this.degradedSince === undefined) {
+      this.degradedSince = Date.now();
+      this.log.warn({ err: reason }, 'PostgreSQL unreachable; routing from memory until it is back');
+    }
+    this.degradedReason = reason;
+  }
+
+  private recover(): void {
+    if (this.degradedSince === undefined) return;
+    this.log.info({ degradedForMs: Date.now() - this.degradedSince }, 'PostgreSQL reachable again');
+    this.degradedSince = undefined;
+    this.degradedReason = undefined;
+    // A tunnel opened or closed during the outage was not recorded; the listener may never have dropped.
+    this.rewriteTunnels().catch((err) => this.failed(err));
+  }
+}

@@ -1,0 +1,226 @@
+/**
+ * Names shared by the server agent and the client agent. The wire protocol itself is
+ * described in docs/protocol.md (frames: src/shared/tunnel-wire.ts); keep them in step.
+ */
+import { z } from 'zod';
+
+/** WebSocket path of the tunnel on the control port. */
+export const TUNNEL_PATH = '/v1/tunnel';
+
+/** Set on every request Kelsingra forwards, so reverse-proxy rules can skip it and loops are caught. */
+export const HOP_HEADER = 'x-kelsingra-hop';
+/** Lets a caller name the service explicitly instead of relying on Host or path. */
+export const SERVICE_HEADER = 'x-kelsingra-service';
+/** Added to tunnelled requests so the local service (and the log) can tell which intercept served it. */
+export const INTERCEPT_HEADER = 'x-kelsingra-intercept';
+/** Marks responses that Kelsingra generated itself rather than relayed. */
+export const ERROR_HEADER = 'x-kelsingra-error';
+
+/**
+ * On a request one replica relays to the replica holding the tunnel: the receiver's own
+ * secret (from the replicas table), so outsiders cannot pose as a replica. Never forwarded further.
+ */
+export const RELAY_HEADER = 'x-kelsingra-relay';
+
+/**
+ * Outbound calls from a developer's machine enter the control port under this path (the
+ * rest is the called path). They carry the token in their own header, so the application's
+ * Authorization header passes through untouched, and the Host the local service addressed.
+ */
+export const GATEWAY_PATH = '/v1/gateway';
+export const GATEWAY_TOKEN_HEADER = 'x-kelsingra-token';
+export const GATEWAY_HOST_HEADER = 'x-kelsingra-host';
+
+/** Sent by the client in the WebSocket upgrade. */
+export const CLIENT_ID_HEADER = 'x-kelsingra-client';
+export const HOLDER_HEADER = 'x-kelsingra-holder';
+/** The client's Kelsingra version, so a server that cannot talk to it can say which to upgrade. */
+export const VERSION_HEADER = 'x-kelsingra-version';
+
+/**
+ * Text frames on the tunnel WebSocket carry these JSON control messages (binary frames carry
+ * the streams). Checked on arrival: a message of an unknown type, or one that does not fit its
+ * schema, is ignored, so either side can add messages without breaking the other.
+ */
+const ids = z.array(z.string().max(200)).max(10_000);
+export const ServerControlSchema = z.discriminatedUnion('type', [
+  z.object({
+    type: z.literal('hello'),
+    clientId: z.string(),
+    heartbeatMs: z.number().positive(),
+    leaseTtlMs: z.number().positive(),
+  }),
+  z.object({ type: z.literal('renewed'), ids, missing: ids }),
+  z.object({ type: z.literal('intercept-ended'), id: z.string(), reason: z.string() }),
+  /**
+   * The server agent is stopping: open a tunnel again (through the load balancer, to another
+   * replica), then close this one once its requests are done.
+   */
+  z.object({ type: z.literal('draining') }),
+]);
+export type ServerControl = z.infer<typeof ServerControlSchema>;
+
+export const ClientControlSchema = z.object({ type: z.literal('renew'), ids });
+export type ClientControl = z.infer<typeof ClientControlSchema>;
+
+export interface InterceptView {
+  id: string;
+  service: string;
+  tenant: string;
+  holder: string;
+  /** Names the tunnel that holds it; derived from the client id, which stays secret. */
+  tunnelId: string;
+  localPort: number;
+  createdAt: string;
+  expiresAt: string;
+  connected: boolean;
+  /** The server replica whose tunnel carries it ('' while disconnected). */
+  replica: string;
+  /** Dev topics whose messages for the tenant reach the developer (empty: HTTP only). */
+  kafkaTopics: string[];
+  /** Where the intercepted key can be opened in a browser, when the server has a preview URL template. */
+  previewUrl?: string;
+}
+
+/** `GET /v1/info`: what a client agent needs to call dev as a tenant. */
+export interface ServerInfo {
+  tenantHeader: string;
+  baggageKey: string;
+  /** Template with {key} and {service}, when preview URLs are configured. */
+  previewUrl?: string;
+  services: string[];
+}
+
+/** The server agent's intercept store, in `/status`: one process in memory, or replicas on PostgreSQL. */
+export interface StoreHealth {
+  kind: 'memory' | 'postgres';
+  state: 'ok' | 'degraded';
+  /** Why it is degraded, and since when. */
+  error?: string;
+  since?: string;
+  lastSyncAt?: string;
+  replicas?: { id: string; url: string; heartbeatAt: string; self: boolean; alive: boolean }[];
+}
+
+/** One backend of a service's upstream, as the server agent sees it. */
+export interface UpstreamHealth {
+  service: string;
+  url: string;
+  /**
+   * healthy: its health check passes; unhealthy: its checks fail; ejected: taken out of the
+   * rotation after refused connections or a run of 5xx answers; unknown: not checked yet (it
+   * takes traffic). Missing from servers before upstream pools.
+   */
+  state?: 'healthy' | 'unhealthy' | 'ejected' | 'unknown';
+  lastOkAt?: string;
+  lastError?: string;
+  lastErrorAt?: string;
+  lastCheckAt?: string;
+}
+
+/** A tunnelled request as the server agent saw it (for `logs` and `dashboard`). */
+export interface RequestRecord {
+  type: 'request';
+  interceptId: string;
+  /** The data plane's `x-request-id` of the request (older servers send none). */
+  requestId?: string;
+  service: string;
+  tenant: string;
+  holder: string;
+  method: string;
+  path: string;
+  status: number;
+  durationMs: number;
+  bytesOut: number;
+  at: number;
+  error?: string;
+  /** An upgraded connection (a WebSocket): the record is written when it closes. */
+  upgrade?: UpgradeInfo;
+}
+
+/** One upgraded connection through the tunnel, as a whole (status 101 when it was upgraded). */
+export interface UpgradeInfo {
+  /** The Upgrade token: websocket, mostly. */
+  protocol: string;
+  /** Bytes from the caller (bytesOut of the record: from the local service). */
+  bytesIn: number;
+  /** Whose end went first: the caller's, the local service's, the tunnel's, or nobody answered in time. */
+  closedBy?: 'caller' | 'local' | 'tunnel' | 'timeout';
+  /** WebSocket only: the first close frame, and which side sent it. */
+  code?: number;
+  reason?: string;
+  closeFrom?: 'caller' | 'local';
+  /** WebSocket only: data messages each way. */
+  messagesIn?: number;
+  messagesOut?: number;
+}
+
+/**
+ * An intercept came back under its own id after its lease had lapsed (its client was asleep,
+ * stopped or cut off for longer than the lease): since `lapsedAt` the tenant's traffic went to
+ * `fallback` (its tenant route, or the base service), for `fallbackMs`.
+ */
+export interface LeaseLapse {
+  lapsedAt: number;
+  fallback: 'base' | 'route';
+  fallbackMs: number;
+}
+
+export type LeaseLapsedEvent = {
+  type: 'intercept';
+  action: 'lapsed';
+  intercept: InterceptView;
+  at: number;
+} & LeaseLapse;
+
+/** What `POST /v1/intercepts` answers: the intercept, and the lapse it resumed after, if any. */
+export type CreatedIntercept = InterceptView & { lapse?: LeaseLapse };
+
+/** Events on `GET /v1/events` (server-sent events, one JSON object per `data:` line). */
+export type ServerEvent =
+  | RequestRecord
+  | { type: 'intercept'; action: 'created' | 'ended'; reason?: string; intercept: InterceptView; at: number }
+  | LeaseLapsedEvent
+  | { type: 'upstreams'; upstreams: UpstreamHealth[]; at: number };
+
+export type StreamEvent =
+  | ServerEvent
+  | { type: 'snapshot'; at: number; intercepts: InterceptView[]; upstreams: UpstreamHealth[] }
+  /** Marks the end of replayed history (`?history=1`): what follows is live. */
+  | { type: 'live'; at: number };
+
+/**
+ * A tenant route (`kelsingra route set`): these tenants of the service go to these targets
+ * instead of the base upstream, without a tunnel. One entry however many tenants it names;
+ * a tenant is in at most one route per service. An intercept beats a route; a route beats
+ * the base upstream.
+ */
+export interface RouteView {
+  /** `rt_<16 hex>` (64 bits: no two routes of a big table share one), derived from the service and its targets. */
+  id: string;
+  service: string;
+  tenants: string[];
+  /** Base URLs; several make a pool. */
+  targets: string[];
+  /** Name of the token that set it. */
+  createdBy: string;
+  createdAt: string;
+  updatedAt: string;
+}
+
+/** What `PUT /v1/routes` answers. */
+export interface SetRouteResult {
+  route: RouteView;
+  created: boolean;
+  /** Tenants that were in another route of the service and now are in this one. */
+  moved: { tenant: string; from: string }[];
+  /** Ids of routes the move left without tenants, deleted. */
+  removed: string[];
+}
+
+/** What `DELETE /v1/routes…` answers. */
+export interface RemoveRoutesResult {
+  removed: RouteView[];
+  /** Routes left with fewer tenants. */
+  updated: RouteView[];
+}
