@@ -4,6 +4,7 @@
  */
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { z } from 'zod';
+import { HttpError } from '../../src/shared/error-codes.js';
 import { sendError } from '../../src/shared/http/error-response.js';
 import { routingKeyProblem } from '../routing/routing-keys.js';
 
@@ -32,8 +33,7 @@ export function sendJson(res: ServerResponse, status: number, body: unknown): vo
  * read and dropped rather than the connection destroyed: the caller still gets the answer.
  */
 export async function readJson(req: IncomingMessage, max = MAX_BODY): Promise<unknown> {
-  const tooLarge = () =>
-    Object.assign(new Error(`request body over ${max} bytes`), { status: 413, code: 'body-too-large' });
+  const tooLarge = () => new HttpError(413, 'body-too-large', `request body over ${max} bytes`);
   if (Number(req.headers['content-length']) > max) throw tooLarge();
   const chunks: Buffer[] = [];
   await new Promise<void>((resolve, reject) => {
@@ -55,7 +55,7 @@ export async function readJson(req: IncomingMessage, max = MAX_BODY): Promise<un
   try {
     return JSON.parse(Buffer.concat(chunks).toString('utf8') || '{}');
   } catch {
-    throw Object.assign(new Error('request body is not valid JSON'), { status: 400 });
+    throw new HttpError(400, 'bad-request', 'request body is not valid JSON');
   }
 }
 

@@ -7,6 +7,7 @@ import http, { type IncomingMessage, type ServerResponse } from 'node:http';
 import type { Duplex } from 'node:stream';
 import type { Logger } from 'pino';
 import { z } from 'zod';
+import { HttpError } from '../../src/shared/error-codes.js';
 import { sendError, writeRawError } from '../../src/shared/http/error-response.js';
 import {
   CLIENT_ID_HEADER,
@@ -557,8 +558,8 @@ export function createControlPlane(deps: ControlPlaneDeps): http.Server {
       deps.serveGateway(req, res, principal);
       return;
     }
-    routes(req, res, principal, url).catch((err: Error & { status?: number; code?: string }) => {
-      if (err.status) sendError(res, err.status, err.code ?? 'bad-request', err.message);
+    routes(req, res, principal, url).catch((err: Error) => {
+      if (err instanceof HttpError) sendError(res, err.status, err.code, err.message, err.extra);
       else if (err instanceof StoreUnavailableError) {
         log.warn({ err: err.message, path: url.pathname }, 'change refused: the store is unavailable');
         sendError(

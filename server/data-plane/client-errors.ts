@@ -4,9 +4,11 @@
  * naming the address and the parser's error code. Anyone who can reach a port can send
  * garbage as fast as they like, so the lines are rate-limited per address.
  */
+
 import type http from 'node:http';
 import type { Duplex } from 'node:stream';
 import type { Logger } from 'pino';
+import type { ErrorCode } from '../../src/shared/error-codes.js';
 import { writeRawError } from '../../src/shared/http/error-response.js';
 
 export type PortName = 'control' | 'data';
@@ -113,7 +115,7 @@ export class ClientErrorLog {
 }
 
 /** The answer Node itself would give, as Kelsingra's JSON error. */
-function answerFor(code: string | undefined): { status: number; code: string; message: string } {
+function answerFor(code: string | undefined): { status: number; code: ErrorCode; message: string } {
   switch (code) {
     case 'HPE_HEADER_OVERFLOW':
       return { status: 431, code: 'headers-too-large', message: 'request headers too large' };

@@ -4,10 +4,12 @@
  * developer's tunnel, else to the tenant's route, else on to the service's upstream.
  * Developers' outbound calls (the client agent's gateway) enter the same way.
  */
+
 import { timingSafeEqual } from 'node:crypto';
 import http, { type IncomingMessage, type ServerResponse } from 'node:http';
 import type { Duplex } from 'node:stream';
 import type { Logger } from 'pino';
+import type { ErrorCode } from '../../src/shared/error-codes.js';
 import { type DualProtocol, serveHttp2 } from '../../src/shared/http/dual-protocol.js';
 import {
   answeredStatusOf,
@@ -99,7 +101,7 @@ type Decision =
   | {
       kind: 'error';
       status: number;
-      code: string;
+      code: ErrorCode;
       message: string;
       extra?: Record<string, unknown>;
       key?: string;

@@ -58,7 +58,7 @@ export interface TargetLabel {
   /** Fills "could not reach <what>" and "<what> did not answer". */
   what: string;
   /** Prefix of the error code: `upstream-unreachable`, `replica-timeout`… */
-  code: string;
+  code: 'upstream' | 'replica' | 'route';
   extra: Record<string, unknown>;
 }
 

@@ -4,11 +4,13 @@
  * untouched. Upgrade and Connection are hop-by-hop, yet they are exactly what an upgrade must
  * carry on to the next hop.
  */
+
 import type { IncomingMessage } from 'node:http';
 import net from 'node:net';
 import type { Duplex } from 'node:stream';
 import tls from 'node:tls';
 import type { Logger } from 'pino';
+import type { ErrorCode } from '../../src/shared/error-codes.js';
 import { writeRawError } from '../../src/shared/http/error-response.js';
 import type { RouteResult } from '../routing/routing.js';
 
@@ -28,7 +30,7 @@ export function relayUpgrade(
     ? tls.connect({ host: upstream.hostname, port, servername: upstream.hostname })
     : net.connect({ host: upstream.hostname, port });
   let answered = false;
-  const fail = (status: number, code: string, message: string) => {
+  const fail = (status: number, code: ErrorCode, message: string) => {
     target.destroy();
     if (answered) socket.destroy();
     else writeRawError(socket, status, code, message, { service: name });

@@ -3,6 +3,7 @@
  * response, trailers included. Either side hanging up cancels the other.
  */
 
+import type { ErrorCode } from '../../src/shared/error-codes.js';
 import { cutResponse, sendError } from '../../src/shared/http/error-response.js';
 import { lowerCaseNames, maskSecretQuery, rawToObject } from '../../src/shared/http/http-headers.js';
 import {
@@ -30,7 +31,7 @@ export function interceptName(intercept: Intercept): string {
 /** How a tunnelled request is answered when Kelsingra answers it itself (a response, or a raw socket). */
 export type Refuse = (
   status: number,
-  code: string,
+  code: ErrorCode,
   message: string,
   extra: Record<string, unknown>,
   headers?: Record<string, string>,

@@ -2,6 +2,8 @@
  * Errors a user can act on. Each carries the exit code the CLI uses (see README, "Exit
  * codes") and a hint that says what to do next.
  */
+import type { ErrorCode } from './error-codes.js';
+
 export const ExitCode = {
   ok: 0,
   failure: 1,
@@ -24,4 +26,12 @@ export class KelsingraError extends Error {
     super(message);
     this.name = 'KelsingraError';
   }
+}
+
+/**
+ * Whether `err` is Kelsingra's answer with this code (the server's, the gateway's, or the
+ * client's own): the one way the CLI branches on a code, so each is checked against ErrorCode.
+ */
+export function hasErrorCode(err: unknown, code: ErrorCode): err is KelsingraError {
+  return err instanceof KelsingraError && err.details?.code === code;
 }

@@ -161,7 +161,7 @@ describe('LiveLogModel', () => {
     expect(model.nextChangeAt()).toBeDefined();
     model.apply(done(a));
     expect(model.snapshot().inFlight.map((r) => r.path)).toEqual(['/other']);
-    model.apply({ kind: 'ended', reason: 'left', at: c.now() });
+    model.apply({ kind: 'ended', reason: 'left', end: { kind: 'left' }, at: c.now() });
     expect(model.snapshot().inFlight).toEqual([]);
   });
 
@@ -266,7 +266,7 @@ describe('LiveLogModel', () => {
     expect(model.snapshot().leaseExpiresInSeconds).toBe(0);
     model.apply({ kind: 'lease', interceptId: 'icp_1', expiresAt: c.now() + 30_000, at: c.now() });
     expect(model.snapshot().leaseExpiresInSeconds).toBeUndefined();
-    model.apply({ kind: 'ended', reason: 'left', at: c.now() });
+    model.apply({ kind: 'ended', reason: 'left', end: { kind: 'left' }, at: c.now() });
     c.advance(60_000);
     expect(model.snapshot().leaseExpiresInSeconds).toBeUndefined();
     expect(model.snapshot().ended).toBe('left');

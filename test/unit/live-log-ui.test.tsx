@@ -336,7 +336,7 @@ describe('LiveLog', () => {
     await ui2.until((s) => /lease expiring in [01] s|lease expired/.test(s), 'the lease warning');
     lease.apply({ kind: 'lease', interceptId: 'icp_abc', expiresAt: Date.now() + 2_000, at: Date.now() });
     await ui2.until((s) => !s.includes('lease expir'), 'the warning gone after a renewal');
-    lease.apply({ kind: 'ended', reason: 'left (q)', at: Date.now() });
+    lease.apply({ kind: 'ended', reason: 'left (q)', end: { kind: 'left', detail: 'q' }, at: Date.now() });
     await ui2.until((s) => s.includes('ended: left (q)'), 'the end');
   });
 });

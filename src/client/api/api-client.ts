@@ -3,6 +3,7 @@
  * what went wrong and what to do about it.
  */
 import { request } from 'undici';
+import type { ErrorCode } from '../../shared/error-codes.js';
 import { ExitCode, KelsingraError } from '../../shared/errors.js';
 import type { WireMessage } from '../../shared/kafka-wire.js';
 import {
@@ -193,7 +194,7 @@ function apiError(status: number, data: Record<string, unknown>): KelsingraError
         ExitCode.notFound,
         data.services
           ? 'pick one of the known services; kelsingra status lists them'
-          : data.code === 'unknown-route'
+          : data.code === ('unknown-route' satisfies ErrorCode)
             ? 'kelsingra route list shows the routes'
             : 'kelsingra list shows the live intercepts',
         data,
@@ -209,7 +210,7 @@ function apiError(status: number, data: Record<string, unknown>): KelsingraError
       );
     case 400:
       // A plain-HTTP URL for a port that serves TLS: the server answers that much in plain HTTP.
-      if (data.code === 'https-required')
+      if (data.code === ('https-required' satisfies ErrorCode))
         return new KelsingraError(message, ExitCode.unreachable, String(data.hint ?? ''), data);
       return new KelsingraError(
         `${message} (HTTP 400)`,

@@ -8,7 +8,9 @@
  * nor `Sec-Fetch-Site` and address the gateway by its own name, so the rules cost them nothing;
  * browsers always say where a request came from, and cannot be made to lie about it.
  */
+
 import type { IncomingHttpHeaders, IncomingMessage, OutgoingHttpHeaders } from 'node:http';
+import type { ErrorCode } from '../../shared/error-codes.js';
 
 const PREFLIGHT_MAX_AGE_S = 600;
 const LOCAL_ORIGIN = /^https?:\/\/(localhost|127\.0\.0\.1|\[::1\])(:\d{1,5})?$/i;
@@ -27,7 +29,7 @@ export function addressedToGateway(host: string | undefined, port: number): bool
 }
 
 export interface Refusal {
-  code: string;
+  code: ErrorCode;
   message: string;
   hint: string;
   /** Short, for the request log. */

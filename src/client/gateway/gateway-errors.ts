@@ -6,6 +6,7 @@ import http, { type ServerResponse } from 'node:http';
 import type { Http2ServerResponse } from 'node:http2';
 import type { Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
+import { type ErrorCode, errorEnvelope } from '../../shared/error-codes.js';
 import { grpcErrorHeaders, isGrpc } from '../../shared/http/grpc-status.js';
 import { ERROR_HEADER } from '../../shared/protocol.js';
 
@@ -13,12 +14,12 @@ import { ERROR_HEADER } from '../../shared/protocol.js';
 export function sendJson(
   res: ServerResponse | Http2ServerResponse,
   status: number,
-  code: string,
+  code: ErrorCode,
   message: string,
   extra: Record<string, unknown> = {},
   headers: Record<string, string> = {},
 ): number {
-  const body = JSON.stringify({ error: `Kelsingra: ${message}`, code, source: 'kelsingra', ...extra });
+  const body = errorEnvelope(code, message, extra);
   // Half a response already went out: all the caller can still learn is that it broke off.
   if (res.headersSent) {
     res.destroy();
@@ -44,12 +45,12 @@ export function sendJson(
 }
 
 /** The same on a socket no ServerResponse owns (CONNECT, upgrades, unparsable requests). */
-export function writeRaw(socket: Duplex | Socket, status: number, code: string, message: string): void {
+export function writeRaw(socket: Duplex | Socket, status: number, code: ErrorCode, message: string): void {
   if (!socket.writable) {
     socket.destroy();
     return;
   }
-  const body = JSON.stringify({ error: message, code, source: 'kelsingra' });
+  const body = errorEnvelope(code, message);
   socket.end(
     `HTTP/1.1 ${status} ${http.STATUS_CODES[status]}\r\ncontent-type: application/json; charset=utf-8\r\ncontent-length: ${Buffer.byteLength(body)}\r\n${ERROR_HEADER}: ${code}\r\nconnection: close\r\n\r\n${body}`,
   );

@@ -4,7 +4,10 @@
  * reach into HTTP, tunnel or lease state directly, so new kinds (Kafka messages) only add
  * members here.
  */
-import type { TunnelState } from '../tunnel/tunnel-client.js';
+import type { EndReason } from './end-reason.js';
+
+/** The tunnel as views show it. */
+export type TunnelState = 'connecting' | 'connected' | 'reconnecting' | 'closed';
 
 /** A tunnelled request has arrived and is being served by the local service. */
 export interface HttpStartEvent {
@@ -101,7 +104,9 @@ export interface LeaseLapsedEvent {
 
 export interface EndedEvent {
   kind: 'ended';
+  /** As a sentence (`describeEnd(end)`). */
   reason: string;
+  end: EndReason;
   at: number;
 }
 

@@ -6,13 +6,14 @@
  */
 import os from 'node:os';
 import { execa } from 'execa';
-import { ExitCode, KelsingraError } from '../../shared/errors.js';
+import { ExitCode, hasErrorCode } from '../../shared/errors.js';
 import type { InterceptView } from '../../shared/protocol.js';
 import type { LiveLogModel } from '../../ui/live-log-model.js';
 import type { LiveView } from '../../ui/live-view.js';
 import type { ClientSettings } from '../api/settings.js';
 import { gatewayEnv, outboundEvent, startClientGateway } from '../gateway/gateway-client.js';
 import type { OutboundGateway } from '../gateway/outbound-gateway.js';
+import { type EndReason, exitCodeOfEnd } from './end-reason.js';
 import type { OutboundEvent, SessionEvent } from './events.js';
 import { type InterceptRequest, InterceptSession } from './intercept-session.js';
 import {
@@ -140,9 +141,9 @@ export async function runIntercept(
 
   let exitCode: number = ExitCode.ok;
   let leaving = false;
-  const finished: Promise<string>[] = [session.ended];
-  let leaveFromView: ((reason: string) => void) | undefined;
-  finished.push(new Promise<string>((resolve) => (leaveFromView = resolve)));
+  const finished: Promise<EndReason>[] = [session.ended];
+  let leaveFromView: ((reason: EndReason) => void) | undefined;
+  finished.push(new Promise<EndReason>((resolve) => (leaveFromView = resolve)));
 
   let model: LiveLogModel | undefined;
   let liveView: LiveView | undefined;
@@ -161,10 +162,10 @@ export async function runIntercept(
     session.on('event', (event) => m.apply(event));
     liveView = ui.startLiveView(m, {
       // `q` is a deliberate, clean leave: exit code 0. Ctrl-C keeps the shell's 130, as SIGINT would.
-      onQuit: () => leaveFromView?.('left (q)'),
+      onQuit: () => leaveFromView?.({ kind: 'left', detail: 'q' }),
       onInterrupt: () => {
         exitCode = 130;
-        leaveFromView?.('left (Ctrl-C)');
+        leaveFromView?.({ kind: 'left', detail: 'Ctrl-C' });
       },
     });
   } else {
@@ -186,7 +187,7 @@ export async function runIntercept(
 
   const onSignal = (signal: NodeJS.Signals) => {
     exitCode = signal === 'SIGINT' ? 130 : 143;
-    leaveFromView?.(`left (${signal})`);
+    leaveFromView?.({ kind: 'left', detail: signal });
   };
   process.once('SIGINT', onSignal);
   process.once('SIGTERM', onSignal);
@@ -220,7 +221,7 @@ export async function runIntercept(
         // The command's exit code becomes ours when its exit is what ends the intercept; once
         // we are leaving for another reason (Ctrl-C, q), the SIGTERM we send it must not
         // replace that reason's code.
-        if (leaving) return 'local command exited';
+        if (leaving) return { kind: 'command-exited' } as const;
         exitCode =
           result.exitCode ??
           (result.signal ? 128 + (os.constants.signals[result.signal] ?? 15) : ExitCode.failure);
@@ -229,7 +230,10 @@ export async function runIntercept(
           if (model) model.output('stderr', `${message}\n`);
           else process.stderr.write(`${message}\n`);
         }
-        return `local command exited (${result.exitCode ?? result.signal ?? 'could not start'})`;
+        return {
+          kind: 'command-exited',
+          detail: String(result.exitCode ?? result.signal ?? 'could not start'),
+        } as const;
       }),
     );
   }
@@ -249,8 +253,7 @@ export async function runIntercept(
   await liveView?.stop();
   if (warning) process.stderr.write(warning);
   stdout.flush();
-  if (reason.startsWith('lease') || reason.startsWith('could not re-assert')) return ExitCode.failure;
-  return exitCode;
+  return exitCodeOfEnd(reason) ?? exitCode;
 }
 
 /** The outbound gateway; against a server agent without one, the intercept goes on without it (said on stderr). */
@@ -267,7 +270,7 @@ async function startGateway(
     });
     return gateway;
   } catch (err) {
-    if (err instanceof KelsingraError && err.details?.code === 'no-gateway') {
+    if (hasErrorCode(err, 'no-gateway')) {
       process.stderr.write(`Warning: ${err.message}; going on without it\n`);
       return undefined;
     }

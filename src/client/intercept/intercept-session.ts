@@ -5,7 +5,7 @@
  */
 import { EventEmitter } from 'node:events';
 import pRetry from 'p-retry';
-import { ExitCode, KelsingraError } from '../../shared/errors.js';
+import { ExitCode, hasErrorCode, KelsingraError } from '../../shared/errors.js';
 import type { InterceptView, LeaseLapse } from '../../shared/protocol.js';
 import { ApiClient } from '../api/api-client.js';
 import type { ClientSettings } from '../api/settings.js';
@@ -14,6 +14,7 @@ import type { KafkaOptions } from '../kafka/kafka-options.js';
 import { LocalForwarder } from '../tunnel/local-forwarder.js';
 import { TunnelClient } from '../tunnel/tunnel-client.js';
 import { claimClientId, releaseClientId } from './client-identity.js';
+import { describeEnd, type EndReason } from './end-reason.js';
 import type { SessionEvent } from './events.js';
 
 /**
@@ -43,13 +44,13 @@ export class InterceptSession extends EventEmitter<{ event: [SessionEvent] }> {
   private forwarder?: LocalForwarder;
   private kafka?: KafkaBridge;
   private renewTimer?: NodeJS.Timeout;
-  private endedReason?: string;
+  private endedReason?: EndReason;
   private leaving = false;
   private registering = false;
   /** Until when the server has confirmed the lease, by this machine's clock. */
   private leaseUntil = 0;
-  readonly ended: Promise<string>;
-  private resolveEnded!: (reason: string) => void;
+  readonly ended: Promise<EndReason>;
+  private resolveEnded!: (reason: EndReason) => void;
 
   private readonly settings: ClientSettings;
 
@@ -85,7 +86,7 @@ export class InterceptSession extends EventEmitter<{ event: [SessionEvent] }> {
     this.tunnel.on('state', (state, extra) => {
       this.emit('event', { kind: 'tunnel', state, ...extra, at: Date.now() });
       // Reconnecting stopped for good (the token was revoked): nothing holds the intercept any more.
-      if (state === 'closed' && extra.error) this.end(`tunnel closed: ${extra.error}`);
+      if (state === 'closed' && extra.error) this.end({ kind: 'tunnel-closed', detail: extra.error });
     });
     this.tunnel.on('control', (message) => {
       if (message.type === 'intercept-ended' && message.id === this.intercept?.id && !this.leaving) {
@@ -95,10 +96,10 @@ export class InterceptSession extends EventEmitter<{ event: [SessionEvent] }> {
         else
           this.end(
             message.reason === 'left'
-              ? 'left from another shell'
+              ? { kind: 'left-elsewhere' }
               : message.reason === 'token-revoked'
-                ? 'its token was removed, or no longer covers this tenant (ask the platform team)'
-                : `ended by the server (${message.reason})`,
+                ? { kind: 'token-revoked' }
+                : { kind: 'ended-by-server', detail: message.reason },
           );
       } else if (message.type === 'renewed' && this.intercept) {
         if (message.missing.includes(this.intercept.id)) {
@@ -116,16 +117,16 @@ export class InterceptSession extends EventEmitter<{ event: [SessionEvent] }> {
       }
     });
     this.tunnel.on('reconnected', () => {
-      this.register(true).catch((err: Error) =>
-        this.end(`could not re-assert the intercept after reconnecting: ${err.message}`),
-      );
+      this.register(true).catch((err: Error) => this.end({ kind: 'reassert-failed', detail: err.message }));
     });
   }
 
   /** The server no longer holds the lease: asks for it again (a conflict, a refusal or an error ends the session). */
   private reassert(why: string): void {
     if (this.registering || this.endedReason !== undefined) return;
-    this.register(true).catch((err: Error) => this.end(`${why}; could not take it back: ${err.message}`));
+    this.register(true).catch((err: Error) =>
+      this.end({ kind: 'lease-lost', detail: `${why}; could not take it back: ${err.message}` }),
+    );
   }
 
   static async start(settings: ClientSettings, want: InterceptRequest): Promise<InterceptSession> {
@@ -206,8 +207,7 @@ export class InterceptSession extends EventEmitter<{ event: [SessionEvent] }> {
         minTimeout: 500,
         maxTimeout: 3_000,
         maxRetryTime: this.tunnel.leaseTtlMs,
-        shouldRetry: ({ error }) =>
-          error instanceof KelsingraError && error.details?.code === 'store-unavailable',
+        shouldRetry: ({ error }) => hasErrorCode(error, 'store-unavailable'),
       });
       const { lapse, ...intercept } = created;
       this.intercept = intercept;
@@ -239,7 +239,7 @@ export class InterceptSession extends EventEmitter<{ event: [SessionEvent] }> {
   }
 
   /** Removes the intercept on the server (traffic falls back at once) and closes the tunnel. */
-  async leave(reason = 'left'): Promise<void> {
+  async leave(reason: EndReason = { kind: 'left' }): Promise<void> {
     if (this.endedReason === undefined) {
       // The server will echo our own removal back as 'intercept-ended'; the reason is ours to give.
       this.leaving = true;
@@ -248,9 +248,7 @@ export class InterceptSession extends EventEmitter<{ event: [SessionEvent] }> {
       } catch (err) {
         // Already gone is fine: leaving is idempotent. Anything else, the lease will end it.
         if (!(err instanceof KelsingraError && err.exitCode === ExitCode.notFound)) {
-          this.end(
-            `${reason}; removing the intercept failed (${(err as Error).message}); it lapses with its lease`,
-          );
+          this.end({ kind: 'leave-failed', left: reason, detail: (err as Error).message });
           await this.shutdown();
           throw err;
         }
@@ -261,11 +259,11 @@ export class InterceptSession extends EventEmitter<{ event: [SessionEvent] }> {
     await this.shutdown();
   }
 
-  private end(reason: string): void {
+  private end(reason: EndReason): void {
     if (this.endedReason !== undefined) return;
     this.endedReason = reason;
     clearInterval(this.renewTimer);
-    this.emit('event', { kind: 'ended', reason, at: Date.now() });
+    this.emit('event', { kind: 'ended', reason: describeEnd(reason), end: reason, at: Date.now() });
     this.resolveEnded(reason);
   }
 

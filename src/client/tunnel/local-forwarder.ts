@@ -4,10 +4,12 @@
  * when the caller spoke HTTP/2 (gRPC), an upgraded connection for an Upgrade (WebSocket) —
  * and the response streams back, trailers included. Reports each request as an event.
  */
+
 import http from 'node:http';
 import http2, { type ClientHttp2Session } from 'node:http2';
 import { PassThrough } from 'node:stream';
 import { type Dispatcher, Pool } from 'undici';
+import { type ErrorCode, errorEnvelope } from '../../shared/error-codes.js';
 import { grpcErrorHeaders, isGrpc } from '../../shared/http/grpc-status.js';
 import { Http2Sessions, track } from '../../shared/http/h2-sessions.js';
 import {
@@ -140,7 +142,7 @@ export class LocalForwarder {
     const grpc = head.http2 && isGrpc(requestHeaders()['content-type']);
     const refuse = (
       status: number,
-      code: string,
+      code: ErrorCode,
       message: string,
       extra: Record<string, unknown>,
       error: string,
@@ -406,7 +408,7 @@ function answerError(
   stream: TunnelStream,
   grpc: boolean,
   status: number,
-  code: string,
+  code: ErrorCode,
   message: string,
   extra: Record<string, unknown>,
 ): { status: number; headers: Record<string, string>; bytes: number } {
@@ -415,7 +417,7 @@ function answerError(
     stream.respond({ status: 200, headers: objectToRaw(headers), body: false });
     return { status: 200, headers, bytes: 0 };
   }
-  const body = JSON.stringify({ error: `Kelsingra: ${message}`, code, source: 'kelsingra', ...extra });
+  const body = errorEnvelope(code, message, extra);
   const headers = { 'content-type': 'application/json; charset=utf-8', [ERROR_HEADER]: code };
   stream.respond({ status, headers: objectToRaw(headers), body: true });
   stream.write(Buffer.from(body));

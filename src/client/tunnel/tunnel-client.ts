@@ -6,7 +6,7 @@
 import { EventEmitter, once } from 'node:events';
 import pRetry, { AbortError } from 'p-retry';
 import WebSocket from 'ws';
-import { ExitCode, KelsingraError } from '../../shared/errors.js';
+import { ExitCode, hasErrorCode, KelsingraError } from '../../shared/errors.js';
 import {
   CLIENT_ID_HEADER,
   type ClientControl,
@@ -21,6 +21,7 @@ import { TunnelMux, type TunnelStream } from '../../shared/tunnel-mux.js';
 import { type OpenHead, TUNNEL_SUBPROTOCOL } from '../../shared/tunnel-wire.js';
 import { VERSION } from '../../shared/version.js';
 import { unreachable } from '../api/api-client.js';
+import type { TunnelState } from '../intercept/events.js';
 
 /** How long a tunnel moved away from keeps taking new requests, while the other replicas hear of the move. */
 const RETIRE_GRACE_MS = 1_000;
@@ -34,8 +35,6 @@ const QUICK_RECONNECT_MS = 5_000;
 const QUICK_RETRY_MS = 50;
 const BACKOFF_MIN_MS = 250;
 const BACKOFF_MAX_MS = 5_000;
-
-export type TunnelState = 'connecting' | 'connected' | 'reconnecting' | 'closed';
 
 export interface TunnelClientOptions {
   server: string;
@@ -53,6 +52,8 @@ interface TunnelEvents {
   /** The last request in flight was answered (upgraded connections are not counted). */
   idle: [];
 }
+
+export type { TunnelState };
 
 export class TunnelClient extends EventEmitter<TunnelEvents> {
   state: TunnelState = 'connecting';
@@ -342,7 +343,7 @@ export class TunnelClient extends EventEmitter<TunnelEvents> {
     const attempt = () =>
       this.connectOnce().catch((err: KelsingraError) => {
         // A wrong token or a server of another protocol version does not get better by retrying.
-        throw err.exitCode === ExitCode.auth || err.details?.code === 'tunnel-version'
+        throw err.exitCode === ExitCode.auth || hasErrorCode(err, 'tunnel-version')
           ? new AbortError(err)
           : err;
       });
@@ -368,7 +369,7 @@ export class TunnelClient extends EventEmitter<TunnelEvents> {
         if (
           this.abort.signal.aborted ||
           (err instanceof KelsingraError &&
-            (err.exitCode === ExitCode.auth || err.details?.code === 'tunnel-version'))
+            (err.exitCode === ExitCode.auth || hasErrorCode(err, 'tunnel-version')))
         )
           throw err;
         return pRetry(attempt, {

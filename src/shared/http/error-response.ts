@@ -5,6 +5,7 @@
 import http, { type OutgoingHttpHeaders } from 'node:http';
 import { constants as h2 } from 'node:http2';
 import type { Duplex } from 'node:stream';
+import { type ErrorCode, errorEnvelope } from '../error-codes.js';
 import { ERROR_HEADER } from '../protocol.js';
 import { grpcErrorHeaders, isGrpc } from './grpc-status.js';
 import { type OutboundResponse, writeHead } from './http-types.js';
@@ -14,10 +15,10 @@ import { withRequestId } from './request-id.js';
  * The code of each answer Kelsingra made itself, for metrics and logs: once headers are
  * written with writeHead, the response no longer tells its own header values.
  */
-const errorCodes = new WeakMap<OutboundResponse, string>();
+const errorCodes = new WeakMap<OutboundResponse, ErrorCode>();
 
 /** The code of the error Kelsingra answered `res` with, if it did. */
-export function errorCodeOf(res: OutboundResponse): string | undefined {
+export function errorCodeOf(res: OutboundResponse): ErrorCode | undefined {
   return errorCodes.get(res);
 }
 
@@ -32,10 +33,6 @@ export function answeredStatusOf(res: OutboundResponse): number {
   return grpcStatuses.get(res) ?? res.statusCode;
 }
 
-function errorBody(code: string, message: string, extra: Record<string, unknown>): string {
-  return JSON.stringify({ error: `Kelsingra: ${message}`, code, source: 'kelsingra', ...extra });
-}
-
 /**
  * A response cut after its head went out: an HTTP/2 stream is reset (INTERNAL_ERROR, which a
  * gRPC caller reports as INTERNAL, not a clean end), an HTTP/1 connection closed.
@@ -48,7 +45,7 @@ export function cutResponse(res: OutboundResponse, code: number = h2.NGHTTP2_INT
 export function sendError(
   res: OutboundResponse,
   status: number,
-  code: string,
+  code: ErrorCode,
   message: string,
   extra: Record<string, unknown> = {},
   /** More response headers, such as Retry-After. */
@@ -81,7 +78,7 @@ export function sendError(
     res.end();
     return;
   }
-  const body = errorBody(code, message, extra);
+  const body = errorEnvelope(code, message, extra);
   writeHead(
     res,
     status,
@@ -99,7 +96,7 @@ export function sendError(
 export function writeRawError(
   socket: Duplex,
   status: number,
-  code: string,
+  code: ErrorCode,
   message: string,
   extra: Record<string, unknown> = {},
   /** More response headers, such as Retry-After (names and values without CR or LF). */
@@ -109,7 +106,7 @@ export function writeRawError(
     socket.destroy();
     return;
   }
-  const body = errorBody(code, message, extra);
+  const body = errorEnvelope(code, message, extra);
   const more = Object.entries(headers)
     .map(([name, value]) => `${name}: ${value}\r\n`)
     .join('');
