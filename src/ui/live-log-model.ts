@@ -13,6 +13,7 @@ import type {
   OutboundEvent,
   RequestEvent,
   SessionEvent,
+  TunnelState,
   WebSocketEvent,
 } from '../client/intercept/events.js';
 import {
@@ -22,7 +23,6 @@ import {
   isFailure,
   upgradeLabel,
 } from '../client/intercept/request-log.js';
-import type { TunnelState } from '../client/tunnel/tunnel-client.js';
 
 export interface LiveLogInfo {
   service: string;

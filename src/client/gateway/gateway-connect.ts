@@ -10,7 +10,7 @@ import type { IncomingMessage } from 'node:http';
 import type { Socket } from 'node:net';
 import { type Duplex, duplexPair } from 'node:stream';
 import { writeRaw } from './gateway-errors.js';
-import type { GatewayRecord } from './outbound-gateway.js';
+import type { GatewayRecord } from './gateway-record.js';
 
 export interface TunnelOptions {
   /** Longest silence, both directions together, before a tunnel is closed. */
@@ -51,7 +51,7 @@ export function acceptTunnels(server: http.Server, opts: TunnelOptions): Tunnels
     (socket as Socket).setTimeout(opts.idleMs, teardown);
 
     const refuse = (how: 'answer' | 'drop') => {
-      const message = `Kelsingra: the gateway cannot carry HTTPS (a CONNECT tunnel to ${authority} with TLS inside). Call the dev service with http:// through the gateway: the server agent reaches the upstream with its own scheme (https when the service is configured so). Leave HTTPS_PROXY unset, or list the host in NO_PROXY.`;
+      const message = `the gateway cannot carry HTTPS (a CONNECT tunnel to ${authority} with TLS inside). Call the dev service with http:// through the gateway: the server agent reaches the upstream with its own scheme (https when the service is configured so). Leave HTTPS_PROXY unset, or list the host in NO_PROXY.`;
       if (how === 'answer') writeRaw(socket, 501, 'connect-not-supported', message);
       else teardown();
       opts.onRequest?.({

@@ -63,6 +63,7 @@ import {
   withCors,
 } from './gateway-cors.js';
 import { sendJson, writeRaw } from './gateway-errors.js';
+import type { GatewayRecord } from './gateway-record.js';
 import { type Target, targetOf, tunnelTarget } from './gateway-target.js';
 
 /** Longest wait for the server's response headers (the server answers 504 after its own --upstream-timeout first). */
@@ -90,21 +91,7 @@ export interface GatewayOptions {
   onRequest?: (record: GatewayRecord) => void;
 }
 
-/** One finished gateway request, for the live view and plain logs. */
-export interface GatewayRecord {
-  startedAt: number;
-  method: string;
-  /** Origin form: the service named by the path. */
-  service?: string;
-  /** Proxy form: the host the caller addressed. */
-  host?: string;
-  /** Path and query sent on (credential-like query values masked). */
-  path: string;
-  status: number;
-  durationMs: number;
-  bytesOut: number;
-  error?: string;
-}
+export type { GatewayRecord } from './gateway-record.js';
 
 export interface OutboundGateway {
   url: string;
@@ -381,11 +368,11 @@ export async function startOutboundGateway(opts: GatewayOptions): Promise<Outbou
       socket,
       501,
       'upgrade-not-supported',
-      'Kelsingra: the gateway carries plain HTTP requests only, not WebSocket or other upgrades',
+      'the gateway carries plain HTTP requests only, not WebSocket or other upgrades',
     );
   });
   server.on('clientError', (_err, socket) => {
-    writeRaw(socket, 400, 'malformed-request', 'Kelsingra: malformed request');
+    writeRaw(socket, 400, 'malformed-request', 'malformed request');
   });
 
   const host = opts.host ?? '127.0.0.1';
