@@ -63,24 +63,25 @@ export type ServerControl = z.infer<typeof ServerControlSchema>;
 export const ClientControlSchema = z.object({ type: z.literal('renew'), ids });
 export type ClientControl = z.infer<typeof ClientControlSchema>;
 
-export interface InterceptView {
-  id: string;
-  service: string;
-  tenant: string;
-  holder: string;
+export const InterceptViewSchema = z.object({
+  id: z.string(),
+  service: z.string(),
+  tenant: z.string(),
+  holder: z.string(),
   /** Names the tunnel that holds it; derived from the client id, which stays secret. */
-  tunnelId: string;
-  localPort: number;
-  createdAt: string;
-  expiresAt: string;
-  connected: boolean;
+  tunnelId: z.string(),
+  localPort: z.number(),
+  createdAt: z.string(),
+  expiresAt: z.string(),
+  connected: z.boolean(),
   /** The server replica whose tunnel carries it ('' while disconnected). */
-  replica: string;
+  replica: z.string(),
   /** Dev topics whose messages for the tenant reach the developer (empty: HTTP only). */
-  kafkaTopics: string[];
+  kafkaTopics: z.array(z.string()),
   /** Where the intercepted key can be opened in a browser, when the server has a preview URL template. */
-  previewUrl?: string;
-}
+  previewUrl: z.string().optional(),
+});
+export type InterceptView = z.infer<typeof InterceptViewSchema>;
 
 /** `GET /v1/info`: what a client agent needs to call dev as a tenant. */
 export interface ServerInfo {
@@ -103,91 +104,121 @@ export interface StoreHealth {
 }
 
 /** One backend of a service's upstream, as the server agent sees it. */
-export interface UpstreamHealth {
-  service: string;
-  url: string;
+export const UpstreamHealthSchema = z.object({
+  service: z.string(),
+  url: z.string(),
   /**
    * healthy: its health check passes; unhealthy: its checks fail; ejected: taken out of the
    * rotation after refused connections or a run of 5xx answers; unknown: not checked yet (it
    * takes traffic). Missing from servers before upstream pools.
    */
-  state?: 'healthy' | 'unhealthy' | 'ejected' | 'unknown';
-  lastOkAt?: string;
-  lastError?: string;
-  lastErrorAt?: string;
-  lastCheckAt?: string;
-}
-
-/** A tunnelled request as the server agent saw it (for `logs` and `dashboard`). */
-export interface RequestRecord {
-  type: 'request';
-  interceptId: string;
-  /** The data plane's `x-request-id` of the request (older servers send none). */
-  requestId?: string;
-  service: string;
-  tenant: string;
-  holder: string;
-  method: string;
-  path: string;
-  status: number;
-  durationMs: number;
-  bytesOut: number;
-  at: number;
-  error?: string;
-  /** An upgraded connection (a WebSocket): the record is written when it closes. */
-  upgrade?: UpgradeInfo;
-}
+  state: z.enum(['healthy', 'unhealthy', 'ejected', 'unknown']).optional(),
+  lastOkAt: z.string().optional(),
+  lastError: z.string().optional(),
+  lastErrorAt: z.string().optional(),
+  lastCheckAt: z.string().optional(),
+});
+export type UpstreamHealth = z.infer<typeof UpstreamHealthSchema>;
 
 /** One upgraded connection through the tunnel, as a whole (status 101 when it was upgraded). */
-export interface UpgradeInfo {
+export const UpgradeInfoSchema = z.object({
   /** The Upgrade token: websocket, mostly. */
-  protocol: string;
+  protocol: z.string(),
   /** Bytes from the caller (bytesOut of the record: from the local service). */
-  bytesIn: number;
+  bytesIn: z.number(),
   /** Whose end went first: the caller's, the local service's, the tunnel's, or nobody answered in time. */
-  closedBy?: 'caller' | 'local' | 'tunnel' | 'timeout';
+  closedBy: z.enum(['caller', 'local', 'tunnel', 'timeout']).optional(),
   /** WebSocket only: the first close frame, and which side sent it. */
-  code?: number;
-  reason?: string;
-  closeFrom?: 'caller' | 'local';
+  code: z.number().optional(),
+  reason: z.string().optional(),
+  closeFrom: z.enum(['caller', 'local']).optional(),
   /** WebSocket only: data messages each way. */
-  messagesIn?: number;
-  messagesOut?: number;
-}
+  messagesIn: z.number().optional(),
+  messagesOut: z.number().optional(),
+});
+export type UpgradeInfo = z.infer<typeof UpgradeInfoSchema>;
+
+/** A tunnelled request as the server agent saw it (for `logs` and `dashboard`). */
+export const RequestRecordSchema = z.object({
+  type: z.literal('request'),
+  interceptId: z.string(),
+  /** The data plane's `x-request-id` of the request (older servers send none). */
+  requestId: z.string().optional(),
+  service: z.string(),
+  tenant: z.string(),
+  holder: z.string(),
+  method: z.string(),
+  path: z.string(),
+  status: z.number(),
+  durationMs: z.number(),
+  bytesOut: z.number(),
+  at: z.number(),
+  error: z.string().optional(),
+  /** An upgraded connection (a WebSocket): the record is written when it closes. */
+  upgrade: UpgradeInfoSchema.optional(),
+});
+export type RequestRecord = z.infer<typeof RequestRecordSchema>;
 
 /**
  * An intercept came back under its own id after its lease had lapsed (its client was asleep,
  * stopped or cut off for longer than the lease): since `lapsedAt` the tenant's traffic went to
  * `fallback` (its tenant route, or the base service), for `fallbackMs`.
  */
-export interface LeaseLapse {
-  lapsedAt: number;
-  fallback: 'base' | 'route';
-  fallbackMs: number;
-}
+const leaseLapse = {
+  lapsedAt: z.number(),
+  fallback: z.enum(['base', 'route']),
+  fallbackMs: z.number(),
+};
+export const LeaseLapseSchema = z.object(leaseLapse);
+export type LeaseLapse = z.infer<typeof LeaseLapseSchema>;
 
-export type LeaseLapsedEvent = {
-  type: 'intercept';
-  action: 'lapsed';
-  intercept: InterceptView;
-  at: number;
-} & LeaseLapse;
+export const LeaseLapsedEventSchema = z.object({
+  type: z.literal('intercept'),
+  action: z.literal('lapsed'),
+  intercept: InterceptViewSchema,
+  at: z.number(),
+  ...leaseLapse,
+});
+export type LeaseLapsedEvent = z.infer<typeof LeaseLapsedEventSchema>;
 
 /** What `POST /v1/intercepts` answers: the intercept, and the lapse it resumed after, if any. */
 export type CreatedIntercept = InterceptView & { lapse?: LeaseLapse };
 
 /** Events on `GET /v1/events` (server-sent events, one JSON object per `data:` line). */
+const InterceptChangeSchema = z.object({
+  type: z.literal('intercept'),
+  action: z.enum(['created', 'ended']),
+  reason: z.string().optional(),
+  intercept: InterceptViewSchema,
+  at: z.number(),
+});
+const UpstreamsEventSchema = z.object({
+  type: z.literal('upstreams'),
+  upstreams: z.array(UpstreamHealthSchema),
+  at: z.number(),
+});
 export type ServerEvent =
   | RequestRecord
-  | { type: 'intercept'; action: 'created' | 'ended'; reason?: string; intercept: InterceptView; at: number }
+  | z.infer<typeof InterceptChangeSchema>
   | LeaseLapsedEvent
-  | { type: 'upstreams'; upstreams: UpstreamHealth[]; at: number };
+  | z.infer<typeof UpstreamsEventSchema>;
 
-export type StreamEvent =
-  | ServerEvent
-  | { type: 'snapshot'; at: number; intercepts: InterceptView[]; upstreams: UpstreamHealth[] }
+/** What a client reads off the stream, checked against this before anything uses it. */
+export const StreamEventSchema = z.union([
+  RequestRecordSchema,
+  InterceptChangeSchema,
+  LeaseLapsedEventSchema,
+  UpstreamsEventSchema,
+  z.object({
+    type: z.literal('snapshot'),
+    at: z.number(),
+    intercepts: z.array(InterceptViewSchema),
+    upstreams: z.array(UpstreamHealthSchema),
+  }),
   /** Marks the end of replayed history (`?history=1`): what follows is live. */
-  | { type: 'live'; at: number };
+  z.object({ type: z.literal('live'), at: z.number() }),
+]);
+export type StreamEvent = z.infer<typeof StreamEventSchema>;
 
 /**
  * A tenant route (`kelsingra route set`): these tenants of the service go to these targets

@@ -5,7 +5,7 @@
 import { createParser } from 'eventsource-parser';
 import { request } from 'undici';
 import { ExitCode, KelsingraError } from '../../shared/errors.js';
-import type { StreamEvent } from '../../shared/protocol.js';
+import { type StreamEvent, StreamEventSchema } from '../../shared/protocol.js';
 import { unreachable } from './api-client.js';
 import type { ClientSettings } from './settings.js';
 
@@ -59,7 +59,7 @@ export async function* followEvents(
   const queue: StreamEvent[] = [];
   const parser = createParser({
     onEvent: (message) => {
-      queue.push(JSON.parse(message.data) as StreamEvent);
+      queue.push(streamEventOf(message.data));
     },
   });
   try {
@@ -75,4 +75,26 @@ export async function* followEvents(
       'check that the server agent is still running (kelsingra status), then run the command again',
     );
   }
+}
+
+/** One `data:` line of the stream, checked: a server this CLI does not understand is said so, not half-shown. */
+export function streamEventOf(data: string): StreamEvent {
+  let value: unknown;
+  try {
+    value = JSON.parse(data);
+  } catch {
+    throw new KelsingraError(
+      `the server sent an event that is not JSON: ${data.slice(0, 200)}`,
+      ExitCode.failure,
+      'compare the server agent and CLI versions with kelsingra status',
+    );
+  }
+  const parsed = StreamEventSchema.safeParse(value);
+  if (parsed.success) return parsed.data;
+  const issue = parsed.error.issues[0];
+  throw new KelsingraError(
+    `the server sent an event this CLI does not understand (${issue?.path.join('.') || 'event'}: ${issue?.message}): ${data.slice(0, 200)}`,
+    ExitCode.failure,
+    'the server agent may be newer or older than this CLI: compare versions with kelsingra status',
+  );
 }
