@@ -19,14 +19,14 @@ import { ClientAddresses } from './data-plane/client-address.js';
 import { answerClientErrors, ClientErrorLog } from './data-plane/client-errors.js';
 import { createDataPlane } from './data-plane/data-plane.js';
 import { Drain, type DrainResult } from './data-plane/drain.js';
-import { PassThrough, type UpstreamTarget } from './data-plane/pass-through.js';
+import { PassThroughProxy, type UpstreamTarget } from './data-plane/pass-through.js';
 import { type KafkaAgent, startKafka } from './kafka/kafka-agent.js';
 import { EventBus } from './observability/event-bus.js';
 import { createLogger } from './observability/logger.js';
 import { ServerMetrics } from './observability/metrics.js';
 import type { Route } from './routing/route-table.js';
 import { RouteTargetPolicy } from './routing/route-targets.js';
-import { ServiceRouter } from './routing/routing.js';
+import { ServiceResolver } from './routing/service-resolver.js';
 import type { InterceptStore } from './store/intercept-store.js';
 import { LapsedLeases } from './store/lapsed-leases.js';
 import { MemoryInterceptStore } from './store/memory-store.js';
@@ -36,7 +36,7 @@ import { TunnelHub } from './tunnel/tunnel-hub.js';
 export interface RunningServer {
   controlPort: number;
   proxyPort: number;
-  serverId: string;
+  replicaId: string;
   log: Logger;
   /**
    * Leaves rotation, moves tunnel clients to other replicas and lets requests in flight
@@ -79,7 +79,7 @@ export async function startServer(
   config: ServerConfig,
   log: Logger = createLogger(config.logLevel),
 ): Promise<RunningServer> {
-  const serverId = `ks-${randomBytes(4).toString('hex')}`;
+  const replicaId = `ks-${randomBytes(4).toString('hex')}`;
   // Before anything opens: a bad certificate is a configuration error, not a half-started server.
   const tls = await loadTls(config.tls);
   const configured = tokenRecords(config.token, config.tokens);
@@ -90,13 +90,13 @@ export async function startServer(
       { tokenNames: plainTokens },
       'tokens configured with their secrets (token:); keep only the SHA-256 instead (tokenSha256:, printed by kelsingra token hash) so the file gives nothing away',
     );
-  const audit = AuditLog.open(log, config.auditLog, serverId);
+  const audit = AuditLog.open(log, config.auditLog, replicaId);
   let store: InterceptStore;
   let pgStore: PgInterceptStore | undefined;
   if (config.databaseUrl) {
     pgStore = await PgInterceptStore.open({
       databaseUrl: config.databaseUrl,
-      replicaId: serverId,
+      replicaId,
       ttlMs: config.leaseTtl * 1000,
       log,
     });
@@ -116,7 +116,7 @@ export async function startServer(
   }
   const hub = new TunnelHub(
     store,
-    serverId,
+    replicaId,
     config.heartbeatInterval * 1000,
     log,
     config.maxTunnelStreams,
@@ -145,12 +145,12 @@ export async function startServer(
       throw err;
     }
   }
-  const router = new ServiceRouter(config.services, config.previewUrl);
-  const passThrough = new PassThrough(config.upstreamTimeout * 1000, log, {
+  const resolver = new ServiceResolver(config.services, config.previewUrl);
+  const passThrough = new PassThroughProxy(config.upstreamTimeout * 1000, log, {
     maxBodyBytes: config.maxBodyBytes,
     bodyIdleMs: config.bodyIdleTimeout * 1000,
   });
-  for (const name of router.names) passThrough.register(router.get(name) as UpstreamTarget);
+  for (const name of resolver.names) passThrough.register(resolver.get(name) as UpstreamTarget);
 
   // A route's targets never change (its id is derived from them): one pool per route, from
   // when any replica sets it until it is deleted.
@@ -161,8 +161,8 @@ export async function startServer(
       target = {
         name: `${route.service} route ${route.id}`,
         upstreams: route.targets.map((u) => new URL(u)),
-        healthCheck: router.get(route.service)?.healthCheck ?? false,
-        http2: router.get(route.service)?.http2 ?? true,
+        healthCheck: resolver.get(route.service)?.healthCheck ?? false,
+        http2: resolver.get(route.service)?.http2 ?? true,
       };
       routeTargets.set(route.id, target);
       passThrough.register(target);
@@ -210,12 +210,12 @@ export async function startServer(
     bus.publish({ type: 'intercept', action: 'lapsed', intercept: view, ...lapse, at: Date.now() });
   });
   const metrics = new ServerMetrics({
-    services: router.names,
+    services: resolver.names,
     openTunnels: () => hub.list().filter((t) => t.open).length,
     intercepts: () => store.list(),
     routes: () => store.listRoutes(),
     backends: function* () {
-      const services = router.names.map((n) => router.get(n)).filter((t) => t !== undefined);
+      const services = resolver.names.map((n) => resolver.get(n)).filter((t) => t !== undefined);
       for (const b of passThrough.upstreams(services))
         yield { service: b.service, pool: 'base', state: b.state };
       for (const route of store.listRoutes())
@@ -254,14 +254,14 @@ export async function startServer(
   });
 
   const data = createDataPlane({
-    router,
+    resolver,
     store,
     hub,
     passThrough,
     tenantHeader: config.tenantHeader,
     keys: { order: config.routingKeys, tenantHeader: config.tenantHeader, baggageKey: config.baggageKey },
     routeTarget,
-    serverId,
+    replicaId,
     timeoutMs: config.upstreamTimeout * 1000,
     bus,
     log,
@@ -276,9 +276,9 @@ export async function startServer(
     auth,
     store,
     hub,
-    router,
+    resolver,
     passThrough,
-    serverId,
+    replicaId,
     tenantHeader: config.tenantHeader,
     baggageKey: config.baggageKey,
     previewUrl: config.previewUrl,
@@ -362,9 +362,9 @@ export async function startServer(
     {
       controlPort,
       proxyPort,
-      services: router.names,
+      services: resolver.names,
       tenantHeader: config.tenantHeader,
-      serverId,
+      serverId: replicaId,
       store: store.health().kind,
       tls: tls?.ports ?? [],
     },
@@ -376,7 +376,7 @@ export async function startServer(
   return {
     controlPort,
     proxyPort,
-    serverId,
+    replicaId,
     log,
     drain: (timeoutMs) => drain.drain(timeoutMs),
     close() {

@@ -25,13 +25,13 @@ import type { Principal, TokenAuthority } from '../auth/auth.js';
 import type { AuthFailureLimiter } from '../auth/auth-limiter.js';
 import { topicName } from '../config/config.js';
 import type { ClientAddresses } from '../data-plane/client-address.js';
-import type { PassThrough, UpstreamTarget } from '../data-plane/pass-through.js';
+import type { PassThroughProxy, UpstreamTarget } from '../data-plane/pass-through.js';
 import { ForwardRefused, type KafkaAgent } from '../kafka/kafka-agent.js';
 import type { EventBus } from '../observability/event-bus.js';
 import type { ServerMetrics } from '../observability/metrics.js';
 import type { Route } from '../routing/route-table.js';
 import type { RouteTargetPolicy } from '../routing/route-targets.js';
-import type { ServiceRouter } from '../routing/routing.js';
+import type { ServiceResolver } from '../routing/service-resolver.js';
 import {
   clientKeyOf,
   type Intercept,
@@ -49,9 +49,9 @@ export interface ControlPlaneDeps {
   auth: TokenAuthority;
   store: InterceptStore;
   hub: TunnelHub;
-  router: ServiceRouter;
-  passThrough: PassThrough;
-  serverId: string;
+  resolver: ServiceResolver;
+  passThrough: PassThroughProxy;
+  replicaId: string;
   tenantHeader: string;
   baggageKey: string;
   previewUrl?: string;
@@ -144,8 +144,8 @@ export function interceptView(i: Intercept, connected: boolean): InterceptView {
 }
 
 export function createControlPlane(deps: ControlPlaneDeps): http.Server {
-  const { auth, store, hub, router, passThrough, bus, log } = deps;
-  const { serverId } = deps;
+  const { auth, store, hub, resolver, passThrough, bus, log } = deps;
+  const { replicaId } = deps;
   const { audit } = deps;
   /** The caller, for the audit trail; the holder is the client's own description of itself. */
   const actor = (req: IncomingMessage, p: Principal): Actor => {
@@ -156,20 +156,20 @@ export function createControlPlane(deps: ControlPlaneDeps): http.Server {
       typeof holder === 'string' && holder ? holder.slice(0, 120) : undefined,
     );
   };
-  const routeApi = createRouteApi({ store, router, policy: deps.routeTargetPolicy, log, audit, actor });
+  const routeApi = createRouteApi({ store, resolver, policy: deps.routeTargetPolicy, log, audit, actor });
   /** Connected here, or through a replica that is alive (it clears replicaId when the tunnel drops). */
   const connected = (i: Intercept) =>
     hub.get(i.clientKey) !== undefined ||
-    (i.replicaId !== '' && i.replicaId !== serverId && store.peer(i.replicaId) !== undefined);
+    (i.replicaId !== '' && i.replicaId !== replicaId && store.peer(i.replicaId) !== undefined);
   const view = (i: Intercept): InterceptView => {
     const v = interceptView(i, connected(i));
-    const previewUrl = router.preview.urlFor(i.service, i.tenant);
+    const previewUrl = resolver.preview.urlFor(i.service, i.tenant);
     return previewUrl ? { ...v, previewUrl } : v;
   };
   const visible = (p: Principal) => store.list().filter((i) => p.canUseTenant(i.tenant));
   /** The services' pools, and the pools of the routes this token may see. */
   const services = (p: Principal): UpstreamTarget[] => [
-    ...router.names.map((n) => router.get(n)).filter((s) => s !== undefined),
+    ...resolver.names.map((n) => resolver.get(n)).filter((s) => s !== undefined),
     ...store
       .listRoutes()
       .filter((r) => routeApi.routeFor(p, r) !== undefined)
@@ -226,18 +226,20 @@ export function createControlPlane(deps: ControlPlaneDeps): http.Server {
     );
   };
 
-  const routes = async (req: IncomingMessage, res: ServerResponse, principal: Principal, url: URL) => {
+  /** The REST API, for a caller whose token checked out. */
+  const serveApi = async (req: IncomingMessage, res: ServerResponse, principal: Principal, url: URL) => {
     const { pathname } = url;
     if (pathname === '/status' && req.method === 'GET') {
       sendJson(res, 200, {
-        serverId,
+        // The public name of this replica's id (scripts read it): kept as it was.
+        serverId: replicaId,
         version: VERSION,
         // Who the caller is to this server: which token, its role and tenants (never the secret).
         principal: { name: principal.name, role: principal.role, tenants: principal.tenants },
         store: store.health(),
         kafka: await kafkaStatusFor(principal),
         tenantHeader: deps.tenantHeader,
-        services: router.names.map((name) => ({ name, upstream: router.get(name)?.upstream.href })),
+        services: resolver.names.map((name) => ({ name, upstream: resolver.get(name)?.upstream.href })),
         upstreams: passThrough.upstreams(services(principal)),
         intercepts: visible(principal).map(view),
         clients: hub
@@ -261,7 +263,7 @@ export function createControlPlane(deps: ControlPlaneDeps): http.Server {
         tenantHeader: deps.tenantHeader,
         baggageKey: deps.baggageKey,
         previewUrl: deps.previewUrl,
-        services: router.names,
+        services: resolver.names,
       };
       sendJson(res, 200, info);
       return;
@@ -302,8 +304,8 @@ export function createControlPlane(deps: ControlPlaneDeps): http.Server {
       const body = await parseBody(req, res, createBody, 'intercept request');
       if (!body) return;
       const { service, tenant, clientId, previousId, localPort, kafka } = body;
-      if (!router.get(service)) {
-        sendUnknownService(res, router, service);
+      if (!resolver.get(service)) {
+        sendUnknownService(res, resolver, service);
         return;
       }
       let kafkaTopics: string[] = [];
@@ -346,7 +348,7 @@ export function createControlPlane(deps: ControlPlaneDeps): http.Server {
       }
       const clientKey = clientKeyOf(clientId);
       const local = hub.get(clientKey);
-      const here = local && { replicaId: serverId, holder: local.holder, tokenName: local.principal.name };
+      const here = local && { replicaId, holder: local.holder, tokenName: local.principal.name };
       // Behind a load balancer the tunnel may be open on another replica: the database knows where.
       // A draining replica asks it first: its own tunnels are moving away, and an intercept
       // re-asserted here must follow the client's new tunnel, not come back to the old one.
@@ -558,7 +560,7 @@ export function createControlPlane(deps: ControlPlaneDeps): http.Server {
       deps.serveGateway(req, res, principal);
       return;
     }
-    routes(req, res, principal, url).catch((err: Error) => {
+    serveApi(req, res, principal, url).catch((err: Error) => {
       if (err instanceof HttpError) sendError(res, err.status, err.code, err.message, err.extra);
       else if (err instanceof StoreUnavailableError) {
         log.warn({ err: err.message, path: url.pathname }, 'change refused: the store is unavailable');

@@ -12,7 +12,7 @@ import { type Actor, type AuditLog, routeField, tenantsField } from '../auth/aud
 import type { Principal } from '../auth/auth.js';
 import { type Route, RouteDropRefused, type SetRouteResult } from '../routing/route-table.js';
 import { type RouteTargetPolicy, targetProblem } from '../routing/route-targets.js';
-import type { ServiceRouter } from '../routing/routing.js';
+import type { ServiceResolver } from '../routing/service-resolver.js';
 import type { InterceptStore } from '../store/intercept-store.js';
 import { parseBody, sendJson, tenantId } from './api-body.js';
 
@@ -55,7 +55,7 @@ export function routeView(r: Route, tenants: string[] = r.tenants): RouteView {
 
 export interface RouteApiDeps {
   store: InterceptStore;
-  router: ServiceRouter;
+  resolver: ServiceResolver;
   policy: RouteTargetPolicy;
   log: Logger;
   audit: AuditLog;
@@ -71,20 +71,20 @@ export interface RouteApi {
 }
 
 /** 404 for a service the server does not know, listing those it does. */
-export function sendUnknownService(res: ServerResponse, router: ServiceRouter, service: string): void {
+export function sendUnknownService(res: ServerResponse, resolver: ServiceResolver, service: string): void {
   sendError(
     res,
     404,
     'unknown-service',
-    `unknown service "${service}"; known services: ${router.names.join(', ')}`,
+    `unknown service "${service}"; known services: ${resolver.names.join(', ')}`,
     {
-      services: router.names,
+      services: resolver.names,
     },
   );
 }
 
 export function createRouteApi(deps: RouteApiDeps): RouteApi {
-  const { store, router, log, audit } = deps;
+  const { store, resolver, log, audit } = deps;
   /** A tenant-limited token sees the routes naming its tenants, and only its tenants in them. */
   const routeFor = (p: Principal, r: Route): RouteView | undefined => {
     if (p.unrestricted) return routeView(r);
@@ -182,8 +182,8 @@ export function createRouteApi(deps: RouteApiDeps): RouteApi {
     if (pathname === '/v1/routes' && req.method === 'PUT') {
       const body = await parseBody(req, res, routeBody, 'route', MAX_ROUTE_BODY);
       if (!body) return true;
-      if (!router.get(body.service)) {
-        sendUnknownService(res, router, body.service);
+      if (!resolver.get(body.service)) {
+        sendUnknownService(res, resolver, body.service);
         return true;
       }
       const asked = {

@@ -50,15 +50,15 @@ import type { Principal } from '../auth/auth.js';
 import type { EventBus, RequestRecord } from '../observability/event-bus.js';
 import type { DecisionLabel, ServerMetrics } from '../observability/metrics.js';
 import type { Route } from '../routing/route-table.js';
-import type { RouteResult, ServiceRouter } from '../routing/routing.js';
 import { type RoutingKeyOptions, routingKeyOf, routingKeyProblem } from '../routing/routing-keys.js';
+import type { ServiceMatch, ServiceResolver } from '../routing/service-resolver.js';
 import type { Intercept, InterceptStore, Peer } from '../store/intercept-store.js';
 import { forwardThroughTunnel } from '../tunnel/tunnel-forward.js';
 import type { ClientTunnel, TunnelHub } from '../tunnel/tunnel-hub.js';
 import { upgradeThroughTunnel } from '../tunnel/tunnel-upgrade.js';
 import { announcedTooLarge, refuseAnnouncedBody } from './body-limit.js';
 import { closeAfter, type InFlight } from './drain.js';
-import type { PassThrough, UpstreamTarget } from './pass-through.js';
+import type { PassThroughProxy, UpstreamTarget } from './pass-through.js';
 import { requestTarget } from './request-target.js';
 import { TenantShare } from './tenant-share.js';
 import { relayUpgrade } from './upgrade-relay.js';
@@ -71,16 +71,17 @@ import { relayUpgrade } from './upgrade-relay.js';
 const REWRITTEN = new Set(['forwarded', 'via', 'expect', HOP_HEADER, RELAY_HEADER, REQUEST_ID_HEADER]);
 
 export interface DataPlaneDeps {
-  router: ServiceRouter;
+  resolver: ServiceResolver;
   store: InterceptStore;
   hub: TunnelHub;
-  passThrough: PassThrough;
+  passThrough: PassThroughProxy;
   tenantHeader: string;
   /** Where routing keys come from, in order (the tenant header, baggage, subdomain). */
   keys: RoutingKeyOptions;
   /** The pool a tenant route sends to. */
   routeTarget: (route: Route) => UpstreamTarget;
-  serverId: string;
+  /** This replica's id (the one intercepts name in replicaId when their tunnel is here). */
+  replicaId: string;
   timeoutMs: number;
   bus: EventBus;
   log: Logger;
@@ -110,15 +111,15 @@ type Decision =
     }
   | {
       kind: 'tunnel';
-      route: RouteResult;
+      match: ServiceMatch;
       headers: string[];
       intercept: Intercept;
       tunnel: ClientTunnel;
       key: string;
     }
-  | { kind: 'relay'; route: RouteResult; headers: string[]; intercept: Intercept; peer: Peer; key: string }
-  | { kind: 'route'; route: RouteResult; headers: string[]; tenantRoute: Route; key: string }
-  | { kind: 'pass'; route: RouteResult; headers: string[]; key?: string };
+  | { kind: 'relay'; match: ServiceMatch; headers: string[]; intercept: Intercept; peer: Peer; key: string }
+  | { kind: 'route'; match: ServiceMatch; headers: string[]; tenantRoute: Route; key: string }
+  | { kind: 'pass'; match: ServiceMatch; headers: string[]; key?: string };
 
 /** The request as routing sees it: a data-port request as it came, or a gateway request rewritten. */
 interface Inbound {
@@ -268,7 +269,7 @@ export function relayedIntercept(
 }
 
 export function createDataPlane(deps: DataPlaneDeps): DataPlane {
-  const { router, store, hub, passThrough, tenantHeader, serverId, timeoutMs, bus, log, metrics } = deps;
+  const { resolver, store, hub, passThrough, tenantHeader, replicaId, timeoutMs, bus, log, metrics } = deps;
   const publish = (record: RequestRecord) => bus.publish(record);
   const maxBodyBytes = deps.maxBodyBytes ?? 0;
   const bodyLimits = { maxBytes: maxBodyBytes, idleMs: deps.bodyIdleMs ?? 0 };
@@ -298,14 +299,14 @@ export function createDataPlane(deps: DataPlaneDeps): DataPlane {
     // Before anything reads a header: the service behind may read a twin Kelsingra would not.
     const twin = guard.ambiguity(req.rawHeaders);
     if (twin) return { kind: 'error', status: 400, code: AMBIGUOUS_HEADER, ...ambiguityRefusal(twin) };
-    const route = router.route(req.headers, req.url);
-    if (!route) {
+    const match = resolver.resolve(req.headers, req.url);
+    if (!match) {
       return {
         kind: 'error',
         status: 404,
         code: 'unknown-service',
-        message: `no service matches host "${req.headers.host ?? ''}" or path "${req.url}"; known services: ${router.names.join(', ')}`,
-        extra: { services: router.names },
+        message: `no service matches host "${req.headers.host ?? ''}" or path "${req.url}"; known services: ${resolver.names.join(', ')}`,
+        extra: { services: resolver.names },
       };
     }
     const headers = forwardableRawHeaders(req.rawHeaders, REWRITTEN, guard);
@@ -321,7 +322,7 @@ export function createDataPlane(deps: DataPlaneDeps): DataPlane {
       REQUEST_ID_HEADER,
       req.requestId,
     );
-    const routing = routingKeyOf(req.headers, route.hostKey, deps.keys);
+    const routing = routingKeyOf(req.headers, match.hostKey, deps.keys);
     const key = routing?.key;
     const problem = key === undefined ? undefined : routingKeyProblem(key);
     if (problem) {
@@ -329,7 +330,7 @@ export function createDataPlane(deps: DataPlaneDeps): DataPlane {
         kind: 'error',
         status: 400,
         code: 'bad-routing-key',
-        service: route.service.name,
+        service: match.service.name,
         message: `the routing key from the ${routing?.source === 'header' ? `${tenantHeader} header` : routing?.source === 'baggage' ? `${deps.keys.baggageKey} baggage entry` : 'host'} ${problem}`,
         extra: { hint: `send exactly one ${tenantHeader} header naming one tenant` },
       };
@@ -349,12 +350,12 @@ export function createDataPlane(deps: DataPlaneDeps): DataPlane {
       )
         setHeader(headers, 'baggage', baggageSetTo(req.headers.baggage, deps.keys.baggageKey, key));
     }
-    const intercept = key !== undefined ? store.find(route.service.name, key) : undefined;
+    const intercept = key !== undefined ? store.find(match.service.name, key) : undefined;
     if (!intercept) {
-      headers.push(HOP_HEADER, serverId);
-      const tenantRoute = key !== undefined ? store.findRoute(route.service.name, key) : undefined;
-      if (tenantRoute) return { kind: 'route', route, headers, tenantRoute, key: key as string };
-      return { kind: 'pass', route, headers, key };
+      headers.push(HOP_HEADER, replicaId);
+      const tenantRoute = key !== undefined ? store.findRoute(match.service.name, key) : undefined;
+      if (tenantRoute) return { kind: 'route', match, headers, tenantRoute, key: key as string };
+      return { kind: 'pass', match, headers, key };
     }
     const relayed = relayedIntercept(req.headers[RELAY_HEADER], deps.relaySecret?.());
     // Only the tunnel the intercept routes to, opened with the token that made it: a tunnel
@@ -363,17 +364,17 @@ export function createDataPlane(deps: DataPlaneDeps): DataPlane {
     // while this replica drains, its tunnels are alive and still serve their clients until
     // they close; and a peer whose copy is newer than this one's knows the tunnel is here.
     const tunnel = hub.get(intercept.clientKey);
-    const routesHere = intercept.replicaId === serverId || intercept.replicaId === '';
+    const routesHere = intercept.replicaId === replicaId || intercept.replicaId === '';
     const meantHere =
       relayed !== undefined && (deps.draining?.() === true || relayed.epoch > intercept.epoch);
     if (tunnel && (routesHere || meantHere) && tunnel.principal.name === intercept.tokenName)
-      return { kind: 'tunnel', route, headers, intercept, tunnel, key: intercept.tenant };
+      return { kind: 'tunnel', match, headers, intercept, tunnel, key: intercept.tenant };
     const relayHeader = req.headers[RELAY_HEADER];
     if (relayHeader !== undefined && !relayed) {
       return {
         kind: 'error',
         key: intercept.tenant,
-        service: route.service.name,
+        service: match.service.name,
         status: 508,
         code: 'relay-misdirected',
         message: `a replica relayed this request here, but this is not the replica it meant (the secret does not match); check that each replica's --advertise-url reaches that replica and no other`,
@@ -383,13 +384,13 @@ export function createDataPlane(deps: DataPlaneDeps): DataPlane {
     // each hop raises the epoch, which the database only ever raises, so no request bounces
     // between replicas. A tunnel that moved during the hop is found at its new replica.
     const passOn = relayed === undefined || intercept.epoch > relayed.epoch;
-    if (passOn && intercept.replicaId && intercept.replicaId !== serverId) {
+    if (passOn && intercept.replicaId && intercept.replicaId !== replicaId) {
       const peer = store.peer(intercept.replicaId);
-      if (peer) return { kind: 'relay', route, headers, intercept, peer, key: intercept.tenant };
+      if (peer) return { kind: 'relay', match, headers, intercept, peer, key: intercept.tenant };
       return {
         kind: 'error',
         key: intercept.tenant,
-        service: route.service.name,
+        service: match.service.name,
         status: 502,
         code: 'replica-down',
         message: `intercept ${intercept.id} (${intercept.service}, tenant ${intercept.tenant}) is held through replica ${intercept.replicaId}, which has stopped answering; ${intercept.holder}'s client moves to another replica within seconds`,
@@ -400,7 +401,7 @@ export function createDataPlane(deps: DataPlaneDeps): DataPlane {
     return {
       kind: 'error',
       key: intercept.tenant,
-      service: route.service.name,
+      service: match.service.name,
       status: 502,
       code: 'tunnel-disconnected',
       message: `intercept ${intercept.id} (${intercept.service}, tenant ${intercept.tenant}) is held by ${intercept.holder}, whose tunnel is disconnected; traffic falls back to the base service if it does not reconnect within ${seconds} s`,
@@ -459,7 +460,7 @@ export function createDataPlane(deps: DataPlaneDeps): DataPlane {
     res.once('close', () => {
       responses.delete(res);
       const decision: DecisionLabel = d.kind === 'pass' ? 'base' : d.kind;
-      const service = d.kind === 'error' ? (d.service ?? '') : d.route.service.name;
+      const service = d.kind === 'error' ? (d.service ?? '') : d.match.service.name;
       const status = res.headersSent ? answeredStatusOf(res) : undefined;
       const code = errorCodeOf(res);
       const durationMs = performance.now() - inbound.receivedAt;
@@ -493,7 +494,7 @@ export function createDataPlane(deps: DataPlaneDeps): DataPlane {
     // A tunnel (or a relay to one) carries a single (service, tenant) and has its own limit,
     // maxTunnelStreams. Requests without a routing key are the environment's own traffic.
     if ((d.kind === 'pass' || d.kind === 'route') && d.key !== undefined) {
-      if (!share.admit(res, d.route.service.name, d.key, hasRequestBody(req))) return;
+      if (!share.admit(res, d.match.service.name, d.key, hasRequestBody(req))) return;
     }
     if (d.kind === 'error') sendError(res, d.status, d.code, d.message, d.extra);
     else if (d.kind === 'tunnel')
@@ -502,7 +503,7 @@ export function createDataPlane(deps: DataPlaneDeps): DataPlane {
         res,
         d.tunnel,
         d.intercept,
-        d.route.path,
+        d.match.path,
         d.headers,
         timeoutMs,
         publish,
@@ -512,12 +513,12 @@ export function createDataPlane(deps: DataPlaneDeps): DataPlane {
     else if (d.kind === 'relay') relay(req, res, inbound.url, d);
     else if (d.kind === 'route') {
       const target = deps.routeTarget(d.tenantRoute);
-      passThrough.forward(req, res, target, d.route.path, d.headers, {
+      passThrough.forward(req, res, target, d.match.path, d.headers, {
         what: `route ${d.tenantRoute.id} of ${d.tenantRoute.service} (${d.tenantRoute.targets.join(', ')})`,
         code: 'route',
         extra: { service: d.tenantRoute.service, route: d.tenantRoute.id },
       });
-    } else passThrough.forward(req, res, d.route.service, d.route.path, d.headers);
+    } else passThrough.forward(req, res, d.match.service, d.match.path, d.headers);
   };
 
   const dispatch = (req: InboundRequest, res: OutboundResponse, inbound: Inbound) =>
@@ -527,7 +528,7 @@ export function createDataPlane(deps: DataPlaneDeps): DataPlane {
     const inbound = gatewayInbound(req);
     const d = decide(inbound);
     if (d.kind !== 'error' || d.key !== undefined) {
-      const service = d.kind === 'error' ? d.service : d.route.service.name;
+      const service = d.kind === 'error' ? d.service : d.match.service.name;
       if (d.key === undefined) {
         send(req, res, inbound, {
           kind: 'error',
@@ -581,7 +582,7 @@ export function createDataPlane(deps: DataPlaneDeps): DataPlane {
         head,
         d.tunnel,
         d.intercept,
-        d.route.path,
+        d.match.path,
         d.headers,
         timeoutMs,
         publish,
@@ -592,19 +593,19 @@ export function createDataPlane(deps: DataPlaneDeps): DataPlane {
       // The replica holding the tunnel takes the upgrade as it takes any relayed request.
       d.headers.push(RELAY_HEADER, relayHeaderOf(d));
       const peer = new URL(d.peer.url);
-      const service = { ...d.route.service, name: `replica:${d.peer.id}`, upstream: peer, upstreams: [peer] };
+      const service = { ...d.match.service, name: `replica:${d.peer.id}`, upstream: peer, upstreams: [peer] };
       relayUpgrade(
         req,
         socket,
         head,
-        { ...d.route, path: inbound.url, service },
+        { ...d.match, path: inbound.url, service },
         d.headers,
         timeoutMs,
         log.child({ requestId: inbound.requestId }),
       );
     } else {
       // Upgrades are long-lived and not retried: each goes to the backend round robin picks.
-      const target: UpstreamTarget = d.kind === 'route' ? deps.routeTarget(d.tenantRoute) : d.route.service;
+      const target: UpstreamTarget = d.kind === 'route' ? deps.routeTarget(d.tenantRoute) : d.match.service;
       const upstream = passThrough.pick(target);
       if (!upstream) {
         writeRawError(
@@ -615,9 +616,9 @@ export function createDataPlane(deps: DataPlaneDeps): DataPlane {
         );
         return;
       }
-      const service = { ...d.route.service, upstream, upstreams: [upstream] };
+      const service = { ...d.match.service, upstream, upstreams: [upstream] };
       const upgradeLog = log.child({ requestId: inbound.requestId });
-      relayUpgrade(req, socket, head, { ...d.route, service }, d.headers, timeoutMs, upgradeLog);
+      relayUpgrade(req, socket, head, { ...d.match, service }, d.headers, timeoutMs, upgradeLog);
     }
   });
   // Node would send 100 Continue before routing; held back, a body announced too large is

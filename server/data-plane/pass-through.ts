@@ -114,7 +114,7 @@ function poolKey(target: UpstreamTarget): string {
   return `${target.upstreams.map((u) => u.href).join(' ')} | ${checks}`;
 }
 
-export class PassThrough {
+export class PassThroughProxy {
   /** undici pools, one per backend origin, shared by every upstream pool that uses it. */
   private readonly connections = new Map<string, Pool>();
   private readonly pools = new Map<string, PoolEntry>();

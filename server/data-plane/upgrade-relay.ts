@@ -12,18 +12,18 @@ import tls from 'node:tls';
 import type { Logger } from 'pino';
 import type { ErrorCode } from '../../src/shared/error-codes.js';
 import { writeRawError } from '../../src/shared/http/error-response.js';
-import type { RouteResult } from '../routing/routing.js';
+import type { ServiceMatch } from '../routing/service-resolver.js';
 
 export function relayUpgrade(
   req: IncomingMessage,
   socket: Duplex,
   head: Buffer,
-  route: RouteResult,
+  match: ServiceMatch,
   headers: string[],
   timeoutMs: number,
   log: Logger,
 ): void {
-  const { upstream, name } = route.service;
+  const { upstream, name } = match.service;
   const secure = upstream.protocol === 'https:';
   const port = Number(upstream.port) || (secure ? 443 : 80);
   const target = secure
@@ -46,7 +46,7 @@ export function relayUpgrade(
   );
   target.once(secure ? 'secureConnect' : 'connect', () => {
     const basePath = upstream.pathname === '/' ? '' : upstream.pathname.replace(/\/$/, '');
-    let text = `${req.method} ${basePath}${route.path} HTTP/1.1\r\n`;
+    let text = `${req.method} ${basePath}${match.path} HTTP/1.1\r\n`;
     for (let i = 0; i < headers.length; i += 2) text += `${headers[i]}: ${headers[i + 1]}\r\n`;
     text += `connection: Upgrade\r\nupgrade: ${req.headers.upgrade}\r\n\r\n`;
     target.write(text);

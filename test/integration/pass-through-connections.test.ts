@@ -1,5 +1,5 @@
 /**
- * PassThrough and the connections around it: a caller's keep-alive connection stays usable
+ * PassThroughProxy and the connections around it: a caller's keep-alive connection stays usable
  * after Kelsingra answers a request with a body itself, and the pools of targets nobody
  * registered (relays to other replicas) are closed once idle. Real HTTP servers throughout.
  */
@@ -7,8 +7,8 @@ import http from 'node:http';
 import type { Socket } from 'node:net';
 import { describe, expect, it } from 'vitest';
 import {
-  PassThrough,
   type PassThroughOptions,
+  PassThroughProxy,
   type UpstreamTarget,
 } from '../../server/data-plane/pass-through.js';
 import {
@@ -23,9 +23,9 @@ import {
 
 const cleanups: Cleanup[] = cleanupsAfterEach();
 
-/** PassThrough behind a plain HTTP server, as the data plane uses it; the path picks the target. */
+/** PassThroughProxy behind a plain HTTP server, as the data plane uses it; the path picks the target. */
 async function front(targets: Record<string, UpstreamTarget>, options: PassThroughOptions = {}) {
-  const pt = new PassThrough(5_000, undefined, options);
+  const pt = new PassThroughProxy(5_000, undefined, options);
   const server = await listen((req, res) => {
     const [, name = '', ...rest] = (req.url ?? '/').split('/');
     const target = targets[name];
@@ -92,7 +92,7 @@ function send(
   });
 }
 
-describe('PassThrough answering a request with a body itself', () => {
+describe('PassThroughProxy answering a request with a body itself', () => {
   it('answers a POST to a pool with no healthy backend with 503 and Retry-After, and the next request on that keep-alive connection too', async () => {
     const target: UpstreamTarget = {
       name: 'billing',
@@ -128,7 +128,7 @@ describe('PassThrough answering a request with a body itself', () => {
   });
 });
 
-describe('PassThrough pools of unregistered targets', () => {
+describe('PassThroughProxy pools of unregistered targets', () => {
   it('closes the pool of an unregistered target once idle for adHocIdleMs, not while a request is in flight, and never a registered one', async () => {
     const peer = await backend('peer', 600);
     const service = await backend('service');

@@ -5,7 +5,6 @@
  */
 import { describe, expect, it } from 'vitest';
 import { loadServerConfig, type ServiceConfig, validateConfig } from '../../server/config/config.js';
-import { ServiceRouter } from '../../server/routing/routing.js';
 import {
   baggageValue,
   PreviewHosts,
@@ -13,6 +12,7 @@ import {
   routingKeyOf,
   validPreviewTemplate,
 } from '../../server/routing/routing-keys.js';
+import { ServiceResolver } from '../../server/routing/service-resolver.js';
 import { ExitCode, KelsingraError } from '../../src/shared/errors.js';
 import { run } from '../support/helpers.js';
 
@@ -236,11 +236,11 @@ describe('routingKeyOf', () => {
   });
 });
 
-describe('ServiceRouter: keys in the host', () => {
+describe('ServiceResolver: keys in the host', () => {
   const svc = (upstream: string, extra: Partial<ServiceConfig> = {}): ServiceConfig =>
     ({ upstream: [upstream], hosts: [], stripPrefix: false, healthCheck: false, ...extra }) as ServiceConfig;
   const router = () =>
-    new ServiceRouter(
+    new ServiceResolver(
       {
         billing: svc('http://127.0.0.1:9001', { hosts: ['example.test'] }),
         orders: svc('http://127.0.0.1:9002'),
@@ -249,7 +249,7 @@ describe('ServiceRouter: keys in the host', () => {
       'http://{key}--{service}.dev.example.test',
     );
   const seen = (host: string, url = '/x') => {
-    const r = router().route({ host }, url);
+    const r = router().resolve({ host }, url);
     return r && { service: r.service.name, hostKey: r.hostKey, path: r.path };
   };
 
@@ -289,8 +289,8 @@ describe('ServiceRouter: keys in the host', () => {
   });
 
   it('without a preview template, a preview-looking host is just an unknown first label', () => {
-    const plain = new ServiceRouter({ billing: svc('http://127.0.0.1:9001') });
-    expect(plain.route({ host: 't1--billing.dev.example.test' }, '/')).toBeUndefined();
+    const plain = new ServiceResolver({ billing: svc('http://127.0.0.1:9001') });
+    expect(plain.resolve({ host: 't1--billing.dev.example.test' }, '/')).toBeUndefined();
     expect(plain.preview.urlFor('billing', 't1')).toBeUndefined();
   });
 });

@@ -10,7 +10,7 @@ import http from 'node:http';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { servicesFromFlags, validateConfig } from '../../server/config/config.js';
-import { PassThrough, type UpstreamTarget } from '../../server/data-plane/pass-through.js';
+import { PassThroughProxy, type UpstreamTarget } from '../../server/data-plane/pass-through.js';
 import {
   type BackendState,
   EJECT_AFTER_FAILURES,
@@ -275,9 +275,9 @@ describe('UpstreamPool', () => {
   });
 });
 
-/** PassThrough in this process, behind a plain HTTP server, as the data plane uses it. */
+/** PassThroughProxy in this process, behind a plain HTTP server, as the data plane uses it. */
 async function passThroughServer(target: UpstreamTarget) {
-  const pt = new PassThrough(5_000);
+  const pt = new PassThroughProxy(5_000);
   pt.register(target);
   const front = await listen((req, res) => pt.forward(req, res, target, req.url ?? '/', []));
   cleanups.push(() => closeServer(front));
@@ -285,7 +285,7 @@ async function passThroughServer(target: UpstreamTarget) {
   return { pt, url: front.url };
 }
 
-describe('PassThrough over a pool', () => {
+describe('PassThroughProxy over a pool', () => {
   it('keeps a one-backend pool serving while its app answers 500, and answers 200 when it recovers', async () => {
     const app = await backend('app');
     const { pt, url } = await passThroughServer({
@@ -386,7 +386,7 @@ describe('PassThrough over a pool', () => {
 
   it('shares one pool between two names with the same backends, and closes it when the last lets go', async () => {
     const b = await backend('shared');
-    const pt = new PassThrough(5_000);
+    const pt = new PassThroughProxy(5_000);
     cleanups.push(() => pt.close());
     const hc = checks({ intervalMs: 100 });
     const one = { name: 'one', upstreams: [new URL(b.url)], healthCheck: hc };

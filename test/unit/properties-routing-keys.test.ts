@@ -6,7 +6,6 @@
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { validateConfig } from '../../server/config/config.js';
-import { ServiceRouter } from '../../server/routing/routing.js';
 import {
   baggageValue,
   type KeySource,
@@ -14,6 +13,7 @@ import {
   type RoutingKeyOptions,
   routingKeyOf,
 } from '../../server/routing/routing-keys.js';
+import { ServiceResolver } from '../../server/routing/service-resolver.js';
 
 /** A baggage key: an HTTP token. */
 const TOKEN_CHARS = "!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ";
@@ -341,7 +341,7 @@ const routerArb = fc
   )
   .map(([services, previewUrl]) => {
     const config = validateConfig({ services, previewUrl }, 'generated');
-    return { router: new ServiceRouter(config.services, config.previewUrl), names: Object.keys(services) };
+    return { router: new ServiceResolver(config.services, config.previewUrl), names: Object.keys(services) };
   });
 
 const headerValueArb = fc.oneof(
@@ -352,7 +352,7 @@ const headerValueArb = fc.oneof(
   fc.tuple(labelArb, fc.constantFrom('.', '--', '-', ':'), labelArb).map((p) => p.join('')),
 );
 
-describe('ServiceRouter.route', () => {
+describe('ServiceResolver.route', () => {
   it('never throws on any Host, service header or path, and routes only to configured services', () => {
     fc.assert(
       fc.property(
@@ -361,7 +361,7 @@ describe('ServiceRouter.route', () => {
         headerValueArb,
         fc.oneof(junkArb, fc.webPath()),
         ({ router, names }, host, service, url) => {
-          const result = router.route({ host, 'x-kelsingra-service': service }, url);
+          const result = router.resolve({ host, 'x-kelsingra-service': service }, url);
           if (!result) return;
           expect(names).toContain(result.service.name);
           expect(typeof result.path).toBe('string');
@@ -382,7 +382,7 @@ describe('ServiceRouter.route', () => {
         owsArb,
         ({ router, names }, i, host, url, ws) => {
           const name = names[i % names.length] as string;
-          const result = router.route(
+          const result = router.resolve(
             { host, 'x-kelsingra-service': `${ws}${name.toUpperCase()}${ws}` },
             url,
           );

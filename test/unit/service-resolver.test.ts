@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import type { ServiceConfig } from '../../server/config/config.js';
-import { ServiceRouter } from '../../server/routing/routing.js';
+import { ServiceResolver } from '../../server/routing/service-resolver.js';
 
 const svc = (upstream: string, extra: Partial<ServiceConfig> = {}): ServiceConfig => ({
   upstream: [upstream],
@@ -11,8 +11,8 @@ const svc = (upstream: string, extra: Partial<ServiceConfig> = {}): ServiceConfi
   ...extra,
 });
 
-function router(): ServiceRouter {
-  return new ServiceRouter({
+function router(): ServiceResolver {
+  return new ServiceResolver({
     billing: svc('http://127.0.0.1:9001', { pathPrefix: '/billing', hosts: ['pay.example.test'] }),
     'billing-admin': svc('http://127.0.0.1:9002', { pathPrefix: '/billing/admin/', stripPrefix: true }),
     orders: svc('http://127.0.0.1:9003', { hosts: ['Shop.Example.Test'] }),
@@ -20,9 +20,9 @@ function router(): ServiceRouter {
   });
 }
 
-const name = (r: ReturnType<ServiceRouter['route']>) => r?.service.name;
+const name = (r: ReturnType<ServiceResolver['resolve']>) => r?.service.name;
 
-describe('ServiceRouter', () => {
+describe('ServiceResolver', () => {
   it('knows its services by name with parsed upstreams', () => {
     const r = router();
     expect(r.names.sort()).toEqual(['billing', 'billing-admin', 'orders', 'search']);
@@ -35,7 +35,7 @@ describe('ServiceRouter', () => {
 
   describe('explicit X-Kelsingra-Service header', () => {
     it('wins over host and path, case- and whitespace-insensitively, path untouched', () => {
-      const r = router().route(
+      const r = router().resolve(
         { 'x-kelsingra-service': '  ORDERS ', host: 'pay.example.test' },
         '/billing/x?y=1',
       );
@@ -45,102 +45,102 @@ describe('ServiceRouter', () => {
 
     it('naming an unknown service does not fall back to host or path', () => {
       expect(
-        router().route({ 'x-kelsingra-service': 'ghost', host: 'pay.example.test' }, '/billing'),
+        router().resolve({ 'x-kelsingra-service': 'ghost', host: 'pay.example.test' }, '/billing'),
       ).toBeUndefined();
     });
   });
 
   describe('host', () => {
     it('matches a configured host, case-insensitively', () => {
-      expect(name(router().route({ host: 'pay.example.test' }, '/'))).toBe('billing');
-      expect(name(router().route({ host: 'shop.example.TEST' }, '/'))).toBe('orders');
+      expect(name(router().resolve({ host: 'pay.example.test' }, '/'))).toBe('billing');
+      expect(name(router().resolve({ host: 'shop.example.TEST' }, '/'))).toBe('orders');
     });
 
     it('ignores the port of the Host header', () => {
-      const r = router().route({ host: 'pay.example.test:8443' }, '/anything');
+      const r = router().resolve({ host: 'pay.example.test:8443' }, '/anything');
       expect(name(r)).toBe('billing');
       expect(r?.path).toBe('/anything');
     });
 
     it('configured host beats path prefix', () => {
-      expect(name(router().route({ host: 'shop.example.test' }, '/billing/x'))).toBe('orders');
+      expect(name(router().resolve({ host: 'shop.example.test' }, '/billing/x'))).toBe('orders');
     });
 
     it('falls back to the first DNS label of Host, with or without a port', () => {
-      expect(name(router().route({ host: 'orders.dev.example.com' }, '/x'))).toBe('orders');
-      expect(name(router().route({ host: 'search.dev.example.com:8080' }, '/x'))).toBe('search');
-      expect(name(router().route({ host: 'orders' }, '/x'))).toBe('orders');
-      expect(name(router().route({ host: 'orders:80' }, '/x'))).toBe('orders');
+      expect(name(router().resolve({ host: 'orders.dev.example.com' }, '/x'))).toBe('orders');
+      expect(name(router().resolve({ host: 'search.dev.example.com:8080' }, '/x'))).toBe('search');
+      expect(name(router().resolve({ host: 'orders' }, '/x'))).toBe('orders');
+      expect(name(router().resolve({ host: 'orders:80' }, '/x'))).toBe('orders');
     });
 
     it('only the first label counts', () => {
-      expect(router().route({ host: 'dev.orders.example.com' }, '/x')).toBeUndefined();
+      expect(router().resolve({ host: 'dev.orders.example.com' }, '/x')).toBeUndefined();
     });
 
     it('does not mistake an IPv6 literal for a label', () => {
-      expect(router().route({ host: '[::1]:7701' }, '/x')).toBeUndefined();
+      expect(router().resolve({ host: '[::1]:7701' }, '/x')).toBeUndefined();
     });
   });
 
   describe('path prefix', () => {
     it('matches the prefix exactly, followed by /, ? or #', () => {
       const r = router();
-      expect(name(r.route({ host: 'gw.example.test' }, '/billing'))).toBe('billing');
-      expect(name(r.route({ host: 'gw.example.test' }, '/billing/invoices/7'))).toBe('billing');
-      expect(name(r.route({ host: 'gw.example.test' }, '/billing?page=2'))).toBe('billing');
-      expect(name(r.route({ host: 'gw.example.test' }, '/billing#top'))).toBe('billing');
+      expect(name(r.resolve({ host: 'gw.example.test' }, '/billing'))).toBe('billing');
+      expect(name(r.resolve({ host: 'gw.example.test' }, '/billing/invoices/7'))).toBe('billing');
+      expect(name(r.resolve({ host: 'gw.example.test' }, '/billing?page=2'))).toBe('billing');
+      expect(name(r.resolve({ host: 'gw.example.test' }, '/billing#top'))).toBe('billing');
     });
 
     it('respects the segment boundary: /billingx is not /billing', () => {
-      expect(router().route({ host: 'gw.example.test' }, '/billingx')).toBeUndefined();
-      expect(router().route({ host: 'gw.example.test' }, '/billing-old/x')).toBeUndefined();
-      expect(router().route({ host: 'gw.example.test' }, '/bill')).toBeUndefined();
+      expect(router().resolve({ host: 'gw.example.test' }, '/billingx')).toBeUndefined();
+      expect(router().resolve({ host: 'gw.example.test' }, '/billing-old/x')).toBeUndefined();
+      expect(router().resolve({ host: 'gw.example.test' }, '/bill')).toBeUndefined();
     });
 
     it('longest prefix wins regardless of configuration order', () => {
-      const r = router().route({ host: 'gw.example.test' }, '/billing/admin/users');
+      const r = router().resolve({ host: 'gw.example.test' }, '/billing/admin/users');
       expect(name(r)).toBe('billing-admin');
       // /billing/administrator is not under /billing/admin, so it belongs to /billing.
-      expect(name(router().route({ host: 'gw.example.test' }, '/billing/administrator'))).toBe('billing');
+      expect(name(router().resolve({ host: 'gw.example.test' }, '/billing/administrator'))).toBe('billing');
       // Same with the services configured the other way round.
-      const reversed = new ServiceRouter({
+      const reversed = new ServiceResolver({
         a: svc('http://127.0.0.1:1', { pathPrefix: '/a/b/c' }),
         b: svc('http://127.0.0.1:2', { pathPrefix: '/a' }),
         c: svc('http://127.0.0.1:3', { pathPrefix: '/a/b' }),
       });
-      expect(name(reversed.route({}, '/a/b/c/d'))).toBe('a');
-      expect(name(reversed.route({}, '/a/b/x'))).toBe('c');
-      expect(name(reversed.route({}, '/a/x'))).toBe('b');
+      expect(name(reversed.resolve({}, '/a/b/c/d'))).toBe('a');
+      expect(name(reversed.resolve({}, '/a/b/x'))).toBe('c');
+      expect(name(reversed.resolve({}, '/a/x'))).toBe('b');
     });
 
     it('keeps the path unless stripPrefix is set', () => {
-      expect(router().route({}, '/billing/invoices?x=1')?.path).toBe('/billing/invoices?x=1');
+      expect(router().resolve({}, '/billing/invoices?x=1')?.path).toBe('/billing/invoices?x=1');
     });
 
     it('stripPrefix removes the prefix and keeps a leading slash and the query', () => {
       const r = router();
-      expect(r.route({}, '/api/search/q?term=a')?.path).toBe('/q?term=a');
-      expect(r.route({}, '/api/search')?.path).toBe('/');
-      expect(r.route({}, '/api/search/')?.path).toBe('/');
-      expect(r.route({}, '/api/search?term=a')?.path).toBe('/?term=a');
-      expect(r.route({}, '/billing/admin/users/1')?.path).toBe('/users/1');
+      expect(r.resolve({}, '/api/search/q?term=a')?.path).toBe('/q?term=a');
+      expect(r.resolve({}, '/api/search')?.path).toBe('/');
+      expect(r.resolve({}, '/api/search/')?.path).toBe('/');
+      expect(r.resolve({}, '/api/search?term=a')?.path).toBe('/?term=a');
+      expect(r.resolve({}, '/billing/admin/users/1')?.path).toBe('/users/1');
     });
 
     it('path prefix beats the first-label fallback', () => {
-      expect(name(router().route({ host: 'orders.example.test' }, '/api/search/x'))).toBe('search');
+      expect(name(router().resolve({ host: 'orders.example.test' }, '/api/search/x'))).toBe('search');
     });
   });
 
   describe('unknown', () => {
     it('returns undefined when nothing matches', () => {
-      expect(router().route({ host: 'unknown.example.test' }, '/x')).toBeUndefined();
-      expect(router().route({}, '/x')).toBeUndefined();
+      expect(router().resolve({ host: 'unknown.example.test' }, '/x')).toBeUndefined();
+      expect(router().resolve({}, '/x')).toBeUndefined();
     });
 
     it('a root prefix is not a catch-all', () => {
-      const r = new ServiceRouter({ root: svc('http://127.0.0.1:1', { pathPrefix: '/' }) });
+      const r = new ServiceResolver({ root: svc('http://127.0.0.1:1', { pathPrefix: '/' }) });
       expect(r.get('root')?.pathPrefix).toBeUndefined();
-      expect(r.route({ host: 'x.example.test' }, '/anything')).toBeUndefined();
+      expect(r.resolve({ host: 'x.example.test' }, '/anything')).toBeUndefined();
     });
   });
 });

@@ -21,7 +21,7 @@ export interface RoutedService {
   stripPrefix: boolean;
 }
 
-export interface RouteResult {
+export interface ServiceMatch {
   service: RoutedService;
   /** Path to send on, after any configured prefix stripping. */
   path: string;
@@ -29,7 +29,7 @@ export interface RouteResult {
   hostKey?: string;
 }
 
-export class ServiceRouter {
+export class ServiceResolver {
   private readonly byName = new Map<string, RoutedService>();
   private readonly byHost = new Map<string, RoutedService>();
   private readonly prefixes: RoutedService[] = [];
@@ -66,7 +66,7 @@ export class ServiceRouter {
     return this.byName.get(name);
   }
 
-  route(headers: Record<string, string | string[] | undefined>, url: string): RouteResult | undefined {
+  resolve(headers: Record<string, string | string[] | undefined>, url: string): ServiceMatch | undefined {
     const explicit = headers[SERVICE_HEADER];
     // `billing.dev.example.com.` (fully qualified) names the same host as without the dot.
     const host =
