@@ -99,8 +99,9 @@ export async function runProgram(
   args: string[],
   port: number,
   cleanups: Cleanup[],
+  env: Record<string, string> = {},
 ): Promise<Program> {
-  const child = spawn(bin, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = spawn(bin, args, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...env } });
   let output = '';
   child.stdout?.on('data', (c: Buffer) => (output += c.toString()));
   child.stderr?.on('data', (c: Buffer) => (output += c.toString()));
