@@ -72,7 +72,9 @@ export function kongObjects(
     if (target.kind === 'kelsingra') service = opts.kelsingraService.replaceAll('{service}', g.service);
     else {
       service = kongRouteServiceName(target.routeId);
-      services.set(service, { name: service, url: target.targets[0] as string, tags: [TAG] });
+      // A bare origin: a path of "/" would be put before every request's own path.
+      const url = (target.targets[0] as string).replace(/\/$/, '');
+      services.set(service, { name: service, url, tags: [TAG] });
     }
     routes.set(name, {
       name,
