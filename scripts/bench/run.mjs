@@ -1242,6 +1242,7 @@ ensureTools(['wrk', 'nginx', 'tmux']);
 // Installed as the other tools are (root with apt-get), else named with their package.
 if (benches.some((b) => ['intercept', 'proto'].includes(b))) ensureTools(['sshd', 'ssh', 'ssh-keygen']);
 if (benches.includes('grpc')) ensureTools(['h2load']);
+if (benches.includes('gateway')) ensureTools(['haproxy']);
 const results = { opts, ...machineInfo() };
 let exitCode = 0;
 try {
