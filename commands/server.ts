@@ -104,6 +104,15 @@ export default class Server extends BaseCommand {
       description:
         'tunnels one token may hold open on this replica; one more is refused with 429 (default 100; 0: no limit)',
     }),
+    gateway: Flags.string({
+      description:
+        "keep the dev gateway's rules in step with intercepts and routes: haproxy, nginx, caddy, traefik or kong (docs/deploy.md; default: none, the gateway sends every tenant here)",
+    }),
+    'gateway-option': Flags.string({
+      description:
+        'KEY=VALUE option of the gateway driver, e.g. socket=/run/haproxy/admin.sock (repeatable; env KELSINGRA_GATEWAY_<KEY>)',
+      multiple: true,
+    }),
     config: Flags.string({ char: 'c', description: 'YAML or JSON config file' }),
   };
 
@@ -112,6 +121,7 @@ export default class Server extends BaseCommand {
     // Imported here, not at the top: oclif loads every command module to list commands, and
     // the client agent should not carry the server's dependencies in its memory.
     const { loadServerConfig, servicesFromFlags } = await import('../server/config/config.js');
+    const { gatewayLayer } = await import('../server/gateway-sync/config.js');
     const { startServer } = await import('../server/server.js');
     const config = await loadServerConfig({
       configPath: flags.config,
@@ -137,6 +147,7 @@ export default class Server extends BaseCommand {
         trustedProxies: flags['trusted-proxy'],
         auditLog: flags['audit-log'],
         tls: tlsLayer(flags),
+        gateway: gatewayLayer(flags.gateway, flags['gateway-option']),
         maxBodyBytes: flags['max-body-bytes'],
         maxTunnelStreams: flags['max-tunnel-streams'],
         drainTimeout: flags['drain-timeout'],

@@ -20,6 +20,7 @@ import { answerClientErrors, ClientErrorLog } from './data-plane/client-errors.j
 import { createDataPlane } from './data-plane/data-plane.js';
 import { Drain, type DrainResult } from './data-plane/drain.js';
 import { PassThroughProxy, type UpstreamTarget } from './data-plane/pass-through.js';
+import { createGatewaySync } from './gateway-sync/index.js';
 import { type KafkaAgent, startKafka } from './kafka/kafka-agent.js';
 import { EventBus } from './observability/event-bus.js';
 import { createLogger } from './observability/logger.js';
@@ -188,6 +189,16 @@ export async function startServer(
     passThrough.release(target);
   });
 
+  const gateway = config.gateway
+    ? createGatewaySync(config.gateway, {
+        store,
+        log,
+        databaseUrl: config.databaseUrl,
+        tenantHeader: config.tenantHeader,
+        bases: new Map(Object.entries(config.services).map(([name, s]) => [name, s.upstream])),
+      })
+    : undefined;
+
   const bus = new EventBus();
   const lapses = new LapsedLeases((i) => (store.findRoute(i.service, i.tenant) ? 'route' : 'base'));
   store.on('created', (intercept) => {
@@ -301,6 +312,8 @@ export async function startServer(
         .filter(([, t]) => t.service === service)
         .map(([name]) => name),
     draining: () => drain.draining,
+    gateway: gateway?.sync,
+    traefik: gateway?.traefik,
   });
   const clientErrors = new ClientErrorLog(log);
   answerClientErrors(control, 'control', clientErrors);
@@ -358,6 +371,8 @@ export async function startServer(
     const advertised = config.advertiseUrl ?? `${scheme}://${advertisedHost(config.host)}:${proxyPort}`;
     await pgStore.announce(advertised);
   }
+  // Once the data port listens: the gateway may send intercepted tenants here from now on.
+  await gateway?.sync.start();
   log.info(
     {
       controlPort,
@@ -381,6 +396,7 @@ export async function startServer(
     drain: (timeoutMs) => drain.drain(timeoutMs),
     close() {
       closing ??= (async () => {
+        await gateway?.sync.close();
         hub.close();
         await kafka?.close();
         await store.close();

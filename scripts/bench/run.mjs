@@ -3,7 +3,7 @@
  * Kelsingra benchmarks, all in one run on one machine (see docs/BENCHMARKS.md).
  *
  *   npm run bench                                  all three benchmarks
- *   npm run bench -- passthrough intercept         a subset (passthrough, intercept, transfer, liveview, trickle)
+ *   npm run bench -- passthrough intercept         a subset (passthrough, intercept, transfer, liveview, trickle, gateway)
  *   node scripts/bench/run.mjs --rounds 1 --duration 10 --profile /tmp/prof --json out.json
  *
  * Options: --rounds N (3; medians are reported), --duration S (5; per wrk measurement),
@@ -24,6 +24,7 @@ import http from 'node:http';
 import net from 'node:net';
 import os from 'node:os';
 import { basename, join, resolve } from 'node:path';
+import { benchGateway } from './gateway.mjs';
 import { checkGrpc, h2load, writeRequestBody } from './grpc.mjs';
 import {
   alive,
@@ -67,10 +68,29 @@ const HOLDER = `bench-${process.pid}@${os.hostname()}`;
 // ---------------------------------------------------------------- options
 
 const USAGE =
-  'run.mjs [passthrough] [intercept] [grpc] [transfer] [retained] [liveview] [trickle] [proto] [--rounds N] [--duration S] [--warmup S] [--conns N] [--bytes N] [--upstream nginx|node] [--trickles N] [--requests N] [--old DIR] [--profile DIR] [--json FILE]';
-const BENCHES = ['passthrough', 'intercept', 'transfer', 'liveview', 'trickle', 'grpc', 'retained', 'proto'];
+  'run.mjs [passthrough] [intercept] [grpc] [transfer] [retained] [liveview] [trickle] [proto] [gateway] [--rounds N] [--duration S] [--warmup S] [--conns N] [--bytes N] [--upstream nginx|node] [--trickles N] [--requests N] [--old DIR] [--profile DIR] [--json FILE]';
+const BENCHES = [
+  'passthrough',
+  'intercept',
+  'transfer',
+  'liveview',
+  'trickle',
+  'grpc',
+  'retained',
+  'proto',
+  'gateway',
+];
 /** What `npm run bench` runs when no benchmark is named (proto compares prototypes: on request). */
-const DEFAULT_BENCHES = ['passthrough', 'intercept', 'grpc', 'transfer', 'retained', 'liveview', 'trickle'];
+const DEFAULT_BENCHES = [
+  'passthrough',
+  'intercept',
+  'grpc',
+  'transfer',
+  'retained',
+  'liveview',
+  'trickle',
+  'gateway',
+];
 const opts = parseOptions(
   process.argv.slice(2),
   {
@@ -1190,6 +1210,26 @@ function report(results) {
       ok(k.cpuRatio <= 1.05),
     ]);
   }
+  const gw = results.gateway;
+  if (gw) {
+    const hx = gw.rps.sync10k / gw.rps.sync0;
+    const straight = gw.rps.sync10k / gw.rps.straight;
+    const nx = gw.rps.nginx10k / gw.rps.nginxNone;
+    rows.push(['6. HAProxy, 10k entries / none (unrouted tenant)', fmt(hx, 2), '≥ 0.95', ok(hx >= 0.95)]);
+    rows.push(['6. nginx, 10k entries / none (unrouted tenant)', fmt(nx, 2), '≥ 0.95', ok(nx >= 0.95)]);
+    rows.push([
+      '6. HAProxy with the sync / HAProxy straight',
+      fmt(straight, 2),
+      '≥ 0.95',
+      ok(straight >= 0.95),
+    ]);
+    rows.push([
+      '6. intercepted via HAProxy + Kelsingra / HAProxy straight',
+      fmt(gw.rps.intercepted / gw.rps.straight, 2),
+      '(reported)',
+      '',
+    ]);
+  }
   log(
     `\nSummary (${os.cpus().length} cores, ${os.cpus()[0]?.model ?? 'unknown CPU'}, Node ${process.versions.node}; wrk -t1 competes with the proxy for the cores; load average at start ${results.loadStart}, at end ${os.loadavg()[0].toFixed(2)}):`,
   );
@@ -1202,6 +1242,7 @@ ensureTools(['wrk', 'nginx', 'tmux']);
 // Installed as the other tools are (root with apt-get), else named with their package.
 if (benches.some((b) => ['intercept', 'proto'].includes(b))) ensureTools(['sshd', 'ssh', 'ssh-keygen']);
 if (benches.includes('grpc')) ensureTools(['h2load']);
+if (benches.includes('gateway')) ensureTools(['haproxy']);
 const results = { opts, ...machineInfo() };
 let exitCode = 0;
 try {
@@ -1216,6 +1257,10 @@ try {
   if (benches.includes('proto')) results.proto = await benchProto();
   if (benches.includes('liveview')) results.liveview = await benchLiveView();
   if (benches.includes('trickle')) results.trickle = await benchTrickle();
+  if (benches.includes('gateway')) {
+    results.gateway = await benchGateway(WORK, opts);
+    await stopAll();
+  }
   report(results);
   if (opts.json) {
     for (const r of [results.passthrough, results.intercept])

@@ -8,6 +8,7 @@ import { z } from 'zod';
 import { ExitCode, KelsingraError } from '../../src/shared/errors.js';
 import { TOKEN_ROLES } from '../../src/shared/token-hash.js';
 import { proxyProblem } from '../data-plane/client-address.js';
+import { gatewayConfigSchema } from '../gateway-sync/config.js';
 import { validPreviewTemplate } from '../routing/routing-keys.js';
 import { tlsConfigSchema, tlsFromEnv } from './tls.js';
 
@@ -239,6 +240,11 @@ export const serverConfigSchema = z
     advertiseUrl: upstreamUrl.optional(),
     /** Topics whose tenants' messages can be intercepted (docs/kafka.md). */
     kafka: kafkaSchema.optional(),
+    /**
+     * Keeps the dev gateway's rules to the (service, key) pairs that need Kelsingra or a tenant
+     * route (docs/deploy.md); without it the gateway sends every tenant here (catch-all).
+     */
+    gateway: gatewayConfigSchema.optional(),
     logLevel: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
     /**
      * Wrong tokens from one client address within `authFailureWindow` seconds before it gets
@@ -406,6 +412,23 @@ export const ENV_SETTINGS: Readonly<Record<string, string>> = {
   KELSINGRA_TENANT_CONCURRENCY: 'tenantConcurrency',
 };
 
+/**
+ * KELSINGRA_GATEWAY names the driver, and KELSINGRA_GATEWAY_<OPTION> each option
+ * (KELSINGRA_GATEWAY_VERSION_URL is versionUrl): one variable per option, so a value such as
+ * a reload command may hold any character.
+ */
+function gatewayFromEnv(env: NodeJS.ProcessEnv): Record<string, unknown> | undefined {
+  const out: Record<string, unknown> = {};
+  if (env.KELSINGRA_GATEWAY) out.driver = env.KELSINGRA_GATEWAY;
+  for (const [name, value] of Object.entries(env)) {
+    const m = /^KELSINGRA_GATEWAY_([A-Z0-9_]+)$/.exec(name);
+    if (!m || value === undefined || value === '') continue;
+    const key = (m[1] as string).toLowerCase().replace(/_([a-z0-9])/g, (_, c: string) => c.toUpperCase());
+    out[key] = value;
+  }
+  return Object.keys(out).length ? out : undefined;
+}
+
 /** A comma-separated variable as a list, blanks dropped. */
 const commaList = (value: string) =>
   value
@@ -431,6 +454,8 @@ export function configFromEnv(env: NodeJS.ProcessEnv): Record<string, unknown> {
   }
   const tls = tlsFromEnv(env);
   if (tls) out.tls = tls;
+  const gateway = gatewayFromEnv(env);
+  if (gateway) out.gateway = gateway;
   if (env.KELSINGRA_SERVICES) {
     out.services = servicesFromFlags(commaList(env.KELSINGRA_SERVICES));
   }
@@ -466,9 +491,9 @@ export function mergeLayers(...layers: Record<string, unknown>[]): Record<string
           );
         }
         out.set('services', Object.fromEntries(merged));
-      } else if (key === 'tls' && isObject(out.get('tls')) && isObject(value)) {
+      } else if ((key === 'tls' || key === 'gateway') && isObject(out.get(key)) && isObject(value)) {
         const defined = Object.entries(value).filter(([, v]) => v !== undefined);
-        out.set('tls', { ...(out.get('tls') as object), ...Object.fromEntries(defined) });
+        out.set(key, { ...(out.get(key) as object), ...Object.fromEntries(defined) });
       } else {
         out.set(key, value);
       }
@@ -535,6 +560,15 @@ export async function loadServerConfig(opts: {
         'name one of the services: section, or add the service',
       );
     }
+  }
+  if (config.gateway?.driver === 'caddy') {
+    const unknown = (config.gateway.services ?? []).filter((s) => !config.services[s]);
+    if (unknown.length)
+      throw new KelsingraError(
+        `gateway.services: ${unknown.join(', ')} ${unknown.length > 1 ? 'are' : 'is'} not a configured service (${Object.keys(config.services).join(', ') || 'none'})`,
+        ExitCode.config,
+        'name services of the services: section, or leave gateway.services out for all of them',
+      );
   }
   if (Object.keys(config.services).length === 0) {
     throw new KelsingraError(

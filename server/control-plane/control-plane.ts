@@ -26,6 +26,7 @@ import type { AuthFailureLimiter } from '../auth/auth-limiter.js';
 import { topicName } from '../config/config.js';
 import type { ClientAddresses } from '../data-plane/client-address.js';
 import type { PassThroughProxy, UpstreamTarget } from '../data-plane/pass-through.js';
+import { GatewayError, type GatewaySync, type TraefikDriver } from '../gateway-sync/index.js';
 import { ForwardRefused, type KafkaAgent } from '../kafka/kafka-agent.js';
 import type { EventBus } from '../observability/event-bus.js';
 import type { ServerMetrics } from '../observability/metrics.js';
@@ -77,6 +78,10 @@ export interface ControlPlaneDeps {
   /** True once a graceful stop began: /healthz says so, and new tunnels go elsewhere. */
   draining?: () => boolean;
   kafka?: KafkaAgent;
+  /** Keeps the dev gateway's rules in step: a new intercept is answered once the gateway has it. */
+  gateway?: GatewaySync;
+  /** With the Traefik driver: the dynamic configuration Traefik's HTTP provider polls. */
+  traefik?: TraefikDriver;
 }
 
 const createBody = z
@@ -238,6 +243,7 @@ export function createControlPlane(deps: ControlPlaneDeps): http.Server {
         principal: { name: principal.name, role: principal.role, tenants: principal.tenants },
         store: store.health(),
         kafka: await kafkaStatusFor(principal),
+        ...(deps.gateway ? { gateway: deps.gateway.status() } : {}),
         tenantHeader: deps.tenantHeader,
         services: resolver.names.map((name) => ({ name, upstream: resolver.get(name)?.upstream.href })),
         upstreams: passThrough.upstreams(services(principal)),
@@ -266,6 +272,29 @@ export function createControlPlane(deps: ControlPlaneDeps): http.Server {
         services: resolver.names,
       };
       sendJson(res, 200, info);
+      return;
+    }
+    if (pathname === '/v1/traefik/dynamic' && req.method === 'GET') {
+      if (!deps.traefik || !deps.gateway) {
+        sendError(
+          res,
+          404,
+          'not-found',
+          'this server agent has no gateway: { driver: traefik } in its config',
+        );
+        return;
+      }
+      // It names every routed tenant: only a token that may see them all reads it.
+      if (!principal.unrestricted) {
+        sendError(
+          res,
+          403,
+          'provider-forbidden',
+          `token "${principal.name}" is limited to tenants; Traefik needs an admin token`,
+        );
+        return;
+      }
+      sendJson(res, 200, await deps.traefik.serve(deps.gateway.desired()));
       return;
     }
     if (await routeApi.handle(req, res, principal, url)) return;
@@ -419,6 +448,32 @@ export function createControlPlane(deps: ControlPlaneDeps): http.Server {
           { intercept: result.intercept.id, service, tenant, holder: tunnel.holder },
           'intercept created',
         );
+      }
+      // Live means the gateway has it: answered only once the driver confirmed the rule. A
+      // renewal (a client re-asserting what it holds) was confirmed when it was created.
+      if (deps.gateway && !result.renewed) {
+        try {
+          await deps.gateway.confirmed(service, tenant);
+        } catch (err) {
+          if (!(err instanceof GatewayError)) throw err;
+          const ended = await store.delete(result.intercept.id);
+          if (ended)
+            audit.record({
+              action: 'intercept.end',
+              outcome: 'ended',
+              reason: 'gateway-unconfirmed',
+              actor: { system: true },
+              intercept: interceptField(ended),
+            });
+          log.warn(
+            { intercept: result.intercept.id, service, tenant, err: err.message },
+            'intercept ended: the gateway did not confirm it',
+          );
+          sendError(res, 503, 'gateway-unconfirmed', `${err.message}; the intercept was not made`, {
+            hint: 'the platform team can see why in the server agent log and in /status (gateway); try again later',
+          });
+          return;
+        }
       }
       const lapse = result.renewed ? undefined : deps.lapses.resumed(result.intercept);
       const answer: CreatedIntercept = { ...view(result.intercept), ...(lapse ? { lapse } : {}) };

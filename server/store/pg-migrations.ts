@@ -159,6 +159,26 @@ export const MIGRATIONS: Migration[] = [
     // replica with tokens configured writes the real ones when it starts.
     sql: `ALTER TABLE kelsingra_tokens ADD COLUMN role text NOT NULL DEFAULT 'developer'`,
   },
+  {
+    version: 6,
+    name: 'gateway sync',
+    // What the dev gateway confirmed, written by the replica holding the gateway lock, so
+    // another replica can tell a developer when their intercept is in the gateway; and the
+    // versions of Traefik's dynamic configuration a poll was served.
+    sql: `
+      CREATE TABLE kelsingra_gateway_entries (
+        service text NOT NULL,
+        tenant text NOT NULL,
+        target text NOT NULL,
+        applied_at timestamptz NOT NULL DEFAULT now(),
+        PRIMARY KEY (service, tenant)
+      );
+      CREATE TABLE kelsingra_gateway_polls (
+        version text PRIMARY KEY,
+        polled_at timestamptz NOT NULL DEFAULT now()
+      );
+    `,
+  },
 ];
 
 /** Any constant will do, as long as every replica uses the same one. */

@@ -39,6 +39,10 @@ export const ERROR_CODES = {
     meaning: 'the intercept belongs to someone the token may not act for',
   },
   'tunnel-forbidden': { status: 403, meaning: 'the tunnel belongs to another token' },
+  'provider-forbidden': {
+    status: 403,
+    meaning: 'the Traefik provider endpoint needs a token that sees every tenant',
+  },
   'route-target-forbidden': {
     status: 403,
     meaning: 'a tenant route to a target the server agent does not allow',
@@ -92,6 +96,10 @@ export const ERROR_CODES = {
   'connect-not-supported': { status: 501, meaning: 'CONNECT to the outbound gateway' },
   'server-unreachable': { status: 502, meaning: 'the outbound gateway could not reach the server agent' },
   'server-timeout': { status: 504, meaning: 'the server agent did not answer in time' },
+  'gateway-unconfirmed': {
+    status: 503,
+    meaning: 'the dev gateway did not confirm the rule (gateway sync), so the intercept was not made',
+  },
   'store-unavailable': { status: 503, meaning: 'the store (PostgreSQL) did not answer' },
   internal: { status: 500, meaning: 'a bug in Kelsingra: the log has it' },
 } as const satisfies Record<string, { status: number; meaning: string }>;
