@@ -218,6 +218,28 @@ describe('DashboardModel', () => {
     expect(model.intercept('i2')?.ended).toBeDefined();
   });
 
+  it('counts the history replayed before live (not in the window), once across reconnects', () => {
+    const c = clock();
+    const model = new DashboardModel({ now: c.now, windowMs: 10_000 });
+    model.apply({ type: 'snapshot', at: T0, intercepts: [view('i1')], upstreams: [] });
+    model.apply(req('i1', T0 - 60_000, { path: '/old', status: 200 }));
+    model.apply(req('i1', T0 - 30_000, { path: '/older-failed', status: 503 }));
+    model.apply({ type: 'live', at: T0 });
+    let s = model.snapshot().intercepts[0];
+    expect(s).toMatchObject({ requests: 2, errors: 1, windowRequests: 0, rate: 0 });
+    expect(s?.lastRequest).toMatchObject({ path: '/older-failed', status: 503 });
+    model.apply(req('i1', T0 + 1, { path: '/new' }));
+    // A reconnect replays the same history again, and the live request with it.
+    model.apply({ type: 'snapshot', at: T0 + 2, intercepts: [view('i1')], upstreams: [] });
+    model.apply(req('i1', T0 - 60_000, { path: '/old', status: 200 }));
+    model.apply(req('i1', T0 - 30_000, { path: '/older-failed', status: 503 }));
+    model.apply(req('i1', T0 + 1, { path: '/new' }));
+    model.apply({ type: 'live', at: T0 + 2 });
+    s = model.snapshot().intercepts[0];
+    expect(s).toMatchObject({ requests: 3, errors: 1, windowRequests: 1 });
+    expect(s?.lastRequest).toMatchObject({ path: '/new' });
+  });
+
   it('keeps a bounded log, newest last, and merges replayed history without duplicates', () => {
     const c = clock();
     const model = new DashboardModel({ now: c.now, logLimit: 5 });
