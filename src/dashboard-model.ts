@@ -547,7 +547,7 @@ function alignRows(rows: string[][]): string[] {
 
 /** The plain table printed without a TTY: no colours, no cursor movement. */
 export function formatDashboardTable(snapshot: DashboardSnapshot, emptyHint = 'no intercepts'): string {
-  const lines = [`${new Date(snapshot.at).toISOString()}  (rates over the last ${snapshot.windowSeconds} s)`];
+  const lines = [`${formatClock(snapshot.at)}  (rates over the last ${snapshot.windowSeconds} s)`];
   if (snapshot.intercepts.length === 0) lines.push(emptyHint);
   else lines.push(...alignRows([[...TABLE_COLUMNS], ...snapshot.intercepts.map(interceptRow)]));
   if (snapshot.upstreams.length > 0) {
