@@ -15,8 +15,8 @@ import {
   type SetRouteResult,
   type StoreHealth,
 } from './protocol.js';
-import { tlsHint } from './tls-trust.js';
 import { clockTime } from './request-log.js';
+import { tlsHint } from './tls-trust.js';
 
 const TIMEOUT_MS = 10_000;
 
@@ -246,4 +246,3 @@ function conflictMessage(message: string, data: Record<string, unknown>): string
   const inSeconds = Math.max(0, Math.round((at - Date.now()) / 1000));
   return message.replace(`expires ${data.expiresAt}`, `expires ${clockTime(at)}, in ${inSeconds} s`);
 }
-
