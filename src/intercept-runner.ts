@@ -10,6 +10,7 @@ import { ExitCode, KelsingraError } from './errors.js';
 import type { OutboundEvent, SessionEvent } from './events.js';
 import { gatewayEnv, outboundEvent, startClientGateway } from './gateway-client.js';
 import { type InterceptRequest, InterceptSession } from './intercept-session.js';
+import { childNodeWarning } from './node-version.js';
 import type { OutboundGateway } from './outbound-gateway.js';
 import type { InterceptView } from './protocol.js';
 import {
@@ -191,6 +192,18 @@ export async function runIntercept(
   process.once('SIGINT', onSignal);
   process.once('SIGTERM', onSignal);
 
+  const childEnv = {
+    KELSINGRA_TENANT: want.tenant,
+    KELSINGRA_SERVICE: want.service,
+    KELSINGRA_INTERCEPT: icp.id,
+    PORT: String(want.port),
+    ...(gateway ? gatewayEnv(gateway.url) : {}),
+  };
+  if (opts.command?.length && gateway) {
+    const warning = await childNodeWarning(opts.command, { ...process.env, ...childEnv }, gateway.url);
+    if (warning && model) model.output('stderr', warning);
+    else if (warning) process.stderr.write(warning);
+  }
   const child = opts.command?.length
     ? execa(opts.command[0] as string, opts.command.slice(1), {
         // Under the live view the keys belong to the view and the command's output is printed
@@ -200,13 +213,7 @@ export async function runIntercept(
         stdio: model ? ['ignore', 'pipe', 'pipe'] : view === 'json' ? ['inherit', 2, 'inherit'] : 'inherit',
         buffer: false,
         reject: false,
-        env: {
-          KELSINGRA_TENANT: want.tenant,
-          KELSINGRA_SERVICE: want.service,
-          KELSINGRA_INTERCEPT: icp.id,
-          PORT: String(want.port),
-          ...(gateway ? gatewayEnv(gateway.url) : {}),
-        },
+        env: childEnv,
       })
     : undefined;
   if (child && model) {
