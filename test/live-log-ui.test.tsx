@@ -86,7 +86,7 @@ describe('LiveLog', () => {
     expect(ui.all()).toContain('icp_abc');
     expect(ui.all()).toContain('server http://dev:7000');
     await ui.until(
-      (live) => /billing\/t1 → :3000 · ● connected · 0 req\/s · 0 requests · 0 errors/.test(live),
+      (live) => /● connected · billing\/t1 → :3000 · 0 req\/s · 0 requests · 0 errors/.test(live),
       'the status bar',
     );
 
@@ -308,6 +308,10 @@ describe('LiveLog', () => {
     await ui.press('?');
     await ui.until((s) => s.includes('pause / resume the view'), 'the help');
     expect(ui.screen()).toContain('leave the intercept');
+    // q and Ctrl-C exit with different codes: the help must not call them alike.
+    expect(ui.screen()).toMatch(/q\s+leave the intercept and exit 0/);
+    expect(ui.screen()).toMatch(/ctrl-c\s+leave the intercept and exit 130/);
+    expect(ui.screen()).not.toContain('like Ctrl-C');
     await ui.press('?');
     await ui.until((s) => !s.includes('pause / resume the view'), 'the help closed');
     await ui.press('q');
