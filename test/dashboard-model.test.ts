@@ -359,7 +359,7 @@ describe('DashboardModel', () => {
       // biome-ignore lint/suspicious/noControlCharactersInRegex: stripping ANSI colours
       formatRecordLine(webSocketRecord('i1', over, upgrade)).replace(/\u001b\[[0-9;]*m/g, '');
     expect(line({})).toMatch(
-      /^\d\d:\d\d:\d\d\.\d{3} {2}WS {6}\/chat {2}101 {2}12\.3 s {2}↑1\.2 kB ↓3\.4 kB {2}closed by caller 1000$/,
+      /^\d\d:\d\d:\d\d\.\d{3} {2}WS {6}\/chat +101 {2}12\.3 s {2}↑1\.2 KiB ↓3\.4 KiB {2}closed by caller 1000$/,
     );
     expect(
       line({ durationMs: 245_000 }, { closedBy: 'tunnel', closeFrom: undefined, code: undefined }),
@@ -373,13 +373,22 @@ describe('DashboardModel', () => {
         { closedBy: 'timeout' },
       ),
     ).toMatch(
-      /WS {6}\/chat {2}0 {2}30\.0 s {2}↑1\.2 kB ↓0 B {2}not answered {2}\(no answer to the upgrade\)$/,
+      /WS {6}\/chat +0 {2}30\.0 s {2}↑1\.2 KiB ↓0 B {2}not answered {2}\(no answer to the upgrade\)$/,
     );
     expect(line({}, { protocol: 'h2c', closeFrom: undefined, code: undefined, closedBy: 'caller' })).toMatch(
-      /UPGRADE {2}\/chat {2}101 .* closed by caller$/,
+      /UPGRADE {2}\/chat +101 .* closed by caller$/,
     );
     // A plain request keeps its own line.
-    expect(formatRecordLine(requestRecord('i1'))).toMatch(/GET {3}\s*\/invoices\/1 {2}\S*200/);
+    expect(formatRecordLine(requestRecord('i1'))).toMatch(/GET {3}\s*\/invoices\/1 +\S*200/);
+  });
+
+  it('lines up statuses in a column whatever the path length, and names binary units KiB/MiB', () => {
+    const plain = (r: RequestRecord) => formatRecordLine(r).replace(/\u001b\[[0-9;]*m/g, '');
+    const short = plain(requestRecord('i1', { path: '/a', bytesOut: 2048 }));
+    const long = plain(requestRecord('i1', { path: '/invoices/2026/12', bytesOut: 3 * 1024 * 1024 }));
+    expect(short.indexOf(' 200 ')).toBe(long.indexOf(' 200 '));
+    expect(short).toMatch(/2\.0 KiB$/);
+    expect(long).toMatch(/3\.0 MiB$/);
   });
 
   it('prints a plain table without colours', () => {

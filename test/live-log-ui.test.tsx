@@ -93,7 +93,7 @@ describe('LiveLog', () => {
     request(ui.model, '/invoices/42', 200);
     request(ui.model, '/boom', 503);
     await ui.until((live, all) => all.includes('/boom') && live.includes('2 requests'), 'the request lines');
-    expect(ui.all()).toMatch(/GET\s+\/invoices\/42\s+200\s+12\.5 ms\s+2\.0 kB/);
+    expect(ui.all()).toMatch(/GET\s+\/invoices\/42\s+200\s+12\.5 ms\s+2\.0 KiB/);
     expect(ui.all()).toMatch(/GET\s+\/boom\s+503/);
     expect(ui.screen()).toMatch(/2 requests · 1 error /);
   });
@@ -196,7 +196,9 @@ describe('LiveLog', () => {
       (live, all) => !live.includes('open') && all.includes('closed by caller'),
       'the closed WebSocket line',
     );
-    expect(ui.all()).toMatch(/WS\s+\/chat\s+101\s+12\.3 s\s+↑1\.2 kB ↓3\.4 kB\s+closed by caller 1000 "bye"/);
+    expect(ui.all()).toMatch(
+      /WS\s+\/chat\s+101\s+12\.3 s\s+↑1\.2 KiB ↓3\.4 KiB\s+closed by caller 1000 "bye"/,
+    );
     // The static line and the status bar can land in separate writes: wait for the bar.
     await ui.until((s) => /2 requests · 0 errors/.test(s), 'the status bar counting it once, with no error');
 
@@ -207,8 +209,8 @@ describe('LiveLog', () => {
     const details = ui.screen();
     expect(details).toContain('WS /chat → 101');
     expect(details).toMatch(/open for 12\.3 s · WebSocket/);
-    expect(details).toContain('from the caller: 1.2 kB in 3 messages');
-    expect(details).toContain('from the local service: 3.4 kB in 1 message');
+    expect(details).toContain('from the caller: 1.2 KiB in 3 messages');
+    expect(details).toContain('from the local service: 3.4 KiB in 1 message');
     expect(details).toContain('closed by caller 1000 "bye"');
     expect(details).toContain('connection ended first by the local service');
     await ui.press(KEY.up);

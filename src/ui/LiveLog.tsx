@@ -20,6 +20,7 @@ import {
   formatDuration,
   formatRate,
   isAbnormalClose,
+  padPath,
   statusColour,
   upgradeDetailLines,
   upgradeLineParts,
@@ -135,7 +136,7 @@ export function RequestLine({
       {'  '}
       {r.method.padEnd(6)}
       {'  '}
-      {r.path}
+      {padPath(r.path)}
       {'  '}
       <Text color={statusColour(r.status)}>{r.status}</Text>
       {'  '}
@@ -164,7 +165,7 @@ function WebSocketLine({
       {'  '}
       {p.label}
       {'  '}
-      {w.path}
+      {padPath(w.path)}
       {'  '}
       <Text color={statusColour(w.status, w.error)}>{p.status}</Text>
       {'  '}
@@ -195,7 +196,7 @@ function InFlight({ snap, now, spinner }: { snap: LiveLogSnapshot; now: number; 
             {'  '}
             {p.label}
             {'  '}
-            {p.path}
+            {padPath(p.path)}
             {'  '}
             <Text dimColor>{p.elapsed}</Text>
           </Text>
