@@ -2,6 +2,7 @@
  * The dashboard's state without a terminal: rates over the sliding window, error rates,
  * percentiles, intercepts appearing and disappearing, upstream health.
  */
+import { stripVTControlCharacters } from 'node:util';
 import { describe, expect, it } from 'vitest';
 import {
   DashboardModel,
@@ -383,7 +384,7 @@ describe('DashboardModel', () => {
   });
 
   it('lines up statuses in a column whatever the path length, and names binary units KiB/MiB', () => {
-    const plain = (r: RequestRecord) => formatRecordLine(r).replace(/\u001b\[[0-9;]*m/g, '');
+    const plain = (r: RequestRecord) => stripVTControlCharacters(formatRecordLine(r));
     const short = plain(requestRecord('i1', { path: '/a', bytesOut: 2048 }));
     const long = plain(requestRecord('i1', { path: '/invoices/2026/12', bytesOut: 3 * 1024 * 1024 }));
     expect(short.indexOf(' 200 ')).toBe(long.indexOf(' 200 '));
