@@ -22,5 +22,12 @@ if (
   ]);
 }
 
+// Once per run: not again in the --detach agent (its parent warned already).
+if (!process.argv.includes('--agent')) {
+  const { cliNodeWarning } = await import('../dist/src/shared/node-version.js');
+  const warning = cliNodeWarning();
+  if (warning) process.stderr.write(warning);
+}
+
 const { execute } = await import('@oclif/core');
 await execute({ dir: import.meta.url });

@@ -15,7 +15,7 @@ export default class Dashboard extends BaseCommand {
   static override summary =
     'Watch your intercepts live: request rate, error rate, p50/p99 latency, last request, upstream health.';
   static override description =
-    `Fed by the server agent's event stream (no polling). Rates, error rates and percentiles cover the last 10 s; request and error counts cover everything since the dashboard started.
+    `Fed by the server agent's event stream (no polling). Rates, error rates and percentiles cover the last 10 s; request and error counts cover the server's recent records of each intercept (its last 200 requests) and everything since.
 
 In a terminal: a live table. Keys: ↑/↓ select an intercept, enter opens its live request log, esc goes back, ? shows the keys, q (or ctrl-c) quits.
 
@@ -53,7 +53,9 @@ Ctrl-C exits 0. A rejected token exits 3, an unreachable server 6. If the stream
   async run(): Promise<void> {
     const { flags } = await this.parse(Dashboard);
     const settings = loadSettings();
-    const query: EventQuery = flags.all ? {} : { holder: settings.holder };
+    // With history: an intercept that was busy before the dashboard opened shows its counts
+    // and last request from the server's recent records (the last 200 per intercept).
+    const query: EventQuery = flags.all ? { history: true } : { holder: settings.holder, history: true };
     const scope = flags.all ? 'all intercepts' : `your intercepts (${settings.holder})`;
     const emptyHint = flags.all
       ? 'No intercepts on this server that your token may see.'

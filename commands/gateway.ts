@@ -1,10 +1,11 @@
 import { Flags } from '@oclif/core';
-import { BaseCommand } from '../src/cli/base-command.js';
+import { BaseCommand, ndjsonFlag } from '../src/cli/base-command.js';
 import { routingKeyFlags, routingKeyFrom } from '../src/cli/routing-key.js';
 import { loadSettings } from '../src/client/api/settings.js';
 import { runGateway } from '../src/client/gateway/gateway-runner.js';
 
 export default class Gateway extends BaseCommand {
+  static override baseFlags = ndjsonFlag();
   static override summary = 'Call the dev environment from this machine as one tenant, without an intercept.';
   static override description =
     'Runs the outbound gateway in the foreground until Ctrl-C: requests to http://127.0.0.1:<port>/<service>/<path> (or any http:// URL, with the gateway as HTTP_PROXY) go to that dev service with the tenant header, traceparent and baggage added, and reach your own intercepts for the key. For a front end in a browser on localhost (--cors) or scripts. Prints one line per request (with --json: the gateway as one JSON object, then one per request).';

@@ -1,6 +1,6 @@
 import { fileURLToPath } from 'node:url';
 import { Args, Flags } from '@oclif/core';
-import { BaseCommand } from '../src/cli/base-command.js';
+import { BaseCommand, ndjsonFlag } from '../src/cli/base-command.js';
 import { routingKeyFlags, routingKeyFrom } from '../src/cli/routing-key.js';
 import { loadSettings } from '../src/client/api/settings.js';
 import { type AgentMessage, agentLogFile, startDetachedAgent } from '../src/client/intercept/detach.js';
@@ -21,7 +21,13 @@ export default class Intercept extends BaseCommand {
     '<%= config.bin %> intercept web --tenant t1 --port 5173 --cors -- npm run dev',
     '<%= config.bin %> intercept billing --tenant t1 --port 3000 --kafka-local localhost:9092 --forward-topic invoices',
   ];
+  // Not strict (the words after -- are the command's), which would make oclif print SERVICE...
   static override strict = false;
+  static override usage =
+    'intercept SERVICE (-t <tenant> | -k <key>) -p <port> [--detach] [--json] [--no-gateway] [--gateway-port <n>] [--cors] [--kafka-local <host:port>] [--kafka-topic <dev>[=<local>]...] [--forward-topic <local>[=<dev>]...] [-- <command>...]';
+  static override baseFlags = ndjsonFlag(
+    'print JSON on stdout and nothing else: one event per line (NDJSON); with --detach one document',
+  );
 
   static override args = {
     service: Args.string({

@@ -1,5 +1,5 @@
 import { Args, Flags } from '@oclif/core';
-import { BaseCommand } from '../src/cli/base-command.js';
+import { BaseCommand, ndjsonFlag } from '../src/cli/base-command.js';
 import { type Spinner, startSpinner } from '../src/cli/spinner.js';
 import { ApiClient } from '../src/client/api/api-client.js';
 import { followEvents } from '../src/client/api/server-events.js';
@@ -9,6 +9,7 @@ import { formatLapseLine, formatRecordLine } from '../src/client/intercept/reque
 import { ExitCode, KelsingraError } from '../src/shared/errors.js';
 
 export default class Logs extends BaseCommand {
+  static override baseFlags = ndjsonFlag();
   static override summary = "Show an intercept's recent requests; --follow keeps streaming them.";
   static override description =
     'Works from any shell for any intercept your token may see, including one started with --detach. The request lines come from the server agent, so they show what callers got; a WebSocket is one line once it closed (WS, 101, how long it was open, bytes from the caller ↑ and from the local service ↓, and how it closed, e.g. closed by caller 1000). A lease that lapsed (the client asleep or cut off) and came back under the same id shows as a line saying when, and where the tenant traffic went meanwhile. With --json, one JSON object per line (NDJSON): each request, {"type":"intercept","action":"lapsed",…} for a lapse, then {"type":"intercept","action":"ended",…} if the intercept ends while you follow it.';

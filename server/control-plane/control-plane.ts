@@ -431,6 +431,7 @@ export function createControlPlane(deps: ControlPlaneDeps): http.Server {
           {
             holder: result.holder.holder,
             intercept: result.holder.id,
+            expiresAt: new Date(result.holder.expiresAt).toISOString(),
           },
         );
         return;

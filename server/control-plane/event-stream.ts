@@ -2,7 +2,8 @@
  * `GET /v1/events`: server-sent events for views. The first event is a snapshot (the
  * intercepts and upstreams the token may see); then live events follow, filtered to the
  * token's tenants and optionally to one intercept (`?intercept=`) or holder (`?holder=`).
- * `?history=1` replays the intercept's recent requests first.
+ * `?history=1` replays recent requests first: the one intercept's, or those of every intercept in
+ * the snapshot (a dashboard opened on a busy intercept shows its traffic, not zeros).
  */
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Principal } from '../auth/auth.js';
@@ -55,16 +56,13 @@ export function serveEvents(
     'x-accel-buffering': 'no',
   });
   const snapshot = source.snapshot(principal);
-  send({
-    type: 'snapshot',
-    at: Date.now(),
-    intercepts: snapshot.intercepts.filter(
-      (i) => (!interceptId || i.id === interceptId) && (!holder || i.holder === holder),
-    ),
-    upstreams: snapshot.upstreams,
-  });
-  if (interceptId && url.searchParams.get('history') === '1') {
-    for (const event of source.bus.recent(interceptId)) if (wants(event)) send(event);
+  const shown = snapshot.intercepts.filter(
+    (i) => (!interceptId || i.id === interceptId) && (!holder || i.holder === holder),
+  );
+  send({ type: 'snapshot', at: Date.now(), intercepts: shown, upstreams: snapshot.upstreams });
+  if (url.searchParams.get('history') === '1') {
+    const ids = interceptId ? [interceptId] : shown.map((i) => i.id);
+    for (const id of ids) for (const event of source.bus.recent(id)) if (wants(event)) send(event);
   }
   send({ type: 'live', at: Date.now() });
 

@@ -4,8 +4,16 @@
  */
 import { Command, Errors, Flags } from '@oclif/core';
 import { ExitCode, KelsingraError } from '../shared/errors.js';
+import { closestCommand } from './closest.js';
 import { printError, wantsJson } from './print-error.js';
 import { type Spinner, startSpinner } from './spinner.js';
+
+/** `--json` for commands that stream: one JSON value per line (NDJSON), not one document. */
+export function ndjsonFlag(
+  description = 'print JSON on stdout and nothing else: one JSON object per line (NDJSON)',
+) {
+  return { json: Flags.boolean({ description, default: false }) };
+}
 
 export abstract class BaseCommand extends Command {
   static override baseFlags = {
@@ -45,6 +53,17 @@ export abstract class BaseCommand extends Command {
     return this.exit(e.exitCode);
   }
 
+  /** The command's flag nearest to a mistyped one (`--prot` → `--port`), from oclif's message. */
+  private flagGuess(message: string): string | undefined {
+    const typed = /Nonexistent flags?: (--?[\w-]+)/.exec(message)?.[1];
+    if (!typed) return undefined;
+    const ctor = this.constructor as typeof Command;
+    const names = Object.entries({ ...ctor.baseFlags, ...ctor.flags })
+      .filter(([, f]) => !f.hidden)
+      .map(([name]) => `--${name}`);
+    return closestCommand(typed.startsWith('--') ? typed : `-${typed}`, names);
+  }
+
   private explain(err: Error & { oclif?: { exit?: number }; parse?: unknown }): {
     message: string;
     hint?: string;
@@ -57,8 +76,17 @@ export abstract class BaseCommand extends Command {
     const isParseError = err.parse !== undefined;
     if (err instanceof Errors.CLIError && (isParseError || err.oclif?.exit === ExitCode.usage)) {
       // oclif's own parse errors (unknown flag, missing argument, bad value): a usage error.
-      const message = oneLine(err.message.replace(/\n*See more help with --help\s*$/, ''));
-      return { message, hint: `${help} shows the usage and examples`, exitCode: ExitCode.usage };
+      const message = oneLine(
+        withoutMultipleNote(err.message.replace(/\n*See more help with --help\s*$/, '')),
+      );
+      const guess = this.flagGuess(message);
+      return {
+        message,
+        hint: guess
+          ? `did you mean ${guess}? ${help} shows the usage`
+          : `${help} shows the usage and examples`,
+        exitCode: ExitCode.usage,
+      };
     }
     if (err instanceof Errors.CLIError) {
       return {
@@ -84,4 +112,17 @@ function oneLine(message: string): string {
   const [first = '', ...rest] = lines;
   if (first.endsWith(':')) return `${first} ${rest.join('; ')}`;
   return first.startsWith('Parsing ') ? `${first}: ${rest.join('; ')}` : [first, ...rest].join('; ');
+}
+
+/**
+ * oclif appends a note about flags that take several values to a missing-argument error; it is
+ * about how oclif parses, not what went wrong, and buries the one thing the user needs.
+ */
+function withoutMultipleNote(message: string): string {
+  return message
+    .replace(
+      /\n*\s*Note: [^\n]*allow multiple values[^\n]*(\n[^\n]*Alternatively, you can use "--"[^\n]*)?/g,
+      '',
+    )
+    .replace(/\n*\s*Alternatively, you can use "--" to signify[^\n]*/g, '');
 }

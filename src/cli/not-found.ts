@@ -6,19 +6,11 @@
  */
 import { Errors, type Hook, type Interfaces, loadHelpClass, toConfiguredId } from '@oclif/core';
 import pluginNotFound from '@oclif/plugin-not-found';
-import { distance } from 'fastest-levenshtein';
 import { ExitCode } from '../shared/errors.js';
+import { closestCommand } from './closest.js';
 import { printError, wantsJson } from './print-error.js';
 
-export function closestCommand(id: string, candidates: string[]): string | undefined {
-  let best: { id: string; d: number } | undefined;
-  for (const c of candidates) {
-    const d = distance(id, c);
-    if (!best || d < best.d) best = { id: c, d };
-  }
-  // Far from everything (e.g. "foo" for "demo"): a suggestion would only mislead.
-  return best && best.d <= Math.max(2, Math.ceil(id.length / 2)) ? best.id : undefined;
-}
+export { closestCommand };
 
 const hook: Hook.CommandNotFound = async function (opts) {
   const argv = opts.argv ?? [];

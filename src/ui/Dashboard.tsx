@@ -221,7 +221,7 @@ function Header({
 
 function Help() {
   return (
-    <Box flexDirection="column" marginTop={1} borderStyle="round" paddingX={1} alignSelf="flex-start">
+    <Box flexDirection="column" marginTop={1} borderStyle="single" paddingX={1} alignSelf="flex-start">
       <Text bold>Keys</Text>
       {KEYS.map(([k, what]) => (
         <Box key={k}>

@@ -20,6 +20,7 @@ import {
   formatDuration,
   formatRate,
   isAbnormalClose,
+  padPath,
   statusColour,
   upgradeDetailLines,
   upgradeLineParts,
@@ -135,7 +136,7 @@ export function RequestLine({
       {'  '}
       {r.method.padEnd(6)}
       {'  '}
-      {r.path}
+      {padPath(r.path)}
       {'  '}
       <Text color={statusColour(r.status)}>{r.status}</Text>
       {'  '}
@@ -164,7 +165,7 @@ function WebSocketLine({
       {'  '}
       {p.label}
       {'  '}
-      {w.path}
+      {padPath(w.path)}
       {'  '}
       <Text color={statusColour(w.status, w.error)}>{p.status}</Text>
       {'  '}
@@ -195,7 +196,7 @@ function InFlight({ snap, now, spinner }: { snap: LiveLogSnapshot; now: number; 
             {'  '}
             {p.label}
             {'  '}
-            {p.path}
+            {padPath(p.path)}
             {'  '}
             <Text dimColor>{p.elapsed}</Text>
           </Text>
@@ -285,7 +286,8 @@ function Details({ request, maxRows }: { request: LogEntry; maxRows: number }) {
 
 function Help() {
   const keys: [string, string][] = [
-    ['q', 'leave the intercept and exit (like Ctrl-C)'],
+    ['q', 'leave the intercept and exit 0'],
+    ['ctrl-c', 'leave the intercept and exit 130 (as an interrupt)'],
     ['p', 'pause / resume the view (traffic keeps flowing; lines wait)'],
     ['↑ ↓', 'select a recent request'],
     ['enter', "open the selected request's details"],
@@ -336,27 +338,31 @@ function plural(n: number, word: string): string {
   return `${formatCount(n)} ${word}${n === 1 ? '' : 's'}`;
 }
 
+/**
+ * State first (paused, tunnel, in flight, open WebSockets), then who and how much: a narrow
+ * terminal truncates the end, and what it cuts must be what matters least.
+ */
 function StatusBar({ snap }: { snap: LiveLogSnapshot }) {
   const i = snap.info;
   return (
     <Text wrap="truncate-end">
-      <Text bold>
-        {i.service}/{i.tenant}
-      </Text>{' '}
-      → :{i.localPort} · <TunnelState snap={snap} /> · {formatRate(snap.ratePerSecond)} req/s ·{' '}
-      {plural(snap.total, 'request')} ·{' '}
-      <Text color={snap.errors > 0 ? 'red' : undefined}>{plural(snap.errors, 'error')}</Text>
+      {snap.paused ? (
+        <Text color="yellow" bold>
+          PAUSED ({formatCount(snap.buffered)} waiting
+          {snap.dropped > 0 ? `, ${formatCount(snap.dropped)} dropped` : ''}) p resumes ·{' '}
+        </Text>
+      ) : null}
+      <TunnelState snap={snap} />
       {snap.inFlight.length > snap.openUpgrades
         ? ` · ${formatCount(snap.inFlight.length - snap.openUpgrades)} in flight`
         : ''}
       {snap.openUpgrades > 0 ? ` · ${plural(snap.openUpgrades, 'WebSocket')} open` : ''}
-      {snap.paused ? (
-        <Text color="yellow" bold>
-          {' '}
-          · PAUSED ({formatCount(snap.buffered)} waiting
-          {snap.dropped > 0 ? `, ${formatCount(snap.dropped)} dropped` : ''}) p resumes
-        </Text>
-      ) : null}
+      {' · '}
+      <Text bold>
+        {i.service}/{i.tenant}
+      </Text>{' '}
+      → :{i.localPort} · {formatRate(snap.ratePerSecond)} req/s · {plural(snap.total, 'request')} ·{' '}
+      <Text color={snap.errors > 0 ? 'red' : undefined}>{plural(snap.errors, 'error')}</Text>
       <Text dimColor> · ? keys</Text>
     </Text>
   );

@@ -22,6 +22,7 @@ export {
   formatRate,
   isAbnormalClose,
   isFailure,
+  padPath,
   type StatusColour,
   statusColour,
   upgradeLineParts,

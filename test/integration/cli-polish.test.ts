@@ -132,6 +132,34 @@ describe('usage errors exit 2 and say what to do next', () => {
     expect(port.stderr).toMatch(/Hint: kelsingra intercept --help/);
   });
 
+  it('a mistyped flag gets "did you mean"; a missing service says only that', async () => {
+    const prot = await cli(['intercept', 'billing', '--tenant', 't1', '--prot', '3000'], noServer, QUICK);
+    expect(prot.exitCode).toBe(EXIT.usage);
+    expect(prot.stderr).toMatch(/^Error: Nonexistent flag: --prot$/m);
+    expect(prot.stderr).toMatch(/^Hint: did you mean --port\? kelsingra intercept --help shows the usage$/m);
+    const json = await cli(['status', '--jsno'], noServer, QUICK);
+    expect(json.stderr).toMatch(/did you mean --json\?/);
+    const asJson = await cli(['intercept', 'billing', '-t', 't1', '--prot', '1', '--json'], noServer, QUICK);
+    expect(jsonError(asJson.stderr).hint).toMatch(/^did you mean --port\?/);
+
+    const missing = await cli(['intercept', '--tenant', 't1', '--port', '3000'], noServer, QUICK);
+    expect(missing.exitCode).toBe(EXIT.usage);
+    expect(missing.stderr).toMatch(/^Error: Missing 1 required arg: service/m);
+    expect(missing.stderr).not.toMatch(/multiple values|Alternatively/);
+  });
+
+  it('intercept --help shows one SERVICE; streaming commands describe --json as NDJSON', async () => {
+    const help = String((await cli(['intercept', '--help'], noServer, QUICK)).stdout);
+    expect(help).not.toContain('SERVICE...');
+    expect(help).toMatch(/\$ kelsingra intercept SERVICE \(-t <tenant> \| -k <key>\) -p <port>/);
+    expect(help).toMatch(/--json\s+print JSON on stdout and nothing else: one event per\s+line \(NDJSON\)/);
+    for (const command of ['logs', 'gateway', 'dashboard'])
+      expect(String((await cli([command, '--help'], noServer, QUICK)).stdout), command).toMatch(
+        /--json\s+[^\n]*\n?[^\n]*NDJSON/,
+      );
+    expect(String((await cli(['list', '--help'], noServer, QUICK)).stdout)).toMatch(/one document/);
+  });
+
   it('leave checks its arguments before looking for a server', async () => {
     const both = await cli(['leave', '--all', 'billing'], noServer, QUICK);
     expect(both.exitCode).toBe(EXIT.usage);

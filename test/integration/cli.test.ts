@@ -330,6 +330,29 @@ describe('conflicts and bad requests', () => {
     expect((await listJson(bob)).map((i) => i.holder)).toEqual(['alice']);
   });
 
+  it('your own intercept held from another shell: no "ask yourself", and the lease end on the local clock', async () => {
+    const { server } = await setup();
+    const local = await textService('local', cleanups);
+    const shellA = clientEnv(server, TOKEN, { KELSINGRA_HOLDER: 'alice', TZ: 'Asia/Kolkata' });
+    const shellB = { ...clientEnv(server, TOKEN, { KELSINGRA_HOLDER: 'alice' }), TZ: 'Asia/Kolkata' };
+    const held = await detach(shellA, 'billing', 't1', local.port);
+    const r = await cli(
+      ['intercept', 'billing', '--tenant', 't1', '--port', String(local.port), '--detach', '--json'],
+      shellB,
+    );
+    expect(r.exitCode).toBe(EXIT.conflict);
+    const err = JSON.parse(String(r.stderr));
+    expect(err.hint).not.toMatch(/ask alice/);
+    expect(err.hint).toContain(`you hold it already`);
+    expect(err.hint).toContain(`kelsingra leave ${held.id}`);
+    // +05:30 makes a UTC time and a local one differ in their minutes, whatever the hour.
+    const expires = new Date(err.expiresAt);
+    const two = (n: number) => String(n).padStart(2, '0');
+    const kolkata = new Date(expires.getTime() + 5.5 * 3600_000);
+    expect(err.error).toContain(`expires ${two(kolkata.getUTCHours())}:${two(kolkata.getUTCMinutes())}:`);
+    expect(err.error).not.toMatch(/\d{4}-\d\d-\d\dT/);
+  });
+
   it('an unknown service exits 4 and lists the known services', async () => {
     const { server } = await setup();
     const env = clientEnv(server, TOKEN);

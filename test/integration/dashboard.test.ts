@@ -112,6 +112,25 @@ describe('kelsingra dashboard (no TTY)', () => {
     expect(String(r.stderr)).toBe('');
   }, 120_000);
 
+  it('--once --json shows requests made before it started (the server keeps the last 200)', async () => {
+    const { server, local, alice } = await setup();
+    const mine = await detach(alice, 'billing', 't1', local.port);
+    for (const path of ['/a', '/b', '/fail/c']) {
+      const res = await viaProxy(server, 'billing', 't1', path);
+      await res.text();
+    }
+    // `logs` sees them: the dashboard must too.
+    await waitFor(async () => {
+      const logs = await cli(['logs', mine.id], alice);
+      return String(logs.stdout).includes('/fail/c');
+    });
+    const once = await cli(['dashboard', '--json', '--once', '--interval', '1'], alice);
+    expect(once.exitCode, String(once.stderr)).toBe(0);
+    const doc = JSON.parse(String(once.stdout)) as Line;
+    expect(doc.intercepts[0]).toMatchObject({ id: mine.id, requests: 3, errors: 1 });
+    expect(doc.intercepts[0]?.lastRequest).toMatchObject({ path: '/fail/c', status: 503 });
+  }, 120_000);
+
   it("--all shows every developer's intercepts; the default only your own", async () => {
     const { server, local, alice, bob } = await setup();
     const mine = await detach(alice, 'billing', 't1', local.port);

@@ -68,15 +68,25 @@ afterAll(async () => {
 
 const quote = (s: string) => `'${s.replace(/'/g, `'\\''`)}'`;
 
-/** Starts the CLI in a 120×40 tmux session; its exit code lands in a file when it ends. */
-async function startInTmux(args: string[], env: Record<string, string>) {
+/** Starts the CLI in a tmux session (120×40 unless told); its exit code lands in a file when it ends. */
+async function startInTmux(args: string[], env: Record<string, string>, size = { x: 120, y: 40 }) {
   const exitFile = join(work, `exit-${Date.now()}`);
   // CI=0: Ink (is-in-ci) would otherwise print only the last frame when the suite runs in CI.
   const vars = Object.entries({ ...env, CI: '0', TERM: 'xterm-256color' }).map(
     ([k, v]) => `${k}=${quote(v)}`,
   );
   const command = `env ${vars.join(' ')} ${quote(process.execPath)} ${quote(BIN)} ${args.map(quote).join(' ')}; echo $? > ${quote(exitFile)}`;
-  const started = await tmux('new-session', '-d', '-s', 'live', '-x', '120', '-y', '40', command);
+  const started = await tmux(
+    'new-session',
+    '-d',
+    '-s',
+    'live',
+    '-x',
+    String(size.x),
+    '-y',
+    String(size.y),
+    command,
+  );
   expect(started.exitCode, String(started.stderr)).toBe(0);
   const screen = async () => String((await tmux('capture-pane', '-p', '-t', 'live', '-S', '-200')).stdout);
   const until = async (check: (s: string) => boolean, what: string, timeoutMs = 20_000) => {
@@ -106,6 +116,24 @@ async function startInTmux(args: string[], env: Record<string, string>) {
 const sessionGone = async () => (await tmux('has-session', '-t', 'live')).exitCode !== 0;
 
 describe('the live request log in a terminal', () => {
+  it('at 80×24 the status bar keeps the state (paused, tunnel) and truncates the counts', async () => {
+    const env = clientEnv(server, TOKEN, { KELSINGRA_HOLDER: 'alice' });
+    const term = await startInTmux(
+      ['intercept', 'billing', '--tenant', 't1', '--port', String(local.port)],
+      env,
+      { x: 80, y: 24 },
+    );
+    await term.until((s) => s.includes('● connected'), 'the live view');
+    await term.keys('p');
+    const screen = await term.until((s) => s.includes('PAUSED'), 'paused');
+    const bar = screen.split('\n').find((l) => l.includes('PAUSED')) ?? '';
+    expect(bar.length).toBeLessThanOrEqual(80);
+    expect(bar).toMatch(/^PAUSED \(0 waiting\) p resumes · ● connected · billing\/t1/);
+    await term.keys('q');
+    await waitFor(sessionGone, 20_000, 'the CLI to exit and the tmux session to end');
+    expect(term.exitCode()).toBe(0);
+  });
+
   it('shows requests as they come, details with masked secrets, and q leaves the intercept', async () => {
     const env = clientEnv(server, TOKEN, { KELSINGRA_HOLDER: 'alice' });
     const term = await startInTmux(
@@ -117,7 +145,7 @@ describe('the live request log in a terminal', () => {
       'the live view',
     );
     expect(await term.screen()).toMatch(
-      /billing\/t1 → :\d+ · ● connected · 0 req\/s · 0 requests · 0 errors/,
+      /● connected · billing\/t1 → :\d+ · 0 req\/s · 0 requests · 0 errors/,
     );
 
     const first = await viaProxy(server, 'billing', 't1', '/invoices/42', {

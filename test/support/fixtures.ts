@@ -42,7 +42,7 @@ export function requestRecord(interceptId: string, over: Partial<RequestRecord> 
 
 /**
  * A WebSocket through `interceptId` as the server records it when it closes: GET /chat → 101,
- * open 12.3 s, 1.2 kB from the caller and 3.4 kB from the local service, the caller closed
+ * open 12.3 s, 1.2 KiB from the caller and 3.4 KiB from the local service, the caller closed
  * with 1000.
  */
 export function webSocketRecord(

@@ -2,6 +2,7 @@
  * The dashboard's state without a terminal: rates over the sliding window, error rates,
  * percentiles, intercepts appearing and disappearing, upstream health.
  */
+import { stripVTControlCharacters } from 'node:util';
 import { describe, expect, it } from 'vitest';
 import {
   DashboardModel,
@@ -218,6 +219,28 @@ describe('DashboardModel', () => {
     expect(model.intercept('i2')?.ended).toBeDefined();
   });
 
+  it('counts the history replayed before live (not in the window), once across reconnects', () => {
+    const c = clock();
+    const model = new DashboardModel({ now: c.now, windowMs: 10_000 });
+    model.apply({ type: 'snapshot', at: T0, intercepts: [view('i1')], upstreams: [] });
+    model.apply(req('i1', T0 - 60_000, { path: '/old', status: 200 }));
+    model.apply(req('i1', T0 - 30_000, { path: '/older-failed', status: 503 }));
+    model.apply({ type: 'live', at: T0 });
+    let s = model.snapshot().intercepts[0];
+    expect(s).toMatchObject({ requests: 2, errors: 1, windowRequests: 0, rate: 0 });
+    expect(s?.lastRequest).toMatchObject({ path: '/older-failed', status: 503 });
+    model.apply(req('i1', T0 + 1, { path: '/new' }));
+    // A reconnect replays the same history again, and the live request with it.
+    model.apply({ type: 'snapshot', at: T0 + 2, intercepts: [view('i1')], upstreams: [] });
+    model.apply(req('i1', T0 - 60_000, { path: '/old', status: 200 }));
+    model.apply(req('i1', T0 - 30_000, { path: '/older-failed', status: 503 }));
+    model.apply(req('i1', T0 + 1, { path: '/new' }));
+    model.apply({ type: 'live', at: T0 + 2 });
+    s = model.snapshot().intercepts[0];
+    expect(s).toMatchObject({ requests: 3, errors: 1, windowRequests: 1 });
+    expect(s?.lastRequest).toMatchObject({ path: '/new' });
+  });
+
   it('keeps a bounded log, newest last, and merges replayed history without duplicates', () => {
     const c = clock();
     const model = new DashboardModel({ now: c.now, logLimit: 5 });
@@ -337,7 +360,7 @@ describe('DashboardModel', () => {
       // biome-ignore lint/suspicious/noControlCharactersInRegex: stripping ANSI colours
       formatRecordLine(webSocketRecord('i1', over, upgrade)).replace(/\u001b\[[0-9;]*m/g, '');
     expect(line({})).toMatch(
-      /^\d\d:\d\d:\d\d\.\d{3} {2}WS {6}\/chat {2}101 {2}12\.3 s {2}↑1\.2 kB ↓3\.4 kB {2}closed by caller 1000$/,
+      /^\d\d:\d\d:\d\d\.\d{3} {2}WS {6}\/chat +101 {2}12\.3 s {2}↑1\.2 KiB ↓3\.4 KiB {2}closed by caller 1000$/,
     );
     expect(
       line({ durationMs: 245_000 }, { closedBy: 'tunnel', closeFrom: undefined, code: undefined }),
@@ -351,13 +374,22 @@ describe('DashboardModel', () => {
         { closedBy: 'timeout' },
       ),
     ).toMatch(
-      /WS {6}\/chat {2}0 {2}30\.0 s {2}↑1\.2 kB ↓0 B {2}not answered {2}\(no answer to the upgrade\)$/,
+      /WS {6}\/chat +0 {2}30\.0 s {2}↑1\.2 KiB ↓0 B {2}not answered {2}\(no answer to the upgrade\)$/,
     );
     expect(line({}, { protocol: 'h2c', closeFrom: undefined, code: undefined, closedBy: 'caller' })).toMatch(
-      /UPGRADE {2}\/chat {2}101 .* closed by caller$/,
+      /UPGRADE {2}\/chat +101 .* closed by caller$/,
     );
     // A plain request keeps its own line.
-    expect(formatRecordLine(requestRecord('i1'))).toMatch(/GET {3}\s*\/invoices\/1 {2}\S*200/);
+    expect(formatRecordLine(requestRecord('i1'))).toMatch(/GET {3}\s*\/invoices\/1 +\S*200/);
+  });
+
+  it('lines up statuses in a column whatever the path length, and names binary units KiB/MiB', () => {
+    const plain = (r: RequestRecord) => stripVTControlCharacters(formatRecordLine(r));
+    const short = plain(requestRecord('i1', { path: '/a', bytesOut: 2048 }));
+    const long = plain(requestRecord('i1', { path: '/invoices/2026/12', bytesOut: 3 * 1024 * 1024 }));
+    expect(short.indexOf(' 200 ')).toBe(long.indexOf(' 200 '));
+    expect(short).toMatch(/2\.0 KiB$/);
+    expect(long).toMatch(/3\.0 MiB$/);
   });
 
   it('prints a plain table without colours', () => {

@@ -190,9 +190,9 @@ describe('Dashboard (Ink)', () => {
     );
 
     app.stdin.write(KEY.enter);
-    f = await frameMatching(frame, (x) => x.includes('↑1.2 kB'), 'the WebSocket in the live log');
+    f = await frameMatching(frame, (x) => x.includes('↑1.2 KiB'), 'the WebSocket in the live log');
     expect(f).toMatch(/GET\s+\/invoices\/9\s+200\s+40\.0 ms/);
-    expect(f).toMatch(/WS\s+\/chat\s+101\s+12\.3 s\s+↑1\.2 kB ↓3\.4 kB\s+closed by local 1011/);
+    expect(f).toMatch(/WS\s+\/chat\s+101\s+12\.3 s\s+↑1\.2 KiB ↓3\.4 KiB\s+closed by local 1011/);
     expect(f).toMatch(/2 requests, 0 errors/);
   });
 
@@ -203,6 +203,9 @@ describe('Dashboard (Ink)', () => {
     const f = await frameMatching(frame, (x) => x.includes('Keys'), 'the keys');
     expect(f).toMatch(/enter\s+open the selected intercept's live request log/);
     expect(f).toMatch(/q, ctrl-c\s+quit/);
+    // The same box as the live log's panels: square corners in every view.
+    expect(f).toContain('┌');
+    expect(f).not.toContain('╭');
     app.stdin.write('?');
     await frameMatching(frame, (x) => x.includes('SERVICE'), 'the table again');
     app.stdin.write('q');

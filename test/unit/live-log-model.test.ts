@@ -366,7 +366,7 @@ describe('WebSockets in the live log', () => {
     const printed = model.takePrintable();
     expect(printed).toHaveLength(1);
     expect(plain(printed[0] as Printable)).toMatch(
-      /^\d\d:\d\d:\d\d\.\d{3} {2}WS {6}\/chat {2}101 {2}12\.3 s {2}↑1\.2 kB ↓3\.4 kB {2}closed by caller 1000$/,
+      /^\d\d:\d\d:\d\d\.\d{3} {2}WS {6}\/chat +101 {2}12\.3 s {2}↑1\.2 KiB ↓3\.4 KiB {2}closed by caller 1000$/,
     );
     // It is one of the recent entries ↑ selects, like any request.
     model.selectPrevious();
@@ -384,7 +384,7 @@ describe('WebSockets in the live log', () => {
       return plain(model.takePrintable()[0] as Printable);
     };
     expect(line({ closeFrom: 'local', closedBy: 'caller', code: 1011, reason: 'boom' })).toContain(
-      '↑1.2 kB ↓3.4 kB  closed by local 1011 "boom"',
+      '↑1.2 KiB ↓3.4 KiB  closed by local 1011 "boom"',
     );
     expect(line({ closedBy: 'leave', closeFrom: undefined, code: 1001 })).toMatch(/closed on leave 1001$/);
     expect(line({ closedBy: 'caller', closeFrom: undefined, code: undefined })).toMatch(
@@ -392,7 +392,7 @@ describe('WebSockets in the live log', () => {
     );
     expect(line({ durationMs: 3_725_000 })).toMatch(/101 {2}1h 02m {2}/);
     expect(line({ status: 403, durationMs: 4.5, bytesOut: 120, code: undefined })).toMatch(
-      /WS {6}\/chat {2}403 {2}4\.5 ms {2}↑1\.2 kB ↓120 B {2}refused by local$/,
+      /WS {6}\/chat +403 {2}4\.5 ms {2}↑1\.2 KiB ↓120 B {2}refused by local$/,
     );
     expect(
       line({
@@ -402,9 +402,9 @@ describe('WebSockets in the live log', () => {
         code: undefined,
         error: 'connect ECONNREFUSED 127.0.0.1:3000',
       }),
-    ).toMatch(/\/chat {2}0 {2}.*not answered {2}\(connect ECONNREFUSED 127\.0\.0\.1:3000\)$/);
+    ).toMatch(/\/chat +0 {2}.*not answered {2}\(connect ECONNREFUSED 127\.0\.0\.1:3000\)$/);
     expect(line({ protocol: 'upgrade', closeFrom: undefined, code: undefined }, '/tcp')).toMatch(
-      /UPGRADE {2}\/tcp {2}101 .* closed by local$/,
+      /UPGRADE {2}\/tcp +101 .* closed by local$/,
     );
     // Not reached is a failure; refused (4xx) and closed are not.
     expect(model.snapshot().errors).toBe(1);

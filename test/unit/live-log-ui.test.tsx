@@ -86,14 +86,14 @@ describe('LiveLog', () => {
     expect(ui.all()).toContain('icp_abc');
     expect(ui.all()).toContain('server http://dev:7000');
     await ui.until(
-      (live) => /billing\/t1 → :3000 · ● connected · 0 req\/s · 0 requests · 0 errors/.test(live),
+      (live) => /● connected · billing\/t1 → :3000 · 0 req\/s · 0 requests · 0 errors/.test(live),
       'the status bar',
     );
 
     request(ui.model, '/invoices/42', 200);
     request(ui.model, '/boom', 503);
     await ui.until((live, all) => all.includes('/boom') && live.includes('2 requests'), 'the request lines');
-    expect(ui.all()).toMatch(/GET\s+\/invoices\/42\s+200\s+12\.5 ms\s+2\.0 kB/);
+    expect(ui.all()).toMatch(/GET\s+\/invoices\/42\s+200\s+12\.5 ms\s+2\.0 KiB/);
     expect(ui.all()).toMatch(/GET\s+\/boom\s+503/);
     expect(ui.screen()).toMatch(/2 requests · 1 error /);
   });
@@ -196,7 +196,9 @@ describe('LiveLog', () => {
       (live, all) => !live.includes('open') && all.includes('closed by caller'),
       'the closed WebSocket line',
     );
-    expect(ui.all()).toMatch(/WS\s+\/chat\s+101\s+12\.3 s\s+↑1\.2 kB ↓3\.4 kB\s+closed by caller 1000 "bye"/);
+    expect(ui.all()).toMatch(
+      /WS\s+\/chat\s+101\s+12\.3 s\s+↑1\.2 KiB ↓3\.4 KiB\s+closed by caller 1000 "bye"/,
+    );
     // The static line and the status bar can land in separate writes: wait for the bar.
     await ui.until((s) => /2 requests · 0 errors/.test(s), 'the status bar counting it once, with no error');
 
@@ -207,8 +209,8 @@ describe('LiveLog', () => {
     const details = ui.screen();
     expect(details).toContain('WS /chat → 101');
     expect(details).toMatch(/open for 12\.3 s · WebSocket/);
-    expect(details).toContain('from the caller: 1.2 kB in 3 messages');
-    expect(details).toContain('from the local service: 3.4 kB in 1 message');
+    expect(details).toContain('from the caller: 1.2 KiB in 3 messages');
+    expect(details).toContain('from the local service: 3.4 KiB in 1 message');
     expect(details).toContain('closed by caller 1000 "bye"');
     expect(details).toContain('connection ended first by the local service');
     await ui.press(KEY.up);
@@ -308,6 +310,10 @@ describe('LiveLog', () => {
     await ui.press('?');
     await ui.until((s) => s.includes('pause / resume the view'), 'the help');
     expect(ui.screen()).toContain('leave the intercept');
+    // q and Ctrl-C exit with different codes: the help must not call them alike.
+    expect(ui.screen()).toMatch(/q\s+leave the intercept and exit 0/);
+    expect(ui.screen()).toMatch(/ctrl-c\s+leave the intercept and exit 130/);
+    expect(ui.screen()).not.toContain('like Ctrl-C');
     await ui.press('?');
     await ui.until((s) => !s.includes('pause / resume the view'), 'the help closed');
     await ui.press('q');

@@ -16,6 +16,7 @@ import {
   type SetRouteResult,
   type StoreHealth,
 } from '../../shared/protocol.js';
+import { clockTime } from '../intercept/request-log.js';
 import { tlsHint } from './tls-trust.js';
 
 const TIMEOUT_MS = 10_000;
@@ -156,7 +157,7 @@ export class ApiClient {
       );
     }
     if (res.statusCode < 300) return data as T;
-    throw apiError(res.statusCode, data);
+    throw apiError(res.statusCode, data, this.holder);
   }
 }
 
@@ -170,7 +171,7 @@ export function unreachable(server: string, err: Error): KelsingraError {
   );
 }
 
-function apiError(status: number, data: Record<string, unknown>): KelsingraError {
+function apiError(status: number, data: Record<string, unknown>, self?: string): KelsingraError {
   const message = String(data.error ?? `HTTP ${status}`).replace(/^Kelsingra: /, '');
   switch (status) {
     case 401:
@@ -201,11 +202,14 @@ function apiError(status: number, data: Record<string, unknown>): KelsingraError
       );
     case 409:
       return new KelsingraError(
-        message,
+        conflictMessage(message, data),
         ExitCode.conflict,
-        data.holder
-          ? `ask ${data.holder} to run kelsingra leave, or wait for the lease to lapse`
-          : 'kelsingra list shows who holds what',
+        data.holder === undefined
+          ? 'kelsingra list shows who holds what'
+          : data.holder === self
+            ? // Asking yourself is no advice: it is another shell of yours, or a --detach agent.
+              `you hold it already (another shell, or a --detach agent): kelsingra leave ${String(data.intercept ?? '<id>')} first, or kelsingra list`
+            : `ask ${data.holder} to run kelsingra leave, or wait for the lease to lapse`,
         data,
       );
     case 400:
@@ -230,4 +234,16 @@ function apiError(status: number, data: Record<string, unknown>): KelsingraError
         data,
       );
   }
+}
+
+/**
+ * The server names the lease's end in ISO UTC; the CLI shows every other time on the local
+ * clock, so the conflict does too (the JSON error keeps the server's instant in `expiresAt`).
+ */
+function conflictMessage(message: string, data: Record<string, unknown>): string {
+  if (typeof data.expiresAt !== 'string') return message;
+  const at = Date.parse(data.expiresAt);
+  if (Number.isNaN(at)) return message;
+  const inSeconds = Math.max(0, Math.round((at - Date.now()) / 1000));
+  return message.replace(`expires ${data.expiresAt}`, `expires ${clockTime(at)}, in ${inSeconds} s`);
 }

@@ -5,7 +5,7 @@
  * the Ink view, the NDJSON output and the plain table all read `snapshot()`.
  *
  * Rates, error rates and percentiles cover a sliding window (10 s by default); totals
- * count everything seen since the dashboard started watching. Time is injected (`now`)
+ * count the server's recent records (replayed before `live`) and everything since. Time is injected (`now`)
  * so tests can drive the window.
  */
 import { EventEmitter } from 'node:events';
@@ -46,7 +46,7 @@ export interface InterceptStats {
   holder: string;
   localPort?: number;
   createdAt?: string;
-  /** Requests and errors (status ≥ 500 or a transport error) since the dashboard started watching. */
+  /** Requests and errors (status ≥ 500 or a transport error) in the server's recent records (its last 200) and since the dashboard started watching. */
   requests: number;
   errors: number;
   /** Requests in the sliding window. */
@@ -162,6 +162,7 @@ export class DashboardModel extends EventEmitter<{ change: [] }> {
   private upstreamJson = '[]';
   private connectionState: ConnectionState = 'connecting';
   private connectionError: string | undefined;
+  private replaying = false;
   /** Bumped on every change; views re-render only when it moved. */
   version = 0;
 
@@ -199,11 +200,14 @@ export class DashboardModel extends EventEmitter<{ change: [] }> {
           if (!ids.has(id)) this.end(id, event.at, undefined);
         }
         for (const view of event.intercepts) this.upsert(view);
+        // What comes before `live` is the server's recent history (`?history=1`), not new traffic.
+        this.replaying = true;
         this.setUpstreams(event.upstreams);
         this.changed();
         return true;
       }
       case 'live':
+        this.replaying = false;
         if (this.connectionState === 'live' && !this.connectionError) return false;
         this.connectionState = 'live';
         this.connectionError = undefined;
@@ -355,14 +359,19 @@ export class DashboardModel extends EventEmitter<{ change: [] }> {
       entry = this.newEntry({ id: r.interceptId, service: r.service, tenant: r.tenant, holder: r.holder });
       this.entries.set(r.interceptId, entry);
     }
+    // History is replayed again on every reconnect: a record already counted is not counted twice.
+    if (this.replaying && entry.seen.has(recordKey(r))) return;
     const failed = isFailure(r);
     entry.requests++;
     if (failed) entry.errors++;
     // The window runs on this machine's clock (when the record arrived), so a server whose
-    // clock is off does not skew the rate.
-    const now = this.now();
-    entry.samples.push({ at: now, durationMs: r.upgrade ? undefined : r.durationMs, failed });
-    this.prune(entry, now);
+    // clock is off does not skew the rate. History is older than the window: counts and the
+    // last request only.
+    if (!this.replaying) {
+      const now = this.now();
+      entry.samples.push({ at: now, durationMs: r.upgrade ? undefined : r.durationMs, failed });
+      this.prune(entry, now);
+    }
     const last = entry.lastRequest;
     if (!last || r.at >= last.at) {
       entry.lastRequest = {
@@ -544,7 +553,7 @@ function alignRows(rows: string[][]): string[] {
 
 /** The plain table printed without a TTY: no colours, no cursor movement. */
 export function formatDashboardTable(snapshot: DashboardSnapshot, emptyHint = 'no intercepts'): string {
-  const lines = [`${new Date(snapshot.at).toISOString()}  (rates over the last ${snapshot.windowSeconds} s)`];
+  const lines = [`${formatClock(snapshot.at)}  (rates over the last ${snapshot.windowSeconds} s)`];
   if (snapshot.intercepts.length === 0) lines.push(emptyHint);
   else lines.push(...alignRows([[...TABLE_COLUMNS], ...snapshot.intercepts.map(interceptRow)]));
   if (snapshot.upstreams.length > 0) {

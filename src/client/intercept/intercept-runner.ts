@@ -7,6 +7,7 @@
 import os from 'node:os';
 import { execa } from 'execa';
 import { ExitCode, hasErrorCode } from '../../shared/errors.js';
+import { childNodeWarning } from '../../shared/node-version.js';
 import type { InterceptView } from '../../shared/protocol.js';
 import type { LiveLogModel } from '../../ui/live-log-model.js';
 import type { LiveView } from '../../ui/live-view.js';
@@ -192,6 +193,18 @@ export async function runIntercept(
   process.once('SIGINT', onSignal);
   process.once('SIGTERM', onSignal);
 
+  const childEnv = {
+    KELSINGRA_TENANT: want.tenant,
+    KELSINGRA_SERVICE: want.service,
+    KELSINGRA_INTERCEPT: icp.id,
+    PORT: String(want.port),
+    ...(gateway ? gatewayEnv(gateway.url) : {}),
+  };
+  if (opts.command?.length && gateway) {
+    const warning = await childNodeWarning(opts.command, { ...process.env, ...childEnv }, gateway.url);
+    if (warning && model) model.output('stderr', warning);
+    else if (warning) process.stderr.write(warning);
+  }
   const child = opts.command?.length
     ? execa(opts.command[0] as string, opts.command.slice(1), {
         // Under the live view the keys belong to the view and the command's output is printed
@@ -201,13 +214,7 @@ export async function runIntercept(
         stdio: model ? ['ignore', 'pipe', 'pipe'] : view === 'json' ? ['inherit', 2, 'inherit'] : 'inherit',
         buffer: false,
         reject: false,
-        env: {
-          KELSINGRA_TENANT: want.tenant,
-          KELSINGRA_SERVICE: want.service,
-          KELSINGRA_INTERCEPT: icp.id,
-          PORT: String(want.port),
-          ...(gateway ? gatewayEnv(gateway.url) : {}),
-        },
+        env: childEnv,
       })
     : undefined;
   if (child && model) {

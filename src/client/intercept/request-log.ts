@@ -1,17 +1,25 @@
 /**
  * One line per finished request for the plain (non-TTY) view, e.g.
- * `14:03:07.218  GET  /invoices/42  200  12.4 ms  1.2 kB`, and one per WebSocket once it
- * closed: `14:03:07.218  WS  /chat  101  12.3 s  ↑1.2 kB ↓3.4 kB  closed by caller 1000`.
+ * `14:03:07.218  GET  /invoices/42  200  12.4 ms  1.2 KiB` (the path padded to a column), and one per WebSocket once it
+ * closed: `14:03:07.218  WS  /chat  101  12.3 s  ↑1.2 KiB ↓3.4 KiB  closed by caller 1000`.
  */
 import chalk from 'chalk';
 import type { RequestRecord } from '../../shared/protocol.js';
 import type { KafkaEvent, LeaseLapsedEvent, OutboundEvent } from './events.js';
 
+/** Binary units, named as such (KiB, not kB: these are powers of 1024). */
 export function formatBytes(n: number): string {
   if (n < 1024) return `${n} B`;
-  if (n < 1024 * 1024) return `${(n / 1024).toFixed(1)} kB`;
-  if (n < 1024 * 1024 * 1024) return `${(n / 1024 / 1024).toFixed(1)} MB`;
-  return `${(n / 1024 / 1024 / 1024).toFixed(2)} GB`;
+  if (n < 1024 * 1024) return `${(n / 1024).toFixed(1)} KiB`;
+  if (n < 1024 * 1024 * 1024) return `${(n / 1024 / 1024).toFixed(1)} MiB`;
+  return `${(n / 1024 / 1024 / 1024).toFixed(2)} GiB`;
+}
+
+/** Paths are padded so statuses and durations line up in a column; a longer one just pushes on. */
+export const PATH_WIDTH = 20;
+
+export function padPath(path: string): string {
+  return path.padEnd(PATH_WIDTH);
 }
 
 export function formatDuration(ms: number): string {
@@ -79,7 +87,7 @@ export function formatRequestLine(e: RequestLine): string {
   const parts = [
     chalk.dim(clockTime(e.startedAt)),
     e.method.padEnd(6),
-    e.path,
+    padPath(e.path),
     chalk[statusColour(e.status, e.error)](String(e.status)),
     formatDuration(e.durationMs),
     formatBytes(e.bytesOut),
@@ -145,7 +153,7 @@ export function recordUpgradeLine(r: RequestRecord): UpgradeLine | undefined {
   };
 }
 
-/** `↑1.2 kB ↓3.4 kB`: from the caller, from the local service. */
+/** `↑1.2 KiB ↓3.4 KiB`: from the caller, from the local service. */
 export function formatBytesEachWay(u: Pick<UpgradeLine, 'bytesIn' | 'bytesOut'>): string {
   return `↑${formatBytes(u.bytesIn)} ↓${formatBytes(u.bytesOut)}`;
 }
@@ -199,7 +207,7 @@ export function formatUpgradeLine(u: UpgradeLine): string {
   const parts = [
     chalk.dim(clockTime(u.startedAt)),
     p.label,
-    u.path,
+    padPath(u.path),
     chalk[statusColour(u.status, u.error)](p.status),
     p.lifetime,
     p.bytes,

@@ -368,6 +368,8 @@ export class LocalForwarder {
       if (!answered && !stream.closed) unreachable(err);
     });
     req.on('close', () => {
+      // The local service may answer before reading the whole upload: what is left is dropped.
+      body?.destroy();
       const code = req.rstCode ?? http2.constants.NGHTTP2_NO_ERROR;
       if (stream.closed) {
         if (!answered) report({ status: 499, headers: {}, error: 'caller went away' });
@@ -437,6 +439,15 @@ function uploadBody(
 ): PassThrough {
   const body = new PassThrough();
   drainInto(stream, body, (chunk) => onBytes(chunk.length));
+  body.once('close', () => {
+    if (stream.gotEnd || stream.closed) return;
+    // The local service answered without reading all of the upload, and its client dropped the
+    // body: the rest is credited and dropped (as Node's HTTP server does), or the caller's
+    // upload would wait for credit forever and the stream never close. 'drain' credits what
+    // drainInto held back for the body.
+    body.emit('drain');
+    stream.onData = (chunk) => stream.consumed(chunk.length);
+  });
   stream.onEnd = (trailers) => {
     onTrailers?.(trailers);
     body.end();
