@@ -234,7 +234,19 @@ export function forwardThroughTunnel(
       pumpInto(body, stream, () => trailersOf(req), onUpload);
     } else pumpInto(req, stream, () => trailersOf(req), onUpload);
   }
+  if (hasBody)
+    res.once('finish', () => {
+      // As Node's HTTP/1 server does with a body nobody read: the rest of an upload the local
+      // service answered without is read and dropped, so the caller finishes sending and its
+      // HTTP/2 stream closes (else it waits on flow control, and the drain on it, forever).
+      if (req.readableEnded) return;
+      req.unpipe();
+      req.removeAllListeners('data');
+      req.resume();
+    });
   res.on('close', () => {
+    // The caller is done either way: no timer of this request may outlive it (nor hold the process).
+    clearTimeout(idle);
     const complete = responseComplete(res);
     // Also an upload still going after the response ended: the local service has answered it.
     if (!stream.closed) stream.reset('cancel', complete ? undefined : 'the caller went away');

@@ -3,9 +3,9 @@
  * Node honours HTTP_PROXY only from 24 on (NODE_USE_ENV_PROXY). Both are warnings, never
  * refusals: an older Node mostly works, and the user should know where it does not.
  */
-import { readFileSync } from 'node:fs';
 import { basename } from 'node:path';
 import { execa } from 'execa';
+import { PACKAGE } from './version.js';
 
 /** The first Node major whose fetch and http honour HTTP_PROXY with NODE_USE_ENV_PROXY=1. */
 export const ENV_PROXY_MAJOR = 24;
@@ -25,14 +25,7 @@ export function engineMinimum(range: string): number | undefined {
 }
 
 function enginesRange(): string | undefined {
-  try {
-    const pkg = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as {
-      engines?: { node?: string };
-    };
-    return pkg.engines?.node;
-  } catch {
-    return undefined;
-  }
+  return PACKAGE.engines?.node;
 }
 
 /** The warning for a CLI run on a Node older than `engines`, or undefined. */
