@@ -7,7 +7,7 @@
 import { execFile } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { writeAtomically } from './atomic-file.js';
-import { type GatewayDriver, GatewayError } from './driver.js';
+import { confirmByPolling, type GatewayDriver, GatewayError } from './driver.js';
 import { type Entry, hostPort, keyOf, sorted } from './entries.js';
 
 export interface NginxOptions {
@@ -94,22 +94,23 @@ export class NginxDriver implements GatewayDriver {
   /** Polls versionUrl until the new workers answer with this version. */
   private async served(version: string): Promise<void> {
     const url = this.opts.versionUrl as string;
-    const deadline = Date.now() + this.opts.confirmTimeoutMs;
-    let last = '';
-    for (;;) {
-      try {
-        const res = await fetch(url, { signal: AbortSignal.timeout(1_000) });
-        last = (await res.text()).trim();
-        if (last === version) return;
-      } catch (err) {
-        last = (err as Error).message;
-      }
-      if (Date.now() > deadline)
-        throw new GatewayError(
+    await confirmByPolling(
+      async () => {
+        try {
+          const res = await fetch(url, { signal: AbortSignal.timeout(1_000) });
+          const last = (await res.text()).trim();
+          return { ok: last === version, last };
+        } catch (err) {
+          return { ok: false, last: (err as Error).message };
+        }
+      },
+      {
+        timeoutMs: this.opts.confirmTimeoutMs,
+        everyMs: 20,
+        timedOut: (last) =>
           `nginx reloaded but ${url} still answers "${last.slice(0, 80)}", not version ${version}`,
-        );
-      await new Promise((r) => setTimeout(r, 20));
-    }
+      },
+    );
   }
 
   async close(): Promise<void> {}

@@ -8,7 +8,7 @@
  * Written to Traefik's documented format; not run against a real Traefik here.
  */
 import { createHash } from 'node:crypto';
-import { type GatewayDriver, GatewayError } from './driver.js';
+import { confirmByPolling, type GatewayDriver } from './driver.js';
 import { type Entry, sorted, targetName } from './entries.js';
 
 export interface TraefikOptions {
@@ -107,14 +107,12 @@ export class TraefikDriver implements GatewayDriver {
 
   async replaceAll(entries: Entry[]): Promise<void> {
     const { version } = traefikDocument(entries, this.bases, this.opts);
-    const deadline = Date.now() + this.opts.confirmTimeoutMs;
-    while (!(await this.versions.wasServed(version))) {
-      if (Date.now() > deadline)
-        throw new GatewayError(
-          `Traefik did not poll /v1/traefik/dynamic within ${this.opts.confirmTimeoutMs / 1000} s (check providers.http.endpoint and its pollInterval, 1s recommended)`,
-        );
-      await new Promise((r) => setTimeout(r, 50));
-    }
+    await confirmByPolling(async () => ({ ok: await this.versions.wasServed(version) }), {
+      timeoutMs: this.opts.confirmTimeoutMs,
+      everyMs: 50,
+      timedOut: () =>
+        `Traefik did not poll /v1/traefik/dynamic within ${this.opts.confirmTimeoutMs / 1000} s (check providers.http.endpoint and its pollInterval, 1s recommended)`,
+    });
   }
 
   apply(_diff: unknown, all: Entry[]): Promise<void> {
