@@ -183,3 +183,31 @@ export async function msUntil(check: () => Promise<boolean>, limitMs: number, wh
     await sleep(10);
   }
 }
+
+/**
+ * Kills the server agent and times how long until `answer(tenant)` comes from the base (the
+ * recipe's fail-safe), counting the answers that did not meanwhile; logged for the note.
+ */
+export async function msToBaseAfterKill(
+  gateway: string,
+  server: { child: { kill(signal: NodeJS.Signals): unknown } },
+  answer: (tenant: string) => Promise<string>,
+  tenant: string,
+  limitMs: number,
+): Promise<number> {
+  server.child.kill('SIGKILL');
+  let failures = 0;
+  const ms = await msUntil(
+    async () => {
+      const body = await answer(tenant);
+      if (body !== 'base') failures += 1;
+      return body === 'base';
+    },
+    limitMs,
+    `${tenant} on the base after the kill`,
+  );
+  console.log(
+    `gateway-${gateway}: server agent killed -> base answers ${tenant} after ${ms.toFixed(0)} ms (${failures} not served by the base meanwhile)`,
+  );
+  return ms;
+}
