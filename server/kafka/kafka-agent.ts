@@ -17,20 +17,10 @@ import {
 import type { KafkaConfig } from '../config/config.js';
 import type { Intercept, InterceptStore } from '../store/intercept-store.js';
 import type { TunnelHub } from '../tunnel/tunnel-hub.js';
+import { ForwardRefused } from './forward-refused.js';
 import { type DeliveryLag, KafkaDelivery } from './kafka-delivery.js';
 import { KafkaSplitter } from './kafka-splitter.js';
 import { checkTopics, splitTopicOf } from './kafka-topics.js';
-
-/** A forward the server will not make: into one of Kelsingra's own topics, or a topic dev does not have. */
-export class ForwardRefused extends Error {
-  override readonly name = 'ForwardRefused';
-  constructor(
-    message: string,
-    readonly status: 403 | 404,
-  ) {
-    super(message);
-  }
-}
 
 export interface KafkaStatus {
   /** Per configured topic: its mode, and messages the splitter on this replica sent each way. */
