@@ -3,13 +3,9 @@ import { Flags } from '@oclif/core';
 import { BaseCommand } from '../src/cli/base-command.js';
 import { type EventQuery, followEvents } from '../src/client/api/server-events.js';
 import { type ClientSettings, loadSettings } from '../src/client/api/settings.js';
+import { followDashboard } from '../src/client/dashboard/dashboard-feed.js';
 import { DashboardModel, formatDashboardTable } from '../src/client/dashboard/dashboard-model.js';
-import { ExitCode, KelsingraError } from '../src/shared/errors.js';
 import type { RequestRecord } from '../src/shared/protocol.js';
-
-/** First retry after a broken stream; doubles up to the maximum. */
-const RETRY_MS = 500;
-const RETRY_MAX_MS = 10_000;
 
 export default class Dashboard extends BaseCommand {
   static override summary =
@@ -66,7 +62,11 @@ Ctrl-C exits 0. A rejected token exits 3, an unreachable server 6. If the stream
     process.on('SIGINT', stop);
     process.on('SIGTERM', stop);
     const model = new DashboardModel();
-    const feed = follow(model, settings, query, abort.signal);
+    const feed = followDashboard(model, {
+      open: (signal) => followEvents(settings, query, signal),
+      server: settings.server,
+      signal: abort.signal,
+    });
     try {
       await Promise.race([feed.live, feed.done]);
       if (abort.signal.aborted) return;
@@ -156,54 +156,4 @@ Ctrl-C exits 0. A rejected token exits 3, an unreachable server 6. If the stream
       app.unmount();
     }
   }
-}
-
-/**
- * Feeds `model` from the event stream. `live` resolves once the first stream is live;
- * `done` resolves when `signal` aborts and rejects if the first connection fails or the
- * token is refused. A stream that breaks after it was live is retried with backoff.
- */
-function follow(model: DashboardModel, settings: ClientSettings, query: EventQuery, signal: AbortSignal) {
-  let markLive = () => {};
-  const live = new Promise<void>((resolve) => {
-    markLive = resolve;
-  });
-  const done = (async () => {
-    let connected = false;
-    let delay = RETRY_MS;
-    while (!signal.aborted) {
-      let reason: string;
-      try {
-        for await (const event of followEvents(settings, query, signal)) {
-          model.apply(event);
-          if (event.type === 'live') {
-            connected = true;
-            delay = RETRY_MS;
-            markLive();
-          }
-        }
-        if (signal.aborted) return;
-        // Closed before it ever went live: not a server worth retrying silently.
-        if (!connected)
-          throw new KelsingraError(
-            `${settings.server} closed the event stream before it was live`,
-            ExitCode.unreachable,
-            'is KELSINGRA_SERVER the Kelsingra control port? kelsingra status checks it',
-          );
-        reason = 'the server closed the event stream';
-      } catch (err) {
-        if (signal.aborted) return;
-        if (!connected || (err instanceof KelsingraError && err.exitCode === ExitCode.auth)) throw err;
-        reason = (err as Error).message;
-      }
-      model.setConnection('reconnecting', reason);
-      try {
-        await sleep(delay, undefined, { signal });
-      } catch {
-        return;
-      }
-      delay = Math.min(delay * 2, RETRY_MAX_MS);
-    }
-  })();
-  return { live, done };
 }
