@@ -11,15 +11,7 @@ import type { Logger } from 'pino';
 import { ExitCode, KelsingraError } from '../../src/shared/errors.js';
 import { VERSION } from '../../src/shared/version.js';
 import type { TokenRecord } from '../auth/auth.js';
-import {
-  mergedTenants,
-  type Route,
-  type RouteInput,
-  RouteTable,
-  routeIdOf,
-  type SetRouteResult,
-  type UnrouteResult,
-} from '../routing/route-table.js';
+import type { Route, RouteInput, SetRouteResult, UnrouteResult } from '../routing/route-table.js';
 import {
   type CreateResult,
   type EndReason,
@@ -33,7 +25,12 @@ import {
   StoreUnavailableError,
   type TunnelRecord,
 } from './intercept-store.js';
-import { lockedTransaction, migrate } from './pg-migrations.js';
+import { migrate } from './pg-migrations.js';
+import { PgRoutes } from './pg-routes.js';
+import { isConnectionError, type Row, redactDatabaseUrl, TOMBSTONE_MS, toIntercept } from './pg-rows.js';
+import { loadTokens, syncTokens } from './pg-tokens.js';
+
+export { isConnectionError, redactDatabaseUrl } from './pg-rows.js';
 
 export interface PgStoreOptions {
   databaseUrl: string;
@@ -46,34 +43,6 @@ export interface PgStoreOptions {
   reconcileMs?: number;
 }
 
-/** A row as a query returns it (timestamps as Date, bigint as string) or as a notification carries it (strings, numbers). */
-interface Row {
-  id: string;
-  service: string;
-  tenant: string;
-  holder: string;
-  token_name: string;
-  client_key: string;
-  local_port: number;
-  kafka_topics: string[];
-  replica_id: string;
-  epoch: string | number;
-  created_at: Date | string;
-  expires_at: Date | string;
-  change: string | number;
-}
-
-interface RouteRow {
-  id: string;
-  service: string;
-  tenants: string[];
-  targets: string[];
-  token_name: string;
-  created_at: Date | string;
-  updated_at: Date | string;
-  change: string | number;
-}
-
 type Notification =
   | { op: 'upsert'; row: Row }
   | { op: 'delete'; reason: EndReason; row: Row }
@@ -83,66 +52,12 @@ type Notification =
 const CHANNEL = 'kelsingra';
 /** A peer that has not beaten for this long is taken for dead: requests for it fail fast. */
 const PEER_STALE_MS = 5_000;
-/** Deleted ids are remembered this long, so a reload that started before the delete cannot revive them. */
-const TOMBSTONE_MS = 5 * 60_000;
-/** Advisory lock taken while a replica replaces the shared token set. */
-const TOKENS_LOCK = 7_700_417_002;
-/** Advisory lock every route change takes, so a tenant is never put in two routes of a service at once. */
-const ROUTES_LOCK = 7_700_417_003;
 /** Every this many reconciliations, the whole intercepts table is compared, not just what changed. */
 const FULL_RELOAD_EVERY = 12;
-
-function toRoute(row: RouteRow): Route {
-  return {
-    id: row.id,
-    service: row.service,
-    tenants: row.tenants,
-    targets: row.targets,
-    tokenName: row.token_name,
-    createdAt: new Date(row.created_at).getTime(),
-    updatedAt: new Date(row.updated_at).getTime(),
-    change: Number(row.change),
-  };
-}
 
 /** Whether a peer's last heartbeat (its age when read, and when it was read) is recent enough. */
 function beating(p: { ageMs: number; fetchedAt: number }, now = Date.now()): boolean {
   return p.ageMs + (now - p.fetchedAt) <= PEER_STALE_MS;
-}
-
-function toIntercept(row: Row): Intercept {
-  return {
-    id: row.id,
-    service: row.service,
-    tenant: row.tenant,
-    holder: row.holder,
-    tokenName: row.token_name,
-    clientKey: row.client_key,
-    localPort: row.local_port,
-    kafkaTopics: row.kafka_topics ?? [],
-    replicaId: row.replica_id,
-    epoch: Number(row.epoch),
-    createdAt: new Date(row.created_at).getTime(),
-    expiresAt: new Date(row.expires_at).getTime(),
-  };
-}
-
-/** Errors that mean "the database is not there right now", as opposed to a mistake in a query. */
-export function isConnectionError(err: unknown): boolean {
-  const e = err as { code?: string; message?: string };
-  if (typeof e.code === 'string' && (/^(08|57P)/.test(e.code) || /^E[A-Z]+$/.test(e.code))) return true;
-  return /timeout|terminated|not queryable|Connection/i.test(e.message ?? '');
-}
-
-/** The database URL without its password, for logs and error messages. */
-export function redactDatabaseUrl(url: string): string {
-  try {
-    const u = new URL(url);
-    if (u.password) u.password = '***';
-    return u.toString();
-  } catch {
-    return '(a database URL that does not parse)';
-  }
 }
 
 /** How many change numbers below the watermark each incremental repair reads again. */
@@ -153,9 +68,7 @@ export class PgInterceptStore extends EventEmitter<StoreEvents> implements Inter
   private listener?: pg.Client;
   private readonly byKey = new InterceptIndex();
   private readonly byId = new Map<string, Intercept>();
-  private readonly routes = new RouteTable();
-  /** Change numbers of routes, kept for deleted ones too, so an old notice cannot revive or drop a newer row. */
-  private readonly routeSeen = new Map<string, { change: number; at: number }>();
+  private readonly routes: PgRoutes;
   /** The highest change number applied: incremental reloads read only rows above it. */
   private watermark = 0;
   private reconciliations = 0;
@@ -201,6 +114,15 @@ export class PgInterceptStore extends EventEmitter<StoreEvents> implements Inter
     });
     // An idle connection dropped by a database restart is reported here; the next query reconnects.
     this.pool.on('error', (err) => this.degrade(err));
+    this.routes = new PgRoutes({
+      pool: this.pool,
+      query: (text, values) => this.query(text, values),
+      events: this,
+      degrade: (err) => this.degrade(err),
+      applied: (change) => {
+        this.watermark = Math.max(this.watermark, change);
+      },
+    });
   }
 
   /** Connects, migrates, loads the table and starts listening. Fails with exit 7 if the database is unreachable. */
@@ -454,112 +376,11 @@ export class PgInterceptStore extends EventEmitter<StoreEvents> implements Inter
   }
 
   async setRoute(input: RouteInput): Promise<SetRouteResult> {
-    const id = routeIdOf(input.service, input.targets);
-    const result = await this.routeTransaction(async (client) => {
-      const current = await client.query<RouteRow>('SELECT tenants FROM kelsingra_routes WHERE id = $1', [
-        id,
-      ]);
-      const tenants = mergedTenants(id, current.rows[0]?.tenants, input);
-      const moved: { tenant: string; from: string }[] = [];
-      const removed: RouteRow[] = [];
-      const updated: RouteRow[] = [];
-      const others = await client.query<RouteRow>(
-        'SELECT * FROM kelsingra_routes WHERE service = $1 AND id <> $2 AND tenants && $3::text[]',
-        [input.service, id, input.tenants],
-      );
-      const taken = new Set(input.tenants);
-      for (const other of others.rows) {
-        for (const tenant of other.tenants) if (taken.has(tenant)) moved.push({ tenant, from: other.id });
-        const left = other.tenants.filter((t) => !taken.has(t));
-        if (left.length === 0) {
-          await client.query('DELETE FROM kelsingra_routes WHERE id = $1', [other.id]);
-          removed.push(other);
-        } else {
-          const { rows } = await client.query<RouteRow>(
-            'UPDATE kelsingra_routes SET tenants = $2, updated_at = now() WHERE id = $1 RETURNING *',
-            [other.id, left],
-          );
-          updated.push(...rows);
-        }
-      }
-      const { rows } = await client.query<RouteRow & { inserted: boolean }>(
-        `INSERT INTO kelsingra_routes (id, service, tenants, targets, token_name) VALUES ($1, $2, $3, $4, $5)
-         ON CONFLICT (id) DO UPDATE SET tenants = EXCLUDED.tenants, updated_at = now()
-         RETURNING *, (xmax = 0) AS inserted`,
-        [id, input.service, tenants, input.targets, input.tokenName],
-      );
-      return { row: rows[0] as RouteRow & { inserted: boolean }, moved, removed, updated };
-    });
-    for (const row of result.removed) this.applyRouteGone(row.id, Number(row.change));
-    return {
-      route: this.applyRoute(result.row),
-      created: result.row.inserted,
-      moved: result.moved,
-      removed: result.removed.map(toRoute),
-      updated: result.updated.map((row) => this.applyRoute(row)),
-    };
+    return this.routes.set(input);
   }
 
   async unroute(id: string, tenants?: string[]): Promise<UnrouteResult> {
-    const result = await this.routeTransaction(async (client) => {
-      const { rows } = await client.query<RouteRow>('SELECT * FROM kelsingra_routes WHERE id = $1', [id]);
-      const route = rows[0];
-      if (!route) return { removed: [], updated: [] };
-      const gone = new Set(tenants);
-      const left = tenants ? route.tenants.filter((t) => !gone.has(t)) : [];
-      if (left.length === route.tenants.length) return { removed: [], updated: [] };
-      if (left.length === 0) {
-        await client.query('DELETE FROM kelsingra_routes WHERE id = $1', [id]);
-        return { removed: [route], updated: [] };
-      }
-      const changed = await client.query<RouteRow>(
-        'UPDATE kelsingra_routes SET tenants = $2, updated_at = now() WHERE id = $1 RETURNING *',
-        [id, left],
-      );
-      return { removed: [], updated: changed.rows };
-    });
-    for (const row of result.removed) this.applyRouteGone(row.id, Number(row.change));
-    return {
-      removed: result.removed.map(toRoute),
-      updated: result.updated.map((row) => this.applyRoute(row)),
-    };
-  }
-
-  /** A route change, decided under the routes lock; an unreachable database is a StoreUnavailableError. */
-  private async routeTransaction<T>(fn: (client: pg.PoolClient) => Promise<T>): Promise<T> {
-    try {
-      return await lockedTransaction(this.pool, ROUTES_LOCK, fn);
-    } catch (err) {
-      if (!isConnectionError(err)) throw err;
-      this.degrade(err);
-      throw new StoreUnavailableError(`PostgreSQL is unreachable: ${(err as Error).message}`);
-    }
-  }
-
-  private applyRoute(row: RouteRow): Route {
-    const change = Number(row.change);
-    const seen = this.routeSeen.get(row.id);
-    const known = this.routes.get(row.id);
-    if (seen && seen.change >= change) return known ?? toRoute(row);
-    const route = toRoute(row);
-    this.routeSeen.set(row.id, { change, at: Date.now() });
-    this.watermark = Math.max(this.watermark, change);
-    this.routes.put(route);
-    this.emit('routeSet', route);
-    return route;
-  }
-
-  private applyRouteGone(id: string, change: number): void {
-    const seen = this.routeSeen.get(id);
-    if (seen && seen.change > change) return;
-    this.routeSeen.set(id, { change, at: Date.now() });
-    const route = this.routes.drop(id);
-    if (route) this.emit('routeRemoved', route);
-  }
-
-  private async fetchRoute(id: string): Promise<void> {
-    const { rows } = await this.query<RouteRow>('SELECT * FROM kelsingra_routes WHERE id = $1', [id]);
-    if (rows[0]) this.applyRoute(rows[0]);
+    return this.routes.unroute(id, tenants);
   }
 
   health(): StoreHealth {
@@ -585,29 +406,11 @@ export class PgInterceptStore extends EventEmitter<StoreEvents> implements Inter
    * started without tokens uses the set the others stored.
    */
   async syncTokens(tokens: TokenRecord[]): Promise<void> {
-    if (tokens.length === 0) return;
-    // Replicas starting together would otherwise interleave their replacements.
-    await lockedTransaction(this.pool, TOKENS_LOCK, async (client) => {
-      await client.query('DELETE FROM kelsingra_tokens WHERE NOT (name = ANY($1))', [
-        tokens.map((t) => t.name),
-      ]);
-      for (const t of tokens) {
-        await client.query(
-          `INSERT INTO kelsingra_tokens (name, digest, tenants, role) VALUES ($1, $2, $3, $4)
-           ON CONFLICT (name) DO UPDATE SET digest = EXCLUDED.digest, tenants = EXCLUDED.tenants,
-             role = EXCLUDED.role, updated_at = now()`,
-          [t.name, t.digest, t.tenants, t.role],
-        );
-      }
-    });
+    await syncTokens(this.pool, tokens);
   }
 
   async loadTokens(): Promise<TokenRecord[]> {
-    const { rows } = await this.query<{ name: string; digest: Buffer; tenants: string[]; role: string }>(
-      'SELECT name, digest, tenants, role FROM kelsingra_tokens ORDER BY name',
-    );
-    // A role this version does not know (written by a newer replica) gets the least rights.
-    return rows.map((r) => ({ ...r, role: r.role === 'admin' ? 'admin' : 'developer' }));
+    return loadTokens((text, values) => this.query(text, values));
   }
 
   async close(): Promise<void> {
@@ -723,8 +526,7 @@ export class PgInterceptStore extends EventEmitter<StoreEvents> implements Inter
     const since = Math.max(0, this.watermark - RECONCILE_OVERLAP);
     const { rows } = await this.query<Row>('SELECT * FROM kelsingra_intercepts WHERE change > $1', [since]);
     for (const row of rows) this.applyUpsert(row);
-    const routes = await this.query<RouteRow>('SELECT * FROM kelsingra_routes WHERE change > $1', [since]);
-    for (const row of routes.rows) this.applyRoute(row);
+    await this.routes.reloadSince(since);
     this.lastSyncAt = Date.now();
   }
 
@@ -752,18 +554,7 @@ export class PgInterceptStore extends EventEmitter<StoreEvents> implements Inter
       this.removeLocal(intercept, intercept.expiresAt <= Date.now() ? 'expired' : 'left');
     }
     for (const [id, { at }] of this.tombstones) if (startedAt - at > TOMBSTONE_MS) this.tombstones.delete(id);
-    const { rows: routes } = await this.query<RouteRow>('SELECT * FROM kelsingra_routes');
-    const routed = new Set<string>();
-    for (const row of routes) {
-      routed.add(row.id);
-      this.applyRoute(row);
-    }
-    for (const route of this.routes.list()) {
-      if (routed.has(route.id) || (this.routeSeen.get(route.id)?.at ?? 0) >= startedAt) continue;
-      this.applyRouteGone(route.id, route.change);
-    }
-    for (const [id, seen] of this.routeSeen)
-      if (!this.routes.get(id) && startedAt - seen.at > TOMBSTONE_MS) this.routeSeen.delete(id);
+    await this.routes.reload(startedAt);
     this.emit('tokens', await this.loadTokens());
     this.lastSyncAt = Date.now();
   }
@@ -897,11 +688,9 @@ export class PgInterceptStore extends EventEmitter<StoreEvents> implements Inter
     }
     if (message.op === 'upsert') this.applyUpsert(message.row);
     else if (message.op === 'delete') this.applyDelete(message.row, message.reason);
-    else if (message.op === 'route') {
-      if (message.deleted) this.applyRouteGone(message.id, message.change);
-      else if ((this.routeSeen.get(message.id)?.change ?? -1) < message.change)
-        this.fetchRoute(message.id).catch((err) => this.failed(err));
-    } else if (message.op === 'tokens') {
+    else if (message.op === 'route')
+      this.routes.notified(message.id, message.change, message.deleted)?.catch((err) => this.failed(err));
+    else if (message.op === 'tokens') {
       this.loadTokens().then(
         (tokens) => this.emit('tokens', tokens),
         (err) => this.failed(err),
