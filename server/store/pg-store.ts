@@ -9,7 +9,6 @@ import { EventEmitter } from 'node:events';
 import pg from 'pg';
 import type { Logger } from 'pino';
 import { ExitCode, KelsingraError } from '../../src/shared/errors.js';
-import { VERSION } from '../../src/shared/version.js';
 import type { TokenRecord } from '../auth/auth.js';
 import type { Route, RouteInput, SetRouteResult, UnrouteResult } from '../routing/route-table.js';
 import {
@@ -26,6 +25,7 @@ import {
   type TunnelRecord,
 } from './intercept-store.js';
 import { migrate } from './pg-migrations.js';
+import { PgReplicas } from './pg-replicas.js';
 import { PgRoutes } from './pg-routes.js';
 import { isConnectionError, type Row, redactDatabaseUrl, TOMBSTONE_MS, toIntercept } from './pg-rows.js';
 import { loadTokens, syncTokens } from './pg-tokens.js';
@@ -50,15 +50,8 @@ type Notification =
   | { op: 'tokens' };
 
 const CHANNEL = 'kelsingra';
-/** A peer that has not beaten for this long is taken for dead: requests for it fail fast. */
-const PEER_STALE_MS = 5_000;
 /** Every this many reconciliations, the whole intercepts table is compared, not just what changed. */
 const FULL_RELOAD_EVERY = 12;
-
-/** Whether a peer's last heartbeat (its age when read, and when it was read) is recent enough. */
-function beating(p: { ageMs: number; fetchedAt: number }, now = Date.now()): boolean {
-  return p.ageMs + (now - p.fetchedAt) <= PEER_STALE_MS;
-}
 
 /** How many change numbers below the watermark each incremental repair reads again. */
 const RECONCILE_OVERLAP = 200;
@@ -80,9 +73,7 @@ export class PgInterceptStore extends EventEmitter<StoreEvents> implements Inter
    * comes with a newer change number and must.
    */
   private readonly tombstones = new Map<string, { change: number; at: number }>();
-  private readonly peers = new Map<string, { peer: Peer; ageMs: number; fetchedAt: number }>();
-  /** Tunnels open on this replica, kept here too so they can be written again after an outage. */
-  private readonly localTunnels = new Map<string, TunnelRecord>();
+  private readonly replicas: PgReplicas;
   private readonly timers: NodeJS.Timeout[] = [];
   /** How often this replica beats and reads everyone's beats: a peer started since is unseen for that long. */
   readonly heartbeatMs: number;
@@ -96,7 +87,6 @@ export class PgInterceptStore extends EventEmitter<StoreEvents> implements Inter
   private lastSyncAt?: number;
   /** No sweeping of lapsed leases until clients had a chance to renew after a (re)connection. */
   private sweepAfter = 0;
-  private announced?: { url: string; secret: string };
   private closed = false;
 
   private constructor(private readonly opts: PgStoreOptions) {
@@ -114,6 +104,12 @@ export class PgInterceptStore extends EventEmitter<StoreEvents> implements Inter
     });
     // An idle connection dropped by a database restart is reported here; the next query reconnects.
     this.pool.on('error', (err) => this.degrade(err));
+    this.replicas = new PgReplicas({
+      replicaId: opts.replicaId,
+      query: (text, values) => this.query(text, values),
+      applyUpsert: (row) => this.applyUpsert(row),
+      degraded: () => this.degradedSince !== undefined,
+    });
     this.routes = new PgRoutes({
       pool: this.pool,
       query: (text, values) => this.query(text, values),
@@ -152,7 +148,7 @@ export class PgInterceptStore extends EventEmitter<StoreEvents> implements Inter
    * with) and starts its heartbeats, lease sweeping and reconciliation.
    */
   async announce(url: string): Promise<void> {
-    this.announced = { url, secret: randomBytes(24).toString('base64url') };
+    this.replicas.announce(url);
     await this.heartbeat();
     this.sweepAfter = Date.now() + this.ttlMs / 2;
     const every = (ms: number, fn: () => Promise<void>) => {
@@ -169,7 +165,7 @@ export class PgInterceptStore extends EventEmitter<StoreEvents> implements Inter
 
   /** The secret peers must present when they relay a request to this replica. */
   get relaySecret(): string | undefined {
-    return this.announced?.secret;
+    return this.replicas.relaySecret;
   }
 
   find(service: string, tenant: string): Intercept | undefined {
@@ -314,41 +310,15 @@ export class PgInterceptStore extends EventEmitter<StoreEvents> implements Inter
   }
 
   async tunnelOpened(tunnel: TunnelRecord): Promise<void> {
-    this.localTunnels.set(tunnel.clientKey, tunnel);
-    await this.writeTunnel(tunnel);
+    await this.replicas.tunnelOpened(tunnel);
   }
 
   async tunnelClosed(clientKey: string, replicaId: string): Promise<void> {
-    this.localTunnels.delete(clientKey);
-    // Only if no other replica has taken the tunnel over in the meantime.
-    const { rows } = await this.query<Row>(
-      `WITH gone AS (DELETE FROM kelsingra_tunnels WHERE client_key = $1 AND replica_id = $2)
-       UPDATE kelsingra_intercepts SET replica_id = '' WHERE client_key = $1 AND replica_id = $2 RETURNING *`,
-      [clientKey, replicaId],
-    );
-    for (const row of rows) this.applyUpsert(row);
+    await this.replicas.tunnelClosed(clientKey, replicaId);
   }
 
   async findTunnel(clientKey: string): Promise<TunnelRecord | undefined> {
-    const { rows } = await this.query<{
-      client_key: string;
-      replica_id: string;
-      holder: string;
-      token_name: string;
-    }>(
-      `SELECT t.* FROM kelsingra_tunnels t JOIN kelsingra_replicas r ON r.id = t.replica_id
-       WHERE t.client_key = $1 AND r.heartbeat_at > now() - $2 * interval '1 millisecond'`,
-      [clientKey, PEER_STALE_MS],
-    );
-    const row = rows[0];
-    return row
-      ? {
-          clientKey: row.client_key,
-          replicaId: row.replica_id,
-          holder: row.holder,
-          tokenName: row.token_name,
-        }
-      : undefined;
+    return this.replicas.findTunnel(clientKey);
   }
 
   /**
@@ -357,10 +327,7 @@ export class PgInterceptStore extends EventEmitter<StoreEvents> implements Inter
    * still fails fast, on connect.
    */
   peer(replicaId: string): Peer | undefined {
-    const found = this.peers.get(replicaId);
-    if (!found) return undefined;
-    if (this.degradedSince === undefined && !beating(found)) return undefined;
-    return found.peer;
+    return this.replicas.peer(replicaId);
   }
 
   findRoute(service: string, tenant: string): Route | undefined {
@@ -391,13 +358,7 @@ export class PgInterceptStore extends EventEmitter<StoreEvents> implements Inter
       error: this.degradedReason,
       since: this.degradedSince === undefined ? undefined : new Date(this.degradedSince).toISOString(),
       lastSyncAt: this.lastSyncAt === undefined ? undefined : new Date(this.lastSyncAt).toISOString(),
-      replicas: [...this.peers.values()].map(({ peer, ageMs, fetchedAt }) => ({
-        id: peer.id,
-        url: peer.url,
-        heartbeatAt: new Date(fetchedAt - ageMs).toISOString(),
-        self: peer.id === this.opts.replicaId,
-        alive: beating({ ageMs, fetchedAt }, now),
-      })),
+      replicas: this.replicas.health(now),
     };
   }
 
@@ -416,12 +377,7 @@ export class PgInterceptStore extends EventEmitter<StoreEvents> implements Inter
   async close(): Promise<void> {
     this.closed = true;
     for (const timer of this.timers) clearInterval(timer);
-    if (this.announced) {
-      // A clean stop tells the others at once; a crash is noticed by the missing heartbeat.
-      await this.query('DELETE FROM kelsingra_replicas WHERE id = $1', [this.opts.replicaId]).catch((err) =>
-        this.log.warn({ err: (err as Error).message }, 'could not remove this replica from the database'),
-      );
-    }
+    await this.replicas.leave(this.log);
     await this.listener?.end().catch(() => {
       // Already broken: there is nothing left to close.
     });
@@ -436,20 +392,6 @@ export class PgInterceptStore extends EventEmitter<StoreEvents> implements Inter
       this.degrade(err);
       throw new StoreUnavailableError(`PostgreSQL is unreachable: ${(err as Error).message}`);
     }
-  }
-
-  private async writeTunnel(tunnel: TunnelRecord): Promise<void> {
-    const { rows } = await this.query<Row>(
-      `WITH t AS (
-         INSERT INTO kelsingra_tunnels (client_key, replica_id, holder, token_name) VALUES ($1, $2, $3, $4)
-         ON CONFLICT (client_key) DO UPDATE SET replica_id = EXCLUDED.replica_id, holder = EXCLUDED.holder,
-           connected_at = now()
-         WHERE kelsingra_tunnels.token_name = EXCLUDED.token_name)
-       UPDATE kelsingra_intercepts SET replica_id = $2, epoch = epoch + 1
-       WHERE client_key = $1 AND replica_id <> $2 AND token_name = $4 RETURNING *`,
-      [tunnel.clientKey, tunnel.replicaId, tunnel.holder, tunnel.tokenName],
-    );
-    for (const row of rows) this.applyUpsert(row);
   }
 
   private applyUpsert(row: Row): Intercept {
@@ -560,36 +502,7 @@ export class PgInterceptStore extends EventEmitter<StoreEvents> implements Inter
   }
 
   private async heartbeat(): Promise<void> {
-    if (!this.announced) return;
-    const { rows } = await this.query<{ id: string; url: string; secret: string; age_ms: number }>(
-      `WITH me AS (
-         INSERT INTO kelsingra_replicas (id, url, secret, version) VALUES ($1, $2, $3, $4)
-         ON CONFLICT (id) DO UPDATE SET heartbeat_at = now(), url = EXCLUDED.url, secret = EXCLUDED.secret)
-       SELECT id, url, secret, (extract(epoch FROM now() - heartbeat_at) * 1000)::int AS age_ms
-       FROM kelsingra_replicas`,
-      [this.opts.replicaId, this.announced.url, this.announced.secret, VERSION],
-    );
-    const fetchedAt = Date.now();
-    this.peers.clear();
-    // The CTE's write is not visible to its own SELECT: this replica is added as just beaten.
-    this.peers.set(this.opts.replicaId, {
-      peer: {
-        id: this.opts.replicaId,
-        url: this.announced.url,
-        secret: this.announced.secret,
-        heartbeatAt: fetchedAt,
-      },
-      ageMs: 0,
-      fetchedAt,
-    });
-    for (const r of rows) {
-      if (r.id === this.opts.replicaId) continue;
-      this.peers.set(r.id, {
-        peer: { id: r.id, url: r.url, secret: r.secret, heartbeatAt: fetchedAt - r.age_ms },
-        ageMs: r.age_ms,
-        fetchedAt,
-      });
-    }
+    if (!(await this.replicas.heartbeat())) return;
     if (this.listenerUp && this.caughtUp) this.recover();
   }
 
@@ -599,11 +512,7 @@ export class PgInterceptStore extends EventEmitter<StoreEvents> implements Inter
       'DELETE FROM kelsingra_intercepts WHERE expires_at < now() RETURNING *',
     );
     for (const row of rows) this.emit('expired', this.applyDelete(row, 'expired'));
-    await this.query(
-      `WITH dead AS (DELETE FROM kelsingra_replicas WHERE heartbeat_at < now() - interval '1 minute' RETURNING id)
-       DELETE FROM kelsingra_tunnels t WHERE t.replica_id IN (SELECT id FROM dead)
-         OR NOT EXISTS (SELECT 1 FROM kelsingra_replicas r WHERE r.id = t.replica_id)`,
-    );
+    await this.replicas.sweepDead();
   }
 
   private async connectListener(): Promise<void> {
@@ -670,7 +579,7 @@ export class PgInterceptStore extends EventEmitter<StoreEvents> implements Inter
       `UPDATE kelsingra_intercepts SET expires_at = greatest(expires_at, now() + $1 * interval '1 millisecond')`,
       [this.ttlMs],
     );
-    await this.rewriteTunnels();
+    await this.replicas.rewriteTunnels();
     await this.reload();
     // A listener lost again meanwhile has its own catch-up to do.
     if (this.listener === listener) this.caughtUp = true;
@@ -698,11 +607,6 @@ export class PgInterceptStore extends EventEmitter<StoreEvents> implements Inter
     }
   }
 
-  /** This replica's tunnels written again (after an outage, or after a failed write). */
-  private async rewriteTunnels(): Promise<void> {
-    for (const tunnel of this.localTunnels.values()) await this.writeTunnel(tunnel);
-  }
-
   /** A background step failed: an outage is already marked degraded; anything else is a bug to log each time. */
   private failed(err: unknown): void {
     if (err instanceof StoreUnavailableError) return;
@@ -724,6 +628,6 @@ export class PgInterceptStore extends EventEmitter<StoreEvents> implements Inter
     this.degradedSince = undefined;
     this.degradedReason = undefined;
     // A tunnel opened or closed during the outage was not recorded; the listener may never have dropped.
-    this.rewriteTunnels().catch((err) => this.failed(err));
+    this.replicas.rewriteTunnels().catch((err) => this.failed(err));
   }
 }
