@@ -24,6 +24,7 @@ import {
   StoreUnavailableError,
   type TunnelRecord,
 } from './intercept-store.js';
+import { type Notification, PgChangeFeed } from './pg-change-feed.js';
 import { migrate } from './pg-migrations.js';
 import { PgReplicas } from './pg-replicas.js';
 import { PgRoutes } from './pg-routes.js';
@@ -43,13 +44,6 @@ export interface PgStoreOptions {
   reconcileMs?: number;
 }
 
-type Notification =
-  | { op: 'upsert'; row: Row }
-  | { op: 'delete'; reason: EndReason; row: Row }
-  | { op: 'route'; id: string; change: number; deleted: boolean }
-  | { op: 'tokens' };
-
-const CHANNEL = 'kelsingra';
 /** Every this many reconciliations, the whole intercepts table is compared, not just what changed. */
 const FULL_RELOAD_EVERY = 12;
 
@@ -58,7 +52,7 @@ const RECONCILE_OVERLAP = 200;
 
 export class PgInterceptStore extends EventEmitter<StoreEvents> implements InterceptStore {
   private readonly pool: pg.Pool;
-  private listener?: pg.Client;
+  private readonly feed: PgChangeFeed;
   private readonly byKey = new InterceptIndex();
   private readonly byId = new Map<string, Intercept>();
   private readonly routes: PgRoutes;
@@ -81,7 +75,6 @@ export class PgInterceptStore extends EventEmitter<StoreEvents> implements Inter
   private readonly log: Logger;
   private degradedSince?: number;
   private degradedReason?: string;
-  private listenerUp = false;
   /** False from losing the notification connection until the reload after it is back. */
   private caughtUp = true;
   private lastSyncAt?: number;
@@ -104,6 +97,17 @@ export class PgInterceptStore extends EventEmitter<StoreEvents> implements Inter
     });
     // An idle connection dropped by a database restart is reported here; the next query reconnects.
     this.pool.on('error', (err) => this.degrade(err));
+    this.feed = new PgChangeFeed({
+      databaseUrl: opts.databaseUrl,
+      log: opts.log,
+      notified: (message) => this.onNotification(message),
+      lost: () => {
+        this.caughtUp = false;
+      },
+      closed: () => this.closed,
+      degrade: (err) => this.degrade(err),
+      catchUp: () => this.resync(),
+    });
     this.replicas = new PgReplicas({
       replicaId: opts.replicaId,
       query: (text, values) => this.query(text, values),
@@ -126,7 +130,7 @@ export class PgInterceptStore extends EventEmitter<StoreEvents> implements Inter
     const store = new PgInterceptStore(opts);
     try {
       await migrate(store.pool, opts.log);
-      await store.connectListener();
+      await store.feed.connect();
       await store.reload();
     } catch (err) {
       await store.close();
@@ -378,9 +382,7 @@ export class PgInterceptStore extends EventEmitter<StoreEvents> implements Inter
     this.closed = true;
     for (const timer of this.timers) clearInterval(timer);
     await this.replicas.leave(this.log);
-    await this.listener?.end().catch(() => {
-      // Already broken: there is nothing left to close.
-    });
+    await this.feed.close();
     await this.pool.end();
   }
 
@@ -503,7 +505,7 @@ export class PgInterceptStore extends EventEmitter<StoreEvents> implements Inter
 
   private async heartbeat(): Promise<void> {
     if (!(await this.replicas.heartbeat())) return;
-    if (this.listenerUp && this.caughtUp) this.recover();
+    if (this.feed.listening && this.caughtUp) this.recover();
   }
 
   private async sweep(): Promise<void> {
@@ -515,62 +517,12 @@ export class PgInterceptStore extends EventEmitter<StoreEvents> implements Inter
     await this.replicas.sweepDead();
   }
 
-  private async connectListener(): Promise<void> {
-    const client = new pg.Client({
-      connectionString: this.opts.databaseUrl,
-      connectionTimeoutMillis: 2_000,
-      keepAlive: true,
-    });
-    client.on('notification', (msg) => {
-      if (msg.channel !== CHANNEL || !msg.payload) return;
-      this.onNotification(msg.payload);
-    });
-    const lost = (err?: Error) => {
-      if (this.listener !== client) return;
-      this.listener = undefined;
-      this.listenerUp = false;
-      this.caughtUp = false;
-      if (this.closed) return;
-      this.degrade(err ?? new Error('the notification connection closed'));
-      this.scheduleListener();
-    };
-    client.on('error', lost);
-    client.on('end', () => lost());
-    this.listener = client;
-    try {
-      await client.connect();
-      await client.query(`LISTEN ${CHANNEL}`);
-    } catch (err) {
-      this.listener = undefined;
-      await client.end().catch(() => {
-        // It never connected: nothing to end.
-      });
-      throw err;
-    }
-    this.listenerUp = true;
-  }
-
-  /** Every second until both are done: listening again, then caught up. */
-  private scheduleListener(): void {
-    const timer = setTimeout(async () => {
-      if (this.closed) return;
-      try {
-        if (!this.listener) await this.connectListener();
-        await this.resync();
-      } catch (err) {
-        this.degrade(err);
-        this.scheduleListener();
-      }
-    }, 1_000);
-    timer.unref();
-  }
-
   /**
    * After the database comes back: renew what this replica's tunnels hold (leases could not
    * be renewed while it was away), then reload everything, and only then sweep again.
    */
   private async resync(): Promise<void> {
-    const listener = this.listener;
+    const listener = this.feed.connection;
     this.sweepAfter = Date.now() + this.ttlMs / 2;
     // Nobody could renew while the database was away: every lease gets one more term, so
     // no client loses its intercept (to the sweep, or to another client's create) for an
@@ -582,19 +534,12 @@ export class PgInterceptStore extends EventEmitter<StoreEvents> implements Inter
     await this.replicas.rewriteTunnels();
     await this.reload();
     // A listener lost again meanwhile has its own catch-up to do.
-    if (this.listener === listener) this.caughtUp = true;
+    if (this.feed.connection === listener) this.caughtUp = true;
     await this.heartbeat();
     this.log.info({ intercepts: this.byId.size }, 'resynchronised with PostgreSQL');
   }
 
-  private onNotification(payload: string): void {
-    let message: Notification;
-    try {
-      message = JSON.parse(payload) as Notification;
-    } catch {
-      this.log.warn({ payload: payload.slice(0, 200) }, 'unreadable notification ignored');
-      return;
-    }
+  private onNotification(message: Notification): void {
     if (message.op === 'upsert') this.applyUpsert(message.row);
     else if (message.op === 'delete') this.applyDelete(message.row, message.reason);
     else if (message.op === 'route')
