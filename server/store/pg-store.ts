@@ -9,17 +9,8 @@ import { EventEmitter } from 'node:events';
 import pg from 'pg';
 import type { Logger } from 'pino';
 import { ExitCode, KelsingraError } from '../../src/shared/errors.js';
-import { VERSION } from '../../src/shared/version.js';
 import type { TokenRecord } from '../auth/auth.js';
-import {
-  mergedTenants,
-  type Route,
-  type RouteInput,
-  RouteTable,
-  routeIdOf,
-  type SetRouteResult,
-  type UnrouteResult,
-} from '../routing/route-table.js';
+import type { Route, RouteInput, SetRouteResult, UnrouteResult } from '../routing/route-table.js';
 import {
   type CreateResult,
   type EndReason,
@@ -33,7 +24,14 @@ import {
   StoreUnavailableError,
   type TunnelRecord,
 } from './intercept-store.js';
-import { lockedTransaction, migrate } from './pg-migrations.js';
+import { type Notification, PgChangeFeed } from './pg-change-feed.js';
+import { migrate } from './pg-migrations.js';
+import { PgReplicas } from './pg-replicas.js';
+import { PgRoutes } from './pg-routes.js';
+import { isConnectionError, type Row, redactDatabaseUrl, TOMBSTONE_MS, toIntercept } from './pg-rows.js';
+import { loadTokens, syncTokens } from './pg-tokens.js';
+
+export { isConnectionError, redactDatabaseUrl } from './pg-rows.js';
 
 export interface PgStoreOptions {
   databaseUrl: string;
@@ -46,116 +44,18 @@ export interface PgStoreOptions {
   reconcileMs?: number;
 }
 
-/** A row as a query returns it (timestamps as Date, bigint as string) or as a notification carries it (strings, numbers). */
-interface Row {
-  id: string;
-  service: string;
-  tenant: string;
-  holder: string;
-  token_name: string;
-  client_key: string;
-  local_port: number;
-  kafka_topics: string[];
-  replica_id: string;
-  epoch: string | number;
-  created_at: Date | string;
-  expires_at: Date | string;
-  change: string | number;
-}
-
-interface RouteRow {
-  id: string;
-  service: string;
-  tenants: string[];
-  targets: string[];
-  token_name: string;
-  created_at: Date | string;
-  updated_at: Date | string;
-  change: string | number;
-}
-
-type Notification =
-  | { op: 'upsert'; row: Row }
-  | { op: 'delete'; reason: EndReason; row: Row }
-  | { op: 'route'; id: string; change: number; deleted: boolean }
-  | { op: 'tokens' };
-
-const CHANNEL = 'kelsingra';
-/** A peer that has not beaten for this long is taken for dead: requests for it fail fast. */
-const PEER_STALE_MS = 5_000;
-/** Deleted ids are remembered this long, so a reload that started before the delete cannot revive them. */
-const TOMBSTONE_MS = 5 * 60_000;
-/** Advisory lock taken while a replica replaces the shared token set. */
-const TOKENS_LOCK = 7_700_417_002;
-/** Advisory lock every route change takes, so a tenant is never put in two routes of a service at once. */
-const ROUTES_LOCK = 7_700_417_003;
 /** Every this many reconciliations, the whole intercepts table is compared, not just what changed. */
 const FULL_RELOAD_EVERY = 12;
-
-function toRoute(row: RouteRow): Route {
-  return {
-    id: row.id,
-    service: row.service,
-    tenants: row.tenants,
-    targets: row.targets,
-    tokenName: row.token_name,
-    createdAt: new Date(row.created_at).getTime(),
-    updatedAt: new Date(row.updated_at).getTime(),
-    change: Number(row.change),
-  };
-}
-
-/** Whether a peer's last heartbeat (its age when read, and when it was read) is recent enough. */
-function beating(p: { ageMs: number; fetchedAt: number }, now = Date.now()): boolean {
-  return p.ageMs + (now - p.fetchedAt) <= PEER_STALE_MS;
-}
-
-function toIntercept(row: Row): Intercept {
-  return {
-    id: row.id,
-    service: row.service,
-    tenant: row.tenant,
-    holder: row.holder,
-    tokenName: row.token_name,
-    clientKey: row.client_key,
-    localPort: row.local_port,
-    kafkaTopics: row.kafka_topics ?? [],
-    replicaId: row.replica_id,
-    epoch: Number(row.epoch),
-    createdAt: new Date(row.created_at).getTime(),
-    expiresAt: new Date(row.expires_at).getTime(),
-  };
-}
-
-/** Errors that mean "the database is not there right now", as opposed to a mistake in a query. */
-export function isConnectionError(err: unknown): boolean {
-  const e = err as { code?: string; message?: string };
-  if (typeof e.code === 'string' && (/^(08|57P)/.test(e.code) || /^E[A-Z]+$/.test(e.code))) return true;
-  return /timeout|terminated|not queryable|Connection/i.test(e.message ?? '');
-}
-
-/** The database URL without its password, for logs and error messages. */
-export function redactDatabaseUrl(url: string): string {
-  try {
-    const u = new URL(url);
-    if (u.password) u.password = '***';
-    return u.toString();
-  } catch {
-    return '(a database URL that does not parse)';
-  }
-}
 
 /** How many change numbers below the watermark each incremental repair reads again. */
 const RECONCILE_OVERLAP = 200;
 
 export class PgInterceptStore extends EventEmitter<StoreEvents> implements InterceptStore {
   private readonly pool: pg.Pool;
-  private listener?: pg.Client;
+  private readonly feed: PgChangeFeed;
   private readonly byKey = new InterceptIndex();
   private readonly byId = new Map<string, Intercept>();
-  private readonly routes = new RouteTable();
-  /** Change numbers of routes, kept for deleted ones too, so an old notice cannot revive or drop a newer row. */
-  private readonly routeSeen = new Map<string, { change: number; at: number }>();
+  private readonly routes: PgRoutes;
   /** The highest change number applied: incremental reloads read only rows above it. */
   private watermark = 0;
   private reconciliations = 0;
@@ -167,9 +67,7 @@ export class PgInterceptStore extends EventEmitter<StoreEvents> implements Inter
    * comes with a newer change number and must.
    */
   private readonly tombstones = new Map<string, { change: number; at: number }>();
-  private readonly peers = new Map<string, { peer: Peer; ageMs: number; fetchedAt: number }>();
-  /** Tunnels open on this replica, kept here too so they can be written again after an outage. */
-  private readonly localTunnels = new Map<string, TunnelRecord>();
+  private readonly replicas: PgReplicas;
   private readonly timers: NodeJS.Timeout[] = [];
   /** How often this replica beats and reads everyone's beats: a peer started since is unseen for that long. */
   readonly heartbeatMs: number;
@@ -177,13 +75,11 @@ export class PgInterceptStore extends EventEmitter<StoreEvents> implements Inter
   private readonly log: Logger;
   private degradedSince?: number;
   private degradedReason?: string;
-  private listenerUp = false;
   /** False from losing the notification connection until the reload after it is back. */
   private caughtUp = true;
   private lastSyncAt?: number;
   /** No sweeping of lapsed leases until clients had a chance to renew after a (re)connection. */
   private sweepAfter = 0;
-  private announced?: { url: string; secret: string };
   private closed = false;
 
   private constructor(private readonly opts: PgStoreOptions) {
@@ -201,6 +97,32 @@ export class PgInterceptStore extends EventEmitter<StoreEvents> implements Inter
     });
     // An idle connection dropped by a database restart is reported here; the next query reconnects.
     this.pool.on('error', (err) => this.degrade(err));
+    this.feed = new PgChangeFeed({
+      databaseUrl: opts.databaseUrl,
+      log: opts.log,
+      notified: (message) => this.onNotification(message),
+      lost: () => {
+        this.caughtUp = false;
+      },
+      closed: () => this.closed,
+      degrade: (err) => this.degrade(err),
+      catchUp: () => this.resync(),
+    });
+    this.replicas = new PgReplicas({
+      replicaId: opts.replicaId,
+      query: (text, values) => this.query(text, values),
+      applyUpsert: (row) => this.applyUpsert(row),
+      degraded: () => this.degradedSince !== undefined,
+    });
+    this.routes = new PgRoutes({
+      pool: this.pool,
+      query: (text, values) => this.query(text, values),
+      events: this,
+      degrade: (err) => this.degrade(err),
+      applied: (change) => {
+        this.watermark = Math.max(this.watermark, change);
+      },
+    });
   }
 
   /** Connects, migrates, loads the table and starts listening. Fails with exit 7 if the database is unreachable. */
@@ -208,7 +130,7 @@ export class PgInterceptStore extends EventEmitter<StoreEvents> implements Inter
     const store = new PgInterceptStore(opts);
     try {
       await migrate(store.pool, opts.log);
-      await store.connectListener();
+      await store.feed.connect();
       await store.reload();
     } catch (err) {
       await store.close();
@@ -230,7 +152,7 @@ export class PgInterceptStore extends EventEmitter<StoreEvents> implements Inter
    * with) and starts its heartbeats, lease sweeping and reconciliation.
    */
   async announce(url: string): Promise<void> {
-    this.announced = { url, secret: randomBytes(24).toString('base64url') };
+    this.replicas.announce(url);
     await this.heartbeat();
     this.sweepAfter = Date.now() + this.ttlMs / 2;
     const every = (ms: number, fn: () => Promise<void>) => {
@@ -247,7 +169,7 @@ export class PgInterceptStore extends EventEmitter<StoreEvents> implements Inter
 
   /** The secret peers must present when they relay a request to this replica. */
   get relaySecret(): string | undefined {
-    return this.announced?.secret;
+    return this.replicas.relaySecret;
   }
 
   find(service: string, tenant: string): Intercept | undefined {
@@ -392,41 +314,15 @@ export class PgInterceptStore extends EventEmitter<StoreEvents> implements Inter
   }
 
   async tunnelOpened(tunnel: TunnelRecord): Promise<void> {
-    this.localTunnels.set(tunnel.clientKey, tunnel);
-    await this.writeTunnel(tunnel);
+    await this.replicas.tunnelOpened(tunnel);
   }
 
   async tunnelClosed(clientKey: string, replicaId: string): Promise<void> {
-    this.localTunnels.delete(clientKey);
-    // Only if no other replica has taken the tunnel over in the meantime.
-    const { rows } = await this.query<Row>(
-      `WITH gone AS (DELETE FROM kelsingra_tunnels WHERE client_key = $1 AND replica_id = $2)
-       UPDATE kelsingra_intercepts SET replica_id = '' WHERE client_key = $1 AND replica_id = $2 RETURNING *`,
-      [clientKey, replicaId],
-    );
-    for (const row of rows) this.applyUpsert(row);
+    await this.replicas.tunnelClosed(clientKey, replicaId);
   }
 
   async findTunnel(clientKey: string): Promise<TunnelRecord | undefined> {
-    const { rows } = await this.query<{
-      client_key: string;
-      replica_id: string;
-      holder: string;
-      token_name: string;
-    }>(
-      `SELECT t.* FROM kelsingra_tunnels t JOIN kelsingra_replicas r ON r.id = t.replica_id
-       WHERE t.client_key = $1 AND r.heartbeat_at > now() - $2 * interval '1 millisecond'`,
-      [clientKey, PEER_STALE_MS],
-    );
-    const row = rows[0];
-    return row
-      ? {
-          clientKey: row.client_key,
-          replicaId: row.replica_id,
-          holder: row.holder,
-          tokenName: row.token_name,
-        }
-      : undefined;
+    return this.replicas.findTunnel(clientKey);
   }
 
   /**
@@ -435,10 +331,7 @@ export class PgInterceptStore extends EventEmitter<StoreEvents> implements Inter
    * still fails fast, on connect.
    */
   peer(replicaId: string): Peer | undefined {
-    const found = this.peers.get(replicaId);
-    if (!found) return undefined;
-    if (this.degradedSince === undefined && !beating(found)) return undefined;
-    return found.peer;
+    return this.replicas.peer(replicaId);
   }
 
   findRoute(service: string, tenant: string): Route | undefined {
@@ -454,112 +347,11 @@ export class PgInterceptStore extends EventEmitter<StoreEvents> implements Inter
   }
 
   async setRoute(input: RouteInput): Promise<SetRouteResult> {
-    const id = routeIdOf(input.service, input.targets);
-    const result = await this.routeTransaction(async (client) => {
-      const current = await client.query<RouteRow>('SELECT tenants FROM kelsingra_routes WHERE id = $1', [
-        id,
-      ]);
-      const tenants = mergedTenants(id, current.rows[0]?.tenants, input);
-      const moved: { tenant: string; from: string }[] = [];
-      const removed: RouteRow[] = [];
-      const updated: RouteRow[] = [];
-      const others = await client.query<RouteRow>(
-        'SELECT * FROM kelsingra_routes WHERE service = $1 AND id <> $2 AND tenants && $3::text[]',
-        [input.service, id, input.tenants],
-      );
-      const taken = new Set(input.tenants);
-      for (const other of others.rows) {
-        for (const tenant of other.tenants) if (taken.has(tenant)) moved.push({ tenant, from: other.id });
-        const left = other.tenants.filter((t) => !taken.has(t));
-        if (left.length === 0) {
-          await client.query('DELETE FROM kelsingra_routes WHERE id = $1', [other.id]);
-          removed.push(other);
-        } else {
-          const { rows } = await client.query<RouteRow>(
-            'UPDATE kelsingra_routes SET tenants = $2, updated_at = now() WHERE id = $1 RETURNING *',
-            [other.id, left],
-          );
-          updated.push(...rows);
-        }
-      }
-      const { rows } = await client.query<RouteRow & { inserted: boolean }>(
-        `INSERT INTO kelsingra_routes (id, service, tenants, targets, token_name) VALUES ($1, $2, $3, $4, $5)
-         ON CONFLICT (id) DO UPDATE SET tenants = EXCLUDED.tenants, updated_at = now()
-         RETURNING *, (xmax = 0) AS inserted`,
-        [id, input.service, tenants, input.targets, input.tokenName],
-      );
-      return { row: rows[0] as RouteRow & { inserted: boolean }, moved, removed, updated };
-    });
-    for (const row of result.removed) this.applyRouteGone(row.id, Number(row.change));
-    return {
-      route: this.applyRoute(result.row),
-      created: result.row.inserted,
-      moved: result.moved,
-      removed: result.removed.map(toRoute),
-      updated: result.updated.map((row) => this.applyRoute(row)),
-    };
+    return this.routes.set(input);
   }
 
   async unroute(id: string, tenants?: string[]): Promise<UnrouteResult> {
-    const result = await this.routeTransaction(async (client) => {
-      const { rows } = await client.query<RouteRow>('SELECT * FROM kelsingra_routes WHERE id = $1', [id]);
-      const route = rows[0];
-      if (!route) return { removed: [], updated: [] };
-      const gone = new Set(tenants);
-      const left = tenants ? route.tenants.filter((t) => !gone.has(t)) : [];
-      if (left.length === route.tenants.length) return { removed: [], updated: [] };
-      if (left.length === 0) {
-        await client.query('DELETE FROM kelsingra_routes WHERE id = $1', [id]);
-        return { removed: [route], updated: [] };
-      }
-      const changed = await client.query<RouteRow>(
-        'UPDATE kelsingra_routes SET tenants = $2, updated_at = now() WHERE id = $1 RETURNING *',
-        [id, left],
-      );
-      return { removed: [], updated: changed.rows };
-    });
-    for (const row of result.removed) this.applyRouteGone(row.id, Number(row.change));
-    return {
-      removed: result.removed.map(toRoute),
-      updated: result.updated.map((row) => this.applyRoute(row)),
-    };
-  }
-
-  /** A route change, decided under the routes lock; an unreachable database is a StoreUnavailableError. */
-  private async routeTransaction<T>(fn: (client: pg.PoolClient) => Promise<T>): Promise<T> {
-    try {
-      return await lockedTransaction(this.pool, ROUTES_LOCK, fn);
-    } catch (err) {
-      if (!isConnectionError(err)) throw err;
-      this.degrade(err);
-      throw new StoreUnavailableError(`PostgreSQL is unreachable: ${(err as Error).message}`);
-    }
-  }
-
-  private applyRoute(row: RouteRow): Route {
-    const change = Number(row.change);
-    const seen = this.routeSeen.get(row.id);
-    const known = this.routes.get(row.id);
-    if (seen && seen.change >= change) return known ?? toRoute(row);
-    const route = toRoute(row);
-    this.routeSeen.set(row.id, { change, at: Date.now() });
-    this.watermark = Math.max(this.watermark, change);
-    this.routes.put(route);
-    this.emit('routeSet', route);
-    return route;
-  }
-
-  private applyRouteGone(id: string, change: number): void {
-    const seen = this.routeSeen.get(id);
-    if (seen && seen.change > change) return;
-    this.routeSeen.set(id, { change, at: Date.now() });
-    const route = this.routes.drop(id);
-    if (route) this.emit('routeRemoved', route);
-  }
-
-  private async fetchRoute(id: string): Promise<void> {
-    const { rows } = await this.query<RouteRow>('SELECT * FROM kelsingra_routes WHERE id = $1', [id]);
-    if (rows[0]) this.applyRoute(rows[0]);
+    return this.routes.unroute(id, tenants);
   }
 
   health(): StoreHealth {
@@ -570,13 +362,7 @@ export class PgInterceptStore extends EventEmitter<StoreEvents> implements Inter
       error: this.degradedReason,
       since: this.degradedSince === undefined ? undefined : new Date(this.degradedSince).toISOString(),
       lastSyncAt: this.lastSyncAt === undefined ? undefined : new Date(this.lastSyncAt).toISOString(),
-      replicas: [...this.peers.values()].map(({ peer, ageMs, fetchedAt }) => ({
-        id: peer.id,
-        url: peer.url,
-        heartbeatAt: new Date(fetchedAt - ageMs).toISOString(),
-        self: peer.id === this.opts.replicaId,
-        alive: beating({ ageMs, fetchedAt }, now),
-      })),
+      replicas: this.replicas.health(now),
     };
   }
 
@@ -585,43 +371,18 @@ export class PgInterceptStore extends EventEmitter<StoreEvents> implements Inter
    * started without tokens uses the set the others stored.
    */
   async syncTokens(tokens: TokenRecord[]): Promise<void> {
-    if (tokens.length === 0) return;
-    // Replicas starting together would otherwise interleave their replacements.
-    await lockedTransaction(this.pool, TOKENS_LOCK, async (client) => {
-      await client.query('DELETE FROM kelsingra_tokens WHERE NOT (name = ANY($1))', [
-        tokens.map((t) => t.name),
-      ]);
-      for (const t of tokens) {
-        await client.query(
-          `INSERT INTO kelsingra_tokens (name, digest, tenants, role) VALUES ($1, $2, $3, $4)
-           ON CONFLICT (name) DO UPDATE SET digest = EXCLUDED.digest, tenants = EXCLUDED.tenants,
-             role = EXCLUDED.role, updated_at = now()`,
-          [t.name, t.digest, t.tenants, t.role],
-        );
-      }
-    });
+    await syncTokens(this.pool, tokens);
   }
 
   async loadTokens(): Promise<TokenRecord[]> {
-    const { rows } = await this.query<{ name: string; digest: Buffer; tenants: string[]; role: string }>(
-      'SELECT name, digest, tenants, role FROM kelsingra_tokens ORDER BY name',
-    );
-    // A role this version does not know (written by a newer replica) gets the least rights.
-    return rows.map((r) => ({ ...r, role: r.role === 'admin' ? 'admin' : 'developer' }));
+    return loadTokens((text, values) => this.query(text, values));
   }
 
   async close(): Promise<void> {
     this.closed = true;
     for (const timer of this.timers) clearInterval(timer);
-    if (this.announced) {
-      // A clean stop tells the others at once; a crash is noticed by the missing heartbeat.
-      await this.query('DELETE FROM kelsingra_replicas WHERE id = $1', [this.opts.replicaId]).catch((err) =>
-        this.log.warn({ err: (err as Error).message }, 'could not remove this replica from the database'),
-      );
-    }
-    await this.listener?.end().catch(() => {
-      // Already broken: there is nothing left to close.
-    });
+    await this.replicas.leave(this.log);
+    await this.feed.close();
     await this.pool.end();
   }
 
@@ -633,20 +394,6 @@ export class PgInterceptStore extends EventEmitter<StoreEvents> implements Inter
       this.degrade(err);
       throw new StoreUnavailableError(`PostgreSQL is unreachable: ${(err as Error).message}`);
     }
-  }
-
-  private async writeTunnel(tunnel: TunnelRecord): Promise<void> {
-    const { rows } = await this.query<Row>(
-      `WITH t AS (
-         INSERT INTO kelsingra_tunnels (client_key, replica_id, holder, token_name) VALUES ($1, $2, $3, $4)
-         ON CONFLICT (client_key) DO UPDATE SET replica_id = EXCLUDED.replica_id, holder = EXCLUDED.holder,
-           connected_at = now()
-         WHERE kelsingra_tunnels.token_name = EXCLUDED.token_name)
-       UPDATE kelsingra_intercepts SET replica_id = $2, epoch = epoch + 1
-       WHERE client_key = $1 AND replica_id <> $2 AND token_name = $4 RETURNING *`,
-      [tunnel.clientKey, tunnel.replicaId, tunnel.holder, tunnel.tokenName],
-    );
-    for (const row of rows) this.applyUpsert(row);
   }
 
   private applyUpsert(row: Row): Intercept {
@@ -723,8 +470,7 @@ export class PgInterceptStore extends EventEmitter<StoreEvents> implements Inter
     const since = Math.max(0, this.watermark - RECONCILE_OVERLAP);
     const { rows } = await this.query<Row>('SELECT * FROM kelsingra_intercepts WHERE change > $1', [since]);
     for (const row of rows) this.applyUpsert(row);
-    const routes = await this.query<RouteRow>('SELECT * FROM kelsingra_routes WHERE change > $1', [since]);
-    for (const row of routes.rows) this.applyRoute(row);
+    await this.routes.reloadSince(since);
     this.lastSyncAt = Date.now();
   }
 
@@ -752,54 +498,14 @@ export class PgInterceptStore extends EventEmitter<StoreEvents> implements Inter
       this.removeLocal(intercept, intercept.expiresAt <= Date.now() ? 'expired' : 'left');
     }
     for (const [id, { at }] of this.tombstones) if (startedAt - at > TOMBSTONE_MS) this.tombstones.delete(id);
-    const { rows: routes } = await this.query<RouteRow>('SELECT * FROM kelsingra_routes');
-    const routed = new Set<string>();
-    for (const row of routes) {
-      routed.add(row.id);
-      this.applyRoute(row);
-    }
-    for (const route of this.routes.list()) {
-      if (routed.has(route.id) || (this.routeSeen.get(route.id)?.at ?? 0) >= startedAt) continue;
-      this.applyRouteGone(route.id, route.change);
-    }
-    for (const [id, seen] of this.routeSeen)
-      if (!this.routes.get(id) && startedAt - seen.at > TOMBSTONE_MS) this.routeSeen.delete(id);
+    await this.routes.reload(startedAt);
     this.emit('tokens', await this.loadTokens());
     this.lastSyncAt = Date.now();
   }
 
   private async heartbeat(): Promise<void> {
-    if (!this.announced) return;
-    const { rows } = await this.query<{ id: string; url: string; secret: string; age_ms: number }>(
-      `WITH me AS (
-         INSERT INTO kelsingra_replicas (id, url, secret, version) VALUES ($1, $2, $3, $4)
-         ON CONFLICT (id) DO UPDATE SET heartbeat_at = now(), url = EXCLUDED.url, secret = EXCLUDED.secret)
-       SELECT id, url, secret, (extract(epoch FROM now() - heartbeat_at) * 1000)::int AS age_ms
-       FROM kelsingra_replicas`,
-      [this.opts.replicaId, this.announced.url, this.announced.secret, VERSION],
-    );
-    const fetchedAt = Date.now();
-    this.peers.clear();
-    // The CTE's write is not visible to its own SELECT: this replica is added as just beaten.
-    this.peers.set(this.opts.replicaId, {
-      peer: {
-        id: this.opts.replicaId,
-        url: this.announced.url,
-        secret: this.announced.secret,
-        heartbeatAt: fetchedAt,
-      },
-      ageMs: 0,
-      fetchedAt,
-    });
-    for (const r of rows) {
-      if (r.id === this.opts.replicaId) continue;
-      this.peers.set(r.id, {
-        peer: { id: r.id, url: r.url, secret: r.secret, heartbeatAt: fetchedAt - r.age_ms },
-        ageMs: r.age_ms,
-        fetchedAt,
-      });
-    }
-    if (this.listenerUp && this.caughtUp) this.recover();
+    if (!(await this.replicas.heartbeat())) return;
+    if (this.feed.listening && this.caughtUp) this.recover();
   }
 
   private async sweep(): Promise<void> {
@@ -808,61 +514,7 @@ export class PgInterceptStore extends EventEmitter<StoreEvents> implements Inter
       'DELETE FROM kelsingra_intercepts WHERE expires_at < now() RETURNING *',
     );
     for (const row of rows) this.emit('expired', this.applyDelete(row, 'expired'));
-    await this.query(
-      `WITH dead AS (DELETE FROM kelsingra_replicas WHERE heartbeat_at < now() - interval '1 minute' RETURNING id)
-       DELETE FROM kelsingra_tunnels t WHERE t.replica_id IN (SELECT id FROM dead)
-         OR NOT EXISTS (SELECT 1 FROM kelsingra_replicas r WHERE r.id = t.replica_id)`,
-    );
-  }
-
-  private async connectListener(): Promise<void> {
-    const client = new pg.Client({
-      connectionString: this.opts.databaseUrl,
-      connectionTimeoutMillis: 2_000,
-      keepAlive: true,
-    });
-    client.on('notification', (msg) => {
-      if (msg.channel !== CHANNEL || !msg.payload) return;
-      this.onNotification(msg.payload);
-    });
-    const lost = (err?: Error) => {
-      if (this.listener !== client) return;
-      this.listener = undefined;
-      this.listenerUp = false;
-      this.caughtUp = false;
-      if (this.closed) return;
-      this.degrade(err ?? new Error('the notification connection closed'));
-      this.scheduleListener();
-    };
-    client.on('error', lost);
-    client.on('end', () => lost());
-    this.listener = client;
-    try {
-      await client.connect();
-      await client.query(`LISTEN ${CHANNEL}`);
-    } catch (err) {
-      this.listener = undefined;
-      await client.end().catch(() => {
-        // It never connected: nothing to end.
-      });
-      throw err;
-    }
-    this.listenerUp = true;
-  }
-
-  /** Every second until both are done: listening again, then caught up. */
-  private scheduleListener(): void {
-    const timer = setTimeout(async () => {
-      if (this.closed) return;
-      try {
-        if (!this.listener) await this.connectListener();
-        await this.resync();
-      } catch (err) {
-        this.degrade(err);
-        this.scheduleListener();
-      }
-    }, 1_000);
-    timer.unref();
+    await this.replicas.sweepDead();
   }
 
   /**
@@ -870,7 +522,7 @@ export class PgInterceptStore extends EventEmitter<StoreEvents> implements Inter
    * be renewed while it was away), then reload everything, and only then sweep again.
    */
   private async resync(): Promise<void> {
-    const listener = this.listener;
+    const listener = this.feed.connection;
     this.sweepAfter = Date.now() + this.ttlMs / 2;
     // Nobody could renew while the database was away: every lease gets one more term, so
     // no client loses its intercept (to the sweep, or to another client's create) for an
@@ -879,39 +531,25 @@ export class PgInterceptStore extends EventEmitter<StoreEvents> implements Inter
       `UPDATE kelsingra_intercepts SET expires_at = greatest(expires_at, now() + $1 * interval '1 millisecond')`,
       [this.ttlMs],
     );
-    await this.rewriteTunnels();
+    await this.replicas.rewriteTunnels();
     await this.reload();
     // A listener lost again meanwhile has its own catch-up to do.
-    if (this.listener === listener) this.caughtUp = true;
+    if (this.feed.connection === listener) this.caughtUp = true;
     await this.heartbeat();
     this.log.info({ intercepts: this.byId.size }, 'resynchronised with PostgreSQL');
   }
 
-  private onNotification(payload: string): void {
-    let message: Notification;
-    try {
-      message = JSON.parse(payload) as Notification;
-    } catch {
-      this.log.warn({ payload: payload.slice(0, 200) }, 'unreadable notification ignored');
-      return;
-    }
+  private onNotification(message: Notification): void {
     if (message.op === 'upsert') this.applyUpsert(message.row);
     else if (message.op === 'delete') this.applyDelete(message.row, message.reason);
-    else if (message.op === 'route') {
-      if (message.deleted) this.applyRouteGone(message.id, message.change);
-      else if ((this.routeSeen.get(message.id)?.change ?? -1) < message.change)
-        this.fetchRoute(message.id).catch((err) => this.failed(err));
-    } else if (message.op === 'tokens') {
+    else if (message.op === 'route')
+      this.routes.notified(message.id, message.change, message.deleted)?.catch((err) => this.failed(err));
+    else if (message.op === 'tokens') {
       this.loadTokens().then(
         (tokens) => this.emit('tokens', tokens),
         (err) => this.failed(err),
       );
     }
-  }
-
-  /** This replica's tunnels written again (after an outage, or after a failed write). */
-  private async rewriteTunnels(): Promise<void> {
-    for (const tunnel of this.localTunnels.values()) await this.writeTunnel(tunnel);
   }
 
   /** A background step failed: an outage is already marked degraded; anything else is a bug to log each time. */
@@ -935,6 +573,6 @@ export class PgInterceptStore extends EventEmitter<StoreEvents> implements Inter
     this.degradedSince = undefined;
     this.degradedReason = undefined;
     // A tunnel opened or closed during the outage was not recorded; the listener may never have dropped.
-    this.rewriteTunnels().catch((err) => this.failed(err));
+    this.replicas.rewriteTunnels().catch((err) => this.failed(err));
   }
 }
