@@ -133,7 +133,7 @@ export class InterceptSession extends EventEmitter<{ event: [SessionEvent] }> {
     const session = new InterceptSession(settings, want);
     try {
       if (want.kafka) {
-        // Loaded only here: kafkajs costs ~17 MiB of RSS that an HTTP-only intercept should not pay.
+        // Loaded only here, so an HTTP-only intercept does not load kafkajs (about 2 MiB of RSS measured).
         const { KafkaBridge } = await import('../kafka/kafka-bridge.js');
         session.kafka = new KafkaBridge(
           want.kafka,
