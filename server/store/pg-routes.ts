@@ -37,20 +37,9 @@ export class PgRoutes {
 
   constructor(private readonly deps: PgRoutesDeps) {}
 
-  get size(): number {
-    return this.routes.size;
-  }
-
-  find(service: string, tenant: string): Route | undefined {
-    return this.routes.find(service, tenant);
-  }
-
-  get(id: string): Route | undefined {
-    return this.routes.get(id);
-  }
-
-  list(): Route[] {
-    return this.routes.list();
+  /** The copy this replica routes from; only notices and reloads change it. */
+  get table(): Pick<RouteTable, 'find' | 'get' | 'list' | 'size'> {
+    return this.routes;
   }
 
   async set(input: RouteInput): Promise<SetRouteResult> {

@@ -335,15 +335,15 @@ export class PgInterceptStore extends EventEmitter<StoreEvents> implements Inter
   }
 
   findRoute(service: string, tenant: string): Route | undefined {
-    return this.routes.find(service, tenant);
+    return this.routes.table.find(service, tenant);
   }
 
   getRoute(id: string): Route | undefined {
-    return this.routes.get(id);
+    return this.routes.table.get(id);
   }
 
   listRoutes(): Route[] {
-    return this.routes.list();
+    return this.routes.table.list();
   }
 
   async setRoute(input: RouteInput): Promise<SetRouteResult> {
@@ -459,7 +459,8 @@ export class PgInterceptStore extends EventEmitter<StoreEvents> implements Inter
               (SELECT count(*) FROM kelsingra_routes) AS routes`,
     );
     const missed =
-      Number(counts[0]?.intercepts) !== this.byId.size || Number(counts[0]?.routes) !== this.routes.size;
+      Number(counts[0]?.intercepts) !== this.byId.size ||
+      Number(counts[0]?.routes) !== this.routes.table.size;
     if (missed || this.reconciliations % FULL_RELOAD_EVERY === 0) {
       await this.reload();
       return;
