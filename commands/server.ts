@@ -181,16 +181,10 @@ export default class Server extends BaseCommand {
       process.on('SIGINT', stop);
       process.on('SIGTERM', stop);
     });
-    // Everything is closed by now. A handle that still lingers (seen after an upload the local
-    // service never read: the process stayed up 30–60 s after "stopped") must not keep a
-    // stopped agent alive; the cause is not found yet (see the session note).
-    setTimeout(() => process.exit(process.exitCode ?? 0), STOP_GRACE_MS).unref();
   }
 }
 
 const SIGNAL_ECHO_MS = 1_000;
-/** How long a stopped server agent may take to exit on its own before it is made to. */
-const STOP_GRACE_MS = 1_000;
 
 /** The --tls-* flags as a `tls` layer, only the keys given, so the file's others stay. */
 function tlsLayer(flags: {

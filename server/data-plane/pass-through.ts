@@ -192,6 +192,9 @@ export class PassThroughProxy {
       entry.active--;
       entry.lastUsedAt = Date.now();
       if (!responseComplete(res)) abort.abort();
+      // An upload the upstream answered without reading would keep its body-idle timer (and the
+      // process, once stopped) for up to the idle timeout.
+      body?.destroy();
     });
 
     // undici destroys the body it was given when the request fails; given `req` itself, that

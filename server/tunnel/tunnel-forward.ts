@@ -221,10 +221,13 @@ export function forwardThroughTunnel(
   };
   stream.onClose = () => clearTimeout(idle);
 
+  // The limited copy of the upload, when limits apply: its idle timer lives as long as it does.
+  let limited: ReturnType<typeof limitedBody> | undefined;
   if (hasBody) {
     const onUpload = () => idle.refresh();
     if (bodyLimits.maxBytes > 0 || bodyLimits.idleMs > 0) {
       const body = limitedBody(bodyLimits);
+      limited = body;
       // Past a limit the local service sees the stream reset, never a body that looks whole.
       body.once('error', (err) => {
         stream.reset('cancel', err.message);
@@ -233,8 +236,6 @@ export function forwardThroughTunnel(
       req.pipe(body);
       pumpInto(body, stream, () => trailersOf(req), onUpload);
     } else pumpInto(req, stream, () => trailersOf(req), onUpload);
-  }
-  if (hasBody)
     res.once('finish', () => {
       // As Node's HTTP/1 server does with a body nobody read: the rest of an upload the local
       // service answered without is read and dropped, so the caller finishes sending and its
@@ -244,9 +245,12 @@ export function forwardThroughTunnel(
       req.removeAllListeners('data');
       req.resume();
     });
+  }
   res.on('close', () => {
-    // The caller is done either way: no timer of this request may outlive it (nor hold the process).
+    // The caller is done either way: no timer of this request may outlive it (nor hold the
+    // process: an unread upload's body-idle timer kept a stopped agent up for 30 s).
     clearTimeout(idle);
+    limited?.destroy();
     const complete = responseComplete(res);
     // Also an upload still going after the response ended: the local service has answered it.
     if (!stream.closed) stream.reset('cancel', complete ? undefined : 'the caller went away');

@@ -123,5 +123,10 @@ describe('a request with a body, answered in full', () => {
     held.sub.kill('SIGINT');
     await held.sub;
     expect(Date.now() - t).toBeLessThan(3_000);
+    // Nor does anything of those uploads keep the server agent up once it is stopped (an unread
+    // upload's body-idle timer held it for 30 s after "stopped").
+    const s = Date.now();
+    await server.stop();
+    expect(Date.now() - s, server.logs().slice(-2000)).toBeLessThan(5_000);
   }, 120_000);
 });
