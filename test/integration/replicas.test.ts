@@ -402,8 +402,11 @@ describe('replicas on PostgreSQL', () => {
 
   it('repairs what a lost notification missed: rows changed behind its back are picked up by reconciliation', async () => {
     const { base, local, db } = await world(cleanups);
-    const r1 = await replica(db, base.url);
-    const r2 = await replica(db, base.url);
+    // The client renews every third of the lease, and a renewal that finds its row gone asks
+    // for the intercept again (as it should). A 60 s lease puts the first renewal 20 s out,
+    // past everything below, so what drops the intercept can only be the reload.
+    const r1 = await replica(db, base.url, ['--lease-ttl', '60']);
+    const r2 = await replica(db, base.url, ['--lease-ttl', '60']);
     const held = await interceptDetached(clientEnv(r1, TOKEN), 'billing', 't1', local.port, cleanups);
     expect(await text(await viaProxy(r2, 'billing', 't1', '/x'))).toBe('200 local GET /x');
     // Right after one of r2's periodic syncs, so the next (5 s on) cannot be what repairs it here.
