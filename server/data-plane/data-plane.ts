@@ -5,7 +5,6 @@
  * Developers' outbound calls (the client agent's gateway) enter the same way.
  */
 
-import { timingSafeEqual } from 'node:crypto';
 import http, { type IncomingMessage, type ServerResponse } from 'node:http';
 import type { Duplex } from 'node:stream';
 import type { Logger } from 'pino';
@@ -27,25 +26,17 @@ import {
   appendForwarded,
   appendVia,
   forwardableRawHeaders,
-  fromHttp2,
   maskSecretQuery,
 } from '../../src/shared/http/http-headers.js';
 import {
   hasRequestBody,
   type InboundRequest,
-  isHttp2,
   type OutboundResponse,
   responseComplete,
 } from '../../src/shared/http/http-types.js';
-import { REQUEST_ID_HEADER, requestIdOf, tagResponse } from '../../src/shared/http/request-id.js';
+import { REQUEST_ID_HEADER, tagResponse } from '../../src/shared/http/request-id.js';
 import { baggageEntries, baggageEntry, baggageSetTo } from '../../src/shared/http/w3c-context.js';
-import {
-  GATEWAY_HOST_HEADER,
-  GATEWAY_PATH,
-  GATEWAY_TOKEN_HEADER,
-  HOP_HEADER,
-  RELAY_HEADER,
-} from '../../src/shared/protocol.js';
+import { HOP_HEADER, RELAY_HEADER } from '../../src/shared/protocol.js';
 import type { Principal } from '../auth/auth.js';
 import type { EventBus, RequestRecord } from '../observability/event-bus.js';
 import type { DecisionLabel, ServerMetrics } from '../observability/metrics.js';
@@ -58,8 +49,9 @@ import type { ClientTunnel, TunnelHub } from '../tunnel/tunnel-hub.js';
 import { upgradeThroughTunnel } from '../tunnel/tunnel-upgrade.js';
 import { announcedTooLarge, refuseAnnouncedBody } from './body-limit.js';
 import { closeAfter, type InFlight } from './drain.js';
+import { gatewayInbound, type Inbound, inboundOf, setHeader } from './inbound.js';
 import type { PassThroughProxy, UpstreamTarget } from './pass-through.js';
-import { requestTarget } from './request-target.js';
+import { relayedIntercept, relayHeaderOf } from './peer-relay.js';
 import { TenantShare } from './tenant-share.js';
 import { relayUpgrade } from './upgrade-relay.js';
 
@@ -121,19 +113,6 @@ type Decision =
   | { kind: 'route'; match: ServiceMatch; headers: string[]; tenantRoute: Route; key: string }
   | { kind: 'pass'; match: ServiceMatch; headers: string[]; key?: string };
 
-/** The request as routing sees it: a data-port request as it came, or a gateway request rewritten. */
-interface Inbound {
-  url: string;
-  requestId: string;
-  /** performance.now() on arrival: the duration metric includes any wait before routing. */
-  receivedAt: number;
-  headers: Record<string, string | string[] | undefined>;
-  rawHeaders: string[];
-  remoteAddress: string | undefined;
-  /** Why the request target is refused (server/data-plane/request-target.ts), if it is. */
-  badTarget?: string;
-}
-
 export interface DataPlane {
   server: http.Server;
   /** The same port's HTTP/2 side (h2c, and ALPN h2 once serveTls runs it). */
@@ -146,126 +125,6 @@ export interface DataPlane {
    * be allowed to use.
    */
   serveGateway(req: InboundRequest, res: OutboundResponse, principal: Principal): void;
-}
-
-/**
- * An HTTP/2 request's headers as an HTTP/1 one's: no pseudo-headers, `:authority` as Host.
- * Routing, the header guard and forwarding then read both alike.
- */
-function plainHeaders(req: InboundRequest): Pick<Inbound, 'headers' | 'rawHeaders'> {
-  if (!isHttp2(req)) return { headers: req.headers, rawHeaders: req.rawHeaders };
-  const rawHeaders: string[] = [];
-  const raw = req.rawHeaders;
-  let host = false;
-  for (let i = 0; i < raw.length; i += 2) {
-    const name = raw[i] as string;
-    if (name.charCodeAt(0) === 58 /* ':' */) continue;
-    if (name === 'host') host = true;
-    rawHeaders.push(name, raw[i + 1] as string);
-  }
-  const authority = req.headers[':authority'];
-  if (!host && typeof authority === 'string') rawHeaders.push('host', authority);
-  return { headers: fromHttp2(req.headers), rawHeaders };
-}
-
-/** A flat header list without the `drop` lines (names in lowercase). */
-function rawHeadersWithout(raw: string[], drop: ReadonlySet<string>): string[] {
-  const out: string[] = [];
-  for (let i = 0; i < raw.length; i += 2)
-    if (!drop.has((raw[i] as string).toLowerCase())) out.push(raw[i] as string, raw[i + 1] as string);
-  return out;
-}
-
-const HOST = new Set(['host']);
-
-/** Kelsingra's own gateway headers, never sent on. */
-const GATEWAY_ONLY = new Set(['host', GATEWAY_TOKEN_HEADER, GATEWAY_HOST_HEADER, RELAY_HEADER, HOP_HEADER]);
-
-/** Replaces every `name` line of a flat header list with one. */
-function setHeader(headers: string[], name: string, value: string): void {
-  for (let i = headers.length - 2; i >= 0; i -= 2) if (headers[i] === name) headers.splice(i, 2);
-  headers.push(name, value);
-}
-
-function headerObject(raw: string[]): Record<string, string> {
-  const out: Record<string, string> = {};
-  for (let i = 0; i < raw.length; i += 2) {
-    const name = (raw[i] as string).toLowerCase();
-    const value = raw[i + 1] as string;
-    out[name] = out[name] === undefined ? value : `${out[name]}, ${value}`;
-  }
-  return out;
-}
-
-/** The gateway request as the dev environment should see it: its own path and Host, no Kelsingra credentials. */
-function gatewayInbound(req: InboundRequest): Inbound {
-  // The path the control port matched on (dot segments resolved), so both read the same one.
-  const parsed = new URL(req.url ?? '/', 'http://gateway.invalid');
-  const rest = parsed.pathname.slice(GATEWAY_PATH.length);
-  const url = `${rest.startsWith('/') ? rest : `/${rest}`}${parsed.search}`;
-  const host = req.headers[GATEWAY_HOST_HEADER];
-  const rawHeaders = rawHeadersWithout(plainHeaders(req).rawHeaders, GATEWAY_ONLY);
-  if (typeof host === 'string' && host !== '') rawHeaders.push('host', host);
-  return {
-    url,
-    requestId: requestIdOf(req.headers[REQUEST_ID_HEADER]),
-    receivedAt: performance.now(),
-    headers: headerObject(rawHeaders),
-    rawHeaders,
-    remoteAddress: req.socket.remoteAddress,
-  };
-}
-
-/** A data-port request by its merged path, and by the host of an absolute-form target. */
-function inboundOf(req: InboundRequest): Inbound {
-  // HTTP/1 requests (the hot path) take their own headers as they are, without a copy.
-  const plain = isHttp2(req) ? plainHeaders(req) : undefined;
-  const headers = plain ? plain.headers : req.headers;
-  const rawHeaders = plain ? plain.rawHeaders : req.rawHeaders;
-  const inbound: Inbound = {
-    url: req.url ?? '/',
-    requestId: requestIdOf(headers[REQUEST_ID_HEADER]),
-    receivedAt: performance.now(),
-    headers,
-    rawHeaders,
-    remoteAddress: req.socket.remoteAddress,
-  };
-  const target = requestTarget(inbound.url);
-  if ('problem' in target) return { ...inbound, badTarget: target.problem };
-  inbound.url = target.path;
-  if (target.host !== undefined) {
-    inbound.headers = { ...headers, host: target.host };
-    inbound.rawHeaders = [...rawHeadersWithout(rawHeaders, HOST), 'host', target.host];
-  }
-  return inbound;
-}
-
-/** The relay header a request carries to the peer holding the tunnel (read by relayedIntercept). */
-function relayHeaderOf(d: { peer: Peer; intercept: Intercept }): string {
-  return `${d.peer.secret} ${d.intercept.id} ${d.intercept.epoch}`;
-}
-
-/** What a peer's relay header says: the intercept, and the epoch of the peer's copy of it when it relayed. */
-export interface Relayed {
-  id: string;
-  /** NaN from a replica that does not send it: such a relay is never passed on. */
-  epoch: number;
-}
-
-/**
- * The intercept a peer relayed this request for (`<secret> <intercept id> <epoch>`), if the
- * secret is this replica's own; anything else is an outsider's header and means nothing.
- */
-export function relayedIntercept(
-  header: string | string[] | undefined,
-  secret: string | undefined,
-): Relayed | undefined {
-  if (typeof header !== 'string' || !secret) return undefined;
-  const [given, id, epoch] = header.split(' ');
-  const expected = Buffer.from(secret);
-  const offered = Buffer.from(given ?? '');
-  if (offered.length !== expected.length || !timingSafeEqual(offered, expected)) return undefined;
-  return id ? { id, epoch: epoch === undefined ? Number.NaN : Number(epoch) } : undefined;
 }
 
 export function createDataPlane(deps: DataPlaneDeps): DataPlane {
