@@ -1,6 +1,9 @@
 /**
  * Wires up a server agent: control port and data port over a shared intercept store
  * and tunnel hub.
+ *
+ * Over 400 lines on purpose: it is the wiring, in start-up order (store, hub, planes, Kafka,
+ * gateway sync) and the reverse on stop; each part it wires is its own module.
  */
 import { randomBytes } from 'node:crypto';
 import type { Server } from 'node:http';

@@ -3,6 +3,9 @@
  * and the tunnel endpoint.
  * Everything except /healthz needs a bearer token; a token limited to tenants only sees
  * and touches intercepts of those tenants.
+ *
+ * Over 400 lines on purpose: the endpoint table, sign-in (token, limiter) and the tunnel's
+ * WebSocket upgrade share the same checks; the intercepts and routes APIs are apart.
  */
 import http, { type IncomingMessage, type ServerResponse } from 'node:http';
 import type { Duplex } from 'node:stream';

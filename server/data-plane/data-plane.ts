@@ -3,6 +3,9 @@
  * service and the routing key (tenant), then relays the request through the intercepting
  * developer's tunnel, else to the tenant's route, else on to the service's upstream.
  * Developers' outbound calls (the client agent's gateway) enter the same way.
+ *
+ * Over 400 lines on purpose: decide() and send() share the Decision union and the request's
+ * hot path; reading the request (inbound.ts) and the relay header (peer-relay.ts) are apart.
  */
 
 import http, { type IncomingMessage, type ServerResponse } from 'node:http';

@@ -6,6 +6,9 @@
  * Pools of registered targets (services, routes) live from register() to release(). Others
  * are made on first use (a relay to another replica, a route forwarded to after its release)
  * and closed once idle, so replicas that come and go do not each leave a pool behind.
+ *
+ * Over 400 lines on purpose: it is the hot path of every request not intercepted, and pool
+ * lifetime, forwarding and the error mapping are kept where a profile reads them together.
  */
 import type { Transform, Writable } from 'node:stream';
 import { Pool } from 'undici';

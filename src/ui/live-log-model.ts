@@ -7,6 +7,9 @@
  * events between two frames cost one render. `nextChangeAt` says when the picture changes
  * by time alone (a countdown, the rate window); when it returns undefined nothing needs a
  * timer, which is what keeps an idle CLI at ≈ 0 % CPU.
+ *
+ * Over 400 lines on purpose: printable lines, in-flight requests, rate, pause and selection are
+ * one state fed by one event stream; the formatting of lines already lives in src/ui/format.
  */
 import type {
   HttpStartEvent,

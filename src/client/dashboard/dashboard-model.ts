@@ -7,6 +7,9 @@
  * Rates, error rates and percentiles cover a sliding window (10 s by default); totals
  * count the server's recent records (replayed before `live`) and everything since. Time is injected (`now`)
  * so tests can drive the window.
+ *
+ * Over 400 lines on purpose: the window, the totals and the snapshot all read one per-intercept
+ * state, and split apart each part would reach into the others'.
  */
 import { EventEmitter } from 'node:events';
 import type { InterceptView, RequestRecord, StreamEvent, UpstreamHealth } from '../../shared/protocol.js';

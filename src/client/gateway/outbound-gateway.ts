@@ -14,6 +14,9 @@
  * Plain HTTP inside a CONNECT tunnel is served as the proxy form for the tunnel's host
  * (gateway-connect.ts). Every call carries the developer's token, so web pages are kept out
  * (gateway-cors.ts) before anything is forwarded.
+ *
+ * Over 400 lines mostly by this header and the trace-context rules; target parsing, CONNECT
+ * and CORS are in their own modules (named above).
  */
 import http, { type IncomingMessage, type ServerResponse } from 'node:http';
 import type { Http2ServerRequest, Http2ServerResponse } from 'node:http2';

@@ -3,6 +3,9 @@
  * opened becomes a request to 127.0.0.1:<port> — HTTP/1.1 on a keep-alive pool, HTTP/2 (h2c)
  * when the caller spoke HTTP/2 (gRPC), an upgraded connection for an Upgrade (WebSocket) —
  * and the response streams back, trailers included. Reports each request as an event.
+ *
+ * Over 400 lines on purpose: the three ways a stream is served share one stream lifecycle
+ * (window, reset, timeout) and one event report, which is what keeps them reported alike.
  */
 
 import http from 'node:http';
