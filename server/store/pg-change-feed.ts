@@ -6,29 +6,9 @@
 import pg from 'pg';
 import type { Logger } from 'pino';
 import { z } from 'zod';
+import { rowSchema } from './pg-rows.js';
 
 const CHANNEL = 'kelsingra';
-
-/** An intercept row as row_to_json gives it: timestamps as strings, bigints as numbers. */
-const rowSchema = z.object({
-  id: z.string(),
-  service: z.string(),
-  tenant: z.string(),
-  holder: z.string(),
-  token_name: z.string(),
-  client_key: z.string(),
-  local_port: z.number(),
-  // toIntercept has always read a missing list as none; the schema keeps that leniency.
-  kafka_topics: z
-    .array(z.string())
-    .nullish()
-    .transform((topics) => topics ?? []),
-  replica_id: z.string(),
-  epoch: z.union([z.number(), z.string()]),
-  created_at: z.string(),
-  expires_at: z.string(),
-  change: z.union([z.number(), z.string()]),
-});
 
 // Keys a newer version adds are dropped, not refused: replicas of two versions share one database during an upgrade.
 const notificationSchema = z.discriminatedUnion('op', [

@@ -4,6 +4,7 @@
  * is told apart from an absent database.
  */
 import type pg from 'pg';
+import { z } from 'zod';
 import type { Route } from '../routing/route-table.js';
 import type { Intercept } from './intercept-store.js';
 
@@ -13,22 +14,35 @@ export type PgQuery = <R extends pg.QueryResultRow>(
   values?: unknown[],
 ) => Promise<pg.QueryResult<R>>;
 
-/** A row as a query returns it (timestamps as Date, bigint as string) or as a notification carries it (strings, numbers). */
-export interface Row {
-  id: string;
-  service: string;
-  tenant: string;
-  holder: string;
-  token_name: string;
-  client_key: string;
-  local_port: number;
-  kafka_topics: string[];
-  replica_id: string;
-  epoch: string | number;
+/** An intercept row as row_to_json gives it: timestamps as strings, bigints as numbers. */
+export const rowSchema = z.object({
+  id: z.string(),
+  service: z.string(),
+  tenant: z.string(),
+  holder: z.string(),
+  token_name: z.string(),
+  client_key: z.string(),
+  local_port: z.number(),
+  // toIntercept has always read a missing list as none; the schema keeps that leniency.
+  kafka_topics: z
+    .array(z.string())
+    .nullish()
+    .transform((topics) => topics ?? []),
+  replica_id: z.string(),
+  epoch: z.union([z.number(), z.string()]),
+  created_at: z.string(),
+  expires_at: z.string(),
+  change: z.union([z.number(), z.string()]),
+});
+
+/**
+ * A row as a query returns it (timestamps as Date, bigint as string) or as a notification
+ * carries it (strings, numbers): the notice's shape, with the timestamps a query gives as Date.
+ */
+export type Row = Omit<z.infer<typeof rowSchema>, 'created_at' | 'expires_at'> & {
   created_at: Date | string;
   expires_at: Date | string;
-  change: string | number;
-}
+};
 
 export interface RouteRow {
   id: string;
