@@ -6,7 +6,16 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import { z } from 'zod';
 import { HttpError } from '../../src/shared/error-codes.js';
 import { sendError } from '../../src/shared/http/error-response.js';
+import type { Principal } from '../auth/auth.js';
 import { routingKeyProblem } from '../routing/routing-keys.js';
+
+/** One REST endpoint, as the control port's table holds it by method and path. */
+export type Endpoint = (
+  req: IncomingMessage,
+  res: ServerResponse,
+  principal: Principal,
+  url: URL,
+) => Promise<void> | void;
 
 export const MAX_BODY = 64 * 1024;
 

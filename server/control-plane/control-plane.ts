@@ -39,7 +39,7 @@ import type { ServiceResolver } from '../routing/service-resolver.js';
 import { clientKeyOf, type InterceptStore, StoreUnavailableError } from '../store/intercept-store.js';
 import type { LapsedLeases } from '../store/lapsed-leases.js';
 import { type TunnelHub, tunnelIdOf, tunnelVersionProblem } from '../tunnel/tunnel-hub.js';
-import { parseBody, sendJson } from './api-body.js';
+import { type Endpoint, parseBody, sendJson } from './api-body.js';
 import { type EventStreamSource, serveEvents } from './event-stream.js';
 import { createInterceptApi } from './intercept-api.js';
 import { createRouteApi } from './route-api.js';
@@ -161,14 +161,9 @@ export function createControlPlane(deps: ControlPlaneDeps): http.Server {
     return { ...status, deliveries: status.deliveries.filter((d) => visibleIds.has(d.intercept)) };
   };
 
-  type Endpoint = (
-    req: IncomingMessage,
-    res: ServerResponse,
-    principal: Principal,
-    url: URL,
-  ) => Promise<void> | void;
-  /** The control port's own endpoints, by method and path; the intercepts and routes APIs answer theirs. */
+  /** The endpoints of fixed path, by method and path; the routes API and `/v1/intercepts/<id>` answer the rest. */
   const endpoints: Record<string, Endpoint> = {
+    ...interceptApi.endpoints,
     'GET /status': async (_req, res, principal) => {
       sendJson(res, 200, {
         // The public name of this replica's id (scripts read it): kept as it was.

@@ -17,7 +17,7 @@ import type { ServiceResolver } from '../routing/service-resolver.js';
 import { clientKeyOf, type Intercept, type InterceptStore } from '../store/intercept-store.js';
 import type { LapsedLeases } from '../store/lapsed-leases.js';
 import { type TunnelHub, tunnelIdOf } from '../tunnel/tunnel-hub.js';
-import { parseBody, sendJson, tenantId } from './api-body.js';
+import { type Endpoint, parseBody, sendJson, tenantId } from './api-body.js';
 import { endReason, endRefusal } from './intercept-access.js';
 import { sendUnknownService } from './route-api.js';
 
@@ -76,7 +76,9 @@ export interface InterceptApiDeps {
 }
 
 export interface InterceptApi {
-  /** Answers the request when it is one of this API's; false leaves it to the next. */
+  /** Its endpoints of fixed path, for the control port's table. */
+  endpoints: Record<string, Endpoint>;
+  /** Answers `/v1/intercepts/<id>`; false leaves any other request to the next. */
   handle(req: IncomingMessage, res: ServerResponse, principal: Principal, url: URL): Promise<boolean>;
   /** An intercept as the API shows it: connected or not, with its preview URL. */
   view(i: Intercept): InterceptView;
@@ -322,7 +324,7 @@ export function createInterceptApi(deps: InterceptApiDeps): InterceptApi {
     principal: Principal,
     raw: string,
   ): Promise<void> => {
-    let id = raw as string;
+    let id = raw;
     try {
       id = decodeURIComponent(id);
     } catch {
@@ -350,16 +352,13 @@ export function createInterceptApi(deps: InterceptApiDeps): InterceptApi {
   return {
     view,
     visible,
+    endpoints: {
+      'GET /v1/intercepts': (_req, res, principal) => sendJson(res, 200, visible(principal).map(view)),
+      'POST /v1/intercepts': create,
+      'DELETE /v1/intercepts': endMatching,
+    },
     async handle(req, res, principal, url) {
-      const { pathname } = url;
-      if (pathname === '/v1/intercepts') {
-        if (req.method === 'GET') sendJson(res, 200, visible(principal).map(view));
-        else if (req.method === 'POST') await create(req, res, principal);
-        else if (req.method === 'DELETE') await endMatching(req, res, principal, url);
-        else return false;
-        return true;
-      }
-      const one = /^\/v1\/intercepts\/([^/]+)$/.exec(pathname);
+      const one = /^\/v1\/intercepts\/([^/]+)$/.exec(url.pathname);
       if (!one || (req.method !== 'DELETE' && req.method !== 'GET')) return false;
       await byId(req, res, principal, one[1] as string);
       return true;
