@@ -405,6 +405,26 @@ async function benchGrpc() {
   const ks = await startKelsingra('grpc', `http://127.0.0.1:${basePort}`);
   const agent = await startIntercept(ks, localPort, 'gRPC benchmark');
   const bodyFile = writeRequestBody(WORK);
+  // The ceiling: the two node:http2 hops an intercepted call makes, with nothing else.
+  const innerPort = await freePort();
+  const outerPort = await freePort();
+  const H2PROXY = join(PROTO, 'h2-proxy.mjs');
+  const inner = await start(
+    'bare HTTP/2 proxy (inner)',
+    NODE,
+    [H2PROXY, String(innerPort), `http://127.0.0.1:${localPort}`],
+    {
+      ready: /ready/,
+    },
+  );
+  const outer = await start(
+    'bare HTTP/2 proxy (outer)',
+    NODE,
+    [H2PROXY, String(outerPort), `http://127.0.0.1:${innerPort}`],
+    {
+      ready: /ready/,
+    },
+  );
   const targets = [
     {
       key: 'direct',
@@ -427,6 +447,13 @@ async function benchGrpc() {
       headers: VIA('t1'),
       servedBy: 'local',
       pids: { server: ks.proc.pid, client: agent.pid },
+    },
+    {
+      key: 'bare',
+      label: 'prototype: two bare node:http2 proxies',
+      url: `http://127.0.0.1:${outerPort}`,
+      servedBy: 'local',
+      pids: { server: outer.pid, client: inner.pid },
     },
   ];
   const res = {};
@@ -480,12 +507,13 @@ async function benchGrpc() {
 /**
  * The tunnel protocol chosen by measurement (issue 15): the same local service direct, through
  * `ssh -R`, through the product's tunnel (this build, and with --old DIR another checkout's),
- * and through the HTTP/2-over-the-raw-socket prototype (proto/h2raw-*.mjs), in one
- * interleaved run.
+ * through the HTTP/2-over-the-raw-socket prototype (proto/h2raw-*.mjs) and through the bare
+ * lean-framing prototype (proto/lean-*.mjs: the product's design with none of its own work,
+ * its ceiling), in one interleaved run.
  */
 async function benchProto() {
   log(
-    `\n== Tunnel protocols: direct, ssh -R, product, HTTP/2 over the raw socket; wrk -t1 -c${opts.conns} / -c1, ${opts.duration} s, ${opts.rounds} rounds (median)`,
+    `\n== Tunnel protocols: direct, ssh -R, product, HTTP/2 over the raw socket, bare lean framing; wrk -t1 -c${opts.conns} / -c1, ${opts.duration} s, ${opts.rounds} rounds (median)`,
   );
   const { localPort, ks } = await startInterceptSetup('proto');
   const agent = await startIntercept(ks, localPort, 'protocol benchmark');
@@ -512,6 +540,24 @@ async function benchProto() {
   );
   const h2url = `http://127.0.0.1:${h2Port}/`;
   await waitHttp(h2url, headers, servedByLocal, 'HTTP/2-over-raw-socket prototype');
+  const leanTunnel = await freePort();
+  const leanPort = await freePort();
+  const leans = await start(
+    'lean server',
+    NODE,
+    [join(PROTO, 'lean-server.mjs'), String(leanTunnel), String(leanPort)],
+    {
+      ready: /ready/,
+    },
+  );
+  const leanc = await start(
+    'lean client',
+    NODE,
+    [join(PROTO, 'lean-client.mjs'), `ws://127.0.0.1:${leanTunnel}`, String(localPort)],
+    { ready: /ready/ },
+  );
+  const leanUrl = `http://127.0.0.1:${leanPort}/`;
+  await waitHttp(leanUrl, headers, servedByLocal, 'lean prototype');
   const targets = [
     { key: 'direct', label: 'local service direct', url: `http://127.0.0.1:${localPort}/`, headers },
     { key: 'ssh', label: 'ssh -R (loopback) → local', url: `${ssh.url}/`, headers, pids: ssh.pids },
@@ -528,6 +574,13 @@ async function benchProto() {
       url: h2url,
       headers,
       pids: { server: h2s.pid, client: h2c.pid },
+    },
+    {
+      key: 'lean',
+      label: 'prototype: bare lean framing (the ceiling)',
+      url: leanUrl,
+      headers,
+      pids: { server: leans.pid, client: leanc.pid },
     },
   ];
   let old;
@@ -1047,8 +1100,8 @@ function report(results) {
     const d = g.direct.rps;
     log(
       table([
-        ['Target', 'calls/s', '÷ direct', 'server agent CPU/call (µs)', 'client agent CPU/call (µs)'],
-        ...['direct', 'passthrough', 'intercepted'].map((k) =>
+        ['Target', 'calls/s', '÷ direct', 'server side CPU/call (µs)', 'client side CPU/call (µs)'],
+        ...['direct', 'passthrough', 'intercepted', 'bare'].map((k) =>
           g[k].unavailable
             ? [g[k].label, `not available: ${g[k].unavailable}`, '—', '—', '—']
             : [
@@ -1064,6 +1117,7 @@ function report(results) {
     for (const [k, what] of [
       ['passthrough', 'pass-through'],
       ['intercepted', 'intercepted'],
+      ['bare', 'two bare node:http2 proxies (the ceiling)'],
     ]) {
       const ratio = g[k].rps / d;
       rows.push([
@@ -1077,8 +1131,8 @@ function report(results) {
   const pr = results.proto;
   if (pr) {
     log(`\nTunnel protocols (wrk -t1, medians of ${opts.rounds}):`);
-    log(tunnelTable(pr, ['direct', 'ssh', 'intercepted', 'h2raw', 'old']));
-    for (const k of ['intercepted', 'h2raw', 'old'].filter((x) => pr[x])) {
+    log(tunnelTable(pr, ['direct', 'ssh', 'intercepted', 'h2raw', 'lean', 'old']));
+    for (const k of ['intercepted', 'h2raw', 'lean', 'old'].filter((x) => pr[x])) {
       rows.push([
         `P. ${pr[k].label} req/s / direct`,
         fmt(pr[k].rps / pr.direct.rps, 2),
