@@ -4,7 +4,6 @@
  * refusals: an older Node mostly works, and the user should know where it does not.
  */
 import { basename } from 'node:path';
-import { execa } from 'execa';
 import { PACKAGE } from './version.js';
 
 /** The first Node major whose fetch and http honour HTTP_PROXY with NODE_USE_ENV_PROXY=1. */
@@ -56,6 +55,7 @@ export async function childNodeWarning(
   if (!NODE_LAUNCHERS.has(launcher)) return undefined;
   // `node` itself may be given as a path; the others find node on PATH.
   const node = launcher === 'node' ? (command[0] as string) : 'node';
+  const { execa } = await import('execa');
   const r = await execa(node, ['--version'], { env, reject: false, timeout: 5_000 });
   const major = r.exitCode === 0 ? majorOf(String(r.stdout)) : undefined;
   if (major === undefined || major >= ENV_PROXY_MAJOR) return undefined;
