@@ -3,7 +3,7 @@
  * Kelsingra's Kafka intercept against plain kafkajs (see docs/BENCHMARKS.md, "Kafka").
  *
  *   npm run bench:kafka
- *   node scripts/bench/kafka.mjs --messages 20000 --rounds 1 --latency-messages 100 --json out.json
+ *   node scripts/bench/kafka.ts --messages 20000 --rounds 1 --latency-messages 100 --json out.json
  *
  * Measures, in one run, on one local broker (scripts/kafka, started if it is not running and
  * then stopped again):
@@ -60,7 +60,7 @@ import {
   stop,
   stopPid,
   table,
-} from './lib.mjs';
+} from './lib.ts';
 
 const { Kafka, logLevel, Partitioners } = kafkajs;
 const BIN = join(ROOT, 'bin', 'run.js');
@@ -90,7 +90,7 @@ const messageBytes = (m) => {
 };
 
 /**
- * `kafka.mjs --copy-worker '{"from":…,"to":…,"groupId":…}'`: the baseline. A kafkajs consumer
+ * `kafka.ts --copy-worker '{"from":…,"to":…,"groupId":…}'`: the baseline. A kafkajs consumer
  * that copies every message of `from` to the same partition of `to`: each fetched batch as
  * sendBatch requests of at most 512 KiB, in order, offsets resolved once all are acknowledged.
  * That is what the splitter does, minus deciding where each message goes. Same producer
@@ -171,7 +171,7 @@ function options() {
       'skip-live': false,
       json: '',
     },
-    'kafka.mjs [--messages N] [--rounds N] [--latency-messages N] [--warmup N] [--skip-live] [--json FILE]',
+    'kafka.ts [--messages N] [--rounds N] [--latency-messages N] [--warmup N] [--skip-live] [--json FILE]',
   );
 }
 

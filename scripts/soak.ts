@@ -113,7 +113,7 @@ import {
   sleep,
   start,
   table,
-} from './bench/lib.mjs';
+} from './bench/lib.ts';
 
 const SELF = import.meta.filename;
 const BIN = join(ROOT, 'bin', 'run.js');
@@ -122,7 +122,7 @@ const NODE = process.execPath;
 // ==================================================================== service role (a child)
 
 /**
- * `node soak.mjs service <label> <port>`: one HTTP service on 127.0.0.1. GET /r?size=N[&delay=MS]
+ * `node soak.ts service <label> <port>`: one HTTP service on 127.0.0.1. GET /r?size=N[&delay=MS]
  * answers N bytes (MS milliseconds later); POST /r answers JSON with the byte count it read.
  * Every answer says who served it (x-served-by), echoes the request's x-soak-seq and the tenant
  * it was asked for. IPC messages {cmd:'down'} / {cmd:'up'} stop listening (idle connections are
@@ -346,7 +346,7 @@ async function main() {
   let exitCode = 0;
   /** What went wrong besides requests: clients or replicas that exited by themselves, failed joins… */
   const findings = [];
-  /** Ctrl-C or SIGTERM: bench/lib.mjs stops everything; processes exiting then are no finding. */
+  /** Ctrl-C or SIGTERM: bench/lib.ts stops everything; processes exiting then are no finding. */
   let interrupted = false;
   for (const sig of ['SIGINT', 'SIGTERM']) process.on(sig, () => (interrupted = true));
   /** Set once the load is over and the judging starts: processes stop on purpose from then on. */

@@ -4,7 +4,7 @@
  *
  *   npm run bench                                  all three benchmarks
  *   npm run bench -- passthrough intercept         a subset (passthrough, intercept, transfer, liveview, trickle, gateway)
- *   node scripts/bench/run.mjs --rounds 1 --duration 10 --profile /tmp/prof --json out.json
+ *   node scripts/bench/run.ts --rounds 1 --duration 10 --profile /tmp/prof --json out.json
  *
  * Options: --rounds N (3; medians are reported), --duration S (5; per wrk measurement),
  * --warmup S (2), --conns N (50), --bytes N (1 GiB per transfer direction),
@@ -24,8 +24,8 @@ import http from 'node:http';
 import net from 'node:net';
 import os from 'node:os';
 import { basename, join, resolve } from 'node:path';
-import { benchGateway } from './gateway.mjs';
-import { checkGrpc, h2load, writeRequestBody } from './grpc.mjs';
+import { benchGateway } from './gateway.ts';
+import { checkGrpc, h2load, writeRequestBody } from './grpc.ts';
 import {
   alive,
   cleanupAndExit,
@@ -54,13 +54,13 @@ import {
   table,
   waitHttp,
   wrk,
-} from './lib.mjs';
-import { startSshReverse } from './ssh.mjs';
+} from './lib.ts';
+import { startSshReverse } from './ssh.ts';
 
 const BIN = join(ROOT, 'bin', 'run.js');
-const SERVICES = join(import.meta.dirname, 'services.mjs');
+const SERVICES = join(import.meta.dirname, 'services.ts');
 const PROTO = join(import.meta.dirname, 'proto');
-const GRPC = join(import.meta.dirname, 'grpc.mjs');
+const GRPC = join(import.meta.dirname, 'grpc.ts');
 const NODE = process.execPath;
 const TOKEN = `bench-${Math.random().toString(36).slice(2, 12)}`;
 const HOLDER = `bench-${process.pid}@${os.hostname()}`;
@@ -68,7 +68,7 @@ const HOLDER = `bench-${process.pid}@${os.hostname()}`;
 // ---------------------------------------------------------------- options
 
 const USAGE =
-  'run.mjs [passthrough] [intercept] [grpc] [transfer] [retained] [liveview] [trickle] [proto] [gateway] [--rounds N] [--duration S] [--warmup S] [--conns N] [--bytes N] [--upstream nginx|node] [--trickles N] [--requests N] [--old DIR] [--profile DIR] [--json FILE]';
+  'run.ts [passthrough] [intercept] [grpc] [transfer] [retained] [liveview] [trickle] [proto] [gateway] [--rounds N] [--duration S] [--warmup S] [--conns N] [--bytes N] [--upstream nginx|node] [--trickles N] [--requests N] [--old DIR] [--profile DIR] [--json FILE]';
 const BENCHES = [
   'passthrough',
   'intercept',
@@ -408,7 +408,7 @@ async function benchGrpc() {
   // The ceiling: the two node:http2 hops an intercepted call makes, with nothing else.
   const innerPort = await freePort();
   const outerPort = await freePort();
-  const H2PROXY = join(PROTO, 'h2-proxy.mjs');
+  const H2PROXY = join(PROTO, 'h2-proxy.ts');
   const inner = await start(
     'bare HTTP/2 proxy (inner)',
     NODE,
@@ -507,8 +507,8 @@ async function benchGrpc() {
 /**
  * The tunnel protocol chosen by measurement (issue 15): the same local service direct, through
  * `ssh -R`, through the product's tunnel (this build, and with --old DIR another checkout's),
- * through the HTTP/2-over-the-raw-socket prototype (proto/h2raw-*.mjs) and through the bare
- * lean-framing prototype (proto/lean-*.mjs: the product's design with none of its own work,
+ * through the HTTP/2-over-the-raw-socket prototype (proto/h2raw-*.ts) and through the bare
+ * lean-framing prototype (proto/lean-*.ts: the product's design with none of its own work,
  * its ceiling), in one interleaved run.
  */
 async function benchProto() {
@@ -525,7 +525,7 @@ async function benchProto() {
   const h2s = await start(
     'h2raw server',
     NODE,
-    [join(PROTO, 'h2raw-server.mjs'), String(tunnelPort), String(h2Port)],
+    [join(PROTO, 'h2raw-server.ts'), String(tunnelPort), String(h2Port)],
     {
       ready: /ready/,
     },
@@ -533,7 +533,7 @@ async function benchProto() {
   const h2c = await start(
     'h2raw client',
     NODE,
-    [join(PROTO, 'h2raw-client.mjs'), `http://127.0.0.1:${tunnelPort}`, String(localPort)],
+    [join(PROTO, 'h2raw-client.ts'), `http://127.0.0.1:${tunnelPort}`, String(localPort)],
     {
       ready: /ready/,
     },
@@ -545,7 +545,7 @@ async function benchProto() {
   const leans = await start(
     'lean server',
     NODE,
-    [join(PROTO, 'lean-server.mjs'), String(leanTunnel), String(leanPort)],
+    [join(PROTO, 'lean-server.ts'), String(leanTunnel), String(leanPort)],
     {
       ready: /ready/,
     },
@@ -553,7 +553,7 @@ async function benchProto() {
   const leanc = await start(
     'lean client',
     NODE,
-    [join(PROTO, 'lean-client.mjs'), `ws://127.0.0.1:${leanTunnel}`, String(localPort)],
+    [join(PROTO, 'lean-client.ts'), `ws://127.0.0.1:${leanTunnel}`, String(localPort)],
     { ready: /ready/ },
   );
   const leanUrl = `http://127.0.0.1:${leanPort}/`;
@@ -1322,7 +1322,7 @@ try {
     writeFileSync(opts.json, `${JSON.stringify(results, null, 2)}\n`);
   }
   if (opts.profile)
-    log(`\nCPU profiles in ${opts.profile} (summarise: node scripts/bench/cpuprofile-top.mjs <file>)`);
+    log(`\nCPU profiles in ${opts.profile} (summarise: node scripts/bench/cpuprofile-top.ts <file>)`);
 } catch (err) {
   exitCode = reportFailure(err);
 }

@@ -4,7 +4,7 @@
  * forwarding a port on the sshd side to a local service. It is what a developer without
  * Kelsingra would reach for, and the tunnel's speed goals are stated against it.
  *
- * run.mjs installs sshd, ssh and ssh-keygen (openssh-server, openssh-client) as it installs wrk.
+ * run.ts installs sshd, ssh and ssh-keygen (openssh-server, openssh-client) as it installs wrk.
  */
 import { spawnSync } from 'node:child_process';
 import {
@@ -18,7 +18,7 @@ import {
 } from 'node:fs';
 import os from 'node:os';
 import { join } from 'node:path';
-import { freePort, log, onCleanup, start, waitHttp, which } from './lib.mjs';
+import { freePort, log, onCleanup, start, waitHttp, which } from './lib.ts';
 
 const SSHD = ['/usr/sbin/sshd', '/usr/local/sbin/sshd'].find((p) => existsSync(p)) ?? which('sshd');
 

@@ -4,7 +4,7 @@
  * over the TCP socket itself instead of a JavaScript duplex over WebSocket messages, is fast
  * enough to keep.
  *
- *   node h2raw-server.mjs <tunnelPort> <dataPort>
+ *   node h2raw-server.ts <tunnelPort> <dataPort>
  *
  * The tunnel port takes `GET /tunnel` with `Upgrade: kelsingra-h2`, answers 101, and from then
  * on is an HTTP/2 client (`http2.connect` over that socket: nghttp2 writes straight to the

@@ -2,7 +2,7 @@
 /**
  * Top self-time functions of a V8 .cpuprofile (from node --cpu-prof).
  *
- *   node scripts/bench/cpuprofile-top.mjs <file.cpuprofile> [count=30]
+ *   node scripts/bench/cpuprofile-top.ts <file.cpuprofile> [count=30]
  *
  * Self time per function (name + file + line), and a second table grouped by package/file,
  * both as a share of the non-idle samples.
@@ -11,7 +11,7 @@ import { readFileSync } from 'node:fs';
 
 const [file, countArg] = process.argv.slice(2);
 if (!file) {
-  console.error('usage: cpuprofile-top.mjs <file.cpuprofile> [count]');
+  console.error('usage: cpuprofile-top.ts <file.cpuprofile> [count]');
   process.exit(2);
 }
 const count = Number(countArg ?? 30);

@@ -1,10 +1,10 @@
 /**
- * Prototype, client side of h2raw-server.mjs (see there): opens the upgrade with
+ * Prototype, client side of h2raw-server.ts (see there): opens the upgrade with
  * `http.request`, takes the raw socket on 'upgrade', and serves HTTP/2 on it by handing it to
  * an `http2` server as a connection. Each stream is forwarded to the local HTTP/1.1 service
  * with an undici Pool, as the product's client agent does.
  *
- *   node h2raw-client.mjs <tunnelUrl> <localPort>
+ *   node h2raw-client.ts <tunnelUrl> <localPort>
  *
  * Prints "ready" once the tunnel is up.
  */

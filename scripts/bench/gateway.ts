@@ -34,7 +34,7 @@ import {
   waitHttp,
   which,
   wrk,
-} from './lib.mjs';
+} from './lib.ts';
 
 const NODE = process.execPath;
 const BIN = join(ROOT, 'bin', 'run.js');

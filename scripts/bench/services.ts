@@ -1,8 +1,8 @@
 /**
- * Helper processes for the benchmarks, each started as its own process by run.mjs:
+ * Helper processes for the benchmarks, each started as its own process by run.ts:
  *
- *   node services.mjs service <port> <label>          small-body service (+ /upload, /download)
- *   node services.mjs reply-from <port> <upstreamUrl> @fastify/reply-from proxy
+ *   node services.ts service <port> <label>          small-body service (+ /upload, /download)
+ *   node services.ts reply-from <port> <upstreamUrl> @fastify/reply-from proxy
  *
  * Both bind 127.0.0.1 only and print "ready" on stdout once listening.
  */
@@ -76,6 +76,6 @@ if (mode === 'service') {
   await app.listen({ port, host: '127.0.0.1' });
   console.log('ready');
 } else {
-  console.error('usage: services.mjs service <port> <label> | reply-from <port> <upstreamUrl>');
+  console.error('usage: services.ts service <port> <label> | reply-from <port> <upstreamUrl>');
   process.exit(2);
 }

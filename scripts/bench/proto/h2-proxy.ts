@@ -4,7 +4,7 @@
  * the client agent's session to the local service); two of these in a row show what those hops
  * cost with none of Kelsingra's own work: no routing, tunnel, log, metrics or timeouts.
  *
- *   node h2-proxy.mjs <port> <upstreamUrl>
+ *   node h2-proxy.ts <port> <upstreamUrl>
  *
  * One session to the upstream; each stream is piped both ways, trailers included. Prints
  * "ready" once it listens on 127.0.0.1.

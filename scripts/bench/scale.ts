@@ -4,8 +4,8 @@
  * 50 000 intercepts and tenant routes covering another 50 000 (service, tenant) pairs.
  *
  *   npm run bench:scale
- *   node scripts/bench/scale.mjs --rounds 1 --lookup-rounds 3 --duration 3 --json scale.json
- *   node scripts/bench/scale.mjs --skip-server        # the in-process lookup only (no PostgreSQL)
+ *   node scripts/bench/scale.ts --rounds 1 --lookup-rounds 3 --duration 3 --json scale.json
+ *   node scripts/bench/scale.ts --skip-server        # the in-process lookup only (no PostgreSQL)
  *
  * Measures, in one run:
  *
@@ -75,7 +75,7 @@ import {
   stopAll,
   table,
   wrk,
-} from './lib.mjs';
+} from './lib.ts';
 
 const BIN = join(ROOT, 'bin', 'run.js');
 const NODE = process.execPath;
@@ -105,7 +105,7 @@ const opts = parseOptions(
     profile: '',
     json: '',
   },
-  'scale.mjs [--services N] [--tenants N] [--intercepts N] [--routed N] [--routes-per-service N] [--samples N] [--lookup-rounds N] [--rounds N] [--duration S] [--warmup S] [--conns N] [--settle S] [--idle S] [--seed N] [--skip-server] [--profile DIR] [--json FILE]',
+  'scale.ts [--services N] [--tenants N] [--intercepts N] [--routed N] [--routes-per-service N] [--samples N] [--lookup-rounds N] [--rounds N] [--duration S] [--warmup S] [--conns N] [--settle S] [--idle S] [--seed N] [--skip-server] [--profile DIR] [--json FILE]',
 );
 if (opts.intercepts + opts.routed > opts.services * opts.tenants) {
   console.error('--intercepts + --routed must not exceed --services × --tenants');
@@ -1058,7 +1058,7 @@ try {
   log(summaryLine(results));
   if (opts.json) writeFileSync(opts.json, `${JSON.stringify(results, null, 2)}\n`);
   if (opts.profile)
-    log(`\nCPU profiles in ${opts.profile} (summarise: node scripts/bench/cpuprofile-top.mjs <file>)`);
+    log(`\nCPU profiles in ${opts.profile} (summarise: node scripts/bench/cpuprofile-top.ts <file>)`);
 } catch (err) {
   exitCode = reportFailure(err);
 }

@@ -5,7 +5,7 @@
  *
  *   git worktree add /tmp/ks-before <commit> && ln -s "$PWD/node_modules" /tmp/ks-before/
  *   (cd /tmp/ks-before && npx tsc -p tsconfig.json)
- *   npm run build && node scripts/bench/ab.mjs before=/tmp/ks-before now=. now@8=.
+ *   npm run build && node scripts/bench/ab.ts before=/tmp/ks-before now=. now@8=.
  *
  * Each argument is `name=dir`: a checkout with `bin/run.js` and a built `dist/`. `name@N`
  * runs that agent with `--max-semi-space-size=N` (MiB) instead of bin/run.js's own. The
@@ -41,9 +41,9 @@ import {
   waitHttp,
   which,
   wrk,
-} from './lib.mjs';
+} from './lib.ts';
 
-const USAGE = 'ab.mjs name=dir[ name@MiB=dir ...] [--rounds N] [--duration S]';
+const USAGE = 'ab.ts name=dir[ name@MiB=dir ...] [--rounds N] [--duration S]';
 const { values, positionals } = parseArgs({
   options: { rounds: { type: 'string', default: '10' }, duration: { type: 'string', default: '4' } },
   allowPositionals: true,
@@ -62,7 +62,7 @@ if (variants.length < 2 || !(rounds > 0) || !(seconds > 0)) {
   console.error(`two or more agents, positive --rounds and --duration\nusage: ${USAGE}`);
   process.exit(2);
 }
-requireBuild('npm run build, then node scripts/bench/ab.mjs …');
+requireBuild('npm run build, then node scripts/bench/ab.ts …');
 ensureTools(['wrk', 'nginx']);
 
 const HEADERS = { 'x-kelsingra-service': 'billing', 'x-tenant-id': 't2' };

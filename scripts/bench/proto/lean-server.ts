@@ -1,11 +1,11 @@
 /**
  * Prototype, server side: the smallest HTTP-aware tunnel Node can run (issue 15, the ceiling of
  * the product's design). Not product code: it exists to show how fast a tunnel made of
- * `node:http` on the data port, one `ws` WebSocket and undici on the client side (lean-client.mjs)
+ * `node:http` on the data port, one `ws` WebSocket and undici on the client side (lean-client.ts)
  * can be on this machine, with nothing of the product's own work — no routing, schema checks,
  * flow control, request log, metrics or timeouts.
  *
- *   node lean-server.mjs <tunnelPort> <dataPort>
+ *   node lean-server.ts <tunnelPort> <dataPort>
  *
  * Frames are one binary message each: 1 byte type, 4 bytes stream id, payload. Open and Head
  * carry JSON. Prints "ready" once both ports listen on 127.0.0.1.

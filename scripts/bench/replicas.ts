@@ -3,7 +3,7 @@
  * Kelsingra with several replicas sharing PostgreSQL (see docs/BENCHMARKS.md, "Replicas").
  *
  *   npm run bench:replicas
- *   node scripts/bench/replicas.mjs --samples 50 --requests 1000 --rounds 1 --skip-kafka --json out.json
+ *   node scripts/bench/replicas.ts --samples 50 --requests 1000 --rounds 1 --skip-kafka --json out.json
  *
  * Measures, in one run, on 3 server agents (`bin/run.js server --database-url …`) sharing one
  * fresh database:
@@ -25,7 +25,7 @@
  *
  * The client side (one tunnel, many intercepts) runs in this process, from the built client
  * library (dist/src/client/tunnel/tunnel-client.js, dist/src/client/tunnel/local-forwarder.js). The base and local services
- * (services.mjs) and the replicas are separate processes, all on 127.0.0.1, stopped on exit,
+ * (services.ts) and the replicas are separate processes, all on 127.0.0.1, stopped on exit,
  * Ctrl-C or failure; the database is dropped and a broker this script started is stopped.
  */
 import { spawnSync } from 'node:child_process';
@@ -57,10 +57,10 @@ import {
   table,
   waitHttp,
   wrk,
-} from './lib.mjs';
+} from './lib.ts';
 
 const BIN = join(ROOT, 'bin', 'run.js');
-const SERVICES = join(import.meta.dirname, 'services.mjs');
+const SERVICES = join(import.meta.dirname, 'services.ts');
 const KAFKA = join(ROOT, 'scripts', 'kafka');
 const NODE = process.execPath;
 const RUN_ID = randomBytes(4).toString('hex');
@@ -84,7 +84,7 @@ const opts = parseOptions(
     'skip-kafka': false,
     json: '',
   },
-  'replicas.mjs [--samples N] [--requests N] [--warmup N] [--rounds N] [--duration S] [--conns N] [--messages N] [--skip-kafka] [--json FILE]',
+  'replicas.ts [--samples N] [--requests N] [--warmup N] [--rounds N] [--duration S] [--conns N] [--messages N] [--skip-kafka] [--json FILE]',
 );
 
 requireBuild('npm run bench:replicas', [

@@ -2,7 +2,7 @@
  * gRPC for the benchmarks: a grpc-js unary service run as its own process, one call to check
  * that a target answers it, and h2load runs of that call.
  *
- *   node grpc.mjs serve <port> <label>     bench.Echo/Say on 127.0.0.1:<port> (h2c); prints "ready"
+ *   node grpc.ts serve <port> <label>     bench.Echo/Say on 127.0.0.1:<port> (h2c); prints "ready"
  *
  * Every answer carries `x-served-by: <label>` in its initial metadata, so a check can tell
  * which of two services served it.
@@ -11,7 +11,7 @@ import { spawn } from 'node:child_process';
 import { writeFileSync } from 'node:fs';
 import net from 'node:net';
 import { join } from 'node:path';
-import { children } from './lib.mjs';
+import { children } from './lib.ts';
 
 const PROTO_FILE = join(import.meta.dirname, 'echo.proto');
 export const GRPC_PATH = '/bench.Echo/Say';

@@ -1,9 +1,9 @@
 /**
- * Prototype, client side of lean-server.mjs (see there): one WebSocket to the server side, each
+ * Prototype, client side of lean-server.ts (see there): one WebSocket to the server side, each
  * stream forwarded to the local HTTP/1.1 service with an undici Pool, as the product's client
  * agent does, and nothing else.
  *
- *   node lean-client.mjs <tunnelUrl> <localPort>
+ *   node lean-client.ts <tunnelUrl> <localPort>
  *
  * Prints "ready" once the tunnel is up.
  */

@@ -1,5 +1,5 @@
 /**
- * Helpers shared by the benchmark scripts (run.mjs, replicas.mjs): tracked child processes
+ * Helpers shared by the benchmark scripts (run.ts, replicas.ts): tracked child processes
  * that are all stopped on exit, Ctrl-C or failure; free ports on 127.0.0.1; HTTP readiness
  * waits; wrk runs; medians, percentiles and tables.
  *
