@@ -84,24 +84,36 @@ export const InterceptViewSchema = z.object({
 export type InterceptView = z.infer<typeof InterceptViewSchema>;
 
 /** `GET /v1/info`: what a client agent needs to call dev as a tenant. */
-export interface ServerInfo {
-  tenantHeader: string;
-  baggageKey: string;
+export const ServerInfoSchema = z.looseObject({
+  tenantHeader: z.string(),
+  baggageKey: z.string(),
   /** Template with {key} and {service}, when preview URLs are configured. */
-  previewUrl?: string;
-  services: string[];
-}
+  previewUrl: z.string().optional(),
+  services: z.array(z.string()),
+});
+export type ServerInfo = z.infer<typeof ServerInfoSchema>;
 
 /** The server agent's intercept store, in `/status`: one process in memory, or replicas on PostgreSQL. */
-export interface StoreHealth {
-  kind: 'memory' | 'postgres';
-  state: 'ok' | 'degraded';
+export const StoreHealthSchema = z.looseObject({
+  kind: z.enum(['memory', 'postgres']),
+  state: z.enum(['ok', 'degraded']),
   /** Why it is degraded, and since when. */
-  error?: string;
-  since?: string;
-  lastSyncAt?: string;
-  replicas?: { id: string; url: string; heartbeatAt: string; self: boolean; alive: boolean }[];
-}
+  error: z.string().optional(),
+  since: z.string().optional(),
+  lastSyncAt: z.string().optional(),
+  replicas: z
+    .array(
+      z.looseObject({
+        id: z.string(),
+        url: z.string(),
+        heartbeatAt: z.string(),
+        self: z.boolean(),
+        alive: z.boolean(),
+      }),
+    )
+    .optional(),
+});
+export type StoreHealth = z.infer<typeof StoreHealthSchema>;
 
 /** One backend of a service's upstream, as the server agent sees it. */
 export const UpstreamHealthSchema = z.object({
@@ -182,7 +194,8 @@ export const LeaseLapsedEventSchema = z.object({
 export type LeaseLapsedEvent = z.infer<typeof LeaseLapsedEventSchema>;
 
 /** What `POST /v1/intercepts` answers: the intercept, and the lapse it resumed after, if any. */
-export type CreatedIntercept = InterceptView & { lapse?: LeaseLapse };
+export const CreatedInterceptSchema = InterceptViewSchema.extend({ lapse: LeaseLapseSchema.optional() });
+export type CreatedIntercept = z.infer<typeof CreatedInterceptSchema>;
 
 /** Events on `GET /v1/events` (server-sent events, one JSON object per `data:` line). */
 const InterceptChangeSchema = z.object({
@@ -226,32 +239,75 @@ export type StreamEvent = z.infer<typeof StreamEventSchema>;
  * a tenant is in at most one route per service. An intercept beats a route; a route beats
  * the base upstream.
  */
-export interface RouteView {
+export const RouteViewSchema = z.looseObject({
   /** `rt_<16 hex>` (64 bits: no two routes of a big table share one), derived from the service and its targets. */
-  id: string;
-  service: string;
-  tenants: string[];
+  id: z.string(),
+  service: z.string(),
+  tenants: z.array(z.string()),
   /** Base URLs; several make a pool. */
-  targets: string[];
+  targets: z.array(z.string()),
   /** Name of the token that set it. */
-  createdBy: string;
-  createdAt: string;
-  updatedAt: string;
-}
+  createdBy: z.string(),
+  createdAt: z.string(),
+  updatedAt: z.string(),
+});
+export type RouteView = z.infer<typeof RouteViewSchema>;
 
 /** What `PUT /v1/routes` answers. */
-export interface SetRouteResult {
-  route: RouteView;
-  created: boolean;
+export const SetRouteResultSchema = z.looseObject({
+  route: RouteViewSchema,
+  created: z.boolean(),
   /** Tenants that were in another route of the service and now are in this one. */
-  moved: { tenant: string; from: string }[];
+  moved: z.array(z.object({ tenant: z.string(), from: z.string() })),
   /** Ids of routes the move left without tenants, deleted. */
-  removed: string[];
-}
+  removed: z.array(z.string()),
+});
+export type SetRouteResult = z.infer<typeof SetRouteResultSchema>;
 
 /** What `DELETE /v1/routes…` answers. */
-export interface RemoveRoutesResult {
-  removed: RouteView[];
+export const RemoveRoutesResultSchema = z.looseObject({
+  removed: z.array(RouteViewSchema),
   /** Routes left with fewer tenants. */
-  updated: RouteView[];
-}
+  updated: z.array(RouteViewSchema),
+});
+export type RemoveRoutesResult = z.infer<typeof RemoveRoutesResultSchema>;
+
+/**
+ * `GET /status`. Objects are loose: what a newer server adds passes through to `status
+ * --json` instead of being dropped.
+ */
+export const ServerStatusSchema = z.looseObject({
+  serverId: z.string(),
+  version: z.string(),
+  /** The caller's token (missing from servers before token roles). */
+  principal: z
+    .looseObject({ name: z.string(), role: z.enum(['admin', 'developer']), tenants: z.array(z.string()) })
+    .optional(),
+  store: StoreHealthSchema,
+  /** Present when the server agent intercepts Kafka messages. */
+  kafka: z
+    .looseObject({
+      topics: z.record(
+        z.string(),
+        z.looseObject({ mode: z.string(), diverted: z.number(), passed: z.number() }),
+      ),
+      deliveries: z.array(
+        z.looseObject({ intercept: z.string(), topic: z.string(), delivered: z.number(), lag: z.number() }),
+      ),
+    })
+    .optional(),
+  tenantHeader: z.string(),
+  services: z.array(z.looseObject({ name: z.string(), upstream: z.string().optional() })),
+  upstreams: z.array(UpstreamHealthSchema),
+  intercepts: z.array(InterceptViewSchema),
+  clients: z.array(
+    z.looseObject({
+      tunnelId: z.string(),
+      holder: z.string(),
+      token: z.string(),
+      connectedAt: z.string(),
+      intercepts: z.array(z.string()),
+    }),
+  ),
+});
+export type ServerStatus = z.infer<typeof ServerStatusSchema>;

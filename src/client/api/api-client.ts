@@ -3,41 +3,37 @@
  * what went wrong and what to do about it.
  */
 import { request } from 'undici';
+import { z } from 'zod';
 import type { ErrorCode } from '../../shared/error-codes.js';
 import { ExitCode, KelsingraError } from '../../shared/errors.js';
 import type { WireMessage } from '../../shared/kafka-wire.js';
 import {
   type CreatedIntercept,
+  CreatedInterceptSchema,
   HOLDER_HEADER,
   type InterceptView,
+  InterceptViewSchema,
   type RemoveRoutesResult,
+  RemoveRoutesResultSchema,
   type RouteView,
+  RouteViewSchema,
   type ServerInfo,
+  ServerInfoSchema,
+  type ServerStatus,
+  ServerStatusSchema,
   type SetRouteResult,
-  type StoreHealth,
+  SetRouteResultSchema,
 } from '../../shared/protocol.js';
 import { clockTime } from '../intercept/request-log.js';
 import { tlsHint } from './tls-trust.js';
 
 const TIMEOUT_MS = 10_000;
 
-export interface ServerStatus {
-  serverId: string;
-  version: string;
-  /** The caller's token (missing from servers before token roles). */
-  principal?: { name: string; role: 'admin' | 'developer'; tenants: string[] };
-  store: StoreHealth;
-  /** Present when the server agent intercepts Kafka messages. */
-  kafka?: {
-    topics: Record<string, { mode: string; diverted: number; passed: number }>;
-    deliveries: { intercept: string; topic: string; delivered: number; lag: number }[];
-  };
-  tenantHeader: string;
-  services: { name: string; upstream: string }[];
-  upstreams: { service: string; url: string; lastOkAt?: string; lastError?: string; lastErrorAt?: string }[];
-  intercepts: InterceptView[];
-  clients: { tunnelId: string; holder: string; token: string; connectedAt: string; intercepts: string[] }[];
-}
+export type { ServerStatus };
+
+const HealthSchema = z.looseObject({ ok: z.boolean(), version: z.string() });
+const RemovedSchema = z.looseObject({ removed: z.array(InterceptViewSchema) });
+const ProducedSchema = z.looseObject({ produced: z.number() });
 
 export class ApiClient {
   constructor(
@@ -48,20 +44,20 @@ export class ApiClient {
   ) {}
 
   health(): Promise<{ ok: boolean; version: string }> {
-    return this.call('GET', '/healthz');
+    return this.call('GET', '/healthz', HealthSchema);
   }
 
   status(): Promise<ServerStatus> {
-    return this.call('GET', '/status');
+    return this.call('GET', '/status', ServerStatusSchema);
   }
 
   /** What the client agent needs to know of the server: routing-key header and baggage key, preview URLs. */
   info(): Promise<ServerInfo> {
-    return this.call('GET', '/v1/info');
+    return this.call('GET', '/v1/info', ServerInfoSchema);
   }
 
   list(): Promise<InterceptView[]> {
-    return this.call('GET', '/v1/intercepts');
+    return this.call('GET', '/v1/intercepts', z.array(InterceptViewSchema));
   }
 
   create(body: {
@@ -72,16 +68,16 @@ export class ApiClient {
     localPort: number;
     kafka?: { topics?: string[] };
   }): Promise<CreatedIntercept> {
-    return this.call('POST', '/v1/intercepts', body);
+    return this.call('POST', '/v1/intercepts', CreatedInterceptSchema, body);
   }
 
   /** Produces messages into a dev topic as the intercept's tenant (the server sets the tenant header). */
   forwardKafka(intercept: string, topic: string, messages: WireMessage[]): Promise<{ produced: number }> {
-    return this.call('POST', '/v1/kafka/forward', { intercept, topic, messages });
+    return this.call('POST', '/v1/kafka/forward', ProducedSchema, { intercept, topic, messages });
   }
 
   remove(id: string): Promise<{ removed: InterceptView[] }> {
-    return this.call('DELETE', `/v1/intercepts/${encodeURIComponent(id)}`);
+    return this.call('DELETE', `/v1/intercepts/${encodeURIComponent(id)}`, RemovedSchema);
   }
 
   removeWhere(query: {
@@ -92,12 +88,16 @@ export class ApiClient {
     const params = new URLSearchParams(
       Object.entries(query).filter((e): e is [string, string] => e[1] !== undefined),
     );
-    return this.call('DELETE', `/v1/intercepts?${params}`);
+    return this.call('DELETE', `/v1/intercepts?${params}`, RemovedSchema);
   }
 
   /** Tenant routes (`kelsingra route …`), of one service or all. */
   listRoutes(service?: string): Promise<RouteView[]> {
-    return this.call('GET', `/v1/routes${service ? `?${new URLSearchParams({ service })}` : ''}`);
+    return this.call(
+      'GET',
+      `/v1/routes${service ? `?${new URLSearchParams({ service })}` : ''}`,
+      z.array(RouteViewSchema),
+    );
   }
 
   /** The route for (service, targets) now names exactly these tenants; they move out of other routes. */
@@ -107,11 +107,11 @@ export class ApiClient {
     targets: string[];
     replace?: boolean;
   }): Promise<SetRouteResult> {
-    return this.call('PUT', '/v1/routes', body);
+    return this.call('PUT', '/v1/routes', SetRouteResultSchema, body);
   }
 
   removeRoute(id: string): Promise<RemoveRoutesResult> {
-    return this.call('DELETE', `/v1/routes/${encodeURIComponent(id)}`);
+    return this.call('DELETE', `/v1/routes/${encodeURIComponent(id)}`, RemoveRoutesResultSchema);
   }
 
   /** Deletes a service's routes (to `target`), or with `tenants` takes those tenants out of them. */
@@ -123,10 +123,15 @@ export class ApiClient {
     const params = new URLSearchParams({ service: query.service });
     if (query.target !== undefined) params.set('target', query.target);
     if (query.tenants?.length) params.set('tenants', query.tenants.join(','));
-    return this.call('DELETE', `/v1/routes?${params}`);
+    return this.call('DELETE', `/v1/routes?${params}`, RemoveRoutesResultSchema);
   }
 
-  private async call<T>(method: 'GET' | 'POST' | 'PUT' | 'DELETE', path: string, body?: unknown): Promise<T> {
+  private async call<T>(
+    method: 'GET' | 'POST' | 'PUT' | 'DELETE',
+    path: string,
+    schema: z.ZodType<T>,
+    body?: unknown,
+  ): Promise<T> {
     let res: Awaited<ReturnType<typeof request>>;
     try {
       res = await request(this.server + path, {
@@ -156,8 +161,17 @@ export class ApiClient {
         'is --server the Kelsingra control port (not the data port or another service)?',
       );
     }
-    if (res.statusCode < 300) return data as T;
-    throw apiError(res.statusCode, data, this.holder);
+    if (res.statusCode >= 300) throw apiError(res.statusCode, data, this.holder);
+    const parsed = schema.safeParse(data);
+    if (parsed.success) return parsed.data;
+    const issues = parsed.error.issues
+      .slice(0, 3)
+      .map((i) => `${i.path.join('.') || 'the answer'}: ${i.message}`);
+    throw new KelsingraError(
+      `${this.server} answered ${method} ${path} with JSON this CLI does not understand (${issues.join('; ')})`,
+      ExitCode.unreachable,
+      'the server agent may be of another release: kelsingra status --json shows its version; run the same release on both sides',
+    );
   }
 }
 
