@@ -4,7 +4,7 @@ import { BaseCommand } from '../src/cli/base-command.js';
 export default class Server extends BaseCommand {
   static override summary = 'Run the server agent in the dev environment (data port + control port).';
   static override description =
-    'Every flag can also come from the environment (KELSINGRA_PORT, KELSINGRA_PROXY_PORT, KELSINGRA_SERVICES=a=url,b=url, KELSINGRA_TOKEN, KELSINGRA_LEASE_TTL, KELSINGRA_TENANT_HEADER…) or from a YAML/JSON file given with --config. Flags win over the environment, which wins over the file.';
+    'Settings come from flags, the environment and a YAML/JSON file given with --config (or KELSINGRA_CONFIG). Each flag that takes one value has its variable, shown beside it below ([env: KELSINGRA_PORT]). Lists are comma-separated: KELSINGRA_SERVICES=a=url,b=url, KELSINGRA_ROUTE_TARGETS, KELSINGRA_TRUSTED_PROXIES; TLS is KELSINGRA_TLS_CERT, _KEY, _CA and _PORTS; the gateway driver KELSINGRA_GATEWAY, each of its options KELSINGRA_GATEWAY_<OPTION>. Flags win over the environment, which wins over the file.';
   static override examples = [
     '<%= config.bin %> server --port 7700 --proxy-port 7701 --service billing=http://127.0.0.1:9001 --token s3cret-token',
     '<%= config.bin %> server --config kelsingra.yaml',
@@ -12,41 +12,72 @@ export default class Server extends BaseCommand {
   ];
 
   static override flags = {
-    port: Flags.integer({ description: 'control port: tunnel, REST API, /healthz, /status' }),
-    'proxy-port': Flags.integer({ description: 'data port: where the reverse proxy sends tenant traffic' }),
-    host: Flags.string({ description: 'address to listen on (default 127.0.0.1; 0.0.0.0 in a cluster)' }),
+    port: Flags.integer({
+      env: 'KELSINGRA_PORT',
+      description: 'control port: tunnel, REST API, /healthz, /status',
+    }),
+    'proxy-port': Flags.integer({
+      env: 'KELSINGRA_PROXY_PORT',
+      description: 'data port: where the reverse proxy sends tenant traffic',
+    }),
+    host: Flags.string({
+      env: 'KELSINGRA_HOST',
+      description: 'address to listen on (default 127.0.0.1; 0.0.0.0 in a cluster)',
+    }),
     service: Flags.string({
       description:
         'NAME=URL of a service and its normal upstream (repeatable; repeat a name for a pool of backends)',
       multiple: true,
     }),
-    token: Flags.string({ description: 'secret clients must present (or use --tokens-file)' }),
+    token: Flags.string({
+      env: 'KELSINGRA_TOKEN',
+      description: 'secret clients must present (or use --tokens-file)',
+    }),
     'tokens-file': Flags.string({
+      env: 'KELSINGRA_TOKENS_FILE',
       description: 'YAML/JSON file of tokens, each optionally limited to tenant patterns',
     }),
-    'lease-ttl': Flags.integer({ description: 'seconds an intercept lives without renewal (default 30)' }),
-    'tenant-header': Flags.string({ description: 'header that carries the tenant (default x-tenant-id)' }),
+    'lease-ttl': Flags.integer({
+      env: 'KELSINGRA_LEASE_TTL',
+      description: 'seconds an intercept lives without renewal (default 30)',
+    }),
+    'tenant-header': Flags.string({
+      env: 'KELSINGRA_TENANT_HEADER',
+      description: 'header that carries the tenant (default x-tenant-id)',
+    }),
     'upstream-timeout': Flags.integer({
+      env: 'KELSINGRA_UPSTREAM_TIMEOUT',
       description: 'seconds to wait for an upstream or local service to answer (default 30)',
     }),
-    'heartbeat-interval': Flags.integer({ description: 'seconds between tunnel heartbeats (default 10)' }),
-    'log-level': Flags.string({ options: ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] }),
+    'heartbeat-interval': Flags.integer({
+      env: 'KELSINGRA_HEARTBEAT_INTERVAL',
+      description: 'seconds between tunnel heartbeats (default 10)',
+    }),
+    'log-level': Flags.string({
+      env: 'KELSINGRA_LOG_LEVEL',
+      options: ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'],
+    }),
     'database-url': Flags.string({
+      env: 'KELSINGRA_DATABASE_URL',
       description:
         'PostgreSQL URL: run several replicas sharing intercepts (default: in memory, one process)',
     }),
     'advertise-url': Flags.string({
+      env: 'KELSINGRA_ADVERTISE_URL',
       description:
         "URL at which other replicas reach this one's data port (default http://<host>:<proxy-port>)",
     }),
     'preview-url': Flags.string({
+      env: 'KELSINGRA_PREVIEW_URL',
       description:
         'preview URL template with {key} and {service} in its host, e.g. https://{key}--{service}.dev.example.com',
     }),
     'routing-keys': Flags.string({
+      env: 'KELSINGRA_ROUTING_KEYS',
       description: 'where the routing key comes from, in order (default header,baggage,subdomain)',
     }),
     'baggage-key': Flags.string({
+      env: 'KELSINGRA_BAGGAGE_KEY',
       description: 'W3C baggage entry holding the routing key (default tenant)',
     }),
     'route-target': Flags.string({
@@ -55,10 +86,12 @@ export default class Server extends BaseCommand {
       multiple: true,
     }),
     'auth-failure-limit': Flags.integer({
+      env: 'KELSINGRA_AUTH_FAILURE_LIMIT',
       description:
         'wrong tokens from one client address before it gets 429 for a while (default 10; 0: no limit)',
     }),
     'auth-failure-window': Flags.integer({
+      env: 'KELSINGRA_AUTH_FAILURE_WINDOW',
       description: 'seconds those wrong tokens are counted over, and how long the 429s last (default 60)',
     }),
     'trusted-proxy': Flags.string({
@@ -67,6 +100,7 @@ export default class Server extends BaseCommand {
       multiple: true,
     }),
     'audit-log': Flags.string({
+      env: 'KELSINGRA_AUDIT_LOG',
       description: 'file to append the audit trail of intercept and route changes to (it is in the log too)',
     }),
     'tls-cert': Flags.string({
@@ -81,26 +115,32 @@ export default class Server extends BaseCommand {
       description: 'which ports serve TLS: control,data (default both)',
     }),
     'max-body-bytes': Flags.integer({
+      env: 'KELSINGRA_MAX_BODY_BYTES',
       description:
         'largest request body the data port passes on, in bytes (default 104857600 = 100 MiB; 0: no limit)',
     }),
     'body-idle-timeout': Flags.integer({
+      env: 'KELSINGRA_BODY_IDLE_TIMEOUT',
       description:
         'seconds the data port waits between request body bytes before it stops the upload with 408 (default 30; 0: no limit)',
     }),
     'tenant-concurrency': Flags.integer({
+      env: 'KELSINGRA_TENANT_CONCURRENCY',
       description:
         'requests one routing key (tenant) may have in flight to one service; more get 429 (default 256; 0: no limit)',
     }),
     'max-tunnel-streams': Flags.integer({
+      env: 'KELSINGRA_MAX_TUNNEL_STREAMS',
       description:
         'requests one developer tunnel carries at once; past it the data port answers 503 tunnel-streams-exhausted (default 10000)',
     }),
     'drain-timeout': Flags.integer({
+      env: 'KELSINGRA_DRAIN_TIMEOUT',
       description:
         'seconds a stopping server (SIGTERM) lets requests in flight finish and tunnels move to another replica (default 20; 0: stop at once)',
     }),
     'max-tunnels-per-token': Flags.integer({
+      env: 'KELSINGRA_MAX_TUNNELS_PER_TOKEN',
       description:
         'tunnels one token may hold open on this replica; one more is refused with 429 (default 100; 0: no limit)',
     }),
@@ -113,7 +153,7 @@ export default class Server extends BaseCommand {
         'KEY=VALUE option of the gateway driver, e.g. socket=/run/haproxy/admin.sock (repeatable; env KELSINGRA_GATEWAY_<KEY>)',
       multiple: true,
     }),
-    config: Flags.string({ char: 'c', description: 'YAML or JSON config file' }),
+    config: Flags.string({ env: 'KELSINGRA_CONFIG', char: 'c', description: 'YAML or JSON config file' }),
   };
 
   async run(): Promise<void> {

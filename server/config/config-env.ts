@@ -1,33 +1,12 @@
-/** The settings a server agent takes from its environment; each variable's name matches its flag. */
+/**
+ * The settings of a server agent's environment that are not one flag's value: oclif reads
+ * those itself (each flag of `kelsingra server` names its variable with `env:`, shown by
+ * --help). What is left here: the lists (KELSINGRA_SERVICES, KELSINGRA_ROUTE_TARGETS,
+ * KELSINGRA_TRUSTED_PROXIES, comma-separated where the flags repeat) and the families
+ * KELSINGRA_TLS_* and KELSINGRA_GATEWAY_*.
+ */
 import { servicesFromFlags } from './service-flags.js';
 import { tlsFromEnv } from './tls.js';
-
-/** Environment variables that carry one setting each, as text; names match the flags. */
-export const ENV_SETTINGS: Readonly<Record<string, string>> = {
-  KELSINGRA_PORT: 'port',
-  KELSINGRA_PROXY_PORT: 'proxyPort',
-  KELSINGRA_HOST: 'host',
-  KELSINGRA_TENANT_HEADER: 'tenantHeader',
-  KELSINGRA_LEASE_TTL: 'leaseTtl',
-  KELSINGRA_HEARTBEAT_INTERVAL: 'heartbeatInterval',
-  KELSINGRA_UPSTREAM_TIMEOUT: 'upstreamTimeout',
-  KELSINGRA_TOKEN: 'token',
-  KELSINGRA_TOKENS_FILE: 'tokensFile',
-  KELSINGRA_LOG_LEVEL: 'logLevel',
-  KELSINGRA_DATABASE_URL: 'databaseUrl',
-  KELSINGRA_ADVERTISE_URL: 'advertiseUrl',
-  KELSINGRA_BAGGAGE_KEY: 'baggageKey',
-  KELSINGRA_PREVIEW_URL: 'previewUrl',
-  KELSINGRA_AUTH_FAILURE_LIMIT: 'authFailureLimit',
-  KELSINGRA_AUTH_FAILURE_WINDOW: 'authFailureWindow',
-  KELSINGRA_AUDIT_LOG: 'auditLog',
-  KELSINGRA_MAX_BODY_BYTES: 'maxBodyBytes',
-  KELSINGRA_MAX_TUNNEL_STREAMS: 'maxTunnelStreams',
-  KELSINGRA_DRAIN_TIMEOUT: 'drainTimeout',
-  KELSINGRA_MAX_TUNNELS_PER_TOKEN: 'maxTunnelsPerToken',
-  KELSINGRA_BODY_IDLE_TIMEOUT: 'bodyIdleTimeout',
-  KELSINGRA_TENANT_CONCURRENCY: 'tenantConcurrency',
-};
 
 /**
  * KELSINGRA_GATEWAY names the driver, and KELSINGRA_GATEWAY_<OPTION> each option
@@ -53,16 +32,9 @@ const commaList = (value: string) =>
     .map((s) => s.trim())
     .filter(Boolean);
 
-/** Settings a server takes from the environment; names match the flags. */
+/** The environment's lists and families as a layer of the configuration. */
 export function configFromEnv(env: NodeJS.ProcessEnv): Record<string, unknown> {
   const out: Record<string, unknown> = {};
-  for (const [envName, key] of Object.entries(ENV_SETTINGS)) {
-    const value = env[envName];
-    if (value !== undefined && value !== '') out[key] = value;
-  }
-  if (env.KELSINGRA_ROUTING_KEYS) {
-    out.routingKeys = commaList(env.KELSINGRA_ROUTING_KEYS);
-  }
   if (env.KELSINGRA_ROUTE_TARGETS) {
     out.routeTargets = commaList(env.KELSINGRA_ROUTE_TARGETS);
   }

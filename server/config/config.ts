@@ -1,6 +1,8 @@
 /**
  * Server agent configuration: defaults < config file (YAML or JSON) < environment < flags,
  * merged here and validated by one schema (config-schema.ts), so a bad file names the bad key.
+ * A flag's own variable (KELSINGRA_PORT…) reaches here as that flag, read by oclif when the
+ * flag is not given; the environment layer holds the lists and families (config-env.ts).
  */
 import { z } from 'zod';
 import { ExitCode, KelsingraError } from '../../src/shared/errors.js';
@@ -8,7 +10,7 @@ import { configFromEnv } from './config-env.js';
 import { readConfigFile } from './config-file.js';
 import { formatIssues, type ServerConfig, tokenSchema, validateConfig } from './config-schema.js';
 
-export { configFromEnv, ENV_SETTINGS } from './config-env.js';
+export { configFromEnv } from './config-env.js';
 export { readConfigFile } from './config-file.js';
 export {
   type KafkaConfig,
@@ -73,7 +75,8 @@ export async function loadServerConfig(opts: {
   flags?: Record<string, unknown>;
 }): Promise<ServerConfig> {
   const env = opts.env ?? process.env;
-  const configPath = opts.configPath ?? env.KELSINGRA_CONFIG;
+  // --config (or KELSINGRA_CONFIG, which oclif reads for it).
+  const configPath = opts.configPath;
   const fileLayer = configPath ? await readConfigFile(configPath) : {};
   const merged = mergeLayers(fileLayer, configFromEnv(env), opts.flags ?? {});
   const config = validateConfig(

@@ -64,6 +64,21 @@ export abstract class BaseCommand extends Command {
     return closestCommand(typed.startsWith('--') ? typed : `-${typed}`, names);
   }
 
+  /**
+   * A bad value oclif read from a flag's environment variable (the flag itself was not given):
+   * the message should name the variable the user set, not a flag they never typed.
+   */
+  private envOfBadFlag(message: string): { flag: string; env: string } | undefined {
+    const m = /^(?:Parsing --([\w-]+)|Expected --([\w-]+)=)/.exec(message);
+    const flag = m?.[1] ?? m?.[2];
+    if (!flag) return undefined;
+    const ctor = this.constructor as typeof Command;
+    const env = ({ ...ctor.baseFlags, ...ctor.flags } as Record<string, { env?: string }>)[flag]?.env;
+    if (!env || !process.env[env]) return undefined;
+    const given = this.argv.some((a) => a === `--${flag}` || a.startsWith(`--${flag}=`));
+    return given ? undefined : { flag, env };
+  }
+
   private explain(err: Error & { oclif?: { exit?: number }; parse?: unknown }): {
     message: string;
     hint?: string;
@@ -79,6 +94,18 @@ export abstract class BaseCommand extends Command {
       const message = oneLine(
         withoutMultipleNote(err.message.replace(/\n*See more help with --help\s*$/, '')),
       );
+      const fromEnv = this.envOfBadFlag(message);
+      if (fromEnv)
+        return {
+          message: message
+            .replace(`Parsing --${fromEnv.flag}`, `${fromEnv.env} (the value of --${fromEnv.flag})`)
+            .replace(
+              /^Expected --[\w-]+=(\S*)/,
+              `Expected ${fromEnv.env}=$1 (the value of --${fromEnv.flag})`,
+            ),
+          hint: `fix or unset ${fromEnv.env}, or pass --${fromEnv.flag}, which wins over it`,
+          exitCode: ExitCode.config,
+        };
       const guess = this.flagGuess(message);
       return {
         message,

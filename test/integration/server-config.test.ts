@@ -392,7 +392,19 @@ describe('a bad configuration stops the server with a message naming the problem
       KELSINGRA_PROXY_PORT: 'eighty',
     });
     expect(r.exitCode).toBe(EXIT_CONFIG);
-    expect(r.stderr).toMatch(/proxyPort/);
+    expect(r.stderr).toContain(
+      'KELSINGRA_PROXY_PORT (the value of --proxy-port): Expected an integer but received: eighty',
+    );
+    expect(r.stderr).toContain('fix or unset KELSINGRA_PROXY_PORT');
+  });
+
+  it('a bad value given as the flag itself is a usage error that names the flag', async () => {
+    const r = await failingServer(['--service', 'billing=http://127.0.0.1:9001', '--proxy-port', 'eighty'], {
+      KELSINGRA_TOKEN: TOKEN,
+      KELSINGRA_PROXY_PORT: 'ninety',
+    });
+    expect(r.exitCode).toBe(2);
+    expect(r.stderr).toContain('Parsing --proxy-port: Expected an integer but received: eighty');
   });
 
   it('a port already in use is a clear error, not a hang', async () => {
@@ -473,6 +485,18 @@ describe('environment and flags', () => {
     );
     expect(wrong.exitCode).toBe(3);
     expect(server.logs()).not.toContain(TOKEN);
+  });
+
+  it('KELSINGRA_CONFIG names the config file', async () => {
+    const billing = await upstream('billing');
+    const [port, proxyPort] = [await freePort(), await freePort()];
+    const path = file(
+      'via-env.yaml',
+      `port: ${port}\nproxyPort: ${proxyPort}\ntoken: ${TOKEN}\nservices:\n  billing:\n    upstream: ${billing.url}\n`,
+    );
+    const server = await spawnServer([], { KELSINGRA_CONFIG: path }, port);
+    const status = await statusOf(clientEnv({ control: server.control } as ServerProcess, TOKEN));
+    expect(status.services.map((s: { name: string }) => s.name)).toEqual(['billing']);
   });
 
   it('flags win over the environment, which wins over the file', async () => {
