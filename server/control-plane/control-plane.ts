@@ -164,6 +164,7 @@ export function createControlPlane(deps: ControlPlaneDeps): http.Server {
   /** The endpoints of fixed path, by method and path; the routes API and `/v1/intercepts/<id>` answer the rest. */
   const endpoints: Record<string, Endpoint> = {
     ...interceptApi.endpoints,
+    ...routeApi.endpoints,
     'GET /status': async (_req, res, principal) => {
       sendJson(res, 200, {
         // The public name of this replica's id (scripts read it): kept as it was.

@@ -14,7 +14,7 @@ import { type Route, RouteDropRefused, type SetRouteResult } from '../routing/ro
 import { type RouteTargetPolicy, targetProblem } from '../routing/route-targets.js';
 import type { ServiceResolver } from '../routing/service-resolver.js';
 import type { InterceptStore } from '../store/intercept-store.js';
-import { parseBody, sendJson, tenantId } from './api-body.js';
+import { type Endpoint, parseBody, sendJson, tenantId } from './api-body.js';
 
 const targetUrl = z
   .string()
@@ -66,7 +66,9 @@ export interface RouteApiDeps {
 export interface RouteApi {
   /** The route as this token may see it: only its tenants; undefined when it names none of them. */
   routeFor(p: Principal, r: Route): RouteView | undefined;
-  /** Serves the request if it is one of the routes API's; false when it is not. */
+  /** Its endpoints of fixed path, for the control port's table. */
+  endpoints: Record<string, Endpoint>;
+  /** Serves `DELETE /v1/routes/<id>`; false for any other request. */
   handle(req: IncomingMessage, res: ServerResponse, principal: Principal, url: URL): Promise<boolean>;
 }
 
@@ -161,145 +163,142 @@ export function createRouteApi(deps: RouteApiDeps): RouteApi {
     sendJson(res, 200, { removed, updated });
   };
 
+  const list: Endpoint = (_req, res, principal, url) => {
+    const service = url.searchParams.get('service');
+    const views = store
+      .listRoutes()
+      .filter((r) => !service || r.service === service)
+      .map((r) => routeFor(principal, r))
+      .filter((v) => v !== undefined)
+      .sort((a, b) => a.service.localeCompare(b.service) || a.id.localeCompare(b.id));
+    sendJson(res, 200, views);
+  };
+
+  const set: Endpoint = async (req, res, principal) => {
+    const body = await parseBody(req, res, routeBody, 'route', MAX_ROUTE_BODY);
+    if (!body) return;
+    if (!resolver.get(body.service)) {
+      sendUnknownService(res, resolver, body.service);
+      return;
+    }
+    const asked = {
+      service: body.service,
+      targets: body.targets,
+      replace: body.replace,
+      ...tenantsField(body.tenants),
+    };
+    const refusal = deps.policy.refusal(principal, body.targets);
+    if (refusal) {
+      audit.record({
+        action: 'route.set',
+        outcome: 'refused',
+        reason: 'route-target-forbidden',
+        actor: deps.actor(req, principal),
+        route: asked,
+      });
+      sendError(res, 403, 'route-target-forbidden', refusal, {
+        hint: 'route to a target the server allows (routeTargets in its config)',
+      });
+      return;
+    }
+    const forbidden = forbiddenTenants(principal, body.tenants);
+    const refuse = (tenants: string[], message: string) => {
+      audit.record({
+        action: 'route.set',
+        outcome: 'refused',
+        reason: 'tenant-forbidden',
+        actor: deps.actor(req, principal),
+        route: asked,
+        forbidden: tenants.slice(0, 100),
+      });
+      sendError(res, 403, 'tenant-forbidden', message);
+    };
+    if (forbidden.length) {
+      refuse(
+        forbidden,
+        `token "${principal.name}" may not route tenant${forbidden.length > 1 ? 's' : ''} ${forbidden.slice(0, 5).join(', ')}`,
+      );
+      return;
+    }
+    let result: SetRouteResult;
+    try {
+      // Replacing a route's tenant list drops tenants: dropping those this token cannot use is not its call.
+      result = await store.setRoute({
+        ...body,
+        tokenName: principal.name,
+        mayDrop: (tenant) => principal.canUseTenant(tenant),
+      });
+    } catch (err) {
+      if (!(err instanceof RouteDropRefused)) throw err;
+      refuse(
+        err.tenants,
+        `route ${err.routeId} also names tenants token "${principal.name}" may not change; keep them in --tenants`,
+      );
+      return;
+    }
+    audit.record({
+      action: 'route.set',
+      outcome: result.created ? 'created' : 'updated',
+      actor: deps.actor(req, principal),
+      // The route as the change left it, and what the caller named.
+      route: routeField(result.route),
+      requested: { ...tenantsField(body.tenants), replace: body.replace },
+      ...(result.moved.length ? { moved: result.moved.slice(0, 1000), movedCount: result.moved.length } : {}),
+      ...(result.removed.length ? { emptiedRoutes: result.removed.map((r) => r.id) } : {}),
+    });
+    log.info(
+      {
+        route: result.route.id,
+        service: body.service,
+        tenants: body.tenants.length,
+        targets: body.targets,
+        moved: result.moved.length,
+      },
+      result.created ? 'route created' : 'route updated',
+    );
+    sendJson(res, result.created ? 201 : 200, {
+      route: routeFor(principal, result.route),
+      created: result.created,
+      moved: result.moved,
+      removed: result.removed.map((r) => r.id),
+    });
+  };
+
+  const removeWhere: Endpoint = async (req, res, principal, url) => {
+    const service = url.searchParams.get('service');
+    if (!service) {
+      sendError(
+        res,
+        400,
+        'bad-request',
+        'say which routes to remove: /v1/routes/<id>, or ?service=[&target=][&tenants=]',
+      );
+      return;
+    }
+    const target = url.searchParams.get('target');
+    let targetHref: string | undefined;
+    if (target) {
+      const parsed = targetUrl.safeParse(target);
+      if (!parsed.success) {
+        sendError(res, 400, 'bad-request', `target ${target}: ${parsed.error.issues[0]?.message}`);
+        return;
+      }
+      targetHref = parsed.data;
+    }
+    const matched = store
+      .listRoutes()
+      .filter((r) => r.service === service && (!targetHref || r.targets.includes(targetHref)))
+      .filter((r) => routeFor(principal, r) !== undefined);
+    await removeRoutes(req, res, principal, matched, tenantsParam(url));
+  };
+
   const handle = async (
     req: IncomingMessage,
     res: ServerResponse,
     principal: Principal,
     url: URL,
   ): Promise<boolean> => {
-    const { pathname } = url;
-    if (pathname === '/v1/routes' && req.method === 'GET') {
-      const service = url.searchParams.get('service');
-      const views = store
-        .listRoutes()
-        .filter((r) => !service || r.service === service)
-        .map((r) => routeFor(principal, r))
-        .filter((v) => v !== undefined)
-        .sort((a, b) => a.service.localeCompare(b.service) || a.id.localeCompare(b.id));
-      sendJson(res, 200, views);
-      return true;
-    }
-    if (pathname === '/v1/routes' && req.method === 'PUT') {
-      const body = await parseBody(req, res, routeBody, 'route', MAX_ROUTE_BODY);
-      if (!body) return true;
-      if (!resolver.get(body.service)) {
-        sendUnknownService(res, resolver, body.service);
-        return true;
-      }
-      const asked = {
-        service: body.service,
-        targets: body.targets,
-        replace: body.replace,
-        ...tenantsField(body.tenants),
-      };
-      const refusal = deps.policy.refusal(principal, body.targets);
-      if (refusal) {
-        audit.record({
-          action: 'route.set',
-          outcome: 'refused',
-          reason: 'route-target-forbidden',
-          actor: deps.actor(req, principal),
-          route: asked,
-        });
-        sendError(res, 403, 'route-target-forbidden', refusal, {
-          hint: 'route to a target the server allows (routeTargets in its config)',
-        });
-        return true;
-      }
-      const forbidden = forbiddenTenants(principal, body.tenants);
-      const refuse = (tenants: string[], message: string) => {
-        audit.record({
-          action: 'route.set',
-          outcome: 'refused',
-          reason: 'tenant-forbidden',
-          actor: deps.actor(req, principal),
-          route: asked,
-          forbidden: tenants.slice(0, 100),
-        });
-        sendError(res, 403, 'tenant-forbidden', message);
-      };
-      if (forbidden.length) {
-        refuse(
-          forbidden,
-          `token "${principal.name}" may not route tenant${forbidden.length > 1 ? 's' : ''} ${forbidden.slice(0, 5).join(', ')}`,
-        );
-        return true;
-      }
-      let result: SetRouteResult;
-      try {
-        // Replacing a route's tenant list drops tenants: dropping those this token cannot use is not its call.
-        result = await store.setRoute({
-          ...body,
-          tokenName: principal.name,
-          mayDrop: (tenant) => principal.canUseTenant(tenant),
-        });
-      } catch (err) {
-        if (!(err instanceof RouteDropRefused)) throw err;
-        refuse(
-          err.tenants,
-          `route ${err.routeId} also names tenants token "${principal.name}" may not change; keep them in --tenants`,
-        );
-        return true;
-      }
-      audit.record({
-        action: 'route.set',
-        outcome: result.created ? 'created' : 'updated',
-        actor: deps.actor(req, principal),
-        // The route as the change left it, and what the caller named.
-        route: routeField(result.route),
-        requested: { ...tenantsField(body.tenants), replace: body.replace },
-        ...(result.moved.length
-          ? { moved: result.moved.slice(0, 1000), movedCount: result.moved.length }
-          : {}),
-        ...(result.removed.length ? { emptiedRoutes: result.removed.map((r) => r.id) } : {}),
-      });
-      log.info(
-        {
-          route: result.route.id,
-          service: body.service,
-          tenants: body.tenants.length,
-          targets: body.targets,
-          moved: result.moved.length,
-        },
-        result.created ? 'route created' : 'route updated',
-      );
-      sendJson(res, result.created ? 201 : 200, {
-        route: routeFor(principal, result.route),
-        created: result.created,
-        moved: result.moved,
-        removed: result.removed.map((r) => r.id),
-      });
-      return true;
-    }
-    if (pathname === '/v1/routes' && req.method === 'DELETE') {
-      const service = url.searchParams.get('service');
-      if (!service) {
-        sendError(
-          res,
-          400,
-          'bad-request',
-          'say which routes to remove: /v1/routes/<id>, or ?service=[&target=][&tenants=]',
-        );
-        return true;
-      }
-      const target = url.searchParams.get('target');
-      let targetHref: string | undefined;
-      if (target) {
-        const parsed = targetUrl.safeParse(target);
-        if (!parsed.success) {
-          sendError(res, 400, 'bad-request', `target ${target}: ${parsed.error.issues[0]?.message}`);
-          return true;
-        }
-        targetHref = parsed.data;
-      }
-      const matched = store
-        .listRoutes()
-        .filter((r) => r.service === service && (!targetHref || r.targets.includes(targetHref)))
-        .filter((r) => routeFor(principal, r) !== undefined);
-      await removeRoutes(req, res, principal, matched, tenantsParam(url));
-      return true;
-    }
-    const routeById = /^\/v1\/routes\/([^/]+)$/.exec(pathname);
+    const routeById = /^\/v1\/routes\/([^/]+)$/.exec(url.pathname);
     if (routeById && req.method === 'DELETE') {
       const route = store.getRoute(routeById[1] as string);
       if (!route || !routeFor(principal, route)) {
@@ -313,5 +312,9 @@ export function createRouteApi(deps: RouteApiDeps): RouteApi {
     }
     return false;
   };
-  return { routeFor, handle };
+  return {
+    routeFor,
+    endpoints: { 'GET /v1/routes': list, 'PUT /v1/routes': set, 'DELETE /v1/routes': removeWhere },
+    handle,
+  };
 }
