@@ -16,10 +16,7 @@ export {
   type KafkaConfig,
   type KafkaTopicConfig,
   type ServerConfig,
-  type ServerConfigInput,
   type ServiceConfig,
-  serverConfigSchema,
-  type TokenConfig,
   topicName,
   validateConfig,
 } from './config-schema.js';
