@@ -395,8 +395,9 @@ export function wrk(url: string, { conns, seconds, headers = {}, script }: WrkOp
   });
 }
 
-export function fmt(n: number, digits = 2): string {
-  return Number.isFinite(n) ? n.toFixed(digits) : 'n/a';
+/** `n` with `digits` decimals; 'n/a' when it is not a finite number (a figure that was not taken). */
+export function fmt(n: number | undefined, digits = 2): string {
+  return n !== undefined && Number.isFinite(n) ? n.toFixed(digits) : 'n/a';
 }
 
 // ---------------------------------------------------------------- report
