@@ -420,8 +420,13 @@ export function table(rows: readonly (readonly unknown[])[]): string {
  */
 export type OptionValue = number | string | boolean;
 
-/** What parseOptions returns: `defaults`' shape, and the positional arguments in `_`. */
-export type Options<T extends Record<string, OptionValue>> = T & { _: string[] };
+/**
+ * What parseOptions returns: `defaults`' shape, and the positional arguments in `_`. A boolean
+ * default is inferred as the literal `false`; the option is a boolean.
+ */
+export type Options<T extends Record<string, OptionValue>> = {
+  [K in keyof T]: T[K] extends boolean ? boolean : T[K] extends number ? number : string;
+} & { _: string[] };
 
 export function parseOptions<T extends Record<string, OptionValue>>(
   argv: string[],
