@@ -50,13 +50,25 @@ const { values, positionals } = parseArgs({
 });
 const rounds = Number(values.rounds);
 const seconds = Number(values.duration);
-const variants = positionals.map((arg) => {
+/** One server agent under test; `url` and `rps` are filled in once it runs. */
+interface Variant {
+  name: string;
+  /** --max-semi-space-size (MiB), if given. */
+  semiSpace: string | undefined;
+  dir: string;
+  url: string;
+  /** req/s, one per round. */
+  rps: number[];
+}
+
+const variants = positionals.map((arg): Variant => {
   const m = /^([\w.-]+?)(?:@(\d+))?=(.+)$/.exec(arg);
-  if (!m) {
+  // The name and the dir are always there when the expression matches.
+  if (!m || m[1] === undefined || m[3] === undefined) {
     console.error(`${arg}: expected name=dir or name@MiB=dir\nusage: ${USAGE}`);
     process.exit(2);
   }
-  return { name: m[1] + (m[2] ? `@${m[2]}` : ''), semiSpace: m[2], dir: resolve(m[3]) };
+  return { name: m[1] + (m[2] ? `@${m[2]}` : ''), semiSpace: m[2], dir: resolve(m[3]), url: '', rps: [] };
 });
 if (variants.length < 2 || !(rounds > 0) || !(seconds > 0)) {
   console.error(`two or more agents, positive --rounds and --duration\nusage: ${USAGE}`);
@@ -66,7 +78,7 @@ requireBuild('npm run build, then node scripts/bench/ab.ts …');
 ensureTools(['wrk', 'nginx']);
 
 const HEADERS = { 'x-kelsingra-service': 'billing', 'x-tenant-id': 't2' };
-const pin = which('taskset')
+const pin: (cpu: number, cmd: string, args: string[]) => [string, string[]] = which('taskset')
   ? (cpu, cmd, args) => ['taskset', ['-c', String(cpu), cmd, ...args]]
   : (_, c, a) => [c, a];
 
@@ -105,10 +117,14 @@ async function main() {
     const results = await Promise.all(
       variants.map((v) => wrk(v.url, { conns: 50, seconds, headers: HEADERS })),
     );
-    for (const [i, r] of results.entries()) variants[i].rps.push(r.rps);
-    log(`  round ${round}: ${variants.map((v) => `${v.name} ${Math.round(v.rps.at(-1))}`).join(', ')}`);
+    // One result per variant, in their order.
+    for (const [i, r] of results.entries()) variants[i]?.rps.push(r.rps);
+    log(
+      `  round ${round}: ${variants.map((v) => `${v.name} ${Math.round(v.rps.at(-1) ?? Number.NaN)}`).join(', ')}`,
+    );
   }
   const base = variants[0];
+  if (!base) throw new Error('no baseline agent');
   log(`\nreq/s ÷ ${base.name}, median of the rounds' ratios:`);
   log(
     table([
@@ -116,7 +132,7 @@ async function main() {
       ...variants.map((v) => [
         v.name,
         String(Math.round(median(v.rps))),
-        fmt(median(v.rps.map((x, i) => x / base.rps[i])), 3),
+        fmt(median(v.rps.map((x, i) => x / (base.rps[i] ?? Number.NaN))), 3),
       ]),
     ]),
   );

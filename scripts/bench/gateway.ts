@@ -16,6 +16,7 @@ import http from 'node:http';
 import net from 'node:net';
 import os from 'node:os';
 import { join } from 'node:path';
+import type { Entry } from '../../server/gateway-sync/entries.ts';
 import {
   createDatabase,
   fmt,
@@ -23,6 +24,7 @@ import {
   log,
   memOf,
   orphanPids,
+  type Proc,
   ROOT,
   sleep,
   smallBodyServer,
@@ -40,43 +42,73 @@ const NODE = process.execPath;
 const BIN = join(ROOT, 'bin', 'run.js');
 const SERVICES = 100;
 const TENANTS_PER_SERVICE = 100;
-const svc = (i) => `svc${String(i).padStart(3, '0')}`;
+const svc = (i: number) => `svc${String(i).padStart(3, '0')}`;
 
-function cpuSeconds(pid) {
-  const fields = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1].split(' ');
+/** What benchGateway reads of `npm run bench`'s options. */
+export interface GatewayOptions {
+  rounds: number;
+  duration: number;
+  warmup: number;
+  conns: number;
+}
+
+/** One wrk target: `key` names its figure. */
+interface Target<K extends string> {
+  key: K;
+  url: string;
+  headers: Record<string, string>;
+}
+
+/** The server agent's log line once the whole set is written. */
+interface WholeSetWritten {
+  ms: number;
+}
+
+/** What `intercept --detach --json` prints (what is read of it). */
+interface DetachedIntercept {
+  agentPid: number;
+}
+
+function cpuSeconds(pid: number): number {
+  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1];
+  if (stat === undefined) throw new Error(`/proc/${pid}/stat: no ") " after the command name`);
+  const fields = stat.split(' ');
   return (Number(fields[11]) + Number(fields[12])) / 100;
 }
 
 /** One Runtime API command; HAProxy closes the connection after answering. */
-function haproxyCommand(socket, command) {
+function haproxyCommand(socket: string, command: string): Promise<string> {
   return new Promise((resolve, reject) => {
     const conn = net.connect(socket);
     let out = '';
     conn.setEncoding('utf8');
-    conn.on('data', (c) => (out += c));
+    conn.on('data', (c: string) => (out += c));
     conn.on('error', reject);
     conn.on('close', () => resolve(out));
     conn.end(`${command}\n`);
   });
 }
 
-const mapSize = async (socket, map) =>
+const mapSize = async (socket: string, map: string) =>
   (await haproxyCommand(socket, `show map ${map}`)).split('\n').filter((l) => l.trim()).length;
 
 /** One request with these headers (Host included, which fetch will not set): its status and body. */
-function probe(url, headers) {
+function probe(
+  url: string,
+  headers: Record<string, string>,
+): Promise<{ status: number | undefined; body: string }> {
   return new Promise((resolve, reject) => {
     http
       .get(url, { headers }, (res) => {
         let body = '';
-        res.on('data', (c) => (body += c));
+        res.on('data', (c: Buffer) => (body += c));
         res.on('end', () => resolve({ status: res.statusCode, body }));
       })
       .on('error', reject);
   });
 }
 
-async function until(check, timeoutMs, what) {
+async function until(check: () => Promise<boolean>, timeoutMs: number, what: string): Promise<number> {
   const started = performance.now();
   for (;;) {
     if (await check()) return performance.now() - started;
@@ -85,7 +117,7 @@ async function until(check, timeoutMs, what) {
   }
 }
 
-export async function benchGateway(work, opts) {
+export async function benchGateway(work: string, opts: GatewayOptions) {
   log(
     `\n== gateway sync: ${SERVICES * TENANTS_PER_SERVICE} routed tenants across ${SERVICES} services; wrk -t1 -c${opts.conns}, ${opts.duration} s, ${opts.rounds} round(s) (median)`,
   );
@@ -183,11 +215,11 @@ backend kelsingra_route
   let server = await startServer();
   const memEmpty = memOf(server.pid);
 
-  const host = (i) => `${svc(i)}.dev.example.com`;
+  const host = (i: number) => `${svc(i)}.dev.example.com`;
   const unrouted = { Host: host(42), 'x-tenant-id': 'nobody' };
   const routed = { Host: host(42), 'x-tenant-id': 't042-7' };
-  const measure = async (targets) => {
-    const runs = Object.fromEntries(targets.map((t) => [t.key, []]));
+  const measure = async <K extends string>(targets: readonly Target<K>[]): Promise<Record<K, number>> => {
+    const runs = Object.fromEntries(targets.map((t): [K, number[]] => [t.key, []])) as Record<K, number[]>;
     for (let round = 0; round < opts.rounds; round++)
       for (const t of targets) {
         const first = await probe(t.url, t.headers);
@@ -198,9 +230,13 @@ backend kelsingra_route
           (await wrk(t.url, { conns: opts.conns, seconds: opts.duration, headers: t.headers })).rps,
         );
       }
+    // Every key has `rounds` (≥ 1) figures.
     return Object.fromEntries(
-      Object.entries(runs).map(([k, v]) => [k, v.sort((a, b) => a - b)[Math.floor(v.length / 2)]]),
-    );
+      Object.entries<number[]>(runs).map(([k, v]) => [
+        k,
+        v.sort((a, b) => a - b)[Math.floor(v.length / 2)] ?? Number.NaN,
+      ]),
+    ) as Record<K, number>;
   };
   const empty = await measure([
     { key: 'straight', url: `http://127.0.0.1:${straightPort}/`, headers: unrouted },
@@ -231,12 +267,12 @@ backend kelsingra_route
   const startAt = performance.now();
   server = await startServer();
   const startupMs = performance.now() - startAt;
-  const whole = JSON.parse(
-    server
-      .output()
-      .split('\n')
-      .find((l) => l.includes('whole set written')),
-  );
+  const wholeLine = server
+    .output()
+    .split('\n')
+    .find((l) => l.includes('whole set written'));
+  if (wholeLine === undefined) throw new Error('the server agent logged no "whole set written" line');
+  const whole: WholeSetWritten = JSON.parse(wholeLine);
   const cpuAfterStart = cpuSeconds(server.pid);
   const memAfterStart = memOf(server.pid);
   if ((await mapSize(socket, map)) !== entries) throw new Error('the restart did not write the whole set');
@@ -274,7 +310,7 @@ backend kelsingra_route
   );
   if (r.status !== 0) throw new Error(`intercept --detach failed:\n${r.stdout}\n${r.stderr}`);
   const interceptMs = performance.now() - interceptStarted;
-  const agent = JSON.parse(r.stdout.slice(r.stdout.indexOf('{')));
+  const agent: DetachedIntercept = JSON.parse(r.stdout.slice(r.stdout.indexOf('{')));
   orphanPids.add(agent.agentPid);
   const intercepted = { Host: host(42), 'x-tenant-id': 'dev-1' };
 
@@ -290,8 +326,9 @@ backend kelsingra_route
   orphanPids.delete(agent.agentPid);
 
   // nginx with the include the nginx driver writes: 10,000 entries, and none.
-  const { nginxInclude } = await import('../../dist/server/gateway-sync/nginx.js');
-  const routeEntries = [];
+  const nginxJs = new URL('../../dist/server/gateway-sync/nginx.js', import.meta.url).href;
+  const { nginxInclude } = (await import(nginxJs)) as typeof import('../../server/gateway-sync/nginx.ts');
+  const routeEntries: Entry[] = [];
   for (let i = 0; i < SERVICES; i++)
     for (let j = 0; j < TENANTS_PER_SERVICE; j++)
       routeEntries.push({
@@ -301,12 +338,13 @@ backend kelsingra_route
       });
   // Both nginx configurations run at once and are measured interleaved, so drift on a shared
   // machine hits both alike.
-  const nginxTargets = [];
-  const nginxProcs = [];
-  for (const [key, list] of [
+  const nginxTargets: Target<'none' | '10k'>[] = [];
+  const nginxProcs: Proc[] = [];
+  const nginxSets: ['none' | '10k', Entry[]][] = [
     ['none', []],
     ['10k', routeEntries],
-  ]) {
+  ];
+  for (const [key, list] of nginxSets) {
     const nginxPort = await freePort();
     const include = join(dir, `gateway-${key}.conf`);
     writeFileSync(

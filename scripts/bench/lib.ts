@@ -7,45 +7,74 @@
  * process, run the hooks registered with onCleanup (in order), then exit.
  */
 
-import { spawn, spawnSync } from 'node:child_process';
+import { type ChildProcess, type ChildProcessByStdio, spawn, spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
 import { join, resolve } from 'node:path';
-import { parseArgs } from 'node:util';
+import type { Readable } from 'node:stream';
+import { type ParseArgsOptionDescriptor, parseArgs } from 'node:util';
 import pg from 'pg';
 
 export const ROOT = resolve(import.meta.dirname, '../..');
 
 // ---------------------------------------------------------------- process bookkeeping
 
-/** Children we spawned, and detached agents we only know by pid. */
-export const children = new Set();
-export const orphanPids = new Set();
+/** A process in `children`: stopped on exit; `output()` is the tail of what it printed. */
+export interface TrackedProcess {
+  name: string;
+  child: ChildProcess;
+  pid: number | undefined;
+  output: () => string;
+}
 
-export function log(line) {
+/** A process started by `start`: its stdout and stderr are pipes, and it has a pid. */
+export interface Proc extends TrackedProcess {
+  child: ChildProcessByStdio<null, Readable, Readable>;
+  pid: number;
+}
+
+export interface StartOptions {
+  /** Added to this process's environment (with NO_COLOR=1). */
+  env?: Record<string, string | undefined>;
+  /** Matched against stdout+stderr: `start` resolves once it does. */
+  ready?: RegExp;
+  timeoutMs?: number;
+}
+
+/** Children we spawned, and detached agents we only know by pid. */
+export const children = new Set<TrackedProcess>();
+export const orphanPids = new Set<number>();
+
+export function log(line: string): void {
   process.stdout.write(`${line}\n`);
 }
 
 /** Spawns a tracked process; resolves once `ready` (a regexp on stdout+stderr) matches, if given. */
-export function start(name, cmd, args, { env = {}, ready, timeoutMs = 20_000 } = {}) {
+export function start(
+  name: string,
+  cmd: string,
+  args: readonly string[],
+  { env = {}, ready, timeoutMs = 20_000 }: StartOptions = {},
+): Promise<Proc> {
   const child = spawn(cmd, args, {
     cwd: ROOT,
     env: { ...process.env, NO_COLOR: '1', ...env },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   let output = '';
-  const keep = (c) => {
+  const keep = (c: Buffer) => {
     output += c.toString();
     if (output.length > 64 * 1024) output = output.slice(-32 * 1024);
   };
   child.stdout.on('data', keep);
   child.stderr.on('data', keep);
-  const proc = { name, child, pid: child.pid, output: () => output };
+  if (child.pid === undefined) throw new Error(`${name}: could not spawn ${cmd}`);
+  const proc: Proc = { name, child, pid: child.pid, output: () => output };
   children.add(proc);
   child.once('exit', () => children.delete(proc));
   if (!ready) return Promise.resolve(proc);
-  return new Promise((res, rej) => {
+  return new Promise<Proc>((res, rej) => {
     const timer = setTimeout(
       () => rej(new Error(`${name} did not become ready in ${timeoutMs} ms:\n${output}`)),
       timeoutMs,
@@ -67,7 +96,7 @@ export function start(name, cmd, args, { env = {}, ready, timeoutMs = 20_000 } =
   });
 }
 
-export function alive(pid) {
+export function alive(pid: number): boolean {
   try {
     process.kill(pid, 0);
     return true;
@@ -76,7 +105,7 @@ export function alive(pid) {
   }
 }
 
-export async function stopPid(pid, graceMs = 10_000) {
+export async function stopPid(pid: number, graceMs = 10_000): Promise<void> {
   if (!alive(pid)) return;
   try {
     process.kill(pid, 'SIGTERM');
@@ -92,7 +121,7 @@ export async function stopPid(pid, graceMs = 10_000) {
   }
 }
 
-export async function stop(proc) {
+export async function stop(proc: TrackedProcess): Promise<void> {
   if (proc.child.exitCode !== null || proc.child.signalCode !== null) return;
   const exited = new Promise((r) => proc.child.once('exit', r));
   proc.child.kill('SIGTERM');
@@ -101,7 +130,7 @@ export async function stop(proc) {
   clearTimeout(t);
 }
 
-export async function stopAll() {
+export async function stopAll(): Promise<void> {
   await Promise.all([...children].map(stop));
   await Promise.all([...orphanPids].map((pid) => stopPid(pid)));
   orphanPids.clear();
@@ -111,24 +140,25 @@ export async function stopAll() {
  * Extra clean-up (temp dirs, databases, brokers), run in order after every tracked process has
  * stopped; with `beforeStop`, before (to close in-process clients of those processes quietly).
  */
-const cleanupHooks = [];
-const beforeStopHooks = [];
-export function onCleanup(fn, { beforeStop = false } = {}) {
+export type CleanupHook = () => unknown;
+const cleanupHooks: CleanupHook[] = [];
+const beforeStopHooks: CleanupHook[] = [];
+export function onCleanup(fn: CleanupHook, { beforeStop = false }: { beforeStop?: boolean } = {}): void {
   (beforeStop ? beforeStopHooks : cleanupHooks).push(fn);
 }
 
-async function runHooks(hooks) {
+async function runHooks(hooks: readonly CleanupHook[]) {
   for (const hook of hooks) {
     try {
       await hook();
     } catch (err) {
-      console.error(`clean-up step failed: ${err.message ?? err}`);
+      console.error(`clean-up step failed: ${(err instanceof Error ? err.message : undefined) ?? err}`);
     }
   }
 }
 
 let cleaning = false;
-export async function cleanupAndExit(code) {
+export async function cleanupAndExit(code: number): Promise<void> {
   if (cleaning) return;
   cleaning = true;
   await runHooks(beforeStopHooks);
@@ -158,22 +188,25 @@ process.on('exit', () => {
 
 // ---------------------------------------------------------------- small helpers
 
-export function sleep(ms) {
+export function sleep(ms: number): Promise<void> {
   return new Promise((r) => setTimeout(r, ms));
 }
 
-export function freePort() {
+export function freePort(): Promise<number> {
   return new Promise((res, rej) => {
     const s = net.createServer();
     s.once('error', rej);
     s.listen(0, '127.0.0.1', () => {
-      const { port } = s.address();
+      const address = s.address();
+      if (address === null || typeof address === 'string')
+        return rej(new Error(`a TCP server has no port: ${address}`));
+      const { port } = address;
       s.close(() => res(port));
     });
   });
 }
 
-export function which(cmd) {
+export function which(cmd: string): string {
   return spawnSync('sh', ['-c', `command -v ${cmd}`], { encoding: 'utf8' }).stdout.trim();
 }
 
@@ -182,14 +215,17 @@ export function which(cmd) {
  * `required`, exits (2) if any is still missing; otherwise returns the ones still missing.
  */
 /** Debian packages of the tools whose package is named otherwise. */
-const PACKAGES = {
+const PACKAGES: Record<string, string> = {
   sshd: 'openssh-server',
   ssh: 'openssh-client',
   'ssh-keygen': 'openssh-client',
   h2load: 'nghttp2-client',
 };
 
-export function ensureTools(tools, { required = true } = {}) {
+export function ensureTools(
+  tools: readonly string[],
+  { required = true }: { required?: boolean } = {},
+): string[] {
   const missing = tools.filter((t) => !which(t) && !existsSync(`/usr/sbin/${t}`));
   if (missing.length === 0) return [];
   const packages = [...new Set(missing.map((t) => PACKAGES[t] ?? t))];
@@ -213,24 +249,48 @@ export function ensureTools(tools, { required = true } = {}) {
 }
 
 /** Peak and current resident memory of a process, in MiB. */
-export function memOf(pid) {
+export interface Mem {
+  hwmMiB: number;
+  rssMiB: number;
+}
+
+/** Peak and current resident memory of a process, in MiB. */
+export function memOf(pid: number): Mem {
   const status = readFileSync(`/proc/${pid}/status`, 'utf8');
-  const kb = (k) => Number(new RegExp(`^${k}:\\s+(\\d+)`, 'm').exec(status)?.[1] ?? Number.NaN);
+  const kb = (k: string) => Number(new RegExp(`^${k}:\\s+(\\d+)`, 'm').exec(status)?.[1] ?? Number.NaN);
   return { hwmMiB: kb('VmHWM') / 1024, rssMiB: kb('VmRSS') / 1024 };
 }
 
 /** Read and write syscalls a process has made so far. */
-export function ioOf(pid) {
+export interface Io {
+  syscr: number;
+  syscw: number;
+}
+
+/** Read and write syscalls a process has made so far. */
+export function ioOf(pid: number): Io {
   const io = readFileSync(`/proc/${pid}/io`, 'utf8');
   return { syscr: Number(/^syscr:\s+(\d+)/m.exec(io)?.[1]), syscw: Number(/^syscw:\s+(\d+)/m.exec(io)?.[1]) };
 }
 
-export async function get(url, headers = {}) {
+export interface HttpResponse {
+  status: number;
+  headers: Headers;
+  text: string;
+}
+
+export async function get(url: string | URL, headers: Record<string, string> = {}): Promise<HttpResponse> {
   const res = await fetch(url, { headers });
   return { status: res.status, headers: res.headers, text: await res.text() };
 }
 
-export async function waitHttp(url, headers, check, what, timeoutMs = 20_000) {
+export async function waitHttp(
+  url: string | URL,
+  headers: Record<string, string> | undefined,
+  check: (r: HttpResponse) => boolean,
+  what: string,
+  timeoutMs = 20_000,
+): Promise<HttpResponse> {
   const deadline = Date.now() + timeoutMs;
   let last = '';
   for (;;) {
@@ -239,29 +299,31 @@ export async function waitHttp(url, headers, check, what, timeoutMs = 20_000) {
       if (check(r)) return r;
       last = `HTTP ${r.status} ${r.text.slice(0, 200)}`;
     } catch (err) {
-      last = String(err.cause ?? err);
+      last = String((err instanceof Error ? err.cause : undefined) ?? err);
     }
     if (Date.now() > deadline) throw new Error(`${what} not answering as expected at ${url}: ${last}`);
     await sleep(100);
   }
 }
 
-export function median(xs) {
+export function median(xs: readonly number[]): number {
   const s = [...xs].sort((a, b) => a - b);
   const m = s.length >> 1;
-  return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
+  // An empty list has no middle: NaN.
+  const at = (i: number) => s[i] ?? Number.NaN;
+  return s.length % 2 ? at(m) : (at(m - 1) + at(m)) / 2;
 }
 
 /** Nearest-rank percentile (q in 0..100) of a list of numbers. */
-export function percentile(xs, q) {
+export function percentile(xs: readonly number[], q: number): number {
   if (xs.length === 0) return Number.NaN;
   const s = [...xs].sort((a, b) => a - b);
-  return s[Math.min(s.length - 1, Math.max(0, Math.ceil((q / 100) * s.length) - 1))];
+  return s[Math.min(s.length - 1, Math.max(0, Math.ceil((q / 100) * s.length) - 1))] ?? Number.NaN;
 }
 
 // ---------------------------------------------------------------- wrk
 
-export function toMs(value, unit) {
+export function toMs(value: string | number | undefined, unit: string | undefined): number {
   const v = Number(value);
   return unit === 'us'
     ? v / 1000
@@ -278,25 +340,45 @@ export function toMs(value, unit) {
  * One wrk run (always -t1), with fixed headers or a Lua script (`script`: its path). Returns
  * requests/s and latency percentiles in ms.
  */
-export function wrk(url, { conns, seconds, headers = {}, script }) {
+export interface WrkOptions {
+  conns: number;
+  seconds: number;
+  headers?: Record<string, string>;
+  /** Path of a Lua script. */
+  script?: string;
+}
+
+export interface WrkResult {
+  rps: number;
+  /** Latency percentiles, in ms. */
+  p50: number;
+  p99: number;
+  requests: number;
+  /** Socket errors (connect, read, write, timeout). */
+  errors: number;
+  /** wrk's output. */
+  raw: string;
+}
+
+export function wrk(url: string, { conns, seconds, headers = {}, script }: WrkOptions): Promise<WrkResult> {
   const args = ['-t1', `-c${conns}`, `-d${seconds}s`, '--latency', '--timeout', '10s'];
   for (const [k, v] of Object.entries(headers)) args.push('-H', `${k}: ${v}`);
   if (script) args.push('-s', script);
   args.push(url);
   return new Promise((res, rej) => {
     const child = spawn('wrk', args, { stdio: ['ignore', 'pipe', 'pipe'] });
-    const proc = { name: 'wrk', child, pid: child.pid, output: () => out };
+    const proc: TrackedProcess = { name: 'wrk', child, pid: child.pid, output: () => out };
     children.add(proc);
     let out = '';
-    child.stdout.on('data', (c) => (out += c));
-    child.stderr.on('data', (c) => (out += c));
+    child.stdout.on('data', (c: Buffer) => (out += c));
+    child.stderr.on('data', (c: Buffer) => (out += c));
     const timer = setTimeout(() => child.kill('SIGKILL'), (seconds + 30) * 1000);
     child.once('exit', (code) => {
       clearTimeout(timer);
       children.delete(proc);
       if (code !== 0) return rej(new Error(`wrk ${args.join(' ')} failed (${code}):\n${out}`));
       const rps = Number(/Requests\/sec:\s+([\d.]+)/.exec(out)?.[1]);
-      const pct = (p) => {
+      const pct = (p: number) => {
         const m = new RegExp(`^\\s+${p}%\\s+([\\d.]+)(us|ms|s|m)\\s*$`, 'm').exec(out);
         return m ? toMs(m[1], m[2]) : Number.NaN;
       };
@@ -313,20 +395,22 @@ export function wrk(url, { conns, seconds, headers = {}, script }) {
   });
 }
 
-export function fmt(n, digits = 2) {
-  return Number.isFinite(n) ? n.toFixed(digits) : 'n/a';
+/** `n` with `digits` decimals; 'n/a' when it is not a finite number (a figure that was not taken). */
+export function fmt(n: number | undefined, digits = 2): string {
+  return n !== undefined && Number.isFinite(n) ? n.toFixed(digits) : 'n/a';
 }
 
 // ---------------------------------------------------------------- report
 
-export function table(rows) {
-  const widths = rows[0].map((_, i) => Math.max(...rows.map((r) => String(r[i]).length)));
-  const line = (r) => `| ${r.map((c, i) => String(c).padEnd(widths[i])).join(' | ')} |`;
-  return [
-    line(rows[0]),
-    `|${widths.map((w) => '-'.repeat(w + 2)).join('|')}|`,
-    ...rows.slice(1).map(line),
-  ].join('\n');
+export function table(rows: readonly (readonly unknown[])[]): string {
+  const [head] = rows;
+  if (!head) throw new Error('table() needs at least a header row');
+  const widths = head.map((_, i) => Math.max(...rows.map((r) => String(r[i]).length)));
+  const line = (r: readonly unknown[]) =>
+    `| ${r.map((c, i) => String(c).padEnd(widths[i] ?? 0)).join(' | ')} |`;
+  return [line(head), `|${widths.map((w) => '-'.repeat(w + 2)).join('|')}|`, ...rows.slice(1).map(line)].join(
+    '\n',
+  );
 }
 
 /**
@@ -334,50 +418,79 @@ export function table(rows) {
  * be positive; booleans take no value), and the positional arguments, each of which must be
  * one of `positionals`. Anything else is a usage error, reported with `usageText`.
  */
-export function parseOptions(argv, defaults, usageText, positionals = []) {
-  const usage = (msg) => {
+export type OptionValue = number | string | boolean;
+
+/**
+ * What parseOptions returns: `defaults`' shape, and the positional arguments in `_`. A boolean
+ * default is inferred as the literal `false`; the option is a boolean.
+ */
+export type Options<T extends Record<string, OptionValue>> = {
+  [K in keyof T]: T[K] extends boolean ? boolean : T[K] extends number ? number : string;
+} & { _: string[] };
+
+export function parseOptions<T extends Record<string, OptionValue>>(
+  argv: string[],
+  defaults: T,
+  usageText: string,
+  positionals: readonly string[] = [],
+): Options<T> {
+  function usage(msg: string): never {
     console.error(`${msg}\nusage: ${usageText}`);
     process.exit(2);
-  };
-  let parsed;
+  }
+  let parsed: { values: Record<string, unknown>; positionals: string[] };
   try {
     parsed = parseArgs({
       args: argv,
       options: Object.fromEntries(
         Object.entries(defaults).map(([k, v]) => [
           k,
-          { type: typeof v === 'boolean' ? 'boolean' : 'string' },
+          { type: typeof v === 'boolean' ? 'boolean' : 'string' } satisfies ParseArgsOptionDescriptor,
         ]),
       ),
       allowPositionals: positionals.length > 0,
       strict: true,
     });
   } catch (err) {
-    usage(err.message);
+    usage(err instanceof Error ? err.message : String(err));
   }
-  const opts = { ...defaults };
+  const opts: Record<string, OptionValue> = { ...defaults };
   for (const [key, value] of Object.entries(parsed.values)) {
-    opts[key] = typeof defaults[key] === 'number' ? Number(value) : value;
-    if (typeof opts[key] === 'number' && !(opts[key] > 0)) usage(`--${key} needs a positive number`);
+    // Only strings and booleans here: no option is `multiple`.
+    if (typeof value !== 'string' && typeof value !== 'boolean') continue;
+    const v = typeof defaults[key] === 'number' ? Number(value) : value;
+    opts[key] = v;
+    if (typeof v === 'number' && !(v > 0)) usage(`--${key} needs a positive number`);
   }
   for (const p of parsed.positionals) if (!positionals.includes(p)) usage(`unknown argument ${p}`);
-  return { ...opts, _: parsed.positionals };
+  // parseArgs checked every name against `defaults` and the values were converted to their types.
+  return { ...opts, _: parsed.positionals } as Options<T>;
 }
 
 /** What a results file records about the machine and the run's start. */
-export function machineInfo() {
+export interface MachineInfo {
+  node: string;
+  cores: number;
+  cpu: string | undefined;
+  startedAt: string;
+  loadStart: string;
+}
+
+/** What a results file records about the machine and the run's start. */
+export function machineInfo(): MachineInfo {
+  const [load1 = Number.NaN] = os.loadavg();
   return {
     node: process.versions.node,
     cores: os.cpus().length,
     cpu: os.cpus()[0]?.model,
     startedAt: new Date().toISOString(),
-    loadStart: os.loadavg()[0].toFixed(2),
+    loadStart: load1.toFixed(2),
   };
 }
 
 /** Says why a benchmark failed, with the tail of every process it started; returns the exit code. */
-export function reportFailure(err) {
-  console.error(`\nbenchmark failed: ${err.stack ?? err}`);
+export function reportFailure(err: unknown): number {
+  console.error(`\nbenchmark failed: ${(err instanceof Error ? err.stack : undefined) ?? err}`);
   for (const p of children) console.error(`--- ${p.name} output (tail):\n${p.output().slice(-2000)}`);
   return 1;
 }
@@ -386,10 +499,19 @@ export function reportFailure(err) {
 export const ADMIN_DB_URL = process.env.KELSINGRA_BENCH_PG ?? 'postgres://postgres@127.0.0.1:5432/postgres';
 
 /** A fresh database for this run, dropped (WITH (FORCE)) when the script ends. */
-export async function createDatabase(name, { hint = 'start it, or set KELSINGRA_BENCH_PG' } = {}) {
+export interface Database {
+  name: string;
+  url: string;
+}
+
+export async function createDatabase(
+  name: string,
+  { hint = 'start it, or set KELSINGRA_BENCH_PG' }: { hint?: string } = {},
+): Promise<Database> {
   const admin = new pg.Client({ connectionString: ADMIN_DB_URL });
-  await admin.connect().catch((err) => {
-    throw new Error(`cannot reach PostgreSQL at ${ADMIN_DB_URL} (${err.message}): ${hint}`);
+  await admin.connect().catch((err: unknown) => {
+    const message = err instanceof Error ? err.message : undefined;
+    throw new Error(`cannot reach PostgreSQL at ${ADMIN_DB_URL} (${message}): ${hint}`);
   });
   try {
     await admin.query(`CREATE DATABASE ${name}`);
@@ -411,7 +533,7 @@ export async function createDatabase(name, { hint = 'start it, or set KELSINGRA_
 }
 
 /** An nginx config tuned for benchmarks (one worker, long keep-alive, temp files in `dir`) around `body`. */
-export function nginxConf(dir, body) {
+export function nginxConf(dir: string, body: string): string {
   mkdirSync(dir, { recursive: true });
   return `worker_processes 1;
 daemon off;
@@ -436,7 +558,7 @@ ${body}
 export const SMALL_BODY = 'hello from upstream\n';
 
 /** An nginx `server` on 127.0.0.1:`port` answering SMALL_BODY; `extra`: more directives for it. */
-export function smallBodyServer(port, extra = '') {
+export function smallBodyServer(port: number, extra = ''): string {
   return `  server {
     listen 127.0.0.1:${port};
     location / { default_type text/plain; ${extra}return 200 "${SMALL_BODY.replace('\n', '\\n')}"; }
@@ -448,7 +570,13 @@ export function smallBodyServer(port, extra = '') {
  * under `workDir/name`, and waits until each of `readyUrls` answers 200. `cpu` pins it to
  * that core where taskset exists.
  */
-export async function startNginx(workDir, name, body, readyUrls, { cpu } = {}) {
+export async function startNginx(
+  workDir: string,
+  name: string,
+  body: string,
+  readyUrls: readonly string[],
+  { cpu }: { cpu?: number } = {},
+): Promise<Proc> {
   const dir = join(workDir, name);
   const conf = join(workDir, `${name}.conf`);
   writeFileSync(conf, nginxConf(dir, body));
@@ -466,7 +594,7 @@ export async function startNginx(workDir, name, body, readyUrls, { cpu } = {}) {
  * Exits 2 with a hint unless this runs on Node 24 and the build is there: `how` is the
  * command that does both (`npm run bench:scale`), `files` what the script loads from dist/.
  */
-export function requireBuild(how, files = ['commands/server.js']) {
+export function requireBuild(how: string, files: readonly string[] = ['commands/server.js']): void {
   if (Number(process.versions.node.split('.')[0]) < 24) {
     console.error(`Node ${process.versions.node}: run with Node 24 (${how})`);
     process.exit(2);

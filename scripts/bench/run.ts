@@ -32,13 +32,16 @@ import {
   ensureTools,
   fmt,
   freePort,
+  type HttpResponse,
   ioOf,
   log,
+  type MachineInfo,
   machineInfo,
   median,
   memOf,
   onCleanup,
   orphanPids,
+  type Proc,
   parseOptions,
   ROOT,
   reportFailure,
@@ -117,7 +120,7 @@ if (opts.profile) {
   mkdirSync(opts.profile, { recursive: true });
 }
 
-function usage(msg) {
+function usage(msg: string): never {
   console.error(`${msg}\nusage: ${USAGE}`);
   process.exit(2);
 }
@@ -132,12 +135,52 @@ onCleanup(() => rmSync(WORK, { recursive: true, force: true }));
 
 // ---------------------------------------------------------------- wrk
 
+/** A wrk target; `pids`: the processes under test, whose CPU and syscalls per request are read. */
+interface Target<K extends string> {
+  key: K;
+  label: string;
+  url: string;
+  headers: Record<string, string>;
+  pids?: Record<string, number>;
+}
+
+/** Per request, in one process under test. */
+interface RequestCost {
+  reads: number;
+  writes: number;
+  cpuUs: number;
+}
+
+/** One round of one target. */
+interface Round {
+  rps: number;
+  p99: number;
+  p50c1: number;
+  p99c1: number;
+  rpsc1: number;
+  errors: number;
+  syscalls: Record<string, RequestCost>;
+  /** Never set here (wrk's output is not kept); --json still deletes it. */
+  raw?: string;
+}
+
+/** A target's medians over the rounds, and the rounds. */
+interface Measured {
+  label: string;
+  rps: number;
+  p99: number;
+  p50c1: number;
+  p99c1: number;
+  cpuUs: Record<string, number>;
+  rounds: Round[];
+}
+
 /**
  * Measures each target `rounds` times, interleaved so drift on a shared machine hits all of
  * them alike: a warm-up, throughput at `conns` connections, then latency at one connection.
  */
-async function measure(targets) {
-  const runs = Object.fromEntries(targets.map((t) => [t.key, []]));
+async function measure<K extends string>(targets: readonly Target<K>[]): Promise<Record<K, Measured>> {
+  const runs = Object.fromEntries(targets.map((t): [K, Round[]] => [t.key, []])) as Record<K, Round[]>;
   for (let round = 1; round <= opts.rounds; round++) {
     for (const t of targets) {
       await wrk(t.url, { conns: opts.conns, seconds: opts.warmup, headers: t.headers });
@@ -150,12 +193,14 @@ async function measure(targets) {
       const syscalls = Object.fromEntries(
         Object.entries(t.pids ?? {}).map(([k, pid]) => {
           const now = ioOf(pid);
+          const b = before[k];
+          if (!b) throw new Error(`no figures for ${k} before the load`);
           return [
             k,
             {
-              reads: (now.syscr - before[k].syscr) / load.requests,
-              writes: (now.syscw - before[k].syscw) / load.requests,
-              cpuUs: ((cpuSeconds(pid) - before[k].cpu) / load.requests) * 1e6,
+              reads: (now.syscr - b.syscr) / load.requests,
+              writes: (now.syscw - b.syscw) / load.requests,
+              cpuUs: ((cpuSeconds(pid) - b.cpu) / load.requests) * 1e6,
             },
           ];
         }),
@@ -181,7 +226,8 @@ async function measure(targets) {
       );
     }
   }
-  const out = {};
+  // Filled for every target below.
+  const out = {} as Record<K, Measured>;
   for (const t of targets) {
     const r = runs[t.key];
     out[t.key] = {
@@ -191,7 +237,7 @@ async function measure(targets) {
       p50c1: median(r.map((x) => x.p50c1)),
       p99c1: median(r.map((x) => x.p99c1)),
       cpuUs: Object.fromEntries(
-        Object.keys(t.pids ?? {}).map((k) => [k, median(r.map((x) => x.syscalls[k].cpuUs))]),
+        Object.keys(t.pids ?? {}).map((k) => [k, median(r.map((x) => x.syscalls[k]?.cpuUs ?? Number.NaN))]),
       ),
       rounds: r,
     };
@@ -211,14 +257,26 @@ async function startUpstream() {
   return { port, url: `http://127.0.0.1:${port}` };
 }
 
-function profileArgs(name) {
+function profileArgs(name: string): string[] {
   return opts.profile
     ? ['--cpu-prof', `--cpu-prof-dir=${opts.profile}`, `--cpu-prof-name=${name}-${Date.now()}.cpuprofile`]
     : [];
 }
 
+/** A server agent started by startKelsingra: its control and data port URLs. */
+interface Kelsingra {
+  proc: Proc;
+  bin: string;
+  control: string;
+  data: string;
+}
+
 /** A server agent; `bin`: another checkout's bin/run.js (built), to compare commits in one run. */
-async function startKelsingra(label, upstreamUrl, { bin = BIN, env = {} } = {}) {
+async function startKelsingra(
+  label: string,
+  upstreamUrl: string,
+  { bin = BIN, env = {} }: { bin?: string; env?: Record<string, string> } = {},
+): Promise<Kelsingra> {
   const controlPort = await freePort();
   const proxyPort = await freePort();
   const proc = await start(
@@ -245,10 +303,16 @@ async function startKelsingra(label, upstreamUrl, { bin = BIN, env = {} } = {}) 
   return { proc, bin, control: `http://127.0.0.1:${controlPort}`, data: `http://127.0.0.1:${proxyPort}` };
 }
 
+/** What `intercept --detach --json` prints (what is read of it). */
+interface DetachedIntercept {
+  id: string;
+  agentPid: number;
+}
+
 /** `kelsingra intercept --detach` as a user would run it; returns the background agent's pid. */
-async function startIntercept(server, localPort, label) {
+async function startIntercept(server: Kelsingra, localPort: number, label: string) {
   const configDir = mkdtempSync(join(WORK, 'client-'));
-  const env = {
+  const env: NodeJS.ProcessEnv = {
     ...process.env,
     NO_COLOR: '1',
     KELSINGRA_SERVER: server.control,
@@ -269,7 +333,7 @@ async function startIntercept(server, localPort, label) {
     },
   );
   if (r.status !== 0) throw new Error(`intercept --detach failed (${r.status}):\n${r.stdout}\n${r.stderr}`);
-  const ready = JSON.parse(r.stdout.slice(r.stdout.indexOf('{')));
+  const ready: DetachedIntercept = JSON.parse(r.stdout.slice(r.stdout.indexOf('{')));
   orphanPids.add(ready.agentPid);
   const leave = async () => {
     spawnSync(NODE, [server.bin, 'leave', '--all'], { cwd: ROOT, env, encoding: 'utf8', timeout: 30_000 });
@@ -282,10 +346,10 @@ async function startIntercept(server, localPort, label) {
   return { pid: ready.agentPid, id: ready.id, leave };
 }
 
-const VIA = (tenant) => ({ 'x-kelsingra-service': 'billing', 'x-tenant-id': tenant });
+const VIA = (tenant: string) => ({ 'x-kelsingra-service': 'billing', 'x-tenant-id': tenant });
 
 /** The intercept benchmarks' set-up: a local service, a base service, and a server agent for them. */
-async function startInterceptSetup(label) {
+async function startInterceptSetup(label: string) {
   const localPort = await freePort();
   const basePort = await freePort();
   await start('local service', NODE, [SERVICES, 'service', String(localPort), 'local'], { ready: /ready/ });
@@ -294,10 +358,10 @@ async function startInterceptSetup(label) {
   return { localPort, ks };
 }
 
-const servedByLocal = (r) => r.status === 200 && r.headers.get('x-served-by') === 'local';
+const servedByLocal = (r: HttpResponse) => r.status === 200 && r.headers.get('x-served-by') === 'local';
 
 /** Waits until tenant t1's requests reach the local service through `ks`. */
-function waitIntercepted(ks, what, timeoutMs) {
+function waitIntercepted(ks: Kelsingra, what: string, timeoutMs?: number) {
   return waitHttp(
     `${ks.data}/`,
     VIA('t1'),
@@ -334,7 +398,7 @@ async function benchPassthrough() {
   const ks = await startKelsingra('passthrough', up.url);
 
   const headers = VIA('t2');
-  const targets = [
+  const targets: Target<'direct' | 'nginx' | 'replyFrom' | 'kelsingra'>[] = [
     { key: 'direct', label: `upstream direct (${opts.upstream})`, url: `${up.url}/`, headers },
     { key: 'nginx', label: 'nginx proxy_pass (1 worker)', url: `http://127.0.0.1:${nginxPort}/`, headers },
     { key: 'replyFrom', label: '@fastify/reply-from', url: `http://127.0.0.1:${rfPort}/`, headers },
@@ -348,8 +412,7 @@ async function benchPassthrough() {
   ];
   for (const t of targets)
     await waitHttp(t.url, headers, (r) => r.status === 200 && r.text === SMALL_BODY, t.label);
-  const res = await measure(targets);
-  res.kelsingraServerMem = memOf(ks.proc.pid);
+  const res = Object.assign(await measure(targets), { kelsingraServerMem: memOf(ks.proc.pid) });
   await stopAll();
   return res;
 }
@@ -365,7 +428,7 @@ async function benchIntercept() {
   const headers = VIA('t1');
   await waitIntercepted(ks, 'intercepted route');
   const ssh = await startSshReverse(WORK, localPort, { check: servedByLocal });
-  const res = await measure([
+  const measured = await measure([
     { key: 'direct', label: 'local service direct', url: `http://127.0.0.1:${localPort}/`, headers },
     { key: 'ssh', label: 'ssh -R (loopback) → local', url: `${ssh.url}/`, headers, pids: ssh.pids },
     {
@@ -376,8 +439,7 @@ async function benchIntercept() {
       pids: { server: ks.proc.pid, client: agent.pid },
     },
   ]);
-  res.serverMem = memOf(ks.proc.pid);
-  res.agentMem = memOf(agent.pid);
+  const res = Object.assign(measured, { serverMem: memOf(ks.proc.pid), agentMem: memOf(agent.pid) });
   await agent.leave();
   await stopAll();
   return res;
@@ -387,6 +449,38 @@ async function benchIntercept() {
 
 const GRPC_CLIENTS = 5;
 const GRPC_STREAMS = 10;
+
+type GrpcKey = 'direct' | 'passthrough' | 'intercepted' | 'bare';
+
+/** A gRPC target: `servedBy` is the service that must answer it. */
+interface GrpcTarget {
+  key: GrpcKey;
+  label: string;
+  url: string;
+  headers?: Record<string, string>;
+  servedBy: string;
+  pids?: Record<string, number>;
+}
+
+interface GrpcRun {
+  rps: number;
+  cpuUs: Record<string, number>;
+}
+
+/** A target that answered the checked call: its rounds, and their medians. */
+interface GrpcMeasured {
+  label: string;
+  unavailable?: undefined;
+  runs: GrpcRun[];
+  rps: number;
+  cpuUs: Record<string, number>;
+}
+
+/** A target that did not, and what it answered. */
+interface GrpcUnavailable {
+  label: string;
+  unavailable: string;
+}
 
 /**
  * gRPC unary calls/s with h2load (h2c, prior knowledge): a grpc-js service directly, through
@@ -425,7 +519,7 @@ async function benchGrpc() {
       ready: /ready/,
     },
   );
-  const targets = [
+  const targets: GrpcTarget[] = [
     {
       key: 'direct',
       label: 'local gRPC service direct',
@@ -456,13 +550,19 @@ async function benchGrpc() {
       pids: { server: outer.pid, client: inner.pid },
     },
   ];
-  const res = {};
-  const live = [];
+  // Every target gets its entry in the first loop.
+  const res = {} as Record<GrpcKey, GrpcMeasured | GrpcUnavailable>;
+  /** The targets that answered, and their figures (the same objects as in `res`). */
+  const live: GrpcTarget[] = [];
+  const figures = new Map<GrpcKey, GrpcMeasured>();
   for (const t of targets) {
     const check = await checkGrpc(t.url, t.headers ?? {}, t.servedBy);
     if (check.ok) {
       live.push(t);
-      res[t.key] = { label: t.label, runs: [] };
+      // rps and cpuUs are set once the rounds are done.
+      const f: GrpcMeasured = { label: t.label, runs: [], rps: Number.NaN, cpuUs: {} };
+      figures.set(t.key, f);
+      res[t.key] = f;
     } else {
       res[t.key] = { label: t.label, unavailable: check.why };
       log(`  ${t.label}: not available: ${check.why}`);
@@ -483,18 +583,20 @@ async function benchGrpc() {
       const cpuUs = Object.fromEntries(
         Object.entries(t.pids ?? {}).map(([k, pid]) => [
           k,
-          ((cpuSeconds(pid) - cpu0[k]) / (r.calls * (1 + opts.warmup / opts.duration))) * 1e6,
+          ((cpuSeconds(pid) - (cpu0[k] ?? Number.NaN)) / (r.calls * (1 + opts.warmup / opts.duration))) * 1e6,
         ]),
       );
-      res[t.key].runs.push({ rps: r.rps, cpuUs });
+      figures.get(t.key)?.runs.push({ rps: r.rps, cpuUs });
       log(`  round ${round} ${t.label.padEnd(40)} ${fmt(r.rps, 0).padStart(7)} calls/s`);
     }
   }
   for (const t of live) {
-    const runs = res[t.key].runs;
-    res[t.key].rps = median(runs.map((x) => x.rps));
-    res[t.key].cpuUs = Object.fromEntries(
-      Object.keys(t.pids ?? {}).map((k) => [k, median(runs.map((x) => x.cpuUs[k]))]),
+    const f = figures.get(t.key);
+    if (!f) continue;
+    const runs = f.runs;
+    f.rps = median(runs.map((x) => x.rps));
+    f.cpuUs = Object.fromEntries(
+      Object.keys(t.pids ?? {}).map((k) => [k, median(runs.map((x) => x.cpuUs[k] ?? Number.NaN))]),
     );
   }
   await agent.leave();
@@ -558,7 +660,7 @@ async function benchProto() {
   );
   const leanUrl = `http://127.0.0.1:${leanPort}/`;
   await waitHttp(leanUrl, headers, servedByLocal, 'lean prototype');
-  const targets = [
+  const targets: Target<'direct' | 'ssh' | 'intercepted' | 'h2raw' | 'lean' | 'old'>[] = [
     { key: 'direct', label: 'local service direct', url: `http://127.0.0.1:${localPort}/`, headers },
     { key: 'ssh', label: 'ssh -R (loopback) → local', url: `${ssh.url}/`, headers, pids: ssh.pids },
     {
@@ -583,7 +685,7 @@ async function benchProto() {
       pids: { server: leans.pid, client: leanc.pid },
     },
   ];
-  let old;
+  let old: Awaited<ReturnType<typeof startIntercept>> | undefined;
   if (opts.old) {
     const bin = join(resolve(opts.old), 'bin', 'run.js');
     const oks = await startKelsingra('proto-old', `http://127.0.0.1:${localPort}`, { bin });
@@ -597,7 +699,9 @@ async function benchProto() {
       pids: { server: oks.proc.pid, client: old.pid },
     });
   }
-  const res = await measure(targets);
+  // 'old' only with --old.
+  const res: Record<'direct' | 'ssh' | 'intercepted' | 'h2raw' | 'lean', Measured> & { old?: Measured } =
+    await measure(targets);
   await agent.leave();
   if (old) await old.leave();
   await stopAll();
@@ -606,7 +710,13 @@ async function benchProto() {
 
 // ---------------------------------------------------------------- 3. bulk transfer
 
-function upload(url, headers, bytes) {
+/** One transfer: how long it took, and MB (10^6 bytes) per second. */
+interface Rate {
+  seconds: number;
+  mbps: number;
+}
+
+function upload(url: string, headers: Record<string, string>, bytes: number): Promise<Rate> {
   const chunk = Buffer.alloc(64 * 1024, 'u');
   return new Promise((res, rej) => {
     const t0 = performance.now();
@@ -619,11 +729,11 @@ function upload(url, headers, bytes) {
     req.on('response', (r) => {
       let body = '';
       r.setEncoding('utf8');
-      r.on('data', (c) => (body += c));
+      r.on('data', (c: string) => (body += c));
       r.on('end', () => {
         const seconds = (performance.now() - t0) / 1000;
         if (r.statusCode !== 200) return rej(new Error(`upload: HTTP ${r.statusCode} ${body.slice(0, 300)}`));
-        const got = JSON.parse(body).bytes;
+        const { bytes: got }: { bytes: unknown } = JSON.parse(body);
         if (got !== bytes) return rej(new Error(`upload: local service received ${got} of ${bytes} bytes`));
         res({ seconds, mbps: bytes / 1e6 / seconds });
       });
@@ -644,7 +754,7 @@ function upload(url, headers, bytes) {
   });
 }
 
-function download(url, headers, bytes) {
+function download(url: string, headers: Record<string, string>, bytes: number): Promise<Rate> {
   return new Promise((res, rej) => {
     const t0 = performance.now();
     const req = http.get(`${url}?bytes=${bytes}`, { headers }, (r) => {
@@ -653,7 +763,7 @@ function download(url, headers, bytes) {
         return rej(new Error(`download: HTTP ${r.statusCode}`));
       }
       let got = 0;
-      r.on('data', (c) => (got += c.length));
+      r.on('data', (c: Buffer) => (got += c.length));
       r.on('error', rej);
       r.on('end', () => {
         const seconds = (performance.now() - t0) / 1000;
@@ -677,25 +787,35 @@ async function benchTransfer() {
   const headers = VIA('t1');
   await waitIntercepted(ks, 'intercepted route');
 
-  const res = { bytes: opts.bytes, idle: { server: memOf(ks.proc.pid), agent: memOf(agent.pid) } };
-  res.directUpload = await upload(`${local}/upload`, {}, opts.bytes);
-  res.directDownload = await download(`${local}/download`, {}, opts.bytes);
+  const bytes = opts.bytes;
+  const idle = { server: memOf(ks.proc.pid), agent: memOf(agent.pid) };
+  const directUpload = await upload(`${local}/upload`, {}, opts.bytes);
+  const directDownload = await download(`${local}/download`, {}, opts.bytes);
   log(
-    `  direct to local service: upload ${fmt(res.directUpload.mbps, 0)} MB/s, download ${fmt(res.directDownload.mbps, 0)} MB/s`,
+    `  direct to local service: upload ${fmt(directUpload.mbps, 0)} MB/s, download ${fmt(directDownload.mbps, 0)} MB/s`,
   );
-  res.upload = await upload(`${ks.data}/upload`, headers, opts.bytes);
-  res.afterUpload = { server: memOf(ks.proc.pid), agent: memOf(agent.pid) };
+  const tunnelUpload = await upload(`${ks.data}/upload`, headers, opts.bytes);
+  const afterUpload = { server: memOf(ks.proc.pid), agent: memOf(agent.pid) };
   log(
-    `  tunnel upload:   ${fmt(res.upload.mbps, 0)} MB/s (${fmt(res.upload.seconds, 1)} s); peak RSS server ${fmt(res.afterUpload.server.hwmMiB, 0)} MiB, client ${fmt(res.afterUpload.agent.hwmMiB, 0)} MiB`,
+    `  tunnel upload:   ${fmt(tunnelUpload.mbps, 0)} MB/s (${fmt(tunnelUpload.seconds, 1)} s); peak RSS server ${fmt(afterUpload.server.hwmMiB, 0)} MiB, client ${fmt(afterUpload.agent.hwmMiB, 0)} MiB`,
   );
-  res.download = await download(`${ks.data}/download`, headers, opts.bytes);
-  res.afterDownload = { server: memOf(ks.proc.pid), agent: memOf(agent.pid) };
+  const tunnelDownload = await download(`${ks.data}/download`, headers, opts.bytes);
+  const afterDownload = { server: memOf(ks.proc.pid), agent: memOf(agent.pid) };
   log(
-    `  tunnel download: ${fmt(res.download.mbps, 0)} MB/s (${fmt(res.download.seconds, 1)} s); peak RSS server ${fmt(res.afterDownload.server.hwmMiB, 0)} MiB, client ${fmt(res.afterDownload.agent.hwmMiB, 0)} MiB`,
+    `  tunnel download: ${fmt(tunnelDownload.mbps, 0)} MB/s (${fmt(tunnelDownload.seconds, 1)} s); peak RSS server ${fmt(afterDownload.server.hwmMiB, 0)} MiB, client ${fmt(afterDownload.agent.hwmMiB, 0)} MiB`,
   );
   await agent.leave();
   await stopAll();
-  return res;
+  return {
+    bytes,
+    idle,
+    directUpload,
+    directDownload,
+    upload: tunnelUpload,
+    afterUpload,
+    download: tunnelDownload,
+    afterDownload,
+  };
 }
 
 // ---------------------------------------------------------------- memory kept per request
@@ -704,7 +824,7 @@ async function benchTransfer() {
  * wrk as tenant t1 for about `n` requests at the rate `rps` measured just before (wrk stops on
  * time, not on a count; the figures divide by the requests it reports).
  */
-function wrkRequests(ks, n, rps) {
+function wrkRequests(ks: Kelsingra, n: number, rps: number) {
   const seconds = Math.min(300, Math.max(3, Math.ceil(n / rps)));
   return wrk(`${ks.data}/`, { conns: 20, seconds, headers: VIA('t1') });
 }
@@ -713,23 +833,24 @@ function wrkRequests(ks, n, rps) {
 const INSPECT = { NODE_OPTIONS: '--inspect=127.0.0.1:0' };
 
 /** The inspector a process announced last (bin/run.js re-executes itself: the first one is gone). */
-function inspectorUrl(output) {
+function inspectorUrl(output: string): string | undefined {
   return [...output.matchAll(/Debugger listening on (ws:\/\/\S+)/g)].at(-1)?.[1];
 }
 
 /** Live heap of the process behind inspector `url` after a full collection, in bytes. */
-async function heapAfterGc(url) {
+async function heapAfterGc(url: string): Promise<number> {
   const ws = new WebSocket(url);
   await new Promise((res, rej) => {
     ws.addEventListener('open', res, { once: true });
     ws.addEventListener('error', () => rej(new Error(`inspector ${url} refused`)), { once: true });
   });
   let nextId = 1;
-  const call = (method) =>
-    new Promise((res, rej) => {
+  /** One DevTools protocol call; `T` is its result's shape. */
+  const call = <T>(method: string) =>
+    new Promise<T>((res, rej) => {
       const id = nextId++;
-      const onMessage = (ev) => {
-        const m = JSON.parse(String(ev.data));
+      const onMessage = (ev: MessageEvent) => {
+        const m: { id?: number; result?: T } = JSON.parse(String(ev.data));
         if (m.id !== id) return;
         ws.removeEventListener('message', onMessage);
         m.result ? res(m.result) : rej(new Error(`${method} failed: ${ev.data}`));
@@ -739,10 +860,20 @@ async function heapAfterGc(url) {
     });
   try {
     await call('HeapProfiler.collectGarbage');
-    return (await call('Runtime.getHeapUsage')).usedSize;
+    return (await call<{ usedSize: number }>('Runtime.getHeapUsage')).usedSize;
   } finally {
     ws.close();
   }
+}
+
+/** One retained-memory figure of one agent, in bytes. */
+interface Figure {
+  what: string;
+  before: number;
+  after: number;
+  /** A figure with a goal (the heap; RSS is reported only). */
+  goal?: true;
+  perRequest: number;
 }
 
 /**
@@ -764,8 +895,10 @@ async function benchRetained() {
   const agents = [
     { what: 'server agent', pid: ks.proc.pid, inspector: inspectorUrl(ks.proc.output()) },
     { what: 'client agent', pid: fg.pid, inspector: inspectorUrl(fg.output()) },
-  ];
-  for (const a of agents) if (!a.inspector) throw new Error(`${a.what} announced no inspector`);
+  ].map(({ what, pid, inspector }) => {
+    if (!inspector) throw new Error(`${what} announced no inspector`);
+    return { what, pid, inspector };
+  });
   const sample = async () =>
     Promise.all(
       agents.map(async (a) => ({ heap: await heapAfterGc(a.inspector), rss: memOf(a.pid).rssMiB * 2 ** 20 })),
@@ -775,10 +908,22 @@ async function benchRetained() {
   const before = await sample();
   const load = await wrkRequests(ks, opts.requests, rate.rps);
   const after = await sample();
-  const figures = agents.flatMap((a, i) => [
-    { what: `${a.what} heap after a full GC`, before: before[i].heap, after: after[i].heap, goal: true },
-    { what: `${a.what} RSS`, before: before[i].rss, after: after[i].rss },
-  ]);
+  const figures = agents.flatMap((a, i): Figure[] => {
+    const b = before[i];
+    const e = after[i];
+    if (!b || !e) throw new Error(`no sample of the ${a.what}`);
+    // perRequest is set below.
+    return [
+      {
+        what: `${a.what} heap after a full GC`,
+        before: b.heap,
+        after: e.heap,
+        goal: true,
+        perRequest: Number.NaN,
+      },
+      { what: `${a.what} RSS`, before: b.rss, after: e.rss, perRequest: Number.NaN },
+    ];
+  });
   for (const f of figures) {
     f.perRequest = (f.after - f.before) / load.requests;
     log(
@@ -793,8 +938,10 @@ async function benchRetained() {
 // ---------------------------------------------------------------- 4. live view
 
 /** CPU seconds (user + system) a process has used so far, from /proc/<pid>/stat. */
-function cpuSeconds(pid) {
-  const fields = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1].split(' ');
+function cpuSeconds(pid: number): number {
+  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1];
+  if (stat === undefined) throw new Error(`/proc/${pid}/stat: no ") " after the command name`);
+  const fields = stat.split(' ');
   return (Number(fields[11]) + Number(fields[12])) / 100;
 }
 
@@ -803,7 +950,12 @@ function cpuSeconds(pid) {
  * (tmux), or with --json into /dev/null. Resolves once the route is live, with the CLI's pid
  * and a function that leaves (q in the terminal, SIGINT otherwise).
  */
-async function startForeground(server, localPort, mode, extraEnv = {}) {
+async function startForeground(
+  server: Kelsingra,
+  localPort: number,
+  mode: 'json' | 'live',
+  extraEnv: Record<string, string> = {},
+) {
   const configDir = mkdtempSync(join(WORK, 'client-'));
   const env = {
     ...extraEnv,
@@ -813,9 +965,9 @@ async function startForeground(server, localPort, mode, extraEnv = {}) {
     KELSINGRA_HOLDER: HOLDER,
   };
   const args = [BIN, 'intercept', 'billing', '--tenant', 't1', '--port', String(localPort)];
-  let leave;
-  let pid;
-  let output;
+  let leave: () => Promise<void>;
+  let pid: number;
+  let output: (() => string) | undefined;
   if (mode === 'live') {
     const socket = `kelsingra-bench-${process.pid}`;
     const envArgs = Object.entries({ ...env, CI: '0', TERM: 'xterm-256color' }).map(([k, v]) => `${k}=${v}`);
@@ -860,10 +1012,10 @@ async function benchLiveView() {
     `\n== 4. Live view: intercepted req/s with the Ink live log open in a terminal vs --json to /dev/null; wrk -t1 -c20, ${opts.duration} s, ${opts.rounds} rounds (median)`,
   );
   const { localPort, ks } = await startInterceptSetup('liveview');
-  const runs = { json: [], live: [] };
+  const runs: Record<'json' | 'live', { rps: number; cliCpuPerReqUs: number }[]> = { json: [], live: [] };
   let idleCpu = Number.NaN;
   for (let round = 1; round <= opts.rounds; round++) {
-    for (const mode of ['json', 'live']) {
+    for (const mode of ['json', 'live'] as const) {
       const fg = await startForeground(ks, localPort, mode);
       await wrk(`${ks.data}/`, { conns: 20, seconds: opts.warmup, headers: VIA('t1') });
       const cpu0 = cpuSeconds(fg.pid);
@@ -901,12 +1053,12 @@ async function benchLiveView() {
  * `n` uploads of `tenant` to `url` announcing 1 MB and sending a byte every 10 s, each on its
  * own connection, opened in batches the listen backlog takes. Each records how it ended.
  */
-async function trickles(url, tenant, n) {
+async function trickles(url: string, tenant: string, n: number) {
   const { hostname, port } = new URL(url);
-  const state = { answered: new Map(), ended: 0, list: [] };
+  const state = { answered: new Map<string, number>(), ended: 0, list: [] as net.Socket[] };
   for (let i = 0; i < n; i++) {
     const socket = net.connect(Number(port), hostname);
-    let timer;
+    let timer: NodeJS.Timeout | undefined;
     let head = '';
     let ended = false;
     const end = () => {
@@ -920,7 +1072,7 @@ async function trickles(url, tenant, n) {
       );
       timer = setInterval(() => socket.write('x'), 10_000);
     });
-    socket.on('data', (c) => {
+    socket.on('data', (c: Buffer) => {
       if (head.includes('\r\n\r\n')) return;
       head += c.toString('latin1');
       if (!head.includes('\r\n\r\n')) return;
@@ -966,13 +1118,13 @@ async function benchTrickle() {
     [`http://127.0.0.1:${upPort}/`],
   );
   const headers = VIA('quiet');
-  const agents = [];
+  const agents: { ks: Kelsingra; url: string }[] = [];
   for (const name of ['a', 'b']) {
     const ks = await startKelsingra(`trickle-${name}`, `http://127.0.0.1:${upPort}`);
     await waitHttp(`${ks.data}/`, headers, (r) => r.status === 200 && r.text === SMALL_BODY, `agent ${name}`);
     agents.push({ ks, url: `${ks.data}/` });
   }
-  const load = (seconds) =>
+  const load = (seconds: number) =>
     Promise.all(
       agents.map(async ({ ks, url }) => {
         const cpu = cpuSeconds(ks.proc.pid);
@@ -984,7 +1136,9 @@ async function benchTrickle() {
   const rounds = [];
   for (let round = 1; round <= opts.rounds; round++) {
     const slow = round % 2;
-    const hog = await trickles(agents[slow].ks.data, 'hog', opts.trickles);
+    const slowAgent = agents[slow];
+    if (!slowAgent) throw new Error(`no agent ${slow}`);
+    const hog = await trickles(slowAgent.ks.data, 'hog', opts.trickles);
     // Until each upload is either held (and has sent its first byte) or refused.
     await sleep(2_000);
     const results = await load(opts.duration);
@@ -993,6 +1147,7 @@ async function benchTrickle() {
     hog.close();
     await sleep(1_000);
     const [calm, trickled] = slow ? results : [results[1], results[0]];
+    if (!calm || !trickled) throw new Error('one result per agent expected');
     const r = {
       calm: calm.rps,
       trickled: trickled.rps,
@@ -1022,7 +1177,10 @@ async function benchTrickle() {
 // ---------------------------------------------------------------- report
 
 /** One row per tunnel target: req/s and its ratio to direct, latency, CPU per request on each side. */
-function tunnelTable(res, keys) {
+function tunnelTable<K extends string>(
+  res: Partial<Record<K, Measured>> & { direct: Measured },
+  keys: readonly K[],
+): string {
   const d = res.direct;
   return table([
     [
@@ -1035,24 +1193,42 @@ function tunnelTable(res, keys) {
       'server side CPU/req (µs)',
       'client side CPU/req (µs)',
     ],
-    ...keys
-      .filter((k) => res[k])
-      .map((k) => [
-        res[k].label,
-        fmt(res[k].rps, 0),
-        fmt(res[k].rps / d.rps, 2),
-        fmt(res[k].p99, 2),
-        fmt(res[k].p50c1, 3),
-        k === 'direct' ? '—' : fmt(res[k].p50c1 - d.p50c1, 3),
-        k === 'direct' ? '—' : fmt(res[k].cpuUs.server, 1),
-        k === 'direct' ? '—' : fmt(res[k].cpuUs.client, 1),
-      ]),
+    ...keys.flatMap((k) => {
+      const r: Measured | undefined = res[k];
+      if (!r) return [];
+      return [
+        [
+          r.label,
+          fmt(r.rps, 0),
+          fmt(r.rps / d.rps, 2),
+          fmt(r.p99, 2),
+          fmt(r.p50c1, 3),
+          k === 'direct' ? '—' : fmt(r.p50c1 - d.p50c1, 3),
+          k === 'direct' ? '—' : fmt(r.cpuUs.server, 1),
+          k === 'direct' ? '—' : fmt(r.cpuUs.client, 1),
+        ],
+      ];
+    }),
   ]);
 }
 
-const ok = (pass) => (pass ? 'met' : 'MISSED');
+const ok = (pass: boolean) => (pass ? 'met' : 'MISSED');
 
-function report(results) {
+/** Everything a run records (--json writes it). */
+interface Results extends MachineInfo {
+  opts: typeof opts;
+  passthrough?: Awaited<ReturnType<typeof benchPassthrough>>;
+  intercept?: Awaited<ReturnType<typeof benchIntercept>>;
+  grpc?: Awaited<ReturnType<typeof benchGrpc>>;
+  transfer?: Awaited<ReturnType<typeof benchTransfer>>;
+  retained?: Awaited<ReturnType<typeof benchRetained>>;
+  proto?: Awaited<ReturnType<typeof benchProto>>;
+  liveview?: Awaited<ReturnType<typeof benchLiveView>>;
+  trickle?: Awaited<ReturnType<typeof benchTrickle>>;
+  gateway?: Awaited<ReturnType<typeof benchGateway>>;
+}
+
+function report(results: Results) {
   const rows = [['Benchmark', 'Figure', 'Goal', 'Result']];
   const p = results.passthrough;
   if (p) {
@@ -1066,7 +1242,7 @@ function report(results) {
           'p50 @1 conn (ms)',
           'p50 added vs direct (ms)',
         ],
-        ...['direct', 'nginx', 'replyFrom', 'kelsingra'].map((k) => [
+        ...(['direct', 'nginx', 'replyFrom', 'kelsingra'] as const).map((k) => [
           p[k].label,
           fmt(p[k].rps, 0),
           fmt(p[k].p99, 2),
@@ -1097,29 +1273,32 @@ function report(results) {
   const g = results.grpc;
   if (g) {
     log(`\ngRPC unary (h2load -t1 -c${GRPC_CLIENTS} -m${GRPC_STREAMS}, medians of ${opts.rounds}):`);
-    const d = g.direct.rps;
+    // NaN (n/a in the table) when the direct call was not available.
+    const rpsOf = (r: GrpcMeasured | GrpcUnavailable) => (r.unavailable === undefined ? r.rps : Number.NaN);
+    const d = rpsOf(g.direct);
     log(
       table([
         ['Target', 'calls/s', '÷ direct', 'server side CPU/call (µs)', 'client side CPU/call (µs)'],
-        ...['direct', 'passthrough', 'intercepted', 'bare'].map((k) =>
-          g[k].unavailable
-            ? [g[k].label, `not available: ${g[k].unavailable}`, '—', '—', '—']
+        ...(['direct', 'passthrough', 'intercepted', 'bare'] as const).map((k) => {
+          const r = g[k];
+          return r.unavailable !== undefined
+            ? [r.label, `not available: ${r.unavailable}`, '—', '—', '—']
             : [
-                g[k].label,
-                fmt(g[k].rps, 0),
-                fmt(g[k].rps / d, 2),
-                g[k].cpuUs.server === undefined ? '—' : fmt(g[k].cpuUs.server, 1),
-                g[k].cpuUs.client === undefined ? '—' : fmt(g[k].cpuUs.client, 1),
-              ],
-        ),
+                r.label,
+                fmt(r.rps, 0),
+                fmt(r.rps / d, 2),
+                r.cpuUs.server === undefined ? '—' : fmt(r.cpuUs.server, 1),
+                r.cpuUs.client === undefined ? '—' : fmt(r.cpuUs.client, 1),
+              ];
+        }),
       ]),
     );
     for (const [k, what] of [
       ['passthrough', 'pass-through'],
       ['intercepted', 'intercepted'],
       ['bare', 'two bare node:http2 proxies (the ceiling)'],
-    ]) {
-      const ratio = g[k].rps / d;
+    ] as const) {
+      const ratio = rpsOf(g[k]) / d;
       rows.push([
         `G. gRPC unary ${what} calls/s / direct`,
         g[k].unavailable ? 'not available' : fmt(ratio, 2),
@@ -1132,18 +1311,20 @@ function report(results) {
   if (pr) {
     log(`\nTunnel protocols (wrk -t1, medians of ${opts.rounds}):`);
     log(tunnelTable(pr, ['direct', 'ssh', 'intercepted', 'h2raw', 'lean', 'old']));
-    for (const k of ['intercepted', 'h2raw', 'lean', 'old'].filter((x) => pr[x])) {
+    for (const k of ['intercepted', 'h2raw', 'lean', 'old'] as const) {
+      const r = pr[k];
+      if (!r) continue;
       rows.push([
-        `P. ${pr[k].label} req/s / direct`,
-        fmt(pr[k].rps / pr.direct.rps, 2),
+        `P. ${r.label} req/s / direct`,
+        fmt(r.rps / pr.direct.rps, 2),
         '≥ 0.35',
-        ok(pr[k].rps / pr.direct.rps >= 0.35),
+        ok(r.rps / pr.direct.rps >= 0.35),
       ]);
       rows.push([
-        `P. ${pr[k].label} req/s / ssh -R`,
-        fmt(pr[k].rps / pr.ssh.rps, 2),
+        `P. ${r.label} req/s / ssh -R`,
+        fmt(r.rps / pr.ssh.rps, 2),
         '≥ 0.80',
-        ok(pr[k].rps / pr.ssh.rps >= 0.8),
+        ok(r.rps / pr.ssh.rps >= 0.8),
       ]);
     }
   }
@@ -1180,7 +1361,7 @@ function report(results) {
     for (const [dir, r] of [
       ['upload', t.upload],
       ['download', t.download],
-    ])
+    ] as const)
       rows.push([
         `3. ${dir} ${gib} GiB through the tunnel (MB/s)`,
         fmt(r.mbps, 0),
@@ -1190,7 +1371,7 @@ function report(results) {
     for (const [who, k] of [
       ['server', 'server'],
       ['client', 'agent'],
-    ]) {
+    ] as const) {
       const peak = Math.max(t.afterUpload[k].hwmMiB, t.afterDownload[k].hwmMiB);
       rows.push([
         `3. ${who} agent peak RSS over both transfers (MiB)`,
@@ -1285,7 +1466,7 @@ function report(results) {
     ]);
   }
   log(
-    `\nSummary (${os.cpus().length} cores, ${os.cpus()[0]?.model ?? 'unknown CPU'}, Node ${process.versions.node}; wrk -t1 competes with the proxy for the cores; load average at start ${results.loadStart}, at end ${os.loadavg()[0].toFixed(2)}):`,
+    `\nSummary (${os.cpus().length} cores, ${os.cpus()[0]?.model ?? 'unknown CPU'}, Node ${process.versions.node}; wrk -t1 competes with the proxy for the cores; load average at start ${results.loadStart}, at end ${(os.loadavg()[0] ?? Number.NaN).toFixed(2)}):`,
   );
   log(table(rows));
 }
@@ -1297,7 +1478,7 @@ ensureTools(['wrk', 'nginx', 'tmux']);
 if (benches.some((b) => ['intercept', 'proto'].includes(b))) ensureTools(['sshd', 'ssh', 'ssh-keygen']);
 if (benches.includes('grpc')) ensureTools(['h2load']);
 if (benches.includes('gateway')) ensureTools(['haproxy']);
-const results = { opts, ...machineInfo() };
+const results: Results = { opts, ...machineInfo() };
 let exitCode = 0;
 try {
   log(
@@ -1318,7 +1499,7 @@ try {
   report(results);
   if (opts.json) {
     for (const r of [results.passthrough, results.intercept])
-      if (r) for (const v of Object.values(r)) if (v?.rounds) for (const x of v.rounds) delete x.raw;
+      if (r) for (const v of Object.values(r)) if ('rounds' in v) for (const x of v.rounds) delete x.raw;
     writeFileSync(opts.json, `${JSON.stringify(results, null, 2)}\n`);
   }
   if (opts.profile)
