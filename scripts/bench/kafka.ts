@@ -33,12 +33,13 @@
  * Every process is stopped on exit, Ctrl-C or failure, the detached client agent with
  * `leave --all` and then its pid.
  */
-import { type ChildProcess, execFile, spawnSync } from 'node:child_process';
+import { type ChildProcessByStdio, execFile, spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import http from 'node:http';
 import os from 'node:os';
 import { join } from 'node:path';
+import type { Readable } from 'node:stream';
 import kafkajs, { type Consumer, type Message } from 'kafkajs';
 import YAML from 'yaml';
 import {
@@ -73,7 +74,7 @@ const TENANT_HEADER = 'x-tenant-id';
 /** A process started with lib.ts's start(). */
 interface Proc {
   name: string;
-  child: ChildProcess;
+  child: ChildProcessByStdio<null, Readable, Readable>;
   pid: number | undefined;
   output: () => string;
 }
@@ -132,7 +133,7 @@ interface Throughput {
 }
 interface MonitorSample {
   at: string;
-  load1: number | undefined;
+  load1: number;
   own: number;
   broker: number;
   others: number;
@@ -802,7 +803,7 @@ async function main() {
         kelsingraCpu: median(k.map((r) => r.cpu.processSeconds)),
         plainCpu: median(p.map((r) => r.cpu.processSeconds)),
         cpuRatio: median(k.map((r, i) => plainAt(i).cpu.processSeconds / r.cpu.processSeconds)),
-        producedMs: mode === 'live' ? median(rows.map((r) => r.producedMs)) : undefined,
+        producedMs: mode === 'live' ? median(rows.map((r) => r.producedMs ?? Number.NaN)) : undefined,
       };
     }
 
@@ -893,7 +894,7 @@ function startMonitor() {
     for (const [cmd, cpu] of u.named) others.set(cmd, Math.max(others.get(cmd) ?? 0, cpu));
     samples.push({
       at: new Date().toISOString(),
-      load1: os.loadavg()[0],
+      load1: os.loadavg()[0] ?? Number.NaN,
       own: u.own,
       broker: u.broker,
       others: u.others,
@@ -917,7 +918,7 @@ function startMonitor() {
     stop: () => clearInterval(timer),
     summary: (): MonitorSummary => ({
       samples,
-      maxLoad1: Math.max(0, ...samples.map((s) => s.load1 ?? 0)),
+      maxLoad1: Math.max(0, ...samples.map((s) => s.load1)),
       maxOthersCpu: Math.max(0, ...samples.map((s) => s.others)),
       medianOthersCpu: samples.length ? median(samples.map((s) => s.others)) : 0,
       otherProcesses: [...others].map(([cmd, cpu]) => ({ cmd, maxCpu: Math.round(cpu) })),

@@ -28,12 +28,13 @@
  * (services.ts) and the replicas are separate processes, all on 127.0.0.1, stopped on exit,
  * Ctrl-C or failure; the database is dropped and a broker this script started is stopped.
  */
-import { type ChildProcess, spawnSync } from 'node:child_process';
+import { type ChildProcessByStdio, spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { writeFileSync } from 'node:fs';
 import http from 'node:http';
 import os from 'node:os';
 import { join } from 'node:path';
+import type { Readable } from 'node:stream';
 import { pathToFileURL } from 'node:url';
 import { type Dispatcher, Client as HttpClient } from 'undici';
 import type { TunnelState } from '../../src/client/tunnel/tunnel-client.ts';
@@ -74,7 +75,7 @@ type ReqHeaders = Record<string, string>;
 /** A process started with lib.ts's start(). */
 interface Proc {
   name: string;
-  child: ChildProcess;
+  child: ChildProcessByStdio<null, Readable, Readable>;
   pid: number | undefined;
   output: () => string;
 }

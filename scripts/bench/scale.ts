@@ -44,11 +44,12 @@
  * KELSINGRA_BENCH_PG; databases kelsingra_bench_scale_<random>[_empty] are created and dropped.
  * Every process is stopped on exit, Ctrl-C or failure.
  */
-import type { ChildProcess } from 'node:child_process';
+import type { ChildProcessByStdio } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { chmodSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import { join, resolve } from 'node:path';
+import type { Readable } from 'node:stream';
 import { pathToFileURL } from 'node:url';
 import v8 from 'node:v8';
 import vm from 'node:vm';
@@ -88,7 +89,7 @@ const TOKEN = `bench-${randomBytes(8).toString('hex')}`;
 /** A process started with lib.ts's start(). */
 interface Proc {
   name: string;
-  child: ChildProcess;
+  child: ChildProcessByStdio<null, Readable, Readable>;
   pid: number | undefined;
   output: () => string;
 }
