@@ -33,13 +33,14 @@
  * Every process is stopped on exit, Ctrl-C or failure, the detached client agent with
  * `leave --all` and then its pid.
  */
-import { execFile, spawnSync } from 'node:child_process';
+import { type ChildProcessByStdio, execFile, spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import http from 'node:http';
 import os from 'node:os';
 import { join } from 'node:path';
-import kafkajs from 'kafkajs';
+import type { Readable } from 'node:stream';
+import kafkajs, { type Consumer, type Message } from 'kafkajs';
 import YAML from 'yaml';
 import {
   alive,
@@ -67,8 +68,106 @@ const BIN = join(ROOT, 'bin', 'run.js');
 const KAFKA = join(ROOT, 'scripts', 'kafka');
 const SELF = import.meta.filename;
 const NODE = process.execPath;
-const BROKERS = ['127.0.0.1:9092'];
+const BROKERS: [string, ...string[]] = ['127.0.0.1:9092'];
 const TENANT_HEADER = 'x-tenant-id';
+
+/** A process started with lib.ts's start(). */
+interface Proc {
+  name: string;
+  child: ChildProcessByStdio<null, Readable, Readable>;
+  pid: number | undefined;
+  output: () => string;
+}
+type System = 'kelsingra' | 'plain';
+type Mode = 'backlog' | 'live';
+interface Stats {
+  p50: number;
+  p90: number;
+  p99: number;
+  max: number;
+}
+interface LatencySample {
+  local: number;
+  direct: number;
+  ack: number;
+}
+interface Latency {
+  n: number;
+  lost: number;
+  leakedToBase: number;
+  duplicates: { local: number; direct: number };
+  firstMessageMs: number;
+  local: Stats;
+  direct: Stats;
+  addedPerMessage: Stats;
+  ack: Stats;
+  samples: LatencySample[];
+  addedP50: number;
+  addedP99: number;
+}
+/** CPU % by kind of process over a window (see startMonitor). */
+interface CpuShare {
+  own: number;
+  broker: number;
+  others: number;
+}
+interface ThroughputRow {
+  system: System;
+  mode: Mode;
+  round: number;
+  ms: number;
+  rate: number;
+  producedMs: number | undefined;
+  extra: number;
+  cpu: CpuShare & { processSeconds: number };
+}
+interface Throughput {
+  rows: ThroughputRow[];
+  kelsingra: number;
+  plain: number;
+  ratio: number;
+  kelsingraCpu: number;
+  plainCpu: number;
+  cpuRatio: number;
+  producedMs: number | undefined;
+}
+interface MonitorSample {
+  at: string;
+  load1: number;
+  own: number;
+  broker: number;
+  others: number;
+}
+interface MonitorSummary {
+  samples: MonitorSample[];
+  maxLoad1: number;
+  maxOthersCpu: number;
+  medianOthersCpu: number;
+  otherProcesses: { cmd: string; maxCpu: number }[];
+}
+type Opts = ReturnType<typeof options>;
+interface Results {
+  opts: Opts;
+  runId: string;
+  node: string;
+  cores: number;
+  cpu: string | undefined;
+  startedAt: string;
+  loadStart: string[];
+  brokerWasRunning?: boolean;
+  serverArgv?: string[];
+  latency?: Latency;
+  backlog?: Throughput;
+  live?: Throughput;
+  seconds?: number;
+  loadEnd?: string[];
+  monitor?: MonitorSummary;
+}
+interface CopySpec {
+  from: string;
+  to: string;
+  groupId: string;
+}
 
 // kafkajs 2.2 schedules a timer with a negative delay on Node 24, which prints a
 // TimeoutNegativeWarning per consumer; it is harmless, and only that one is hidden.
@@ -82,7 +181,7 @@ process.on('warning', (w) => {
 
 /** The splitter's produce size limit and size estimate (src/shared/kafka-wire.ts), for the same requests. */
 const MAX_PRODUCE_BYTES = 512 * 1024;
-const messageBytes = (m) => {
+const messageBytes = (m: Message) => {
   let size = 64 + (m.key?.length ?? 0) + (m.value?.length ?? 0);
   for (const [k, v] of Object.entries(m.headers ?? {}))
     size += k.length + (Array.isArray(v) ? v.join('').length : (v?.length ?? 0));
@@ -97,7 +196,7 @@ const messageBytes = (m) => {
  * settings as the splitter (idempotent, one request in flight). Prints {"joined":<epoch ms>}
  * when it has joined its group.
  */
-async function copyWorker({ from, to, groupId }) {
+async function copyWorker({ from, to, groupId }: CopySpec) {
   const kafka = new Kafka({
     clientId: 'kbench-copy',
     brokers: BROKERS,
@@ -133,7 +232,7 @@ async function copyWorker({ from, to, groupId }) {
         partition: batch.partition,
       }));
       if (!isRunning() || isStale()) return;
-      let chunk = [];
+      let chunk: Message[] = [];
       let bytes = 0;
       for (const m of messages) {
         const n = messageBytes(m);
@@ -153,7 +252,9 @@ async function copyWorker({ from, to, groupId }) {
 }
 
 if (process.argv[2] === '--copy-worker') {
-  await copyWorker(JSON.parse(process.argv[3]));
+  const spec = process.argv[3];
+  if (spec === undefined) throw new Error('--copy-worker needs its JSON argument');
+  await copyWorker(JSON.parse(spec) as CopySpec);
 } else {
   await main();
 }
@@ -199,7 +300,7 @@ async function main() {
   const WORK = mkdtempSync(join(os.tmpdir(), 'kelsingra-kbench-'));
   onCleanup(() => rmSync(WORK, { recursive: true, force: true }));
 
-  const results = {
+  const results: Results = {
     opts,
     runId: RUN_ID,
     node: process.versions.node,
@@ -217,7 +318,7 @@ async function main() {
     );
 
     // ------------------------------------------------------------ broker, clients, topics
-    const kafkaCli = (args, timeout = 60_000) =>
+    const kafkaCli = (args: string[], timeout = 60_000) =>
       spawnSync(KAFKA, args, { cwd: ROOT, encoding: 'utf8', timeout });
     const wasRunning = kafkaCli(['status']).status === 0;
     results.brokerWasRunning = wasRunning;
@@ -237,7 +338,7 @@ async function main() {
     const admin = kafka.admin();
     const producer = kafka.producer({ createPartitioner: Partitioners.DefaultPartitioner });
     await Promise.all([admin.connect(), producer.connect()]);
-    const consumers = [];
+    const consumers: Consumer[] = [];
     onCleanup(
       async () => {
         await Promise.all(consumers.map((c) => c.disconnect().catch(() => undefined)));
@@ -259,7 +360,7 @@ async function main() {
         let kept = 0;
         if (groups.length)
           await a.deleteGroups(groups).catch((err) => {
-            kept = err.groups?.filter((g) => g.errorCode).length ?? groups.length;
+            kept = err.groups?.filter((g: { errorCode: number }) => g.errorCode).length ?? groups.length;
           });
         log(
           `deleted ${topics.length} topics and ${groups.length - kept} consumer groups of this run${kept ? ` (${kept} still had members and were left to expire)` : ''}`,
@@ -289,9 +390,9 @@ async function main() {
     });
 
     // The "base service" and the developer's local service: HTTP is not what is measured here.
-    const httpPort = await freePort();
+    const httpPort = (await freePort()) as number;
     const httpServer = http.createServer((_req, res) => res.end('ok\n'));
-    await new Promise((r) => httpServer.listen(httpPort, '127.0.0.1', r));
+    await new Promise<void>((r) => httpServer.listen(httpPort, '127.0.0.1', r));
     onCleanup(() => new Promise((r) => httpServer.close(r)));
     const upstream = `http://127.0.0.1:${httpPort}`;
 
@@ -299,7 +400,7 @@ async function main() {
 
     let serverN = 0;
     /** A server agent for `topics` (all mode split, service billing), its groups named after `clientId`. */
-    async function startServer(clientId, topics) {
+    async function startServer(clientId: string, topics: string[]) {
       const file = join(WORK, `server-${++serverN}.yaml`);
       writeFileSync(
         file,
@@ -315,7 +416,7 @@ async function main() {
         }),
       );
       const spawnedAt = Date.now();
-      const proc = await start(
+      const proc = (await start(
         `server agent (${clientId})`,
         NODE,
         [BIN, 'server', '--config', file, '--port', '0', '--proxy-port', '0'],
@@ -323,27 +424,31 @@ async function main() {
           ready: /"msg":"server agent listening"[^\n]*\n/,
           timeoutMs: 60_000,
         },
-      );
+      )) as Proc;
       // bin/run.js re-executes itself with its V8 flags: record the command line it runs with.
       results.serverArgv ??= readFileSync(`/proc/${proc.pid}/cmdline`, 'utf8').split('\0').filter(Boolean);
-      const info = JSON.parse(
-        proc
-          .output()
-          .split('\n')
-          .find((l) => l.includes('"msg":"server agent listening"')),
-      );
+      const listening = proc
+        .output()
+        .split('\n')
+        .find((l) => l.includes('"msg":"server agent listening"'));
+      if (listening === undefined) throw new Error(`${proc.name}: no "server agent listening" line`);
+      const info = JSON.parse(listening) as { controlPort: number };
       return { proc, spawnedAt, control: `http://127.0.0.1:${info.controlPort}` };
     }
 
     /** Epoch ms of the first line of `proc`'s output that matches `re` and holds JSON with a time. */
-    async function waitLine(proc, re, field, what, timeoutMs = 60_000) {
+    async function waitLine(proc: Proc, re: RegExp, field: string, what: string, timeoutMs = 60_000) {
       const deadline = Date.now() + timeoutMs;
       for (;;) {
         const line = proc
           .output()
           .split('\n')
           .find((l) => re.test(l));
-        if (line) return JSON.parse(line)[field];
+        if (line) {
+          const at = (JSON.parse(line) as Record<string, unknown>)[field];
+          if (typeof at !== 'number') throw new Error(`${proc.name}: no numeric "${field}" in ${line}`);
+          return at;
+        }
         if (proc.child.exitCode !== null)
           throw new Error(`${proc.name} exited before ${what}:\n${proc.output()}`);
         if (Date.now() > deadline)
@@ -352,13 +457,13 @@ async function main() {
       }
     }
 
-    async function endOffsets(topic) {
+    async function endOffsets(topic: string) {
       const parts = await admin.fetchTopicOffsets(topic);
       return parts.reduce((a, p) => a + Number(p.high), 0);
     }
 
     /** Commits offsets for a group that has no member yet: `where` = 'low' (start) or 'high' (end). */
-    async function placeGroup(groupId, topic, where) {
+    async function placeGroup(groupId: string, topic: string, where: 'low' | 'high') {
       const parts = await admin.fetchTopicOffsets(topic);
       await admin.setOffsets({
         groupId,
@@ -368,7 +473,7 @@ async function main() {
     }
 
     /** Until `topic` holds `want` more messages than `before`; epoch ms when seen (polled every 20 ms). */
-    async function waitFilled(topic, before, want, timeoutMs, proc) {
+    async function waitFilled(topic: string, before: number, want: number, timeoutMs: number, proc?: Proc) {
       const deadline = Date.now() + timeoutMs;
       for (;;) {
         const n = (await endOffsets(topic)) - before;
@@ -380,14 +485,14 @@ async function main() {
           .find((l) => /"msg":"kafka splitter crashed"|"msg":"kafka: Crash|^\{"crash"/.test(l));
         if (crash || Date.now() > deadline)
           throw new Error(
-            `${topic}: ${n} of ${want} messages after ${fmt(timeoutMs - (deadline - Date.now()), 0)} ms${crash ? `; ${proc.name}'s consumer crashed:\n${crash}` : ''}`,
+            `${topic}: ${n} of ${want} messages after ${fmt(timeoutMs - (deadline - Date.now()), 0)} ms${crash ? `; ${proc?.name}'s consumer crashed:\n${crash}` : ''}`,
           );
         await sleep(20);
       }
     }
 
     /** N small messages over 50 tenants, 1000 keys; sendBatch of 2000, 4 in flight. */
-    async function produceMany(topic, n) {
+    async function produceMany(topic: string, n: number) {
       const CHUNK = 2000;
       const pad = 'x'.repeat(80);
       let next = 0;
@@ -395,7 +500,7 @@ async function main() {
         while (next < n) {
           const from = next;
           next = Math.min(n, next + CHUNK);
-          const messages = [];
+          const messages: Message[] = [];
           for (let i = from; i < next; i++)
             messages.push({
               key: `k${i % 1000}`,
@@ -418,24 +523,25 @@ async function main() {
       await waitLine(server.proc, /"msg":"kafka splitter joined its group"/, 'time', 'splitter group join');
 
       // This process's consumers: the developer's local topic, the dev topic itself, the split topic.
-      const trackers = {};
-      const track = async (name, topic) => {
-        const seen = new Map();
-        const waiting = new Map();
-        const t = { seen, dups: 0 };
-        t.wait = (id, timeoutMs) =>
-          seen.has(id)
-            ? Promise.resolve(seen.get(id))
-            : new Promise((res) => {
-                waiting.set(id, res);
-                setTimeout(() => {
-                  if (waiting.get(id) === res) {
-                    waiting.delete(id);
-                    res(Number.NaN);
-                  }
-                }, timeoutMs).unref();
-              });
-        trackers[name] = t;
+      const track = async (name: string, topic: string) => {
+        const seen = new Map<string, number>();
+        const waiting = new Map<string, (at: number) => void>();
+        const t = {
+          seen,
+          dups: 0,
+          wait: (id: string, timeoutMs: number): Promise<number> =>
+            seen.has(id)
+              ? Promise.resolve(seen.get(id) ?? Number.NaN)
+              : new Promise<number>((res) => {
+                  waiting.set(id, res);
+                  setTimeout(() => {
+                    if (waiting.get(id) === res) {
+                      waiting.delete(id);
+                      res(Number.NaN);
+                    }
+                  }, timeoutMs).unref();
+                }),
+        };
         const consumer = kafka.consumer({ groupId: `${P}-lat-${name}` });
         consumers.push(consumer);
         await consumer.connect();
@@ -443,7 +549,7 @@ async function main() {
         await consumer.run({
           eachMessage: async ({ message }) => {
             const at = performance.now();
-            const { id } = JSON.parse(message.value.toString());
+            const { id } = JSON.parse(String(message.value)) as { id: string };
             if (seen.has(id)) {
               t.dups++;
               return;
@@ -453,8 +559,14 @@ async function main() {
             waiting.delete(id);
           },
         });
+        return t;
       };
-      await Promise.all([track('local', T.latLocal), track('direct', T.lat), track('base', T.latBase)]);
+      const [local, direct, base] = await Promise.all([
+        track('local', T.latLocal),
+        track('direct', T.lat),
+        track('base', T.latBase),
+      ]);
+      const trackers = { local, direct, base };
 
       const env = {
         ...process.env,
@@ -464,8 +576,8 @@ async function main() {
         KELSINGRA_CONFIG_DIR: mkdtempSync(join(WORK, 'client-')),
         KELSINGRA_HOLDER: `${P}@bench`,
       };
-      const run = (args, timeout) =>
-        new Promise((res) => {
+      const run = (args: string[], timeout: number) =>
+        new Promise<{ code: number | string; stdout: string; stderr: string }>((res) => {
           execFile(
             NODE,
             [BIN, ...args],
@@ -491,7 +603,7 @@ async function main() {
         60_000,
       );
       if (r.code !== 0) throw new Error(`intercept --detach failed (${r.code}):\n${r.stdout}\n${r.stderr}`);
-      const ready = JSON.parse(r.stdout.slice(r.stdout.indexOf('{')));
+      const ready = JSON.parse(r.stdout.slice(r.stdout.indexOf('{'))) as { id: string; agentPid: number };
       orphanPids.add(ready.agentPid);
       let left = false;
       const leave = async () => {
@@ -507,7 +619,7 @@ async function main() {
       log(`  intercept ${ready.id}: client agent pid ${ready.agentPid}, server agent pid ${server.proc.pid}`);
 
       let n = 0;
-      const send = async (id, tenant) => {
+      const send = async (id: string, tenant: string) => {
         const sent = performance.now();
         await producer.send({
           topic: T.lat,
@@ -541,7 +653,7 @@ async function main() {
         throw new Error('the first intercepted message never reached the local topic');
       log(`  first intercepted message reached the local topic after ${fmt(firstAt - firstSent, 0)} ms`);
 
-      const one = async (id) => {
+      const one = async (id: string): Promise<LatencySample> => {
         const { sent, ack } = await send(id, TENANT);
         const [l, d] = await Promise.all([trackers.local.wait(id, 15_000), trackers.direct.wait(id, 15_000)]);
         return { local: l - sent, direct: d - sent, ack };
@@ -557,13 +669,13 @@ async function main() {
       await stop(server.proc);
 
       const ok = samples.filter((s) => Number.isFinite(s.local) && Number.isFinite(s.direct));
-      const stats = (xs) => ({
+      const stats = (xs: number[]): Stats => ({
         p50: percentile(xs, 50),
         p90: percentile(xs, 90),
         p99: percentile(xs, 99),
         max: xs.length ? Math.max(...xs) : Number.NaN,
       });
-      const out = {
+      const measured = {
         n: ok.length,
         lost: samples.length - ok.length,
         leakedToBase: leaked,
@@ -575,8 +687,11 @@ async function main() {
         ack: stats(samples.map((s) => s.ack)),
         samples,
       };
-      out.addedP50 = out.local.p50 - out.direct.p50;
-      out.addedP99 = out.local.p99 - out.direct.p99;
+      const out: Latency = {
+        ...measured,
+        addedP50: measured.local.p50 - measured.direct.p50,
+        addedP99: measured.local.p99 - measured.direct.p99,
+      };
       log(
         `  plain consumer p50 ${fmt(out.direct.p50, 2)} ms p99 ${fmt(out.direct.p99, 2)} ms; through Kelsingra p50 ${fmt(out.local.p50, 2)} ms p99 ${fmt(out.local.p99, 2)} ms; added p50 ${fmt(out.addedP50, 2)} ms${out.lost ? `; ${out.lost} lost` : ''}${leaked ? `; ${leaked} leaked to the base path` : ''}`,
       );
@@ -589,15 +704,15 @@ async function main() {
      * One timed run of `system` ('kelsingra' or 'plain') over `source`: the consumer group is set
      * at the start ('backlog') or at the end ('live') of the topic before the process starts.
      */
-    async function throughputRun(system, mode, round) {
+    async function throughputRun(system: System, mode: Mode, round: number): Promise<ThroughputRow> {
       const source = mode === 'backlog' ? T.thr : T.live;
       const out = system === 'kelsingra' ? `${source}.base` : `${source}.copy`;
       const name = `${P}-${mode}-${system === 'kelsingra' ? 'k' : 'p'}${round}`;
       const groupId = system === 'kelsingra' ? `${name}-splitter` : name;
       await placeGroup(groupId, source, mode === 'backlog' ? 'low' : 'high');
       const before = await endOffsets(out);
-      let proc;
-      let joined;
+      let proc: Proc;
+      let joined: number;
       if (system === 'kelsingra') {
         ({ proc } = await startServer(name, [source]));
         joined = await waitLine(
@@ -607,11 +722,11 @@ async function main() {
           'splitter group join',
         );
       } else {
-        proc = await start(`plain loop (${name})`, NODE, [
+        proc = (await start(`plain loop (${name})`, NODE, [
           SELF,
           '--copy-worker',
           JSON.stringify({ from: source, to: out, groupId }),
-        ]);
+        ])) as Proc;
         joined = await waitLine(proc, /^\{"joined":\d+\}$/, 'joined', 'group join');
       }
       // From (just after) the join to the end: the machine's CPU by kind, and the process's own.
@@ -619,8 +734,8 @@ async function main() {
       const cpu0 = cpuSeconds(proc.pid);
       const limit = Math.max(60_000, opts.messages);
       let t0 = joined;
-      let producedMs;
-      let done;
+      let producedMs: number | undefined;
+      let done: { at: number; n: number };
       if (mode === 'live') {
         await sleep(200);
         t0 = Date.now();
@@ -637,14 +752,23 @@ async function main() {
       const extra = (await endOffsets(out)) - before - opts.messages;
       await stop(proc);
       const ms = done.at - t0;
-      const row = { system, mode, round, ms, rate: (opts.messages / ms) * 1000, producedMs, extra, cpu };
+      const row: ThroughputRow = {
+        system,
+        mode,
+        round,
+        ms,
+        rate: (opts.messages / ms) * 1000,
+        producedMs,
+        extra,
+        cpu,
+      };
       log(
         `  round ${round} ${mode.padEnd(7)} ${(system === 'kelsingra' ? 'Kelsingra splitter' : 'plain kafkajs loop').padEnd(19)} ${fmt(row.rate, 0).padStart(7)} msg/s  (${fmt(ms, 0)} ms${producedMs !== undefined ? `, producer done after ${fmt(producedMs, 0)} ms` : ''}; its CPU ${fmt(cpu.processSeconds, 2)} s, broker ${fmt(cpu.broker, 0)} %, other sessions ${fmt(cpu.others, 0)} %)${extra ? `  ${extra} extra messages` : ''}`,
       );
       return row;
     }
 
-    async function benchThroughput(mode) {
+    async function benchThroughput(mode: Mode): Promise<Throughput> {
       if (mode === 'backlog') {
         log(
           `\n== 2. Splitting throughput, backlog: ${opts.messages} messages over 50 tenants in a 3-partition topic, read from the start by a fresh group; ${opts.rounds} rounds, order alternating`,
@@ -657,23 +781,29 @@ async function main() {
           `\n== 3. Splitting throughput, live: consumer at the end of the topic, then ${opts.messages} messages produced as fast as this process can; ${opts.rounds} rounds, order alternating`,
         );
       }
-      const rows = [];
+      const rows: ThroughputRow[] = [];
       for (let round = 1; round <= opts.rounds; round++) {
-        const order = round % 2 ? ['kelsingra', 'plain'] : ['plain', 'kelsingra'];
+        const order: System[] = round % 2 ? ['kelsingra', 'plain'] : ['plain', 'kelsingra'];
         for (const system of order) rows.push(await throughputRun(system, mode, round));
       }
-      const of = (s) => rows.filter((r) => r.system === s);
+      const of = (s: System) => rows.filter((r) => r.system === s);
       const k = of('kelsingra');
       const p = of('plain');
+      /** The plain row of the same round as k[i]. */
+      const plainAt = (i: number) => {
+        const row = p[i];
+        if (!row) throw new Error(`no plain-loop row ${i + 1} of ${mode}`);
+        return row;
+      };
       return {
         rows,
         kelsingra: median(k.map((r) => r.rate)),
         plain: median(p.map((r) => r.rate)),
-        ratio: median(k.map((r, i) => r.rate / p[i].rate)),
+        ratio: median(k.map((r, i) => r.rate / plainAt(i).rate)),
         kelsingraCpu: median(k.map((r) => r.cpu.processSeconds)),
         plainCpu: median(p.map((r) => r.cpu.processSeconds)),
-        cpuRatio: median(k.map((r, i) => p[i].cpu.processSeconds / r.cpu.processSeconds)),
-        producedMs: mode === 'live' ? median(rows.map((r) => r.producedMs)) : undefined,
+        cpuRatio: median(k.map((r, i) => plainAt(i).cpu.processSeconds / r.cpu.processSeconds)),
+        producedMs: mode === 'live' ? median(rows.map((r) => r.producedMs ?? Number.NaN)) : undefined,
       };
     }
 
@@ -696,7 +826,7 @@ async function main() {
 // ---------------------------------------------------------------- machine load
 
 /** User + system CPU time a process has used so far, in seconds. */
-function cpuSeconds(pid) {
+function cpuSeconds(pid: number | undefined) {
   const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
   const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
   return (Number(f[11]) + Number(f[12])) / 100;
@@ -708,12 +838,13 @@ function cpuSeconds(pid) {
  */
 function startMonitor() {
   const hz = 100;
-  let last = new Map();
+  type Ticks = Map<number, { ppid: number; ticks: number }>;
+  let last: Ticks = new Map();
   let lastAt = performance.now();
-  const samples = [];
-  const others = new Map();
+  const samples: MonitorSample[] = [];
+  const others = new Map<string, number>();
   const ticksOf = () => {
-    const m = new Map();
+    const m: Ticks = new Map();
     for (const d of readdirSync('/proc')) {
       if (!/^\d+$/.test(d)) continue;
       try {
@@ -724,21 +855,21 @@ function startMonitor() {
     }
     return m;
   };
-  const cmdOf = (pid) => {
+  const cmdOf = (pid: number) => {
     try {
       return readFileSync(`/proc/${pid}/cmdline`, 'utf8').replaceAll('\0', ' ').trim();
     } catch {
       return '?';
     }
   };
-  const ours = (pid, m) => {
+  const ours = (pid: number, m: Ticks) => {
     for (let p = pid, hops = 0; p > 1 && hops < 20; p = m.get(p)?.ppid ?? 0, hops++)
       if (p === process.pid || orphanPids.has(p)) return true;
     return false;
   };
   /** CPU % per kind of process between two snapshots; processes not in both are left out. */
-  const usage = (prev, cur, secs) => {
-    const u = { own: 0, broker: 0, others: 0, named: [] };
+  const usage = (prev: Ticks, cur: Ticks, secs: number) => {
+    const u = { own: 0, broker: 0, others: 0, named: [] as [string, number][] };
     for (const [pid, { ticks }] of cur) {
       const before = prev.get(pid);
       if (!before) continue;
@@ -763,7 +894,7 @@ function startMonitor() {
     for (const [cmd, cpu] of u.named) others.set(cmd, Math.max(others.get(cmd) ?? 0, cpu));
     samples.push({
       at: new Date().toISOString(),
-      load1: os.loadavg()[0],
+      load1: os.loadavg()[0] ?? Number.NaN,
       own: u.own,
       broker: u.broker,
       others: u.others,
@@ -779,13 +910,13 @@ function startMonitor() {
     window() {
       const from = ticksOf();
       const at = performance.now();
-      return () => {
+      return (): CpuShare => {
         const { own, broker, others: rest } = usage(from, ticksOf(), (performance.now() - at) / 1000);
         return { own, broker, others: rest };
       };
     },
     stop: () => clearInterval(timer),
-    summary: () => ({
+    summary: (): MonitorSummary => ({
       samples,
       maxLoad1: Math.max(0, ...samples.map((s) => s.load1)),
       maxOthersCpu: Math.max(0, ...samples.map((s) => s.others)),
@@ -797,13 +928,20 @@ function startMonitor() {
 
 // ---------------------------------------------------------------- report
 
-function report(results, opts) {
-  const ok = (pass) => (pass ? 'met' : 'MISSED');
-  const l = results.latency;
+function report(results: Results, opts: Opts) {
+  const ok = (pass: boolean) => (pass ? 'met' : 'MISSED');
+  const { latency: l, backlog, monitor: m, loadEnd } = results;
+  if (!l || !backlog || !m || !loadEnd) throw new Error('report: results of this run are missing');
   log(
     `\nDelivery latency, ms from just before the produce to arrival (${l.n} messages one at a time, after ${opts.warmup} warm-up${l.lost ? `; ${l.lost} lost` : ''}):`,
   );
-  const row = (label, s) => [label, fmt(s.p50, 2), fmt(s.p90, 2), fmt(s.p99, 2), fmt(s.max, 1)];
+  const row = (label: string, s: Stats) => [
+    label,
+    fmt(s.p50, 2),
+    fmt(s.p90, 2),
+    fmt(s.p99, 2),
+    fmt(s.max, 1),
+  ];
   log(
     table([
       ['Path', 'p50', 'p90', 'p99', 'max'],
@@ -817,7 +955,7 @@ function report(results, opts) {
   log(
     `  first intercepted message after ${fmt(l.firstMessageMs, 0)} ms; leaked to the base path: ${l.leakedToBase}; duplicates local ${l.duplicates.local}, plain ${l.duplicates.direct}`,
   );
-  for (const mode of ['backlog', 'live']) {
+  for (const mode of ['backlog', 'live'] as const) {
     const t = results[mode];
     if (!t) continue;
     log(
@@ -837,6 +975,7 @@ function report(results, opts) {
         ...Array.from({ length: opts.rounds }, (_, i) => {
           const k = t.rows.find((r) => r.round === i + 1 && r.system === 'kelsingra');
           const p = t.rows.find((r) => r.round === i + 1 && r.system === 'plain');
+          if (!k || !p) throw new Error(`round ${i + 1} of ${mode} is missing a row`);
           return [
             String(i + 1),
             fmt(k.rate, 0),
@@ -863,9 +1002,8 @@ function report(results, opts) {
         `  (the producer alone took ${fmt(t.producedMs, 0)} ms, median; bounded by it, this ratio is not one of the goals)`,
       );
   }
-  const m = results.monitor;
   log(
-    `\nMachine: ${results.cores} cores, ${results.cpu}, Node ${results.node}; load average at start ${results.loadStart[0]}, at end ${results.loadEnd[0]}, highest sampled ${fmt(m.maxLoad1, 2)}; other processes' CPU (5 s samples) median ${fmt(m.medianOthersCpu, 0)} %, max ${fmt(m.maxOthersCpu, 0)} %`,
+    `\nMachine: ${results.cores} cores, ${results.cpu}, Node ${results.node}; load average at start ${results.loadStart[0]}, at end ${loadEnd[0]}, highest sampled ${fmt(m.maxLoad1, 2)}; other processes' CPU (5 s samples) median ${fmt(m.medianOthersCpu, 0)} %, max ${fmt(m.maxOthersCpu, 0)} %`,
   );
   const argv = results.serverArgv ?? [];
   const v8 = argv.slice(1, Math.max(1, argv.indexOf(BIN)));
@@ -884,9 +1022,9 @@ function report(results, opts) {
       ],
       [
         'splitting throughput ÷ plain consume-and-produce (backlog)',
-        fmt(results.backlog.ratio, 2),
+        fmt(backlog.ratio, 2),
         '≥ 0.8',
-        ok(results.backlog.ratio >= 0.8),
+        ok(backlog.ratio >= 0.8),
       ],
     ]),
   );

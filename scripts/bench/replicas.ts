@@ -28,14 +28,16 @@
  * (services.ts) and the replicas are separate processes, all on 127.0.0.1, stopped on exit,
  * Ctrl-C or failure; the database is dropped and a broker this script started is stopped.
  */
-import { spawnSync } from 'node:child_process';
+import { type ChildProcessByStdio, spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { writeFileSync } from 'node:fs';
 import http from 'node:http';
 import os from 'node:os';
 import { join } from 'node:path';
+import type { Readable } from 'node:stream';
 import { pathToFileURL } from 'node:url';
-import { Client as HttpClient } from 'undici';
+import { type Dispatcher, Client as HttpClient } from 'undici';
+import type { TunnelState } from '../../src/client/tunnel/tunnel-client.ts';
 import {
   cleanupAndExit,
   createDatabase,
@@ -67,7 +69,124 @@ const RUN_ID = randomBytes(4).toString('hex');
 const TOKEN = `bench-${randomBytes(8).toString('hex')}`;
 const HOLDER = `bench-${process.pid}@${os.hostname()}`;
 const REPLICAS = 3;
-const VIA = (tenant) => ({ 'x-kelsingra-service': 'billing', 'x-tenant-id': tenant });
+const VIA = (tenant: string) => ({ 'x-kelsingra-service': 'billing', 'x-tenant-id': tenant });
+
+type ReqHeaders = Record<string, string>;
+/** A process started with lib.ts's start(). */
+interface Proc {
+  name: string;
+  child: ChildProcessByStdio<null, Readable, Readable>;
+  pid: number | undefined;
+  output: () => string;
+}
+/** What lib.ts's wrk() resolves to (the fields used here). */
+interface WrkResult {
+  rps: number;
+  p50: number;
+  p99: number;
+  errors: number;
+}
+type Service = Awaited<ReturnType<typeof startService>>;
+type Replica = Awaited<ReturnType<typeof startReplica>>;
+type BenchClient = Awaited<ReturnType<typeof startClient>>;
+type Phase = 'create' | 'delete';
+/** One replica probed until it routes the tenant (probeUntil). */
+interface Probe {
+  ms: number;
+  sentMs: number;
+  probes: number;
+  odd: number;
+  lastOdd: string | undefined;
+  timedOut?: boolean;
+}
+/** Percentiles of a propagation figure over the samples that finished (summarize). */
+interface Summary {
+  n: number;
+  failed: number;
+  p50: number;
+  p95: number;
+  p99: number;
+  max: number;
+}
+/** What lib.ts's get() resolves to, as waitHttp's check sees it. */
+interface HttpAnswer {
+  status: number;
+  headers: Headers;
+}
+interface PropagationSample {
+  tenant: string;
+  postMs: number;
+  deleteMs: number;
+  create: Probe[];
+  delete: Probe[];
+  createdEvents: number[];
+  endedEvents: number[];
+}
+type Propagation = Awaited<ReturnType<typeof benchPropagation>>;
+type PathKey = 'same' | 'cross' | 'direct';
+interface Target {
+  key: PathKey;
+  label: string;
+  origin: string;
+  headers: ReqHeaders;
+}
+interface SeqRow {
+  p50: number;
+  p90: number;
+  p99: number;
+  max: number;
+  wrong: number;
+  lastWrong: string | undefined;
+}
+interface WrkRow {
+  rps: number;
+  p50: number;
+  p99: number;
+  errors: number;
+}
+interface DeliveryPath {
+  label: string;
+  p50: number;
+  p99: number;
+  wrong: number;
+  rounds: SeqRow[];
+  rps?: number;
+  wrkP99?: number;
+  wrkRounds?: WrkRow[];
+}
+interface Delivery extends Record<PathKey, DeliveryPath> {
+  addedP50: number;
+  addedP99: number;
+  rpsRatio?: number;
+}
+type MaxWait = 'default' | 10;
+interface KafkaRow {
+  maxWait: MaxWait;
+  n: number;
+  lost: number;
+  p50: number;
+  p99: number;
+  max: number;
+  ackP50: number;
+  joinMs: number;
+}
+type KafkaFloor = Partial<Record<MaxWait, KafkaRow>> & { brokerWasRunning?: boolean };
+type Results = ReturnType<typeof machineInfo> & {
+  opts: typeof opts;
+  replicas: number;
+  propagation?: Propagation;
+  delivery?: Delivery;
+  tunnelStates?: BenchClient['states'];
+  kafka?: KafkaFloor;
+  seconds?: number;
+};
+
+/** xs[i], where the caller knows there is one (rows of the same rounds, the replicas started). */
+function nth<T>(xs: readonly T[], i: number): T {
+  const x = xs[i];
+  if (x === undefined) throw new Error(`no element ${i} in a list of ${xs.length}`);
+  return x;
+}
 
 // ---------------------------------------------------------------- options
 
@@ -101,18 +220,18 @@ process.on('warning', (w) => {
   if (w.name !== 'TimeoutNegativeWarning') printWarning?.(w);
 });
 
-const { TunnelClient } = await import(
+const { TunnelClient } = (await import(
   pathToFileURL(join(ROOT, 'dist', 'src', 'client', 'tunnel', 'tunnel-client.js')).href
-);
-const { LocalForwarder } = await import(
+)) as typeof import('../../src/client/tunnel/tunnel-client.ts');
+const { LocalForwarder } = (await import(
   pathToFileURL(join(ROOT, 'dist', 'src', 'client', 'tunnel', 'local-forwarder.js')).href
-);
+)) as typeof import('../../src/client/tunnel/local-forwarder.ts');
 
 // ---------------------------------------------------------------- HTTP with keep-alive
 
 /** One keep-alive connection per origin, one request at a time on it. */
-const clients = new Map();
-function httpClient(origin) {
+const clients = new Map<string, HttpClient>();
+function httpClient(origin: string) {
   let c = clients.get(origin);
   if (!c) {
     c = new HttpClient(origin, { pipelining: 1, keepAliveTimeout: 60_000, headersTimeout: 30_000 });
@@ -122,7 +241,13 @@ function httpClient(origin) {
 }
 onCleanup(() => Promise.all([...clients.values()].map((c) => c.destroy())), { beforeStop: true });
 
-async function request(origin, method, path, headers = {}, body) {
+async function request(
+  origin: string,
+  method: Dispatcher.HttpMethod,
+  path: string,
+  headers: ReqHeaders = {},
+  body?: string,
+) {
   const r = await httpClient(origin).request({ method, path, headers, body });
   const text = await r.body.text();
   return { status: r.statusCode, headers: r.headers, text };
@@ -130,15 +255,15 @@ async function request(origin, method, path, headers = {}, body) {
 
 // ---------------------------------------------------------------- the pieces
 
-async function startService(label) {
-  const port = await freePort();
+async function startService(label: string) {
+  const port = (await freePort()) as number;
   await start(`${label} service`, NODE, [SERVICES, 'service', String(port), label], { ready: /ready/ });
   return { port, url: `http://127.0.0.1:${port}` };
 }
 
 /** A server agent on ports the OS picks; they are read from its "server agent listening" log line. */
-async function startReplica(n, baseUrl, databaseUrl) {
-  const proc = await start(
+async function startReplica(n: number, baseUrl: string, databaseUrl: string) {
+  const proc = (await start(
     `replica ${n}`,
     NODE,
     [
@@ -158,12 +283,13 @@ async function startReplica(n, baseUrl, databaseUrl) {
       'info',
     ],
     { ready: /"msg":"server agent listening"[^\n]*\n/, timeoutMs: 30_000 },
-  );
+  )) as Proc;
   const line = proc
     .output()
     .split('\n')
     .find((l) => l.includes('"msg":"server agent listening"'));
-  const info = JSON.parse(line);
+  if (line === undefined) throw new Error(`replica ${n}: no "server agent listening" line`);
+  const info = JSON.parse(line) as { serverId: string; controlPort: number; proxyPort: number };
   return {
     n,
     proc,
@@ -174,7 +300,7 @@ async function startReplica(n, baseUrl, databaseUrl) {
 }
 
 /** The developer's side: one tunnel to replica 1, serving every intercept's streams to the local service. */
-async function startClient(control, localPort) {
+async function startClient(control: string, localPort: number) {
   const clientId = `c_${randomBytes(9).toString('base64url')}`;
   const forwarder = new LocalForwarder(
     { service: 'billing', tenant: '(many)', port: localPort, withHeaders: false },
@@ -187,7 +313,7 @@ async function startClient(control, localPort) {
     holder: HOLDER,
     onStream: (stream, headers) => forwarder.serve(stream, headers),
   });
-  const states = [];
+  const states: { state: TunnelState; retryInMs?: number; error?: string; at: string }[] = [];
   tunnel.on('state', (state, extra) => {
     states.push({ state, ...extra, at: new Date().toISOString() });
     if (state !== 'connected' && !client.closed)
@@ -195,7 +321,7 @@ async function startClient(control, localPort) {
   });
   await tunnel.start();
   /** Intercepts that must outlive their lease (the delivery tenant): renewed as the CLI does. */
-  const held = new Set();
+  const held = new Set<string>();
   const renew = setInterval(
     () => {
       if (held.size) tunnel.send({ type: 'renew', ids: [...held] });
@@ -208,7 +334,7 @@ async function startClient(control, localPort) {
     held,
     states,
     /** Sends the create request; resolves with the intercept id (throws unless 201). */
-    async create(origin, tenant) {
+    async create(origin: string, tenant: string): Promise<string> {
       const r = await request(
         origin,
         'POST',
@@ -217,9 +343,9 @@ async function startClient(control, localPort) {
         JSON.stringify({ service: 'billing', tenant, clientId, localPort }),
       );
       if (r.status !== 201) throw new Error(`POST /v1/intercepts (${tenant}): HTTP ${r.status} ${r.text}`);
-      return JSON.parse(r.text).id;
+      return (JSON.parse(r.text) as { id: string }).id;
     },
-    async remove(origin, id) {
+    async remove(origin: string, id: string) {
       const r = await request(origin, 'DELETE', `/v1/intercepts/${encodeURIComponent(id)}`, auth);
       if (r.status !== 200) throw new Error(`DELETE /v1/intercepts/${id}: HTTP ${r.status} ${r.text}`);
     },
@@ -243,12 +369,13 @@ async function startClient(control, localPort) {
  * `created` and `ended` events arrive: the moment that replica's copy of the table changed,
  * without polling. Only open during the propagation benchmark (it also carries request events).
  */
-function watchEvents(replica) {
-  const seen = new Map();
-  const waiters = new Map();
-  let resolveLive;
-  let rejectLive;
-  const live = new Promise((res, rej) => {
+function watchEvents(replica: Replica) {
+  const seen = new Map<string, number>();
+  const waiters = new Map<string, (at: number) => void>();
+  // Both set by the executor below, which runs at once.
+  let resolveLive: () => void = () => {};
+  let rejectLive: (err: Error) => void = () => {};
+  const live = new Promise<void>((res, rej) => {
     resolveLive = res;
     rejectLive = rej;
   });
@@ -269,10 +396,14 @@ function watchEvents(replica) {
         buf = buf.slice(i + 2);
         for (const line of block.split('\n')) {
           if (!line.startsWith('data: ')) continue;
-          const ev = JSON.parse(line.slice(6));
+          const ev = JSON.parse(line.slice(6)) as {
+            type: string;
+            action?: string;
+            intercept?: { id: string };
+          };
           if (ev.type === 'live') resolveLive();
           if (ev.type !== 'intercept') continue;
-          const key = `${ev.action}:${ev.intercept.id}`;
+          const key = `${ev.action}:${ev.intercept?.id}`;
           if (seen.has(key)) continue;
           seen.set(key, at);
           waiters.get(key)?.(at);
@@ -285,10 +416,11 @@ function watchEvents(replica) {
   return {
     live,
     /** Arrival time of the event, waiting for it up to `timeoutMs` (NaN if it never comes). */
-    when(action, id, timeoutMs = PROBE_LIMIT_MS) {
+    when(action: string, id: string, timeoutMs = PROBE_LIMIT_MS): Promise<number> {
       const key = `${action}:${id}`;
-      if (seen.has(key)) return Promise.resolve(seen.get(key));
-      return new Promise((res) => {
+      const at = seen.get(key);
+      if (at !== undefined) return Promise.resolve(at);
+      return new Promise<number>((res) => {
         waiters.set(key, res);
         setTimeout(() => res(Number.NaN), timeoutMs).unref();
       });
@@ -303,10 +435,10 @@ const PROBE_LIMIT_MS = 10_000;
  * Probes one replica until it answers from `want` (local or base) for the tenant. Returns the
  * time from t0 to the arrival of the first such answer, and to the sending of that probe.
  */
-async function probeUntil(origin, headers, want, t0) {
+async function probeUntil(origin: string, headers: ReqHeaders, want: string, t0: number): Promise<Probe> {
   let probes = 0;
   let odd = 0;
-  let lastOdd;
+  let lastOdd: string | undefined;
   for (;;) {
     const sent = performance.now();
     try {
@@ -321,7 +453,7 @@ async function probeUntil(origin, headers, want, t0) {
       }
     } catch (err) {
       odd++;
-      lastOdd = String(err.cause ?? err);
+      lastOdd = String((err instanceof Error ? err.cause : undefined) ?? err);
       await sleep(10);
     }
     if (performance.now() - t0 > PROBE_LIMIT_MS)
@@ -329,16 +461,16 @@ async function probeUntil(origin, headers, want, t0) {
   }
 }
 
-async function benchPropagation(replicas, client) {
+async function benchPropagation(replicas: Replica[], client: BenchClient) {
   log(
     `\n== 1. Propagation: ${opts.samples} intercepts created, then deleted, on replica 1; every replica probed until it routes the tenant (one probe in flight per replica)`,
   );
-  const [r1] = replicas;
-  const samples = [];
-  const oddities = [];
+  const r1 = nth(replicas, 0);
+  const samples: PropagationSample[] = [];
+  const oddities: ({ sample: number; what: Phase; replica: number } & Probe)[] = [];
   const watchers = replicas.map(watchEvents);
   await Promise.all(watchers.map((w) => w.live));
-  const eventDelays = (action, id, t0) =>
+  const eventDelays = (action: string, id: string, t0: number) =>
     Promise.all(watchers.map((w) => w.when(action, id).then((at) => at - t0)));
   for (let n = 1; n <= opts.samples; n++) {
     const tenant = `t${n}-${RUN_ID}`;
@@ -360,7 +492,7 @@ async function benchPropagation(replicas, client) {
     for (const [what, probes] of [
       ['create', up],
       ['delete', down],
-    ])
+    ] as const)
       probes.forEach((p, i) => {
         if (p.odd || p.timedOut) oddities.push({ sample: n, what, replica: i + 1, ...p });
       });
@@ -375,7 +507,7 @@ async function benchPropagation(replicas, client) {
   if (oddities.length) {
     log(`  ${oddities.length} probe series saw errors or timed out; first: ${JSON.stringify(oddities[0])}`);
   }
-  const summarize = (xs) => {
+  const summarize = (xs: number[]): Summary => {
     const ok = xs.filter(Number.isFinite);
     return {
       n: ok.length,
@@ -386,30 +518,28 @@ async function benchPropagation(replicas, client) {
       max: ok.length ? Math.max(...ok) : Number.NaN,
     };
   };
-  const stats = {};
-  for (const what of ['create', 'delete']) {
+  const phase = (what: Phase) => ({
     // A replica that never routed makes the sample's "all replicas" figure NaN: counted as failed.
-    stats[what] = {
-      all: summarize(samples.map((s) => Math.max(...s[what].map((p) => p.ms)))),
-      replicas: replicas.map((_, i) => summarize(samples.map((s) => s[what][i].ms))),
-      replicasSent: replicas.map((_, i) => summarize(samples.map((s) => s[what][i].sentMs))),
-      events: replicas.map((_, i) =>
-        summarize(samples.map((s) => (what === 'create' ? s.createdEvents : s.endedEvents)[i])),
-      ),
-      api: summarize(samples.map((s) => (what === 'create' ? s.postMs : s.deleteMs))),
-      probes: median(samples.flatMap((s) => s[what].map((p) => p.probes))),
-    };
-  }
+    all: summarize(samples.map((s) => Math.max(...s[what].map((p) => p.ms)))),
+    replicas: replicas.map((_, i) => summarize(samples.map((s) => nth(s[what], i).ms))),
+    replicasSent: replicas.map((_, i) => summarize(samples.map((s) => nth(s[what], i).sentMs))),
+    events: replicas.map((_, i) =>
+      summarize(samples.map((s) => nth(what === 'create' ? s.createdEvents : s.endedEvents, i))),
+    ),
+    api: summarize(samples.map((s) => (what === 'create' ? s.postMs : s.deleteMs))),
+    probes: median(samples.flatMap((s) => s[what].map((p) => p.probes))),
+  });
+  const stats = { create: phase('create'), delete: phase('delete') };
   return { ...stats, oddities, samples };
 }
 
 // ---------------------------------------------------------------- 2. delivery
 
 /** `count` sequential requests on one keep-alive connection; latencies in ms, and wrong answers. */
-async function sequential(origin, headers, count) {
-  const lat = new Array(count);
+async function sequential(origin: string, headers: ReqHeaders, count: number) {
+  const lat = new Array<number>(count);
   let wrong = 0;
-  let lastWrong;
+  let lastWrong: string | undefined;
   for (let i = 0; i < count; i++) {
     const t = performance.now();
     const r = await request(origin, 'GET', '/', headers);
@@ -422,8 +552,9 @@ async function sequential(origin, headers, count) {
   return { lat, wrong, lastWrong };
 }
 
-async function benchDelivery(replicas, client, local) {
-  const [r1, r2] = replicas;
+async function benchDelivery(replicas: Replica[], client: BenchClient, local: Service): Promise<Delivery> {
+  const r1 = nth(replicas, 0);
+  const r2 = nth(replicas, 1);
   const tenant = `d-${RUN_ID}`;
   const headers = VIA(tenant);
   const id = await client.create(r1.control, tenant);
@@ -432,10 +563,10 @@ async function benchDelivery(replicas, client, local) {
     await waitHttp(
       `${r.data}/`,
       headers,
-      (x) => x.status === 200 && x.headers.get('x-served-by') === 'local',
+      (x: HttpAnswer) => x.status === 200 && x.headers.get('x-served-by') === 'local',
       `replica ${r.n} for tenant ${tenant}`,
     );
-  const targets = [
+  const targets: [Target, Target, Target] = [
     { key: 'same', label: '(a) replica 1, where the tunnel is', origin: r1.data, headers },
     { key: 'cross', label: '(b) replica 2 → relay hop → replica 1', origin: r2.data, headers },
     { key: 'direct', label: '(c) local service direct (floor)', origin: local.url, headers: {} },
@@ -444,14 +575,14 @@ async function benchDelivery(replicas, client, local) {
   log(
     `\n== 2a. Delivery latency: sequential keep-alive requests, ${opts.warmup} warm-up + ${opts.requests} timed per path, ${opts.rounds} rounds (median)`,
   );
-  const seq = Object.fromEntries(targets.map((t) => [t.key, []]));
+  const seq = Object.fromEntries(targets.map((t) => [t.key, [] as SeqRow[]])) as Record<PathKey, SeqRow[]>;
   for (let round = 1; round <= opts.rounds; round++) {
     // Alternate the order so drift on a shared machine does not always favour the same path.
     const order = round % 2 ? targets : [targets[1], targets[0], targets[2]];
     for (const t of order) {
       await sequential(t.origin, t.headers, opts.warmup);
       const r = await sequential(t.origin, t.headers, opts.requests);
-      const row = {
+      const row: SeqRow = {
         p50: percentile(r.lat, 50),
         p90: percentile(r.lat, 90),
         p99: percentile(r.lat, 99),
@@ -466,7 +597,7 @@ async function benchDelivery(replicas, client, local) {
     }
   }
 
-  let thr;
+  let thr: (Partial<Record<PathKey, WrkRow[]>> & { same: WrkRow[]; cross: WrkRow[] }) | undefined;
   if (ensureTools(['wrk'], { required: false }).length === 0) {
     log(
       `\n== 2b. Delivery throughput: wrk -t1 -c${opts.conns}, 1 s warm-up + ${opts.duration} s, (a) vs (b), ${opts.rounds} rounds (median)`,
@@ -477,8 +608,12 @@ async function benchDelivery(replicas, client, local) {
       for (const t of order) {
         const url = `${t.origin}/`;
         await wrk(url, { conns: opts.conns, seconds: 1, headers: t.headers });
-        const w = await wrk(url, { conns: opts.conns, seconds: opts.duration, headers: t.headers });
-        thr[t.key].push({ rps: w.rps, p50: w.p50, p99: w.p99, errors: w.errors });
+        const w = (await wrk(url, {
+          conns: opts.conns,
+          seconds: opts.duration,
+          headers: t.headers,
+        })) as WrkResult;
+        thr[t.key]?.push({ rps: w.rps, p50: w.p50, p99: w.p99, errors: w.errors });
         log(
           `  round ${round} ${t.label.padEnd(40)} ${fmt(w.rps, 0).padStart(7)} req/s  p50 ${fmt(w.p50, 2)} ms  p99 ${fmt(w.p99, 2)} ms${w.errors ? `  socket errors ${w.errors}` : ''}`,
         );
@@ -496,32 +631,41 @@ async function benchDelivery(replicas, client, local) {
   client.held.delete(id);
   await client.remove(r1.control, id);
 
-  const med = (rows, k) => median(rows.map((x) => x[k]));
-  const out = {};
-  for (const t of targets) {
-    out[t.key] = {
+  const med = <K extends string>(rows: Record<K, number>[], k: K) => median(rows.map((x) => x[k]));
+  const path = (t: Target) => {
+    const p: DeliveryPath = {
       label: t.label,
       p50: med(seq[t.key], 'p50'),
       p99: med(seq[t.key], 'p99'),
       wrong: seq[t.key].reduce((a, x) => a + x.wrong, 0),
       rounds: seq[t.key],
     };
-    if (thr?.[t.key]) {
-      out[t.key].rps = med(thr[t.key], 'rps');
-      out[t.key].wrkP99 = med(thr[t.key], 'p99');
-      out[t.key].wrkRounds = thr[t.key];
+    const w = thr?.[t.key];
+    if (w) {
+      p.rps = med(w, 'rps');
+      p.wrkP99 = med(w, 'p99');
+      p.wrkRounds = w;
     }
+    return p;
+  };
+  const out: Delivery = {
+    same: path(targets[0]),
+    cross: path(targets[1]),
+    direct: path(targets[2]),
+    // Added latency per round (b − a of that round), then the median of those.
+    addedP50: median(seq.cross.map((x, i) => x.p50 - nth(seq.same, i).p50)),
+    addedP99: median(seq.cross.map((x, i) => x.p99 - nth(seq.same, i).p99)),
+  };
+  if (thr) {
+    const { same } = thr;
+    out.rpsRatio = median(thr.cross.map((x, i) => x.rps / nth(same, i).rps));
   }
-  // Added latency per round (b − a of that round), then the median of those.
-  out.addedP50 = median(seq.cross.map((x, i) => x.p50 - seq.same[i].p50));
-  out.addedP99 = median(seq.cross.map((x, i) => x.p99 - seq.same[i].p99));
-  if (thr) out.rpsRatio = median(thr.cross.map((x, i) => x.rps / thr.same[i].rps));
   return out;
 }
 
 // ---------------------------------------------------------------- 3. Kafka floor
 
-function kafkaCli(args, timeout = 60_000) {
+function kafkaCli(args: string[], timeout = 60_000) {
   return spawnSync(KAFKA, args, { cwd: ROOT, encoding: 'utf8', timeout });
 }
 
@@ -554,29 +698,29 @@ async function benchKafka() {
   });
   const producer = kafka.producer({ createPartitioner: Partitioners.DefaultPartitioner });
   await producer.connect();
-  const out = {};
+  const out: KafkaFloor = {};
   let seq = 0;
   try {
-    for (const maxWait of ['default', 10]) {
+    for (const maxWait of ['default', 10] as const) {
       const consumer = kafka.consumer({
         groupId: `kelsingra-bench-${RUN_ID}-${maxWait}`,
         ...(maxWait === 'default' ? {} : { maxWaitTimeInMs: maxWait }),
       });
       /** Message value → resolve with its arrival time. */
-      const waiting = new Map();
+      const waiting = new Map<string, (at: number) => void>();
       const joinStart = performance.now();
       await consumer.connect();
       await consumer.subscribe({ topic, fromBeginning: false });
       await consumer.run({
         eachMessage: async ({ message }) => {
           const at = performance.now();
-          const key = message.value.toString();
+          const key = String(message.value);
           waiting.get(key)?.(at);
           waiting.delete(key);
         },
       });
-      const roundTrip = async (value, timeoutMs) => {
-        const arrived = new Promise((res) => {
+      const roundTrip = async (value: string, timeoutMs: number) => {
+        const arrived = new Promise<number>((res) => {
           waiting.set(value, res);
           setTimeout(() => res(Number.NaN), timeoutMs).unref();
         });
@@ -597,8 +741,8 @@ async function benchKafka() {
       }
       const joinMs = performance.now() - joinStart;
       for (let i = 0; i < 100; i++) await roundTrip(`warm-${seq++}`, 10_000);
-      const lat = [];
-      const acks = [];
+      const lat: number[] = [];
+      const acks: number[] = [];
       let lost = 0;
       // A budget, so a setting that waits out its full fetch window cannot blow the run's time.
       const budget = Date.now() + 60_000;
@@ -609,7 +753,7 @@ async function benchKafka() {
         acks.push(r.acked);
       }
       await consumer.disconnect();
-      const row = {
+      const row: KafkaRow = {
         maxWait,
         n: lat.length,
         lost,
@@ -634,18 +778,18 @@ async function benchKafka() {
 
 // ---------------------------------------------------------------- report
 
-const ok = (pass) => (pass ? 'met' : 'MISSED');
+const ok = (pass: boolean) => (pass ? 'met' : 'MISSED');
 
-function report(results) {
+function report(results: Results) {
   const p = results.propagation;
   const goals = [['Goal', 'Figure', 'Target', 'Result']];
   if (p) {
-    for (const what of ['create', 'delete']) {
+    for (const what of ['create', 'delete'] as const) {
       log(
         `\nPropagation of a ${what === 'create' ? 'new intercept' : 'deletion'} (${opts.samples} samples, ms from just before the ${what === 'create' ? 'POST' : 'DELETE'} to the first probe answer from ${what === 'create' ? 'local' : 'base'}):`,
       );
       const s = p[what];
-      const row = (label, x) => [
+      const row = (label: string, x: Summary) => [
         label,
         fmt(x.p50, 1),
         fmt(x.p95, 1),
@@ -677,7 +821,7 @@ function report(results) {
     log(
       table([
         ['Path', 'p50 (ms)', 'p99 (ms)', `req/s @${opts.conns} (wrk -t1)`, 'wrong answers'],
-        ...['direct', 'same', 'cross'].map((k) => [
+        ...(['direct', 'same', 'cross'] as const).map((k) => [
           d[k].label,
           fmt(d[k].p50, 3),
           fmt(d[k].p99, 3),
@@ -709,27 +853,31 @@ function report(results) {
           'req/resp ≈ 2 × p50',
           'new consumer → first message (ms)',
         ],
-        ...['default', 10].map((w) => [
-          w === 'default' ? 'default (5000)' : String(w),
-          fmt(k[w].p50, 2),
-          fmt(k[w].p99, 2),
-          fmt(k[w].max, 1),
-          fmt(k[w].ackP50, 2),
-          fmt(2 * k[w].p50, 2),
-          fmt(k[w].joinMs, 0),
-        ]),
+        ...(['default', 10] as const).map((w) => {
+          const x = k[w];
+          if (!x) throw new Error(`no Kafka row for maxWaitTimeInMs ${w}`);
+          return [
+            w === 'default' ? 'default (5000)' : String(w),
+            fmt(x.p50, 2),
+            fmt(x.p99, 2),
+            fmt(x.max, 1),
+            fmt(x.ackP50, 2),
+            fmt(2 * x.p50, 2),
+            fmt(x.joinMs, 0),
+          ];
+        }),
       ]),
     );
   }
   log(
-    `\nSummary (${REPLICAS} replicas, ${os.cpus().length} cores, ${os.cpus()[0]?.model ?? 'unknown CPU'}, Node ${process.versions.node}; load average at start ${results.loadStart}, at end ${os.loadavg()[0].toFixed(2)}):`,
+    `\nSummary (${REPLICAS} replicas, ${os.cpus().length} cores, ${os.cpus()[0]?.model ?? 'unknown CPU'}, Node ${process.versions.node}; load average at start ${results.loadStart}, at end ${os.loadavg()[0]?.toFixed(2)}):`,
   );
   log(table(goals));
 }
 
 // ---------------------------------------------------------------- main
 
-const results = { opts, replicas: REPLICAS, ...machineInfo() };
+const results: Results = { opts, replicas: REPLICAS, ...machineInfo() };
 let exitCode = 0;
 try {
   const t0 = Date.now();
@@ -740,25 +888,25 @@ try {
   log(`  database ${db.name}`);
   const base = await startService('base');
   const local = await startService('local');
-  const replicas = [];
+  const replicas: Replica[] = [];
   // One after the other: the first one creates the tables.
   for (let n = 1; n <= REPLICAS; n++) replicas.push(await startReplica(n, base.url, db.url));
   for (const r of replicas)
     log(`  replica ${r.n} ${r.serverId}: control ${r.control}, data ${r.data}, pid ${r.proc.pid}`);
-  const client = await startClient(replicas[0].control, local.port);
+  const client = await startClient(nth(replicas, 0).control, local.port);
   log(`  tunnel open on replica 1 (client ${client.clientId})`);
 
   // Warm-up: every replica knows its peers and relays to replica 1 before anything is timed.
   const warm = `warm-${RUN_ID}`;
-  const warmId = await client.create(replicas[0].control, warm);
+  const warmId = await client.create(nth(replicas, 0).control, warm);
   for (const r of replicas)
     await waitHttp(
       `${r.data}/`,
       VIA(warm),
-      (x) => x.status === 200 && x.headers.get('x-served-by') === 'local',
+      (x: HttpAnswer) => x.status === 200 && x.headers.get('x-served-by') === 'local',
       `replica ${r.n} (warm-up tenant)`,
     );
-  await client.remove(replicas[0].control, warmId);
+  await client.remove(nth(replicas, 0).control, warmId);
 
   results.propagation = await benchPropagation(replicas, client);
   results.delivery = await benchDelivery(replicas, client, local);

@@ -44,14 +44,18 @@
  * KELSINGRA_BENCH_PG; databases kelsingra_bench_scale_<random>[_empty] are created and dropped.
  * Every process is stopped on exit, Ctrl-C or failure.
  */
+import type { ChildProcessByStdio } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { chmodSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import { join, resolve } from 'node:path';
+import type { Readable } from 'node:stream';
 import { pathToFileURL } from 'node:url';
 import v8 from 'node:v8';
 import vm from 'node:vm';
 import pg from 'pg';
+import type { Route } from '../../server/routing/route-table.ts';
+import type { Intercept, InterceptStore } from '../../server/store/intercept-store.ts';
 import {
   children,
   cleanupAndExit,
@@ -81,6 +85,93 @@ const BIN = join(ROOT, 'bin', 'run.js');
 const NODE = process.execPath;
 const RUN_ID = randomBytes(4).toString('hex');
 const TOKEN = `bench-${randomBytes(8).toString('hex')}`;
+
+/** A process started with lib.ts's start(). */
+interface Proc {
+  name: string;
+  child: ChildProcessByStdio<null, Readable, Readable>;
+  pid: number | undefined;
+  output: () => string;
+}
+/** What lib.ts's wrk() resolves to (the fields used here). */
+interface WrkResult {
+  rps: number;
+  p50: number;
+  p99: number;
+  requests: number;
+  errors: number;
+}
+type WrkRun = WrkResult & { cpuUsPerReq: number };
+interface WrkSummary {
+  rps: number;
+  p50: number;
+  p99: number;
+  cpuUsPerReq: number;
+  rounds: WrkRun[];
+}
+type Shape = 'independent' | 'chained';
+type Side = 'loaded' | 'empty';
+type Mix = 'miss' | 'route';
+type MemInfo = ReturnType<typeof memOf>;
+type Db = Awaited<ReturnType<typeof createDatabase>>;
+/** The lookups the routing decision makes. */
+type LookupStore = Pick<InterceptStore, 'find' | 'findRoute'>;
+/** One timed loop: `run` returns its hit count, which must be `hits`; `n` lookups per run. */
+interface Loop {
+  prepare?: () => void;
+  run: () => number;
+  hits: number;
+  n: number;
+}
+/** ns per lookup of one loop over the rounds. */
+interface LoopNs {
+  median: number;
+  min: number;
+  cpuMedian: number;
+  wall: number[];
+  cpu: number[];
+}
+type DataSet = ReturnType<typeof makeDataSet>;
+type Sample = ReturnType<typeof samplesOf>;
+type PlainMap = ReturnType<typeof plainMapOf>;
+type Lookup = Awaited<ReturnType<typeof benchLookup>>;
+type PgStoreResult = Awaited<ReturnType<typeof benchPgStore>>;
+type Server = Awaited<ReturnType<typeof startServer>>;
+type Check = Awaited<ReturnType<typeof checkSample>>;
+interface ServerResult {
+  loadSqlMs: number;
+  loaded: { intercepts: number; routes: number };
+  pgStore: PgStoreResult;
+  check: Record<Side, Check>;
+  idleMem: Record<Side, MemInfo>;
+  afterLoadMem: Record<Side, MemInfo>;
+  idleCpuPct: Record<Side, number>;
+  endMem: Record<Side, MemInfo>;
+  start: Record<Side, { ms: number; cpuS: number }>;
+  wrk: Record<Side, Record<Mix, WrkSummary>>;
+}
+type LoadSummary = ReturnType<ReturnType<typeof sampleLoad>['stop']>;
+type Results = ReturnType<typeof machineInfo> & {
+  opts: typeof opts;
+  lookup?: Omit<Lookup, 'samples'> & { samples?: undefined };
+  server?: ServerResult;
+  seconds?: number;
+  machineLoad?: LoadSummary;
+};
+
+/** xs[i], where the caller knows there is one (an index into the data set, a field of /proc). */
+function nth<T>(xs: ArrayLike<T>, i: number): T {
+  const x = xs[i];
+  if (x === undefined) throw new Error(`no element ${i} in a list of ${xs.length}`);
+  return x;
+}
+
+/** r[k], where the caller knows it is set (a loop this run timed). */
+function get<V>(r: Record<string, V>, k: string): V {
+  const v = r[k];
+  if (v === undefined) throw new Error(`nothing under ${k}`);
+  return v;
+}
 
 // ---------------------------------------------------------------- options
 
@@ -122,17 +213,27 @@ requireBuild('npm run bench:scale', [
   'server/store/pg-store.js',
 ]);
 
-const dist = (p) => import(pathToFileURL(join(ROOT, 'dist', p)).href);
-const { MemoryInterceptStore } = await dist('server/store/memory-store.js');
-const { PgInterceptStore } = await dist('server/store/pg-store.js');
-const { migrate } = await dist('server/store/pg-migrations.js');
-const { routeIdOf } = await dist('server/routing/route-table.js');
+/** A built module from dist/, typed by its source (`M`: `typeof import()` of the .ts file). */
+const dist = <M>(p: string) => import(pathToFileURL(join(ROOT, 'dist', p)).href) as Promise<M>;
+const { MemoryInterceptStore } = await dist<typeof import('../../server/store/memory-store.ts')>(
+  'server/store/memory-store.js',
+);
+const { PgInterceptStore } =
+  await dist<typeof import('../../server/store/pg-store.ts')>('server/store/pg-store.js');
+const { migrate } = await dist<typeof import('../../server/store/pg-migrations.ts')>(
+  'server/store/pg-migrations.js',
+);
+const { routeIdOf } = await dist<typeof import('../../server/routing/route-table.ts')>(
+  'server/routing/route-table.js',
+);
 /** The baseline's key: one string per (service, tenant), as a single flat Map would need. */
-const interceptKey = (service, tenant) => `${service}\u0000${tenant}`;
-const { createLogger } = await dist('server/observability/logger.js');
+const interceptKey = (service: string, tenant: string) => `${service}\u0000${tenant}`;
+const { createLogger } = await dist<typeof import('../../server/observability/logger.ts')>(
+  'server/observability/logger.js',
+);
 
 v8.setFlagsFromString('--expose-gc');
-const gc = vm.runInNewContext('gc');
+const gc = vm.runInNewContext('gc') as () => void;
 /** Heap in use after two full collections, in MiB. */
 function heapMiB() {
   gc();
@@ -147,7 +248,7 @@ onCleanup(() => rmSync(WORK, { recursive: true, force: true }));
 // ---------------------------------------------------------------- the data set
 
 /** A small seeded generator (mulberry32), so every run loads the same table. */
-function rng(seed) {
+function rng(seed: number) {
   let a = seed >>> 0;
   return () => {
     a = (a + 0x6d2b79f5) >>> 0;
@@ -169,7 +270,7 @@ const ROUTE = 2;
  */
 function makeDataSet() {
   const random = rng(opts.seed);
-  const pad = (n, w) => String(n).padStart(w, '0');
+  const pad = (n: number, w: number) => String(n).padStart(w, '0');
   const services = Array.from({ length: opts.services }, (_, i) => `svc-${pad(i, 3)}`);
   const tw = String(opts.tenants - 1).length;
   const tenants = Array.from({ length: opts.tenants }, (_, i) => `tenant-${pad(i, tw)}`);
@@ -179,29 +280,30 @@ function makeDataSet() {
   const picked = opts.intercepts + opts.routed;
   for (let i = 0; i < picked; i++) {
     const j = i + Math.floor(random() * (total - i));
-    const t = order[i];
-    order[i] = order[j];
+    const t = nth(order, i);
+    order[i] = nth(order, j);
     order[j] = t;
   }
   const kind = new Uint8Array(total);
-  const byKind = [[], [], []];
+  const byKind: number[][] = [[], [], []];
   for (let i = 0; i < picked; i++) {
-    const pair = order[i];
+    const pair = nth(order, i);
     kind[pair] = i < opts.intercepts ? INTERCEPT : ROUTE;
   }
-  for (let pair = 0; pair < total; pair++) if (kind[pair] !== MISS) byKind[kind[pair]].push(pair);
+  for (let pair = 0; pair < total; pair++) if (kind[pair] !== MISS) nth(byKind, nth(kind, pair)).push(pair);
   const perService = opts['routes-per-service'];
-  const routeGroups = services.map(() => Array.from({ length: perService }, () => []));
+  const routeGroups = services.map(() => Array.from({ length: perService }, (): number[] => []));
   let n = 0;
-  for (const pair of byKind[ROUTE]) routeGroups[Math.floor(pair / opts.tenants)][n++ % perService].push(pair);
+  for (const pair of nth(byKind, ROUTE))
+    nth(nth(routeGroups, Math.floor(pair / opts.tenants)), n++ % perService).push(pair);
   /** Route rows for targets `base`/v2, `base`/v3…: { service, tenants, targets }. */
-  const routes = (base) =>
+  const routes = (base: string) =>
     routeGroups.flatMap((groups, s) =>
       groups
         .filter((g) => g.length > 0)
         .map((g, v) => ({
-          service: services[s],
-          tenants: g.map((pair) => tenants[pair % opts.tenants]),
+          service: nth(services, s),
+          tenants: g.map((pair) => nth(tenants, pair % opts.tenants)),
           targets: [`${base}/v${v + 2}`],
         })),
     );
@@ -211,32 +313,35 @@ function makeDataSet() {
       if (kind[pair] === MISS) return pair;
     }
   };
-  const pick = (k) => (k === MISS ? missPair() : byKind[k][Math.floor(random() * byKind[k].length)]);
+  const pick = (k: number) => {
+    const pairs = nth(byKind, k);
+    return k === MISS ? missPair() : nth(pairs, Math.floor(random() * pairs.length));
+  };
   return {
     services,
     tenants,
     kind,
-    intercepted: byKind[INTERCEPT],
+    intercepted: nth(byKind, INTERCEPT),
     routes,
     random,
     pick,
-    serviceOf: (pair) => services[Math.floor(pair / opts.tenants)],
-    tenantOf: (pair) => tenants[pair % opts.tenants],
+    serviceOf: (pair: number) => nth(services, Math.floor(pair / opts.tenants)),
+    tenantOf: (pair: number) => nth(tenants, pair % opts.tenants),
   };
 }
 
 // ---------------------------------------------------------------- 1. in-process lookup
 
 /** The mix of the headline figure: a quarter intercept hits, a quarter route hits, half misses. */
-const MIX = [
+const MIX: [number, number][] = [
   [INTERCEPT, 0.25],
   [ROUTE, 0.25],
   [MISS, 0.5],
 ];
 
-function samplesOf(ds, n, mix) {
-  const services = new Array(n);
-  const tenants = new Array(n);
+function samplesOf(ds: DataSet, n: number, mix: [number, number][]) {
+  const services = new Array<string>(n);
+  const tenants = new Array<string>(n);
   const pairs = new Int32Array(n);
   let hits = 0;
   for (let i = 0; i < n; i++) {
@@ -267,7 +372,7 @@ function samplesOf(ds, n, mix) {
 // service name's length, masked to 0), so one lookup's memory reads cannot overlap the next
 // one's, as they cannot between two requests; in the independent shape the CPU may run
 // several lookups' reads at once.
-const LOOP_SRC = (pick, lookup) => `
+const LOOP_SRC = (pick: string, lookup: string) => `
   let hits = 0;
   let x = 0;
   for (let i = 0; i < n; i++) {
@@ -277,7 +382,7 @@ const LOOP_SRC = (pick, lookup) => `
     if (r !== BASE) hits++;
   }
   return hits;`;
-const PICK = { independent: 'i', chained: '(i + x) % n' };
+const PICK: Record<Shape, string> = { independent: 'i', chained: '(i + x) % n' };
 const PLAIN = 'const r = map.get(keys[j]) ?? BASE;';
 const DECIDE = `const s = services[j];
     const t = tenants[j];
@@ -285,25 +390,31 @@ const DECIDE = `const s = services[j];
 /** The base service's decision: a miss. Has a `service` as intercepts and routes do. */
 const BASE = Object.freeze({ kind: 'base', service: 'base' });
 
-function plainLoop(map, keys, shape) {
+function plainLoop(map: Map<string, Intercept | Route>, keys: string[], shape: Shape) {
   const fn = new Function('map', 'keys', 'n', 'BASE', LOOP_SRC(PICK[shape], PLAIN));
-  return () => fn(map, keys, keys.length, BASE);
+  return (): number => fn(map, keys, keys.length, BASE);
 }
 
-function decideLoop(store, services, tenants, shape) {
+function decideLoop(store: LookupStore, services: string[], tenants: () => string[], shape: Shape) {
   const fn = new Function('store', 'services', 'tenants', 'n', 'BASE', LOOP_SRC(PICK[shape], DECIDE));
-  return () => fn(store, services, tenants(), services.length, BASE);
+  return (): number => fn(store, services, tenants(), services.length, BASE);
 }
 
 /** A fresh string equal to `t`, whose hash V8 has not computed yet. */
-const freshCopy = (t) => `${t} `.slice(0, -1);
+const freshCopy = (t: string) => `${t} `.slice(0, -1);
 
 /**
  * Times each loop over all its samples once per round, after `warm` untimed rounds; rounds
  * interleave the loops. Returns ns per lookup (median, min) per loop.
  */
-async function timeLoops(loops, rounds, warm = 2) {
-  const ns = Object.fromEntries(Object.keys(loops).map((k) => [k, { wall: [], cpu: [] }]));
+async function timeLoops(
+  loops: Record<string, Loop>,
+  rounds: number,
+  warm = 2,
+): Promise<Record<string, LoopNs>> {
+  const ns = Object.fromEntries(
+    Object.keys(loops).map((k) => [k, { wall: [] as number[], cpu: [] as number[] }]),
+  );
   for (let round = -warm; round < rounds; round++) {
     for (const [name, l] of Object.entries(loops)) {
       l.prepare?.();
@@ -314,8 +425,8 @@ async function timeLoops(loops, rounds, warm = 2) {
       const cpu = process.cpuUsage(c0);
       if (hits !== l.hits) throw new Error(`${name}: ${hits} hits, expected ${l.hits}: a lookup is wrong`);
       if (round >= 0) {
-        ns[name].wall.push(elapsed / l.n);
-        ns[name].cpu.push(((cpu.user + cpu.system) * 1000) / l.n);
+        get(ns, name).wall.push(elapsed / l.n);
+        get(ns, name).cpu.push(((cpu.user + cpu.system) * 1000) / l.n);
       }
     }
     await sleep(0); // let timers (the memory store's lease sweep) run between rounds, not inside them
@@ -337,9 +448,9 @@ async function timeLoops(loops, rounds, warm = 2) {
 }
 
 /** The plain Map the baseline reads: the same pairs, each under one precomputed string key. */
-function plainMapOf(ds, store) {
-  const map = new Map();
-  const keyOf = new Map();
+function plainMapOf(ds: DataSet, store: LookupStore) {
+  const map = new Map<string, Intercept | Route>();
+  const keyOf = new Map<number, string>();
   for (let pair = 0; pair < ds.kind.length; pair++) {
     if (ds.kind[pair] === MISS) continue;
     const s = ds.serviceOf(pair);
@@ -350,7 +461,7 @@ function plainMapOf(ds, store) {
     map.set(key, value);
     keyOf.set(pair, key);
   }
-  const keysFor = (sample) =>
+  const keysFor = (sample: Sample) =>
     Array.from(sample.pairs, (pair) => {
       let key = keyOf.get(pair);
       if (key === undefined) {
@@ -363,11 +474,11 @@ function plainMapOf(ds, store) {
 }
 
 /** One line per shape: the baseline, the decision (and with fresh tenant strings), ratios. */
-function logLoops(res, label, shapes) {
-  const one = (x) => `${fmt(x.median, 1).padStart(6)} ns (CPU ${fmt(x.cpuMedian, 0)})`;
+function logLoops(res: Record<string, LoopNs>, label: string, shapes: Shape[]) {
+  const one = (x: LoopNs) => `${fmt(x.median, 1).padStart(6)} ns (CPU ${fmt(x.cpuMedian, 0)})`;
   for (const shape of shapes) {
-    const p = res[`${label}:${shape}:plain`];
-    const d = res[`${label}:${shape}:decide`];
+    const p = get(res, `${label}:${shape}:plain`);
+    const d = get(res, `${label}:${shape}:decide`);
     const f = res[`${label}:${shape}:fresh`];
     log(
       `  ${label.padEnd(9)} ${shape.padEnd(11)} plain Map.get ${one(p)}   decision ${one(d)} × ${fmt(d.median / p.median, 2)}${f === undefined ? '' : `   fresh tenant strings ${one(f)} × ${fmt(f.median / p.median, 2)}`}`,
@@ -379,9 +490,15 @@ function logLoops(res, label, shapes) {
  * The loops of one measurement: the baseline and the decision over `store`, on the same
  * samples, in each shape asked for (names `<label>:<shape>:plain|decide|fresh`).
  */
-function loopsFor(label, store, plain, sample, { fresh = false, shapes = ['independent'] } = {}) {
+function loopsFor(
+  label: string,
+  store: LookupStore,
+  plain: PlainMap,
+  sample: Sample,
+  { fresh = false, shapes = ['independent'] }: { fresh?: boolean; shapes?: Shape[] } = {},
+) {
   const keys = plain.keysFor(sample);
-  const loops = {};
+  const loops: Record<string, Loop> = {};
   for (const shape of shapes) {
     const hits = sample.hits;
     const name = `${label}:${shape}`;
@@ -406,7 +523,7 @@ function loopsFor(label, store, plain, sample, { fresh = false, shapes = ['indep
   return loops;
 }
 
-async function benchLookup(ds) {
+async function benchLookup(ds: DataSet) {
   log(
     `\n== 1. Route lookup in process: ${opts.services} services × ${opts.tenants} tenants, ${opts.intercepts} intercepts (MemoryInterceptStore), ${opts.routed} routed pairs; ${opts.samples} lookups per round, ${opts['lookup-rounds']} rounds (median)`,
   );
@@ -442,7 +559,7 @@ async function benchLookup(ds) {
     route: samplesOf(ds, quarter, [[ROUTE, 1]]),
     miss: samplesOf(ds, quarter, [[MISS, 1]]),
   };
-  const shapes = ['independent', 'chained'];
+  const shapes: Shape[] = ['independent', 'chained'];
   const loops = { ...loopsFor('mixed', store, plain, mixed, { fresh: true, shapes }) };
   for (const [k, s] of Object.entries(classes))
     Object.assign(loops, loopsFor(k, store, plain, s, { shapes }));
@@ -455,7 +572,10 @@ async function benchLookup(ds) {
     intercepts: opts.intercepts,
     routes: routes.length,
     routedTenants: routes.reduce((a, r) => a + r.tenants.length, 0),
-    mix: Object.fromEntries(MIX.map(([k, w]) => [['miss', 'intercept', 'route'][k], w])),
+    mix: Object.fromEntries(MIX.map(([k, w]) => [nth(['miss', 'intercept', 'route'], k), w])) as Record<
+      'miss' | 'intercept' | 'route',
+      number
+    >,
     ns: res,
     // Samples kept for the PostgreSQL store's lookups (section 2).
     samples: { mixed, plain },
@@ -469,7 +589,7 @@ const PG_HINT = 'start it, set KELSINGRA_BENCH_PG, or run with --skip-server';
 const silent = createLogger('silent');
 
 /** The server agent's own migrations, then the intercepts and routes, straight into the tables. */
-async function loadDatabase(db, ds, routeBase) {
+async function loadDatabase(db: Db, ds: DataSet | undefined, routeBase?: string) {
   const pool = new pg.Pool({ connectionString: db.url, max: 1 });
   try {
     await migrate(pool, silent);
@@ -483,7 +603,13 @@ async function loadDatabase(db, ds, routeBase) {
       await client.query('SET LOCAL session_replication_role = replica').catch(async () => {
         await client.query('ROLLBACK TO SAVEPOINT r');
       });
-      const cols = { id: [], service: [], tenant: [], client: [], port: [] };
+      const cols = {
+        id: [] as string[],
+        service: [] as string[],
+        tenant: [] as string[],
+        client: [] as string[],
+        port: [] as number[],
+      };
       for (const pair of ds.intercepted) {
         cols.id.push(`icp_${randomBytes(6).toString('hex')}`);
         cols.service.push(ds.serviceOf(pair));
@@ -492,7 +618,7 @@ async function loadDatabase(db, ds, routeBase) {
         cols.port.push(3000 + (pair % 1000));
       }
       for (let i = 0; i < cols.id.length; i += 10_000) {
-        const part = (a) => a.slice(i, i + 10_000);
+        const part = <T>(a: T[]) => a.slice(i, i + 10_000);
         await client.query(
           `INSERT INTO kelsingra_intercepts
              (id, service, tenant, holder, token_name, client_key, local_port, replica_id, expires_at)
@@ -502,6 +628,7 @@ async function loadDatabase(db, ds, routeBase) {
           [part(cols.id), part(cols.service), part(cols.tenant), part(cols.client), part(cols.port)],
         );
       }
+      if (routeBase === undefined) throw new Error("loadDatabase: a data set needs the routes' target");
       const routes = ds.routes(routeBase);
       for (const r of routes) {
         await client.query(
@@ -522,7 +649,7 @@ async function loadDatabase(db, ds, routeBase) {
 }
 
 /** The PostgreSQL store in this process: load time and heap, lookups, reconciliation cost. */
-async function benchPgStore(db, lookup) {
+async function benchPgStore(db: Db, lookup: Lookup) {
   const heap0 = heapMiB();
   const cpu0 = process.cpuUsage();
   const t0 = performance.now();
@@ -542,7 +669,14 @@ async function benchPgStore(db, lookup) {
   const openMs = performance.now() - t0;
   const openCpuMs = cpuMs(process.cpuUsage(cpu0));
   const heap1 = heapMiB();
-  const res = {
+  const res: {
+    openMs: number;
+    openCpuMs: number;
+    heapMiB: number;
+    intercepts: number;
+    routes: number;
+    ns?: Record<string, LoopNs>;
+  } = {
     openMs,
     openCpuMs,
     heapMiB: heap1 - heap0,
@@ -551,7 +685,7 @@ async function benchPgStore(db, lookup) {
   };
   if (lookup) {
     const { mixed, plain } = lookup.samples;
-    const shapes = ['independent', 'chained'];
+    const shapes: Shape[] = ['independent', 'chained'];
     res.ns = await timeLoops(
       loopsFor('pg', store, plain, mixed, { fresh: true, shapes }),
       opts['lookup-rounds'],
@@ -559,9 +693,9 @@ async function benchPgStore(db, lookup) {
   }
   // The periodic repairs (private in TypeScript, callable here): what the 5 s incremental
   // reconciliation and the full comparison (every 12th) cost with the table loaded.
-  const timed = async (fn) => {
-    const xs = [];
-    const cpu = [];
+  const timed = async (fn: () => Promise<void>) => {
+    const xs: number[] = [];
+    const cpu: number[] = [];
     for (let i = 0; i < 3; i++) {
       const c0 = process.cpuUsage();
       const t = performance.now();
@@ -571,22 +705,24 @@ async function benchPgStore(db, lookup) {
     }
     return { ms: median(xs), cpuMs: median(cpu) };
   };
-  res.reload = await timed(() => store.reload());
-  res.reconcile = await timed(() => store.reconcile());
+  // biome-ignore lint/complexity/useLiteralKeys: reload is private; TypeScript allows it through brackets only
+  const reload = await timed(() => store['reload']());
+  // biome-ignore lint/complexity/useLiteralKeys: reconcile is private; TypeScript allows it through brackets only
+  const reconcile = await timed(() => store['reconcile']());
   await close();
-  return res;
+  return { ...res, reload, reconcile };
 }
 
-const cpuMs = (u) => (u.user + u.system) / 1000;
+const cpuMs = (u: NodeJS.CpuUsage) => (u.user + u.system) / 1000;
 
 /** CPU seconds (user + system) a process has used so far, from /proc/<pid>/stat. */
-function cpuSeconds(pid) {
-  const fields = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1].split(' ');
+function cpuSeconds(pid: number | undefined) {
+  const fields = nth(readFileSync(`/proc/${pid}/stat`, 'utf8').split(') '), 1).split(' ');
   return (Number(fields[11]) + Number(fields[12])) / 100;
 }
 
 /** One nginx for the base service and the routes' target, each saying which it is. */
-function startUpstreams(basePort, routePort) {
+function startUpstreams(basePort: number, routePort: number) {
   return startNginx(
     WORK,
     'nginx',
@@ -595,27 +731,28 @@ function startUpstreams(basePort, routePort) {
   );
 }
 
-function profileArgs(name) {
+function profileArgs(name: string) {
   return opts.profile
     ? ['--cpu-prof', `--cpu-prof-dir=${opts.profile}`, `--cpu-prof-name=${name}-${Date.now()}.cpuprofile`]
     : [];
 }
 
 /** A server agent on ports the OS picks (read from its "server agent listening" line). */
-async function startServer(label, configPath, db) {
+async function startServer(label: string, configPath: string, db: Db) {
   const t0 = performance.now();
-  const proc = await start(
+  const proc = (await start(
     `server agent (${label})`,
     NODE,
     [...profileArgs(`server-${label}`), BIN, 'server', '--config', configPath, '--database-url', db.url],
     { ready: /"msg":"server agent listening"[^\n]*\n/, timeoutMs: 120_000 },
-  );
+  )) as Proc;
   const startMs = performance.now() - t0;
   const line = proc
     .output()
     .split('\n')
     .find((l) => l.includes('"msg":"server agent listening"'));
-  const info = JSON.parse(line);
+  if (line === undefined) throw new Error(`${proc.name}: no "server agent listening" line`);
+  const info = JSON.parse(line) as { controlPort: number; proxyPort: number };
   return {
     label,
     proc,
@@ -628,7 +765,7 @@ async function startServer(label, configPath, db) {
 }
 
 /** A wrk Lua script cycling over requests for these (service, tenant) pairs. */
-function wrkScript(name, pairs) {
+function wrkScript(name: string, pairs: [string, string][]) {
   const path = join(WORK, `${name}.lua`);
   const list = pairs.map(([s, t]) => `{${JSON.stringify(s)},${JSON.stringify(t)}}`).join(',\n');
   writeFileSync(
@@ -660,13 +797,13 @@ end
  * tunnel-disconnected (their intercept is loaded, and has no tunnel), routed tenants reach the
  * route target, the rest the base. On the empty server everything reaches the base.
  */
-async function checkSample(server, ds, loaded, n = 100) {
+async function checkSample(server: Server, ds: DataSet, loaded: boolean, n = 100) {
   const counts = { intercept: 0, route: 0, miss: 0 };
   for (const [kind, name] of [
     [INTERCEPT, 'intercept'],
     [ROUTE, 'route'],
     [MISS, 'miss'],
-  ]) {
+  ] as const) {
     for (let i = 0; i < n; i++) {
       const pair = ds.pick(kind);
       const headers = { 'x-kelsingra-service': ds.serviceOf(pair), 'x-tenant-id': ds.tenantOf(pair) };
@@ -687,7 +824,7 @@ async function checkSample(server, ds, loaded, n = 100) {
   }
   const r = await fetch(`${server.control}/v1/routes`, { headers: { authorization: `Bearer ${TOKEN}` } });
   if (r.status !== 200) throw new Error(`GET /v1/routes: HTTP ${r.status}`);
-  const routes = await r.json();
+  const routes = (await r.json()) as { tenants: string[] }[];
   return {
     checked: counts,
     routes: routes.length,
@@ -695,12 +832,12 @@ async function checkSample(server, ds, loaded, n = 100) {
   };
 }
 
-async function benchServer(ds, lookup) {
+async function benchServer(ds: DataSet, lookup: Lookup): Promise<ServerResult> {
   log(
     `\n== 2. Server agent on PostgreSQL: ${opts.services} services, ${opts.intercepts} intercepts + ${opts.routed} routed pairs loaded vs an empty table; wrk -t1 -c${opts.conns}, ${opts.duration} s, ${opts.rounds} rounds (median), alternating`,
   );
-  const basePort = await freePort();
-  const routePort = await freePort();
+  const basePort = (await freePort()) as number;
+  const routePort = (await freePort()) as number;
   await startUpstreams(basePort, routePort);
   const routeBase = `http://127.0.0.1:${routePort}`;
 
@@ -709,7 +846,11 @@ async function benchServer(ds, lookup) {
   let t0 = performance.now();
   const loaded = await loadDatabase(full, ds, routeBase);
   await loadDatabase(empty, undefined);
-  const res = { loadSqlMs: performance.now() - t0, loaded };
+  // Filled in below, one measurement after the other; complete when returned.
+  const res: Partial<ServerResult> & Pick<ServerResult, 'loadSqlMs' | 'loaded'> = {
+    loadSqlMs: performance.now() - t0,
+    loaded,
+  };
   log(
     `  databases ${full.name} (${loaded.intercepts} intercepts, ${loaded.routes} routes, inserted in ${fmt(res.loadSqlMs, 0)} ms) and ${empty.name} (empty)`,
   );
@@ -742,9 +883,10 @@ async function benchServer(ds, lookup) {
       2,
     ),
   );
-  const servers = {};
-  servers.empty = await startServer('empty', config, empty);
-  servers.loaded = await startServer('loaded', config, full);
+  const servers: Record<Side, Server> = {
+    empty: await startServer('empty', config, empty),
+    loaded: await startServer('loaded', config, full),
+  };
   for (const s of Object.values(servers))
     log(
       `  ${s.label.padEnd(6)} server agent pid ${s.pid}: listening ${fmt(s.startMs / 1000, 2)} s after spawn (${fmt(s.startCpuS, 2)} s CPU), data ${s.data}`,
@@ -772,22 +914,29 @@ async function benchServer(ds, lookup) {
   );
 
   // Two request mixes, 1000 (service, tenant) pairs each, the same pairs for both servers.
-  const pairsOf = (kind) =>
-    Array.from({ length: 1000 }, () => {
+  const pairsOf = (kind: number) =>
+    Array.from({ length: 1000 }, (): [string, string] => {
       const pair = ds.pick(kind);
       return [ds.serviceOf(pair), ds.tenantOf(pair)];
     });
   const mixes = { miss: wrkScript('miss', pairsOf(MISS)), route: wrkScript('route', pairsOf(ROUTE)) };
-  const runs = { loaded: { miss: [], route: [] }, empty: { miss: [], route: [] } };
+  const runs: Record<Side, Record<Mix, WrkRun[]>> = {
+    loaded: { miss: [], route: [] },
+    empty: { miss: [], route: [] },
+  };
   for (let round = 1; round <= opts.rounds; round++) {
-    const order = round % 2 ? ['empty', 'loaded'] : ['loaded', 'empty'];
-    for (const [mix, script] of Object.entries(mixes)) {
+    const order: Side[] = round % 2 ? ['empty', 'loaded'] : ['loaded', 'empty'];
+    for (const [mix, script] of Object.entries(mixes) as [Mix, string][]) {
       for (const which of order) {
         const s = servers[which];
         await wrk(`${s.data}/`, { script, conns: opts.conns, seconds: opts.warmup });
         const c0 = cpuSeconds(s.pid);
-        const r = await wrk(`${s.data}/`, { script, conns: opts.conns, seconds: opts.duration });
-        r.cpuUsPerReq = ((cpuSeconds(s.pid) - c0) / r.requests) * 1e6;
+        const w = (await wrk(`${s.data}/`, {
+          script,
+          conns: opts.conns,
+          seconds: opts.duration,
+        })) as WrkResult;
+        const r: WrkRun = Object.assign(w, { cpuUsPerReq: ((cpuSeconds(s.pid) - c0) / w.requests) * 1e6 });
         runs[which][mix].push(r);
         log(
           `  round ${round} ${mix.padEnd(5)} ${which.padEnd(6)} ${fmt(r.rps, 0).padStart(7)} req/s  p50 ${fmt(r.p50, 2)} ms  p99 ${fmt(r.p99, 2)} ms  server CPU ${fmt(r.cpuUsPerReq, 1)} µs/req${r.errors ? `  socket errors ${r.errors}` : ''}`,
@@ -809,11 +958,12 @@ async function benchServer(ds, lookup) {
   );
   res.start = Object.fromEntries(
     Object.entries(servers).map(([k, s]) => [k, { ms: s.startMs, cpuS: s.startCpuS }]),
-  );
-  res.wrk = {};
-  for (const which of ['loaded', 'empty']) {
-    res.wrk[which] = {};
-    for (const mix of Object.keys(mixes)) {
+  ) as ServerResult['start'];
+  // Both sides and both mixes are filled in just below.
+  res.wrk = {} as ServerResult['wrk'];
+  for (const which of ['loaded', 'empty'] as const) {
+    res.wrk[which] = {} as ServerResult['wrk'][Side];
+    for (const mix of Object.keys(mixes) as Mix[]) {
       const r = runs[which][mix];
       res.wrk[which][mix] = {
         rps: median(r.map((x) => x.rps)),
@@ -825,20 +975,20 @@ async function benchServer(ds, lookup) {
     }
   }
   await stopAll();
-  return res;
+  return res as ServerResult;
 }
 
 // ---------------------------------------------------------------- machine load
 
 /** Busy jiffies of the whole machine, from /proc/stat. */
 function machineBusy() {
-  const f = readFileSync('/proc/stat', 'utf8').split('\n')[0].trim().split(/\s+/).slice(1).map(Number);
-  return f[0] + f[1] + f[2] + f[5] + f[6] + f[7]; // user nice system irq softirq steal
+  const f = nth(readFileSync('/proc/stat', 'utf8').split('\n'), 0).trim().split(/\s+/).slice(1).map(Number);
+  return nth(f, 0) + nth(f, 1) + nth(f, 2) + nth(f, 5) + nth(f, 6) + nth(f, 7); // user nice system irq softirq steal
 }
 
-function jiffiesOf(pid) {
+function jiffiesOf(pid: number | undefined) {
   try {
-    const fields = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1].split(' ');
+    const fields = nth(readFileSync(`/proc/${pid}/stat`, 'utf8').split(') '), 1).split(' ');
     return Number(fields[11]) + Number(fields[12]);
   } catch {
     return 0;
@@ -850,17 +1000,20 @@ function jiffiesOf(pid) {
  * not start (other sessions, PostgreSQL's own background work) — what makes a round noisy.
  */
 function sampleLoad() {
-  const samples = [];
-  let last;
+  const samples: { load1: number; othersPct: number }[] = [];
+  let last: { busy: number; ours: number; at: number } | undefined;
   const ours = () =>
-    [process.pid, ...[...children].map((c) => c.pid)].reduce((a, pid) => a + jiffiesOf(pid), 0);
+    [process.pid, ...[...children].map((c) => (c as Proc).pid)].reduce(
+      (a: number, pid) => a + jiffiesOf(pid),
+      0,
+    );
   const tick = () => {
     const now = { busy: machineBusy(), ours: ours(), at: performance.now() };
     if (last) {
       const secs = (now.at - last.at) / 1000;
       // A child that exited in between takes its jiffies with it: never below zero.
       const others = Math.max(0, now.busy - last.busy - Math.max(0, now.ours - last.ours)) / secs;
-      samples.push({ load1: os.loadavg()[0], othersPct: others });
+      samples.push({ load1: os.loadavg()[0] ?? Number.NaN, othersPct: others });
     }
     last = now;
   };
@@ -886,9 +1039,9 @@ function sampleLoad() {
 
 // ---------------------------------------------------------------- report
 
-const ok = (pass) => (pass ? 'met' : 'MISSED');
+const ok = (pass: boolean) => (pass ? 'met' : 'MISSED');
 
-function report(results) {
+function report(results: Results) {
   const goals = [['Goal', 'Figure', 'Target', 'Result']];
   const l = results.lookup;
   if (l) {
@@ -908,10 +1061,10 @@ function report(results) {
       ],
     ];
     const pgs = results.server?.pgStore?.ns;
-    const decisions = [];
-    const row = (ns, label, key, store, shape) => {
-      const p = ns[`${key}:${shape}:plain`];
-      const d = ns[`${key}:${shape}:decide`];
+    const decisions: number[] = [];
+    const row = (ns: Record<string, LoopNs>, label: string, key: string, store: string, shape: Shape) => {
+      const p = get(ns, `${key}:${shape}:plain`);
+      const d = get(ns, `${key}:${shape}:decide`);
       const f = ns[`${key}:${shape}:fresh`];
       if (key === 'mixed' || key === 'pg') decisions.push(d.median, ...(f ? [f.median] : []));
       rows.push([
@@ -925,7 +1078,7 @@ function report(results) {
         f ? fmt(f.median / p.median, 2) : '—',
       ]);
     };
-    for (const shape of ['independent', 'chained']) {
+    for (const shape of ['independent', 'chained'] as const) {
       row(l.ns, 'mixed', 'mixed', 'memory', shape);
       if (pgs) row(pgs, 'mixed', 'pg', 'PostgreSQL', shape);
     }
@@ -933,8 +1086,8 @@ function report(results) {
       ['intercept', 'intercept hits'],
       ['route', 'route hits'],
       ['miss', 'misses (→ base)'],
-    ])
-      for (const shape of ['independent', 'chained']) row(l.ns, label, key, 'memory', shape);
+    ] as const)
+      for (const shape of ['independent', 'chained'] as const) row(l.ns, label, key, 'memory', shape);
     log(table(rows));
     log(
       '(independent: each lookup on its own, the CPU may overlap their memory reads; chained: the index of the next sample depends on data read from the previous answer, so lookups run one at a time, as between two requests. Fresh tenant strings: a new string per lookup, hash not yet computed, as a request header value.)',
@@ -953,7 +1106,7 @@ function report(results) {
     log(
       `\nServer agent, ${opts.intercepts} intercepts + ${opts.routed} routed pairs loaded vs empty (wrk -t1 -c${opts.conns}, medians of ${opts.rounds}; MiB = 2^20 bytes):`,
     );
-    const mem = (k) =>
+    const mem = (k: Side) =>
       `${fmt(s.idleMem[k].rssMiB, 0)} / ${fmt(s.afterLoadMem[k].rssMiB, 0)} / ${fmt(s.endMem[k].hwmMiB, 0)}`;
     log(
       table([
@@ -966,7 +1119,7 @@ function report(results) {
           'route mix req/s',
           'CPU µs/req (miss, route)',
         ],
-        ...['empty', 'loaded'].map((k) => [
+        ...(['empty', 'loaded'] as const).map((k) => [
           k,
           fmt(s.start[k].ms / 1000, 2),
           mem(k),
@@ -1004,13 +1157,13 @@ function report(results) {
   }
   const m = results.machineLoad;
   log(
-    `\nSummary (${os.cpus().length} cores, ${os.cpus()[0]?.model ?? 'unknown CPU'}, Node ${process.versions.node}; load average at start ${results.loadStart}, at end ${os.loadavg()[0].toFixed(2)}, median ${fmt(m.load1Median, 2)}; processes this run did not start (PostgreSQL among them) used ${fmt(m.othersPctMedian, 0)} % of a core in the median 5 s sample, ${fmt(m.othersPctMax, 0)} % at most):`,
+    `\nSummary (${os.cpus().length} cores, ${os.cpus()[0]?.model ?? 'unknown CPU'}, Node ${process.versions.node}; load average at start ${results.loadStart}, at end ${os.loadavg()[0]?.toFixed(2)}, median ${fmt(m?.load1Median, 2)}; processes this run did not start (PostgreSQL among them) used ${fmt(m?.othersPctMedian, 0)} % of a core in the median 5 s sample, ${fmt(m?.othersPctMax, 0)} % at most):`,
   );
   log(table(goals));
 }
 
 /** One line with the headline figures, for scripts. */
-function summaryLine(results) {
+function summaryLine(results: Results) {
   const l = results.lookup;
   const s = results.server;
   return JSON.stringify({
@@ -1039,7 +1192,7 @@ function summaryLine(results) {
 // ---------------------------------------------------------------- main
 
 if (!opts['skip-server']) ensureTools(['wrk', 'nginx']);
-const results = { opts, ...machineInfo() };
+const results: Results = { opts, ...machineInfo() };
 let exitCode = 0;
 try {
   const t0 = Date.now();
