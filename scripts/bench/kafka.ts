@@ -33,15 +33,15 @@
  * Every process is stopped on exit, Ctrl-C or failure, the detached client agent with
  * `leave --all` and then its pid.
  */
-import { type ChildProcessByStdio, execFile, spawnSync } from 'node:child_process';
+import { execFile, spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import http from 'node:http';
 import os from 'node:os';
 import { join } from 'node:path';
-import type { Readable } from 'node:stream';
 import kafkajs, { type Consumer, type Message } from 'kafkajs';
 import YAML from 'yaml';
+import type { Proc } from './lib.ts';
 import {
   alive,
   cleanupAndExit,
@@ -71,13 +71,6 @@ const NODE = process.execPath;
 const BROKERS: [string, ...string[]] = ['127.0.0.1:9092'];
 const TENANT_HEADER = 'x-tenant-id';
 
-/** A process started with lib.ts's start(). */
-interface Proc {
-  name: string;
-  child: ChildProcessByStdio<null, Readable, Readable>;
-  pid: number | undefined;
-  output: () => string;
-}
 type System = 'kelsingra' | 'plain';
 type Mode = 'backlog' | 'live';
 interface Stats {
@@ -390,7 +383,7 @@ async function main() {
     });
 
     // The "base service" and the developer's local service: HTTP is not what is measured here.
-    const httpPort = (await freePort()) as number;
+    const httpPort = await freePort();
     const httpServer = http.createServer((_req, res) => res.end('ok\n'));
     await new Promise<void>((r) => httpServer.listen(httpPort, '127.0.0.1', r));
     onCleanup(() => new Promise((r) => httpServer.close(r)));
@@ -416,7 +409,7 @@ async function main() {
         }),
       );
       const spawnedAt = Date.now();
-      const proc = (await start(
+      const proc = await start(
         `server agent (${clientId})`,
         NODE,
         [BIN, 'server', '--config', file, '--port', '0', '--proxy-port', '0'],
@@ -424,7 +417,7 @@ async function main() {
           ready: /"msg":"server agent listening"[^\n]*\n/,
           timeoutMs: 60_000,
         },
-      )) as Proc;
+      );
       // bin/run.js re-executes itself with its V8 flags: record the command line it runs with.
       results.serverArgv ??= readFileSync(`/proc/${proc.pid}/cmdline`, 'utf8').split('\0').filter(Boolean);
       const listening = proc
@@ -722,11 +715,11 @@ async function main() {
           'splitter group join',
         );
       } else {
-        proc = (await start(`plain loop (${name})`, NODE, [
+        proc = await start(`plain loop (${name})`, NODE, [
           SELF,
           '--copy-worker',
           JSON.stringify({ from: source, to: out, groupId }),
-        ])) as Proc;
+        ]);
         joined = await waitLine(proc, /^\{"joined":\d+\}$/, 'joined', 'group join');
       }
       // From (just after) the join to the end: the machine's CPU by kind, and the process's own.

@@ -28,13 +28,12 @@
  * (services.ts) and the replicas are separate processes, all on 127.0.0.1, stopped on exit,
  * Ctrl-C or failure; the database is dropped and a broker this script started is stopped.
  */
-import { type ChildProcessByStdio, spawnSync } from 'node:child_process';
+import { spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { writeFileSync } from 'node:fs';
 import http from 'node:http';
 import os from 'node:os';
 import { join } from 'node:path';
-import type { Readable } from 'node:stream';
 import { pathToFileURL } from 'node:url';
 import { type Dispatcher, Client as HttpClient } from 'undici';
 import type { TunnelState } from '../../src/client/tunnel/tunnel-client.ts';
@@ -72,20 +71,6 @@ const REPLICAS = 3;
 const VIA = (tenant: string) => ({ 'x-kelsingra-service': 'billing', 'x-tenant-id': tenant });
 
 type ReqHeaders = Record<string, string>;
-/** A process started with lib.ts's start(). */
-interface Proc {
-  name: string;
-  child: ChildProcessByStdio<null, Readable, Readable>;
-  pid: number | undefined;
-  output: () => string;
-}
-/** What lib.ts's wrk() resolves to (the fields used here). */
-interface WrkResult {
-  rps: number;
-  p50: number;
-  p99: number;
-  errors: number;
-}
 type Service = Awaited<ReturnType<typeof startService>>;
 type Replica = Awaited<ReturnType<typeof startReplica>>;
 type BenchClient = Awaited<ReturnType<typeof startClient>>;
@@ -256,14 +241,14 @@ async function request(
 // ---------------------------------------------------------------- the pieces
 
 async function startService(label: string) {
-  const port = (await freePort()) as number;
+  const port = await freePort();
   await start(`${label} service`, NODE, [SERVICES, 'service', String(port), label], { ready: /ready/ });
   return { port, url: `http://127.0.0.1:${port}` };
 }
 
 /** A server agent on ports the OS picks; they are read from its "server agent listening" log line. */
 async function startReplica(n: number, baseUrl: string, databaseUrl: string) {
-  const proc = (await start(
+  const proc = await start(
     `replica ${n}`,
     NODE,
     [
@@ -283,7 +268,7 @@ async function startReplica(n: number, baseUrl: string, databaseUrl: string) {
       'info',
     ],
     { ready: /"msg":"server agent listening"[^\n]*\n/, timeoutMs: 30_000 },
-  )) as Proc;
+  );
   const line = proc
     .output()
     .split('\n')
@@ -608,11 +593,11 @@ async function benchDelivery(replicas: Replica[], client: BenchClient, local: Se
       for (const t of order) {
         const url = `${t.origin}/`;
         await wrk(url, { conns: opts.conns, seconds: 1, headers: t.headers });
-        const w = (await wrk(url, {
+        const w = await wrk(url, {
           conns: opts.conns,
           seconds: opts.duration,
           headers: t.headers,
-        })) as WrkResult;
+        });
         thr[t.key]?.push({ rps: w.rps, p50: w.p50, p99: w.p99, errors: w.errors });
         log(
           `  round ${round} ${t.label.padEnd(40)} ${fmt(w.rps, 0).padStart(7)} req/s  p50 ${fmt(w.p50, 2)} ms  p99 ${fmt(w.p99, 2)} ms${w.errors ? `  socket errors ${w.errors}` : ''}`,

@@ -44,18 +44,17 @@
  * KELSINGRA_BENCH_PG; databases kelsingra_bench_scale_<random>[_empty] are created and dropped.
  * Every process is stopped on exit, Ctrl-C or failure.
  */
-import type { ChildProcessByStdio } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { chmodSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import { join, resolve } from 'node:path';
-import type { Readable } from 'node:stream';
 import { pathToFileURL } from 'node:url';
 import v8 from 'node:v8';
 import vm from 'node:vm';
 import pg from 'pg';
 import type { Route } from '../../server/routing/route-table.ts';
 import type { Intercept, InterceptStore } from '../../server/store/intercept-store.ts';
+import type { WrkResult } from './lib.ts';
 import {
   children,
   cleanupAndExit,
@@ -86,21 +85,6 @@ const NODE = process.execPath;
 const RUN_ID = randomBytes(4).toString('hex');
 const TOKEN = `bench-${randomBytes(8).toString('hex')}`;
 
-/** A process started with lib.ts's start(). */
-interface Proc {
-  name: string;
-  child: ChildProcessByStdio<null, Readable, Readable>;
-  pid: number | undefined;
-  output: () => string;
-}
-/** What lib.ts's wrk() resolves to (the fields used here). */
-interface WrkResult {
-  rps: number;
-  p50: number;
-  p99: number;
-  requests: number;
-  errors: number;
-}
 type WrkRun = WrkResult & { cpuUsPerReq: number };
 interface WrkSummary {
   rps: number;
@@ -740,12 +724,12 @@ function profileArgs(name: string) {
 /** A server agent on ports the OS picks (read from its "server agent listening" line). */
 async function startServer(label: string, configPath: string, db: Db) {
   const t0 = performance.now();
-  const proc = (await start(
+  const proc = await start(
     `server agent (${label})`,
     NODE,
     [...profileArgs(`server-${label}`), BIN, 'server', '--config', configPath, '--database-url', db.url],
     { ready: /"msg":"server agent listening"[^\n]*\n/, timeoutMs: 120_000 },
-  )) as Proc;
+  );
   const startMs = performance.now() - t0;
   const line = proc
     .output()
@@ -836,8 +820,8 @@ async function benchServer(ds: DataSet, lookup: Lookup): Promise<ServerResult> {
   log(
     `\n== 2. Server agent on PostgreSQL: ${opts.services} services, ${opts.intercepts} intercepts + ${opts.routed} routed pairs loaded vs an empty table; wrk -t1 -c${opts.conns}, ${opts.duration} s, ${opts.rounds} rounds (median), alternating`,
   );
-  const basePort = (await freePort()) as number;
-  const routePort = (await freePort()) as number;
+  const basePort = await freePort();
+  const routePort = await freePort();
   await startUpstreams(basePort, routePort);
   const routeBase = `http://127.0.0.1:${routePort}`;
 
@@ -931,11 +915,11 @@ async function benchServer(ds: DataSet, lookup: Lookup): Promise<ServerResult> {
         const s = servers[which];
         await wrk(`${s.data}/`, { script, conns: opts.conns, seconds: opts.warmup });
         const c0 = cpuSeconds(s.pid);
-        const w = (await wrk(`${s.data}/`, {
+        const w = await wrk(`${s.data}/`, {
           script,
           conns: opts.conns,
           seconds: opts.duration,
-        })) as WrkResult;
+        });
         const r: WrkRun = Object.assign(w, { cpuUsPerReq: ((cpuSeconds(s.pid) - c0) / w.requests) * 1e6 });
         runs[which][mix].push(r);
         log(
@@ -1003,10 +987,7 @@ function sampleLoad() {
   const samples: { load1: number; othersPct: number }[] = [];
   let last: { busy: number; ours: number; at: number } | undefined;
   const ours = () =>
-    [process.pid, ...[...children].map((c) => (c as Proc).pid)].reduce(
-      (a: number, pid) => a + jiffiesOf(pid),
-      0,
-    );
+    [process.pid, ...[...children].map((c) => c.pid)].reduce((a: number, pid) => a + jiffiesOf(pid), 0);
   const tick = () => {
     const now = { busy: machineBusy(), ours: ours(), at: performance.now() };
     if (last) {
