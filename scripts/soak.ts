@@ -115,6 +115,148 @@ import {
   table,
 } from './bench/lib.ts';
 
+/** A process started by bench/lib.ts's `start`. */
+type Proc = Awaited<ReturnType<typeof start>>;
+/** How a child process ended: its exit code, else the signal that ended it. */
+type ExitStatus = number | NodeJS.Signals | null;
+
+/** A `kelsingra server` replica: its fixed ports, and once started its process. */
+interface Replica {
+  n: number;
+  controlPort: number;
+  dataPort: number;
+  inRotation: boolean;
+  proc?: Proc;
+  serverId?: string;
+  data?: string;
+  stopping?: boolean;
+  killedAt?: number;
+  upAt?: number;
+}
+
+/** Something in progress that may explain clean failures of its tenants (`codes`: only those). */
+interface Fault {
+  kind: string;
+  tenants: Set<string>;
+  start: number;
+  end?: number;
+  codes?: string[];
+  excuses?: boolean;
+}
+/** A laptop's sleep (SIGSTOP … SIGCONT) and whether it held its intercept again. */
+interface Freeze extends Fault {
+  tenant: string;
+  idBefore: string | undefined;
+  lapsedAt?: number;
+  contAt?: number;
+  heldAt?: number;
+  idAfter?: string;
+}
+/** A replica's drain (or crash) under load. */
+interface Drain extends Fault {
+  excuses: boolean;
+  replica: number;
+  held: string[];
+  outAt?: number;
+  exitedAt?: number;
+  exit?: ExitStatus | string;
+}
+
+/** One join of a tenant: its client process and its times, for the judge. */
+interface Session {
+  tenant: string;
+  joinStart: number;
+  liveAt: number | undefined;
+  leaveStart: number | undefined;
+  goneAt: number | undefined;
+  freezes: Freeze[];
+  proc?: Proc;
+  failedAt?: number;
+  id?: string;
+  tunnelReplica?: number | undefined;
+  exit?: ExitStatus | string;
+  thawed?: Promise<void>;
+  how?: 'leave' | 'vanish';
+}
+/** A session whose client process runs (every one in `active`). */
+interface LiveSession extends Session {
+  proc: Proc;
+}
+
+/** An intercept as the control port lists it (GET /v1/intercepts), the fields read here. */
+interface InterceptView {
+  id: string;
+  tenant: string;
+  service: string;
+}
+
+/** One request of the load, and how it was judged. */
+interface Rec {
+  seq: number;
+  tenant: string | undefined;
+  method: 'GET' | 'POST';
+  size: number;
+  delay: number;
+  t0: number;
+  replica: number | undefined;
+  tries: number;
+  smuggle: string | undefined;
+  smuggledTenant?: string;
+  t1?: number;
+  status?: number | undefined;
+  outcome?: string;
+  detail?: string;
+  message?: string;
+  lbRetry?: boolean;
+  by?: string | undefined;
+  during?: string | undefined;
+}
+
+/** One slow upload of the trickle. */
+interface Trickle {
+  i: number;
+  t0: number;
+  sentBytes: number;
+  status?: number;
+  outcome?: string;
+  detail?: string;
+  t1?: number;
+}
+/** A response head read off the socket. */
+interface Head {
+  status: number;
+  headers: Record<string, string>;
+}
+
+/** What went wrong besides requests, with when. */
+interface Finding {
+  at: number;
+  what: string;
+  detail?: string | undefined;
+}
+
+/** A request to a replica's data port, through node:http or undici. */
+interface RequestArgs {
+  method: string;
+  path: string;
+  headers: Record<string, string>;
+  body?: Buffer | undefined;
+}
+/** Its answer. Every header the judge reads is sent once, so none of them is an array. */
+interface Reply {
+  statusCode: number | undefined;
+  headers: Record<string, string | undefined>;
+  body: Buffer;
+}
+
+/** What errorCode reads of an error: node's, undici's (with a cause) or a DOMException. */
+interface ErrorLike {
+  code?: unknown;
+  cause?: { code?: string };
+  name?: string;
+  message?: string;
+}
+
 const SELF = import.meta.filename;
 const BIN = join(ROOT, 'bin', 'run.js');
 const NODE = process.execPath;
@@ -129,16 +271,16 @@ const NODE = process.execPath;
  * closed at once, busy ones 200 ms later) and listen again on the same port: the flapping local
  * service.
  */
-async function serviceMain(label, port) {
+async function serviceMain(label: string, port: number) {
   /**
    * The tenant as a CGI-style service reads it (WSGI, PHP, CGI): `-` and `_` in header names
    * are one character there, so `x_tenant_id` lands in the same HTTP_X_TENANT_ID variable and
    * repeated headers are joined with commas. A smuggled twin shows up here.
    */
-  const cgiTenant = (raw) => {
-    const values = [];
+  const cgiTenant = (raw: string[]) => {
+    const values: (string | undefined)[] = [];
     for (let i = 0; i < raw.length; i += 2)
-      if (raw[i].toLowerCase().replaceAll('_', '-') === 'x-tenant-id') values.push(raw[i + 1]);
+      if (raw[i]?.toLowerCase().replaceAll('_', '-') === 'x-tenant-id') values.push(raw[i + 1]);
     return values.join(',');
   };
   const chunk = Buffer.alloc(16 * 1024, 'k');
@@ -147,7 +289,7 @@ async function serviceMain(label, port) {
   const inject =
     label === 'laptop-t2' ? (process.env.KELSINGRA_SOAK_INJECT ?? '').split(',').filter(Boolean) : [];
   const server = http.createServer({ keepAliveTimeout: 30_000 }, (req, res) => {
-    const head = {
+    const head: Record<string, string> = {
       'x-served-by': label,
       'x-soak-seq': String(req.headers['x-soak-seq'] ?? ''),
       'x-soak-tenant': String(req.headers['x-tenant-id'] ?? ''),
@@ -181,7 +323,7 @@ async function serviceMain(label, port) {
     }
     if (req.method === 'POST') {
       let bytes = 0;
-      req.on('data', (c) => (bytes += c.length));
+      req.on('data', (c: Buffer) => (bytes += c.length));
       req.on('end', () => {
         const body = JSON.stringify({ by: label, bytes });
         res.writeHead(200, {
@@ -202,7 +344,7 @@ async function serviceMain(label, port) {
       res.once('close', () => clearTimeout(t));
     } else answer(res, head, size);
   });
-  const answer = (res, head, size) => {
+  const answer = (res: http.ServerResponse, head: Record<string, string>, size: number) => {
     res.writeHead(200, { ...head, 'content-type': 'application/octet-stream', 'content-length': size });
     let sent = 0;
     const pump = () => {
@@ -219,7 +361,7 @@ async function serviceMain(label, port) {
     pump();
   };
   const listen = () =>
-    new Promise((res, rej) => {
+    new Promise<void>((res, rej) => {
       server.once('error', rej);
       server.listen(port, '127.0.0.1', () => {
         server.off('error', rej);
@@ -227,10 +369,11 @@ async function serviceMain(label, port) {
       });
     });
   await listen();
-  process.on('message', async (m) => {
+  process.on('message', async (message) => {
+    const m = message as { cmd: 'down' | 'up' };
     try {
       if (m.cmd === 'down') {
-        await new Promise((r) => {
+        await new Promise<void>((r) => {
           server.close(() => r());
           // close() stops accepting and drops idle keep-alive connections; busy ones end when
           // their response is done, or here.
@@ -250,7 +393,9 @@ async function serviceMain(label, port) {
 }
 
 if (process.argv[2] === 'service') {
-  await serviceMain(process.argv[3], Number(process.argv[4]));
+  const label = process.argv[3];
+  if (!label) throw new Error('usage: soak.ts service <label> <port>');
+  await serviceMain(label, Number(process.argv[4]));
 } else {
   await main();
 }
@@ -324,28 +469,28 @@ async function main() {
 
   let T0 = performance.now();
   const now = () => performance.now() - T0;
-  const timeline = [];
+  const timeline: ({ at: number; what: string } & Record<string, unknown>)[] = [];
   /** Before the load starts (the first joins) lines say "setup"; their times end up negative. */
   let loadStarted = false;
-  const event = (what, extra = {}) => {
+  const event = (what: string, extra: Record<string, unknown> = {}) => {
     const at = now();
     timeline.push({ at, what, ...extra });
     log(`  ${loadStarted ? fmtT(at) : '  setup'}  ${what}`);
     return at;
   };
   /** [key, count] pairs of a list, most frequent first. */
-  const by = (list, key) => {
-    const m = new Map();
+  const by = <T, K>(list: readonly T[], key: (x: T) => K): [K, number][] => {
+    const m = new Map<K, number>();
     for (const r of list) m.set(key(r), (m.get(key(r)) ?? 0) + 1);
     return [...m.entries()].sort((a, b) => b[1] - a[1]);
   };
-  const fmtT = (ms) => `${ms < 0 ? '-' : '+'}${(Math.abs(ms) / 1000).toFixed(1).padStart(5)} s`;
+  const fmtT = (ms: number) => `${ms < 0 ? '-' : '+'}${(Math.abs(ms) / 1000).toFixed(1).padStart(5)} s`;
 
   const t0Wall = Date.now();
   const results = { opts, ...machineInfo() };
   let exitCode = 0;
   /** What went wrong besides requests: clients or replicas that exited by themselves, failed joins… */
-  const findings = [];
+  const findings: Finding[] = [];
   /** Ctrl-C or SIGTERM: bench/lib.ts stops everything; processes exiting then are no finding. */
   let interrupted = false;
   for (const sig of ['SIGINT', 'SIGTERM']) process.on(sig, () => (interrupted = true));
@@ -367,19 +512,20 @@ async function main() {
 
     // ------------------------------------------------------------ services
     /** A service process with an IPC channel (for flapping), tracked like every other child. */
-    const startService = async (label) => {
+    const startService = async (label: string) => {
       const port = await freePort();
       const child = spawn(NODE, [SELF, 'service', label, String(port)], {
         cwd: ROOT,
         stdio: ['ignore', 'pipe', 'pipe', 'ipc'],
       });
       let output = '';
-      child.stdout.on('data', (c) => (output = (output + c).slice(-8192)));
-      child.stderr.on('data', (c) => (output = (output + c).slice(-8192)));
+      // Both are pipes (stdio above): never null.
+      child.stdout?.on('data', (c: Buffer) => (output = (output + c).slice(-8192)));
+      child.stderr?.on('data', (c: Buffer) => (output = (output + c).slice(-8192)));
       const proc = { name: `${label} service`, child, pid: child.pid, output: () => output };
       children.add(proc);
       child.once('exit', () => children.delete(proc));
-      await new Promise((res, rej) => {
+      await new Promise<void>((res, rej) => {
         const t = setTimeout(() => rej(new Error(`${label} service did not start:\n${output}`)), 15_000);
         child.once('message', () => {
           clearTimeout(t);
@@ -387,27 +533,42 @@ async function main() {
         });
         child.once('exit', (code) => rej(new Error(`${label} service exited (${code}):\n${output}`)));
       });
-      const command = (cmd) =>
-        new Promise((res, rej) => {
-          child.once('message', (m) => (m.error ? rej(new Error(m.error)) : res()));
+      const command = (cmd: 'down' | 'up') =>
+        new Promise<void>((res, rej) => {
+          child.once('message', (message) => {
+            const m = message as { ok?: string; error?: string };
+            return m.error ? rej(new Error(m.error)) : res();
+          });
           child.send({ cmd });
         });
       return { label, port, url: `http://127.0.0.1:${port}`, proc, command };
     };
     const base = await startService('base');
-    const laptops = {};
+    const laptops: Record<string, Awaited<ReturnType<typeof startService>>> = {};
+    /** The laptop service of an intercepted tenant (each of INTERCEPTED has one). */
+    const laptopOf = (tenant: string) => {
+      const laptop = laptops[tenant];
+      if (!laptop) throw new Error(`no laptop service for tenant ${tenant}`);
+      return laptop;
+    };
     for (const t of INTERCEPTED) laptops[t] = await startService(`laptop-${t}`);
     log(
-      `  base service ${base.url}; laptop services ${INTERCEPTED.map((t) => `${t}:${laptops[t].port}`).join(' ')}`,
+      `  base service ${base.url}; laptop services ${INTERCEPTED.map((t) => `${t}:${laptopOf(t).port}`).join(' ')}`,
     );
 
     // ------------------------------------------------------------ replicas
-    const replicas = [];
+    const replicas: Replica[] = [];
+    /** The replica at `i` (0 or 1): both exist from here on. */
+    const replicaAt = (i: number) => {
+      const r = replicas[i];
+      if (!r) throw new Error(`no replica ${i + 1}`);
+      return r;
+    };
     for (let n = 1; n <= 2; n++) {
       replicas.push({ n, controlPort: await freePort(), dataPort: await freePort(), inRotation: false });
     }
-    const replicaProcs = [];
-    const startReplica = async (r) => {
+    const replicaProcs: { n: number; proc: Proc; errors: number; lastErrors: string[] }[] = [];
+    const startReplica = async (r: Replica) => {
       r.proc = await start(
         `replica ${r.n}`,
         NODE,
@@ -439,13 +600,14 @@ async function main() {
         .output()
         .split('\n')
         .find((l) => l.includes('"msg":"server agent listening"'));
-      r.serverId = JSON.parse(line).serverId;
+      if (line === undefined) throw new Error(`replica ${r.n}: no "server agent listening" line`);
+      r.serverId = (JSON.parse(line) as { serverId: string }).serverId;
       r.data = `http://127.0.0.1:${r.dataPort}`;
       r.inRotation = true;
       // Error-level log lines (pino level 50 and up), counted as they come: the kept output is only a tail.
-      const seen = { n: r.n, proc: r.proc, errors: 0, lastErrors: [] };
+      const seen = { n: r.n, proc: r.proc, errors: 0, lastErrors: [] as string[] };
       let partial = '';
-      const scan = (chunk) => {
+      const scan = (chunk: Buffer) => {
         const lines = (partial + chunk).split('\n');
         partial = lines.pop() ?? '';
         for (const l of lines) {
@@ -463,7 +625,7 @@ async function main() {
           findings.push({
             at: now(),
             what: `replica ${r.n} exited by itself (${code ?? signal})`,
-            detail: r.proc.output().slice(-2000),
+            detail: r.proc?.output().slice(-2000),
           });
       });
       return r;
@@ -472,7 +634,7 @@ async function main() {
     for (const r of replicas) {
       await startReplica(r);
       log(
-        `  replica ${r.n} ${r.serverId}: control :${r.controlPort}, data :${r.dataPort}, pid ${r.proc.pid}`,
+        `  replica ${r.n} ${r.serverId}: control :${r.controlPort}, data :${r.dataPort}, pid ${r.proc?.pid}`,
       );
     }
 
@@ -483,22 +645,23 @@ async function main() {
      * rotation, else to the other one; a refused connection tries the next. Tunnels of t1, t3
      * and t5 start on replica 2 (the one restarted), those of t2 and t4 on replica 1.
      */
-    const lbSockets = new Set();
-    const lbServers = [];
-    const balancer = async (preferred) => {
+    const lbSockets = new Set<net.Socket>();
+    const lbServers: net.Server[] = [];
+    const balancer = async (preferred: Replica) => {
       const lb = net.createServer((client) => {
         lbSockets.add(client);
         client.on('close', () => lbSockets.delete(client));
         client.on('error', () => undefined);
         client.pause();
         const order = [preferred, ...replicas.filter((r) => r !== preferred)].filter((r) => r.inRotation);
-        const attempt = (i) => {
+        const attempt = (i: number) => {
           if (client.destroyed) return;
           if (i >= order.length) {
             client.destroy();
             return;
           }
-          const up = net.connect(order[i].controlPort, '127.0.0.1');
+          // i < order.length: checked above.
+          const up = net.connect((order[i] as Replica).controlPort, '127.0.0.1');
           let connected = false;
           up.once('connect', () => {
             connected = true;
@@ -524,8 +687,9 @@ async function main() {
         attempt(0);
       });
       lbServers.push(lb);
-      await new Promise((r) => lb.listen(0, '127.0.0.1', r));
-      return `http://127.0.0.1:${lb.address().port}`;
+      await new Promise<void>((r) => lb.listen(0, '127.0.0.1', r));
+      // A TCP listener's address is an AddressInfo.
+      return `http://127.0.0.1:${(lb.address() as net.AddressInfo).port}`;
     };
     onCleanup(
       () => {
@@ -534,8 +698,8 @@ async function main() {
       },
       { beforeStop: true },
     );
-    const viaReplica = [await balancer(replicas[0]), await balancer(replicas[1])];
-    const controlUrlOf = (tenant) => viaReplica[['t1', 't3', 't5'].includes(tenant) ? 1 : 0];
+    const viaReplica = [await balancer(replicaAt(0)), await balancer(replicaAt(1))];
+    const controlUrlOf = (tenant: string) => viaReplica[['t1', 't3', 't5'].includes(tenant) ? 1 : 0];
     const controlUrl = viaReplica[0];
     log(
       `  control-port load balancer: ${viaReplica[0]} (prefers replica 1), ${viaReplica[1]} (prefers replica 2)`,
@@ -543,10 +707,10 @@ async function main() {
 
     // ------------------------------------------------------------ clients (intercept processes)
     /** Every join, with its times: the judge of who should answer a tenant's request. */
-    const sessions = [];
-    const active = new Map();
-    const joinTenant = async (tenant) => {
-      const s = {
+    const sessions: Session[] = [];
+    const active = new Map<string, LiveSession>();
+    const joinTenant = async (tenant: string) => {
+      const s: Session = {
         tenant,
         joinStart: now(),
         liveAt: undefined,
@@ -566,7 +730,7 @@ async function main() {
             '--tenant',
             tenant,
             '--port',
-            String(laptops[tenant].port),
+            String(laptopOf(tenant).port),
             '--json',
             '--no-gateway',
           ],
@@ -581,7 +745,8 @@ async function main() {
             timeoutMs: 30_000,
           },
         );
-      } catch (err) {
+      } catch (e) {
+        const err = e as Error;
         s.failedAt = now();
         s.goneAt = s.failedAt;
         findings.push({
@@ -593,20 +758,23 @@ async function main() {
         return undefined;
       }
       s.liveAt = now();
-      const line = s.proc
+      const { proc } = s;
+      const line = proc
         .output()
         .split('\n')
         .find((l) => l.includes('"kind":"intercept"'));
-      const view = JSON.parse(line);
+      if (line === undefined) throw new Error(`${tenant}: no "kind":"intercept" line`);
+      const view = JSON.parse(line) as { id: string; replica: string };
       s.id = view.id;
       const on = replicas.find((r) => r.serverId === view.replica);
       s.tunnelReplica = on?.n;
-      active.set(tenant, s);
+      // Its proc is set above.
+      active.set(tenant, s as LiveSession);
       event(
         `${tenant} joined (intercept ${s.id}, tunnel on ${on ? `replica ${on.n}` : view.replica || '?'}, live after ${((s.liveAt - s.joinStart) / 1000).toFixed(1)} s)`,
       );
       // A client that exits by itself (lost lease, crash) is a finding.
-      s.proc.child.once('exit', (code, signal) => {
+      proc.child.once('exit', (code, signal) => {
         s.exit = code ?? signal;
         if (s.leaveStart === undefined && !interrupted) {
           s.leaveStart = now();
@@ -615,7 +783,7 @@ async function main() {
           findings.push({
             at: s.leaveStart,
             what: `${tenant}'s intercept process exited by itself (${s.exit})`,
-            detail: tailOf(s.proc),
+            detail: tailOf(proc),
           });
           event(`${tenant}'s intercept process exited by itself (${s.exit})`);
         }
@@ -623,14 +791,14 @@ async function main() {
       return s;
     };
     /** The end of a client's output without its per-request lines. */
-    const tailOf = (proc) =>
+    const tailOf = (proc: Proc) =>
       proc
         .output()
         .split('\n')
         .filter((l) => l.trim() && !l.includes('"kind":"http'))
         .slice(-8)
         .join('\n');
-    const leaveTenant = async (tenant) => {
+    const leaveTenant = async (tenant: string) => {
       const s = active.get(tenant);
       if (!s) return;
       // A stopped process only sees SIGTERM once continued: wait for the sleep to be over.
@@ -639,7 +807,9 @@ async function main() {
       active.delete(tenant);
       s.leaveStart = now();
       s.how = 'leave';
-      const exited = new Promise((r) => s.proc.child.once('exit', (code, signal) => r(code ?? signal)));
+      const exited = new Promise<ExitStatus>((r) =>
+        s.proc.child.once('exit', (code, signal) => r(code ?? signal)),
+      );
       s.proc.child.kill('SIGTERM');
       const code = await Promise.race([exited, sleep(15_000).then(() => 'still running after 15 s')]);
       s.goneAt = now();
@@ -655,7 +825,7 @@ async function main() {
       event(`${tenant} left (exit ${code}, ${((s.goneAt - s.leaveStart) / 1000).toFixed(1)} s)`);
     };
     /** The laptop vanishes: SIGKILL. Its intercept lives on until the lease lapses; polled until gone. */
-    const vanish = async (tenant) => {
+    const vanish = async (tenant: string) => {
       const s = active.get(tenant);
       if (!s) return;
       active.delete(tenant);
@@ -697,34 +867,34 @@ async function main() {
           headers: { authorization: `Bearer ${TOKEN}` },
           signal: AbortSignal.timeout(5000),
         });
-        const list = await r.json();
-        return r.ok && Array.isArray(list) ? list : undefined;
+        const list: unknown = await r.json();
+        return r.ok && Array.isArray(list) ? (list as InterceptView[]) : undefined;
       } catch {
         return undefined;
       }
     };
     /** Stopped intercept processes: continued before anything tries to stop them. */
-    const frozen = new Set();
+    const frozen = new Set<Proc['child']>();
     onCleanup(
       () => {
         for (const c of frozen) c.kill('SIGCONT');
       },
       { beforeStop: true },
     );
-    const freezes = [];
+    const freezes: Freeze[] = [];
     /**
      * The laptop sleeps: SIGSTOP of the tenant's intercept process for longer than its lease,
      * then SIGCONT. Meanwhile its requests must end cleanly and well within the request timeout
      * (502 tunnel-disconnected, base once the lease lapsed); then the same process must hold
      * the tenant's intercept again, under the same id if nobody took the tenant meanwhile.
      */
-    const freeze = async (tenant) => {
+    const freeze = async (tenant: string) => {
       const s = active.get(tenant);
       if (!s) {
         event(`${tenant} is not intercepting (yet): its laptop's sleep is skipped`);
         return;
       }
-      const f = {
+      const f: Freeze = {
         kind: `${tenant} asleep`,
         tenants: new Set([tenant]),
         start: now(),
@@ -734,8 +904,8 @@ async function main() {
       faults.push(f);
       freezes.push(f);
       s.freezes.push(f);
-      let thaw;
-      s.thawed = new Promise((r) => (thaw = r));
+      let thaw: (() => void) | undefined;
+      s.thawed = new Promise<void>((r) => (thaw = r));
       frozen.add(s.proc.child);
       s.proc.child.kill('SIGSTOP');
       event(
@@ -769,11 +939,13 @@ async function main() {
       f.end = f.heldAt ?? now();
       // A leave scheduled meanwhile waits for this: a SIGTERM straight after SIGCONT would
       // test something else.
-      thaw();
+      // Set by the Promise above, which runs its executor at once.
+      thaw?.();
       // Nobody else takes this tenant in the soak: the woken client has no reason for a new id.
       if (f.idAfter !== undefined && f.idAfter !== f.idBefore)
         findings.push({
-          at: f.heldAt,
+          // Set with idAfter.
+          at: f.heldAt ?? now(),
           what: `${tenant} came back under a new intercept id (${f.idBefore} → ${f.idAfter}) although nobody took the tenant while it slept`,
         });
       if (f.heldAt === undefined) {
@@ -790,32 +962,32 @@ async function main() {
     };
 
     // ------------------------------------------------------------ faults
-    const faults = [];
-    const flap = async (tenant, times, downMs, upMs) => {
+    const faults: Fault[] = [];
+    const flap = async (tenant: string, times: number, downMs: number, upMs: number) => {
       for (let i = 1; i <= times && !stopping; i++) {
         // A local service that is down is unreachable; it says nothing about the tunnel.
-        const f = {
+        const f: Fault = {
           kind: `flap ${tenant}`,
           tenants: new Set([tenant]),
           start: now(),
           codes: ['local-unreachable'],
         };
         faults.push(f);
-        await laptops[tenant].command('down');
+        await laptopOf(tenant).command('down');
         event(`${tenant}'s local service stopped listening (flap ${i}/${times})`);
         await sleep(downMs);
-        await laptops[tenant].command('up');
+        await laptopOf(tenant).command('up');
         f.end = now();
         event(`${tenant}'s local service listens again`);
         await sleep(upMs);
       }
     };
     /** The drain under load (a restart without --crash), for the judge and the report. */
-    let drain;
-    const restartReplica = async (r) => {
+    let drain: Drain | undefined;
+    const restartReplica = async (r: Replica) => {
       const held = [...active.values()].filter((x) => x.tunnelReplica === r.n).map((x) => x.tenant);
       // A crash excuses the failures it causes; a drain is meant to cost nothing, so it excuses none.
-      const f = {
+      const f: Drain = {
         kind: `replica ${r.n} ${opts.crash ? 'crash' : 'drain'}`,
         tenants: new Set(INTERCEPTED),
         start: now(),
@@ -825,17 +997,21 @@ async function main() {
       };
       faults.push(f);
       if (!opts.crash) drain = f;
+      const { proc } = r;
+      if (!proc) throw new Error(`replica ${r.n} was never started`);
       r.stopping = true;
-      const exited = new Promise((res) => r.proc.child.once('exit', (code, signal) => res(code ?? signal)));
+      const exited = new Promise<ExitStatus>((res) =>
+        proc.child.once('exit', (code, signal) => res(code ?? signal)),
+      );
       r.killedAt = now();
       if (opts.crash) {
-        r.proc.child.kill('SIGKILL');
+        proc.child.kill('SIGKILL');
         event(`replica ${r.n} killed (SIGKILL); the balancers send on what it refuses`);
       } else {
         // SIGTERM while in rotation, as a Kubernetes pod gets it: the load keeps going through
         // both replicas until the balancer's health check (every 100 ms) sees /healthz say
         // draining; meanwhile the other replica relays to the tunnels this one holds.
-        r.proc.child.kill('SIGTERM');
+        proc.child.kill('SIGTERM');
         event(
           `replica ${r.n} stopped (SIGTERM) while in rotation, holding the tunnels of ${held.join(' ') || 'nobody'}`,
         );
@@ -861,7 +1037,7 @@ async function main() {
       const code = await Promise.race([exited, sleep(15_000).then(() => 'timeout')]);
       if (code === 'timeout') {
         findings.push({ at: now(), what: `replica ${r.n} did not exit within 15 s of its signal` });
-        r.proc.child.kill('SIGKILL');
+        proc.child.kill('SIGKILL');
         await exited;
       }
       if (!opts.crash) r.inRotation = false;
@@ -874,7 +1050,7 @@ async function main() {
       await startReplica(r);
       r.upAt = now();
       f.end = r.upAt + 5000;
-      event(`replica ${r.n} restarted (${r.serverId}, pid ${r.proc.pid}), back in rotation`);
+      event(`replica ${r.n} restarted (${r.serverId}, pid ${r.proc?.pid}), back in rotation`);
     };
 
     // ------------------------------------------------------------ trickle
@@ -886,13 +1062,18 @@ async function main() {
      * Their outcomes are kept apart from the load's; those still open when the phase ends are
      * closed here ("held").
      */
-    const trickles = [];
-    let trickleWindow;
-    const judgeTrickle = (t, head, body, settle) => {
+    const trickles: Trickle[] = [];
+    let trickleWindow: { start: number; replica: number; end?: number } | undefined;
+    const judgeTrickle = (
+      t: Trickle,
+      head: Head,
+      body: Buffer,
+      settle: (outcome: string, detail: string) => void,
+    ) => {
       t.status = head.status;
       const code = head.headers['x-kelsingra-error'];
       if (code) {
-        let json;
+        let json: { error?: unknown } | undefined;
         try {
           json = JSON.parse(body.toString());
         } catch {}
@@ -905,24 +1086,24 @@ async function main() {
       if (head.status < 300 && by) return settle('completed', `${head.status} from ${by}`);
       settle('other', `${head.status} from ${by ?? 'neither a service nor Kelsingra'}`);
     };
-    const parseHead = (text) => {
-      const [statusLine, ...lines] = text.split('\r\n');
-      const headers = {};
+    const parseHead = (text: string): Head => {
+      const [statusLine = '', ...lines] = text.split('\r\n');
+      const headers: Record<string, string> = {};
       for (const l of lines) {
         const i = l.indexOf(':');
         if (i > 0) headers[l.slice(0, i).trim().toLowerCase()] = l.slice(i + 1).trim();
       }
       return { status: Number(statusLine.split(' ')[1]), headers };
     };
-    const trickleOne = (i, r, endAt) =>
-      new Promise((resolve) => {
-        const t = { i, t0: now(), sentBytes: 0 };
+    const trickleOne = (i: number, r: Replica, endAt: number) =>
+      new Promise<Trickle>((resolve) => {
+        const t: Trickle = { i, t0: now(), sentBytes: 0 };
         trickles.push(t);
         const sock = net.connect(r.dataPort, '127.0.0.1');
-        let head;
+        let head: Head | undefined;
         let buf = Buffer.alloc(0);
-        let drip;
-        const settle = (outcome, detail) => {
+        let drip: NodeJS.Timeout | undefined;
+        const settle = (outcome: string, detail: string) => {
           if (t.outcome) return;
           t.outcome = outcome;
           t.detail = detail;
@@ -946,7 +1127,7 @@ async function main() {
             t.sentBytes++;
           }, opts['trickle-interval'] * 1000);
         });
-        sock.on('data', (c) => {
+        sock.on('data', (c: Buffer) => {
           buf = Buffer.concat([buf, c]);
           if (!head) {
             const end = buf.indexOf('\r\n\r\n');
@@ -961,19 +1142,19 @@ async function main() {
         sock.on('end', () =>
           head ? judgeTrickle(t, head, buf, settle) : settle('cut', 'closed without an answer'),
         );
-        sock.on('error', (err) =>
+        sock.on('error', (err: NodeJS.ErrnoException) =>
           settle('cut', `${err.code ?? err.message}${head ? ` after a ${head.status} head` : ''}`),
         );
         sock.on('close', () => settle('cut', 'closed without an answer'));
       });
     const trickle = async () => {
-      const r = replicas[0];
+      const r = replicaAt(0);
       const endAt = TRICKLE_END * D;
       trickleWindow = { start: now(), replica: r.n };
       event(
         `trickle starts: ${opts.trickle} slow uploads for tenant ${TRICKLE_TENANT} to replica ${r.n}, a byte every ${opts['trickle-interval']} s`,
       );
-      const all = [];
+      const all: Promise<Trickle>[] = [];
       for (let i = 0; i < opts.trickle && !stopping && now() < endAt; i++) {
         all.push(trickleOne(i, r, endAt));
         if (i % 50 === 49) await sleep(100);
@@ -991,30 +1172,32 @@ async function main() {
     };
 
     // ------------------------------------------------------------ load generator
-    const pools = new Map();
-    const poolOf = (r) => {
-      let p = pools.get(r.data);
+    const pools = new Map<string, Pool>();
+    const poolOf = (r: Replica) => {
+      const { data } = r;
+      if (!data) throw new Error(`replica ${r.n} has not started`);
+      let p = pools.get(data);
       if (!p) {
-        p = new Pool(r.data, {
+        p = new Pool(data, {
           connections: opts.concurrency,
           keepAliveTimeout: 30_000,
           headersTimeout: TIMEOUT_MS,
           bodyTimeout: TIMEOUT_MS,
           connectTimeout: 5_000,
         });
-        pools.set(r.data, p);
+        pools.set(data, p);
       }
       return p;
     };
     onCleanup(() => Promise.all([...pools.values()].map((p) => p.destroy())), { beforeStop: true });
 
-    const records = [];
+    const records: Rec[] = [];
     let rr = 0;
     let stopping = false;
-    const pending = new Set();
+    const pending = new Set<Rec>();
     const bigBody = randomBytes(16 * 1024);
 
-    const pickReplica = (exclude) => {
+    const pickReplica = (exclude?: Replica) => {
       const live = replicas.filter((r) => r.inRotation && r !== exclude);
       return live.length ? live[rr++ % live.length] : undefined;
     };
@@ -1023,8 +1206,8 @@ async function main() {
      * A smuggling attempt goes out through node:http, which sends headers as given: undici
      * refuses a `Connection` header other than close or keep-alive. One connection each.
      */
-    const rawRequest = (target, { method, path, headers }) =>
-      new Promise((resolve, reject) => {
+    const rawRequest = (target: Replica, { method, path, headers }: RequestArgs) =>
+      new Promise<Reply>((resolve, reject) => {
         const req = http.request(
           {
             host: '127.0.0.1',
@@ -1036,10 +1219,14 @@ async function main() {
             signal: AbortSignal.timeout(TIMEOUT_MS + 1000),
           },
           (res) => {
-            const chunks = [];
-            res.on('data', (c) => chunks.push(c));
+            const chunks: Buffer[] = [];
+            res.on('data', (c: Buffer) => chunks.push(c));
             res.on('end', () =>
-              resolve({ statusCode: res.statusCode, headers: res.headers, body: Buffer.concat(chunks) }),
+              resolve({
+                statusCode: res.statusCode,
+                headers: res.headers as Reply['headers'],
+                body: Buffer.concat(chunks),
+              }),
             );
             res.on('error', reject);
           },
@@ -1047,7 +1234,10 @@ async function main() {
         req.on('error', reject);
         req.end();
       });
-    const pooledRequest = async (target, { method, path, headers, body }) => {
+    const pooledRequest = async (
+      target: Replica,
+      { method, path, headers, body }: RequestArgs,
+    ): Promise<Reply> => {
       const res = await poolOf(target).request({
         method,
         path,
@@ -1057,16 +1247,16 @@ async function main() {
       });
       return {
         statusCode: res.statusCode,
-        headers: res.headers,
+        headers: res.headers as Reply['headers'],
         body: Buffer.from(await res.body.arrayBuffer()),
       };
     };
 
     // A DOMException's code is a number (23 for AbortSignal.timeout's TimeoutError): its name says more.
-    const errorCode = (err) =>
+    const errorCode = (err: ErrorLike) =>
       (typeof err.code === 'string' ? err.code : undefined) ?? err.cause?.code ?? err.name ?? 'error';
 
-    const sendOne = async (seq) => {
+    const sendOne = async (seq: number) => {
       const roll = Math.random();
       const tenant =
         roll < 0.7
@@ -1084,15 +1274,17 @@ async function main() {
         method === 'POST' ? 1024 + Math.floor(Math.random() * 15 * 1024) : kind < 0.3 ? 64 * 1024 : 200;
       // One GET in ten waits 50–500 ms for its answer: there are always requests in flight when a fault strikes.
       const delay = method === 'GET' && kind > 0.9 ? 50 + Math.floor(Math.random() * 450) : 0;
-      const rec = { seq, tenant, method, size, delay, t0: now(), replica: undefined, tries: 0, smuggle };
+      const rec: Rec = { seq, tenant, method, size, delay, t0: now(), replica: undefined, tries: 0, smuggle };
       records.push(rec);
       pending.add(rec);
-      const headers = { host: 'billing.dev.example.com', 'x-soak-seq': String(seq) };
+      const headers: Record<string, string> = { host: 'billing.dev.example.com', 'x-soak-seq': String(seq) };
       if (tenant) headers['x-tenant-id'] = tenant;
       if (smuggle) {
         const others = [...INTERCEPTED, ...PLAIN].filter((t) => t !== tenant);
-        rec.smuggledTenant = others[Math.floor(Math.random() * others.length)];
-        if (smuggle !== 'connection') headers.x_tenant_id = rec.smuggledTenant;
+        // An index below others.length: always set.
+        const smuggledTenant = others[Math.floor(Math.random() * others.length)] as string;
+        rec.smuggledTenant = smuggledTenant;
+        if (smuggle !== 'connection') headers.x_tenant_id = smuggledTenant;
         if (smuggle !== 'twin') headers.connection = 'x-tenant-id';
       }
       const send = smuggle ? rawRequest : pooledRequest;
@@ -1116,7 +1308,7 @@ async function main() {
             judgeResponse(rec, res.headers, body);
             break;
           } catch (err) {
-            const code = errorCode(err);
+            const code = errorCode(err as ErrorLike);
             // The connection was refused: nothing reached that replica. A load balancer tries another.
             if (code === 'ECONNREFUSED' && rec.tries === 1) {
               rec.lbRetry = true;
@@ -1128,20 +1320,20 @@ async function main() {
         }
       } catch (err) {
         rec.t1 = now();
-        const code = errorCode(err);
+        const code = errorCode(err as ErrorLike);
         rec.outcome = 'unclean';
         rec.detail = /TIMEOUT|TimeoutError|AbortError|ABORT_ERR/i.test(code) ? `timeout (${code})` : code;
-        rec.message = String(err.message ?? err).slice(0, 300);
+        rec.message = String((err as ErrorLike).message ?? err).slice(0, 300);
       } finally {
         pending.delete(rec);
       }
     };
 
     /** Who answered, and whether the response is whole; who *should* have answered is judged at the end. */
-    const judgeResponse = (rec, headers, body) => {
+    const judgeResponse = (rec: Rec, headers: Reply['headers'], body: Buffer) => {
       const errorCode = headers['x-kelsingra-error'];
       if (errorCode !== undefined) {
-        let json;
+        let json: { error?: unknown; code?: unknown } | undefined;
         try {
           json = JSON.parse(body.toString());
         } catch {}
@@ -1163,7 +1355,7 @@ async function main() {
         return;
       }
       const by = headers['x-served-by'];
-      if (rec.status >= 500 || by === undefined) {
+      if ((rec.status !== undefined && rec.status >= 500) || by === undefined) {
         rec.outcome = 'unclean';
         rec.detail =
           by === undefined
@@ -1174,7 +1366,9 @@ async function main() {
       }
       rec.by = by;
       const whole =
-        rec.method === 'POST' ? JSON.parse(body.toString()).bytes === rec.size : body.length === rec.size;
+        rec.method === 'POST'
+          ? (JSON.parse(body.toString()) as { bytes?: unknown }).bytes === rec.size
+          : body.length === rec.size;
       // Every tenant the service believes it serves, read plainly and CGI-style.
       const believed = [headers['x-soak-tenant'] ?? '', headers['x-soak-cgi-tenant'] ?? '']
         .flatMap((v) => v.split(','))
@@ -1225,20 +1419,21 @@ async function main() {
     for (const e of timeline) e.at -= shift;
     for (const s of sessions) {
       s.joinStart -= shift;
-      s.liveAt -= shift;
+      // A join that failed has no liveAt: NaN then, which overlaps nothing.
+      s.liveAt = Number(s.liveAt) - shift;
     }
     loadStarted = true;
     event(`load starts: ≤ ${opts.rate} req/s, ≤ ${opts.concurrency} in flight, to both replicas' data ports`);
 
-    const tasks = [];
-    const at = (fraction, what) => {
+    const tasks: Promise<void>[] = [];
+    const at = (fraction: number, what: () => Promise<unknown>) => {
       tasks.push(
         (async () => {
           const wait = fraction * D - now();
           if (wait > 0) await sleep(wait);
           if (stopping) return;
           await what();
-        })().catch((err) => {
+        })().catch((err: Error) => {
           findings.push({ at: now(), what: `scheduled step failed: ${err.message}`, detail: err.stack });
           event(`scheduled step failed: ${err.message}`);
         }),
@@ -1256,7 +1451,7 @@ async function main() {
         await sleep(2000);
       }
     });
-    if (!opts['no-restart']) at(0.4, () => restartReplica(replicas[1]));
+    if (!opts['no-restart']) at(0.4, () => restartReplica(replicaAt(1)));
     if (!opts['no-freeze']) at(0.45, () => freeze('t4'));
     at(0.55, () => leaveTenant('t2'));
     at(0.62, () => vanish('t3'));
@@ -1302,10 +1497,13 @@ async function main() {
           detail: lastErrors.join('\n'),
         });
     }
-    const within = (x, a, b) => x >= a && x <= b;
-    const overlaps = (rec, a, b) => rec.t0 <= b && rec.t1 >= a;
-    const sessionsOf = (tenant) => sessions.filter((s) => s.tenant === tenant);
-    const end = (s) => s.goneAt ?? Number.POSITIVE_INFINITY;
+    // An unset time is NaN here, which compares false as undefined did.
+    const within = (x: number | undefined, a: number, b: number | undefined) =>
+      (x ?? Number.NaN) >= a && (x ?? Number.NaN) <= (b ?? Number.NaN);
+    const overlaps = (rec: { t0: number; t1?: number | undefined }, a: number, b: number) =>
+      rec.t0 <= b && (rec.t1 ?? Number.NaN) >= a;
+    const sessionsOf = (tenant: string) => sessions.filter((s) => s.tenant === tenant);
+    const end = (s: Session) => s.goneAt ?? Number.POSITIVE_INFINITY;
     for (const rec of records) {
       if (rec.outcome === 'lost') continue;
       const mine = rec.tenant ? sessionsOf(rec.tenant) : [];
@@ -1315,14 +1513,14 @@ async function main() {
       // laptop again once it woke.
       const transition = mine.some(
         (s) =>
-          overlaps(rec, s.joinStart, (s.liveAt ?? s.failedAt) + PROPAGATION_GRACE_MS) ||
+          overlaps(rec, s.joinStart, (s.liveAt ?? s.failedAt ?? Number.NaN) + PROPAGATION_GRACE_MS) ||
           (s.leaveStart !== undefined && overlaps(rec, s.leaveStart, end(s) + PROPAGATION_GRACE_MS)) ||
           s.freezes.some((f) => overlaps(rec, f.start, (f.end ?? now()) + PROPAGATION_GRACE_MS)),
       );
       // The same, for the report: a vanished laptop is a fault of its own, not a leave.
       const joiningOrLeaving = mine.some(
         (s) =>
-          overlaps(rec, s.joinStart, (s.liveAt ?? s.failedAt) + PROPAGATION_GRACE_MS) ||
+          overlaps(rec, s.joinStart, (s.liveAt ?? s.failedAt ?? Number.NaN) + PROPAGATION_GRACE_MS) ||
           (s.leaveStart !== undefined &&
             s.how !== 'vanish' &&
             overlaps(rec, s.leaveStart, end(s) + PROPAGATION_GRACE_MS)),
@@ -1331,7 +1529,7 @@ async function main() {
         (s) =>
           s.liveAt !== undefined &&
           rec.t0 >= s.liveAt + PROPAGATION_GRACE_MS &&
-          rec.t1 <= (s.leaveStart ?? Number.POSITIVE_INFINITY),
+          (rec.t1 ?? Number.NaN) <= (s.leaveStart ?? Number.POSITIVE_INFINITY),
       );
       if (rec.outcome === 'answered') {
         if (rec.by === 'base') {
@@ -1347,10 +1545,10 @@ async function main() {
           rec.detail = `${rec.by} answered tenant ${rec.tenant} while it had no intercept`;
         }
       } else if (rec.outcome === 'clean') {
-        const hit = (f) =>
+        const hit = (f: Fault) =>
           rec.tenant &&
           f.tenants.has(rec.tenant) &&
-          (!f.codes || f.codes.some((c) => rec.detail.endsWith(` ${c}`))) &&
+          (!f.codes || f.codes.some((c) => rec.detail?.endsWith(` ${c}`))) &&
           overlaps(rec, f.start, (f.end ?? now()) + PROPAGATION_GRACE_MS);
         // Every explanation in progress: the tenant's own faults (a flap, a vanished laptop), its
         // join or leave, then faults of every intercepted tenant (the restart).
@@ -1368,18 +1566,19 @@ async function main() {
         // Cut at the socket (not a timeout, not a bad answer) by the crash: in flight at the kill
         // (sent to the killed replica, or relayed to it with the response already started), or
         // sent to it on a keep-alive connection not yet known dead before it was back.
-        const r = replicas[1];
+        const r = replicaAt(1);
         const socketError = /^(UND_ERR_SOCKET|ECONNRESET|EPIPE|UND_ERR_RES_CONTENT_LENGTH_MISMATCH)$/.test(
-          rec.detail,
+          String(rec.detail),
         );
         const inFlightAtKill = within(r.killedAt, rec.t0, rec.t1);
-        const sentToTheDead = rec.replica === r.n && rec.t0 >= r.killedAt && rec.t0 <= (r.upAt ?? now());
+        const sentToTheDead =
+          rec.replica === r.n && rec.t0 >= (r.killedAt ?? Number.NaN) && rec.t0 <= (r.upAt ?? now());
         if (socketError && (inFlightAtKill || sentToTheDead)) rec.outcome = 'cut';
       }
     }
 
     // ------------------------------------------------------------ report
-    const count = (pred) => records.filter(pred).length;
+    const count = (pred: (r: Rec) => unknown) => records.filter(pred).length;
     const sent = records.length;
     const answered = records.filter((r) => r.outcome === 'answered');
     const clean = records.filter((r) => r.outcome === 'clean');
@@ -1391,35 +1590,47 @@ async function main() {
     const drainFailed = records.filter((r) => r.outcome === 'drain');
     const unexplained = clean.filter((r) => !r.during);
     // Requests the services answer at once; the delayed ones (one GET in ten) only measure their delay.
-    const latAnswered = answered.filter((r) => !r.delay).map((r) => r.t1 - r.t0);
-    const latAll = records.filter((r) => r.t1 !== undefined && !r.delay).map((r) => r.t1 - r.t0);
+    const latAnswered = answered.filter((r) => !r.delay).map((r) => (r.t1 ?? Number.NaN) - r.t0);
+    const latAll = records
+      .filter((r) => r.t1 !== undefined && !r.delay)
+      .map((r) => (r.t1 ?? Number.NaN) - r.t0);
     const seconds = opts.duration;
-    const secs = (ms) => `${(ms / 1000).toFixed(1)} s`;
-    const outcomesOf = (list) =>
+    const secs = (ms: number) => `${(ms / 1000).toFixed(1)} s`;
+    const outcomesOf = (list: Rec[]) =>
       by(list, (x) => (x.outcome === 'answered' ? `answered by ${x.by}` : `${x.outcome} ${x.detail}`))
         .map(([o, n]) => `${n} ${o}`)
         .join(', ') || 'none';
 
     /** The trickle, the drain, the sleeping laptop and the smuggling attempts, each on its own. */
-    const phases = {};
+    const phases: Record<string, unknown> = {};
     const reportPhases = () => {
       if (trickleWindow) {
         const tw = trickleWindow;
         const te = tw.end ?? now();
         // Every request of the load counts: the trickle's tenant is not among them.
-        const served = (x) => x.outcome !== 'unclean' && x.outcome !== 'lost';
-        const rateIn = ([a, b], pred) =>
+        const served = (x: Rec) => x.outcome !== 'unclean' && x.outcome !== 'lost';
+        const rateIn = ([a, b]: [number, number], pred: (x: Rec) => boolean) =>
           count((x) => x.t0 >= a && x.t0 < b && pred(x)) / Math.max(0.001, (b - a) / 1000);
-        const p99In = ([a, b]) =>
+        const p99In = ([a, b]: [number, number]) =>
           percentile(
-            answered.filter((x) => x.t0 >= a && x.t0 < b && !x.delay).map((x) => x.t1 - x.t0),
+            answered.filter((x) => x.t0 >= a && x.t0 < b && !x.delay).map((x) => (x.t1 ?? Number.NaN) - x.t0),
             99,
           );
         // Before: from 1 s into the load to the trickle's start; during: from 2 s after it (the
         // uploads are all open by then) to its end.
-        const before = [1000, tw.start];
-        const during = [tw.start + 2000, te];
-        const t = {
+        const before: [number, number] = [1000, tw.start];
+        const during: [number, number] = [tw.start + 2000, te];
+        const t: {
+          uploads: number;
+          outcomes: Record<string, number>;
+          sentPerSecBefore: number;
+          sentPerSecDuring: number;
+          servedPerSecBefore: number;
+          servedPerSecDuring: number;
+          answeredP99MsBefore: number;
+          answeredP99MsDuring: number;
+          held?: number | undefined;
+        } = {
           uploads: trickles.length,
           outcomes: Object.fromEntries(by(trickles, (x) => `${x.outcome}: ${x.detail}`)),
           sentPerSecBefore: rateIn(before, () => true),
@@ -1440,7 +1651,9 @@ async function main() {
           table([
             ['outcome', 'uploads', 'median time to it'],
             ...by(trickles, (x) => `${x.outcome}: ${x.detail}`).map(([o, n]) => {
-              const ts = trickles.filter((x) => `${x.outcome}: ${x.detail}` === o).map((x) => x.t1 - x.t0);
+              const ts = trickles
+                .filter((x) => `${x.outcome}: ${x.detail}` === o)
+                .map((x) => (x.t1 ?? Number.NaN) - x.t0);
               return [o, n, secs(percentile(ts, 50))];
             }),
           ]),
@@ -1456,11 +1669,13 @@ async function main() {
           });
       }
       if (drain) {
-        const r = replicas.find((x) => x.n === drain.replica);
-        const w = [drain.start, drain.exitedAt ?? now()];
+        const { replica, held } = drain;
+        const r = replicas.find((x) => x.n === replica);
+        if (!r) throw new Error(`no replica ${replica}`);
+        const w: [number, number] = [drain.start, drain.exitedAt ?? now()];
         const onIt = records.filter((x) => x.replica === r.n && overlaps(x, ...w));
         const relayed = records.filter(
-          (x) => x.replica !== r.n && drain.held.includes(x.tenant) && overlaps(x, ...w),
+          (x) => x.replica !== r.n && x.tenant !== undefined && held.includes(x.tenant) && overlaps(x, ...w),
         );
         phases.drain = {
           heldTunnelsOf: drain.held,
@@ -1485,13 +1700,13 @@ async function main() {
         );
       }
       for (const f of freezes) {
-        const asleep = [f.start, f.contAt ?? now()];
+        const asleep: [number, number] = [f.start, f.contAt ?? now()];
         const mine = records.filter((x) => x.tenant === f.tenant && overlaps(x, f.start, f.end ?? now()));
         const longest = Math.max(
           0,
           ...records
             .filter((x) => x.tenant === f.tenant && !x.delay && overlaps(x, ...asleep))
-            .map((x) => x.t1 - x.t0),
+            .map((x) => (x.t1 ?? Number.NaN) - x.t0),
         );
         phases.freeze = {
           tenant: f.tenant,
@@ -1523,7 +1738,7 @@ async function main() {
             ['attempt', 'requests', 'refused (400)', 'answered as routed', 'cross-tenant', 'other'],
             ...SMUGGLES.map((v) => {
               const list = smuggled.filter((x) => x.smuggle === v);
-              const n = (o) => list.filter((x) => x.outcome === o).length;
+              const n = (o: string) => list.filter((x) => x.outcome === o).length;
               return [
                 v,
                 list.length,
@@ -1586,7 +1801,9 @@ async function main() {
     );
     if (clean.length) {
       log('\nFailed clean, by status and code, and the fault in progress:');
-      const rows = [['status code', 'during', 'requests', 'tenants', 'first – last failure']];
+      const rows: (string | number | undefined)[][] = [
+        ['status code', 'during', 'requests', 'tenants', 'first – last failure'],
+      ];
       for (const [d] of by(clean, (r) => r.detail)) {
         const ofCode = clean.filter((r) => r.detail === d);
         for (const [w, n] of by(ofCode, (r) => r.during ?? 'NO FAULT IN PROGRESS')) {
@@ -1596,7 +1813,7 @@ async function main() {
             w,
             n,
             [...new Set(list.map((r) => r.tenant ?? '(none)'))].sort().join(' '),
-            `${fmtT(Math.min(...list.map((r) => r.t0)))} – ${fmtT(Math.max(...list.map((r) => r.t1)))}`,
+            `${fmtT(Math.min(...list.map((r) => r.t0)))} – ${fmtT(Math.max(...list.map((r) => r.t1 ?? Number.NaN)))}`,
           ]);
         }
       }
@@ -1612,7 +1829,7 @@ async function main() {
         cut,
       ],
       ['Lost', lost],
-    ]) {
+    ] as const) {
       if (!list.length) continue;
       log(`\n${label}:`);
       log(
@@ -1620,6 +1837,7 @@ async function main() {
           ['what', 'requests', 'first (time, tenant, replica, message)'],
           ...by(list, (r) => r.detail).map(([d, n]) => {
             const first = list.find((r) => r.detail === d);
+            if (!first) throw new Error(`no request with the detail ${d}`);
             return [
               d,
               n,
@@ -1670,7 +1888,7 @@ async function main() {
       drainFailed.length +
       findings.length;
     log(
-      `\nVerdict: ${failed ? 'FAILED' : 'passed'} — ${lost.length} lost, ${unclean.length} failed uncleanly, ${misrouted.length} misrouted, ${crossTenant.length} cross-tenant, ${drainFailed.length} failed during the drain, ${findings.length} client/process findings; ${clean.length} clean Kelsingra errors (${unexplained.length} with no fault in progress). ${os.cpus().length} cores, load average ${os.loadavg()[0].toFixed(2)}, ${fmt((Date.now() - t0Wall) / 1000, 0)} s in all.`,
+      `\nVerdict: ${failed ? 'FAILED' : 'passed'} — ${lost.length} lost, ${unclean.length} failed uncleanly, ${misrouted.length} misrouted, ${crossTenant.length} cross-tenant, ${drainFailed.length} failed during the drain, ${findings.length} client/process findings; ${clean.length} clean Kelsingra errors (${unexplained.length} with no fault in progress). ${os.cpus().length} cores, load average ${os.loadavg()[0]?.toFixed(2)}, ${fmt((Date.now() - t0Wall) / 1000, 0)} s in all.`,
     );
 
     Object.assign(results, {
@@ -1721,8 +1939,10 @@ async function main() {
       // The last 32–64 KiB of each process's output (the replicas' JSON logs, the clients' events).
       mkdirSync(opts.logs, { recursive: true });
       const procs = [
-        ...replicaProcs.map(({ n, proc }) => [`replica-${n}-${proc.pid}`, proc]),
-        ...sessions.filter((x) => x.proc).map((x) => [`intercept-${x.tenant}-${x.proc.pid}`, x.proc]),
+        ...replicaProcs.map(({ n, proc }): [string, Proc] => [`replica-${n}-${proc.pid}`, proc]),
+        ...sessions
+          .filter((x): x is LiveSession => x.proc !== undefined)
+          .map((x): [string, Proc] => [`intercept-${x.tenant}-${x.proc.pid}`, x.proc]),
       ];
       for (const [name, proc] of procs) writeFileSync(join(opts.logs, `${name}.log`), proc.output());
       log(`Process output in ${opts.logs}/`);

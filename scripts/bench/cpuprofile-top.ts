@@ -9,21 +9,32 @@
  */
 import { readFileSync } from 'node:fs';
 
+/** The parts of a V8 .cpuprofile this script reads. */
+interface CpuProfileNode {
+  id: number;
+  callFrame: { functionName: string; url: string; lineNumber: number };
+}
+interface CpuProfile {
+  nodes: CpuProfileNode[];
+  samples: number[];
+  timeDeltas: number[];
+}
+
 const [file, countArg] = process.argv.slice(2);
 if (!file) {
   console.error('usage: cpuprofile-top.ts <file.cpuprofile> [count]');
   process.exit(2);
 }
 const count = Number(countArg ?? 30);
-const profile = JSON.parse(readFileSync(file, 'utf8'));
+const profile = JSON.parse(readFileSync(file, 'utf8')) as CpuProfile;
 const byId = new Map(profile.nodes.map((n) => [n.id, n]));
-const selfUs = new Map();
+const selfUs = new Map<number, number>();
 for (let i = 0; i < profile.samples.length; i++) {
-  const id = profile.samples[i];
+  const id = profile.samples[i] as number;
   selfUs.set(id, (selfUs.get(id) ?? 0) + (profile.timeDeltas[i] ?? 0));
 }
 
-const shortUrl = (url) => {
+const shortUrl = (url: string): string => {
   if (!url) return '';
   const nm = url.lastIndexOf('node_modules/');
   if (nm !== -1) return url.slice(nm + 'node_modules/'.length);
@@ -32,12 +43,14 @@ const shortUrl = (url) => {
   return url.replace(/^file:\/\//, '');
 };
 
-const fns = new Map();
-const files = new Map();
+const fns = new Map<string, number>();
+const files = new Map<string, number>();
 let total = 0;
 let idle = 0;
 for (const [id, us] of selfUs) {
-  const { callFrame } = byId.get(id);
+  const node = byId.get(id);
+  if (!node) throw new Error(`sample refers to node ${id}, which is not in the profile`);
+  const { callFrame } = node;
   const name = callFrame.functionName || '(anonymous)';
   if (name === '(idle)') {
     idle += us;
@@ -58,7 +71,7 @@ for (const [id, us] of selfUs) {
   files.set(group, (files.get(group) ?? 0) + us);
 }
 
-const print = (title, map) => {
+const print = (title: string, map: Map<string, number>) => {
   console.log(`\n${title}`);
   console.log('  self ms   share  function');
   for (const [k, us] of [...map].sort((a, b) => b[1] - a[1]).slice(0, count)) {

@@ -11,21 +11,55 @@ import { spawn } from 'node:child_process';
 import { writeFileSync } from 'node:fs';
 import net from 'node:net';
 import { join } from 'node:path';
+import type {
+  CallOptions,
+  ChannelCredentials,
+  Client,
+  ClientUnaryCall,
+  Metadata,
+  MetadataValue,
+  ServerUnaryCall,
+  ServiceDefinition,
+  ServiceError,
+  sendUnaryData,
+} from '@grpc/grpc-js';
 import { children } from './lib.ts';
 
 const PROTO_FILE = join(import.meta.dirname, 'echo.proto');
 export const GRPC_PATH = '/bench.Echo/Say';
 const TEXT = 'hello from grpc';
 
+/** bench.Msg of echo.proto. */
+interface Msg {
+  text: string;
+}
+/** A client of bench.Echo, as loadPackageDefinition makes it from echo.proto. */
+interface EchoClient extends Client {
+  Say(
+    request: Msg,
+    metadata: Metadata,
+    options: CallOptions,
+    callback: (err: ServiceError | null, reply?: Msg) => void,
+  ): ClientUnaryCall;
+}
+interface EchoConstructor {
+  new (address: string, credentials: ChannelCredentials): EchoClient;
+  service: ServiceDefinition;
+}
+
 async function loadEcho() {
   const grpc = await import('@grpc/grpc-js');
   const loader = await import('@grpc/proto-loader');
   const def = loader.loadSync(PROTO_FILE, { keepCase: true });
-  return { grpc, Echo: grpc.loadPackageDefinition(def).bench.Echo };
+  const bench = grpc.loadPackageDefinition(def).bench;
+  const Echo = bench && 'Echo' in bench ? bench.Echo : undefined;
+  if (typeof Echo !== 'function') throw new Error(`${PROTO_FILE} has no service bench.Echo`);
+  // loadPackageDefinition types its clients' methods only as `Function`.
+  return { grpc, Echo: Echo as unknown as EchoConstructor };
 }
 
 /** The request body h2load sends: one gRPC message (5-byte prefix + protobuf `Msg{text}`). */
-export function writeRequestBody(dir) {
+export function writeRequestBody(dir: string) {
   const text = Buffer.from(TEXT);
   const msg = Buffer.concat([Buffer.from([0x0a, text.length]), text]);
   const prefix = Buffer.alloc(5);
@@ -36,11 +70,11 @@ export function writeRequestBody(dir) {
 }
 
 /** What a port answers to an HTTP/2 connection preface: its first line, or that it spoke HTTP/2. */
-function prefaceAnswer(hostname, port) {
-  return new Promise((res) => {
+function prefaceAnswer(hostname: string, port: string) {
+  return new Promise<string | undefined>((res) => {
     const socket = net.connect(Number(port), hostname);
     let got = Buffer.alloc(0);
-    const done = (what) => {
+    const done = (what: string | undefined) => {
       socket.destroy();
       res(what);
     };
@@ -62,7 +96,7 @@ function prefaceAnswer(hostname, port) {
       clearTimeout(timer);
       done(got[3] === 4 ? 'HTTP/2 SETTINGS' : got.toString('latin1').split('\r\n')[0]);
     });
-    socket.on('error', (err) => {
+    socket.on('error', (err: NodeJS.ErrnoException) => {
       clearTimeout(timer);
       done(err.code ?? err.message);
     });
@@ -77,21 +111,30 @@ function prefaceAnswer(hostname, port) {
  * One unary call to `url` with `metadata`; resolves `{ ok: true }` if `expectServedBy` served
  * it, else `{ ok: false, why }` saying what the target answered.
  */
-export async function checkGrpc(url, metadata, expectServedBy) {
+export async function checkGrpc(
+  url: string,
+  metadata: Record<string, string>,
+  expectServedBy: string,
+): Promise<{ ok: true } | { ok: false; why: string }> {
   const { grpc, Echo } = await loadEcho();
   const { hostname, port } = new URL(url);
   const client = new Echo(`${hostname}:${port}`, grpc.credentials.createInsecure());
   const md = new grpc.Metadata();
   for (const [k, v] of Object.entries(metadata)) md.set(k, v);
-  let servedBy;
+  let servedBy: MetadataValue | undefined;
   try {
-    await new Promise((res, rej) => {
+    await new Promise<void>((res, rej) => {
       const call = client.Say({ text: TEXT }, md, { deadline: Date.now() + 5000 }, (err, reply) =>
-        err ? rej(err) : reply.text === TEXT ? res() : rej(new Error(`echoed ${JSON.stringify(reply.text)}`)),
+        err
+          ? rej(err)
+          : reply?.text === TEXT
+            ? res()
+            : rej(new Error(`echoed ${JSON.stringify(reply?.text)}`)),
       );
-      call.on('metadata', (m) => (servedBy = m.get('x-served-by')[0]));
+      call.on('metadata', (m: Metadata) => (servedBy = m.get('x-served-by')[0]));
     });
-  } catch (err) {
+  } catch (e) {
+    const err = e as Error;
     const answer = await prefaceAnswer(hostname, port);
     return {
       ok: false,
@@ -110,7 +153,24 @@ export async function checkGrpc(url, metadata, expectServedBy) {
  * flight on each) for `seconds` after `warmup` seconds. h2load counts an answer with HTTP
  * status 2xx as a success; it does not read `grpc-status`, which checkGrpc does beforehand.
  */
-export function h2load(url, { clients, streams, seconds, warmup, bodyFile, headers = {} }) {
+export function h2load(
+  url: string,
+  {
+    clients,
+    streams,
+    seconds,
+    warmup,
+    bodyFile,
+    headers = {},
+  }: {
+    clients: number;
+    streams: number;
+    seconds: number;
+    warmup: number;
+    bodyFile: string;
+    headers?: Record<string, string> | undefined;
+  },
+) {
   const args = [
     '-t1',
     `-c${clients}`,
@@ -123,7 +183,7 @@ export function h2load(url, { clients, streams, seconds, warmup, bodyFile, heade
   args.push('-d', bodyFile, '-H', 'content-type: application/grpc', '-H', 'te: trailers');
   for (const [k, v] of Object.entries(headers)) args.push('-H', `${k}: ${v}`);
   args.push(`${url}${GRPC_PATH}`);
-  return new Promise((res, rej) => {
+  return new Promise<{ rps: number; calls: number }>((res, rej) => {
     const child = spawn('h2load', args, { stdio: ['ignore', 'pipe', 'pipe'] });
     const proc = { name: 'h2load', child, pid: child.pid, output: () => out };
     children.add(proc);
@@ -141,7 +201,12 @@ export function h2load(url, { clients, streams, seconds, warmup, bodyFile, heade
         );
       if (code !== 0 || !Number.isFinite(rps) || !m)
         return rej(new Error(`h2load ${args.join(' ')} failed (${code}):\n${out}`));
-      const [done, succeeded, failed, errored] = [m[3], m[4], m[5], m[6]].map(Number);
+      const [done, succeeded, failed, errored] = [m[3], m[4], m[5], m[6]].map(Number) as [
+        number,
+        number,
+        number,
+        number,
+      ];
       if (succeeded === 0 || failed + errored > 0)
         return rej(new Error(`h2load: ${succeeded} of ${done} calls succeeded from ${url}:\n${out}`));
       res({ rps, calls: succeeded });
@@ -154,7 +219,7 @@ if (process.argv[2] === 'serve') {
   const { grpc, Echo } = await loadEcho();
   const server = new grpc.Server();
   server.addService(Echo.service, {
-    Say(call, callback) {
+    Say(call: ServerUnaryCall<Msg, Msg>, callback: sendUnaryData<Msg>) {
       const md = new grpc.Metadata();
       md.set('x-served-by', label);
       call.sendMetadata(md);

@@ -7,6 +7,7 @@
  * Both bind 127.0.0.1 only and print "ready" on stdout once listening.
  */
 import http from 'node:http';
+import type { FastifyReply, FastifyRequest } from 'fastify';
 
 const [mode, portArg, arg] = process.argv.slice(2);
 const port = Number(portArg);
@@ -70,7 +71,7 @@ if (mode === 'service') {
   const { default: replyFrom } = await import('@fastify/reply-from');
   const app = Fastify({ logger: false });
   await app.register(replyFrom, { base: arg });
-  const handler = (req, reply) => reply.from(req.url);
+  const handler = (req: FastifyRequest, reply: FastifyReply) => reply.from(req.url);
   app.all('/', handler);
   app.all('/*', handler);
   await app.listen({ port, host: '127.0.0.1' });

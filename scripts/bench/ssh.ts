@@ -22,7 +22,7 @@ import { freePort, log, onCleanup, start, waitHttp, which } from './lib.ts';
 
 const SSHD = ['/usr/sbin/sshd', '/usr/local/sbin/sshd'].find((p) => existsSync(p)) ?? which('sshd');
 
-function keygen(file) {
+function keygen(file: string) {
   const r = spawnSync('ssh-keygen', ['-q', '-t', 'ed25519', '-N', '', '-C', 'kelsingra-bench', '-f', file], {
     encoding: 'utf8',
   });
@@ -30,8 +30,8 @@ function keygen(file) {
 }
 
 /** Pids whose parent is `pid` (from /proc). */
-function childPids(pid) {
-  const out = [];
+function childPids(pid: number) {
+  const out: number[] = [];
   for (const d of readdirSync('/proc')) {
     if (!/^\d+$/.test(d)) continue;
     try {
@@ -48,7 +48,19 @@ function childPids(pid) {
  * the forwarded URL and the pids that carry the traffic: `server` is sshd's per-connection
  * process, `client` the ssh client.
  */
-export async function startSshReverse(workDir, localPort, { path = '/', headers = {}, check } = {}) {
+export async function startSshReverse(
+  workDir: string,
+  localPort: number,
+  {
+    path = '/',
+    headers = {},
+    check,
+  }: {
+    path?: string;
+    headers?: Record<string, string>;
+    check?: Parameters<typeof waitHttp>[2];
+  } = {},
+) {
   // A directory of its own: a run may start several (one per benchmark).
   const dir = mkdtempSync(join(workDir, 'ssh-'));
   keygen(join(dir, 'host_key'));
@@ -110,7 +122,7 @@ X11Forwarding no
     await waitHttp(`${url}${path}`, headers, check ?? ((r) => r.status === 200), 'ssh -R forward', 20_000);
   } catch (err) {
     throw new Error(
-      `${err.message}\n--- sshd:\n${sshd.output().slice(-1500)}\n--- ssh:\n${ssh.output().slice(-1500)}`,
+      `${(err as Error).message}\n--- sshd:\n${sshd.output().slice(-1500)}\n--- ssh:\n${ssh.output().slice(-1500)}`,
     );
   }
   // sshd forks a monitor per connection, and the monitor the unprivileged process that carries

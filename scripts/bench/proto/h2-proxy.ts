@@ -11,9 +11,11 @@
  */
 import http2 from 'node:http2';
 
-const [port, upstreamUrl] = process.argv.slice(2);
-let upstream;
-function session() {
+const [port, upstreamArg] = process.argv.slice(2);
+if (!upstreamArg) throw new Error('usage: h2-proxy.ts <port> <upstreamUrl>');
+const upstreamUrl = upstreamArg;
+let upstream: http2.ClientHttp2Session | undefined;
+function session(): http2.ClientHttp2Session {
   if (!upstream || upstream.closed || upstream.destroyed) {
     upstream = http2.connect(upstreamUrl);
     upstream.on('error', (err) => console.error(`upstream: ${err.message}`));

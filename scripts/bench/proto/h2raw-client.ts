@@ -33,29 +33,30 @@ const h2 = http2.createServer({
 });
 h2.on('stream', (stream, headers) => {
   stream.on('error', () => undefined); // a reset by the caller; the pool request is aborted with it
-  const h = {};
+  const h: http.IncomingHttpHeaders = {};
   for (const [k, v] of Object.entries(headers)) if (k[0] !== ':' && !HOP.has(k)) h[k] = v;
   h.host = headers[':authority'];
-  const method = headers[':method'];
+  // nghttp2 refuses a request stream without :method or :path: both are set here.
+  const method = headers[':method'] as string;
   const bodyless = stream.readableEnded || ((method === 'GET' || method === 'HEAD') && !h['content-length']);
   pool
     // undici destroys a request body it has sent, and destroying an HTTP/2 stream resets it
     // both ways: it gets a PassThrough, so the response can still use the stream.
     .request({
       method,
-      path: headers[':path'],
+      path: headers[':path'] as string,
       headers: h,
       body: bodyless ? null : stream.pipe(new PassThrough()),
     })
     .then(({ statusCode, headers: rh, body }) => {
-      const out = { ':status': statusCode };
+      const out: http2.OutgoingHttpHeaders = { ':status': statusCode };
       for (const [k, v] of Object.entries(rh)) if (!HOP.has(k)) out[k] = v;
       body.on('error', (err) => stream.destroy(err));
       if (stream.destroyed) return body.destroy();
       stream.respond(out);
       body.pipe(stream);
     })
-    .catch((err) => {
+    .catch((err: Error) => {
       if (stream.destroyed) return;
       if (!stream.headersSent) stream.respond({ ':status': 502, 'content-type': 'text/plain' });
       stream.end(`local service: ${err.message}\n`);

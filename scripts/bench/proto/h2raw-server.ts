@@ -13,6 +13,7 @@
  */
 import http from 'node:http';
 import http2 from 'node:http2';
+import type { Socket } from 'node:net';
 
 const [tunnelPort, dataPort] = process.argv.slice(2).map(Number);
 
@@ -29,7 +30,7 @@ const HOP = new Set([
 ]);
 const WINDOW = 1024 * 1024;
 
-let session;
+let session: http2.ClientHttp2Session | undefined;
 
 const tunnel = http.createServer((_req, res) => {
   res.writeHead(426, { upgrade: 'kelsingra-h2' }).end('upgrade to kelsingra-h2\n');
@@ -41,7 +42,8 @@ tunnel.on('upgrade', (req, socket, head) => {
   }
   socket.write('HTTP/1.1 101 Switching Protocols\r\nconnection: Upgrade\r\nupgrade: kelsingra-h2\r\n\r\n');
   if (head.length) socket.unshift(head);
-  socket.setNoDelay(true);
+  // An http.Server's upgrade socket is its net.Socket (typed as a plain Duplex).
+  (socket as Socket).setNoDelay(true);
   const s = http2.connect('http://tunnel', {
     createConnection: () => socket,
     settings: { initialWindowSize: WINDOW, enablePush: false },
@@ -60,14 +62,19 @@ const data = http.createServer({ keepAliveTimeout: 65_000 }, (req, res) => {
     res.writeHead(502, { 'content-type': 'text/plain' }).end('no tunnel\n');
     return;
   }
-  const h = { ':method': req.method, ':path': req.url, ':authority': req.headers.host ?? 'local' };
+  const h: http2.OutgoingHttpHeaders = {
+    ':method': req.method,
+    ':path': req.url,
+    ':authority': req.headers.host ?? 'local',
+  };
   for (const [k, v] of Object.entries(req.headers)) if (!HOP.has(k)) h[k] = v;
   const bodyless = req.method === 'GET' || req.method === 'HEAD';
   const stream = session.request(h, { endStream: bodyless && req.headers['content-length'] === undefined });
   stream.on('response', (rh) => {
-    const out = {};
+    const out: http.OutgoingHttpHeaders = {};
     for (const [k, v] of Object.entries(rh)) if (k[0] !== ':' && !HOP.has(k)) out[k] = v;
-    res.writeHead(rh[':status'], out);
+    // Every HTTP/2 response carries :status (nghttp2 refuses one without).
+    res.writeHead(rh[':status'] as number, out);
     stream.pipe(res);
   });
   stream.on('error', (err) => {

@@ -11,7 +11,8 @@
  * carry JSON. Prints "ready" once both ports listen on 127.0.0.1.
  */
 import http from 'node:http';
-import { WebSocketServer } from 'ws';
+import type { Socket } from 'node:net';
+import { type WebSocket, WebSocketServer } from 'ws';
 
 const [tunnelPort, dataPort] = process.argv.slice(2).map(Number);
 const OPEN = 1;
@@ -20,7 +21,13 @@ const DATA = 3;
 const END = 4;
 const HOP = new Set(['connection', 'keep-alive', 'transfer-encoding', 'upgrade', 'te', 'proxy-connection']);
 
-function frame(type, id, payload) {
+/** What a Head frame carries (lean-client.ts). */
+interface Head {
+  status: number;
+  headers: string[];
+}
+
+function frame(type: number, id: number, payload?: string | Buffer) {
   const body = typeof payload === 'string' ? Buffer.from(payload) : (payload ?? Buffer.alloc(0));
   const out = Buffer.allocUnsafe(5 + body.length);
   out[0] = type;
@@ -29,27 +36,32 @@ function frame(type, id, payload) {
   return out;
 }
 
-function withoutHop(raw) {
-  const out = [];
-  for (let i = 0; i < raw.length; i += 2) if (!HOP.has(raw[i].toLowerCase())) out.push(raw[i], raw[i + 1]);
+/** `raw` is name, value pairs (rawHeaders): both of a pair are set. */
+function withoutHop(raw: string[]) {
+  const out: string[] = [];
+  for (let i = 0; i < raw.length; i += 2)
+    if (!HOP.has((raw[i] as string).toLowerCase())) out.push(raw[i] as string, raw[i + 1] as string);
   return out;
 }
 
-let tunnel;
-const pending = new Map();
+let tunnel: WebSocket | undefined;
+const pending = new Map<number, http.ServerResponse>();
 let nextId = 1;
 
 const wss = new WebSocketServer({ host: '127.0.0.1', port: tunnelPort, perMessageDeflate: false });
 wss.on('connection', (ws) => {
-  ws._socket.setNoDelay(true);
+  // ws keeps its net.Socket in `_socket`, which its types leave out.
+  (ws as WebSocket & { _socket: Socket })._socket.setNoDelay(true);
   tunnel = ws;
-  ws.on('message', (msg) => {
+  ws.on('message', (raw) => {
+    // binaryType is 'nodebuffer' (the default): each message is one Buffer.
+    const msg = raw as Buffer;
     const id = msg.readUInt32BE(1);
     const res = pending.get(id);
     if (!res) return;
     const payload = msg.subarray(5);
     if (msg[0] === HEAD) {
-      const head = JSON.parse(payload.toString());
+      const head = JSON.parse(payload.toString()) as Head;
       res.writeHead(head.status, head.headers);
     } else if (msg[0] === DATA) res.write(payload);
     else if (msg[0] === END) {
@@ -61,6 +73,12 @@ wss.on('connection', (ws) => {
     if (tunnel === ws) tunnel = undefined;
   });
 });
+
+/** Sends on the current tunnel: one that closed while a request was being sent is an error. */
+function sendOnTunnel(message: Buffer) {
+  if (!tunnel) throw new Error('the tunnel closed while a request was being sent');
+  tunnel.send(message);
+}
 
 const data = http.createServer({ keepAliveTimeout: 65_000 }, (req, res) => {
   if (!tunnel) return res.writeHead(502).end('no tunnel\n');
@@ -75,8 +93,8 @@ const data = http.createServer({ keepAliveTimeout: 65_000 }, (req, res) => {
     ),
   );
   if (!body) return req.resume();
-  req.on('data', (chunk) => tunnel.send(frame(DATA, id, chunk)));
-  req.on('end', () => tunnel.send(frame(END, id)));
+  req.on('data', (chunk: Buffer) => sendOnTunnel(frame(DATA, id, chunk)));
+  req.on('end', () => sendOnTunnel(frame(END, id)));
 });
 
 let listening = 0;
