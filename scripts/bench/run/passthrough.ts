@@ -1,0 +1,54 @@
+/**
+ * Benchmark 1, pass-through: a tenant with no intercept through Kelsingra's data port, against
+ * the upstream directly, nginx proxy_pass and @fastify/reply-from (req/s, p99, p50 at one
+ * connection, server agent CPU and memory).
+ */
+import { freePort, log, memOf, SMALL_BODY, start, startNginx, stopAll, waitHttp } from '../lib.ts';
+import { measure, type Target } from './measure.ts';
+import { NODE, opts, SERVICES, startKelsingra, startUpstream, VIA, WORK } from './setup.ts';
+
+// ---------------------------------------------------------------- 1. pass-through
+
+export async function benchPassthrough() {
+  log(
+    `\n== 1. Pass-through: ${opts.upstream} upstream returning ${SMALL_BODY.length} bytes; wrk -t1 -c${opts.conns} / -c1, ${opts.duration} s, ${opts.rounds} rounds (median)`,
+  );
+  const up = await startUpstream();
+  const nginxPort = await freePort();
+  await startNginx(
+    WORK,
+    'nginx-proxy',
+    `  upstream backend { server 127.0.0.1:${up.port}; keepalive 64; keepalive_requests 1000000; }
+  server {
+    listen 127.0.0.1:${nginxPort};
+    location / {
+      proxy_pass http://backend;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+    }
+  }`,
+    [`http://127.0.0.1:${nginxPort}/`],
+  );
+  const rfPort = await freePort();
+  await start('reply-from', NODE, [SERVICES, 'reply-from', String(rfPort), up.url], { ready: /ready/ });
+  const ks = await startKelsingra('passthrough', up.url);
+
+  const headers = VIA('t2');
+  const targets: Target<'direct' | 'nginx' | 'replyFrom' | 'kelsingra'>[] = [
+    { key: 'direct', label: `upstream direct (${opts.upstream})`, url: `${up.url}/`, headers },
+    { key: 'nginx', label: 'nginx proxy_pass (1 worker)', url: `http://127.0.0.1:${nginxPort}/`, headers },
+    { key: 'replyFrom', label: '@fastify/reply-from', url: `http://127.0.0.1:${rfPort}/`, headers },
+    {
+      key: 'kelsingra',
+      label: 'kelsingra data port (pass-through)',
+      url: `${ks.data}/`,
+      headers,
+      pids: { server: ks.proc.pid },
+    },
+  ];
+  for (const t of targets)
+    await waitHttp(t.url, headers, (r) => r.status === 200 && r.text === SMALL_BODY, t.label);
+  const res = Object.assign(await measure(targets), { kelsingraServerMem: memOf(ks.proc.pid) });
+  await stopAll();
+  return res;
+}
