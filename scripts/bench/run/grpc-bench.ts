@@ -4,14 +4,14 @@
  */
 import { join } from 'node:path';
 import { checkGrpc, h2load, writeRequestBody } from '../grpc.ts';
-import { fmt, freePort, log, median, start, stopAll } from '../lib.ts';
-import { cpuSeconds } from './measure.ts';
+import { fmt, freePort, log, median, start, stopAll, table } from '../lib.ts';
+import { cpuSeconds, ok } from './measure.ts';
 import { GRPC, NODE, opts, PROTO, startIntercept, startKelsingra, VIA, WORK } from './setup.ts';
 
 // ---------------------------------------------------------------- gRPC unary
 
-export const GRPC_CLIENTS = 5;
-export const GRPC_STREAMS = 10;
+const GRPC_CLIENTS = 5;
+const GRPC_STREAMS = 10;
 
 type GrpcKey = 'direct' | 'passthrough' | 'intercepted' | 'bare';
 
@@ -31,7 +31,7 @@ interface GrpcRun {
 }
 
 /** A target that answered the checked call: its rounds, and their medians. */
-export interface GrpcMeasured {
+interface GrpcMeasured {
   label: string;
   unavailable?: undefined;
   runs: GrpcRun[];
@@ -40,7 +40,7 @@ export interface GrpcMeasured {
 }
 
 /** A target that did not, and what it answered. */
-export interface GrpcUnavailable {
+interface GrpcUnavailable {
   label: string;
   unavailable: string;
 }
@@ -165,4 +165,42 @@ export async function benchGrpc() {
   await agent.leave();
   await stopAll();
   return res;
+}
+
+/** Its table in the report, and its rows in the summary. */
+export function reportGrpc(g: Awaited<ReturnType<typeof benchGrpc>>, rows: string[][]) {
+  log(`\ngRPC unary (h2load -t1 -c${GRPC_CLIENTS} -m${GRPC_STREAMS}, medians of ${opts.rounds}):`);
+  // NaN (n/a in the table) when the direct call was not available.
+  const rpsOf = (r: GrpcMeasured | GrpcUnavailable) => (r.unavailable === undefined ? r.rps : Number.NaN);
+  const d = rpsOf(g.direct);
+  log(
+    table([
+      ['Target', 'calls/s', '÷ direct', 'server side CPU/call (µs)', 'client side CPU/call (µs)'],
+      ...(['direct', 'passthrough', 'intercepted', 'bare'] as const).map((k) => {
+        const r = g[k];
+        return r.unavailable !== undefined
+          ? [r.label, `not available: ${r.unavailable}`, '—', '—', '—']
+          : [
+              r.label,
+              fmt(r.rps, 0),
+              fmt(r.rps / d, 2),
+              r.cpuUs.server === undefined ? '—' : fmt(r.cpuUs.server, 1),
+              r.cpuUs.client === undefined ? '—' : fmt(r.cpuUs.client, 1),
+            ];
+      }),
+    ]),
+  );
+  for (const [k, what] of [
+    ['passthrough', 'pass-through'],
+    ['intercepted', 'intercepted'],
+    ['bare', 'two bare node:http2 proxies (the ceiling)'],
+  ] as const) {
+    const ratio = rpsOf(g[k]) / d;
+    rows.push([
+      `G. gRPC unary ${what} calls/s / direct`,
+      g[k].unavailable ? 'not available' : fmt(ratio, 2),
+      k === 'intercepted' ? '≥ 0.35' : '—',
+      g[k].unavailable ? 'MISSED' : k === 'intercepted' ? ok(ratio >= 0.35) : '—',
+    ]);
+  }
 }

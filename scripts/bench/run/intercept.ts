@@ -2,9 +2,9 @@
  * Benchmark 2, intercepted: a local Node service directly, through `ssh -R`, and through
  * Kelsingra's tunnel (data port → server agent → client agent → local service).
  */
-import { log, memOf, stopAll } from '../lib.ts';
+import { fmt, log, memOf, stopAll } from '../lib.ts';
 import { startSshReverse } from '../ssh.ts';
-import { measure } from './measure.ts';
+import { measure, ok, tunnelTable } from './measure.ts';
 import {
   opts,
   servedByLocal,
@@ -41,4 +41,17 @@ export async function benchIntercept() {
   await agent.leave();
   await stopAll();
   return res;
+}
+
+/** Its table in the report, and its rows in the summary. */
+export function reportIntercept(i: Awaited<ReturnType<typeof benchIntercept>>, rows: string[][]) {
+  log(`\nIntercepted (wrk -t1, medians of ${opts.rounds}):`);
+  log(tunnelTable(i, ['direct', 'ssh', 'intercepted']));
+  const ratio = i.intercepted.rps / i.direct.rps;
+  const vsSsh = i.intercepted.rps / i.ssh.rps;
+  const added = i.intercepted.p50c1 - i.direct.p50c1;
+  rows.push(['2. ssh -R req/s / direct (baseline)', fmt(i.ssh.rps / i.direct.rps, 2), '—', '—']);
+  rows.push(['2. intercepted req/s / direct', fmt(ratio, 2), '≥ 0.35', ok(ratio >= 0.35)]);
+  rows.push(['2. intercepted req/s / ssh -R', fmt(vsSsh, 2), '≥ 0.80', ok(vsSsh >= 0.8)]);
+  rows.push(['2. intercepted p50 added at 1 connection (ms)', fmt(added, 3), '≤ 0.250', ok(added <= 0.25)]);
 }

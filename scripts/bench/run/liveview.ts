@@ -2,8 +2,8 @@
  * Benchmark 4, live view: intercepted req/s and the CLI's CPU per request with the Ink live view
  * open in a real terminal (tmux) vs `--json` to /dev/null, and the live view's idle CPU.
  */
-import { fmt, log, median, sleep, stopAll, wrk } from '../lib.ts';
-import { cpuSeconds } from './measure.ts';
+import { fmt, log, median, sleep, stopAll, table, wrk } from '../lib.ts';
+import { cpuSeconds, ok } from './measure.ts';
 import { opts, startForeground, startInterceptSetup, VIA } from './setup.ts';
 
 // ---------------------------------------------------------------- 4. live view
@@ -46,4 +46,19 @@ export async function benchLiveView() {
     idleCpu,
     rounds: runs,
   };
+}
+
+/** Its table in the report, and its rows in the summary. */
+export function reportLiveView(v: Awaited<ReturnType<typeof benchLiveView>>, rows: string[][]) {
+  log(`\nLive view (wrk -t1 -c20, medians of ${opts.rounds}):`);
+  log(
+    table([
+      ['Foreground intercept', 'req/s', 'CLI CPU per request (µs)'],
+      ['--json > /dev/null', fmt(v.json, 0), fmt(v.jsonCpu, 1)],
+      ['Ink live view in a terminal', fmt(v.live, 0), fmt(v.liveCpu, 1)],
+    ]),
+  );
+  const ratio = v.live / v.json;
+  rows.push(['4. live view req/s / --json req/s', fmt(ratio, 2), '≥ 0.90', ok(ratio >= 0.9)]);
+  rows.push(['4. live view idle CPU (%)', fmt(v.idleCpu, 2), '≈ 0', ok(v.idleCpu < 1)]);
 }

@@ -1,7 +1,7 @@
 /**
  * Measuring targets with wrk for run.ts's benchmarks: req/s at many connections, latency at
- * one, CPU and syscalls per request in the processes under test; and the table their results
- * share in the report.
+ * one, CPU and syscalls per request in the processes under test; and what the benchmarks' parts
+ * of the report share (the tunnel table, met or MISSED).
  */
 import { readFileSync } from 'node:fs';
 import { fmt, ioOf, log, median, table, wrk } from '../lib.ts';
@@ -162,3 +162,5 @@ export function tunnelTable<K extends string>(
     }),
   ]);
 }
+
+export const ok = (pass: boolean) => (pass ? 'met' : 'MISSED');

@@ -3,8 +3,19 @@
  * the upstream directly, nginx proxy_pass and @fastify/reply-from (req/s, p99, p50 at one
  * connection, server agent CPU and memory).
  */
-import { freePort, log, memOf, SMALL_BODY, start, startNginx, stopAll, waitHttp } from '../lib.ts';
-import { measure, type Target } from './measure.ts';
+import {
+  fmt,
+  freePort,
+  log,
+  memOf,
+  SMALL_BODY,
+  start,
+  startNginx,
+  stopAll,
+  table,
+  waitHttp,
+} from '../lib.ts';
+import { measure, ok, type Target } from './measure.ts';
 import { NODE, opts, SERVICES, startKelsingra, startUpstream, VIA, WORK } from './setup.ts';
 
 // ---------------------------------------------------------------- 1. pass-through
@@ -51,4 +62,33 @@ export async function benchPassthrough() {
   const res = Object.assign(await measure(targets), { kelsingraServerMem: memOf(ks.proc.pid) });
   await stopAll();
   return res;
+}
+
+/** Its table in the report, and its rows in the summary. */
+export function reportPassthrough(p: Awaited<ReturnType<typeof benchPassthrough>>, rows: string[][]) {
+  log(`\nPass-through (${opts.upstream} upstream, wrk -t1, medians of ${opts.rounds}):`);
+  log(
+    table([
+      [
+        'Target',
+        `req/s @${opts.conns} conns`,
+        `p99 @${opts.conns} (ms)`,
+        'p50 @1 conn (ms)',
+        'p50 added vs direct (ms)',
+      ],
+      ...(['direct', 'nginx', 'replyFrom', 'kelsingra'] as const).map((k) => [
+        p[k].label,
+        fmt(p[k].rps, 0),
+        fmt(p[k].p99, 2),
+        fmt(p[k].p50c1, 3),
+        k === 'direct' ? '—' : fmt(p[k].p50c1 - p.direct.p50c1, 3),
+      ]),
+    ]),
+  );
+  const vsNginx = p.kelsingra.rps / p.nginx.rps;
+  const vsRf = p.kelsingra.rps / p.replyFrom.rps;
+  const added = p.kelsingra.p50c1 - p.direct.p50c1;
+  rows.push(['1. pass-through req/s, kelsingra / nginx', fmt(vsNginx, 2), '≥ 0.30', ok(vsNginx >= 0.3)]);
+  rows.push(['1. pass-through req/s, kelsingra / reply-from', fmt(vsRf, 2), '> 1.00', ok(vsRf > 1)]);
+  rows.push(['1. p50 added at 1 connection (ms)', fmt(added, 3), '≤ 0.200', ok(added <= 0.2)]);
 }

@@ -3,9 +3,9 @@
  * checkout's), the HTTP/2-over-the-raw-socket prototype and the bare lean-framing prototype.
  */
 import { basename, join, resolve } from 'node:path';
-import { freePort, log, start, stopAll, waitHttp } from '../lib.ts';
+import { fmt, freePort, log, start, stopAll, waitHttp } from '../lib.ts';
 import { startSshReverse } from '../ssh.ts';
-import { type Measured, measure, type Target } from './measure.ts';
+import { type Measured, measure, ok, type Target, tunnelTable } from './measure.ts';
 import {
   NODE,
   opts,
@@ -121,4 +121,26 @@ export async function benchProto() {
   if (old) await old.leave();
   await stopAll();
   return res;
+}
+
+/** Its table in the report, and its rows in the summary. */
+export function reportProto(pr: Awaited<ReturnType<typeof benchProto>>, rows: string[][]) {
+  log(`\nTunnel protocols (wrk -t1, medians of ${opts.rounds}):`);
+  log(tunnelTable(pr, ['direct', 'ssh', 'intercepted', 'h2raw', 'lean', 'old']));
+  for (const k of ['intercepted', 'h2raw', 'lean', 'old'] as const) {
+    const r = pr[k];
+    if (!r) continue;
+    rows.push([
+      `P. ${r.label} req/s / direct`,
+      fmt(r.rps / pr.direct.rps, 2),
+      '≥ 0.35',
+      ok(r.rps / pr.direct.rps >= 0.35),
+    ]);
+    rows.push([
+      `P. ${r.label} req/s / ssh -R`,
+      fmt(r.rps / pr.ssh.rps, 2),
+      '≥ 0.80',
+      ok(r.rps / pr.ssh.rps >= 0.8),
+    ]);
+  }
 }

@@ -2,7 +2,8 @@
  * Memory kept per request: the live heap after a full collection and RSS of the server agent
  * and of a foreground intercept, after a warm-up and again after `--requests` more requests.
  */
-import { fmt, freePort, log, memOf, start, stopAll, wrk } from '../lib.ts';
+import { fmt, freePort, log, memOf, start, stopAll, table, wrk } from '../lib.ts';
+import { ok } from './measure.ts';
 import { type Kelsingra, NODE, opts, SERVICES, startForeground, startKelsingra, VIA } from './setup.ts';
 
 // ---------------------------------------------------------------- memory kept per request
@@ -120,4 +121,29 @@ export async function benchRetained() {
   await fg.leave();
   await stopAll();
   return { requests: load.requests, warmupRequests, rps: load.rps, figures };
+}
+
+/** Its table in the report, and its rows in the summary. */
+export function reportRetained(rt: Awaited<ReturnType<typeof benchRetained>>, rows: string[][]) {
+  log(
+    `\nBytes retained per intercepted request (${rt.requests} requests after ${rt.warmupRequests} of warm-up, wrk -t1 -c20):`,
+  );
+  log(
+    table([
+      ['Agent', 'after warm-up', 'at the end', 'bytes per request'],
+      ...rt.figures.map((f) => [
+        f.what,
+        `${fmt(f.before / 2 ** 20, 1)} MiB`,
+        `${fmt(f.after / 2 ** 20, 1)} MiB`,
+        fmt(f.perRequest, 0),
+      ]),
+    ]),
+  );
+  for (const f of rt.figures.filter((x) => x.goal))
+    rows.push([
+      `R. ${f.what}: bytes retained per request`,
+      fmt(f.perRequest, 0),
+      '≈ 0 (≤ 200)',
+      ok(f.perRequest <= 200),
+    ]);
 }

@@ -3,7 +3,8 @@
  * tunnel and directly, and the agents' peak RSS (VmHWM) before and after each.
  */
 import http from 'node:http';
-import { fmt, log, memOf, stopAll } from '../lib.ts';
+import { fmt, log, memOf, stopAll, table } from '../lib.ts';
+import { ok } from './measure.ts';
 import { opts, startIntercept, startInterceptSetup, VIA, waitIntercepted } from './setup.ts';
 
 // ---------------------------------------------------------------- 3. bulk transfer
@@ -114,4 +115,53 @@ export async function benchTransfer() {
     download: tunnelDownload,
     afterDownload,
   };
+}
+
+/** Its table in the report, and its rows in the summary. */
+export function reportTransfer(t: Awaited<ReturnType<typeof benchTransfer>>, rows: string[][]) {
+  const gib = fmt(t.bytes / 1024 ** 3, 2);
+  log(`\nBulk transfer (${gib} GiB each way; MB = 10^6 bytes, MiB = 2^20):`);
+  log(
+    table([
+      [
+        'Direction',
+        'through tunnel (MB/s)',
+        'direct (MB/s)',
+        'server agent VmHWM (MiB)',
+        'client agent VmHWM (MiB)',
+      ],
+      ['idle, before transfers', '—', '—', fmt(t.idle.server.hwmMiB, 0), fmt(t.idle.agent.hwmMiB, 0)],
+      [
+        'upload (POST, local discards)',
+        fmt(t.upload.mbps, 0),
+        fmt(t.directUpload.mbps, 0),
+        fmt(t.afterUpload.server.hwmMiB, 0),
+        fmt(t.afterUpload.agent.hwmMiB, 0),
+      ],
+      [
+        'download (GET, local streams)',
+        fmt(t.download.mbps, 0),
+        fmt(t.directDownload.mbps, 0),
+        fmt(t.afterDownload.server.hwmMiB, 0),
+        fmt(t.afterDownload.agent.hwmMiB, 0),
+      ],
+    ]),
+  );
+  for (const [dir, r] of [
+    ['upload', t.upload],
+    ['download', t.download],
+  ] as const)
+    rows.push([`3. ${dir} ${gib} GiB through the tunnel (MB/s)`, fmt(r.mbps, 0), '≥ 300', ok(r.mbps >= 300)]);
+  for (const [who, k] of [
+    ['server', 'server'],
+    ['client', 'agent'],
+  ] as const) {
+    const peak = Math.max(t.afterUpload[k].hwmMiB, t.afterDownload[k].hwmMiB);
+    rows.push([
+      `3. ${who} agent peak RSS over both transfers (MiB)`,
+      fmt(peak, 0),
+      '≤ 150 MiB',
+      ok(peak <= 150),
+    ]);
+  }
 }

@@ -3,8 +3,20 @@
  * a server agent holding many uploads that send a byte every 10 s, against an identical calm one.
  */
 import net from 'node:net';
-import { fmt, freePort, log, median, SMALL_BODY, sleep, startNginx, stopAll, waitHttp, wrk } from '../lib.ts';
-import { cpuSeconds } from './measure.ts';
+import {
+  fmt,
+  freePort,
+  log,
+  median,
+  SMALL_BODY,
+  sleep,
+  startNginx,
+  stopAll,
+  table,
+  waitHttp,
+  wrk,
+} from '../lib.ts';
+import { cpuSeconds, ok } from './measure.ts';
 import { type Kelsingra, opts, startKelsingra, VIA, WORK } from './setup.ts';
 
 // ---------------------------------------------------------------- 5. one tenant's slow uploads
@@ -132,4 +144,31 @@ export async function benchTrickle() {
   };
   await stopAll();
   return res;
+}
+
+/** Its table in the report, and its rows in the summary. */
+export function reportTrickle(k: Awaited<ReturnType<typeof benchTrickle>>, rows: string[][]) {
+  log(
+    `\nSlow uploads (${opts.trickles} of one tenant; another tenant's req/s, wrk -t1 -c${opts.conns}, medians of ${opts.rounds}):`,
+  );
+  log(
+    table([
+      ['Tenant "quiet" on', 'req/s'],
+      ['the calm agent', fmt(k.calm, 0)],
+      [`the agent with ${opts.trickles} slow uploads of tenant "hog"`, fmt(k.trickled, 0)],
+    ]),
+  );
+  rows.push([
+    "5. another tenant's req/s with the slow uploads / without",
+    fmt(k.ratio, 2),
+    '≥ 0.95',
+    ok(k.ratio >= 0.95),
+  ]);
+  // On a loaded machine req/s drifts more than the slow uploads cost; CPU per request does not.
+  rows.push([
+    '5. server CPU per request with the slow uploads / without',
+    fmt(k.cpuRatio, 2),
+    '≤ 1.05',
+    ok(k.cpuRatio <= 1.05),
+  ]);
 }
