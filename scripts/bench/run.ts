@@ -2,8 +2,9 @@
 /**
  * Kelsingra benchmarks, all in one run on one machine (see docs/BENCHMARKS.md).
  *
- *   npm run bench                                  all three benchmarks
- *   npm run bench -- passthrough intercept         a subset (passthrough, intercept, transfer, liveview, trickle, gateway)
+ *   npm run bench                                  every benchmark but proto
+ *   npm run bench -- passthrough intercept         a subset (passthrough, intercept, grpc, transfer, retained,
+ *                                                  liveview, trickle, gateway; proto only when named)
  *   node scripts/bench/run.ts --rounds 1 --duration 10 --profile /tmp/prof --json out.json
  *
  * Options: --rounds N (3; medians are reported), --duration S (5; per wrk measurement),
@@ -11,7 +12,10 @@
  * --upstream nginx|node (nginx: the fast upstream for the pass-through benchmark),
  * --profile DIR (server and client agents run with --cpu-prof, profiles land in DIR),
  * --trickles N (1000 slow uploads of one tenant in the trickle benchmark),
- * --json FILE (raw results).
+ * --json FILE (raw results), --requests N (retained), --old DIR (proto: another built checkout).
+ *
+ * Each benchmark lives in its own module under run/; this file runs those asked for, in a
+ * fixed order, and prints the report.
  *
  * Every process it needs (nginx, upstream, proxies, server agent, client agent) is started
  * here on free 127.0.0.1 ports and stopped before it exits, also on Ctrl-C or failure.
