@@ -87,6 +87,10 @@
  * --no-trickle, --no-restart, --no-freeze, --no-smuggle (phases off), --json FILE (every figure, and the timeline), --logs DIR (the end of each replica's and
  * client's output). Every process is stopped on exit, Ctrl-C or
  * failure; the database is dropped.
+ *
+ * Over 400 lines on purpose: one scenario whose phases (load, joins and leaves, the drain and
+ * restart, the flapping service, the trickle, the sleeping laptop, the smuggled tenant ids) share
+ * the clock, the processes and the ledger of every request; split, each part would need them all.
  */
 import { spawn, spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';

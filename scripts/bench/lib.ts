@@ -5,6 +5,9 @@
  *
  * Importing this module installs the SIGINT/SIGTERM handlers: they stop every tracked
  * process, run the hooks registered with onCleanup (in order), then exit.
+ *
+ * Over 400 lines on purpose: it is the toolbox every script imports; each part is small and
+ * stands alone (processes, ports, waits, wrk, statistics, tables), found by its section divider.
  */
 
 import { type ChildProcess, type ChildProcessByStdio, spawn, spawnSync } from 'node:child_process';

@@ -27,6 +27,9 @@
  * library (dist/src/client/tunnel/tunnel-client.js, dist/src/client/tunnel/local-forwarder.js). The base and local services
  * (services.ts) and the replicas are separate processes, all on 127.0.0.1, stopped on exit,
  * Ctrl-C or failure; the database is dropped and a broker this script started is stopped.
+ *
+ * Over 400 lines on purpose: its measurements share the replicas, the database and the clients
+ * it starts once; apart, each would start and stop them again.
  */
 import { spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';

@@ -43,6 +43,9 @@
  * --json FILE (raw results). PostgreSQL: postgres://postgres@127.0.0.1:5432/postgres, or
  * KELSINGRA_BENCH_PG; databases kelsingra_bench_scale_<random>[_empty] are created and dropped.
  * Every process is stopped on exit, Ctrl-C or failure.
+ *
+ * Over 400 lines on purpose: its three parts (lookups in process, a PostgreSQL reload, server
+ * agents under load) share the data set it generates and the report that compares them.
  */
 import { randomBytes } from 'node:crypto';
 import { chmodSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
