@@ -10,8 +10,10 @@
  * Over 400 lines on purpose: it is the hot path of every request not intercepted, and pool
  * lifetime, forwarding and the error mapping are kept where a profile reads them together.
  */
+
+import type { IncomingHttpHeaders } from 'node:http';
 import type { Transform, Writable } from 'node:stream';
-import { Pool } from 'undici';
+import { type Dispatcher, Pool } from 'undici';
 import { cutResponse, sendError } from '../../src/shared/http/error-response.js';
 import { Http2Sessions } from '../../src/shared/http/h2-sessions.js';
 import { forwardableResponseHeaders } from '../../src/shared/http/http-headers.js';
@@ -25,12 +27,7 @@ import {
 } from '../../src/shared/http/http-types.js';
 import { withRequestId } from '../../src/shared/http/request-id.js';
 import { BODY_IDLE_MS } from '../../src/shared/http/timeouts.js';
-import {
-  HeldEnd,
-  sendOverHttp2,
-  sendWithTrailers,
-  type UpstreamCall,
-} from '../../src/shared/http/upstream-call.js';
+import { sendOverHttp2, sendWithTrailers, type UpstreamCall } from '../../src/shared/http/upstream-call.js';
 import {
   type Backend,
   type BackendState,
@@ -283,43 +280,15 @@ export class PassThroughProxy {
   }
 
   private viaUndici(call: UpstreamCall, backend: Backend, retried: boolean): void {
-    const { req, res } = call;
-    let held: HeldEnd | undefined;
-    this.connection(backend.url).stream(
+    const { req } = call;
+    this.connection(backend.url).dispatch(
       {
-        method: req.method as string,
+        method: req.method as Dispatcher.HttpMethod,
         path: basePath(backend.url) + call.path,
         headers: call.headers,
         body: call.body,
-        signal: call.signal,
       },
-      ({ statusCode, headers: upstreamHeaders }) => {
-        call.answered(backend, statusCode);
-        const out = forwardableResponseHeaders(upstreamHeaders);
-        // A response that announces trailers ends only once they are added (undici hands them
-        // over after the body); an HTTP/1.0 caller cannot take them.
-        const announced = upstreamHeaders.trailer;
-        if (announced !== undefined && (isHttp2(req) || req.httpVersion === '1.1')) {
-          out.trailer = Array.isArray(announced) ? announced.join(', ') : announced;
-          // The caller gets the id Kelsingra logged, whatever the upstream answered.
-          writeHead(res, statusCode, withRequestId(res, out));
-          held = new HeldEnd(res);
-          return held;
-        }
-        writeHead(res, statusCode, withRequestId(res, out));
-        return res as Writable;
-      },
-      (err, data) => {
-        if (err) {
-          call.failed(backend, err, retried);
-          return;
-        }
-        if (held) {
-          const trailers = data.trailers as Record<string, string> | null;
-          if (trailers) res.addTrailers(trailers);
-          res.end();
-        }
-      },
+      new UpstreamReply(call, backend, retried),
     );
   }
 
@@ -486,4 +455,76 @@ function healthRow(service: string, b: BackendStatus): BackendHealth {
     lastErrorAt: iso(b.lastErrorAt),
     lastCheckAt: iso(b.lastCheckAt),
   };
+}
+
+/**
+ * One request's answer from undici, written straight to the caller: `dispatch` with a handler
+ * object costs less per request than `stream()` and its wrapper (issue 17, item 5).
+ */
+class UpstreamReply implements Dispatcher.DispatchHandler {
+  private controller?: Dispatcher.DispatchController;
+  /** The response announced trailers: they are added before it ends. */
+  private trailers = false;
+  private readonly call: UpstreamCall;
+  private readonly backend: Backend;
+  private readonly retried: boolean;
+
+  constructor(call: UpstreamCall, backend: Backend, retried: boolean) {
+    this.call = call;
+    this.backend = backend;
+    this.retried = retried;
+  }
+
+  /** The caller hung up: undici lets go of the upstream connection at once. */
+  private readonly abort = () => this.controller?.abort(new Error('the caller went away'));
+
+  onRequestStart(controller: Dispatcher.DispatchController): void {
+    this.controller = controller;
+    const { signal } = this.call;
+    if (signal.aborted) controller.abort(new Error('the caller went away'));
+    else signal.addEventListener('abort', this.abort, { once: true });
+  }
+
+  onResponseStart(
+    controller: Dispatcher.DispatchController,
+    statusCode: number,
+    headers: Record<string, string | string[] | undefined>,
+  ): void {
+    const { call } = this;
+    const { req, res } = call;
+    call.answered(this.backend, statusCode);
+    const out = forwardableResponseHeaders(headers as IncomingHttpHeaders);
+    // A response that announces trailers ends only once they are added (undici hands them
+    // over after the body); an HTTP/1.0 caller cannot take them.
+    const announced = headers.trailer;
+    if (announced !== undefined && (isHttp2(req) || req.httpVersion === '1.1')) {
+      out.trailer = Array.isArray(announced) ? announced.join(', ') : announced;
+      this.trailers = true;
+    }
+    // The caller gets the id Kelsingra logged, whatever the upstream answered.
+    writeHead(res, statusCode, withRequestId(res, out));
+    if (res.destroyed) controller.abort(new Error('the caller went away'));
+  }
+
+  onResponseData(controller: Dispatcher.DispatchController, chunk: Buffer): void {
+    const res = this.call.res as Writable;
+    if (res.destroyed || res.write(chunk)) return;
+    controller.pause();
+    res.once('drain', () => controller.resume());
+  }
+
+  onResponseEnd(
+    _controller: Dispatcher.DispatchController,
+    trailers: Record<string, string | string[] | undefined>,
+  ): void {
+    this.call.signal.removeEventListener('abort', this.abort);
+    const { res } = this.call;
+    if (this.trailers && trailers) res.addTrailers(trailers as Record<string, string>);
+    res.end();
+  }
+
+  onResponseError(_controller: Dispatcher.DispatchController, err: Error): void {
+    this.call.signal.removeEventListener('abort', this.abort);
+    this.call.failed(this.backend, err, this.retried);
+  }
 }
