@@ -383,8 +383,20 @@ export function createDataPlane(deps: DataPlaneDeps): DataPlane {
     } else passThrough.forward(req, res, d.match.service, d.match.path, d.headers);
   };
 
-  const dispatch = (req: InboundRequest, res: OutboundResponse, inbound: Inbound) =>
-    send(req, res, inbound, decide(inbound));
+  const dispatch = (req: InboundRequest, res: OutboundResponse, inbound: Inbound, learned = false) => {
+    const d = decide(inbound);
+    // The holder may be a replica that started after this one last read the members: read
+    // them once more before telling the caller it is down (a heartbeat at most behind).
+    const replica = d.kind === 'error' && d.code === 'replica-down' ? String(d.extra?.replica) : undefined;
+    if (replica === undefined || learned) return send(req, res, inbound, d);
+    store.learnPeer(replica).then(
+      (known) => (known ? dispatch(req, res, inbound, true) : send(req, res, inbound, d)),
+      (err: Error) => {
+        log.warn({ replica, err: err.message }, 'could not read the replicas to find an unknown one');
+        send(req, res, inbound, d);
+      },
+    );
+  };
 
   const serveGateway = (req: InboundRequest, res: OutboundResponse, principal: Principal) => {
     const inbound = gatewayInbound(req);

@@ -103,6 +103,11 @@ export interface InterceptStore extends EventEmitter<StoreEvents> {
   /** A tunnel open on any replica (this one's are found in the hub first). */
   findTunnel(clientKey: string): Promise<TunnelRecord | undefined>;
   peer(replicaId: string): Peer | undefined;
+  /**
+   * A replica this copy has never heard of (it started after the last read of the members):
+   * read the members again, once for every caller waiting meanwhile. Whether it is known now.
+   */
+  learnPeer(replicaId: string): Promise<boolean>;
   /** The tenant route for (service, tenant), from memory: consulted when no intercept matches. */
   findRoute(service: string, tenant: string): Route | undefined;
   getRoute(id: string): Route | undefined;

@@ -135,6 +135,9 @@ export class MemoryInterceptStore extends EventEmitter<StoreEvents> implements I
   peer(_replicaId: string): Peer | undefined {
     return undefined;
   }
+  async learnPeer(_replicaId: string): Promise<boolean> {
+    return false;
+  }
 
   findRoute(service: string, tenant: string): Route | undefined {
     return this.routes.find(service, tenant);

@@ -95,6 +95,11 @@ export class PgReplicas {
     return found.peer;
   }
 
+  /** Whether the last read of the members had this replica at all (beating or not). */
+  known(replicaId: string): boolean {
+    return this.peers.has(replicaId);
+  }
+
   /** The replicas as last read, for the store's health. */
   health(now = Date.now()): StoreHealth['replicas'] {
     return [...this.peers.values()].map(({ peer, ageMs, fetchedAt }) => ({

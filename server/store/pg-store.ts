@@ -67,6 +67,8 @@ export class PgInterceptStore extends EventEmitter<StoreEvents> implements Inter
   private lastSyncAt?: number;
   /** No sweeping of lapsed leases until clients had a chance to renew after a (re)connection. */
   private sweepAfter = 0;
+  /** A read of the members asked for by learnPeer, shared by the requests waiting on it. */
+  private memberRead?: Promise<void>;
   private closed = false;
 
   private constructor(private readonly opts: PgStoreOptions) {
@@ -220,6 +222,15 @@ export class PgInterceptStore extends EventEmitter<StoreEvents> implements Inter
    */
   peer(replicaId: string): Peer | undefined {
     return this.replicas.peer(replicaId);
+  }
+
+  async learnPeer(replicaId: string): Promise<boolean> {
+    if (this.replicas.known(replicaId)) return false;
+    this.memberRead ??= this.heartbeat().finally(() => {
+      this.memberRead = undefined;
+    });
+    await this.memberRead;
+    return this.replicas.known(replicaId);
   }
 
   findRoute(service: string, tenant: string): Route | undefined {
