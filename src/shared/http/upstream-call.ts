@@ -8,7 +8,7 @@ import http, { type OutgoingHttpHeaders } from 'node:http';
 import type http2 from 'node:http2';
 import { constants } from 'node:http2';
 import https from 'node:https';
-import { type Readable, Writable } from 'node:stream';
+import type { Readable, Writable } from 'node:stream';
 import { cutResponse } from './error-response.js';
 import { track } from './h2-sessions.js';
 import { forwardableResponseHeaders, rawToObject } from './http-headers.js';
@@ -55,22 +55,6 @@ function trailerFields(
   trailers: Record<string, string | string[] | undefined>,
 ): Record<string, string | string[]> {
   return withoutPseudo(trailers);
-}
-
-/**
- * Holds back the end of a response whose trailers are still to come: undici ends what it
- * writes to before it hands the trailers over. Writes pass straight on, with the caller's
- * backpressure.
- */
-export class HeldEnd extends Writable {
-  constructor(private readonly res: OutboundResponse) {
-    super({ highWaterMark: 0 });
-  }
-
-  override _write(chunk: Buffer, _encoding: BufferEncoding, done: (err?: Error | null) => void): void {
-    if ((this.res as Writable).write(chunk)) done();
-    else this.res.once('drain', () => done());
-  }
 }
 
 /**
