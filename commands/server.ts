@@ -160,43 +160,10 @@ export default class Server extends BaseCommand {
     const { flags } = await this.parse(Server);
     // Imported here, not at the top: oclif loads every command module to list commands, and
     // the client agent should not carry the server's dependencies in its memory.
-    const { loadServerConfig, servicesFromFlags } = await import('../server/config/config.js');
-    const { gatewayLayer } = await import('../server/gateway-sync/config.js');
+    const { loadServerConfig } = await import('../server/config/config.js');
+    const { flagsLayer } = await import('../server/config/flags-layer.js');
     const { startServer } = await import('../server/server.js');
-    const config = await loadServerConfig({
-      configPath: flags.config,
-      flags: {
-        port: flags.port,
-        proxyPort: flags['proxy-port'],
-        host: flags.host,
-        token: flags.token,
-        tokensFile: flags['tokens-file'],
-        leaseTtl: flags['lease-ttl'],
-        tenantHeader: flags['tenant-header'],
-        upstreamTimeout: flags['upstream-timeout'],
-        heartbeatInterval: flags['heartbeat-interval'],
-        logLevel: flags['log-level'],
-        databaseUrl: flags['database-url'],
-        advertiseUrl: flags['advertise-url'],
-        previewUrl: flags['preview-url'],
-        routingKeys: flags['routing-keys']?.split(',').map((k) => k.trim()),
-        baggageKey: flags['baggage-key'],
-        routeTargets: flags['route-target'],
-        authFailureLimit: flags['auth-failure-limit'],
-        authFailureWindow: flags['auth-failure-window'],
-        trustedProxies: flags['trusted-proxy'],
-        auditLog: flags['audit-log'],
-        tls: tlsLayer(flags),
-        gateway: gatewayLayer(flags.gateway, flags['gateway-option']),
-        maxBodyBytes: flags['max-body-bytes'],
-        maxTunnelStreams: flags['max-tunnel-streams'],
-        drainTimeout: flags['drain-timeout'],
-        maxTunnelsPerToken: flags['max-tunnels-per-token'],
-        bodyIdleTimeout: flags['body-idle-timeout'],
-        tenantConcurrency: flags['tenant-concurrency'],
-        services: flags.service ? servicesFromFlags(flags.service) : undefined,
-      },
-    });
+    const config = await loadServerConfig({ configPath: flags.config, flags: flagsLayer(flags) });
     const server = await startServer(config);
     await new Promise<void>((resolve) => {
       let drainingSince: number | undefined;
@@ -225,21 +192,3 @@ export default class Server extends BaseCommand {
 }
 
 const SIGNAL_ECHO_MS = 1_000;
-
-/** The --tls-* flags as a `tls` layer, only the keys given, so the file's others stay. */
-function tlsLayer(flags: {
-  'tls-cert'?: string;
-  'tls-key'?: string;
-  'tls-ca'?: string;
-  'tls-ports'?: string;
-}): Record<string, unknown> | undefined {
-  const layer = Object.fromEntries(
-    Object.entries({
-      cert: flags['tls-cert'],
-      key: flags['tls-key'],
-      ca: flags['tls-ca'],
-      ports: flags['tls-ports']?.split(',').map((p) => p.trim()),
-    }).filter(([, v]) => v !== undefined),
-  );
-  return Object.keys(layer).length ? layer : undefined;
-}

@@ -10,8 +10,8 @@ import { readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { parseAllDocuments } from 'yaml';
-import { loadServerConfig } from '../../server/config/config.js';
 import { ROOT, tempDir } from '../support/helpers.js';
+import { serverConfigFrom } from '../support/server-env.js';
 
 const K8S = join(ROOT, 'deploy', 'k8s');
 const PROXY = join(ROOT, 'deploy', 'reverse-proxy');
@@ -116,10 +116,7 @@ async function podConfig() {
   const tokensFile = join(dir, 'tokens.yaml');
   writeFileSync(tokensFile, secret.stringData[tokens.file]);
 
-  const config = await loadServerConfig({
-    configPath: configFile,
-    env: { ...env, KELSINGRA_TOKENS_FILE: tokensFile },
-  });
+  const config = await serverConfigFrom({ ...env, KELSINGRA_TOKENS_FILE: tokensFile }, {}, configFile);
   return { config, env };
 }
 

@@ -4,7 +4,7 @@
  * sets them up.
  */
 import { describe, expect, it } from 'vitest';
-import { loadServerConfig, type ServiceConfig, validateConfig } from '../../server/config/config.js';
+import { type ServiceConfig, validateConfig } from '../../server/config/config.js';
 import {
   baggageValue,
   PreviewHosts,
@@ -15,6 +15,7 @@ import {
 import { ServiceResolver } from '../../server/routing/service-resolver.js';
 import { ExitCode, KelsingraError } from '../../src/shared/errors.js';
 import { run } from '../support/helpers.js';
+import { serverConfigFrom } from '../support/server-env.js';
 
 describe('baggageValue (W3C baggage)', () => {
   it('finds the key among several members, with properties and optional whitespace', () => {
@@ -363,13 +364,14 @@ describe('routing key configuration', () => {
       KELSINGRA_BAGGAGE_KEY: 'org',
       KELSINGRA_PREVIEW_URL: 'http://{key}--{service}.dev.example.test',
     };
-    const fromEnv = await loadServerConfig({ env });
+    const fromEnv = await serverConfigFrom(env);
     expect(fromEnv.routingKeys).toEqual(['subdomain', 'baggage']);
     expect(fromEnv.baggageKey).toBe('org');
     expect(fromEnv.previewUrl).toBe('http://{key}--{service}.dev.example.test');
-    const flagged = await loadServerConfig({
-      env,
-      flags: { routingKeys: ['header'], baggageKey: 'team', previewUrl: 'https://{service}-{key}.x.test' },
+    const flagged = await serverConfigFrom(env, {
+      'routing-keys': 'header',
+      'baggage-key': 'team',
+      'preview-url': 'https://{service}-{key}.x.test',
     });
     expect(flagged.routingKeys).toEqual(['header']);
     expect(flagged.baggageKey).toBe('team');
@@ -378,12 +380,10 @@ describe('routing key configuration', () => {
 
   it('a bad value from the environment is named too', async () => {
     const err = await failure(() =>
-      loadServerConfig({
-        env: {
-          KELSINGRA_TOKEN: 's3cret-token',
-          KELSINGRA_SERVICES: 'billing=http://127.0.0.1:9001',
-          KELSINGRA_ROUTING_KEYS: 'header,cookies',
-        },
+      serverConfigFrom({
+        KELSINGRA_TOKEN: 's3cret-token',
+        KELSINGRA_SERVICES: 'billing=http://127.0.0.1:9001',
+        KELSINGRA_ROUTING_KEYS: 'header,cookies',
       }),
     );
     expect(err.message).toContain('routingKeys.1:');
