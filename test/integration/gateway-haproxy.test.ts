@@ -48,6 +48,14 @@ describe('gateway sync: HAProxy over its Runtime API', () => {
   const start = async (extra: string[] = []) => {
     server = await kelsingra({ control: ports.control, data: ports.data }, config, cleanups, extra);
     await synced(server.control);
+    // HAProxy takes Kelsingra back only after two good health checks (rise 2, 500 ms apart):
+    // until then intercepted tenants go to the base, as the fail-safe means them to.
+    await waitFor(
+      async () =>
+        /^billing_via_kelsingra,kelsingra,(?:[^,]*,){15}UP/m.test(await driver.command('show stat')),
+      10_000,
+      'HAProxy to see Kelsingra up',
+    );
     return server;
   };
   const env = () => clientEnv(server, GATEWAY_TOKEN, { KELSINGRA_HOLDER: 'dev-alice' });

@@ -314,6 +314,15 @@ describe('replicas on PostgreSQL', () => {
     ])) as [ServerProcess, ServerProcess];
     const env = clientEnv(r1, TOKEN);
     const held = await interceptDetached(env, 'billing', 't1', local.port, cleanups);
+    // A replica knows another from the heartbeats it read: once the database is away, one it
+    // never read cannot be relayed to. Both have read each other before the outage.
+    for (const r of [r1, r2])
+      await waitFor(
+        async () =>
+          (await statusOf(r)).store.replicas?.filter((p: { alive: boolean }) => p.alive).length === 2,
+        5_000,
+        'the replicas to know each other',
+      );
 
     pgServer.stop();
     for (const r of [r1, r2]) {
