@@ -1,6 +1,9 @@
 /**
  * The CLI as users and CI scripts run it: the real `kelsingra server`, the built CLI as
  * separate processes, real HTTP services on both sides of the tunnel.
+ *
+ * Over 400 lines on purpose: it is the list of the CLI's cases, each one self-contained; split,
+ * one capability would be spread over several files.
  */
 import { readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';

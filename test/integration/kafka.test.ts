@@ -5,6 +5,9 @@
  * killed under the tunnel, and a config naming a topic that does not exist. Dev and "local"
  * broker are the same broker here, so every test maps the dev topic to a local topic of
  * another name, and all names are fresh (other files and sessions share the broker).
+ *
+ * Over 400 lines on purpose: it is the list of Kafka interception's cases, each one self-contained; split,
+ * one capability would be spread over several files.
  */
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';

@@ -3,6 +3,9 @@
  * decision, durations, tunnels, intercepts, routes, lease expiries, backends, Kafka lag), the
  * request id that ties a request's hops and log lines together, and trace context carried
  * end to end. Real server processes, detached clients, upstreams, PostgreSQL and Kafka.
+ *
+ * Over 400 lines on purpose: it is the list of logs, metrics and /status's cases, each one self-contained; split,
+ * one capability would be spread over several files.
  */
 import { writeFileSync } from 'node:fs';
 import type http from 'node:http';

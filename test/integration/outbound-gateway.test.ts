@@ -3,6 +3,9 @@
  * the tenant header, W3C trace context and baggage added, through a real `kelsingra server`.
  * First the gateway in-process against echoing upstreams; then the whole chain A → B → C
  * with B (and C) intercepted by real `kelsingra intercept` processes.
+ *
+ * Over 400 lines on purpose: it is the list of the outbound gateway's cases, each one self-contained; split,
+ * one capability would be spread over several files.
  */
 import { writeFileSync } from 'node:fs';
 import http from 'node:http';

@@ -3,6 +3,9 @@
  * real `kelsingra server` process, with real upstreams that answer their own name. Tenant
  * routes send some tenants of a service to another version (v2) without a tunnel; the
  * precedence is intercept > tenant route > base upstream.
+ *
+ * Over 400 lines on purpose: it is the list of the route commands's cases, each one self-contained; split,
+ * one capability would be spread over several files.
  */
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';

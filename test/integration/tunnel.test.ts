@@ -2,6 +2,9 @@
  * The tunnel, end to end: a real `kelsingra server`, a real upstream, a real local service
  * and the intercept held by the real CLI (a --detach background agent, or a foreground
  * `intercept` process when the test needs to kill or stop it).
+ *
+ * Over 400 lines on purpose: it is the list of the tunnel's cases, each one self-contained; split,
+ * one capability would be spread over several files.
  */
 import { type ChildProcess, spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
