@@ -48,6 +48,9 @@ const FULL_RELOAD_EVERY = 12;
 /** How many change numbers below the watermark each incremental repair reads again. */
 const RECONCILE_OVERLAP = 200;
 
+/** learnPeer reads the members at most this often (besides the heartbeat's own reads). */
+const MEMBER_READ_MIN_MS = 250;
+
 export class PgInterceptStore extends EventEmitter<StoreEvents> implements InterceptStore {
   private readonly pool: pg.Pool;
   private readonly feed: PgChangeFeed;
@@ -69,6 +72,7 @@ export class PgInterceptStore extends EventEmitter<StoreEvents> implements Inter
   private sweepAfter = 0;
   /** A read of the members asked for by learnPeer, shared by the requests waiting on it. */
   private memberRead?: Promise<void>;
+  private memberReadAt = 0;
   private closed = false;
 
   private constructor(private readonly opts: PgStoreOptions) {
@@ -226,8 +230,11 @@ export class PgInterceptStore extends EventEmitter<StoreEvents> implements Inter
 
   async learnPeer(replicaId: string): Promise<boolean> {
     if (this.replicas.known(replicaId)) return false;
+    // A replica that is gone for good stays unknown: its requests must not each cost a query.
+    if (!this.memberRead && Date.now() - this.memberReadAt < MEMBER_READ_MIN_MS) return false;
     this.memberRead ??= this.heartbeat().finally(() => {
       this.memberRead = undefined;
+      this.memberReadAt = Date.now();
     });
     await this.memberRead;
     return this.replicas.known(replicaId);
