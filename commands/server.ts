@@ -4,7 +4,7 @@ import { BaseCommand } from '../src/cli/base-command.js';
 export default class Server extends BaseCommand {
   static override summary = 'Run the server agent in the dev environment (data port + control port).';
   static override description =
-    'Settings come from flags, the environment and a YAML/JSON file given with --config (or KELSINGRA_CONFIG). Each flag that takes one value has its variable, shown beside it below ([env: KELSINGRA_PORT]). Lists are comma-separated: KELSINGRA_SERVICES=a=url,b=url, KELSINGRA_ROUTE_TARGETS, KELSINGRA_TRUSTED_PROXIES; TLS is KELSINGRA_TLS_CERT, _KEY, _CA and _PORTS; the gateway driver KELSINGRA_GATEWAY, each of its options KELSINGRA_GATEWAY_<OPTION>. Flags win over the environment, which wins over the file.';
+    'Settings come from flags, the environment and a YAML/JSON file given with --config (or KELSINGRA_CONFIG). Each flag that takes one value has its variable, shown beside it below ([env: KELSINGRA_PORT]). Lists are comma-separated: KELSINGRA_SERVICES=a=url,b=url, KELSINGRA_ROUTE_TARGETS, KELSINGRA_TRUSTED_PROXIES; the gateway driver is KELSINGRA_GATEWAY, each of its options KELSINGRA_GATEWAY_<OPTION>. Flags win over the environment, which wins over the file.';
   static override examples = [
     '<%= config.bin %> server --port 7700 --proxy-port 7701 --service billing=http://127.0.0.1:9001 --token s3cret-token',
     '<%= config.bin %> server --config kelsingra.yaml',
@@ -104,14 +104,20 @@ export default class Server extends BaseCommand {
       description: 'file to append the audit trail of intercept and route changes to (it is in the log too)',
     }),
     'tls-cert': Flags.string({
+      env: 'KELSINGRA_TLS_CERT',
       description: 'PEM certificate (chain) file: the ports serve HTTPS and the tunnel WSS (with --tls-key)',
     }),
-    'tls-key': Flags.string({ description: 'PEM private key file of --tls-cert' }),
+    'tls-key': Flags.string({
+      env: 'KELSINGRA_TLS_KEY',
+      description: 'PEM private key file of --tls-cert',
+    }),
     'tls-ca': Flags.string({
+      env: 'KELSINGRA_TLS_CA',
       description:
         'PEM CA file trusted besides the system CAs: other replicas (https advertise URLs), https upstreams',
     }),
     'tls-ports': Flags.string({
+      env: 'KELSINGRA_TLS_PORTS',
       description: 'which ports serve TLS: control,data (default both)',
     }),
     'max-body-bytes': Flags.integer({

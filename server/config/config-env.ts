@@ -2,11 +2,10 @@
  * The settings of a server agent's environment that are not one flag's value: oclif reads
  * those itself (each flag of `kelsingra server` names its variable with `env:`, shown by
  * --help). What is left here: the lists (KELSINGRA_SERVICES, KELSINGRA_ROUTE_TARGETS,
- * KELSINGRA_TRUSTED_PROXIES, comma-separated where the flags repeat) and the families
- * KELSINGRA_TLS_* and KELSINGRA_GATEWAY_*.
+ * KELSINGRA_TRUSTED_PROXIES, comma-separated where the flags repeat) and the family
+ * KELSINGRA_GATEWAY_*.
  */
 import { servicesFromFlags } from './service-flags.js';
-import { tlsFromEnv } from './tls.js';
 
 /**
  * KELSINGRA_GATEWAY names the driver, and KELSINGRA_GATEWAY_<OPTION> each option
@@ -32,7 +31,7 @@ const commaList = (value: string) =>
     .map((s) => s.trim())
     .filter(Boolean);
 
-/** The environment's lists and families as a layer of the configuration. */
+/** The environment's lists and the gateway family as a layer of the configuration. */
 export function configFromEnv(env: NodeJS.ProcessEnv): Record<string, unknown> {
   const out: Record<string, unknown> = {};
   if (env.KELSINGRA_ROUTE_TARGETS) {
@@ -41,8 +40,6 @@ export function configFromEnv(env: NodeJS.ProcessEnv): Record<string, unknown> {
   if (env.KELSINGRA_TRUSTED_PROXIES) {
     out.trustedProxies = commaList(env.KELSINGRA_TRUSTED_PROXIES);
   }
-  const tls = tlsFromEnv(env);
-  if (tls) out.tls = tls;
   const gateway = gatewayFromEnv(env);
   if (gateway) out.gateway = gateway;
   if (env.KELSINGRA_SERVICES) {

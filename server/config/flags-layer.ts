@@ -13,40 +13,45 @@ export type ServerFlagValues = Partial<Record<string, string | number | string[]
 
 const str = (v: unknown) => (v === undefined ? undefined : String(v));
 const list = (v: unknown) => (Array.isArray(v) ? v.map(String) : undefined);
+const commaList = (v: unknown) =>
+  str(v)
+    ?.split(',')
+    .map((item) => item.trim());
+
+/**
+ * Flags whose setting is not their value under their own name in camelCase: lists, the TLS and
+ * gateway groups, and what is not a setting at all. Every other flag maps by its name, so a
+ * new flag needs no line here (and one the schema does not know is named at start-up).
+ */
+const NOT_BY_NAME = new Set([
+  'service',
+  'route-target',
+  'trusted-proxy',
+  'routing-keys',
+  'tls-cert',
+  'tls-key',
+  'tls-ca',
+  'tls-ports',
+  'gateway',
+  'gateway-option',
+  'config',
+  'json',
+]);
+
+const camelCase = (name: string) => name.replace(/-([a-z])/g, (_, c: string) => c.toUpperCase());
 
 export function flagsLayer(flags: ServerFlagValues): Record<string, unknown> {
+  const layer: Record<string, unknown> = {};
+  for (const [name, value] of Object.entries(flags))
+    if (!NOT_BY_NAME.has(name)) layer[camelCase(name)] = value;
   const service = list(flags.service);
   return {
-    port: flags.port,
-    proxyPort: flags['proxy-port'],
-    host: flags.host,
-    token: flags.token,
-    tokensFile: flags['tokens-file'],
-    leaseTtl: flags['lease-ttl'],
-    tenantHeader: flags['tenant-header'],
-    upstreamTimeout: flags['upstream-timeout'],
-    heartbeatInterval: flags['heartbeat-interval'],
-    logLevel: flags['log-level'],
-    databaseUrl: flags['database-url'],
-    advertiseUrl: flags['advertise-url'],
-    previewUrl: flags['preview-url'],
-    routingKeys: str(flags['routing-keys'])
-      ?.split(',')
-      .map((k) => k.trim()),
-    baggageKey: flags['baggage-key'],
+    ...layer,
+    routingKeys: commaList(flags['routing-keys']),
     routeTargets: list(flags['route-target']),
-    authFailureLimit: flags['auth-failure-limit'],
-    authFailureWindow: flags['auth-failure-window'],
     trustedProxies: list(flags['trusted-proxy']),
-    auditLog: flags['audit-log'],
     tls: tlsLayer(flags),
     gateway: gatewayLayer(str(flags.gateway), list(flags['gateway-option'])),
-    maxBodyBytes: flags['max-body-bytes'],
-    maxTunnelStreams: flags['max-tunnel-streams'],
-    drainTimeout: flags['drain-timeout'],
-    maxTunnelsPerToken: flags['max-tunnels-per-token'],
-    bodyIdleTimeout: flags['body-idle-timeout'],
-    tenantConcurrency: flags['tenant-concurrency'],
     services: service ? servicesFromFlags(service) : undefined,
   };
 }
@@ -58,9 +63,7 @@ function tlsLayer(flags: ServerFlagValues): Record<string, unknown> | undefined 
       cert: str(flags['tls-cert']),
       key: str(flags['tls-key']),
       ca: str(flags['tls-ca']),
-      ports: str(flags['tls-ports'])
-        ?.split(',')
-        .map((p) => p.trim()),
+      ports: commaList(flags['tls-ports']),
     }).filter(([, v]) => v !== undefined),
   );
   return Object.keys(layer).length ? layer : undefined;

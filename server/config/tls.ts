@@ -40,19 +40,6 @@ export const tlsConfigSchema = z
 
 export type TlsConfig = z.output<typeof tlsConfigSchema>;
 
-/** `KELSINGRA_TLS_*` as a `tls` layer of the configuration, or undefined when none is set. */
-export function tlsFromEnv(env: NodeJS.ProcessEnv): Record<string, unknown> | undefined {
-  const layer: Record<string, unknown> = {};
-  if (env.KELSINGRA_TLS_CERT) layer.cert = env.KELSINGRA_TLS_CERT;
-  if (env.KELSINGRA_TLS_KEY) layer.key = env.KELSINGRA_TLS_KEY;
-  if (env.KELSINGRA_TLS_CA) layer.ca = env.KELSINGRA_TLS_CA;
-  if (env.KELSINGRA_TLS_PORTS)
-    layer.ports = env.KELSINGRA_TLS_PORTS.split(',')
-      .map((p) => p.trim())
-      .filter(Boolean);
-  return Object.keys(layer).length ? layer : undefined;
-}
-
 /** What the ports serve with, read and checked at start-up. */
 export interface TlsMaterial {
   context: tls.SecureContextOptions;

@@ -8,7 +8,6 @@
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
-import { loadServerConfig } from '../../server/config/config.js';
 import type { StoreHealth } from '../../src/shared/protocol.js';
 import {
   bodyJson,
@@ -24,6 +23,7 @@ import {
   waitFor,
 } from '../support/helpers.js';
 import { freshDatabase } from '../support/postgres.js';
+import { serverConfigFrom } from '../support/server-env.js';
 import { makePki, type TestPki } from '../support/tls-fixtures.js';
 
 const TOKEN = 'tls-token-1';
@@ -219,11 +219,7 @@ describe('TLS settings', () => {
       path,
       `token: ${TOKEN}\nservices: { billing: { upstream: http://127.0.0.1:9001 } }\ntls: { cert: file.pem, key: file.key, ports: [control] }\n`,
     );
-    const config = await loadServerConfig({
-      configPath: path,
-      env: { KELSINGRA_TLS_CA: 'ca.pem' },
-      flags: { tls: { cert: 'flag.pem' } },
-    });
+    const config = await serverConfigFrom({ KELSINGRA_TLS_CA: 'ca.pem' }, { 'tls-cert': 'flag.pem' }, path);
     expect(config.tls).toEqual({ cert: 'flag.pem', key: 'file.key', ca: 'ca.pem', ports: ['control'] });
     expect(config.maxBodyBytes).toBe(100 * 1024 * 1024);
     expect(config.drainTimeout).toBe(20);

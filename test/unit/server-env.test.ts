@@ -1,11 +1,13 @@
 /**
  * Every setting of `kelsingra server` can come from the environment under one predictable
  * name: a flag that takes one value names KELSINGRA_<FLAG> on the flag itself (oclif reads it
- * and --help shows it); the lists and families are read by config-env.ts.
+ * and --help shows it); the lists and the gateway family are read by config-env.ts.
  */
 import { describe, expect, it } from 'vitest';
 import Server from '../../commands/server.js';
 import { configFromEnv } from '../../server/config/config.js';
+import { flagsLayer } from '../../server/config/flags-layer.js';
+import { envFlags } from '../support/server-env.js';
 
 const envName = (flag: string) => `KELSINGRA_${flag.toUpperCase().replaceAll('-', '_')}`;
 
@@ -16,10 +18,6 @@ const LAYER_VARIABLES: Record<string, string> = {
   'trusted-proxy': 'KELSINGRA_TRUSTED_PROXIES',
   gateway: 'KELSINGRA_GATEWAY',
   'gateway-option': 'KELSINGRA_GATEWAY_<OPTION>',
-  'tls-cert': 'KELSINGRA_TLS_CERT',
-  'tls-key': 'KELSINGRA_TLS_KEY',
-  'tls-ca': 'KELSINGRA_TLS_CA',
-  'tls-ports': 'KELSINGRA_TLS_PORTS',
 };
 
 describe('kelsingra server: environment variables', () => {
@@ -40,17 +38,24 @@ describe('kelsingra server: environment variables', () => {
       KELSINGRA_TRUSTED_PROXIES: '10.0.0.1',
       KELSINGRA_GATEWAY: 'nginx',
       KELSINGRA_GATEWAY_RELOAD_COMMAND: 'nginx -s reload',
-      KELSINGRA_TLS_CERT: 'cert.pem',
-      KELSINGRA_TLS_KEY: 'key.pem',
-      KELSINGRA_TLS_CA: 'ca.pem',
-      KELSINGRA_TLS_PORTS: 'data',
     });
     expect(layer).toMatchObject({
       services: { billing: { upstream: 'http://127.0.0.1:1' } },
       routeTargets: ['http://*.svc:*'],
       trustedProxies: ['10.0.0.1'],
       gateway: { driver: 'nginx', reloadCommand: 'nginx -s reload' },
-      tls: { cert: 'cert.pem', key: 'key.pem', ca: 'ca.pem', ports: ['data'] },
     });
+  });
+
+  it('the TLS variables are the --tls-* flags, and make one tls setting', () => {
+    const layer = flagsLayer(
+      envFlags({
+        KELSINGRA_TLS_CERT: 'cert.pem',
+        KELSINGRA_TLS_KEY: 'key.pem',
+        KELSINGRA_TLS_CA: 'ca.pem',
+        KELSINGRA_TLS_PORTS: 'data',
+      }),
+    );
+    expect(layer.tls).toEqual({ cert: 'cert.pem', key: 'key.pem', ca: 'ca.pem', ports: ['data'] });
   });
 });
