@@ -1,5 +1,5 @@
 /** How `status` and `connect` say which token this is to the server and what its role lets it do. */
-import type { ServerStatus } from '../client/api/api-client.js';
+import type { ServerStatus } from '../shared/protocol.js';
 
 export function principalLine(p: NonNullable<ServerStatus['principal']>): string {
   const reach =

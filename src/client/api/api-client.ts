@@ -29,8 +29,6 @@ import { tlsHint } from './tls-trust.js';
 
 const TIMEOUT_MS = 10_000;
 
-export type { ServerStatus };
-
 const HealthSchema = z.looseObject({ ok: z.boolean(), version: z.string() });
 const RemovedSchema = z.looseObject({ removed: z.array(InterceptViewSchema) });
 const ProducedSchema = z.looseObject({ produced: z.number() });
