@@ -490,6 +490,8 @@ class UpstreamReply implements Dispatcher.DispatchHandler {
     statusCode: number,
     headers: Record<string, string | string[] | undefined>,
   ): void {
+    // An informational answer (103 Early Hints, 100 Continue): the final one is still to come.
+    if (statusCode < 200) return;
     const { call } = this;
     const { req, res } = call;
     call.answered(this.backend, statusCode);
